@@ -1,0 +1,172 @@
+"""Parse a manifest's bytes into its kind and the descriptors it references."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .paths import is_digest
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+"""The registry refuses manifests above 4 MiB; a bigger one on disk is corrupt."""
+
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_V1 = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_V1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+IMAGE_CONFIGS = frozenset(
+    {"application/vnd.docker.container.image.v1+json", "application/vnd.oci.image.config.v1+json"}
+)
+MANIFEST_TYPES = frozenset({DOCKER_V2, DOCKER_LIST, DOCKER_V1, DOCKER_V1_SIGNED, OCI_MANIFEST, OCI_INDEX})
+
+# Kinds of manifest, as stored in the inventory's `kind` column.
+DOCKER_V2_KIND = "docker-v2"
+DOCKER_LIST_KIND = "docker-list"
+OCI_MANIFEST_KIND = "oci-manifest"
+OCI_INDEX_KIND = "oci-index"
+OCI_ARTIFACT_KIND = "oci-artifact"
+SCHEMA1_KIND = "schema1"
+INVALID_KIND = "invalid"
+LIST_KINDS = frozenset({DOCKER_LIST_KIND, OCI_INDEX_KIND})
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One descriptor a manifest points at."""
+
+    ref_type: str  # config | layer | child | subject | fslayer
+    digest: str
+    media_type: str | None = None
+    size: int | None = None
+    platform: str | None = None
+    position: int = 0
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What one manifest is and references; `problems` lists what is wrong with it."""
+
+    kind: str
+    media_type: str | None = None
+    schema_version: int | None = None
+    artifact_type: str | None = None
+    subject: str | None = None
+    config_media_type: str | None = None
+    references: list[Reference] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _platform(desc: dict[str, object]) -> str | None:
+    plat = desc.get("platform")
+    if not isinstance(plat, dict):
+        return None
+    parts = [plat.get("os"), plat.get("architecture"), plat.get("variant")]
+    return "/".join(str(p) for p in parts if p) or None
+
+
+def _size(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _descriptor(
+    parsed: Parsed, ref_type: str, desc: object, position: int, digest_key: str = "digest"
+) -> None:
+    if not isinstance(desc, dict):
+        parsed.problems.append(f"{ref_type} #{position} is not an object")
+        return
+    digest = desc.get(digest_key)
+    if not isinstance(digest, str) or not is_digest(digest):
+        parsed.problems.append(f"{ref_type} #{position} has an invalid digest {str(digest)[:80]!r}")
+        return
+    media_type = desc.get("mediaType")
+    parsed.references.append(
+        Reference(
+            ref_type=ref_type,
+            digest=digest,
+            media_type=media_type if isinstance(media_type, str) else None,
+            size=_size(desc.get("size")),
+            platform=_platform(desc) if ref_type == "child" else None,
+            position=position,
+        )
+    )
+
+
+def _list(parsed: Parsed, doc: dict[str, object], key: str) -> list[object]:
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        parsed.problems.append(f"`{key}` is not a list")
+        return []
+    return value
+
+
+def parse_manifest(data: bytes) -> Parsed:
+    """Classify `data` and list its references; never raises on bad content."""
+    if not data:
+        return Parsed(INVALID_KIND, problems=["zero bytes"])
+    if len(data) > MAX_MANIFEST_BYTES:
+        return Parsed(INVALID_KIND, problems=[f"{len(data)} bytes, over the registry's 4 MiB limit"])
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Parsed(INVALID_KIND, problems=[f"not JSON ({exc.__class__.__name__})"])
+    if not isinstance(doc, dict):
+        return Parsed(INVALID_KIND, problems=["JSON is not an object"])
+
+    declared = doc.get("mediaType")
+    media_type = declared if isinstance(declared, str) else None
+    version = _size(doc.get("schemaVersion"))
+    parsed = Parsed(INVALID_KIND, media_type=media_type, schema_version=version)
+
+    if version == 1:
+        parsed.kind = SCHEMA1_KIND
+        parsed.media_type = media_type or (DOCKER_V1_SIGNED if "signatures" in doc else DOCKER_V1)
+        for i, layer in enumerate(_list(parsed, doc, "fsLayers")):
+            _descriptor(parsed, "fslayer", layer, i, digest_key="blobSum")
+        return parsed
+    if version != 2:
+        parsed.problems.append(f"unknown schemaVersion {doc.get('schemaVersion')!r}")
+
+    artifact_type = doc.get("artifactType")
+    parsed.artifact_type = artifact_type if isinstance(artifact_type, str) else None
+    if "subject" in doc:
+        before = len(parsed.references)
+        _descriptor(parsed, "subject", doc["subject"], 0)
+        if len(parsed.references) > before:
+            parsed.subject = parsed.references[-1].digest
+
+    is_list = "manifests" in doc or media_type in (DOCKER_LIST, OCI_INDEX)
+    if is_list:
+        parsed.kind = DOCKER_LIST_KIND if media_type == DOCKER_LIST else OCI_INDEX_KIND
+        parsed.media_type = media_type or OCI_INDEX
+        for i, child in enumerate(_list(parsed, doc, "manifests")):
+            _descriptor(parsed, "child", child, i)
+        # An index carrying config or layers is odd but not unreadable: keep
+        # those references so that nothing it names is ever taken for garbage.
+        _image_references(parsed, doc)
+    elif "config" in doc or "layers" in doc or media_type in (DOCKER_V2, OCI_MANIFEST):
+        _image_references(parsed, doc)
+        if media_type == DOCKER_V2:
+            parsed.kind = DOCKER_V2_KIND
+        else:
+            parsed.media_type = media_type or OCI_MANIFEST
+            is_artifact = parsed.artifact_type is not None or parsed.subject is not None
+            parsed.kind = OCI_ARTIFACT_KIND if is_artifact else OCI_MANIFEST_KIND
+    else:
+        parsed.problems.append("neither an image manifest nor an index")
+    if parsed.media_type is not None and parsed.media_type not in MANIFEST_TYPES:
+        parsed.problems.append(f"unknown media type {parsed.media_type!r}")
+    return parsed
+
+
+def _image_references(parsed: Parsed, doc: dict[str, object]) -> None:
+    if "config" in doc:
+        _descriptor(parsed, "config", doc["config"], 0)
+        config = doc["config"]
+        if isinstance(config, dict) and isinstance(config.get("mediaType"), str):
+            parsed.config_media_type = config["mediaType"]
+    for i, layer in enumerate(_list(parsed, doc, "layers")):
+        _descriptor(parsed, "layer", layer, i)

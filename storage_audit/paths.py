@@ -1,0 +1,273 @@
+"""The one module that builds and parses every path of the registry's storage layout."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Union
+
+ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
+"""Digest algorithms the registry stores, with the length of their lowercase hex."""
+
+_HEX = re.compile(r"[0-9a-f]+")
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}")
+MAX_REPOSITORY_LENGTH = 255
+
+
+class InvalidDigest(ValueError):
+    """A string that is not `<algorithm>:<hex>` with a known algorithm."""
+
+
+class InvalidPath(ValueError):
+    """A path that the storage layout does not define."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Digest:
+    """A validated content digest such as `sha256:<64 hex>`."""
+
+    algorithm: str
+    hex: str
+
+    def __post_init__(self) -> None:
+        length = ALGORITHMS.get(self.algorithm)
+        if length is None:
+            raise InvalidDigest(f"unknown digest algorithm {self.algorithm!r}")
+        if len(self.hex) != length or not _HEX.fullmatch(self.hex):
+            raise InvalidDigest(
+                f"{self.algorithm} digest must be {length} lowercase hex characters"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        algorithm, sep, hexpart = text.partition(":")
+        if not sep:
+            raise InvalidDigest(f"{text[:80]!r} is not of the form <algorithm>:<hex>")
+        return cls(algorithm, hexpart)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+
+def is_digest(text: str) -> bool:
+    """True when `text` is a valid digest string."""
+    try:
+        Digest.parse(text)
+    except InvalidDigest:
+        return False
+    return True
+
+
+def valid_repository(name: str) -> bool:
+    """True for a repository name the registry accepts (`org/team/app`)."""
+    if not name or len(name) > MAX_REPOSITORY_LENGTH:
+        return False
+    return all(_COMPONENT.fullmatch(part) for part in name.split("/"))
+
+
+def valid_component(name: str) -> bool:
+    """True for one path component of a repository name."""
+    return bool(_COMPONENT.fullmatch(name))
+
+
+def valid_tag(tag: str) -> bool:
+    return bool(_TAG.fullmatch(tag))
+
+
+def _check_repository(name: str) -> str:
+    if not valid_repository(name):
+        raise InvalidPath(f"invalid repository name {name!r}")
+    return name
+
+
+def _check_tag(tag: str) -> str:
+    if not valid_tag(tag):
+        raise InvalidPath(f"invalid tag {tag!r}")
+    return tag
+
+
+# One small frozen spec per kind of path. Building a spec validates its parts,
+# so a path is only ever made from validated names and digests.
+
+
+@dataclass(frozen=True, slots=True)
+class BlobData:
+    digest: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDir:
+    digest: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    repository: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerLink:
+    repository: str
+    digest: Digest
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionLink:
+    repository: str
+    digest: Digest
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+
+
+@dataclass(frozen=True, slots=True)
+class TagDir:
+    repository: str
+    tag: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_tag(self.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class TagCurrentLink:
+    repository: str
+    tag: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_tag(self.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class TagIndexLink:
+    repository: str
+    tag: str
+    digest: Digest
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_tag(self.tag)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadDir:
+    repository: str
+    upload_id: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        if not _UPLOAD_ID.fullmatch(self.upload_id):
+            raise InvalidPath(f"invalid upload id {self.upload_id!r}")
+
+
+PathSpec = Union[
+    BlobData,
+    BlobDir,
+    Repository,
+    LayerLink,
+    RevisionLink,
+    TagDir,
+    TagCurrentLink,
+    TagIndexLink,
+    UploadDir,
+]
+
+
+def _digest_dirs(digest: Digest) -> str:
+    return f"{digest.algorithm}/{digest.hex}"
+
+
+def path_for(spec: PathSpec) -> str:
+    """The path of `spec`, relative to the `v2` directory, with `/` separators."""
+    match spec:
+        case BlobData(digest):
+            return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+        case BlobDir(digest):
+            return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+        case Repository(repo):
+            return f"repositories/{repo}"
+        case LayerLink(repo, digest):
+            return f"repositories/{repo}/_layers/{_digest_dirs(digest)}/link"
+        case RevisionLink(repo, digest):
+            return f"repositories/{repo}/_manifests/revisions/{_digest_dirs(digest)}/link"
+        case TagDir(repo, tag):
+            return f"repositories/{repo}/_manifests/tags/{tag}"
+        case TagCurrentLink(repo, tag):
+            return f"repositories/{repo}/_manifests/tags/{tag}/current/link"
+        case TagIndexLink(repo, tag, digest):
+            return f"repositories/{repo}/_manifests/tags/{tag}/index/{_digest_dirs(digest)}/link"
+        case UploadDir(repo, upload_id):
+            return f"repositories/{repo}/_uploads/{upload_id}"
+    raise TypeError(f"not a path spec: {spec!r}")  # pragma: no cover
+
+
+def _digest_from(algorithm: str, hexpart: str) -> Digest:
+    try:
+        return Digest(algorithm, hexpart)
+    except InvalidDigest as exc:
+        raise InvalidPath(str(exc)) from exc
+
+
+def parse_path(path: str) -> PathSpec:
+    """The spec whose `path_for` is exactly `path`; raises InvalidPath otherwise."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InvalidPath(f"{path!r} is not a relative path inside the storage tree")
+    spec = _parse_parts(parts)
+    if path_for(spec) != path:
+        raise InvalidPath(f"{path!r} is not a canonical storage path")
+    return spec
+
+
+def _parse_parts(parts: list[str]) -> PathSpec:
+    if parts[0] == "blobs" and len(parts) in (4, 5):
+        digest = _digest_from(parts[1], parts[3])
+        if parts[2] != digest.hex[:2]:
+            raise InvalidPath(f"blob directory {parts[2]!r} does not match its digest")
+        if len(parts) == 5:
+            if parts[4] != "data":
+                raise InvalidPath("a blob directory holds only `data`")
+            return BlobData(digest)
+        return BlobDir(digest)
+    if parts[0] != "repositories" or len(parts) < 2:
+        raise InvalidPath(f"{'/'.join(parts)!r} is neither under blobs/ nor repositories/")
+    rest = parts[1:]
+    cut = next((i for i, p in enumerate(rest) if p.startswith("_")), len(rest))
+    repository, tail = "/".join(rest[:cut]), rest[cut:]
+    try:
+        return _parse_repository_tail(repository, tail)
+    except InvalidDigest as exc:  # pragma: no cover - digests are checked above
+        raise InvalidPath(str(exc)) from exc
+
+
+def _parse_repository_tail(repo: str, tail: list[str]) -> PathSpec:
+    _check_repository(repo)
+    n = len(tail)
+    if n == 0:
+        return Repository(repo)
+    if tail[0] == "_layers" and n == 4 and tail[3] == "link":
+        return LayerLink(repo, _digest_from(tail[1], tail[2]))
+    if tail[0] == "_uploads" and n == 2:
+        return UploadDir(repo, tail[1])
+    if tail[0] == "_manifests" and n >= 3:
+        if tail[1] == "revisions" and n == 5 and tail[4] == "link":
+            return RevisionLink(repo, _digest_from(tail[2], tail[3]))
+        if tail[1] == "tags":
+            tag = tail[2]
+            if n == 3:
+                return TagDir(repo, tag)
+            if n == 5 and tail[3:] == ["current", "link"]:
+                return TagCurrentLink(repo, tag)
+            if n == 7 and tail[3] == "index" and tail[6] == "link":
+                return TagIndexLink(repo, tag, _digest_from(tail[4], tail[5]))
+    raise InvalidPath(f"{'/'.join(['repositories', repo, *tail])!r} is not a defined path")
