@@ -10,9 +10,11 @@ import humanize
 import typer
 from rich.console import Console
 
-from . import __version__
+from . import __version__, collect
+from .formats import Format, FormatError, View, write
 from .inventory import Inventory, write_snapshot
 from .progress import RichProgress
+from .reach import ReachOptions
 from .scan import ScanOptions
 from .source import RootError, Source, load, resolve
 
@@ -112,6 +114,116 @@ def scan(
             err.print(f"{key}: {value}", markup=False, soft_wrap=True)
 
 
+FormatOpt = Annotated[
+    Format, typer.Option("--format", "-f", help="Output: a table for people, or csv, json, parquet (needs -o).")
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write the result to this file instead of stdout.")
+]
+GcCompatibleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--gc-compatible",
+        help="Answer exactly as the reference registry 2.8's garbage-collect would, "
+        "unsafe deletions of index children and referrers included.",
+    ),
+]
+KeepReferrersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-referrers/--no-keep-referrers",
+        help="Keep artifacts (signatures, SBOMs) whose subject is kept.",
+    ),
+]
+
+
+def emit(view: View, fmt: Format, output: Path | None) -> None:
+    """Write a result; the output file is opened only now, after the work succeeded."""
+    try:
+        write(view, fmt, output)
+    except FormatError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{output}: cannot write: {exc.strerror or exc}")
+
+
+def warn_gc_difference(inv: Inventory, keep_referrers: bool) -> None:
+    """Say on stderr what the stock collector's --delete-untagged would delete that we keep."""
+    diff = collect.gc_difference(inv, keep_referrers)
+    if diff.manifests == 0 and diff.blobs == 0:
+        return
+    parts = [f"{diff.index_children} children of tagged indexes"] if diff.index_children else []
+    if diff.referrers:
+        parts.append(f"{diff.referrers} referrers (signatures, SBOMs) of kept images")
+    if diff.other_manifests:
+        parts.append(f"{diff.other_manifests} other manifests")
+    err.print(
+        f"warning: `registry garbage-collect --delete-untagged` would also delete "
+        f"{diff.manifests} manifests ({', '.join(parts)}) and {diff.blobs} blobs "
+        f"({size(diff.blob_bytes)}) that are kept here; see --gc-compatible",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def untagged(
+    root: RootArg = DEFAULT_ROOT,
+    fmt: FormatOpt = Format.TABLE,
+    output: OutputOpt = None,
+    gc_compatible: GcCompatibleOpt = False,
+    keep_referrers: KeepReferrersOpt = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """List manifest revisions no tag reaches, per repository, with the bytes each would free alone.
+
+    Reached: a tag's current target, the children of a reached index (same
+    repository), and artifacts whose subject is reached.
+    """
+    inv = read_inventory(root, quiet)
+    options = ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
+    frame = collect.untagged(inv, options)
+    if not gc_compatible and not quiet:
+        warn_gc_difference(inv, keep_referrers)
+    view = View(
+        frame,
+        title="untagged manifests",
+        size_columns=("manifest_bytes", "reclaimable_bytes"),
+        optional_columns=("artifact_type", "subject", "media_type", "manifest_bytes", "pushed_at"),
+        total_columns=("manifest_bytes", "reclaimable_bytes"),
+    )
+    emit(view, fmt, output)
+
+
+@app.command()
+def orphans(
+    root: RootArg = DEFAULT_ROOT,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option("--delete-untagged", "-m", help="Keep only manifests a tag reaches (as garbage-collect -m)."),
+    ] = False,
+    fmt: FormatOpt = Format.TABLE,
+    output: OutputOpt = None,
+    gc_compatible: GcCompatibleOpt = False,
+    keep_referrers: KeepReferrersOpt = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """List the blobs a sweep would remove: no kept manifest in any repository references them."""
+    inv = read_inventory(root, quiet)
+    options = ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
+    frame = collect.orphans(inv, options)
+    if delete_untagged and not gc_compatible and not quiet:
+        warn_gc_difference(inv, keep_referrers)
+    view = View(
+        frame,
+        title="orphan blobs",
+        size_columns=("size",),
+        optional_columns=("linked_from", "mtime"),
+        total_columns=("size",),
+    )
+    emit(view, fmt, output)
+
+
 def _foreign_content(directory: Path) -> bool:
     from .inventory import METADATA_FILE, SCHEMA
 
@@ -138,6 +250,6 @@ def main() -> None:
     """Entry point: run the app; an unexpected exception is one line on stderr and exit 1."""
     try:
         app()
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+    except Exception as exc:
         err.print(f"storage-audit: internal error: {exc.__class__.__name__}: {exc}", markup=False)
         sys.exit(EXIT_INTERNAL)

@@ -167,8 +167,7 @@ def read_snapshot(directory: Path) -> Inventory:
         if meta.get("tool") != "storage-audit" or meta.get("format") != SNAPSHOT_FORMAT:
             raise ValueError("metadata.json is not a storage-audit snapshot of a known format")
         tables = {
-            name: conform(name, pd.read_parquet(directory / f"{name}.parquet", engine="pyarrow"))
-            for name in SCHEMA
+            name: conform(name, pd.read_parquet(directory / f"{name}.parquet", engine="pyarrow")) for name in SCHEMA
         }
         return Inventory(root=meta["root"], scanned_at=datetime.fromisoformat(meta["scanned_at"]), **tables)
     except (OSError, KeyError, TypeError) as exc:

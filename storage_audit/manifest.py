@@ -70,9 +70,7 @@ def _size(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _descriptor(
-    parsed: Parsed, ref_type: str, desc: object, position: int, digest_key: str = "digest"
-) -> None:
+def _descriptor(parsed: Parsed, ref_type: str, desc: object, position: int, digest_key: str = "digest") -> None:
     if not isinstance(desc, dict):
         parsed.problems.append(f"{ref_type} #{position} is not an object")
         return

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
 """Digest algorithms the registry stores, with the length of their lowercase hex."""
@@ -36,9 +35,7 @@ class Digest:
         if length is None:
             raise InvalidDigest(f"unknown digest algorithm {self.algorithm!r}")
         if len(self.hex) != length or not _HEX.fullmatch(self.hex):
-            raise InvalidDigest(
-                f"{self.algorithm} digest must be {length} lowercase hex characters"
-            )
+            raise InvalidDigest(f"{self.algorithm} digest must be {length} lowercase hex characters")
 
     @classmethod
     def parse(cls, text: str) -> Digest:
@@ -170,17 +167,9 @@ class UploadDir:
             raise InvalidPath(f"invalid upload id {self.upload_id!r}")
 
 
-PathSpec = Union[
-    BlobData,
-    BlobDir,
-    Repository,
-    LayerLink,
-    RevisionLink,
-    TagDir,
-    TagCurrentLink,
-    TagIndexLink,
-    UploadDir,
-]
+PathSpec = (
+    BlobData | BlobDir | Repository | LayerLink | RevisionLink | TagDir | TagCurrentLink | TagIndexLink | UploadDir
+)
 
 
 def _digest_dirs(digest: Digest) -> str:

@@ -16,8 +16,8 @@ import pandas as pd
 from . import inventory as inv_mod
 from .findings import Finding, Kind
 from .inventory import Inventory
-from .manifest import MAX_MANIFEST_BYTES, INVALID_KIND, parse_manifest
-from .paths import ALGORITHMS, InvalidDigest, Digest, valid_component, valid_tag
+from .manifest import INVALID_KIND, MAX_MANIFEST_BYTES, parse_manifest
+from .paths import ALGORITHMS, BlobData, Digest, InvalidDigest, path_for, valid_component, valid_tag
 
 LINK_READ = 512  # a link holds ~71-135 bytes; reading more only exposes garbage
 
@@ -274,8 +274,10 @@ class _Scanner:
             if link is None:
                 continue  # an emptied link directory, left by the filesystem driver
             target, mtime = link
-            if target is not None and target != str(digest) and not (
-                digest.algorithm != "sha256" and target.startswith("sha256:")
+            if (
+                target is not None
+                and target != str(digest)
+                and not (digest.algorithm != "sha256" and target.startswith("sha256:"))
             ):
                 self._find(
                     Kind.LINK_CONTENT_MISMATCH, f"{hexrel}/link", f"link names {target}, not its own digest", repo
@@ -355,8 +357,7 @@ class _Scanner:
             if not linked or target is None or target in seen or target not in blob_sizes:
                 continue
             seen.add(target)
-            digest = Digest.parse(target)
-            rel = f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+            rel = path_for(BlobData(Digest.parse(target)))
             data = self._read_blob(rel, repo, target)
             if data is None:
                 continue
@@ -416,7 +417,7 @@ def scan(v2: Path, options: ScanOptions | None = None) -> Inventory:
 
     blobs = pd.DataFrame(scanner.blobs, columns=["digest", "size", "mtime"])
     blobs["mtime"] = _times(blobs["mtime"])
-    manifests, references = scanner.read_manifests(dict(zip(blobs["digest"], blobs["size"].tolist())))
+    manifests, references = scanner.read_manifests(dict(zip(blobs["digest"], blobs["size"].tolist(), strict=True)))
 
     def table(name: str, rows: list, time_cols: tuple[str, ...] = (), sort: list[str] | None = None) -> pd.DataFrame:
         df = pd.DataFrame(rows, columns=list(inv_mod.SCHEMA[name]))

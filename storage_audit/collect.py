@@ -1,0 +1,109 @@
+"""What a garbage collection would remove: untagged manifests and orphan blobs, with what they free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .inventory import Inventory
+from .reach import Reachability, ReachOptions, blob_kinds, reach, reclaimable_alone
+
+UNTAGGED_COLUMNS = [
+    "repository",
+    "digest",
+    "media_type",
+    "artifact_type",
+    "subject",
+    "pushed_at",
+    "manifest_bytes",
+    "reclaimable_bytes",
+]
+ORPHAN_COLUMNS = ["digest", "size", "mtime", "kind", "linked_from"]
+
+
+def untagged(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
+    """Per repository, the revisions no tag reaches under `options` (delete_untagged is implied)."""
+    result = reach(inv, _untagged_options(options))
+    dropped = result.dropped_revisions
+    manifests = inv.manifests.set_index("digest")
+    sizes = inv.blobs.set_index("digest")["size"]
+    frame = pd.DataFrame(
+        {
+            "repository": dropped["repository"],
+            "digest": dropped["digest"],
+            "media_type": dropped["target"].map(manifests["media_type"]),
+            "artifact_type": dropped["target"].map(manifests["artifact_type"]),
+            "subject": dropped["target"].map(manifests["subject"]),
+            "pushed_at": dropped["pushed_at"],
+            "manifest_bytes": dropped["target"].map(sizes).fillna(0).astype("int64"),
+            "reclaimable_bytes": reclaimable_alone(inv, result, dropped),
+        }
+    )
+    for col in ("media_type", "artifact_type", "subject", "repository", "digest"):
+        frame[col] = frame[col].astype("string")
+    return frame.sort_values(["repository", "pushed_at", "digest"], ignore_index=True)[UNTAGGED_COLUMNS]
+
+
+def _untagged_options(options: ReachOptions) -> ReachOptions:
+    return ReachOptions(
+        delete_untagged=True, keep_referrers=options.keep_referrers, gc_compatible=options.gc_compatible
+    )
+
+
+def orphans(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
+    """The blobs a sweep would remove under `options`."""
+    return orphan_frame(inv, reach(inv, options))
+
+
+def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
+    blobs = result.orphans
+    kinds = blob_kinds(inv)
+    links = inv.layer_links.dropna(subset=["target"])
+    linked_from = links.groupby("target")["repository"].agg(lambda s: ",".join(sorted(set(s))))
+    frame = pd.DataFrame(
+        {
+            "digest": blobs["digest"],
+            "size": blobs["size"],
+            "mtime": blobs["mtime"],
+            "kind": blobs["digest"].map(kinds).astype("string"),
+            "linked_from": blobs["digest"].map(linked_from).fillna("").astype("string"),
+        }
+    )
+    return frame.sort_values(["size", "digest"], ascending=[False, True], ignore_index=True)[ORPHAN_COLUMNS]
+
+
+@dataclass(frozen=True)
+class GcDifference:
+    """What the reference `garbage-collect --delete-untagged` would delete that this tool keeps."""
+
+    index_children: int
+    referrers: int
+    other_manifests: int
+    manifest_rows: pd.DataFrame
+    blob_bytes: int
+    blobs: int
+
+    @property
+    def manifests(self) -> int:
+        return len(self.manifest_rows)
+
+
+def gc_difference(inv: Inventory, keep_referrers: bool = True) -> GcDifference:
+    """Compare the stock collector's `--delete-untagged` answer with the safe one."""
+    stock = reach(inv, ReachOptions(delete_untagged=True, gc_compatible=True))
+    safe = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers))
+    extra = stock.present[~stock.kept & safe.kept].reset_index(drop=True)
+    children = inv.references[inv.references["ref_type"] == "child"]["digest"]
+    is_child = extra["digest"].isin(children)
+    subjects = inv.manifests[inv.manifests["subject"].notna()]["digest"]
+    is_referrer = extra["target"].isin(subjects) & ~is_child
+    extra_blobs = stock.orphans[~stock.orphans["digest"].isin(safe.orphans["digest"])]
+    return GcDifference(
+        index_children=int(is_child.sum()),
+        referrers=int(is_referrer.sum()),
+        other_manifests=int((~is_child & ~is_referrer).sum()),
+        manifest_rows=extra,
+        blob_bytes=int(extra_blobs["size"].sum()),
+        blobs=len(extra_blobs),
+    )

@@ -1,0 +1,22 @@
+"""JSON: an array of row objects (one object for a single-row view), raw integers, ISO 8601 UTC times."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import View
+
+
+def write(view: View, dest: Path | None) -> None:
+    frame = view.frame
+    if view.single:
+        text = frame.iloc[0].to_json(date_format="iso", date_unit="us", indent=2)
+    else:
+        text = frame.to_json(orient="records", date_format="iso", date_unit="us", indent=2)
+    if frame.empty and not view.single:
+        text = "[]"  # pandas writes two newlines between brackets for an empty frame
+    if dest is None:
+        sys.stdout.write(text + "\n")
+    else:
+        dest.write_text(text + "\n", encoding="utf-8")
