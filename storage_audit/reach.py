@@ -153,7 +153,7 @@ def blob_kinds(inv: Inventory) -> pd.Series:
     refs = inv.references
     layer = refs[refs["ref_type"].isin(("layer", "fslayer"))]["digest"]
     config = refs[refs["ref_type"] == "config"]["digest"]
-    manifest = pd.concat([inv.revisions["target"].dropna(), refs[refs["ref_type"] == "child"]["digest"]])
+    manifest = pd.concat([inv.manifests["digest"], refs[refs["ref_type"] == "child"]["digest"]])
     for name, digests in (("layer", layer), ("config", config), ("manifest", manifest)):
         kinds[kinds.index.isin(digests)] = name
     return kinds

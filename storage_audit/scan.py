@@ -349,12 +349,14 @@ class _Scanner:
     # -- manifests ----------------------------------------------------------
 
     def read_manifests(self, blob_sizes: dict[str, int]) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-        """Parse every distinct linked revision's manifest blob once."""
+        """Parse the manifest blob of every distinct revision once."""
         manifests: list[tuple[object, ...]] = []
         references: list[tuple[object, ...]] = []
         seen: set[str] = set()
-        for repo, _digest, target, linked, _mtime in self.revisions:
-            if not linked or target is None or target in seen or target not in blob_sizes:
+        # Unlinked (deleted) revisions are read too: their blobs are still manifests.
+        for repo, digest, target, _linked, _mtime in self.revisions:
+            target = target or digest
+            if target in seen or target not in blob_sizes:
                 continue
             seen.add(target)
             rel = path_for(BlobData(Digest.parse(target)))

@@ -1,0 +1,95 @@
+"""Scans of the real-registry fixtures equal their expected facts; snapshots give identical inventories."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from storage_audit.inventory import SCHEMA, read_snapshot, write_snapshot
+from storage_audit.scan import scan
+from storage_audit.source import RootError, resolve
+
+from .conftest import FIXTURES, REAL_FIXTURES
+from .facts import inventory_facts, load_expected
+
+V2 = Path("docker/registry/v2")
+
+
+def test_there_are_fixtures() -> None:
+    assert {"basic", "multiarch", "referrers", "churn"} <= set(REAL_FIXTURES)
+
+
+@pytest.mark.parametrize("name", REAL_FIXTURES)
+def test_scan_equals_expected_facts(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
+    inv = scan(fixture_root(name) / V2)
+    assert inventory_facts(inv) == load_expected(FIXTURES / f"{name}.expected.json")
+
+
+@pytest.mark.parametrize("name", REAL_FIXTURES)
+def test_clean_fixtures_have_no_error_or_warning(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
+    inv = scan(fixture_root(name) / V2)
+    assert set(inv.findings["severity"]) <= {"info"}, inv.findings.to_string()
+
+
+@pytest.mark.parametrize("name", REAL_FIXTURES)
+def test_dtypes_follow_the_schema(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
+    inv = scan(fixture_root(name) / V2)
+    for table, df in inv.tables().items():
+        assert list(df.columns) == list(SCHEMA[table]), table
+        for column, (dtype, _) in SCHEMA[table].items():
+            assert str(df[column].dtype) == str(pd.Series([], dtype=dtype).dtype), (table, column)
+    assert inv.blobs["digest"].str.fullmatch(r"sha256:[0-9a-f]{64}").all()
+    assert str(inv.blobs["mtime"].dt.tz) == "UTC"
+
+
+@pytest.mark.parametrize("name", REAL_FIXTURES)
+def test_snapshot_round_trip_is_identical(name: str, fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inv = scan(fixture_root(name) / V2)
+    write_snapshot(inv, tmp_path / "snap")
+    again = read_snapshot(tmp_path / "snap")
+    assert again.root == inv.root
+    for table, df in inv.tables().items():
+        pd.testing.assert_frame_equal(getattr(again, table), df, check_exact=True)
+
+
+def test_root_forms(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = fixture_root("basic")
+    v2 = (root / V2).resolve()
+    assert resolve(root).path == v2
+    assert resolve(root / V2).path == v2
+    snap = tmp_path / "snap"
+    write_snapshot(scan(v2), snap)
+    assert resolve(snap).snapshot
+    for bad in (tmp_path / "missing", FIXTURES / "basic.tar.gz", tmp_path):
+        with pytest.raises(RootError):
+            resolve(bad)
+
+
+def test_permission_denied_is_a_finding(fixture_root, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # Tests run as root, where chmod cannot deny a read: simulate the kernel's answer.
+    root = fixture_root("basic") / V2
+    real_open, real_scandir = os.open, os.scandir
+
+    def deny_open(path, flags, *args):  # type: ignore[no-untyped-def]
+        if str(path).endswith("tags/latest/current/link") or "/_uploads/" in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    def deny_scandir(path):  # type: ignore[no-untyped-def]
+        if str(path).endswith("tools"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "open", deny_open)
+    monkeypatch.setattr(os, "scandir", deny_scandir)
+    inv = scan(root)
+    unreadable = inv.findings[inv.findings["kind"] == "unreadable"]
+    assert "repositories/team/app/_manifests/tags/latest/current/link" in set(unreadable["path"])
+    assert "repositories/tools" in set(unreadable["path"])
+    assert (unreadable["severity"] == "error").all()
+    # The rest of the tree was still read.
+    assert "team/app/server" in set(inv.repositories["repository"])
