@@ -2,4 +2,6 @@
 
 from .cli import main
 
-main()
+# Guarded: scan workers are spawned processes that import the main module again.
+if __name__ == "__main__":
+    main()

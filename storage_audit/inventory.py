@@ -67,8 +67,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "layer_links": {
         "repository": (STR, "repository name"),
         "digest": (STR, "digest from the link's path"),
-        "target": (STR, "digest the link's content names (may differ: an alias)"),
-        "linked_at": (TIME, "mtime of the link"),
+        "target": (STR, "digest the link's content names (may differ: an alias); null when unreadable"),
     },
     "blobs": {
         "digest": (STR, "digest, from the path"),

@@ -9,6 +9,8 @@ ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
 """Digest algorithms the registry stores, with the length of their lowercase hex."""
 
 _HEX = re.compile(r"[0-9a-f]+")
+_HEX_OF = {alg: re.compile(f"[0-9a-f]{{{n}}}") for alg, n in ALGORITHMS.items()}
+_DIGEST = re.compile("|".join(f"{alg}:[0-9a-f]{{{n}}}" for alg, n in ALGORITHMS.items()))
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}")
@@ -49,12 +51,14 @@ class Digest:
 
 
 def is_digest(text: str) -> bool:
-    """True when `text` is a valid digest string."""
-    try:
-        Digest.parse(text)
-    except InvalidDigest:
-        return False
-    return True
+    """True when `text` is a valid digest string (the fast check for hot loops)."""
+    return _DIGEST.fullmatch(text) is not None
+
+
+def is_hex_of(algorithm: str, hexpart: str) -> bool:
+    """True when `hexpart` is a valid hex digest for `algorithm` (a known one)."""
+    pattern = _HEX_OF.get(algorithm)
+    return pattern is not None and pattern.fullmatch(hexpart) is not None
 
 
 def valid_repository(name: str) -> bool:

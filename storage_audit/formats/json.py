@@ -11,7 +11,8 @@ from . import View
 def write(view: View, dest: Path | None) -> None:
     frame = view.frame
     if view.single:
-        text = frame.iloc[0].to_json(date_format="iso", date_unit="us", indent=2)
+        # As objects, a row of ints and floats keeps its ints (a plain row Series upcasts them to float).
+        text = frame.astype(object).iloc[0].to_json(date_format="iso", date_unit="us", indent=2)
     else:
         text = frame.to_json(orient="records", date_format="iso", date_unit="us", indent=2)
     if frame.empty and not view.single:

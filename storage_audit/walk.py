@@ -1,0 +1,411 @@
+"""Walk a registry's storage tree: the file-system reading behind a scan, free of pandas so workers start fast."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+
+from .findings import Finding, Kind
+from .manifest import MAX_MANIFEST_BYTES, parse_manifest
+from .paths import (
+    ALGORITHMS,
+    BlobData,
+    Digest,
+    InvalidDigest,
+    is_digest,
+    is_hex_of,
+    path_for,
+    valid_component,
+    valid_tag,
+)
+
+LINK_READ = 512  # a link holds ~71-135 bytes; reading more only exposes garbage
+
+
+class _Unreadable(Exception):
+    """Raised inside the scanner after a finding was recorded for a path."""
+
+
+def _printable(name: str) -> str:
+    """A name safe to show, even when the filesystem name is not UTF-8."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass
+class Part:
+    """Rows read from part of the tree, in the inventory's column order, and the findings met there."""
+
+    findings: list[Finding] = field(default_factory=list)
+    repositories: list[tuple[str, bool, bool, bool]] = field(default_factory=list)
+    tags: list[tuple[str, str, str | None, int | None]] = field(default_factory=list)
+    history: list[tuple[str, str, str, int]] = field(default_factory=list)
+    revisions: list[tuple[str, str, str | None, bool, int | None]] = field(default_factory=list)
+    layer_links: list[tuple[str, str, str | None]] = field(default_factory=list)
+    blobs: list[tuple[str, int, int]] = field(default_factory=list)
+    uploads: list[tuple[str, str, int, str | None]] = field(default_factory=list)
+    manifests: list[tuple[object, ...]] = field(default_factory=list)
+    references: list[tuple[object, ...]] = field(default_factory=list)
+
+    def extend(self, other: Part) -> None:
+        for f in fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
+
+    def size(self) -> int:
+        return sum(len(getattr(self, f.name)) for f in fields(self))
+
+
+class Walker:
+    """Reads parts of one `v2` tree into a Part; every anomaly becomes a finding, never an exception."""
+
+    def __init__(self, v2: str) -> None:
+        self.v2 = v2
+        self.part = Part()
+
+    def _find(self, kind: Kind, rel: str, detail: str, repo: str | None = None, digest: str | None = None) -> None:
+        self.part.findings.append(Finding(kind, _printable(rel), detail, repo, digest))
+
+    def _os_error(self, rel: str, exc: OSError, repo: str | None = None) -> None:
+        if exc.errno == errno.ELOOP:
+            self._find(Kind.STRAY_FILE, rel, "symbolic link, not followed", repo)
+        else:
+            self._find(Kind.UNREADABLE, rel, f"cannot read: {exc.strerror or exc}", repo)
+
+    def _entries(self, rel: str, repo: str | None = None) -> list[str]:
+        """The names of the sub-directories of `rel`; anything else there, or a bad name, is a finding."""
+        try:
+            with os.scandir(f"{self.v2}/{rel}" if rel else self.v2) as it:
+                entries = list(it)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self._os_error(rel, exc, repo)
+            return []
+        names = []
+        # Sorted, so that every table comes out in path order without sorting frames.
+        entries.sort(key=_name)
+        for entry in entries:
+            name = entry.name
+            # d_type from the directory listing: no extra system call per entry.
+            if entry.is_dir(follow_symlinks=False) and (name.isascii() or _utf8(name)):
+                names.append(name)
+                continue
+            child = f"{rel}/{name}" if rel else name
+            if not _utf8(name):
+                self._find(Kind.STRAY_FILE, child, "name is not valid UTF-8", repo)
+            elif entry.is_symlink():
+                self._find(Kind.STRAY_FILE, child, "symbolic link, not followed", repo)
+            else:
+                self._find(Kind.STRAY_FILE, child, "file where the layout has only directories", repo)
+        return names
+
+    def _digest_dirs(self, rel: str, repo: str | None) -> Iterator[tuple[str, str]]:
+        """(digest, path) of the `<alg>/<hex>` directories below `rel`; invalid names become findings."""
+        for alg in self._entries(rel, repo):
+            if alg not in ALGORITHMS:
+                self._find(Kind.STRAY_FILE, f"{rel}/{alg}", "unknown digest algorithm directory", repo)
+                continue
+            for hexname in self._entries(f"{rel}/{alg}", repo):
+                child = f"{rel}/{alg}/{hexname}"
+                if is_hex_of(alg, hexname):
+                    yield f"{alg}:{hexname}", child
+                else:
+                    self._find(Kind.STRAY_FILE, child, f"not a {alg} digest directory", repo)
+
+    def _read_link(self, rel: str, repo: str | None, mtime: bool = True) -> tuple[str | None, int] | None:
+        """(digest or None, mtime_ns) of the link at `rel`; None when there is no link file.
+
+        A link whose content is bad yields a finding; a trailing newline is
+        tolerated for the digest (keeping what it names alive is the safe side),
+        but reported, because it makes the reference registry abort.
+        """
+        try:
+            fd = os.open(f"{self.v2}/{rel}", os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._os_error(rel, exc, repo)
+            raise _Unreadable from exc
+        mtime_ns = 0
+        try:
+            if mtime:
+                mtime_ns = os.fstat(fd).st_mtime_ns
+            raw = os.read(fd, LINK_READ)
+        except IsADirectoryError:
+            self._find(Kind.BAD_LINK, rel, "link is not a regular file", repo)
+            return None, mtime_ns
+        except OSError as exc:
+            self._os_error(rel, exc, repo)
+            raise _Unreadable from exc
+        finally:
+            os.close(fd)
+        return self._link_digest(rel, raw, repo), mtime_ns
+
+    def _link_digest(self, rel: str, raw: bytes, repo: str | None) -> str | None:
+        if not raw:
+            self._find(Kind.BAD_LINK, rel, "link file is empty", repo)
+            return None
+        text = raw.decode("ascii", "replace")
+        if is_digest(text):
+            return text
+        digest = text.strip()
+        if not is_digest(digest):
+            try:
+                Digest.parse(digest)
+                detail = "link content is not a digest"
+            except InvalidDigest as exc:
+                detail = f"link content is not a digest: {exc}"
+            self._find(Kind.BAD_LINK, rel, detail, repo)
+            return None
+        self._find(Kind.BAD_LINK, rel, "link content has surrounding whitespace or a newline", repo, digest)
+        return digest
+
+    # -- the tree -----------------------------------------------------------
+
+    def units(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """The work to share out: top-level repository directories and blob prefix directories."""
+        repos: list[str] = []
+        prefixes: list[tuple[str, str]] = []
+        for name in self._entries(""):
+            if name == "repositories":
+                for child in self._entries("repositories"):
+                    if child.startswith("_") or not valid_component(child):
+                        self._find(Kind.STRAY_FILE, f"repositories/{child}", "not a valid repository name component")
+                    else:
+                        repos.append(child)
+            elif name == "blobs":
+                for alg in self._entries("blobs"):
+                    if alg not in ALGORITHMS:
+                        self._find(Kind.STRAY_FILE, f"blobs/{alg}", "unknown digest algorithm directory")
+                        continue
+                    prefixes.extend((alg, prefix) for prefix in self._entries(f"blobs/{alg}"))
+            else:
+                self._find(Kind.STRAY_FILE, name, "not part of the registry's layout")
+        return repos, prefixes
+
+    def walk_repository(self, name: str) -> None:
+        """Everything below `repositories/<name>`: that repository and those nested in it."""
+        self._walk_repositories(f"repositories/{name}", [name])
+
+    def walk_blobs(self, alg: str, prefix: str) -> None:
+        prel = f"blobs/{alg}/{prefix}"
+        for hexname in self._entries(prel):
+            self._stat_blob(alg, prefix, hexname, f"{prel}/{hexname}")
+
+    def _walk_repositories(self, rel: str, parts: list[str]) -> None:
+        subdirs = self._entries(rel)
+        names = set(subdirs)
+        repo = "/".join(parts)
+        is_repo = bool(parts) and ("_manifests" in names or "_layers" in names)
+        if is_repo:
+            self.part.repositories.append((repo, "_manifests" in names, "_layers" in names, "_uploads" in names))
+        for name in subdirs:
+            child = f"{rel}/{name}"
+            if name == "_manifests" and is_repo:
+                self._scan_manifests(child, repo)
+            elif name == "_layers" and is_repo:
+                self._scan_layers(child, repo)
+            elif name == "_uploads" and parts:
+                self._scan_uploads(child, repo)
+            elif name.startswith("_"):
+                self._find(Kind.STRAY_FILE, child, "unknown directory in a repository", repo or None)
+            elif valid_component(name):
+                self._walk_repositories(child, [*parts, name])
+            else:
+                self._find(Kind.STRAY_FILE, child, "not a valid repository name component", repo or None)
+
+    def _scan_manifests(self, rel: str, repo: str) -> None:
+        for name in self._entries(rel, repo):
+            if name == "revisions":
+                self._scan_revisions(f"{rel}/revisions", repo)
+            elif name == "tags":
+                self._scan_tags(f"{rel}/tags", repo)
+            else:
+                self._find(Kind.STRAY_FILE, f"{rel}/{name}", "unknown directory under _manifests", repo)
+
+    def _scan_revisions(self, rel: str, repo: str) -> None:
+        for name, hexrel in self._digest_dirs(rel, repo):
+            try:
+                link = self._read_link(f"{hexrel}/link", repo)
+            except _Unreadable:
+                # Unreadable, so unknown: count it as linked to stay on the safe side.
+                self.part.revisions.append((repo, name, name, True, None))
+                continue
+            if link is None:
+                self.part.revisions.append((repo, name, None, False, None))
+                self._find(Kind.DELETED_REVISION, hexrel, "revision directory without a link (deleted)", repo, name)
+                continue
+            target, mtime = link
+            if target is not None and target != name:
+                self._find(
+                    Kind.LINK_CONTENT_MISMATCH, f"{hexrel}/link", f"link names {target}, not its own digest", repo, name
+                )
+            self.part.revisions.append((repo, name, target if target is not None else name, True, mtime))
+
+    def _scan_tags(self, rel: str, repo: str) -> None:
+        for tag in self._entries(rel, repo):
+            tagrel = f"{rel}/{tag}"
+            if not valid_tag(tag):
+                self._find(Kind.STRAY_FILE, tagrel, "not a valid tag name", repo)
+                continue
+            try:
+                link = self._read_link(f"{tagrel}/current/link", repo)
+            except _Unreadable:
+                link = (None, 0)
+            if link is None:
+                self.part.tags.append((repo, tag, None, None))
+            else:
+                self.part.tags.append((repo, tag, link[0], link[1] or None))
+            for digest, hexrel in self._digest_dirs(f"{tagrel}/index", repo):
+                try:
+                    entry_link = self._read_link(f"{hexrel}/link", repo)
+                except _Unreadable:
+                    continue
+                if entry_link is not None:
+                    self.part.history.append((repo, tag, digest, entry_link[1]))
+
+    def _scan_layers(self, rel: str, repo: str) -> None:
+        for digest, hexrel in self._digest_dirs(rel, repo):
+            try:
+                # Layer links need no mtime: skipping fstat saves a system call per link.
+                link = self._read_link(f"{hexrel}/link", repo, mtime=False)
+            except _Unreadable:
+                continue
+            if link is None:
+                continue  # an emptied link directory, left by the filesystem driver
+            target = link[0]
+            alias = not digest.startswith("sha256:") and target is not None and target.startswith("sha256:")
+            if target is not None and target != digest and not alias:
+                self._find(
+                    Kind.LINK_CONTENT_MISMATCH, f"{hexrel}/link", f"link names {target}, not its own digest", repo
+                )
+            self.part.layer_links.append((repo, digest, target))
+
+    def _scan_uploads(self, rel: str, repo: str) -> None:
+        for upload_id in self._entries(rel, repo):
+            uprel = f"{rel}/{upload_id}"
+            size = 0
+            try:
+                st = os.lstat(f"{self.v2}/{uprel}/data")
+                size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._os_error(f"{uprel}/data", exc, repo)
+            started: str | None = None
+            try:
+                fd = os.open(f"{self.v2}/{uprel}/startedat", os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    started = os.read(fd, 128).decode("ascii", "replace").strip() or None
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._os_error(f"{uprel}/startedat", exc, repo)
+            self.part.uploads.append((repo, upload_id, size, started))
+
+    def _stat_blob(self, alg: str, prefix: str, hexname: str, rel: str) -> None:
+        if not is_hex_of(alg, hexname):
+            self._find(Kind.STRAY_FILE, rel, f"not a {alg} blob directory")
+            return
+        digest = f"{alg}:{hexname}"
+        if hexname[:2] != prefix:
+            self._find(Kind.STRAY_FILE, rel, "blob directory under the wrong two-character prefix")
+            return
+        try:
+            # The blob directory itself is never listed: its only member is `data`.
+            st = os.lstat(f"{self.v2}/{rel}/data")
+        except FileNotFoundError:
+            self._find(Kind.STRAY_FILE, rel, "blob directory without data", digest=digest)
+            return
+        except OSError as exc:
+            self._os_error(f"{rel}/data", exc)
+            return
+        if stat.S_ISLNK(st.st_mode):
+            self._find(Kind.STRAY_FILE, f"{rel}/data", "symbolic link, not followed", digest=digest)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self._find(Kind.STRAY_FILE, f"{rel}/data", "blob data is not a regular file", digest=digest)
+            return
+        self.part.blobs.append((digest, st.st_size, st.st_mtime_ns))
+
+    # -- manifests ----------------------------------------------------------
+
+    def read_manifests(self, items: list[tuple[str, str, int]]) -> None:
+        """Parse the manifest blob of each (repository, digest, size) given."""
+        for repo, target, size in items:
+            rel = path_for(BlobData(Digest.parse(target)))
+            data = self._read_blob(rel, repo, size)
+            if data is None:
+                continue
+            parsed = parse_manifest(data)
+            if parsed.problems:
+                detail = "; ".join(parsed.problems)
+                self._find(Kind.CORRUPT_MANIFEST, rel, f"manifest is unusable: {detail}", repo, target)
+            self.part.manifests.append(
+                (
+                    target,
+                    size,
+                    parsed.kind,
+                    parsed.media_type,
+                    parsed.schema_version,
+                    parsed.artifact_type,
+                    parsed.subject,
+                    parsed.config_media_type,
+                )
+            )
+            self.part.references.extend((target, *ref) for ref in parsed.references)
+
+    def _read_blob(self, rel: str, repo: str, size: int) -> bytes | None:
+        """The blob's bytes, at most one past the manifest limit (enough to tell it is too big)."""
+        # Ask for the size the scan saw (+1 to notice growth): a fixed large
+        # buffer would cost an allocation of that size for every manifest.
+        want = min(size, MAX_MANIFEST_BYTES) + 1
+        chunks = []
+        try:
+            fd = os.open(f"{self.v2}/{rel}", os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                while want > 0:
+                    chunk = os.read(fd, want)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    want -= len(chunk)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._os_error(rel, exc, repo)
+            return None
+        return b"".join(chunks)
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def walk_units(v2: str, repositories: list[str], prefixes: list[tuple[str, str]]) -> Part:
+    """Read the given top-level repositories and blob prefixes (a worker's share of a scan)."""
+    walker = Walker(v2)
+    for name in repositories:
+        walker.walk_repository(name)
+    for alg, prefix in prefixes:
+        walker.walk_blobs(alg, prefix)
+    return walker.part
+
+
+def read_manifest_units(v2: str, items: list[tuple[str, str, int]]) -> Part:
+    """Parse the given manifests (a worker's share of a scan)."""
+    walker = Walker(v2)
+    walker.read_manifests(items)
+    return walker.part
