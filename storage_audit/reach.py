@@ -74,7 +74,7 @@ def holdings(inv: Inventory, owners: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _edges(inv: Inventory, present: pd.DataFrame, keep_referrers: bool) -> tuple[np.ndarray, np.ndarray]:
+def edges(inv: Inventory, present: pd.DataFrame, keep_referrers: bool) -> tuple[np.ndarray, np.ndarray]:
     """(src, dst) positions in `present`: keeping src keeps dst (index child, referrer of a subject)."""
     node = present[["repository", "digest"]].assign(node=np.arange(len(present)))
     refs = inv.references
@@ -99,13 +99,15 @@ def _edges(inv: Inventory, present: pd.DataFrame, keep_referrers: bool) -> tuple
     return edges["src"].to_numpy(), edges["dst"].to_numpy()
 
 
-def _tagged(inv: Inventory, present: pd.DataFrame) -> np.ndarray:
-    tags = inv.tags[inv.tags["digest"].notna()][["repository", "digest"]].drop_duplicates()
+def tagged(present: pd.DataFrame, tags: pd.DataFrame) -> np.ndarray:
+    """A bool array over `present`: some tag's `current` names the revision."""
+    tags = tags[tags["digest"].notna()][["repository", "digest"]].drop_duplicates()
     flags = present[["repository", "digest"]].merge(tags, how="left", indicator=True)["_merge"] == "both"
     return flags.to_numpy()
 
 
-def _closure(roots: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def closure(roots: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Everything reachable from `roots` (a bool array) along the (src, dst) edges."""
     reached = roots.copy()
     while True:
         step = dst[reached[src] & ~reached[dst]]
@@ -114,9 +116,9 @@ def _closure(roots: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         reached[step] = True
 
 
-def dangling_tag_targets(inv: Inventory, present: pd.DataFrame) -> pd.DataFrame:
+def dangling_tag_targets(inv: Inventory, present: pd.DataFrame, tags: pd.DataFrame | None = None) -> pd.DataFrame:
     """Tags whose `current` names a digest that is no present revision of their repository."""
-    tags = inv.tags[["repository", "tag", "digest"]]
+    tags = (inv.tags if tags is None else tags)[["repository", "tag", "digest"]]
     joined = tags.merge(present[["repository", "digest"]], how="left", on=["repository", "digest"], indicator=True)
     return joined[joined["_merge"] == "left_only"].drop(columns="_merge").reset_index(drop=True)
 
@@ -128,23 +130,34 @@ def reach(inv: Inventory, options: ReachOptions | None = None) -> Reachability:
     if not options.delete_untagged:
         kept = np.ones(len(present), dtype=bool)
     elif options.gc_compatible:
-        kept = _tagged(inv, present)
+        kept = tagged(present, inv.tags)
     else:
-        src, dst = _edges(inv, present, options.keep_referrers)
-        kept = _closure(_tagged(inv, present), src, dst)
-
+        src, dst = edges(inv, present, options.keep_referrers)
+        kept = closure(tagged(present, inv.tags), src, dst)
     holds = holdings(inv, present)
-    kept_keys = present[kept][["repository", "digest"]]
-    marked_frames = [holds.merge(kept_keys, on=["repository", "digest"])["blob"]]
-    if not options.gc_compatible:
-        # A tag whose revision link is gone still names a manifest someone may
-        # restore; its blob and what it references are kept, never swept.
-        dangling = dangling_tag_targets(inv, present).dropna(subset=["digest"])
-        owners = dangling.assign(target=dangling["digest"])
-        marked_frames.append(holdings(inv, owners)["blob"])
-    marked = pd.Index(pd.concat(marked_frames, ignore_index=True).unique())
+    marked = mark(inv, present, holds, kept, protect_dangling=not options.gc_compatible)
     orphans = inv.blobs[~inv.blobs["digest"].isin(marked)].reset_index(drop=True)
     return Reachability(present=present, kept=kept, holds=holds, marked=marked, orphans=orphans)
+
+
+def mark(
+    inv: Inventory,
+    present: pd.DataFrame,
+    holds: pd.DataFrame,
+    kept: np.ndarray,
+    protect_dangling: bool = True,
+    tags: pd.DataFrame | None = None,
+) -> pd.Index:
+    """The blobs the kept revisions hold (and, when protecting, what dangling tags name)."""
+    kept_keys = present[kept][["repository", "digest"]]
+    marked_frames = [holds.merge(kept_keys, on=["repository", "digest"])["blob"]]
+    if protect_dangling:
+        # A tag whose revision link is gone still names a manifest someone may
+        # restore; its blob and what it references are kept, never swept.
+        dangling = dangling_tag_targets(inv, present, tags).dropna(subset=["digest"])
+        owners = dangling.assign(target=dangling["digest"])
+        marked_frames.append(holdings(inv, owners)["blob"])
+    return pd.Index(pd.concat(marked_frames, ignore_index=True).unique())
 
 
 def blob_kinds(inv: Inventory) -> pd.Series:
