@@ -1,9 +1,10 @@
-"""The README documents every inventory column and every finding kind, and its commands run."""
+"""The README documents every inventory column and every finding kind, and its commands run as written."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from storage_audit.cli import app
 from storage_audit.findings import Kind
 from storage_audit.inventory import SCHEMA
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+TOP = Path(__file__).resolve().parents[1]
+README = (TOP / "README.md").read_text(encoding="utf-8")
 
 
 def test_every_inventory_column_is_documented() -> None:
@@ -28,28 +30,37 @@ def test_every_finding_kind_is_documented() -> None:
         assert f"`{kind.value}`" in README, kind
 
 
-def readme_commands() -> list[list[str]]:
-    """Every `storage-audit ...` line in the README's shell blocks, split into arguments."""
-    commands = []
+def readme_lines() -> list[list[str]]:
+    """Every command line of the README's shell blocks, in order, split into words."""
+    lines = []
     for block in re.findall(r"```sh\n(.*?)```", README, flags=re.S):
         for line in block.splitlines():
             for part in line.split("&&"):
-                words = shlex.split(part)
-                if words and words[0] == "storage-audit":
-                    commands.append(words[1:])
-    return commands
+                words = shlex.split(part, comments=True)
+                if words:
+                    lines.append(words)
+    return lines
 
 
-def test_the_readme_shows_commands() -> None:
-    assert len(readme_commands()) >= 8
+def test_the_first_two_commands_install_run_and_test() -> None:
+    first, second = re.findall(r"```sh\n(.*?)```", README, flags=re.S)[:2]
+    assert first.startswith("pip install . && storage-audit ")
+    assert second.strip() == "pip install '.[test]' && python -m pytest"
+    assert second.strip() in (TOP / ".ci" / "run").read_text()
 
 
-@pytest.mark.parametrize("args", readme_commands(), ids=lambda a: " ".join(a))
-def test_readme_command_runs(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Run from the repository root so fixtures/demo resolves, writing /tmp paths under tmp_path.
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    args = [a.replace("/tmp/", f"{tmp_path}/") for a in args]
-    if args[0] == "scan" and args[1].startswith(str(tmp_path)):
-        CliRunner().invoke(app, ["scan", "fixtures/demo", "-o", args[1], "-q"])
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, (args, result.output)
+def test_readme_commands_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run from the checkout so fixtures/demo resolves; /tmp paths become this test's own directory.
+    monkeypatch.chdir(TOP)
+    ran = 0
+    for words in readme_lines():
+        words = [w.replace("/tmp/", f"{tmp_path}/") for w in words]
+        if words[:2] == ["cp", "-r"]:
+            shutil.copytree(words[2], words[3], symlinks=True)
+        elif words[0] == "storage-audit":
+            result = CliRunner().invoke(app, words[1:])
+            assert result.exit_code == 0, (words, result.output)
+            ran += 1
+        else:
+            assert words[0] in ("pip", "python"), words  # installing and testing run outside this test
+    assert ran >= 15
