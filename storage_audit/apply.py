@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .frames import isin
 from .inventory import Inventory
 from .paths import BlobData, Digest, path_for
 from .plan import BLOCKING_KINDS, OPS, Action, Plan, PlanError
@@ -309,7 +310,7 @@ class _Applier:
     def _fresh_inventory(self) -> Inventory | None:
         """A new scan; None when its findings leave references unknown (then nothing irreversible runs)."""
         inv = scan(self.v2, ScanOptions())
-        if inv.findings["kind"].isin(BLOCKING_KINDS).any():
+        if isin(inv.findings["kind"], BLOCKING_KINDS).any():
             return None
         return inv
 
@@ -335,7 +336,7 @@ class _Applier:
         gone = [k in self.removed_revisions for k in zip(revisions["repository"], revisions["digest"], strict=True)]
         tags = inv.tags[[k not in self.removed_tags for k in zip(inv.tags["repository"], inv.tags["tag"], strict=True)]]
         own = set(revisions[~np.array(gone, dtype=bool)]["target"].dropna()) | set(tags["digest"].dropna())
-        referenced = set(inv.references[inv.references["manifest"].isin(own)]["digest"])
+        referenced = set(inv.references[isin(inv.references["manifest"], own)]["digest"])
         return own | referenced
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .frames import isin, join_groups
 from .inventory import Inventory
 from .reach import Reachability, ReachOptions, blob_kinds, reach, reclaimable_alone
 
@@ -60,7 +61,8 @@ def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
     blobs = result.orphans
     kinds = blob_kinds(inv)
     links = inv.layer_links.dropna(subset=["target"])
-    linked_from = links.groupby("target")["repository"].agg(lambda s: ",".join(sorted(set(s))))
+    links = links[isin(links["target"], blobs["digest"])].drop_duplicates(["target", "repository"])
+    linked_from = join_groups(links.sort_values(["target", "repository"]), "target", "repository")
     frame = pd.DataFrame(
         {
             "digest": blobs["digest"],
@@ -95,10 +97,10 @@ def gc_difference(inv: Inventory, keep_referrers: bool = True) -> GcDifference:
     safe = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers))
     extra = stock.present[~stock.kept & safe.kept].reset_index(drop=True)
     children = inv.references[inv.references["ref_type"] == "child"]["digest"]
-    is_child = extra["digest"].isin(children)
+    is_child = isin(extra["digest"], children)
     subjects = inv.manifests[inv.manifests["subject"].notna()]["digest"]
-    is_referrer = extra["target"].isin(subjects) & ~is_child
-    extra_blobs = stock.orphans[~stock.orphans["digest"].isin(safe.orphans["digest"])]
+    is_referrer = isin(extra["target"], subjects) & ~is_child
+    extra_blobs = stock.orphans[~isin(stock.orphans["digest"], safe.orphans["digest"])]
     return GcDifference(
         index_children=int(is_child.sum()),
         referrers=int(is_referrer.sum()),

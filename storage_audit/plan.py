@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
+from .frames import isin
 from .inventory import Inventory
 from .paths import (
     BlobDir,
@@ -233,7 +234,7 @@ def _duration(delta: timedelta) -> str:
 
 def refuse_if_uncertain(inv: Inventory) -> None:
     """Raise PlanRefused when findings mean the inventory may not know every reference."""
-    blocking = inv.findings[inv.findings["kind"].isin(BLOCKING_KINDS)]
+    blocking = inv.findings[isin(inv.findings["kind"], BLOCKING_KINDS)]
     if len(blocking):
         first = blocking.iloc[0]
         raise PlanRefused(
@@ -303,7 +304,7 @@ def make_plan(inv: Inventory, policy: Policy, now: datetime) -> Plan:
     holds = holdings(inv, present)
     marked = mark(inv, present, holds, kept, protect_dangling=True, tags=remaining_tags)
     blobs = inv.blobs
-    removed_blobs = blobs[~blobs["digest"].isin(marked) & (blobs["mtime"] < grace)]
+    removed_blobs = blobs[~isin(blobs["digest"], marked) & (blobs["mtime"] < grace)]
 
     actions: list[Action] = []
     actions += _tag_actions(deleted_tags)
@@ -373,8 +374,8 @@ def _revision_actions(removed: pd.DataFrame, remaining_tags: pd.DataFrame, polic
 
 def _layer_link_actions(inv: Inventory, removed_blobs: pd.DataFrame) -> list[Action]:
     links = inv.layer_links.dropna(subset=["target"])
-    doomed = links["target"].isin(removed_blobs["digest"])
-    missing = ~links["target"].isin(inv.blobs["digest"])
+    doomed = isin(links["target"], removed_blobs["digest"])
+    missing = ~isin(links["target"], inv.blobs["digest"])
     rows = links[doomed | missing].assign(missing=missing[doomed | missing])
     return [
         Action(

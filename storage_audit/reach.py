@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .findings import Finding, Kind
+from .frames import isin
 from .inventory import Inventory
 from .paths import Digest, LayerLink, TagCurrentLink, path_for
 
@@ -59,14 +60,14 @@ class Reachability:
 def present_revisions(inv: Inventory) -> pd.DataFrame:
     """Linked revisions whose manifest blob exists, one row per (repository, digest)."""
     rev = inv.revisions
-    rev = rev[rev["linked"] & rev["target"].isin(inv.blobs["digest"])]
+    rev = rev[rev["linked"] & isin(rev["target"], inv.blobs["digest"])]
     return rev[["repository", "digest", "target", "pushed_at"]].reset_index(drop=True)
 
 
 def holdings(inv: Inventory, owners: pd.DataFrame) -> pd.DataFrame:
     """(repository, digest, blob) for each owner row: its own blob and what its manifest references."""
     own = owners[["repository", "digest", "target"]].rename(columns={"target": "blob"})
-    refs = inv.references[inv.references["ref_type"].isin(HOLDING_REFS)][["manifest", "digest"]]
+    refs = inv.references[isin(inv.references["ref_type"], HOLDING_REFS)][["manifest", "digest"]]
     refs = refs.rename(columns={"manifest": "target", "digest": "blob"})
     referenced = owners[["repository", "digest", "target"]].merge(refs, on="target")[["repository", "digest", "blob"]]
     return pd.concat([own[["repository", "digest", "blob"]], referenced], ignore_index=True).drop_duplicates(
@@ -136,7 +137,7 @@ def reach(inv: Inventory, options: ReachOptions | None = None) -> Reachability:
         kept = closure(tagged(present, inv.tags), src, dst)
     holds = holdings(inv, present)
     marked = mark(inv, present, holds, kept, protect_dangling=not options.gc_compatible)
-    orphans = inv.blobs[~inv.blobs["digest"].isin(marked)].reset_index(drop=True)
+    orphans = inv.blobs[~isin(inv.blobs["digest"], marked)].reset_index(drop=True)
     return Reachability(present=present, kept=kept, holds=holds, marked=marked, orphans=orphans)
 
 
@@ -164,11 +165,11 @@ def blob_kinds(inv: Inventory) -> pd.Series:
     """For every blob digest: manifest, config, layer or unknown, from how anything references it."""
     kinds = pd.Series("unknown", index=pd.Index(inv.blobs["digest"], name="digest"), dtype="string")
     refs = inv.references
-    layer = refs[refs["ref_type"].isin(("layer", "fslayer"))]["digest"]
+    layer = refs[isin(refs["ref_type"], ("layer", "fslayer"))]["digest"]
     config = refs[refs["ref_type"] == "config"]["digest"]
     manifest = pd.concat([inv.manifests["digest"], refs[refs["ref_type"] == "child"]["digest"]])
     for name, digests in (("layer", layer), ("config", config), ("manifest", manifest)):
-        kinds[kinds.index.isin(digests)] = name
+        kinds[isin(inv.blobs["digest"], digests).to_numpy()] = name
     return kinds
 
 
@@ -184,7 +185,7 @@ def reclaimable_alone(inv: Inventory, result: Reachability, revisions: pd.DataFr
     sole = holders[holders == 1].index.difference(pd.Index(list(protected)))
     sizes = inv.blobs.set_index("digest")["size"]
     mine = revisions[["repository", "digest"]].reset_index().merge(result.holds, on=["repository", "digest"])
-    mine = mine[mine["blob"].isin(sole)]
+    mine = mine[isin(mine["blob"], sole)]
     mine = mine.assign(size=mine["blob"].map(sizes).fillna(0).astype("int64"))
     freed = mine.groupby("index")["size"].sum()
     return freed.reindex(revisions.index, fill_value=0).astype("int64")
@@ -200,8 +201,8 @@ def reach_findings(inv: Inventory, result: Reachability) -> list[Finding]:
         digest = None if missing else row.digest
         out.append(Finding(Kind.DANGLING_TAG, path, f"tag {row.tag} {what}", row.repository, digest))
     links = inv.layer_links.dropna(subset=["target"])
-    gone = links[~links["target"].isin(inv.blobs["digest"])]
-    swept = links[links["target"].isin(result.orphans["digest"])]
+    gone = links[~isin(links["target"], inv.blobs["digest"])]
+    swept = links[isin(links["target"], result.orphans["digest"])]
     for rows, detail in (
         (gone, "layer link to a blob that is gone"),
         (swept, "layer link to a blob that no kept manifest references"),
