@@ -140,7 +140,10 @@ def _table(name: str, rows: list[Any], time_cols: tuple[str, ...] = ()) -> pd.Da
     names = list(inv_mod.SCHEMA[name])
     # Column lists convert to typed arrays much faster than a frame of row tuples.
     columns = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in names]
+    # The rows go as soon as their columns exist: peak memory is one table's worth, not two.
+    rows.clear()
     df = pd.DataFrame(dict(zip(names, columns, strict=True)))
+    del columns
     for col in time_cols:
         df[col] = _times(df[col])
     if name == "uploads":
