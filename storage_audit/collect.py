@@ -69,7 +69,7 @@ def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
             "size": blobs["size"],
             "mtime": blobs["mtime"],
             "kind": blobs["digest"].map(kinds).astype("string"),
-            "linked_from": blobs["digest"].map(linked_from).fillna("").astype("string"),
+            "linked_from": blobs["digest"].map(linked_from).astype("string").fillna(""),
         }
     )
     return frame.sort_values(["size", "digest"], ascending=[False, True], ignore_index=True)[ORPHAN_COLUMNS]
@@ -96,8 +96,11 @@ def gc_difference(inv: Inventory, keep_referrers: bool = True) -> GcDifference:
     stock = reach(inv, ReachOptions(delete_untagged=True, gc_compatible=True))
     safe = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers))
     extra = stock.present[~stock.kept & safe.kept].reset_index(drop=True)
-    children = inv.references[inv.references["ref_type"] == "child"]["digest"]
-    is_child = isin(extra["digest"], children)
+    # A child counts as such when a manifest the safe mode keeps, in the same repository, lists it.
+    refs = inv.references[inv.references["ref_type"] == "child"][["manifest", "digest"]]
+    parents = safe.present[safe.kept][["repository", "target"]].rename(columns={"target": "manifest"})
+    listed = parents.merge(refs, on="manifest")[["repository", "digest"]].drop_duplicates()
+    is_child = extra[["repository", "digest"]].merge(listed, how="left", indicator=True)["_merge"].eq("both")
     subjects = inv.manifests[inv.manifests["subject"].notna()]["digest"]
     is_referrer = isin(extra["target"], subjects) & ~is_child
     extra_blobs = stock.orphans[~isin(stock.orphans["digest"], safe.orphans["digest"])]

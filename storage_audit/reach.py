@@ -149,16 +149,44 @@ def mark(
     protect_dangling: bool = True,
     tags: pd.DataFrame | None = None,
 ) -> pd.Index:
-    """The blobs the kept revisions hold (and, when protecting, what dangling tags name)."""
+    """The blobs the kept revisions hold; when protecting, also what broken references still name.
+
+    Protection covers manifests that are named but are no present revision of
+    the repository: the targets of dangling tags, and index children whose
+    revision link is gone. Someone may restore them, so their blobs and, through
+    their own contents (children included), everything they reference stay.
+    """
     kept_keys = present[kept][["repository", "digest"]]
-    marked_frames = [holds.merge(kept_keys, on=["repository", "digest"])["blob"]]
+    kept_holds = holds.merge(kept_keys, on=["repository", "digest"])
+    marked = [kept_holds["blob"]]
     if protect_dangling:
-        # A tag whose revision link is gone still names a manifest someone may
-        # restore; its blob and what it references are kept, never swept.
-        dangling = dangling_tag_targets(inv, present, tags).dropna(subset=["digest"])
-        owners = dangling.assign(target=dangling["digest"])
-        marked_frames.append(holdings(inv, owners)["blob"])
-    return pd.Index(pd.concat(marked_frames, ignore_index=True).unique())
+        dangling = dangling_tag_targets(inv, present, tags)["digest"].dropna()
+        children = inv.references[inv.references["ref_type"] == "child"]
+        kept_children = kept_holds.merge(
+            children[["manifest", "digest"]].rename(columns={"manifest": "target_blob", "digest": "child"}),
+            left_on="blob",
+            right_on="target_blob",
+        )[["repository", "child"]].rename(columns={"child": "digest"})
+        orphaned = kept_children.merge(present[["repository", "digest"]], how="left", indicator=True)
+        orphaned = orphaned[orphaned["_merge"] == "left_only"]["digest"]
+        named = _content_closure(inv, set(dangling) | set(orphaned))
+        names = pd.Series(sorted(named), dtype="string")
+        owners = pd.DataFrame(
+            {"repository": pd.Series("", index=names.index, dtype="string"), "digest": names, "target": names}
+        )
+        marked.append(holdings(inv, owners)["blob"])
+    return pd.Index(pd.concat(marked, ignore_index=True).unique())
+
+
+def _content_closure(inv: Inventory, digests: set[str]) -> set[str]:
+    """`digests` and, recursively, the children their manifest contents list."""
+    children = inv.references[inv.references["ref_type"] == "child"][["manifest", "digest"]]
+    seen, frontier = set(digests), set(digests)
+    while frontier:
+        step = set(children[isin(children["manifest"], frontier)]["digest"]) - seen
+        seen |= step
+        frontier = step
+    return seen
 
 
 def blob_kinds(inv: Inventory) -> pd.Series:

@@ -851,3 +851,52 @@ class Registry(Client):
     def garbage_collect(self, dry_run: bool = True, delete_untagged: bool = False) -> str:
         """Run garbage-collect on this registry's storage (stop the server first unless `dry_run`)."""
         return garbage_collect(self.root, dry_run, delete_untagged, binary=self.binary)
+
+
+# --------------------------------------------------------------------------
+# Pulling, as a client would
+
+
+def pull(client: Client, repo: str, reference: str) -> list[str]:
+    """Pull `reference` from `repo` as a client would and return what failed (nothing when it pulls).
+
+    The manifest is fetched with every Accept type and its digest verified;
+    index children are fetched by digest, recursively; every config and layer
+    is fetched and its digest and size verified.
+    """
+    problems: list[str] = []
+    resp = client.request("GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": ", ".join(MANIFEST_ACCEPT)})
+    if resp.status != 200:
+        return [f"{repo}@{reference}: manifest: HTTP {resp.status}"]
+    digest = sha256(resp.body)
+    served = resp.headers.get("docker-content-digest")
+    if served != digest or (reference.startswith("sha256:") and reference != digest):
+        return [f"{repo}@{reference}: manifest served as {served}, its bytes are {digest}"]
+    doc = json.loads(resp.body)
+    if "manifests" in doc:
+        for child in doc["manifests"]:
+            problems += pull(client, repo, child["digest"])
+        return problems
+    blobs = [(layer["blobSum"], None) for layer in doc.get("fsLayers", [])]
+    blobs += [(d["digest"], d.get("size")) for d in (doc.get("config"), *doc.get("layers", [])) if d]
+    for blob, size in blobs:
+        got = client.request("GET", f"/v2/{repo}/blobs/{blob}")
+        if got.status != 200:
+            problems.append(f"{repo}@{reference}: blob {blob}: HTTP {got.status}")
+        elif sha256(got.body) != blob or (size is not None and len(got.body) != size):
+            problems.append(f"{repo}@{reference}: blob {blob}: served {len(got.body)} bytes of {sha256(got.body)}")
+    return problems
+
+
+def pull_all(client: Client) -> dict[tuple[str, str], list[str]]:
+    """Pull every tag of every repository in the catalog; map (repository, tag) to what failed."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for repo in client.catalog():
+        resp = client.request("GET", f"/v2/{repo}/tags/list")
+        # A repository holding only blobs or uploads has no tags to list.
+        if resp.status == 404:
+            continue
+        client._expect(resp, 200, f"tags of {repo}")
+        for tag in resp.json().get("tags") or []:
+            out[(repo, tag)] = pull(client, repo, tag)
+    return out

@@ -1,0 +1,345 @@
+"""Differential tests: storage-audit's answers against what the reference registry's garbage-collect does."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import random
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from storage_audit import collect
+from storage_audit.cli import app
+from storage_audit.inventory import Inventory
+from storage_audit.reach import ReachOptions
+from storage_audit.scan import scan
+from tests.facts import Facts
+from tests.registry_harness import (
+    Client,
+    Ledger,
+    Registry,
+    garbage_collect,
+    parse_gc_output,
+    pull_all,
+    require_registry,
+)
+from tests.workloads import EDGE_CASES, random_workload
+
+BUILD_PY = Path(__file__).resolve().parents[1] / "fixtures" / "build.py"
+V2 = Path("docker/registry/v2")
+# Reference types whose target a kept manifest needs in order to be pulled (a `subject` is not one).
+HOLDING = ("config", "layer", "child", "fslayer")
+SEEDS_ENV = "STORAGE_AUDIT_SEEDS"
+
+
+def _extra_seeds(spec: str) -> list[int]:
+    """`STORAGE_AUDIT_SEEDS` as comma-separated seeds and inclusive ranges: `100,200-299`."""
+    seeds: list[int] = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        low, _, high = item.partition("-")
+        seeds += range(int(low), int(high or low) + 1)
+    return seeds
+
+
+SEEDS = sorted(set(range(20)) | set(_extra_seeds(os.environ.get(SEEDS_ENV, ""))))
+
+
+def _builder() -> ModuleType:
+    # fixtures/ is a directory of data with one script, not a package; share test_real_registry's module.
+    module = sys.modules.get("fixtures_build")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("fixtures_build", BUILD_PY)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fixtures_build"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def _scenario(name: str) -> Callable[[Client], None]:
+    def push(client: Client) -> None:
+        builder = _builder()
+        if name in builder.SCENARIOS:
+            builder.SCENARIOS[name](client, random.Random(f"{builder.SEED}:{name}"))
+        else:
+            EDGE_CASES[name](client, random.Random(f"storage-audit-differential:{name}"))
+
+    return push
+
+
+def _seed(seed: int) -> Callable[[Client], None]:
+    return lambda client: random_workload(client, seed)
+
+
+CLI_SEEDS = ["seed-0", "seed-1", "seed-2"]
+CASES: dict[str, Callable[[Client], None]] = {
+    **{name: _scenario(name) for name in ("basic", "multiarch", "referrers", "churn", *EDGE_CASES)},
+    **{f"seed-{seed}": _seed(seed) for seed in SEEDS},
+}
+
+
+# --------------------------------------------------------------------------
+# What the ledger says, computed without storage-audit
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """The stored state replayed from the ledger, and what each collector should keep of it."""
+
+    linked: frozenset[tuple[str, str]]
+    tagged: frozenset[tuple[str, str]]
+    children: dict[str, tuple[str, ...]]
+    subjects: dict[str, str]
+    holds: dict[str, frozenset[str]]
+
+    @classmethod
+    def from_facts(cls, facts: Facts) -> Oracle:
+        linked = frozenset((r["repository"], r["digest"]) for r in facts["revisions"] if r["linked"])
+        children: dict[str, list[str]] = {}
+        holds: dict[str, set[str]] = {}
+        for ref in facts["references"]:
+            if ref["ref_type"] == "child":
+                children.setdefault(ref["manifest"], []).append(ref["digest"])
+            if ref["ref_type"] in HOLDING:
+                holds.setdefault(ref["manifest"], set()).add(ref["digest"])
+        return cls(
+            linked=linked,
+            tagged=frozenset((t["repository"], t["digest"]) for t in facts["tags"]),
+            children={m: tuple(c) for m, c in children.items()},
+            subjects={m["digest"]: m["subject"] for m in facts["manifests"] if m["subject"]},
+            holds={m["digest"]: frozenset({m["digest"], *holds.get(m["digest"], ())}) for m in facts["manifests"]},
+        )
+
+    def stock_untagged(self) -> set[tuple[str, str]]:
+        return set(self.linked - self.tagged)
+
+    def safe_kept(self) -> set[tuple[str, str]]:
+        """Tagged revisions, then, within each repository, the children of kept indexes and referrers of kept ones."""
+        kept = set(self.tagged & self.linked)
+        while True:
+            more = {(repo, c) for repo, d in kept for c in self.children.get(d, ()) if (repo, c) in self.linked}
+            more |= {(repo, d) for repo, d in self.linked if (repo, self.subjects.get(d)) in kept}
+            if more <= kept:
+                return kept
+            kept |= more
+
+    def kept_children(self, revisions: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those of `revisions` that a kept index of their repository lists; the rest are kept as referrers."""
+        listed = {(repo, c) for repo, d in self.safe_kept() for c in self.children.get(d, ())}
+        return revisions & listed
+
+    def tag_closure(self, repo: str, digest: str) -> set[str]:
+        """The manifests pulling `digest` from `repo` fetches: itself and its children, recursively."""
+        seen = {digest}
+        todo = [digest]
+        while todo:
+            for child in self.children.get(todo.pop(), ()):
+                if child not in seen:
+                    seen.add(child)
+                    todo.append(child)
+        return seen
+
+
+# --------------------------------------------------------------------------
+# One build per case, shared by every test of it
+
+
+@dataclass
+class Built:
+    name: str
+    root: Path
+    facts: Facts
+    tags: dict[tuple[str, str], str]
+    oracle: Oracle
+    inv: Inventory
+    plain_blobs: set[str]
+    stock_manifests: set[tuple[str, str]]
+    stock_blobs: set[str]
+    scratch: Path
+    answers: dict[tuple[str, ReachOptions], set[Any]] = field(default_factory=dict)
+
+    def untagged(self, options: ReachOptions) -> set[tuple[str, str]]:
+        """`collect.untagged` as (repository, digest) pairs, computed once per options."""
+        key = ("untagged", options)
+        if key not in self.answers:
+            frame = collect.untagged(self.inv, options)
+            self.answers[key] = set(zip(frame["repository"], frame["digest"], strict=True))
+        return set(self.answers[key])
+
+    def orphans(self, options: ReachOptions) -> set[str]:
+        """`collect.orphans` as digests, computed once per options."""
+        key = ("orphans", options)
+        if key not in self.answers:
+            self.answers[key] = set(collect.orphans(self.inv, options)["digest"])
+        return set(self.answers[key])
+
+
+@pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    require_registry()
+    name: str = request.param
+    base = tmp_path_factory.mktemp(name)
+    root = base / "root"
+    ledger = Ledger()
+    with Registry(root, ledger) as reg:
+        CASES[name](reg)
+    plain_manifests, plain_blobs, _ = parse_gc_output(garbage_collect(root, dry_run=True))
+    assert plain_manifests == set()
+    stock_manifests, stock_blobs, _ = parse_gc_output(garbage_collect(root, dry_run=True, delete_untagged=True))
+    facts = ledger.expected_facts()
+    yield Built(
+        name=name,
+        root=root,
+        facts=facts,
+        tags={(t["repository"], t["tag"]): t["digest"] for t in facts["tags"]},
+        oracle=Oracle.from_facts(facts),
+        inv=scan(root / V2),
+        plain_blobs=plain_blobs,
+        stock_manifests=stock_manifests,
+        stock_blobs=stock_blobs,
+        scratch=base,
+    )
+    shutil.rmtree(base, ignore_errors=True)
+
+
+STOCK = ReachOptions(delete_untagged=True, gc_compatible=True)
+SAFE = ReachOptions(delete_untagged=True)
+
+
+# --------------------------------------------------------------------------
+# Dry runs
+
+
+def test_orphans_equal_plain_gc(built: Built) -> None:
+    assert built.orphans(ReachOptions()) == built.plain_blobs
+
+
+def test_gc_compatible_equals_delete_untagged(built: Built) -> None:
+    # The oracle is checked against the collector too, so that the safe-mode test below stands on it.
+    assert built.oracle.stock_untagged() == built.stock_manifests
+    assert built.untagged(STOCK) == built.stock_manifests
+    assert built.orphans(STOCK) == built.stock_blobs
+
+
+def test_safe_mode_keeps_exactly_index_children_and_referrers(built: Built) -> None:
+    oracle = built.oracle
+    extra = oracle.safe_kept() - oracle.tagged
+    stock_untagged, safe_untagged = built.untagged(STOCK), built.untagged(SAFE)
+    assert safe_untagged <= stock_untagged
+    assert stock_untagged - safe_untagged == extra
+    children = oracle.kept_children(extra)
+    assert all((repo, oracle.subjects.get(digest)) in oracle.safe_kept() for repo, digest in extra - children)
+
+    stock_orphans, safe_orphans = built.orphans(STOCK), built.orphans(SAFE)
+    assert safe_orphans <= stock_orphans
+    held = set().union(*(oracle.holds[d] for _, d in extra))
+    assert stock_orphans - safe_orphans <= held
+
+
+def test_gc_difference_counts_children_and_referrers(built: Built) -> None:
+    """The CLI's warning names what kind of manifests the stock collector would also delete."""
+    oracle = built.oracle
+    extra = oracle.safe_kept() - oracle.tagged
+    children = oracle.kept_children(extra)
+    extra_blobs = built.orphans(STOCK) - built.orphans(SAFE)
+    diff = collect.gc_difference(built.inv)
+    counts = (diff.index_children, diff.referrers, diff.other_manifests, diff.blobs)
+    assert counts == (len(children), len(extra - children), 0, len(extra_blobs))
+
+
+# Every CLI call scans again; the named cases and a few seeds cover its paths.
+@pytest.mark.parametrize("built", [name for name in CASES if not name.startswith("seed-")] + CLI_SEEDS, indirect=True)
+def test_cli_agrees_with_the_collector(built: Built) -> None:
+    runner = CliRunner()
+    root = str(built.root)
+
+    result = runner.invoke(app, ["orphans", root, "-f", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert {row["digest"] for row in json.loads(result.stdout)} == built.plain_blobs
+
+    result = runner.invoke(app, ["orphans", root, "-m", "--gc-compatible", "-f", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert {row["digest"] for row in json.loads(result.stdout)} == built.stock_blobs
+
+    result = runner.invoke(app, ["untagged", root, "--gc-compatible", "-f", "csv", "-q"])
+    assert result.exit_code == 0, result.output
+    rows = csv.DictReader(io.StringIO(result.stdout))
+    assert {(row["repository"], row["digest"]) for row in rows} == built.stock_manifests
+    assert result.stderr == ""
+
+    # Without -q the safe mode says on stderr, and only there, what the stock collector would also delete.
+    result = runner.invoke(app, ["untagged", root, "-f", "csv"])
+    assert result.exit_code == 0, result.output
+    extra = built.oracle.safe_kept() - built.oracle.tagged
+    extra_blobs = built.stock_blobs - built.orphans(SAFE)
+    warning = re.search(r"would also delete (\d+) manifests .* and (\d+) blobs", result.stderr)
+    if extra or extra_blobs:
+        assert warning is not None, result.stderr
+        assert (int(warning[1]), int(warning[2])) == (len(extra), len(extra_blobs))
+    else:
+        assert warning is None, result.stderr
+    assert "warning" not in result.stdout
+    rows = csv.DictReader(io.StringIO(result.stdout))
+    assert {(row["repository"], row["digest"]) for row in rows} == built.stock_manifests - extra
+
+
+# --------------------------------------------------------------------------
+# Real collections on copies, then pulls
+
+
+def collected_copy(built: Built, delete_untagged: bool) -> Path:
+    """A copy of the tree after a real `garbage-collect` (the registry is not serving it)."""
+    copy = built.scratch / ("gc-m" if delete_untagged else "gc")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(built.root, copy, symlinks=True)
+    garbage_collect(copy, dry_run=False, delete_untagged=delete_untagged)
+    return copy
+
+
+def blobs_on_disk(root: Path) -> set[str]:
+    return set(scan(root / V2).blobs["digest"])
+
+
+def pulls_after(copy: Path) -> dict[tuple[str, str], list[str]]:
+    with Registry(copy) as reg:
+        return pull_all(reg)
+
+
+def test_plain_gc_keeps_every_blob_orphans_calls_live(built: Built) -> None:
+    copy = collected_copy(built, delete_untagged=False)
+    live = set(built.inv.blobs["digest"]) - built.orphans(ReachOptions())
+    assert blobs_on_disk(copy) == live
+    pulls = pulls_after(copy)
+    assert set(pulls) == set(built.tags)
+    assert {tag: problems for tag, problems in pulls.items() if problems} == {}
+
+
+def test_stock_delete_untagged_breaks_what_safe_mode_keeps(built: Built) -> None:
+    oracle = built.oracle
+    extra = oracle.safe_kept() - oracle.tagged
+    copy = collected_copy(built, delete_untagged=True)
+    assert blobs_on_disk(copy) == set(built.inv.blobs["digest"]) - built.orphans(STOCK)
+    with Registry(copy) as reg:
+        pulls = pull_all(reg)
+        # Every manifest the safe mode keeps beyond the collector is gone by digest: no client can fetch it.
+        still_there = {(repo, digest) for repo, digest in extra if reg.manifest_exists(repo, digest)}
+    assert still_there == set()
+    assert set(pulls) == set(built.tags)
+    # A tag fails exactly when pulling it needs an index child the safe mode kept and the collector deleted.
+    failing = {tag for tag, problems in pulls.items() if problems}
+    broken = {(r, t) for (r, t), d in built.tags.items() if {(r, c) for c in oracle.tag_closure(r, d)} & extra}
+    assert failing == broken
+    if built.name in ("basic", "multiarch", "nested-index", "referrer-chains"):
+        assert failing, "the stock collector no longer breaks tagged multi-platform images"

@@ -1,0 +1,331 @@
+"""Seeded random workloads and named edge cases, pushed through the registry's HTTP API only."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.registry_harness import (
+    COSIGN_SIGNATURE,
+    COSIGN_SIMPLESIGNING,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    EMPTY_JSON,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    SPDX_SBOM,
+    Client,
+    Pushed,
+    canonical_json,
+    platform,
+    sha256,
+)
+
+# Nested names, names inside other repositories, and every separator the grammar allows.
+REPOSITORIES = ("app", "team/app", "team/app/server", "org/team/tool", "lib/base-image", "a.b/c_d/e--f")
+PLATFORMS = ("linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/s390x", "linux/ppc64le", "windows/amd64")
+TAGS = ("latest", "stable", "v1", "v2", "v2.1", "dev", "nightly")
+ARTIFACT_TYPES = (
+    (COSIGN_SIGNATURE, COSIGN_SIMPLESIGNING),
+    (SPDX_SBOM, SPDX_SBOM),
+    ("application/vnd.in-toto+json", "application/vnd.in-toto+json"),
+)
+
+
+def blob_bytes(rng: random.Random) -> bytes:
+    """Tens to a couple of hundred random bytes: the registry never looks inside a layer."""
+    return rng.randbytes(rng.randint(20, 200))
+
+
+@dataclass
+class RepoState:
+    """What the workload believes one repository holds, to choose valid next operations."""
+
+    name: str
+    blobs: set[str] = field(default_factory=set)
+    manifests: dict[str, Pushed] = field(default_factory=dict)
+    # Digests some index of this repository lists: deleting one would break a pull before any GC ran.
+    listed: set[str] = field(default_factory=set)
+    tags: dict[str, str] = field(default_factory=dict)
+    # A manifest was ever put here: its revision directory stays even after a delete.
+    revised: bool = False
+
+    def images(self, media_type: str | None = None) -> list[Pushed]:
+        out = [p for p in self.manifests.values() if not _is_index(p)]
+        return [p for p in out if media_type is None or p.media_type == media_type]
+
+
+def _is_index(pushed: Pushed) -> bool:
+    return pushed.media_type in (OCI_INDEX, DOCKER_LIST)
+
+
+class Workload:
+    """Random pushes, tags, deletes, mounts, indexes, referrers and abandoned uploads, reproducible from a seed."""
+
+    def __init__(self, client: Client, rng: random.Random) -> None:
+        self.client = client
+        self.rng = rng
+        self.repos = {name: RepoState(name) for name in rng.sample(REPOSITORIES, rng.randint(3, len(REPOSITORIES)))}
+        # A few base layers that images in several repositories share.
+        self.base_layers = [blob_bytes(rng) for _ in range(3)]
+
+    # Helpers
+
+    def _repo(self, needs_manifest: bool = False) -> RepoState | None:
+        choices = [r for r in self.repos.values() if r.manifests or not needs_manifest]
+        return self.rng.choice(sorted(choices, key=lambda r: r.name)) if choices else None
+
+    def _link(self, repo: RepoState, data: bytes) -> None:
+        """Get `data` linked into `repo`, by a cross-repository mount when another repository has it."""
+        digest = sha256(data)
+        if digest in repo.blobs:
+            return
+        donors = sorted(r.name for r in self.repos.values() if digest in r.blobs)
+        if donors and self.rng.random() < 0.8:
+            self.client.mount_blob(repo.name, digest, from_repo=self.rng.choice(donors))
+        else:
+            self.client.push_blob(repo.name, data)
+        repo.blobs.add(digest)
+
+    def _put(self, repo: RepoState, pushed: Pushed, tags: list[str]) -> Pushed:
+        references = tags or [pushed.digest]
+        for ref in references:
+            self.client.put_manifest(repo.name, ref, pushed.body, pushed.media_type)
+        repo.manifests[pushed.digest] = pushed
+        repo.revised = True
+        for tag in tags:
+            repo.tags[tag] = pushed.digest
+        return pushed
+
+    def _tags(self, p_tagged: float) -> list[str]:
+        if self.rng.random() >= p_tagged:
+            return []
+        return self.rng.sample(TAGS, self.rng.choice((1, 1, 1, 2)))
+
+    def _image(self, repo: RepoState, oci: bool, platform: str, tags: list[str]) -> Pushed:
+        rng = self.rng
+        layers = [rng.choice(self.base_layers)] if rng.random() < 0.7 else []
+        layers += [blob_bytes(rng) for _ in range(rng.randint(1, 2))]
+        os_name, arch = platform.split("/")[:2]
+        config = canonical_json(
+            {
+                "architecture": arch,
+                "os": os_name,
+                "rootfs": {"type": "layers", "diff_ids": [sha256(x) for x in layers]},
+                "config": {"Labels": {"build": rng.randbytes(4).hex()}},
+            }
+        )
+        for data in (*layers, config):
+            self._link(repo, data)
+        built = self.client.image(
+            repo.name, layers, config, oci=oci, push=False, media_type_field=not oci or rng.random() < 0.8
+        )
+        return self._put(repo, built, tags)
+
+    # Operations
+
+    def push_image(self) -> None:
+        repo = self._repo()
+        assert repo is not None
+        self._image(repo, self.rng.random() < 0.5, self.rng.choice(PLATFORMS), self._tags(0.7))
+
+    def push_multiarch(self) -> None:
+        rng = self.rng
+        repo = self._repo()
+        assert repo is not None
+        oci = rng.random() < 0.6
+        platforms = rng.sample(PLATFORMS, rng.randint(2, 3))
+        child_type = OCI_INDEX if oci else DOCKER_LIST
+        children: list[tuple[Pushed, str]] = []
+        # Sometimes an existing image (perhaps tagged, perhaps another index's child) is listed again.
+        reusable = repo.images(OCI_MANIFEST if oci else DOCKER_MANIFEST)
+        if reusable and rng.random() < 0.3:
+            children.append((rng.choice(reusable), platforms.pop()))
+        children += [(self._image(repo, oci, p, []), p) for p in platforms]
+        # An OCI index may list another index (nested multi-platform images).
+        nested = [p for p in repo.manifests.values() if p.media_type == child_type == OCI_INDEX]
+        if nested and rng.random() < 0.2:
+            children.append((rng.choice(nested), "linux/amd64"))
+        built = self.client.index(
+            repo.name, children, oci=oci, push=False, media_type_field=not oci or rng.random() < 0.8
+        )
+        self._put(repo, built, self._tags(0.6))
+        repo.listed.update(child.digest for child, _ in children)
+
+    def push_referrer(self) -> None:
+        rng = self.rng
+        repo = self._repo(needs_manifest=True)
+        if repo is None:
+            return
+        subject = repo.manifests[rng.choice(sorted(repo.manifests))]
+        artifact_type, layer_type = rng.choice(ARTIFACT_TYPES)
+        payload = canonical_json({"subject": subject.digest, "nonce": rng.randbytes(6).hex()})
+        built = self.client.artifact(repo.name, subject, artifact_type, payload, layer_type, push=False)
+        for data in (EMPTY_JSON, payload):
+            self._link(repo, data)
+        self._put(repo, built, self._tags(0.1))
+
+    def retag(self) -> None:
+        repo = self._repo(needs_manifest=True)
+        if repo is None:
+            return
+        target = repo.manifests[self.rng.choice(sorted(repo.manifests))]
+        self._put(repo, target, [self.rng.choice(TAGS)])
+
+    def delete(self) -> None:
+        repo = self._repo(needs_manifest=True)
+        if repo is None:
+            return
+        candidates = sorted(set(repo.manifests) - repo.listed)
+        if not candidates:
+            return
+        digest = self.rng.choice(candidates)
+        self.client.delete_manifest(repo.name, digest)
+        del repo.manifests[digest]
+        repo.tags = {t: d for t, d in repo.tags.items() if d != digest}
+
+    def copy(self) -> None:
+        """Push an image or artifact of one repository into another (blobs mounted), as a promotion does."""
+        rng = self.rng
+        source = self._repo(needs_manifest=True)
+        if source is None:
+            return
+        images = source.images()
+        if not images:
+            return
+        pushed = rng.choice(images)
+        dest = self.repos[rng.choice(sorted(set(self.repos) - {source.name}))]
+        for digest in _blob_refs(pushed):
+            if digest not in dest.blobs:
+                self.client.mount_blob(dest.name, digest, from_repo=source.name)
+                dest.blobs.add(digest)
+        self._put(dest, pushed, self._tags(0.5))
+
+    def abandon_upload(self) -> None:
+        repo = self._repo()
+        assert repo is not None
+        self.client.start_upload(repo.name, blob_bytes(self.rng))
+        # The registry creates the repository directory; with no manifest it needs no tag.
+
+    def finish(self) -> None:
+        """Give every repository with a manifest a tag: 2.8's `-m` aborts on one that has none."""
+        for repo in sorted(self.repos.values(), key=lambda r: r.name):
+            if repo.revised and not repo.tags:
+                self._image(repo, self.rng.random() < 0.5, "linux/amd64", ["latest"])
+
+    def run(self, steps: int) -> None:
+        operations: list[tuple[Callable[[], None], int]] = [
+            (self.push_image, 30),
+            (self.push_multiarch, 15),
+            (self.push_referrer, 15),
+            (self.retag, 10),
+            (self.delete, 10),
+            (self.copy, 12),
+            (self.abandon_upload, 4),
+        ]
+        funcs, weights = zip(*operations, strict=True)
+        # Start with something tagged so early referrers and deletes have targets.
+        self.push_image()
+        for _ in range(steps):
+            self.rng.choices(funcs, weights)[0]()
+        self.finish()
+
+
+def _blob_refs(pushed: Pushed) -> list[str]:
+    doc: dict[str, Any] = json.loads(pushed.body)
+    return [doc["config"]["digest"], *(layer["digest"] for layer in doc.get("layers", []))]
+
+
+def random_workload(client: Client, seed: int) -> None:
+    """Push seed `seed`'s workload into the registry behind `client`."""
+    rng = random.Random(f"storage-audit-differential:{seed}")
+    Workload(client, rng).run(rng.randint(12, 24))
+
+
+# --------------------------------------------------------------------------
+# Named edge cases beyond the fixture scenarios
+
+
+def _plain_image(client: Client, repo: str, oci: bool, arch: str, rng: random.Random, **kw: Any) -> Pushed:
+    layers = [blob_bytes(rng), blob_bytes(rng)]
+    config: dict[str, Any] = {"architecture": arch, "os": "linux", "rootfs": {"diff_ids": [sha256(x) for x in layers]}}
+    return client.image(repo, layers, config, oci=oci, **kw)
+
+
+def referrer_chains(client: Client, rng: random.Random) -> None:
+    """Referrers of index children, of a tagged index, of other referrers, and of a deleted image."""
+    repo = "chains/app"
+    amd = _plain_image(client, repo, True, "amd64", rng)
+    arm = _plain_image(client, repo, True, "arm64", rng)
+    idx = client.index(repo, [(amd, "linux/amd64"), (arm, "linux/arm64/v8")], tags=["v1"])
+    sig = client.artifact(repo, idx, COSIGN_SIGNATURE, b'{"sig":"index"}', COSIGN_SIMPLESIGNING)
+    # A signature of a signature, and an SBOM of one platform image.
+    client.artifact(repo, sig, COSIGN_SIGNATURE, b'{"sig":"countersign"}', COSIGN_SIMPLESIGNING)
+    client.artifact(repo, arm, SPDX_SBOM, b'{"sbom":"arm"}', SPDX_SBOM)
+    # The subject is deleted through the API: its signature is kept by nobody.
+    gone = _plain_image(client, repo, False, "amd64", rng, tags=["old"])
+    client.artifact(repo, gone, COSIGN_SIGNATURE, b'{"sig":"gone"}', COSIGN_SIMPLESIGNING)
+    client.delete_manifest(repo, gone.digest)
+    # A referrer of an untagged image is no more kept than its subject.
+    loose = _plain_image(client, repo, True, "amd64", rng)
+    client.artifact(repo, loose, SPDX_SBOM, b'{"sbom":"loose"}', SPDX_SBOM)
+    # A referrer that is itself an index: attestations per platform, gathered under one `subject`.
+    attestations = [
+        (client.artifact(repo, None, "application/vnd.in-toto+json", payload, "application/vnd.in-toto+json"), p)
+        for payload, p in ((b'{"att":"amd"}', "linux/amd64"), (b'{"att":"arm"}', "linux/arm64/v8"))
+    ]
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "artifactType": "application/vnd.in-toto+json",
+        "manifests": [child.descriptor(platform=platform(p)) for child, p in attestations],
+        "subject": idx.descriptor(),
+    }
+    client.put_manifest(repo, sha256(canonical_json(doc)), canonical_json(doc), OCI_INDEX)
+
+
+def nested_index(client: Client, rng: random.Random) -> None:
+    """A tagged OCI index listing another index, and one child tagged on its own as well."""
+    repo = "nested/app"
+    amd = _plain_image(client, repo, True, "amd64", rng)
+    arm = _plain_image(client, repo, True, "arm64", rng, tags=["arm-only"])
+    inner = client.index(repo, [(amd, "linux/amd64"), (arm, "linux/arm64/v8")])
+    s390 = _plain_image(client, repo, True, "s390x", rng)
+    client.index(repo, [(inner, "linux/amd64"), (s390, "linux/s390x")], tags=["latest"])
+
+
+def shared_manifests(client: Client, rng: random.Random) -> None:
+    """The same image and list in two repositories: tagged in one, untagged in the other."""
+    src, dst = "shared/src", "shared/dst"
+    amd = _plain_image(client, src, False, "amd64", rng)
+    arm = _plain_image(client, src, False, "arm64", rng)
+    lst = client.manifest_list(src, [(amd, "linux/amd64"), (arm, "linux/arm64/v8")], tags=["latest"])
+    solo = _plain_image(client, src, False, "amd64", rng, tags=["solo"])
+    for pushed in (amd, arm, solo):
+        for digest in _blob_refs(pushed):
+            client.mount_blob(dst, digest, from_repo=src)
+    for pushed in (amd, arm, solo):
+        client.put_manifest(dst, pushed.digest, pushed.body, pushed.media_type)
+    client.put_manifest(dst, lst.digest, lst.body, lst.media_type)
+    # dst needs a tag of its own, and shares the list's children only untagged.
+    client.put_manifest(dst, "mirror", solo.body, solo.media_type)
+
+
+def listed_referrer(client: Client, rng: random.Random) -> None:
+    """An SBOM kept as the referrer of a tagged image, which an untagged index also happens to list."""
+    repo = "listed/app"
+    img = _plain_image(client, repo, True, "amd64", rng, tags=["v1"])
+    sbom = client.artifact(repo, img, SPDX_SBOM, b'{"sbom":"listed"}', SPDX_SBOM)
+    other = _plain_image(client, repo, True, "arm64", rng)
+    client.index(repo, [(sbom, "linux/amd64"), (other, "linux/arm64/v8")])
+
+
+EDGE_CASES: dict[str, Callable[[Client, random.Random], None]] = {
+    "referrer-chains": referrer_chains,
+    "nested-index": nested_index,
+    "shared-manifests": shared_manifests,
+    "listed-referrer": listed_referrer,
+}
