@@ -23,7 +23,8 @@ class View:
 
     size_columns are shown humanized; optional_columns are dropped, in order,
     until a table fits the terminal; total_columns are summed in a totals row;
-    single marks a one-row result written as one JSON object.
+    duration_columns hold seconds, shown as a humanized duration; single marks
+    a one-row result written as one JSON object.
     """
 
     frame: pd.DataFrame
@@ -32,6 +33,7 @@ class View:
     optional_columns: tuple[str, ...] = ()
     total_columns: tuple[str, ...] = ()
     single: bool = False
+    duration_columns: tuple[str, ...] = ()
 
 
 class FormatError(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import humanize
@@ -20,6 +21,10 @@ def _size(value: object) -> str:
     return "" if pd.isna(value) else humanize.naturalsize(int(value), binary=True)  # type: ignore[call-overload]
 
 
+def _duration(value: object) -> str:
+    return "" if pd.isna(value) else humanize.naturaldelta(timedelta(seconds=int(value)))  # type: ignore[call-overload]
+
+
 def _cell(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -31,13 +36,15 @@ def _cell(value: object) -> str:
 
 
 def cells(view: View) -> pd.DataFrame:
-    """The frame as strings for people: sizes humanized, digests shortened, times to the minute."""
+    """The frame as strings for people: sizes and durations humanized, digests shortened, times to the minute."""
     frame = view.frame
     out = pd.DataFrame(index=frame.index)
     times = set(time_columns(frame))
     for col in frame.columns:
         if col in view.size_columns:
             out[col] = frame[col].map(_size)
+        elif col in view.duration_columns:
+            out[col] = frame[col].map(_duration)
         elif col in times:
             out[col] = frame[col].dt.strftime("%Y-%m-%d %H:%M").fillna("")
         else:

@@ -1,0 +1,516 @@
+"""Space reports: where the bytes are, per repository, tag, manifest, blob and upload, plus a summary."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+import humanize
+import numpy as np
+import pandas as pd
+
+from .formats import View
+from .frames import isin, join_groups
+from .inventory import Inventory
+from .reach import (
+    Reachability,
+    ReachOptions,
+    blob_kinds,
+    dangling_tag_targets,
+    edges,
+    holdings,
+    reach,
+    reach_findings,
+)
+
+STR: Final = "string"
+INT: Final = "int64"
+
+
+class By(str, Enum):
+    SUMMARY = "summary"
+    REPOSITORY = "repository"
+    TAG = "tag"
+    MANIFEST = "manifest"
+    BLOB = "blob"
+    UPLOAD = "upload"
+
+
+# The columns of every view, in output order; the README's report section repeats them.
+COLUMNS: dict[By, tuple[str, ...]] = {
+    By.SUMMARY: (
+        "repositories",
+        "tags",
+        "manifests",
+        "untagged_manifests",
+        "blobs",
+        "orphan_blobs",
+        "physical_bytes",
+        "logical_bytes",
+        "dedup_ratio",
+        "orphan_bytes",
+        "untagged_reclaimable_bytes",
+        "upload_bytes",
+        "findings_error",
+        "findings_warning",
+        "findings_info",
+    ),
+    By.REPOSITORY: (
+        "repository",
+        "tags",
+        "manifests",
+        "untagged_manifests",
+        "total_bytes",
+        "exclusive_bytes",
+        "shared_bytes",
+        "reclaimable_bytes",
+        "upload_bytes",
+        "last_push",
+    ),
+    By.TAG: (
+        "repository",
+        "tag",
+        "digest",
+        "media_type",
+        "platforms",
+        "pushed_at",
+        "image_bytes",
+        "exclusive_bytes",
+        "history",
+    ),
+    By.MANIFEST: ("repository", "digest", "media_type", "artifact_type", "tags", "reachable", "bytes"),
+    By.BLOB: ("digest", "size", "repositories", "manifests", "orphan", "kind"),
+    By.UPLOAD: ("repository", "id", "bytes", "started_at", "age"),
+}
+
+# The default sort, largest first, and the columns that break its ties (always ascending).
+MAIN_BYTES: dict[By, str] = {
+    By.REPOSITORY: "total_bytes",
+    By.TAG: "image_bytes",
+    By.MANIFEST: "bytes",
+    By.BLOB: "size",
+    By.UPLOAD: "bytes",
+}
+KEYS: dict[By, tuple[str, ...]] = {
+    By.REPOSITORY: ("repository",),
+    By.TAG: ("repository", "tag"),
+    By.MANIFEST: ("repository", "digest"),
+    By.BLOB: ("digest",),
+    By.UPLOAD: ("repository", "id"),
+}
+
+
+class ReportError(ValueError):
+    """Report options that cannot be honoured (an unknown sort column, say)."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Which view, narrowed to repositories matching a glob, sorted by a column, cut to the top rows."""
+
+    by: By = By.SUMMARY
+    repository: str | None = None
+    sort: str | None = None
+    top: int | None = None
+
+
+def check(options: ReportOptions) -> None:
+    """Refuse options that make no sense for the view, before any work is done; raises ReportError."""
+    if options.by is By.SUMMARY:
+        for name, value in (("--repository", options.repository), ("--sort", options.sort), ("--top", options.top)):
+            if value is not None:
+                raise ReportError(f"{name} applies to row views, not to --by summary")
+        return
+    if options.sort is not None and options.sort not in COLUMNS[options.by]:
+        known = ", ".join(COLUMNS[options.by])
+        raise ReportError(f"--sort {options.sort}: no such column in --by {options.by.value}; one of: {known}")
+    if options.top is not None and options.top < 1:
+        raise ReportError(f"--top {options.top}: must be at least 1")
+
+
+def report(inv: Inventory, options: ReportOptions) -> pd.DataFrame:
+    """The view `options.by` of `inv`, filtered, sorted and cut as asked; raises ReportError."""
+    check(options)
+    if options.by is By.SUMMARY:
+        return summary(inv)
+    builders = {
+        By.REPOSITORY: repositories,
+        By.TAG: tags,
+        By.MANIFEST: manifests,
+        By.BLOB: blobs,
+        By.UPLOAD: uploads,
+    }
+    frame = builders[options.by](inv, options.repository)
+    return arrange(frame, options.by, options.sort, options.top)
+
+
+def arrange(frame: pd.DataFrame, by: By, sort: str | None = None, top: int | None = None) -> pd.DataFrame:
+    """Sort largest (or latest) first for numbers and times, A to Z for text; ties by the view's keys."""
+    column = sort or MAIN_BYTES[by]
+    dtype = frame[column].dtype
+    descending = pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+    descending = descending or isinstance(dtype, pd.DatetimeTZDtype)
+    keys = [k for k in KEYS[by] if k != column]
+    out = frame.sort_values(
+        [column, *keys], ascending=[not descending] + [True] * len(keys), na_position="last", kind="stable"
+    )
+    if top is not None:
+        out = out.head(top)
+    return out.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------
+# Shared pieces
+
+
+def _sizes(inv: Inventory) -> pd.DataFrame:
+    return inv.blobs[["digest", "size"]].rename(columns={"digest": "blob"})
+
+
+def _bytes_by(pairs: pd.DataFrame, key: str, inv: Inventory) -> pd.Series:
+    """Sum of the sizes of the distinct stored blobs each `key` holds; blobs that are gone count nothing."""
+    distinct = pairs[[key, "blob"]].drop_duplicates().merge(_sizes(inv), on="blob")
+    return distinct.groupby(key)["size"].sum()
+
+
+def _revision_key(frame: pd.DataFrame) -> pd.Series:
+    # "@" appears in neither repository names nor digests, so the pair maps to one string key.
+    return frame["repository"].astype(STR) + "@" + frame["digest"].astype(STR)
+
+
+def _protected(inv: Inventory, present: pd.DataFrame) -> pd.Index:
+    """Blobs a dangling tag keeps: the engine never sweeps them, so no deletion here frees them."""
+    dangling = dangling_tag_targets(inv, present).dropna(subset=["digest"])
+    return pd.Index(holdings(inv, dangling.assign(target=dangling["digest"]))["blob"].unique())
+
+
+def _matching(names: pd.Series, pattern: str | None) -> pd.Series:
+    """Rows whose repository name matches the glob; each distinct name is tested once."""
+    if pattern is None:
+        return pd.Series(True, index=names.index)
+    return isin(names, [name for name in names.dropna().unique() if fnmatch.fnmatchcase(name, pattern)])
+
+
+def _safe(inv: Inventory) -> Reachability:
+    return reach(inv, ReachOptions(delete_untagged=True))
+
+
+@dataclass(frozen=True)
+class _Nodes:
+    """Owners of blobs: every present revision, then one per distinct target of a dangling tag.
+
+    Positions below len(present) are the engine's positions in `present`, so
+    its edge arrays index these nodes directly.
+    """
+
+    frame: pd.DataFrame  # repository, digest, target, node
+    holds: pd.DataFrame  # node, blob
+
+
+def _nodes(inv: Inventory, present: pd.DataFrame) -> _Nodes:
+    dangling = dangling_tag_targets(inv, present).dropna(subset=["digest"])
+    owners = dangling[["repository", "digest"]].drop_duplicates().assign(target=dangling["digest"])
+    frame = pd.concat([present[["repository", "digest", "target"]], owners], ignore_index=True)
+    frame = frame.assign(node=np.arange(len(frame)))
+    held = holdings(inv, frame).merge(frame[["repository", "digest", "node"]], on=["repository", "digest"])
+    return _Nodes(frame=frame, holds=held[["node", "blob"]])
+
+
+def _closure_pairs(roots: pd.DataFrame, src: np.ndarray, dst: np.ndarray) -> pd.DataFrame:
+    """(root, node) for every node reachable from each root's node along the edges, the root's own included."""
+    links = pd.DataFrame({"node": src, "next": dst}).drop_duplicates()
+    pairs = roots[["root", "node"]].drop_duplicates(ignore_index=True)
+    frontier = pairs
+    # One merge per level of nesting, not one step per row.
+    while len(frontier):
+        step = frontier.merge(links, on="node")[["root", "next"]].rename(columns={"next": "node"}).drop_duplicates()
+        step = step.merge(pairs, on=["root", "node"], how="left", indicator=True)
+        frontier = step[step["_merge"] == "left_only"][["root", "node"]]
+        pairs = pd.concat([pairs, frontier], ignore_index=True)
+    return pairs
+
+
+def _strings(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    for col in columns:
+        frame[col] = frame[col].astype(STR)
+    return frame
+
+
+# --------------------------------------------------------------------------
+# Views
+
+
+def repositories(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+    """One row per repository: counts, and the bytes its revisions hold, alone and shared."""
+    safe = _safe(inv)
+    names = inv.repositories["repository"]
+    holds = safe.holds.merge(_sizes(inv), on="blob")
+    per_repo = holds[["repository", "blob", "size"]].drop_duplicates(["repository", "blob"])
+    holders = per_repo.groupby("blob")["repository"].transform("size")
+    total = per_repo.groupby("repository")["size"].sum()
+    exclusive = per_repo[holders == 1].groupby("repository")["size"].sum()
+
+    # Reclaimable: every holder of the blob is an untagged revision of one repository.
+    dropped = safe.dropped_revisions[["repository", "digest"]].assign(untagged=True)
+    marks = holds.merge(dropped, on=["repository", "digest"], how="left")
+    marks["untagged"] = marks["untagged"].astype("boolean").fillna(False).astype(bool)
+    per_blob = marks.groupby("blob").agg(
+        repos=("repository", "nunique"), all_untagged=("untagged", "all"), repository=("repository", "first")
+    )
+    freed = per_blob[(per_blob["repos"] == 1) & per_blob["all_untagged"]]
+    freed = freed[~isin(freed.index.to_series(), _protected(inv, safe.present))]
+    reclaimable = freed.join(_sizes(inv).set_index("blob")).groupby("repository")["size"].sum()
+
+    def per(series: pd.Series) -> pd.Series:
+        return series.reindex(names, fill_value=0).set_axis(names.index).astype(INT)
+
+    frame = pd.DataFrame(
+        {
+            "repository": names,
+            "tags": per(inv.tags.groupby("repository").size()),
+            "manifests": per(safe.present.groupby("repository").size()),
+            "untagged_manifests": per(safe.dropped_revisions.groupby("repository").size()),
+            "total_bytes": per(total),
+            "exclusive_bytes": per(exclusive),
+            "reclaimable_bytes": per(reclaimable),
+            "upload_bytes": per(inv.uploads.groupby("repository")["bytes"].sum()),
+            "last_push": inv.tags.groupby("repository")["pushed_at"].max().reindex(names).set_axis(names.index),
+        }
+    )
+    frame["shared_bytes"] = frame["total_bytes"] - frame["exclusive_bytes"]
+    frame["last_push"] = pd.to_datetime(frame["last_push"], utc=True)
+    frame = _strings(frame, ("repository",))[list(COLUMNS[By.REPOSITORY])]
+    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+
+
+def tags(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+    """One row per tag: what it names, the image's bytes, and what deleting it alone would free."""
+    safe = _safe(inv)
+    present = safe.present
+    nodes = _nodes(inv, present)
+    tag_rows = inv.tags.reset_index(drop=True)
+    roots = (
+        tag_rows[["repository", "digest"]]
+        .assign(root=np.arange(len(tag_rows)))
+        .dropna(subset=["digest"])
+        .merge(nodes.frame, on=["repository", "digest"])
+    )
+
+    image = _closure_pairs(roots, *edges(inv, present, keep_referrers=False))
+    image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", inv)
+
+    # Under the safe semantics a node stays while some tag reaches it (children and
+    # referrers included), so a blob goes with a tag when every holder is reached by that tag alone.
+    kept = _closure_pairs(roots, *edges(inv, present, keep_referrers=True))
+    reached_by = kept.groupby("node")["root"].agg(["nunique", "first"])
+    sole = reached_by[reached_by["nunique"] == 1]["first"].rename("sole")
+    marks = nodes.holds.merge(sole, left_on="node", right_index=True, how="left")
+    per_blob = marks.groupby("blob")["sole"].agg(solo="count", holders="size", tags="nunique", root="first")
+    freed = per_blob[(per_blob["solo"] == per_blob["holders"]) & (per_blob["tags"] == 1)]
+    freed = freed[~isin(freed.index.to_series(), _protected(inv, present))].astype({"root": INT})
+    exclusive = freed.join(_sizes(inv).set_index("blob")).groupby("root")["size"].sum()
+
+    targets = tag_rows[["repository", "digest"]].merge(nodes.frame, on=["repository", "digest"], how="left")["target"]
+    targets = targets.fillna(tag_rows["digest"])
+    children = inv.references[(inv.references["ref_type"] == "child") & inv.references["platform"].notna()]
+    platforms = join_groups(children.sort_values(["manifest", "position"]), "manifest", "platform")
+    history = inv.tag_history.groupby(["repository", "tag"]).size().rename("history")
+    position = pd.Series(np.arange(len(tag_rows)), index=tag_rows.index)
+
+    frame = pd.DataFrame(
+        {
+            "repository": tag_rows["repository"],
+            "tag": tag_rows["tag"],
+            "digest": tag_rows["digest"],
+            "media_type": targets.map(inv.manifests.set_index("digest")["media_type"]),
+            "platforms": targets.map(platforms).astype(STR).fillna(""),
+            "pushed_at": tag_rows["pushed_at"],
+            "image_bytes": position.map(image_bytes).fillna(0).astype(INT),
+            "exclusive_bytes": position.map(exclusive).fillna(0).astype(INT),
+        }
+    )
+    frame = frame.merge(history, left_on=["repository", "tag"], right_index=True, how="left")
+    frame["history"] = frame["history"].fillna(0).astype(INT)
+    frame = _strings(frame, ("repository", "tag", "digest", "media_type", "platforms"))[list(COLUMNS[By.TAG])]
+    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+
+
+def manifests(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+    """One row per present revision: its kind, its tags, whether a tag reaches it, and its image's bytes."""
+    safe = _safe(inv)
+    present = safe.present
+    nodes = _nodes(inv, present)
+    roots = nodes.frame.iloc[: len(present)][["node"]].assign(root=lambda f: f["node"])
+    image = _closure_pairs(roots, *edges(inv, present, keep_referrers=False))
+    image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", inv)
+    named = inv.tags.dropna(subset=["digest"]).sort_values(["repository", "tag"])
+    tag_names = join_groups(named.assign(key=_revision_key(named)), "key", "tag")
+    info = inv.manifests.set_index("digest")
+
+    frame = pd.DataFrame(
+        {
+            "repository": present["repository"],
+            "digest": present["digest"],
+            "media_type": present["target"].map(info["media_type"]),
+            "artifact_type": present["target"].map(info["artifact_type"]),
+            "tags": _revision_key(present).map(tag_names).astype(STR).fillna(""),
+            "reachable": safe.kept,
+            "bytes": pd.Series(np.arange(len(present))).map(image_bytes).fillna(0).astype(INT),
+        }
+    )
+    frame = _strings(frame, ("repository", "digest", "media_type", "artifact_type", "tags"))
+    frame = frame[list(COLUMNS[By.MANIFEST])]
+    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+
+
+def blobs(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+    """One row per stored blob: who reaches it, and whether anything references it at all."""
+    plain = reach(inv)
+    holds = plain.holds
+    repos = holds.drop_duplicates(["repository", "blob"]).groupby("blob").size()
+    mans = holds.drop_duplicates(["digest", "blob"]).groupby("blob").size()
+    digests = inv.blobs["digest"]
+    frame = pd.DataFrame(
+        {
+            "digest": digests,
+            "size": inv.blobs["size"].astype(INT),
+            "repositories": digests.map(repos).fillna(0).astype(INT),
+            "manifests": digests.map(mans).fillna(0).astype(INT),
+            "orphan": isin(digests, plain.orphans["digest"]),
+            "kind": digests.map(blob_kinds(inv)),
+        }
+    )
+    frame = _strings(frame, ("digest", "kind"))[list(COLUMNS[By.BLOB])]
+    if pattern is not None:
+        wanted = holds[_matching(holds["repository"], pattern)]["blob"]
+        frame = frame[isin(frame["digest"], wanted)]
+    return frame.reset_index(drop=True)
+
+
+def uploads(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+    """One row per upload in progress, with its age at scan time."""
+    up = inv.uploads
+    scanned_at = pd.Timestamp(inv.scanned_at)
+    scanned_at = scanned_at.tz_localize("UTC") if scanned_at.tzinfo is None else scanned_at
+    age = (scanned_at - up["started_at"]).dt.total_seconds()
+    frame = pd.DataFrame(
+        {
+            "repository": up["repository"],
+            "id": up["id"],
+            "bytes": up["bytes"].astype(INT),
+            "started_at": up["started_at"],
+            "age": np.floor(age).astype("Int64"),
+        }
+    )
+    frame = _strings(frame, ("repository", "id"))[list(COLUMNS[By.UPLOAD])]
+    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+
+
+def summary(inv: Inventory) -> pd.DataFrame:
+    """One row: counts, physical and logical bytes, what collecting would free, findings by severity."""
+    plain = reach(inv)
+    safe = _safe(inv)
+    physical = int(inv.blobs["size"].sum())
+    per_repo = safe.holds.drop_duplicates(["repository", "blob"]).merge(_sizes(inv), on="blob")
+    logical = int(per_repo["size"].sum())
+    orphan_bytes = int(plain.orphans["size"].sum())
+    severities = pd.concat(
+        [inv.findings["severity"], pd.Series([f.severity.value for f in reach_findings(inv, plain)], dtype=STR)],
+        ignore_index=True,
+    ).value_counts()
+    row = {
+        "repositories": len(inv.repositories),
+        "tags": len(inv.tags),
+        "manifests": len(safe.present),
+        "untagged_manifests": int((~safe.kept).sum()),
+        "blobs": len(inv.blobs),
+        "orphan_blobs": len(plain.orphans),
+        "physical_bytes": physical,
+        "logical_bytes": logical,
+        "dedup_ratio": logical / physical if physical else 0.0,
+        "orphan_bytes": orphan_bytes,
+        "untagged_reclaimable_bytes": int(safe.orphans["size"].sum()) - orphan_bytes,
+        "upload_bytes": int(inv.uploads["bytes"].sum()),
+        "findings_error": int(severities.get("error", 0)),
+        "findings_warning": int(severities.get("warning", 0)),
+        "findings_info": int(severities.get("info", 0)),
+    }
+    frame = pd.DataFrame([row], columns=list(COLUMNS[By.SUMMARY]))
+    return frame.astype({c: INT for c in COLUMNS[By.SUMMARY] if c != "dedup_ratio"} | {"dedup_ratio": "float64"})
+
+
+# --------------------------------------------------------------------------
+# Presentation hints
+
+
+def summary_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The summary as (key, value) rows for people: sizes humanized, counts with separators."""
+    row = frame.iloc[0]
+    values = []
+    for key in frame.columns:
+        value = row[key]
+        if key.endswith("_bytes"):
+            values.append(humanize.naturalsize(int(value), binary=True))
+        elif key == "dedup_ratio":
+            values.append(f"{float(value):.2f}")
+        else:
+            values.append(f"{int(value):,}")
+    return pd.DataFrame({"key": list(frame.columns), "value": values}, dtype=STR)
+
+
+def view(by: By, frame: pd.DataFrame, table: bool = False) -> View:
+    """How to show `frame`: the summary as one object (or key/value rows in a table), the rest as rows."""
+    if by is By.SUMMARY:
+        if table:
+            return View(summary_pairs(frame), title="storage summary")
+        return View(frame, title="storage summary", single=True)
+    hints: dict[By, View] = {
+        By.REPOSITORY: View(
+            frame,
+            title="space per repository",
+            size_columns=("total_bytes", "exclusive_bytes", "shared_bytes", "reclaimable_bytes", "upload_bytes"),
+            optional_columns=("last_push", "upload_bytes", "shared_bytes", "untagged_manifests", "tags", "manifests"),
+            total_columns=(
+                "tags",
+                "manifests",
+                "untagged_manifests",
+                "total_bytes",
+                "exclusive_bytes",
+                "shared_bytes",
+                "reclaimable_bytes",
+                "upload_bytes",
+            ),
+        ),
+        By.TAG: View(
+            frame,
+            title="space per tag",
+            size_columns=("image_bytes", "exclusive_bytes"),
+            optional_columns=("media_type", "platforms", "history", "pushed_at", "digest"),
+            total_columns=("exclusive_bytes",),
+        ),
+        By.MANIFEST: View(
+            frame,
+            title="space per manifest",
+            size_columns=("bytes",),
+            optional_columns=("artifact_type", "media_type", "tags"),
+            total_columns=("reachable",),
+        ),
+        By.BLOB: View(
+            frame,
+            title="blobs",
+            size_columns=("size",),
+            optional_columns=("manifests", "kind"),
+            total_columns=("size",),
+        ),
+        By.UPLOAD: View(
+            frame,
+            title="uploads in progress",
+            size_columns=("bytes",),
+            optional_columns=("started_at", "id"),
+            total_columns=("bytes",),
+            duration_columns=("age",),
+        ),
+    }
+    return hints[by]
