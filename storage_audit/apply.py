@@ -102,7 +102,13 @@ class _Journal:
         self._fh: Any = None
         if not path.exists():
             return
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash: its action is simply checked again
+        lines = [entry for entry in lines if isinstance(entry, dict)]
         if not lines or lines[0].get("plan_sha256") != plan_hash:
             raise PlanError(f"{path} belongs to another plan; move it away to apply this one")
         if any(entry.get("finished") for entry in lines):
@@ -163,9 +169,7 @@ class _Applier:
         if self.options.dry_run:
             return freed
         if self.options.quarantine is not None:
-            dest = self.options.quarantine / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(target), str(dest))
+            _merge_move(target, self.options.quarantine / rel)
         elif target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         else:
@@ -223,10 +227,16 @@ class _Applier:
                     self._settle(i, action, "skipped", "a tag or a remaining manifest reaches it now")
                 else:
                     self._link_action(i, action, action.path, "link", levels=1)
+        held = self._held_now() if by_op["remove-layer-link"] or by_op["remove-blob"] else None
         for i, action in by_op["remove-layer-link"]:
-            self._link_action(i, action, action.path, "link", levels=1)
+            target = action.precondition.get("link")
+            if held is None:
+                self._settle(i, action, "skipped", UNCERTAIN)
+            elif target in held:
+                self._settle(i, action, "skipped", "a manifest present now references its blob")
+            else:
+                self._link_action(i, action, action.path, "link", levels=1)
         if by_op["remove-blob"]:
-            held = self._held_now()
             for i, action in by_op["remove-blob"]:
                 self._blob_action(i, action, held)
         for i, action in by_op["remove-upload"]:
@@ -281,8 +291,11 @@ class _Applier:
             return
         started = self._read_link(action.path + "/startedat")
         expected = action.precondition.get("started_at")
-        if expected is not None and (started is None or pd.Timestamp(started.strip()) != pd.Timestamp(expected)):
+        if expected is not None and (started is None or _timestamp(started) != pd.Timestamp(expected)):
             self._settle(index, action, "skipped", "it was restarted since planning")
+            return
+        if _tree_bytes(directory / "data") != action.precondition.get("bytes"):
+            self._settle(index, action, "skipped", "it received data since planning")
             return
         self._settle(index, action, "done", freed=self._remove(action.path))
 
@@ -297,6 +310,11 @@ class _Applier:
         if _has_files(directory / "_manifests") or _has_files(directory / "_uploads"):
             self._settle(index, action, "skipped", "it holds tags, manifests or uploads now")
             return
+        planned = action.precondition.get("layers_changed_at")
+        # Our own removals touch the directories, never the remaining link files: a newer link is a push.
+        if any(planned is None or m > planned for m in _file_mtimes(directory / "_layers")):
+            self._settle(index, action, "skipped", "a layer link was added since planning (a push in progress?)")
+            return
         freed = 0
         for part in REPOSITORY_PARTS:
             if (directory / part).exists():
@@ -306,6 +324,10 @@ class _Applier:
         self._settle(index, action, "done", freed=freed)
 
     # -- fresh looks at the tree, right before the irreversible steps -------------
+
+    def _remaining_tags(self, inv: Inventory) -> pd.DataFrame:
+        keys = zip(inv.tags["repository"], inv.tags["tag"], strict=True)
+        return inv.tags[np.array([k not in self.removed_tags for k in keys], dtype=bool)]
 
     def _fresh_inventory(self) -> Inventory | None:
         """A new scan; None when its findings leave references unknown (then nothing irreversible runs)."""
@@ -321,7 +343,7 @@ class _Applier:
         present = present_revisions(inv)
         keys = list(zip(present["repository"], present["digest"], strict=True))
         staying = np.array([k not in planned for k in keys], dtype=bool)
-        tags = inv.tags[[k not in self.removed_tags for k in zip(inv.tags["repository"], inv.tags["tag"], strict=True)]]
+        tags = self._remaining_tags(inv)
         src, dst = edges(inv, present, keep_referrers=True)
         # Tags now, plus every revision that stays, keep what they reach.
         reached = closure(tagged(present, tags) | staying, src, dst)
@@ -334,10 +356,24 @@ class _Applier:
             return None
         revisions = inv.revisions[inv.revisions["linked"]]
         gone = [k in self.removed_revisions for k in zip(revisions["repository"], revisions["digest"], strict=True)]
-        tags = inv.tags[[k not in self.removed_tags for k in zip(inv.tags["repository"], inv.tags["tag"], strict=True)]]
+        tags = self._remaining_tags(inv)
         own = set(revisions[~np.array(gone, dtype=bool)]["target"].dropna()) | set(tags["digest"].dropna())
         referenced = set(inv.references[isin(inv.references["manifest"], own)]["digest"])
         return own | referenced
+
+
+def _merge_move(source: Path, dest: Path) -> None:
+    """Move `source` to `dest`, merging into what an earlier quarantine left there."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        shutil.move(str(source), str(dest))
+    elif source.is_dir() and not source.is_symlink() and dest.is_dir():
+        for child in list(source.iterdir()):
+            _merge_move(child, dest / child.name)
+        source.rmdir()
+    else:
+        dest.unlink() if not dest.is_dir() else shutil.rmtree(dest)
+        shutil.move(str(source), str(dest))
 
 
 def _tree_bytes(path: Path) -> int:
@@ -352,6 +388,19 @@ def _tree_bytes(path: Path) -> int:
         for name in files:
             total += os.lstat(os.path.join(dirpath, name)).st_size
     return total
+
+
+def _file_mtimes(path: Path) -> list[int]:
+    return [
+        os.lstat(os.path.join(dirpath, name)).st_mtime_ns for dirpath, _dirs, files in os.walk(path) for name in files
+    ]
+
+
+def _timestamp(text: str) -> pd.Timestamp | None:
+    try:
+        return pd.Timestamp(text.strip())
+    except ValueError:
+        return None
 
 
 def _has_files(path: Path) -> bool:

@@ -25,6 +25,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "has_manifests": (BOOL, "the directory has `_manifests`"),
         "has_layers": (BOOL, "the directory has `_layers`"),
         "has_uploads": (BOOL, "the directory has `_uploads`"),
+        "layers_changed_at": (TIME, "mtime of `_layers/<alg>`: when a layer link was last added; null without"),
     },
     "tags": {
         "repository": (STR, "repository name"),

@@ -9,11 +9,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
 from .frames import isin
 from .inventory import Inventory
+from .manifest import LIST_KINDS
 from .paths import (
     BlobDir,
     Digest,
@@ -178,12 +180,17 @@ class Plan:
             created = datetime.fromisoformat(doc["created_at"])
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError("the plan has no valid created_at") from exc
-        plan = cls(root=root, created_at=created, policy=dict(doc.get("policy") or {}))
-        allowed = {f for f in Action.__dataclass_fields__}
+        policy = doc.get("policy")
+        if not isinstance(policy, dict):
+            raise PlanError("the plan's policy must be an object")
+        plan = cls(root=root, created_at=created, policy=policy)
+        fields = set(Action.__dataclass_fields__)
         last = -1
         for i, item in enumerate(actions):
-            if not isinstance(item, dict) or not set(item) <= allowed or not {"op", "path"} <= set(item):
-                raise PlanError(f"action #{i} is malformed")
+            if not isinstance(item, dict) or set(item) != fields:
+                raise PlanError(f"action #{i} is malformed: it needs exactly the fields {sorted(fields)}")
+            if not isinstance(item["op"], str) or item["op"] not in OP_SPEC:
+                raise PlanError(f"action #{i} has an unknown op")
             action = Action(**item)
             _check_types(i, action)
             action.spec()
@@ -214,7 +221,8 @@ def _matches(values: pd.Series, patterns: Iterable[str], glob: bool = False) -> 
         if glob:
             out |= values.map(lambda v, p=pattern: fnmatch.fnmatchcase(v, p)).astype(bool)
         else:
-            out |= values.str.contains(re.compile(pattern), regex=True).fillna(False).astype(bool)
+            search = re.compile(pattern).search
+            out |= values.map(lambda v, s=search: s(v) is not None).astype(bool)
     return out
 
 
@@ -309,12 +317,12 @@ def make_plan(inv: Inventory, policy: Policy, now: datetime) -> Plan:
     actions: list[Action] = []
     actions += _tag_actions(deleted_tags)
     actions += _history_actions(inv, deleted_tags, removed_revisions)
-    actions += _revision_actions(removed_revisions, remaining_tags, policy)
+    actions += _revision_actions(inv, removed_revisions, remaining_tags, policy)
     actions += _layer_link_actions(inv, removed_blobs)
     actions += _blob_actions(removed_blobs)
     actions += _upload_actions(inv, policy, ts_now, grace)
     if policy.prune_empty_repositories:
-        actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions)
+        actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions, grace)
     return Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions)
 
 
@@ -352,10 +360,19 @@ def _history_actions(inv: Inventory, deleted_tags: pd.DataFrame, removed: pd.Dat
     ]
 
 
-def _revision_actions(removed: pd.DataFrame, remaining_tags: pd.DataFrame, policy: Policy) -> list[Action]:
+def _revision_actions(
+    inv: Inventory, removed: pd.DataFrame, remaining_tags: pd.DataFrame, policy: Policy
+) -> list[Action]:
     was_tagged = set(zip(remaining_tags["repository"], remaining_tags["digest"], strict=True))
+    # Referrers first, then indexes, then images: interrupted anywhere, no remaining
+    # index misses a child and no remaining artifact misses its subject.
+    kinds = inv.manifests.set_index("digest")
+    is_referrer = removed["target"].map(kinds["subject"]).notna()
+    is_index = isin(removed["target"].map(kinds["kind"]).fillna(""), LIST_KINDS)
+    rank = np.where(is_referrer, 0, np.where(is_index, 1, 2))
+    ordered = removed.assign(_rank=rank).sort_values(["_rank", "repository", "digest"])
     actions = []
-    for r in removed.sort_values(["repository", "digest"]).itertuples(index=False):
+    for r in ordered.itertuples(index=False):
         if (r.repository, r.digest) in was_tagged:  # pragma: no cover - closure keeps tagged revisions
             continue
         reason = "untagged: no tag reaches it" if policy.delete_untagged else "no remaining tag reaches it"
@@ -429,20 +446,29 @@ def _upload_actions(inv: Inventory, policy: Policy, now: pd.Timestamp, grace: pd
 
 
 def _repository_actions(
-    inv: Inventory, policy: Policy, kept: pd.DataFrame, remaining_tags: pd.DataFrame, planned: list[Action]
+    inv: Inventory,
+    policy: Policy,
+    kept: pd.DataFrame,
+    remaining_tags: pd.DataFrame,
+    planned: list[Action],
+    grace: pd.Timestamp,
 ) -> list[Action]:
     removed_uploads = {a.path for a in planned if a.op == "remove-upload"}
     repos = inv.repositories[_in_scope(inv.repositories["repository"], policy)]["repository"]
     busy = set(kept["repository"]) | set(remaining_tags["repository"])
+    # Fresh layer links may be a push in progress (blobs go up before their manifest).
+    fresh = inv.repositories["layers_changed_at"] >= grace
+    busy |= set(inv.repositories[fresh.fillna(False)]["repository"])
     for r in inv.uploads.itertuples(index=False):
         if path_for(UploadDir(r.repository, r.id)) not in removed_uploads:
             busy.add(r.repository)
+    changed = inv.repositories.set_index("repository")["layers_changed_at"]
     return [
         Action(
             "remove-repository",
             path_for(Repository(name)),
             "empty: no tag, manifest or upload is left in it",
-            {},
+            {"layers_changed_at": None if pd.isna(changed[name]) else int(changed[name].value)},
             repository=name,
         )
         for name in sorted(set(repos) - busy)

@@ -82,7 +82,10 @@ def _sh(plan: Plan, _url: str | None) -> str:
     lines += [SH_FUNCTIONS, f"cd {shlex.quote(plan.root)}"]
     for action in plan.actions:
         lines += _sh_line(action)
-    empties = sorted({a.path.rsplit("/", 1)[0] for a in plan.actions if a.op != "remove-repository"}, reverse=True)
+    # Only the directories a removal leaves behind in the registry's own layout, never a
+    # repository's `_manifests/tags` or `_uploads` (2.8's collector aborts without `tags`).
+    pruned = ("remove-tag-history", "remove-revision", "remove-layer-link", "remove-blob")
+    empties = sorted({a.path.rsplit("/", 1)[0] for a in plan.actions if a.op in pruned}, reverse=True)
     lines.append("# Directories the removals left empty (the registry never prunes them).")
     lines += [f"rmdir -- {shlex.quote(d)} 2>/dev/null || true" for d in empties]
     lines.append("echo 'done: restart the registry, its blob cache still believes removed blobs exist' >&2")

@@ -164,7 +164,7 @@ def scan(v2: Path, options: ScanOptions | None = None) -> Inventory:
     return Inventory(
         root=str(v2),
         scanned_at=scanned_at,
-        repositories=_table("repositories", part.repositories),
+        repositories=_table("repositories", part.repositories, ("layers_changed_at",)),
         tags=_table("tags", part.tags, ("pushed_at",)),
         tag_history=_table("tag_history", part.history, ("pushed_at",)),
         revisions=_table("revisions", part.revisions, ("pushed_at",)),

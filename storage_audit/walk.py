@@ -47,7 +47,7 @@ class Part:
     """Rows read from part of the tree, in the inventory's column order, and the findings met there."""
 
     findings: list[Finding] = field(default_factory=list)
-    repositories: list[tuple[str, bool, bool, bool]] = field(default_factory=list)
+    repositories: list[tuple[str, bool, bool, bool, int | None]] = field(default_factory=list)
     tags: list[tuple[str, str, str | None, int | None]] = field(default_factory=list)
     history: list[tuple[str, str, str, int]] = field(default_factory=list)
     revisions: list[tuple[str, str, str | None, bool, int | None]] = field(default_factory=list)
@@ -208,7 +208,9 @@ class Walker:
         repo = "/".join(parts)
         is_repo = bool(parts) and ("_manifests" in names or "_layers" in names)
         if is_repo:
-            self.part.repositories.append((repo, "_manifests" in names, "_layers" in names, "_uploads" in names))
+            layers = "_layers" in names
+            changed = self._layers_changed(f"{rel}/_layers") if layers else None
+            self.part.repositories.append((repo, "_manifests" in names, layers, "_uploads" in names, changed))
         for name in subdirs:
             child = f"{rel}/{name}"
             if name == "_manifests" and is_repo:
@@ -223,6 +225,17 @@ class Walker:
                 self._walk_repositories(child, [*parts, name])
             else:
                 self._find(Kind.STRAY_FILE, child, "not a valid repository name component", repo or None)
+
+    def _layers_changed(self, rel: str) -> int | None:
+        """When a layer link was last added: adding one creates a directory in `_layers/<alg>`."""
+        latest = None
+        for alg in ALGORITHMS:
+            try:
+                mtime = os.stat(f"{self.v2}/{rel}/{alg}", follow_symlinks=False).st_mtime_ns
+            except OSError:
+                continue
+            latest = mtime if latest is None else max(latest, mtime)
+        return latest
 
     def _scan_manifests(self, rel: str, repo: str) -> None:
         for name in self._entries(rel, repo):
