@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import humanize
+import pandas as pd
 import typer
 from rich.console import Console
 
 from . import __version__, collect
+from . import check as checking
+from . import report as reporting
+from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
 from .formats import Format, FormatError, View, write
+from .formats.table import MIN_WIDTH
+from .formats.table import render as render_table
 from .inventory import Inventory, write_snapshot
-from .progress import RichProgress
+from .plan import Plan, PlanError, PlanRefused, Policy, make_plan
+from .plan_formats import PlanFormat, render
+from .progress import RichByteProgress, RichProgress
 from .reach import ReachOptions
 from .scan import ScanOptions
 from .source import RootError, Source, load, resolve
@@ -21,6 +31,7 @@ from .source import RootError, Source, load, resolve
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+EXIT_FINDINGS = 3
 
 app = typer.Typer(
     name="storage-audit",
@@ -222,6 +233,264 @@ def orphans(
         total_columns=("size",),
     )
     emit(view, fmt, output)
+
+
+@app.command()
+def report(
+    root: RootArg = DEFAULT_ROOT,
+    by: Annotated[
+        reporting.By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")
+    ] = reporting.By.SUMMARY,
+    fmt: FormatOpt = Format.TABLE,
+    output: OutputOpt = None,
+    top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Keep only the first N rows.")] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            "-s",
+            help="Sort by this column: numbers and times largest first, text A to Z. "
+            "Default: the view's bytes column, largest first.",
+        ),
+    ] = None,
+    repository: Annotated[
+        str | None,
+        typer.Option(
+            "--repository",
+            "-r",
+            help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
+    options = reporting.ReportOptions(by=by, repository=repository, sort=sort, top=top)
+    try:
+        reporting.check(options)
+    except reporting.ReportError as exc:
+        fail(str(exc))
+    inv = read_inventory(root, quiet)
+    frame = reporting.report(inv, options)
+    emit(reporting.view(by, frame, table=fmt is Format.TABLE), fmt, output)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `0s`, `2w` -> timedelta; anything else is a usage error."""
+    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if match is None:
+        fail(f"{option}: {text!r} is not a duration such as 30d, 12h, 90m or 0s")
+    return timedelta(seconds=int(match.group(1)) * DURATION_UNITS[match.group(2)])
+
+
+def _regexes(patterns: list[str], option: str) -> tuple[str, ...]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            fail(f"{option}: {pattern!r} is not a regular expression: {exc}")
+    return tuple(patterns)
+
+
+def plan_stats(plan: Plan) -> View:
+    totals = plan.totals()["by_repository"]
+    rows = [(repo, t["count"], t["bytes"]) for repo, t in sorted(totals.items())]
+    frame = pd.DataFrame(rows, columns=["repository", "actions", "bytes"])
+    return View(frame, title="deletion plan", size_columns=("bytes",), total_columns=("actions", "bytes"))
+
+
+@app.command()
+def plan(
+    root: RootArg = DEFAULT_ROOT,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the plan here (default: stdout).")
+    ] = None,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option(
+            "--delete-untagged",
+            help="Delete manifests no tag reaches (index children and referrers of kept images are kept).",
+        ),
+    ] = False,
+    keep_last: Annotated[
+        int | None, typer.Option("--keep-last", min=0, help="Per repository, keep the N most recently pushed tags; "
+                                 "delete the other tags, then their manifests if nothing else reaches them.")
+    ] = None,
+    keep_tag: Annotated[list[str] | None, typer.Option("--keep-tag", help="Never delete a tag matching this "
+                                                       "regular expression (repeatable).")] = None,
+    only_tag: Annotated[list[str] | None, typer.Option("--only-tag", help="Consider only tags matching this "
+                                                       "regular expression for deletion (repeatable).")] = None,
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Only delete tags and manifests pushed "
+                                                   "before this long ago (30d, 12h, 0s).")] = None,
+    repository: Annotated[list[str] | None, typer.Option("--repository", help="Limit the policy to repositories "
+                                                         "matching this glob (repeatable).")] = None,
+    uploads_older_than: Annotated[str | None, typer.Option("--uploads-older-than", help="Also delete uploads "
+                                                           "started before this long ago, and those without "
+                                                           "startedat.")] = None,
+    prune_empty_repositories: Annotated[bool, typer.Option("--prune-empty-repositories", help="Also remove "
+                                                           "repositories the plan leaves with nothing.")] = False,
+    min_age: Annotated[str, typer.Option("--min-age", help="Grace period: nothing newer is ever planned for "
+                                         "deletion (protects a push in progress).")] = "1h",
+    keep_referrers: KeepReferrersOpt = True,
+    fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="json: the plan `apply` reads; sh: a "
+                                            "reviewable shell script; http: curl DELETEs for a live registry.")]
+    = PlanFormat.JSON,
+    registry_url: Annotated[str | None, typer.Option("--registry-url", help="Registry URL for --format http.")]
+    = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a reviewable deletion plan: what the retention rules remove, in a safe order, with reasons.
+
+    Orphan blobs are always included. Nothing is deleted here: review the plan, then `storage-audit apply` it.
+    """
+    if fmt is PlanFormat.HTTP and not registry_url:
+        fail("--format http needs --registry-url")
+    policy = Policy(
+        delete_untagged=delete_untagged,
+        keep_last=keep_last,
+        keep_tags=_regexes(keep_tag or [], "--keep-tag"),
+        only_tags=_regexes(only_tag or [], "--only-tag"),
+        older_than=None if older_than is None else parse_duration(older_than, "--older-than"),
+        repositories=tuple(repository or []),
+        uploads_older_than=None if uploads_older_than is None else parse_duration(uploads_older_than,
+                                                                                   "--uploads-older-than"),
+        prune_empty_repositories=prune_empty_repositories,
+        min_age=parse_duration(min_age, "--min-age"),
+        keep_referrers=keep_referrers,
+    )
+    source = open_root(root)
+    if source.snapshot:
+        fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
+    inv = read_inventory(root, quiet)
+    try:
+        result = make_plan(inv, policy, datetime.now(timezone.utc))
+    except PlanRefused as exc:
+        fail(str(exc), EXIT_FINDINGS)
+    text = render(result, fmt, registry_url)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            fail(f"{output}: cannot write: {exc.strerror or exc}")
+    if not quiet:
+        render_table(plan_stats(result), err)
+
+
+@app.command()
+def apply(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan written by `storage-audit plan`.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
+    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Move what is removed into this "
+                                                    "directory (same layout), restorable, instead of deleting.")]
+    = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Apply a deletion plan: validate it, re-check each action right before it, never remove what is in use.
+
+    A journal beside the plan (PLAN.journal) lets an interrupted apply resume, and stops a plan from
+    being applied twice. Restart the registry afterwards: its blob cache still believes removed blobs exist.
+    """
+    try:
+        loaded, digest = read_plan(plan_file)
+    except PlanError as exc:
+        fail(f"{plan_file}: refusing the plan, nothing was deleted: {exc}")
+    if quarantine is not None and quarantine.exists() and not quarantine.is_dir():
+        fail(f"{quarantine}: not a directory")
+    totals = loaded.totals()
+    if not quiet:
+        err.print(f"plan: {totals['count']} actions, {size(totals['bytes'])} of blobs and uploads, "
+                  f"on {loaded.root}", markup=False, soft_wrap=True)
+    if not dry_run and not yes and not typer.confirm("Apply this plan?", err=True):
+        fail("not confirmed; nothing was deleted", EXIT_INTERNAL)
+    log = (lambda line: None) if quiet else (lambda line: err.print(line, markup=False, soft_wrap=True))
+    try:
+        outcome = apply_plan(loaded, digest, plan_file, ApplyOptions(dry_run=dry_run, quarantine=quarantine), log)
+    except AlreadyApplied as exc:
+        err.print(f"storage-audit: {exc}", markup=False, soft_wrap=True)
+        return
+    except PlanError as exc:
+        fail(str(exc))
+    if quiet:
+        return
+    if not outcome.frame().empty:
+        render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
+    verb = "would free" if dry_run else "freed"
+    err.print(f"{verb} {size(outcome.bytes_freed)} ({outcome.bytes_freed} bytes) on disk; "
+              f"{len(outcome.skipped)} actions skipped", markup=False)
+    if not dry_run and outcome.done:
+        err.print("Restart the registry now: its blob descriptor cache still believes removed blobs exist.",
+                  markup=False)
+
+
+def emit_tables(views: list[View], output: Path | None) -> None:
+    """Write tables one after another, to stdout or to one file opened only now."""
+    if output is None:
+        for view in views:
+            emit(view, Format.TABLE, None)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as fh:
+            console = Console(file=fh, width=MIN_WIDTH, no_color=True)
+            for view in views:
+                render_table(view, console)
+    except OSError as exc:
+        fail(f"{output}: cannot write: {exc.strerror or exc}")
+
+
+def check_summary(counts: dict[str, int], verified: bool) -> str:
+    words = {"error": ("error", "errors"), "warning": ("warning", "warnings"), "info": ("info", "info")}
+    found = ", ".join(f"{n} {words[sev][n != 1]}" for sev, n in counts.items())
+    hint = "" if verified else "; blob content not verified (--verify-digests)"
+    return f"check: {found}{hint}"
+
+
+@app.command()
+def check(
+    root: RootArg = DEFAULT_ROOT,
+    verify_digests: Annotated[
+        bool,
+        typer.Option("--verify-digests", help="Also hash every blob and compare it with its name: reads all data."),
+    ] = False,
+    upload_age: Annotated[
+        str,
+        typer.Option("--upload-age", help="An upload started this long before the scan is stale: 168h, 7d, 90m."),
+    ] = "168h",
+    fmt: FormatOpt = Format.TABLE,
+    output: OutputOpt = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 on warnings too, not only on errors.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-j", min=1, help="Blobs hashed at once by --verify-digests (default: one per CPU)."),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check the storage for damage: every finding (README, "Findings"), with a count per kind.
+
+    Exit codes: 0 no error findings; 3 error findings (with --strict, warnings
+    too); 2 unusable arguments or ROOT; 1 internal failure.
+    """
+    age = parse_duration(upload_age, "--upload-age")
+    if verify_digests and open_root(root).snapshot:
+        fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")
+    inv = read_inventory(root, quiet)
+    with RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress:
+        options = checking.CheckOptions(verify_digests, age, workers or 0, progress)
+        findings = checking.check(inv, options)
+    views = checking.views(findings, table=fmt is Format.TABLE)
+    if fmt is Format.TABLE:
+        emit_tables(views, output)
+    else:
+        emit(views[0], fmt, output)
+    counts = checking.severity_counts(findings)
+    if not quiet:
+        err.print(check_summary(counts, verify_digests), markup=False, soft_wrap=True)
+    if counts["error"] or (strict and counts["warning"]):
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 def _foreign_content(directory: Path) -> bool:
