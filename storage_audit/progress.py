@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Self
 
 from rich.console import Console
 from rich.progress import (
@@ -18,7 +19,24 @@ from rich.progress import (
 )
 
 
-class RichProgress:
+class _Display:
+    """A rich Progress started and stopped as a context manager; None when disabled."""
+
+    _progress: Progress | None
+
+    def __enter__(self) -> Self:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class RichProgress(_Display):
     """Counts items per phase on a transient stderr line; a no-op when disabled."""
 
     def __init__(self, console: Console, enabled: bool) -> None:
@@ -36,17 +54,6 @@ class RichProgress:
         )
         self._tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> RichProgress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
     def update(self, phase: str, advance: int) -> None:
         if self._progress is None:
             return
@@ -56,7 +63,7 @@ class RichProgress:
         self._progress.advance(task, advance)
 
 
-class RichByteProgress:
+class RichByteProgress(_Display):
     """Bytes read out of a total, with throughput, on a transient stderr line; a no-op when disabled."""
 
     def __init__(self, console: Console, enabled: bool, description: str = "hashing blobs") -> None:
@@ -75,17 +82,6 @@ class RichByteProgress:
             else None
         )
         self._task: TaskID | None = None
-
-    def __enter__(self) -> RichByteProgress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def start(self, total_bytes: int) -> None:
         if self._progress is not None:
