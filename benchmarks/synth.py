@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -200,7 +200,7 @@ class _Generator:
         self.configs = 0
         self.layers = 0
         self.orphans = 0
-        self.clock = datetime(2022, 1, 3, 9, 0, 0, tzinfo=timezone.utc)
+        self.clock = datetime(2022, 1, 3, 9, 0, 0, tzinfo=UTC)
         self.repos: list[_Repo] = []
         self.bases: dict[str, list[tuple[_Layer, ...]]] = {}
         self.base_weights: list[float] = []
@@ -600,7 +600,7 @@ class _Generator:
 
     def _uploads(self) -> int:
         count = max(2, len(self.repos) // 40)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for _ in range(count):
             repo = self.rng.choice(self.repos)
             upload_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))

@@ -8,7 +8,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
@@ -331,7 +331,7 @@ def stale_uploads(inv: Inventory, upload_age: timedelta) -> pd.DataFrame:
     """stale-upload: an upload started more than `upload_age` before the scan, or with no readable start time."""
     scanned = pd.Timestamp(inv.scanned_at)
     if scanned.tzinfo is None:
-        scanned = scanned.tz_localize(timezone.utc)
+        scanned = scanned.tz_localize(UTC)
     up = inv.uploads
     stale = up[up["started_at"].isna() | (up["started_at"] < scanned - upload_age)]
     if stale.empty:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -365,7 +365,7 @@ def plan(
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
     inv = read_inventory(root, quiet)
     try:
-        result = make_plan(inv, policy, datetime.now(timezone.utc))
+        result = make_plan(inv, policy, datetime.now(UTC))
     except PlanRefused as exc:
         fail(str(exc), EXIT_FINDINGS)
     text = render(result, fmt, registry_url)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
     INFO = "info"
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """Every kind of finding the tool reports, with its severity in SEVERITY."""
 
     MISSING_BLOB = "missing-blob"

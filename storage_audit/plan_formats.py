@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 
 from .plan import Action, Plan
 
 
-class PlanFormat(str, Enum):
+class PlanFormat(StrEnum):
     JSON = "json"
     SH = "sh"
     HTTP = "http"

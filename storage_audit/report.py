@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 import humanize
@@ -29,7 +29,7 @@ STR: Final = "string"
 INT: Final = "int64"
 
 
-class By(str, Enum):
+class By(StrEnum):
     SUMMARY = "summary"
     REPOSITORY = "repository"
     TAG = "tag"

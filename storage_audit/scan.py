@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -158,7 +158,7 @@ def scan(v2: Path, options: ScanOptions | None = None) -> Inventory:
     Rows come out in path order (directories are read sorted), so two scans of
     the same tree give identical frames whatever the number of workers.
     """
-    scanned_at = datetime.now(timezone.utc)
+    scanned_at = datetime.now(UTC)
     part = _walk(str(v2), options or ScanOptions())
     findings = inv_mod.frame("findings", [f.row() for f in part.findings])
     return Inventory(

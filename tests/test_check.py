@@ -11,7 +11,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +45,7 @@ def expected(name: str) -> dict:  # type: ignore[type-arg]
 def built_at(archive: Path) -> datetime:
     """When a fixture registry was built: the newest mtime in its archive."""
     with tarfile.open(archive) as tar:
-        return datetime.fromtimestamp(max(m.mtime for m in tar.getmembers()), timezone.utc)
+        return datetime.fromtimestamp(max(m.mtime for m in tar.getmembers()), UTC)
 
 
 def as_of(inv: Inventory, when: datetime | str) -> Inventory:

@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -217,13 +217,13 @@ def planned(broad_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> tupl
 
 def test_plan_document_fields_totals_and_order(aged: Callable[..., Path]) -> None:
     root = aged("basic")
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     _, doc = make_plan(root, *BROAD)
     assert doc["format"] == "storage-audit-plan"
     assert doc["version"] == 1
     assert doc["tool_version"] == __version__
     created = datetime.fromisoformat(doc["created_at"])
-    assert created.tzinfo is not None and before - timedelta(seconds=1) <= created <= datetime.now(timezone.utc)
+    assert created.tzinfo is not None and before - timedelta(seconds=1) <= created <= datetime.now(UTC)
     assert doc["root"] == str((root / V2).resolve())
     assert doc["policy"] == {
         "delete_untagged": True,
@@ -269,7 +269,7 @@ def test_default_grace_period_plans_nothing_in_a_fresh_tree(tmp_path: Path) -> N
     age_tree(root, 0)
     # An upload's start time is in its `startedat` file, not in an mtime.
     for started in root.glob("docker/registry/v2/repositories/**/_uploads/*/startedat"):
-        started.write_text(datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        started.write_text(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
     everything = ("--delete-untagged", "--keep-last", "0", "--uploads-older-than", "0s", "--prune-empty-repositories")
     _, doc = make_plan(root, *everything)
     assert doc["actions"] == []
