@@ -114,9 +114,9 @@ def _walk_with(
     batches: int,
     progress: Progress | None,
 ) -> Part:
-    repo_jobs = [(v2, chunk, []) for chunk in _chunks(repositories, batches)]
+    repo_jobs: list[tuple[Any, ...]] = [(v2, chunk, []) for chunk in _chunks(repositories, batches)]
     part.extend(_run(pool, walk_units, repo_jobs, "repositories", progress))
-    blob_jobs = [(v2, [], chunk) for chunk in _chunks(prefixes, batches)]
+    blob_jobs: list[tuple[Any, ...]] = [(v2, [], chunk) for chunk in _chunks(prefixes, batches)]
     part.extend(_run(pool, walk_units, blob_jobs, "blobs", progress))
     sizes = {digest: size for digest, size, _ in part.blobs}
     items: list[tuple[str, str, int]] = []
