@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from . import View, time_columns
 
 SHORT_DIGEST = len("sha256:") + 12
 MIN_WIDTH = 80
+MAX_ROWS = 1000
 
 
 def _size(value: object) -> str:
@@ -72,14 +74,19 @@ def _width(table_cells: pd.DataFrame, columns: list[str], totals: list[str]) -> 
 
 
 def render(view: View, console: Console) -> None:
-    table_cells = cells(view)
+    # A table is for reading: past MAX_ROWS it shows the first rows (the views come
+    # largest first), says how many it left out, and keeps totals over all rows.
+    shown = view.frame.head(MAX_ROWS)
+    table_cells = cells(replace(view, frame=shown))
     columns = list(table_cells.columns)
     for drop in view.optional_columns:
         if _width(table_cells, columns, _totals(view, columns)) <= console.width:
             break
         if drop in columns:
             columns.remove(drop)
-    table = Table(title=view.title or None, show_footer=bool(view.total_columns))
+    hidden = len(view.frame) - len(shown)
+    caption = f"first {len(shown):,} of {len(view.frame):,} rows; --format csv or json for all" if hidden else None
+    table = Table(title=view.title or None, caption=caption, show_footer=bool(view.total_columns))
     totals = _totals(view, columns)
     for col, total in zip(columns, totals, strict=True):
         numeric = col in view.size_columns or pd.api.types.is_numeric_dtype(view.frame[col].dtype)
