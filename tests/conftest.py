@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import tarfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -28,3 +31,15 @@ def fixture_root(tmp_path: Path):  # type: ignore[no-untyped-def]
         return unpack(FIXTURES / f"{name}.tar.gz", tmp_path / name)
 
     return make
+
+
+def fixture_builder() -> ModuleType:
+    """fixtures/build.py as a module (fixtures/ is a directory of data with scripts, not a package)."""
+    module = sys.modules.get("fixtures_build")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("fixtures_build", FIXTURES / "build.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fixtures_build"] = module
+        spec.loader.exec_module(module)
+    return module

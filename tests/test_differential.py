@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
 import random
 import re
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,6 +22,7 @@ from storage_audit.cli import app
 from storage_audit.inventory import Inventory
 from storage_audit.reach import ReachOptions
 from storage_audit.scan import scan
+from tests.conftest import fixture_builder
 from tests.facts import Facts
 from tests.registry_harness import (
     Client,
@@ -37,7 +35,6 @@ from tests.registry_harness import (
 )
 from tests.workloads import EDGE_CASES, random_workload
 
-BUILD_PY = Path(__file__).resolve().parents[1] / "fixtures" / "build.py"
 V2 = Path("docker/registry/v2")
 # Reference types whose target a kept manifest needs in order to be pulled (a `subject` is not one).
 HOLDING = ("config", "layer", "child", "fslayer")
@@ -56,21 +53,11 @@ def _extra_seeds(spec: str) -> list[int]:
 SEEDS = sorted(set(range(20)) | set(_extra_seeds(os.environ.get(SEEDS_ENV, ""))))
 
 
-def _builder() -> ModuleType:
-    # fixtures/ is a directory of data with one script, not a package; share test_real_registry's module.
-    module = sys.modules.get("fixtures_build")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("fixtures_build", BUILD_PY)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fixtures_build"] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 def _scenario(name: str) -> Callable[[Client], None]:
     def push(client: Client) -> None:
-        builder = _builder()
+        builder = fixture_builder()
         if name in builder.SCENARIOS:
             builder.SCENARIOS[name](client, random.Random(f"{builder.SEED}:{name}"))
         else:

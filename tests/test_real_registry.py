@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.conftest import fixture_builder
 from tests.facts import inventory_facts
 from tests.registry_harness import (
     DOCKER_LIST,
@@ -25,20 +23,6 @@ from tests.registry_harness import (
     sha256,
 )
 
-BUILD_PY = Path(__file__).resolve().parents[1] / "fixtures" / "build.py"
-
-
-def _builder() -> ModuleType:
-    # fixtures/ is a directory of data with one script, not a package.
-    module = sys.modules.get("fixtures_build")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("fixtures_build", BUILD_PY)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fixtures_build"] = module
-        spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
@@ -50,7 +34,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 @pytest.mark.parametrize("scenario", ["basic", "multiarch", "referrers", "churn"])
 def test_scan_matches_what_the_registry_wrote(tmp_path: Path, scenario: str) -> None:
     require_registry()
-    expected = _builder().build_scenario(scenario, tmp_path)
+    expected = fixture_builder().build_scenario(scenario, tmp_path)
     from storage_audit.scan import scan
 
     inv = scan(tmp_path / "docker" / "registry" / "v2")
