@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from storage_audit.inventory import SCHEMA, read_snapshot, write_snapshot
-from storage_audit.scan import scan
+from storage_audit.scan import ScanOptions, scan
 from storage_audit.source import RootError, resolve
 
 from .conftest import FIXTURES, REAL_FIXTURES
@@ -93,3 +93,13 @@ def test_permission_denied_is_a_finding(fixture_root, monkeypatch: pytest.Monkey
     assert (unreadable["severity"] == "error").all()
     # The rest of the tree was still read.
     assert "team/app/server" in set(inv.repositories["repository"])
+
+
+@pytest.mark.parametrize("name", ["basic", "multiarch"])
+def test_worker_processes_give_the_same_inventory(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
+    v2 = fixture_root(name) / V2
+    alone = scan(v2, ScanOptions(workers=1))
+    shared = scan(v2, ScanOptions(workers=2))
+    for table, df in alone.tables().items():
+        pd.testing.assert_frame_equal(getattr(shared, table), df, check_exact=True, obj=table)
+    assert len(alone.blobs) > 0 and len(alone.revisions) > 0
