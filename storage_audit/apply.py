@@ -153,12 +153,17 @@ class _Applier:
     # -- primitives -----------------------------------------------------------
 
     def _read_link(self, rel: str) -> str | None:
+        """The link's content; None when absent; an unreadable link (a directory, a symlink) never matches."""
         try:
             fd = os.open(self.v2 / rel, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            return f"<unreadable: {exc.strerror}>"
         try:
             return os.read(fd, 512).decode("ascii", "replace")
+        except OSError as exc:
+            return f"<unreadable: {exc.strerror}>"
         finally:
             os.close(fd)
 

@@ -1229,3 +1229,16 @@ def test_applied_real_registry_has_no_gc_eligible_blob_and_serves_every_tag(worl
         tags = {(repo, tag) for repo in catalog for tag in reg.tags(repo)}
         assert tags == keep_last(world, 1)
         assert [p for repo, tag in sorted(tags) for p in pull_verified(reg, repo, tag)] == []
+
+
+def test_a_link_turned_into_a_directory_is_skipped_not_a_crash(aged: Callable[..., Path]) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    plan, doc = make_plan(root, "--delete-untagged", "--min-age", "0s")
+    (revision,) = actions(doc, "remove-revision")[:1]
+    link = v2 / revision["path"]
+    link.unlink()
+    link.mkdir()
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    assert link.is_dir() and "skipped" in err and "Traceback" not in err
