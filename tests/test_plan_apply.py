@@ -932,7 +932,7 @@ def push_world(reg: Client) -> None:
     shared = blob()
     # app: releases, `latest` pushed over three times, an untagged CI build, a withdrawn release.
     for version in ("v1.0", "v1.1", "v2.0"):
-        image("app", tags=(version, "latest"), VERSION=version)
+        app_latest = image("app", tags=(version, "latest"), VERSION=version)
     image("app", BUILD="ci-1")
     rc = image("app", tags=("v3.0-rc1",), VERSION="rc")
     reg.delete_manifest("app", rc.digest)
@@ -944,7 +944,7 @@ def push_world(reg: Client) -> None:
     cfg = config([shared, own], BUILD="1")
     reg.push_blob("org/team", canonical_json(cfg))
     reg.image("org/team", [shared, own], cfg, push_blobs=False, tags=("v1.5", "stable"))
-    image("org/team", oci=True, tags=("v1.6", "stable"), BUILD="2")
+    stable = image("org/team", oci=True, tags=("v1.6", "stable"), BUILD="2")
     reg.start_upload("org/team", blob())
 
     # org/team/app: a Docker list and an OCI index with children pushed by digest, referrers by subject.
@@ -964,11 +964,21 @@ def push_world(reg: Client) -> None:
     reg.put_manifest(multi, "amd64", docker[0][0].body, docker[0][0].media_type)
     loose = image(multi, oci=True, BUILD="loose")
     reg.artifact(multi, loose, SPDX_SBOM, b'{"sbom":"loose"}', SPDX_SBOM)
-    reg.image(multi, [shared], config([shared], VERSION="v1.3"), tags=("v1.3", "latest"))
+    multi_latest = reg.image(multi, [shared], config([shared], VERSION="v1.3"), tags=("v1.3", "latest"))
 
     # Repositories the rules can empty: only untagged content; only an abandoned upload.
     image("scratch/tmp", BUILD="throwaway")
     reg.start_upload("uploads/only", blob())
+
+    # The moving tags are pushed again a moment later, as a client re-tagging would, so that
+    # they are the newest whatever the clock's granularity (equal times fall back to names).
+    time.sleep(0.05)
+    for repo, tag, pushed in (
+        ("app", "latest", app_latest),
+        ("org/team", "stable", stable),
+        (multi, "latest", multi_latest),
+    ):
+        reg.put_manifest(repo, tag, pushed.body, pushed.media_type)
 
 
 @dataclass
