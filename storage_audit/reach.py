@@ -49,10 +49,6 @@ class Reachability:
     orphans: pd.DataFrame
 
     @property
-    def kept_revisions(self) -> pd.DataFrame:
-        return self.present[self.kept].reset_index(drop=True)
-
-    @property
     def dropped_revisions(self) -> pd.DataFrame:
         return self.present[~self.kept].reset_index(drop=True)
 
