@@ -107,6 +107,15 @@ def _blob_path(digest: str) -> str:
     return path_for(BlobData(Digest.parse(digest)))
 
 
+def _blob_rows(
+    kind: Kind, repository: pd.Series, blobs: pd.Series, digest: pd.Series, details: list[str]
+) -> pd.DataFrame:
+    """Findings of one kind located at blobs' data files."""
+    paths = [_blob_path(d) for d in blobs]
+    frame = pd.DataFrame({"repository": repository, "path": paths, "digest": digest, "detail": details})
+    return _rows(kind, frame)
+
+
 def _short(digest: str) -> str:
     return digest[: len("sha256:") + 12]
 
@@ -202,15 +211,7 @@ def missing_blobs(inv: Inventory, present: pd.DataFrame, tag_needs: pd.DataFrame
         + (f"pulls of {_named(repo, tags)} fail" if tags else "no tag needs it; pulls by digest fail")
         for repo, role, tags in zip(grouped["repository"], grouped["role"], failing, strict=True)
     ]
-    rows = pd.DataFrame(
-        {
-            "repository": grouped["repository"],
-            "path": [_blob_path(d) for d in grouped["blob"]],
-            "digest": grouped["blob"],
-            "detail": details,
-        }
-    )
-    return _rows(Kind.MISSING_BLOB, rows)
+    return _blob_rows(Kind.MISSING_BLOB, grouped["repository"], grouped["blob"], grouped["blob"], details)
 
 
 def index_findings(inv: Inventory, present: pd.DataFrame, tag_needs: pd.DataFrame) -> pd.DataFrame:
@@ -275,15 +276,7 @@ def _lists_layers(layerish: pd.DataFrame) -> pd.DataFrame:
             layerish["child"], layerish["platform"], layerish["position"], layerish["media_type"], strict=True
         )
     ]
-    rows = pd.DataFrame(
-        {
-            "repository": layerish["repository"],
-            "path": [_blob_path(t) for t in layerish["target"]],
-            "digest": layerish["digest"],
-            "detail": details,
-        }
-    )
-    return _rows(Kind.INDEX_LISTS_LAYER, rows)
+    return _blob_rows(Kind.INDEX_LISTS_LAYER, layerish["repository"], layerish["target"], layerish["digest"], details)
 
 
 def size_mismatches(inv: Inventory) -> pd.DataFrame:

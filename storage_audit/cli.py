@@ -24,7 +24,7 @@ from .inventory import Inventory, write_snapshot
 from .plan import Plan, PlanError, PlanRefused, Policy, make_plan
 from .plan_formats import PlanFormat, render
 from .progress import RichByteProgress, RichProgress
-from .reach import ReachOptions
+from .reach import Reachability, ReachOptions, reach
 from .scan import ScanOptions
 from .source import RootError, Source, load, resolve
 
@@ -158,9 +158,9 @@ def emit(view: View, fmt: Format, output: Path | None) -> None:
         fail(f"{output}: cannot write: {exc.strerror or exc}")
 
 
-def warn_gc_difference(inv: Inventory, keep_referrers: bool) -> None:
-    """Say on stderr what the stock collector's --delete-untagged would delete that we keep."""
-    diff = collect.gc_difference(inv, keep_referrers)
+def warn_gc_difference(inv: Inventory, safe: Reachability) -> None:
+    """Say on stderr what the stock collector's --delete-untagged would delete that `safe` keeps."""
+    diff = collect.gc_difference(inv, safe=safe)
     if diff.manifests == 0 and diff.blobs == 0:
         return
     parts = [f"{diff.index_children} children of tagged indexes"] if diff.index_children else []
@@ -192,10 +192,10 @@ def untagged(
     repository), and artifacts whose subject is reached.
     """
     inv = read_inventory(root, quiet)
-    options = ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
-    frame = collect.untagged(inv, options)
+    result = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
+    frame = collect.untagged_frame(inv, result)
     if not gc_compatible and not quiet:
-        warn_gc_difference(inv, keep_referrers)
+        warn_gc_difference(inv, result)
     view = View(
         frame,
         title="untagged manifests",
@@ -222,9 +222,10 @@ def orphans(
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
     inv = read_inventory(root, quiet)
     options = ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
-    frame = collect.orphans(inv, options)
+    result = reach(inv, options)
+    frame = collect.orphan_frame(inv, result)
     if delete_untagged and not gc_compatible and not quiet:
-        warn_gc_difference(inv, keep_referrers)
+        warn_gc_difference(inv, result)
     view = View(
         frame,
         title="orphan blobs",

@@ -25,7 +25,11 @@ ORPHAN_COLUMNS = ["digest", "size", "mtime", "kind", "linked_from"]
 
 def untagged(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
     """Per repository, the revisions no tag reaches under `options` (delete_untagged is implied)."""
-    result = reach(inv, _untagged_options(options))
+    return untagged_frame(inv, reach(inv, _untagged_options(options)))
+
+
+def untagged_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
+    """The rows of `untagged` from an engine answer given with delete_untagged."""
     dropped = result.dropped_revisions
     manifests = inv.manifests.set_index("digest")
     sizes = inv.blobs.set_index("digest")["size"]
@@ -91,10 +95,11 @@ class GcDifference:
         return len(self.manifest_rows)
 
 
-def gc_difference(inv: Inventory, keep_referrers: bool = True) -> GcDifference:
-    """Compare the stock collector's `--delete-untagged` answer with the safe one."""
+def gc_difference(inv: Inventory, keep_referrers: bool = True, safe: Reachability | None = None) -> GcDifference:
+    """Compare the stock collector's `--delete-untagged` answer with the safe one (reused when given)."""
     stock = reach(inv, ReachOptions(delete_untagged=True, gc_compatible=True))
-    safe = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers))
+    if safe is None:
+        safe = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers))
     extra = stock.present[~stock.kept & safe.kept].reset_index(drop=True)
     # A child counts as such when a manifest the safe mode keeps, in the same repository, lists it.
     refs = inv.references[inv.references["ref_type"] == "child"][["manifest", "digest"]]
