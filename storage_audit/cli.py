@@ -20,7 +20,7 @@ from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
 from .formats import Format, FormatError, View, write
 from .formats.table import MIN_WIDTH
 from .formats.table import render as render_table
-from .inventory import Inventory, write_snapshot
+from .inventory import Inventory, read_view, write_snapshot
 from .plan import Plan, PlanError, PlanRefused, Policy, make_plan
 from .plan_formats import PlanFormat, render
 from .progress import RichByteProgress, RichProgress
@@ -116,8 +116,10 @@ def scan(
         fail(f"{output}: exists and is not an empty directory or an earlier snapshot")
     inv = read_inventory(root, quiet)
     if output is not None:
+        # The whole report views go along: a report from the snapshot then only reads one file.
+        views = {by.value: reporting.whole(inv, by) for by in reporting.By}
         try:
-            write_snapshot(inv, output)
+            write_snapshot(inv, output, views)
         except OSError as exc:
             fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
     if not quiet:
@@ -270,9 +272,21 @@ def report(
         reporting.check(options)
     except reporting.ReportError as exc:
         fail(str(exc))
-    inv = read_inventory(root, quiet)
-    frame = reporting.report(inv, options)
+    frame = stored_report(open_root(root), options)
+    if frame is None:
+        frame = reporting.report(read_inventory(root, quiet), options)
     emit(reporting.view(by, frame, table=fmt is Format.TABLE), fmt, output)
+
+
+def stored_report(source: Source, options: reporting.ReportOptions) -> pd.DataFrame | None:
+    """The report cut from the whole view a snapshot stores, or None when it must be computed."""
+    if not source.snapshot or reporting.needs_inventory(options):
+        return None
+    try:
+        whole = read_view(source.path, options.by.value)
+    except ValueError as exc:
+        fail(f"{source.path}: {exc}")
+    return None if whole is None else reporting.finish(whole, options)
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -316,30 +330,58 @@ def plan(
         ),
     ] = False,
     keep_last: Annotated[
-        int | None, typer.Option("--keep-last", min=0, help="Per repository, keep the N most recently pushed tags; "
-                                 "delete the other tags, then their manifests if nothing else reaches them.")
+        int | None,
+        typer.Option(
+            "--keep-last",
+            min=0,
+            help="Per repository, keep the N most recently pushed tags; "
+            "delete the other tags, then their manifests if nothing else reaches them.",
+        ),
     ] = None,
-    keep_tag: Annotated[list[str] | None, typer.Option("--keep-tag", help="Never delete a tag matching this "
-                                                       "regular expression (repeatable).")] = None,
-    only_tag: Annotated[list[str] | None, typer.Option("--only-tag", help="Consider only tags matching this "
-                                                       "regular expression for deletion (repeatable).")] = None,
-    older_than: Annotated[str | None, typer.Option("--older-than", help="Only delete tags and manifests pushed "
-                                                   "before this long ago (30d, 12h, 0s).")] = None,
-    repository: Annotated[list[str] | None, typer.Option("--repository", help="Limit the policy to repositories "
-                                                         "matching this glob (repeatable).")] = None,
-    uploads_older_than: Annotated[str | None, typer.Option("--uploads-older-than", help="Also delete uploads "
-                                                           "started before this long ago, and those without "
-                                                           "startedat.")] = None,
-    prune_empty_repositories: Annotated[bool, typer.Option("--prune-empty-repositories", help="Also remove "
-                                                           "repositories the plan leaves with nothing.")] = False,
-    min_age: Annotated[str, typer.Option("--min-age", help="Grace period: nothing newer is ever planned for "
-                                         "deletion (protects a push in progress).")] = "1h",
+    keep_tag: Annotated[
+        list[str] | None,
+        typer.Option("--keep-tag", help="Never delete a tag matching this regular expression (repeatable)."),
+    ] = None,
+    only_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only-tag", help="Consider only tags matching this regular expression for deletion (repeatable)."
+        ),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Only delete tags and manifests pushed before this long ago (30d, 12h, 0s)."),
+    ] = None,
+    repository: Annotated[
+        list[str] | None,
+        typer.Option("--repository", help="Limit the policy to repositories matching this glob (repeatable)."),
+    ] = None,
+    uploads_older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--uploads-older-than",
+            help="Also delete uploads started before this long ago, and those without startedat.",
+        ),
+    ] = None,
+    prune_empty_repositories: Annotated[
+        bool, typer.Option("--prune-empty-repositories", help="Also remove repositories the plan leaves with nothing.")
+    ] = False,
+    min_age: Annotated[
+        str,
+        typer.Option(
+            "--min-age", help="Grace period: nothing newer is ever planned for deletion (protects a push in progress)."
+        ),
+    ] = "1h",
     keep_referrers: KeepReferrersOpt = True,
-    fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="json: the plan `apply` reads; sh: a "
-                                            "reviewable shell script; http: curl DELETEs for a live registry.")]
-    = PlanFormat.JSON,
-    registry_url: Annotated[str | None, typer.Option("--registry-url", help="Registry URL for --format http.")]
-    = None,
+    fmt: Annotated[
+        PlanFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="json: the plan `apply` reads; sh: a reviewable shell script; http: curl DELETEs for a live registry.",
+        ),
+    ] = PlanFormat.JSON,
+    registry_url: Annotated[str | None, typer.Option("--registry-url", help="Registry URL for --format http.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a reviewable deletion plan: what the retention rules remove, in a safe order, with reasons.
@@ -355,8 +397,9 @@ def plan(
         only_tags=_regexes(only_tag or [], "--only-tag"),
         older_than=None if older_than is None else parse_duration(older_than, "--older-than"),
         repositories=tuple(repository or []),
-        uploads_older_than=None if uploads_older_than is None else parse_duration(uploads_older_than,
-                                                                                   "--uploads-older-than"),
+        uploads_older_than=None
+        if uploads_older_than is None
+        else parse_duration(uploads_older_than, "--uploads-older-than"),
         prune_empty_repositories=prune_empty_repositories,
         min_age=parse_duration(min_age, "--min-age"),
         keep_referrers=keep_referrers,
@@ -385,9 +428,13 @@ def plan(
 def apply(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan written by `storage-audit plan`.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
-    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Move what is removed into this "
-                                                    "directory (same layout), restorable, instead of deleting.")]
-    = None,
+    quarantine: Annotated[
+        Path | None,
+        typer.Option(
+            "--quarantine",
+            help="Move what is removed into this directory (same layout), restorable, instead of deleting.",
+        ),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -404,8 +451,11 @@ def apply(
         fail(f"{quarantine}: not a directory")
     totals = loaded.totals()
     if not quiet:
-        err.print(f"plan: {totals['count']} actions, {size(totals['bytes'])} of blobs and uploads, "
-                  f"on {loaded.root}", markup=False, soft_wrap=True)
+        err.print(
+            f"plan: {totals['count']} actions, {size(totals['bytes'])} of blobs and uploads, on {loaded.root}",
+            markup=False,
+            soft_wrap=True,
+        )
     if not dry_run and not yes and not typer.confirm("Apply this plan?", err=True):
         fail("not confirmed; nothing was deleted", EXIT_INTERNAL)
     log = (lambda line: None) if quiet else (lambda line: err.print(line, markup=False, soft_wrap=True))
@@ -421,11 +471,15 @@ def apply(
     if not outcome.frame().empty:
         render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
     verb = "would free" if dry_run else "freed"
-    err.print(f"{verb} {size(outcome.bytes_freed)} ({outcome.bytes_freed} bytes) on disk; "
-              f"{len(outcome.skipped)} actions skipped", markup=False)
+    err.print(
+        f"{verb} {size(outcome.bytes_freed)} ({outcome.bytes_freed} bytes) on disk; "
+        f"{len(outcome.skipped)} actions skipped",
+        markup=False,
+    )
     if not dry_run and outcome.done:
-        err.print("Restart the registry now: its blob descriptor cache still believes removed blobs exist.",
-                  markup=False)
+        err.print(
+            "Restart the registry now: its blob descriptor cache still believes removed blobs exist.", markup=False
+        )
 
 
 def emit_tables(views: list[View], output: Path | None) -> None:
@@ -495,9 +549,9 @@ def check(
 
 
 def _foreign_content(directory: Path) -> bool:
-    from .inventory import METADATA_FILE, SCHEMA
+    from .inventory import METADATA_FILE, SCHEMA, VIEW_FILE
 
-    allowed = {METADATA_FILE, *(f"{name}.parquet" for name in SCHEMA)}
+    allowed = {METADATA_FILE, *(f"{name}.parquet" for name in SCHEMA), *(VIEW_FILE.format(by) for by in reporting.By)}
     return any(p.name not in allowed for p in directory.iterdir())
 
 

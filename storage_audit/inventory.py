@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -11,88 +12,12 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-
-STR = "string"
-TIME = "datetime64[ns, UTC]"
-INT = "int64"
-OPT_INT = "Int64"
-BOOL = "bool"
-
-# Every table's columns: name -> (dtype, meaning). The README repeats these.
-SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
-    "repositories": {
-        "repository": (STR, "repository name, `org/team/app`"),
-        "has_manifests": (BOOL, "the directory has `_manifests`"),
-        "has_layers": (BOOL, "the directory has `_layers`"),
-        "has_uploads": (BOOL, "the directory has `_uploads`"),
-        "layers_changed_at": (TIME, "mtime of `_layers/<alg>`: when a layer link was last added; null without"),
-    },
-    "tags": {
-        "repository": (STR, "repository name"),
-        "tag": (STR, "tag name"),
-        "digest": (STR, "target of `current/link`; null when the link is missing or bad"),
-        "pushed_at": (TIME, "mtime of `current/link`: when the tag was last pushed"),
-    },
-    "tag_history": {
-        "repository": (STR, "repository name"),
-        "tag": (STR, "tag name"),
-        "digest": (STR, "a revision the tag has pointed at (`index/<alg>/<hex>`)"),
-        "pushed_at": (TIME, "mtime of the history entry's link"),
-    },
-    "revisions": {
-        "repository": (STR, "repository name"),
-        "digest": (STR, "manifest digest, from the revision's path"),
-        "target": (STR, "digest the `link` names (the manifest blob); null when unlinked"),
-        "linked": (BOOL, "a `link` file is present (no link: deleted through the API)"),
-        "pushed_at": (TIME, "mtime of the revision `link`; null when unlinked"),
-    },
-    "manifests": {
-        "digest": (STR, "manifest digest; one row per distinct revision (linked or not) whose blob exists"),
-        "size": (INT, "bytes of the manifest blob"),
-        "kind": (STR, "docker-v2, docker-list, oci-manifest, oci-index, oci-artifact, schema1, invalid"),
-        "media_type": (STR, "declared `mediaType`, or the one its structure implies"),
-        "schema_version": (OPT_INT, "`schemaVersion`"),
-        "artifact_type": (STR, "`artifactType` (OCI 1.1), else null"),
-        "subject": (STR, "digest of `subject` (the manifest it refers to), else null"),
-        "config_media_type": (STR, "media type of `config`, else null"),
-    },
-    "references": {
-        "manifest": (STR, "digest of the referencing manifest"),
-        "ref_type": (STR, "config, layer, child (index entry), subject, fslayer (schema1), signature"),
-        "digest": (STR, "digest referenced"),
-        "media_type": (STR, "descriptor media type, else null"),
-        "size": (OPT_INT, "descriptor size, else null"),
-        "platform": (STR, "`os/arch[/variant]` of an index child, else null"),
-        "position": (INT, "index of the descriptor in its list"),
-    },
-    "layer_links": {
-        "repository": (STR, "repository name"),
-        "digest": (STR, "digest from the link's path"),
-        "target": (STR, "digest the link's content names (may differ: an alias); null when unreadable"),
-    },
-    "blobs": {
-        "digest": (STR, "digest, from the path"),
-        "size": (INT, "bytes of `data`"),
-        "mtime": (TIME, "mtime of `data`"),
-    },
-    "uploads": {
-        "repository": (STR, "repository name"),
-        "id": (STR, "upload id (directory name)"),
-        "bytes": (INT, "bytes of the partial `data` (0 when absent)"),
-        "started_at": (TIME, "time in `startedat`; null when absent or unreadable"),
-    },
-    "findings": {
-        "kind": (STR, "finding kind (see the README's vocabulary)"),
-        "severity": (STR, "error, warning or info"),
-        "repository": (STR, "repository concerned, else null"),
-        "path": (STR, "path relative to the `v2` directory"),
-        "digest": (STR, "digest concerned, else null"),
-        "detail": (STR, "one sentence for people"),
-    },
-}
+from .schema import SCHEMA, TIME
 
 METADATA_FILE = "metadata.json"
 SNAPSHOT_FORMAT = 1
+VIEW_FILE = "report-{}.parquet"
+"""A whole report view computed when the snapshot was written, so that reports need not analyze again."""
 
 
 def frame(table: str, rows: Any = None) -> pd.DataFrame:
@@ -150,22 +75,47 @@ class Inventory:
         }
 
 
-def write_snapshot(inv: Inventory, directory: Path) -> None:
-    """Write every table as Parquet, then `metadata.json` last (its presence marks a whole snapshot)."""
+def write_snapshot(inv: Inventory, directory: Path, views: Mapping[str, pd.DataFrame] | None = None) -> None:
+    """Write every table, and the given report views, as Parquet, then `metadata.json` last.
+
+    The metadata's presence marks a whole snapshot; it lists the views stored.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    views = views or {}
     for name, df in inv.tables().items():
         df.to_parquet(directory / f"{name}.parquet", engine="pyarrow", index=False)
+    for name, df in views.items():
+        df.to_parquet(directory / VIEW_FILE.format(name), engine="pyarrow", index=False)
     with open(directory / METADATA_FILE, "w", encoding="utf-8") as fh:
-        json.dump(inv.metadata(), fh, indent=2)
+        json.dump(inv.metadata() | {"views": sorted(views)}, fh, indent=2)
         fh.write("\n")
+
+
+def read_view(directory: Path, name: str) -> pd.DataFrame | None:
+    """The report view `name` stored in a snapshot, or None when the snapshot holds none; ValueError when unreadable."""
+    views = _metadata(directory).get("views")
+    if not isinstance(views, list) or name not in views:
+        return None
+    try:
+        return pd.read_parquet(directory / VIEW_FILE.format(name), engine="pyarrow")
+    except Exception as exc:  # OSError, or pyarrow's own error types for corrupt files
+        raise ValueError(f"unreadable snapshot: {exc}") from exc
+
+
+def _metadata(directory: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"unreadable snapshot: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("tool") != "storage-audit" or meta.get("format") != SNAPSHOT_FORMAT:
+        raise ValueError("metadata.json is not a storage-audit snapshot of a known format")
+    return meta
 
 
 def read_snapshot(directory: Path) -> Inventory:
     """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
+    meta = _metadata(directory)
     try:
-        meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
-        if meta.get("tool") != "storage-audit" or meta.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError("metadata.json is not a storage-audit snapshot of a known format")
         tables = {
             name: conform(name, pd.read_parquet(directory / f"{name}.parquet", engine="pyarrow")) for name in SCHEMA
         }

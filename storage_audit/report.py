@@ -133,16 +133,36 @@ def check(options: ReportOptions) -> None:
 def report(inv: Inventory, options: ReportOptions) -> pd.DataFrame:
     """The view `options.by` of `inv`, filtered, sorted and cut as asked; raises ReportError."""
     check(options)
-    if options.by is By.SUMMARY:
-        return summary(inv)
+    if needs_inventory(options):
+        return arrange(blobs(inv, options.repository), options.by, options.sort, options.top)
+    return finish(whole(inv, options.by), options)
+
+
+def whole(inv: Inventory, by: By) -> pd.DataFrame:
+    """The view `by` of every repository, before narrowing, sorting and cutting: what a snapshot stores."""
     builders = {
+        By.SUMMARY: summary,
         By.REPOSITORY: repositories,
         By.TAG: tags,
         By.MANIFEST: manifests,
         By.BLOB: blobs,
         By.UPLOAD: uploads,
     }
-    frame = builders[options.by](inv, options.repository)
+    return builders[by](inv)
+
+
+def needs_inventory(options: ReportOptions) -> bool:
+    """True when the answer cannot be cut from the whole view: blobs narrowed to what some repositories reach."""
+    return options.by is By.BLOB and options.repository is not None
+
+
+def finish(frame: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """Narrow a whole view to the repositories matching the glob, then sort and cut it; raises ReportError."""
+    check(options)
+    if options.by is By.SUMMARY:
+        return frame
+    if options.repository is not None:
+        frame = frame[_matching(frame["repository"], options.repository)].reset_index(drop=True)
     return arrange(frame, options.by, options.sort, options.top)
 
 
@@ -242,7 +262,7 @@ def _strings(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
 # Views
 
 
-def repositories(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+def repositories(inv: Inventory) -> pd.DataFrame:
     """One row per repository: counts, and the bytes its revisions hold, alone and shared."""
     safe = _safe(inv)
     names = inv.repositories["repository"]
@@ -281,11 +301,10 @@ def repositories(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
     )
     frame["shared_bytes"] = frame["total_bytes"] - frame["exclusive_bytes"]
     frame["last_push"] = pd.to_datetime(frame["last_push"], utc=True)
-    frame = _strings(frame, ("repository",))[list(COLUMNS[By.REPOSITORY])]
-    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+    return _strings(frame, ("repository",))[list(COLUMNS[By.REPOSITORY])]
 
 
-def tags(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+def tags(inv: Inventory) -> pd.DataFrame:
     """One row per tag: what it names, the image's bytes, and what deleting it alone would free."""
     safe = _safe(inv)
     present = safe.present
@@ -334,10 +353,10 @@ def tags(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
     frame = frame.merge(history, left_on=["repository", "tag"], right_index=True, how="left")
     frame["history"] = frame["history"].fillna(0).astype(INT)
     frame = _strings(frame, ("repository", "tag", "digest", "media_type", "platforms"))[list(COLUMNS[By.TAG])]
-    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+    return frame.reset_index(drop=True)
 
 
-def manifests(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+def manifests(inv: Inventory) -> pd.DataFrame:
     """One row per present revision: its kind, its tags, whether a tag reaches it, and its image's bytes."""
     safe = _safe(inv)
     present = safe.present
@@ -361,8 +380,7 @@ def manifests(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
         }
     )
     frame = _strings(frame, ("repository", "digest", "media_type", "artifact_type", "tags"))
-    frame = frame[list(COLUMNS[By.MANIFEST])]
-    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+    return frame[list(COLUMNS[By.MANIFEST])].reset_index(drop=True)
 
 
 def blobs(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
@@ -389,7 +407,7 @@ def blobs(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def uploads(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
+def uploads(inv: Inventory) -> pd.DataFrame:
     """One row per upload in progress, with its age at scan time."""
     up = inv.uploads
     scanned_at = pd.Timestamp(inv.scanned_at)
@@ -404,8 +422,7 @@ def uploads(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
             "age": np.floor(age).astype("Int64"),
         }
     )
-    frame = _strings(frame, ("repository", "id"))[list(COLUMNS[By.UPLOAD])]
-    return frame[_matching(frame["repository"], pattern)].reset_index(drop=True)
+    return _strings(frame, ("repository", "id"))[list(COLUMNS[By.UPLOAD])].reset_index(drop=True)
 
 
 def summary(inv: Inventory) -> pd.DataFrame:

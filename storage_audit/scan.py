@@ -13,17 +13,25 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import inventory as inv_mod
+from .findings import Finding
 from .inventory import Inventory
-from .walk import Part, Walker, read_manifest_units, walk_units
+from .walk import Columns, Walker, concat, read_manifest_units, walk_units
 
 PARALLEL_MIN_BLOBS = 5000
 """Below this many blobs (estimated) starting worker processes costs more than it saves."""
-BATCHES_PER_WORKER = 4
+REPOSITORY_BATCHES_PER_WORKER = 16
+BLOB_BATCHES_PER_WORKER = 4
 MAX_WORKERS = 8
 
 T = TypeVar("T")
+
+WALKED = ("repositories", "tags", "tag_history", "revisions", "layer_links", "blobs", "uploads")
+PARSED = ("manifests", "references")
+_PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}
 
 
 class Progress(Protocol):
@@ -66,31 +74,33 @@ def _workers(options: ScanOptions, v2: str, prefixes: list[tuple[str, str]]) -> 
 
 def _run(
     pool: Executor | None,
-    fn: Callable[..., Part],
-    jobs: list[tuple[Any, ...]],
-    phase: str,
+    fn: Callable[..., Columns],
+    jobs: list[tuple[str, tuple[Any, ...]]],
     progress: Progress | None,
-) -> Part:
-    total = Part()
-    results = pool.map(fn, *zip(*jobs, strict=True)) if pool is not None and jobs else (fn(*job) for job in jobs)
-    for part in results:
-        total.extend(part)
+    into: dict[str, list[pa.Table]],
+    findings: list[Finding],
+) -> None:
+    """Run (phase, args) jobs, in order, collecting their tables and findings."""
+    args = [job for _, job in jobs]
+    results = pool.map(fn, *zip(*args, strict=True)) if pool is not None and jobs else (fn(*job) for job in args)
+    for (phase, _), part in zip(jobs, results, strict=True):
+        findings.extend(part.findings)
+        for name, table in part.tables.items():
+            into.setdefault(name, []).append(table)
         if progress is not None:
-            progress.update(phase, part.size())
-    return total
+            progress.update(phase, part.rows())
 
 
-def _walk(v2: str, options: ScanOptions) -> Part:
+def _walk(v2: str, options: ScanOptions) -> tuple[dict[str, pa.Table], list[Finding]]:
     top = Walker(v2)
     repositories, prefixes = top.units()
     workers = _workers(options, v2, prefixes)
-    batches = workers * BATCHES_PER_WORKER if workers > 1 else 1
     pool: Executor | None = None
     try:
         if workers > 1:
             # spawn, not fork: the workers need only the walker, not this process's pandas and threads.
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        return _walk_with(pool, v2, top.part, repositories, prefixes, batches, options.progress)
+        return _walk_with(pool, workers, v2, top.part.findings, repositories, prefixes, options.progress)
     except (BrokenProcessPool, OSError):
         if pool is None:
             raise
@@ -99,7 +109,7 @@ def _walk(v2: str, options: ScanOptions) -> Part:
         pool = None
         top = Walker(v2)
         repositories, prefixes = top.units()
-        return _walk_with(None, v2, top.part, repositories, prefixes, 1, options.progress)
+        return _walk_with(None, 1, v2, top.part.findings, repositories, prefixes, options.progress)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -107,45 +117,56 @@ def _walk(v2: str, options: ScanOptions) -> Part:
 
 def _walk_with(
     pool: Executor | None,
+    workers: int,
     v2: str,
-    part: Part,
+    findings: list[Finding],
     repositories: list[str],
     prefixes: list[tuple[str, str]],
-    batches: int,
     progress: Progress | None,
-) -> Part:
-    repo_jobs: list[tuple[Any, ...]] = [(v2, chunk, []) for chunk in _chunks(repositories, batches)]
-    part.extend(_run(pool, walk_units, repo_jobs, "repositories", progress))
-    blob_jobs: list[tuple[Any, ...]] = [(v2, [], chunk) for chunk in _chunks(prefixes, batches)]
-    part.extend(_run(pool, walk_units, blob_jobs, "blobs", progress))
-    sizes = {digest: size for digest, size, _ in part.blobs}
+) -> tuple[dict[str, pa.Table], list[Finding]]:
+    parts: dict[str, list[pa.Table]] = {}
+    # Repositories vary a lot in size: many small jobs keep every worker busy to the end,
+    # and the evenly sized blob prefixes, queued last, fill in behind the biggest one.
+    repo_batches = workers * REPOSITORY_BATCHES_PER_WORKER if workers > 1 else 1
+    blob_batches = workers * BLOB_BATCHES_PER_WORKER if workers > 1 else 1
+    jobs: list[tuple[str, tuple[Any, ...]]] = [
+        ("repositories", (v2, chunk, [])) for chunk in _chunks(repositories, repo_batches)
+    ]
+    jobs += [("blobs", (v2, [], chunk)) for chunk in _chunks(prefixes, blob_batches)]
+    _run(pool, walk_units, jobs, progress, parts, findings)
+    tables = {name: concat(name, parts.get(name, [])) for name in WALKED}
+    items = _manifest_items(tables["revisions"], tables["blobs"])
+    manifest_jobs = [("manifests", (v2, chunk)) for chunk in _chunks(items, repo_batches)]
+    _run(pool, read_manifest_units, manifest_jobs, progress, parts, findings)
+    tables.update({name: concat(name, parts.get(name, [])) for name in PARSED})
+    return tables, findings
+
+
+def _manifest_items(revisions: pa.Table, blobs: pa.Table) -> list[tuple[str, str, int]]:
+    """(repository, digest, size) of each distinct manifest to parse, first seen first.
+
+    Unlinked (deleted) revisions are read too: their blobs are still manifests.
+    Only blobs the walk found as regular files are read.
+    """
+    targets = pc.coalesce(revisions["target"], revisions["digest"])
+    found = pc.index_in(targets, value_set=blobs["digest"].combine_chunks())
+    sizes = pc.take(blobs["size"], found)
     items: list[tuple[str, str, int]] = []
     seen: set[str] = set()
-    # Unlinked (deleted) revisions are read too: their blobs are still manifests.
-    for repo, digest, target, _linked, _mtime in part.revisions:
-        target = target or digest
-        if target not in seen and target in sizes:
+    for repo, target, size in zip(
+        revisions["repository"].to_pylist(), targets.to_pylist(), sizes.to_pylist(), strict=True
+    ):
+        if size is not None and target not in seen:
             seen.add(target)
-            items.append((repo, target, sizes[target]))
-    manifest_jobs = [(v2, chunk) for chunk in _chunks(items, batches)]
-    part.extend(_run(pool, read_manifest_units, manifest_jobs, "manifests", progress))
-    return part
+            items.append((repo, target, size))
+    return items
 
 
-def _times(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, unit="ns", utc=True)
-
-
-def _table(name: str, rows: list[Any], time_cols: tuple[str, ...] = ()) -> pd.DataFrame:
-    names = list(inv_mod.SCHEMA[name])
-    # Column lists convert to typed arrays much faster than a frame of row tuples.
-    columns = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in names]
-    # The rows go as soon as their columns exist: peak memory is one table's worth, not two.
-    rows.clear()
-    df = pd.DataFrame(dict(zip(names, columns, strict=True)))
-    del columns
-    for col in time_cols:
-        df[col] = _times(df[col])
+def _frame(name: str, table: pa.Table) -> pd.DataFrame:
+    if table.num_rows == 0:
+        # pandas' Arrow strings from an empty table have no chunks, which its merges reject.
+        return inv_mod.frame(name)
+    df = table.to_pandas(types_mapper=_PANDAS_TYPES.get)
     if name == "uploads":
         # `startedat` holds RFC 3339 text written by the registry; garbage becomes null.
         df["started_at"] = pd.to_datetime(df["started_at"], utc=True, errors="coerce", format="ISO8601")
@@ -159,19 +180,12 @@ def scan(v2: Path, options: ScanOptions | None = None) -> Inventory:
     the same tree give identical frames whatever the number of workers.
     """
     scanned_at = datetime.now(UTC)
-    part = _walk(str(v2), options or ScanOptions())
-    findings = inv_mod.frame("findings", [f.row() for f in part.findings])
+    tables, found = _walk(str(v2), options or ScanOptions())
+    findings = inv_mod.frame("findings", [f.row() for f in found])
+    frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
     return Inventory(
         root=str(v2),
         scanned_at=scanned_at,
-        repositories=_table("repositories", part.repositories, ("layers_changed_at",)),
-        tags=_table("tags", part.tags, ("pushed_at",)),
-        tag_history=_table("tag_history", part.history, ("pushed_at",)),
-        revisions=_table("revisions", part.revisions, ("pushed_at",)),
-        manifests=_table("manifests", part.manifests),
-        references=_table("references", part.references),
-        layer_links=_table("layer_links", part.layer_links),
-        blobs=_table("blobs", part.blobs, ("mtime",)),
-        uploads=_table("uploads", part.uploads),
         findings=findings.sort_values(["path", "kind"], kind="stable", ignore_index=True),
+        **frames,
     )

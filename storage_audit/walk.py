@@ -8,6 +8,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 
+import pyarrow as pa
+
 from .findings import Finding, Kind
 from .manifest import MAX_MANIFEST_BYTES, parse_manifest
 from .paths import (
@@ -21,8 +23,22 @@ from .paths import (
     valid_component,
     valid_tag,
 )
+from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
 
 LINK_READ = 512  # a link holds ~71-135 bytes; reading more only exposes garbage
+# Non-blocking, so that a FIFO where a file belongs cannot stall the scan.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+_ARROW_TYPES = {
+    STR: pa.string(),
+    INT: pa.int64(),
+    OPT_INT: pa.int64(),
+    BOOL: pa.bool_(),
+    TIME: pa.timestamp("ns", tz="UTC"),  # the walker's nanosecond mtimes
+}
+# The walker keeps `startedat` as the text it read; the inventory parses it.
+_TEXT_COLUMNS = {("uploads", "started_at")}
 
 
 class _Unreadable(Exception):
@@ -57,12 +73,56 @@ class Part:
     manifests: list[tuple[object, ...]] = field(default_factory=list)
     references: list[tuple[object, ...]] = field(default_factory=list)
 
-    def extend(self, other: Part) -> None:
+    def columns(self) -> Columns:
+        """The rows as Arrow tables: compact to send from a worker and quick to turn into frames."""
+        tables = {}
         for f in fields(self):
-            getattr(self, f.name).extend(getattr(other, f.name))
+            if f.name == "findings":
+                continue
+            table = TABLE_OF_PART.get(f.name, f.name)
+            rows = getattr(self, f.name)
+            names = list(SCHEMA[table])
+            columns = zip(*rows, strict=True) if rows else [() for _ in names]
+            tables[table] = pa.table(
+                {
+                    name: pa.array(values, type=_arrow_type(table, name))
+                    for name, values in zip(names, columns, strict=True)
+                }
+            )
+            rows.clear()
+        return Columns(self.findings, tables)
 
-    def size(self) -> int:
-        return sum(len(getattr(self, f.name)) for f in fields(self))
+
+TABLE_OF_PART = {"history": "tag_history"}
+"""Inventory table of each Part field whose name differs."""
+
+
+def _arrow_type(table: str, column: str) -> pa.DataType:
+    if (table, column) in _TEXT_COLUMNS:
+        return pa.string()
+    return _ARROW_TYPES[SCHEMA[table][column][0]]
+
+
+def concat(table: str, parts: list[pa.Table]) -> pa.Table:
+    """The parts of one table, in order, as one table (an empty one of the right types when none)."""
+    if not parts:
+        return pa.table({col: pa.array([], type=_arrow_type(table, col)) for col in SCHEMA[table]})
+    return pa.concat_tables(parts)
+
+
+@dataclass
+class Columns:
+    """What part of a scan found, as one Arrow table per inventory table, plus its findings."""
+
+    findings: list[Finding] = field(default_factory=list)
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+
+    def rows(self) -> int:
+        return len(self.findings) + sum(t.num_rows for t in self.tables.values())
+
+
+At = tuple[int, str]
+"""A file named relative to an open directory: (directory descriptor, name)."""
 
 
 class Walker:
@@ -81,10 +141,20 @@ class Walker:
         else:
             self._find(Kind.UNREADABLE, rel, f"cannot read: {exc.strerror or exc}", repo)
 
-    def _entries(self, rel: str, repo: str | None = None) -> list[str]:
-        """The names of the sub-directories of `rel`; anything else there, or a bad name, is a finding."""
+    def _open_dir(self, rel: str, repo: str | None = None) -> int | None:
+        """A descriptor of the directory `rel` for `*at` calls (shorter path lookups), or None."""
         try:
-            with os.scandir(f"{self.v2}/{rel}" if rel else self.v2) as it:
+            return os.open(f"{self.v2}/{rel}", DIR_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._os_error(rel, exc, repo)
+            return None
+
+    def _entries(self, rel: str, repo: str | None = None, fd: int | None = None) -> list[str]:
+        """The names of the sub-directories of `rel` (open as `fd` if given); anything else there is a finding."""
+        try:
+            with os.scandir(fd if fd is not None else f"{self.v2}/{rel}" if rel else self.v2) as it:
                 entries = list(it)
         except FileNotFoundError:
             return []
@@ -109,28 +179,42 @@ class Walker:
                 self._find(Kind.STRAY_FILE, child, "file where the layout has only directories", repo)
         return names
 
-    def _digest_dirs(self, rel: str, repo: str | None) -> Iterator[tuple[str, str]]:
-        """(digest, path) of the `<alg>/<hex>` directories below `rel`; invalid names become findings."""
+    def _digest_dirs(self, rel: str, repo: str | None) -> Iterator[tuple[str, str, At]]:
+        """(digest, path, where its link is) of the `<alg>/<hex>` directories below `rel`.
+
+        Invalid names become findings. The link's place is given relative to
+        the open `<alg>` directory, which spares the kernel the long path.
+        """
         for alg in self._entries(rel, repo):
             if alg not in ALGORITHMS:
                 self._find(Kind.STRAY_FILE, f"{rel}/{alg}", "unknown digest algorithm directory", repo)
                 continue
-            for hexname in self._entries(f"{rel}/{alg}", repo):
-                child = f"{rel}/{alg}/{hexname}"
-                if is_hex_of(alg, hexname):
-                    yield f"{alg}:{hexname}", child
-                else:
-                    self._find(Kind.STRAY_FILE, child, f"not a {alg} digest directory", repo)
+            algrel = f"{rel}/{alg}"
+            fd = self._open_dir(algrel, repo)
+            if fd is None:
+                continue
+            try:
+                for hexname in self._entries(algrel, repo, fd):
+                    child = f"{algrel}/{hexname}"
+                    if is_hex_of(alg, hexname):
+                        yield f"{alg}:{hexname}", child, (fd, f"{hexname}/link")
+                    else:
+                        self._find(Kind.STRAY_FILE, child, f"not a {alg} digest directory", repo)
+            finally:
+                os.close(fd)
 
-    def _read_link(self, rel: str, repo: str | None, mtime: bool = True) -> tuple[str | None, int] | None:
-        """(digest or None, mtime_ns) of the link at `rel`; None when there is no link file.
+    def _read_link(
+        self, rel: str, repo: str | None, mtime: bool = True, at: At | None = None
+    ) -> tuple[str | None, int] | None:
+        """(digest or None, mtime_ns) of the link at `rel` (or `at`); None when there is no link file.
 
         A link whose content is bad yields a finding; a trailing newline is
         tolerated for the digest (keeping what it names alive is the safe side),
         but reported, because it makes the reference registry abort.
         """
+        dir_fd, path = at if at is not None else (None, f"{self.v2}/{rel}")
         try:
-            fd = os.open(f"{self.v2}/{rel}", os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, FILE_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -199,8 +283,14 @@ class Walker:
 
     def walk_blobs(self, alg: str, prefix: str) -> None:
         prel = f"blobs/{alg}/{prefix}"
-        for hexname in self._entries(prel):
-            self._stat_blob(alg, prefix, hexname, f"{prel}/{hexname}")
+        fd = self._open_dir(prel)
+        if fd is None:
+            return
+        try:
+            for hexname in self._entries(prel, None, fd):
+                self._stat_blob(alg, prefix, hexname, f"{prel}/{hexname}", fd)
+        finally:
+            os.close(fd)
 
     def _walk_repositories(self, rel: str, parts: list[str]) -> None:
         subdirs = self._entries(rel)
@@ -247,9 +337,9 @@ class Walker:
                 self._find(Kind.STRAY_FILE, f"{rel}/{name}", "unknown directory under _manifests", repo)
 
     def _scan_revisions(self, rel: str, repo: str) -> None:
-        for name, hexrel in self._digest_dirs(rel, repo):
+        for name, hexrel, at in self._digest_dirs(rel, repo):
             try:
-                link = self._read_link(f"{hexrel}/link", repo)
+                link = self._read_link(f"{hexrel}/link", repo, at=at)
             except _Unreadable:
                 # Unreadable, so unknown: count it as linked to stay on the safe side.
                 self.part.revisions.append((repo, name, name, True, None))
@@ -280,19 +370,19 @@ class Walker:
                 self.part.tags.append((repo, tag, None, None))
             else:
                 self.part.tags.append((repo, tag, link[0], link[1] or None))
-            for digest, hexrel in self._digest_dirs(f"{tagrel}/index", repo):
+            for digest, hexrel, at in self._digest_dirs(f"{tagrel}/index", repo):
                 try:
-                    entry_link = self._read_link(f"{hexrel}/link", repo)
+                    entry_link = self._read_link(f"{hexrel}/link", repo, at=at)
                 except _Unreadable:
                     continue
                 if entry_link is not None:
                     self.part.history.append((repo, tag, digest, entry_link[1]))
 
     def _scan_layers(self, rel: str, repo: str) -> None:
-        for digest, hexrel in self._digest_dirs(rel, repo):
+        for digest, hexrel, at in self._digest_dirs(rel, repo):
             try:
                 # Layer links need no mtime: skipping fstat saves a system call per link.
-                link = self._read_link(f"{hexrel}/link", repo, mtime=False)
+                link = self._read_link(f"{hexrel}/link", repo, mtime=False, at=at)
             except _Unreadable:
                 continue
             if link is None:
@@ -319,7 +409,7 @@ class Walker:
                 self._os_error(f"{uprel}/data", exc, repo)
             started: str | None = None
             try:
-                fd = os.open(f"{self.v2}/{uprel}/startedat", os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(f"{self.v2}/{uprel}/startedat", FILE_FLAGS)
                 try:
                     started = os.read(fd, 128).decode("ascii", "replace").strip() or None
                 finally:
@@ -330,7 +420,7 @@ class Walker:
                 self._os_error(f"{uprel}/startedat", exc, repo)
             self.part.uploads.append((repo, upload_id, size, started))
 
-    def _stat_blob(self, alg: str, prefix: str, hexname: str, rel: str) -> None:
+    def _stat_blob(self, alg: str, prefix: str, hexname: str, rel: str, dir_fd: int) -> None:
         if not is_hex_of(alg, hexname):
             self._find(Kind.STRAY_FILE, rel, f"not a {alg} blob directory")
             return
@@ -340,7 +430,7 @@ class Walker:
             return
         try:
             # The blob directory itself is never listed: its only member is `data`.
-            st = os.lstat(f"{self.v2}/{rel}/data")
+            st = os.stat(f"{hexname}/data", dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             self._find(Kind.STRAY_FILE, rel, "blob directory without data", digest=digest)
             return
@@ -389,7 +479,7 @@ class Walker:
         want = min(size, MAX_MANIFEST_BYTES) + 1
         chunks = []
         try:
-            fd = os.open(f"{self.v2}/{rel}", os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(f"{self.v2}/{rel}", FILE_FLAGS)
             try:
                 while want > 0:
                     chunk = os.read(fd, want)
@@ -409,18 +499,18 @@ def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
-def walk_units(v2: str, repositories: list[str], prefixes: list[tuple[str, str]]) -> Part:
+def walk_units(v2: str, repositories: list[str], prefixes: list[tuple[str, str]]) -> Columns:
     """Read the given top-level repositories and blob prefixes (a worker's share of a scan)."""
     walker = Walker(v2)
     for name in repositories:
         walker.walk_repository(name)
     for alg, prefix in prefixes:
         walker.walk_blobs(alg, prefix)
-    return walker.part
+    return walker.part.columns()
 
 
-def read_manifest_units(v2: str, items: list[tuple[str, str, int]]) -> Part:
+def read_manifest_units(v2: str, items: list[tuple[str, str, int]]) -> Columns:
     """Parse the given manifests (a worker's share of a scan)."""
     walker = Walker(v2)
     walker.read_manifests(items)
-    return walker.part
+    return walker.part.columns()

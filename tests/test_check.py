@@ -113,10 +113,10 @@ def test_a_file_without_read_permission_is_unreadable(fixture_root, monkeypatch:
     link = v2 / "repositories/team/app/_manifests/tags/1.0/current/link"
     real_open = os.open
 
-    def deny(path, flags, *args):  # type: ignore[no-untyped-def]
+    def deny(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
         if str(path) == str(link):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", deny)
     found = check(scan(v2))

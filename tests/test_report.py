@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from storage_audit.cli import app
-from storage_audit.inventory import Inventory, write_snapshot
+from storage_audit.inventory import SCHEMA, Inventory, write_snapshot
 from storage_audit.report import By, ReportError, ReportOptions, report
 from storage_audit.scan import scan
 
@@ -474,6 +474,31 @@ def test_snapshot_gives_the_same_report(fixture_root, tmp_path: Path) -> None:  
         tree = run("report", str(root), "--by", by, "-f", "csv")
         snap = run("report", str(tmp_path / "snap"), "--by", by, "-f", "csv")
         assert tree == snap
+
+
+def test_a_snapshot_stores_whole_views_and_reports_cut_them(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = fixture_root("multiarch")
+    snap = tmp_path / "snap"
+    assert run("scan", str(root), "-o", str(snap), "-q")[0] == 0
+    views = json.loads((snap / "metadata.json").read_text())["views"]
+    assert sorted(views) == sorted(b.value for b in By)
+    cases = [("--by", by.value, "-f", fmt) for by in By for fmt in ("csv", "json")] + [
+        ("--by", "tag", "--repository", "*/app*", "--sort", "pushed_at", "-f", "csv"),
+        ("--by", "manifest", "--top", "2", "-f", "json"),
+        ("--by", "repository", "--repository", "no-such-*", "-f", "csv"),
+        ("--by", "blob", "--repository", "*", "-f", "csv"),
+    ]
+    expected = {case: run("report", str(root), *case) for case in cases}
+    # Without its inventory tables the snapshot still answers every report but one:
+    # blobs narrowed to some repositories are computed from the inventory.
+    for table in SCHEMA:
+        (snap / f"{table}.parquet").unlink()
+    for case, answer in expected.items():
+        got = run("report", str(snap), *case)
+        if "blob" in case and "--repository" in case:
+            assert got[0] == 2 and "unreadable snapshot" in got[2]
+        else:
+            assert got == answer, case
 
 
 # --------------------------------------------------------------------------

@@ -74,10 +74,10 @@ def test_permission_denied_is_a_finding(fixture_root, monkeypatch: pytest.Monkey
     root = fixture_root("basic") / V2
     real_open, real_scandir = os.open, os.scandir
 
-    def deny_open(path, flags, *args):  # type: ignore[no-untyped-def]
+    def deny_open(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
         if str(path).endswith("tags/latest/current/link") or "/_uploads/" in str(path):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     def deny_scandir(path):  # type: ignore[no-untyped-def]
         if str(path).endswith("tools"):

@@ -1,0 +1,82 @@
+"""The inventory's tables: every column with its dtype and meaning, free of pandas so scan workers can use it."""
+
+from __future__ import annotations
+
+STR = "string"
+TIME = "datetime64[ns, UTC]"
+INT = "int64"
+OPT_INT = "Int64"
+BOOL = "bool"
+
+# Every table's columns: name -> (dtype, meaning). The README repeats these.
+SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
+    "repositories": {
+        "repository": (STR, "repository name, `org/team/app`"),
+        "has_manifests": (BOOL, "the directory has `_manifests`"),
+        "has_layers": (BOOL, "the directory has `_layers`"),
+        "has_uploads": (BOOL, "the directory has `_uploads`"),
+        "layers_changed_at": (TIME, "mtime of `_layers/<alg>`: when a layer link was last added; null without"),
+    },
+    "tags": {
+        "repository": (STR, "repository name"),
+        "tag": (STR, "tag name"),
+        "digest": (STR, "target of `current/link`; null when the link is missing or bad"),
+        "pushed_at": (TIME, "mtime of `current/link`: when the tag was last pushed"),
+    },
+    "tag_history": {
+        "repository": (STR, "repository name"),
+        "tag": (STR, "tag name"),
+        "digest": (STR, "a revision the tag has pointed at (`index/<alg>/<hex>`)"),
+        "pushed_at": (TIME, "mtime of the history entry's link"),
+    },
+    "revisions": {
+        "repository": (STR, "repository name"),
+        "digest": (STR, "manifest digest, from the revision's path"),
+        "target": (STR, "digest the `link` names (the manifest blob); null when unlinked"),
+        "linked": (BOOL, "a `link` file is present (no link: deleted through the API)"),
+        "pushed_at": (TIME, "mtime of the revision `link`; null when unlinked"),
+    },
+    "manifests": {
+        "digest": (STR, "manifest digest; one row per distinct revision (linked or not) whose blob exists"),
+        "size": (INT, "bytes of the manifest blob"),
+        "kind": (STR, "docker-v2, docker-list, oci-manifest, oci-index, oci-artifact, schema1, invalid"),
+        "media_type": (STR, "declared `mediaType`, or the one its structure implies"),
+        "schema_version": (OPT_INT, "`schemaVersion`"),
+        "artifact_type": (STR, "`artifactType` (OCI 1.1), else null"),
+        "subject": (STR, "digest of `subject` (the manifest it refers to), else null"),
+        "config_media_type": (STR, "media type of `config`, else null"),
+    },
+    "references": {
+        "manifest": (STR, "digest of the referencing manifest"),
+        "ref_type": (STR, "config, layer, child (index entry), subject, fslayer (schema1), signature"),
+        "digest": (STR, "digest referenced"),
+        "media_type": (STR, "descriptor media type, else null"),
+        "size": (OPT_INT, "descriptor size, else null"),
+        "platform": (STR, "`os/arch[/variant]` of an index child, else null"),
+        "position": (INT, "index of the descriptor in its list"),
+    },
+    "layer_links": {
+        "repository": (STR, "repository name"),
+        "digest": (STR, "digest from the link's path"),
+        "target": (STR, "digest the link's content names (may differ: an alias); null when unreadable"),
+    },
+    "blobs": {
+        "digest": (STR, "digest, from the path"),
+        "size": (INT, "bytes of `data`"),
+        "mtime": (TIME, "mtime of `data`"),
+    },
+    "uploads": {
+        "repository": (STR, "repository name"),
+        "id": (STR, "upload id (directory name)"),
+        "bytes": (INT, "bytes of the partial `data` (0 when absent)"),
+        "started_at": (TIME, "time in `startedat`; null when absent or unreadable"),
+    },
+    "findings": {
+        "kind": (STR, "finding kind (see the README's vocabulary)"),
+        "severity": (STR, "error, warning or info"),
+        "repository": (STR, "repository concerned, else null"),
+        "path": (STR, "path relative to the `v2` directory"),
+        "digest": (STR, "digest concerned, else null"),
+        "detail": (STR, "one sentence for people"),
+    },
+}
