@@ -51,6 +51,16 @@ RootArg = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary on stderr.")]
+ScanWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-j",
+        min=1,
+        help="Processes that read the tree (default: one per CPU, up to 8, once it holds about 5,000 blobs; "
+        "1 below that). More than the CPUs can pay off on a slow network volume.",
+    ),
+]
 DEFAULT_ROOT = Path("/var/lib/registry")
 
 
@@ -66,12 +76,12 @@ def open_root(root: Path) -> Source:
         fail(str(exc))
 
 
-def read_inventory(root: Path, quiet: bool) -> Inventory:
+def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inventory:
     """Resolve ROOT and load or scan it, with a progress display when stderr is a terminal."""
     source = open_root(root)
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
         try:
-            return load(source, ScanOptions(progress=progress))
+            return load(source, ScanOptions(progress=progress, workers=workers or 0))
         except RootError as exc:
             fail(str(exc))
 
@@ -110,11 +120,12 @@ def scan(
         typer.Option("--output", "-o", help="Write the inventory here as Parquet tables plus metadata.json."),
     ] = None,
     quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
 ) -> None:
     """Read the storage into an inventory and summarize it on stderr (like `git count-objects -v`)."""
     if output is not None and output.exists() and (not output.is_dir() or _foreign_content(output)):
         fail(f"{output}: exists and is not an empty directory or an earlier snapshot")
-    inv = read_inventory(root, quiet)
+    inv = read_inventory(root, quiet, workers)
     if output is not None:
         # The whole report views go along: a report from the snapshot then only reads one file.
         views = {by.value: reporting.whole(inv, by) for by in reporting.By}
@@ -187,13 +198,14 @@ def untagged(
     gc_compatible: GcCompatibleOpt = False,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
 ) -> None:
     """List manifest revisions no tag reaches, per repository, with the bytes each would free alone.
 
     Reached: a tag's current target, the children of a reached index (same
     repository), and artifacts whose subject is reached.
     """
-    inv = read_inventory(root, quiet)
+    inv = read_inventory(root, quiet, workers)
     result = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
     frame = collect.untagged_frame(inv, result)
     if not gc_compatible and not quiet:
@@ -220,9 +232,10 @@ def orphans(
     gc_compatible: GcCompatibleOpt = False,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
-    inv = read_inventory(root, quiet)
+    inv = read_inventory(root, quiet, workers)
     options = ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
     result = reach(inv, options)
     frame = collect.orphan_frame(inv, result)
@@ -265,6 +278,7 @@ def report(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
 ) -> None:
     """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
     options = reporting.ReportOptions(by=by, repository=repository, sort=sort, top=top)
@@ -274,7 +288,7 @@ def report(
         fail(str(exc))
     frame = stored_report(open_root(root), options)
     if frame is None:
-        frame = reporting.report(read_inventory(root, quiet), options)
+        frame = reporting.report(read_inventory(root, quiet, workers), options)
     emit(reporting.view(by, frame, table=fmt is Format.TABLE), fmt, output)
 
 
@@ -383,6 +397,7 @@ def plan(
     ] = PlanFormat.JSON,
     registry_url: Annotated[str | None, typer.Option("--registry-url", help="Registry URL for --format http.")] = None,
     quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
 ) -> None:
     """Write a reviewable deletion plan: what the retention rules remove, in a safe order, with reasons.
 
@@ -407,7 +422,7 @@ def plan(
     source = open_root(root)
     if source.snapshot:
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
-    inv = read_inventory(root, quiet)
+    inv = read_inventory(root, quiet, workers)
     try:
         result = make_plan(inv, policy, datetime.now(UTC))
     except PlanRefused as exc:
@@ -520,7 +535,12 @@ def check(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 on warnings too, not only on errors.")] = False,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", "-j", min=1, help="Blobs hashed at once by --verify-digests (default: one per CPU)."),
+        typer.Option(
+            "--workers",
+            "-j",
+            min=1,
+            help="Processes that read the tree, and blobs hashed at once by --verify-digests (default: one per CPU).",
+        ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -532,7 +552,7 @@ def check(
     age = parse_duration(upload_age, "--upload-age")
     if verify_digests and open_root(root).snapshot:
         fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")
-    inv = read_inventory(root, quiet)
+    inv = read_inventory(root, quiet, workers)
     with RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress:
         options = checking.CheckOptions(verify_digests, age, workers or 0, progress)
         findings = checking.check(inv, options)

@@ -63,7 +63,9 @@ def present_revisions(inv: Inventory) -> pd.DataFrame:
 def holdings(inv: Inventory, owners: pd.DataFrame) -> pd.DataFrame:
     """(repository, digest, blob) for each owner row: its own blob and what its manifest references."""
     own = owners[["repository", "digest", "target"]].rename(columns={"target": "blob"})
-    refs = inv.references[isin(inv.references["ref_type"], HOLDING_REFS)][["manifest", "digest"]]
+    refs = inv.references
+    # Only the owners' references are copied: few when the owners are the targets of dangling tags.
+    refs = refs[isin(refs["ref_type"], HOLDING_REFS) & isin(refs["manifest"], owners["target"])][["manifest", "digest"]]
     refs = refs.rename(columns={"manifest": "target", "digest": "blob"})
     referenced = owners[["repository", "digest", "target"]].merge(refs, on="target")[["repository", "digest", "blob"]]
     return pd.concat([own[["repository", "digest", "blob"]], referenced], ignore_index=True).drop_duplicates(

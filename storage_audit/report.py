@@ -281,7 +281,8 @@ def repositories(inv: Inventory) -> pd.DataFrame:
     )
     freed = per_blob[(per_blob["repos"] == 1) & per_blob["all_untagged"]]
     freed = freed[~isin(freed.index.to_series(), _protected(inv, safe.present))]
-    reclaimable = freed.join(_sizes(inv).set_index("blob")).groupby("repository")["size"].sum()
+    # A merge on the column, not a join on the index: an index of Arrow strings is hashed as Python objects.
+    reclaimable = freed.reset_index().merge(_sizes(inv), on="blob").groupby("repository")["size"].sum()
 
     def per(series: pd.Series) -> pd.Series:
         return series.reindex(names, fill_value=0).set_axis(names.index).astype(INT)

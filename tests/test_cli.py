@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from storage_audit.cli import app
 from storage_audit.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
+from storage_audit.inventory import read_snapshot
 
 runner = CliRunner()
 COMMANDS = ["scan", "untagged", "orphans"]
@@ -133,3 +134,15 @@ def test_console_script_module_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "not a registry root" in proc.stderr
+
+
+def test_workers_option_gives_the_same_inventory(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = str(fixture_root("multiarch"))
+    for workers in ("1", "3"):
+        assert run("scan", root, "--workers", workers, "-o", str(tmp_path / workers), "-q")[0] == 0
+    one, three = (read_snapshot(tmp_path / w) for w in ("1", "3"))
+    for name, frame in one.tables().items():
+        pd.testing.assert_frame_equal(frame, three.tables()[name], obj=name)
+    assert run("orphans", root, "-j", "2", "-m", "-f", "csv") == run("orphans", root, "-j", "1", "-m", "-f", "csv")
+    code, _, err = run("scan", root, "--workers", "0")
+    assert code == 2 and "--workers" in err
