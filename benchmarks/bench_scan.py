@@ -147,6 +147,7 @@ class Run:
     status: int
     stderr_tail: str
     summary: str | None
+    timed_out: bool = False
 
 
 @dataclass(slots=True)
@@ -158,6 +159,8 @@ class Result:
     repeat: int
     runs: list[Run] = field(default_factory=list)
     failure: str | None = None
+    # Set when a run was killed at its time limit: the command takes at least this long.
+    at_least: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -256,7 +259,8 @@ def measure(argv: list[str], summary: str | None, timeout: float) -> Run:
         start = time.perf_counter()
         # A session of its own, so a timeout can kill the whole process group.
         pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
-        timer = threading.Timer(timeout, _kill_group, (pid,))
+        killed = threading.Event()
+        timer = threading.Timer(timeout, _kill_group, (pid, killed))
         timer.start()
         sampler = SessionMemory(pid)
         sampler.start()
@@ -276,6 +280,7 @@ def measure(argv: list[str], summary: str | None, timeout: float) -> Run:
             status=code,
             stderr_tail=_tail(err.fileno()) if code else "",
             summary=_find_line(out.fileno(), summary) if summary else None,
+            timed_out=killed.is_set(),
         )
 
 
@@ -316,7 +321,8 @@ class SessionMemory(threading.Thread):
         return total
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int, killed: threading.Event) -> None:
+    killed.set()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
 
@@ -365,16 +371,23 @@ def _run_setups(results: list[Result], tokens: dict[str, str], timeout: float) -
 
 
 def run_all(
-    commands: list[Command], tokens: dict[str, str], repeat: int, gc_repeat: int, timeout: float
+    commands: list[Command], tokens: dict[str, str], repeat: int, gc_repeat: int, timeout: float, gc_timeout: float
 ) -> list[Result]:
     results = [Result(c, resolve(c.argv, tokens), gc_repeat if c.is_collector else repeat) for c in commands]
     _run_setups(results, tokens, timeout)
     for rep in range(max((r.repeat for r in results), default=0)):
         # Alternating order spreads cache and thermal drift over every command alike.
         for result in results if rep % 2 == 0 else reversed(results):
-            if result.argv is None or result.failure or rep >= result.repeat:
+            if result.argv is None or result.failure or result.at_least or rep >= result.repeat:
                 continue
-            run = measure(result.argv, result.command.summary, timeout)
+            limit = gc_timeout if result.command.is_collector else timeout
+            run = measure(result.argv, result.command.summary, limit)
+            if run.timed_out:
+                result.at_least = limit
+                print(
+                    f"  [{rep + 1}/{result.repeat}] {result.command.label}: killed after {limit:.0f}s", file=sys.stderr
+                )
+                continue
             result.runs.append(run)
             print(
                 f"  [{rep + 1}/{result.repeat}] {result.command.label}: {run.wall:.2f}s"
@@ -407,6 +420,11 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}" if value is not None and base else "-"
 
 
+def _below(value: float | None, bound: float) -> str:
+    """The ratio to a command that was killed at `bound` seconds: an upper bound."""
+    return "-" if value is None else f"< {value / bound:.3f}"
+
+
 def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -414,11 +432,28 @@ def _number(value: float | None, digits: int) -> str:
 def render_tree(done: TreeResults) -> str:
     """The per-tree table, followed by what failed."""
     scan, gc, find = (done.wall(label) for label in (SCAN_LABEL, GC_LABEL, FIND_LABEL))
+    gc_result = done.get(GC_LABEL)
+    gc_at_least = gc_result.at_least if gc_result else None
     header = ("command", "runs", "wall s", "cpu s", "peak RSS MB", "x scan", "x gc -m", "x find", "note")
     rows: list[tuple[str, ...]] = []
     for r in done.results:
         if r.argv is None:
             rows.append((r.command.label, "0", "n/a", "n/a", "n/a", "-", "-", "-", "not installed"))
+            continue
+        if r.at_least is not None:
+            rows.append(
+                (
+                    r.command.label,
+                    "0",
+                    f"> {r.at_least:.0f}",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    f"killed after {r.at_least:.0f} s",
+                )
+            )
             continue
         if not r.ok:
             rows.append((r.command.label, str(len(r.runs)), "FAILED", "-", "-", "-", "-", "-", ""))
@@ -432,7 +467,7 @@ def render_tree(done: TreeResults) -> str:
                 _number(r.cpu, 2),
                 _number(r.peak_rss_mib, 0),
                 _ratio(r.wall, scan),
-                _ratio(r.wall, gc),
+                _ratio(r.wall, gc) if gc_at_least is None else _below(r.wall, gc_at_least),
                 _ratio(r.wall, find),
                 r.command.note.format(summary) if summary else "",
             )
@@ -490,7 +525,7 @@ def bench_tree(tree: Tree, commands: list[Command], args: argparse.Namespace) ->
         tokens = {ROOT: str(tree.root), CONFIG: str(config), SNAPSHOT: str(Path(scratch, "snapshot"))}
         if not args.no_warmup:
             warm_up(tree.root, args.timeout)
-        results = run_all(commands, tokens, args.repeat, args.gc_repeat, args.timeout)
+        results = run_all(commands, tokens, args.repeat, args.gc_repeat, args.timeout, args.gc_timeout or args.timeout)
     done = TreeResults(tree, results)
     print(f"{tree_heading(tree, generated)}\n\n{render_tree(done)}\n", flush=True)
     return done
@@ -547,6 +582,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=_positive, default=3, help="timed runs per command (default 3)")
     parser.add_argument("--gc-repeat", type=_positive, help="timed runs of the collector (default: --repeat)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before a run is killed")
+    parser.add_argument(
+        "--gc-timeout",
+        type=float,
+        help="seconds before a collector run is killed (default: --timeout); the table then shows a lower bound",
+    )
     parser.add_argument(
         "--extra", action="store_true", help="also time `untagged` and the collector without --delete-untagged"
     )
