@@ -1,4 +1,4 @@
-"""Walk a registry's storage tree: the file-system reading behind a scan, free of pandas so workers start fast."""
+"""Walk a registry's storage tree: the file-system reading behind a scan, run by workers that send Arrow tables."""
 
 from __future__ import annotations
 
