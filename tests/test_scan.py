@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -103,3 +105,26 @@ def test_worker_processes_give_the_same_inventory(name: str, fixture_root) -> No
     for table, df in alone.tables().items():
         pd.testing.assert_frame_equal(getattr(shared, table), df, check_exact=True, obj=table)
     assert len(alone.blobs) > 0 and len(alone.revisions) > 0
+
+
+def test_a_worker_reads_the_tree_without_pandas(fixture_root) -> None:  # type: ignore[no-untyped-def]
+    # A scan worker keeps pandas out (it is slow to load and large); the walk must not need it.
+    v2 = fixture_root("multiarch") / V2
+    program = (
+        "import sys\n"
+        "from storage_audit.walk import Walker, read_manifest_units, start_worker, walk_units\n"
+        "start_worker()\n"
+        f"v2 = {str(v2)!r}\n"
+        "repos, prefixes = Walker(v2).units()\n"
+        "part = walk_units(v2, repos, prefixes)\n"
+        "items = [(r, d, 1 << 20) for r, d in zip(part.tables['revisions']['repository'].to_pylist(),"
+        " part.tables['revisions']['digest'].to_pylist())]\n"
+        "parsed = read_manifest_units(v2, items)\n"
+        "assert 'pandas' not in sys.modules, 'pandas was loaded'\n"
+        "print(part.tables['blobs'].num_rows, parsed.tables['references'].num_rows)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    blobs, references = map(int, done.stdout.split())
+    inv = scan(v2, ScanOptions(workers=1))
+    assert (blobs, references) == (len(inv.blobs), len(inv.references))
