@@ -1,32 +1,40 @@
-"""The command line: parse arguments, call the library, render, and map failures to exit codes."""
+"""The command line: parse arguments, call the library, render, and map failures to exit codes.
+
+Each command imports the parts of the library it uses when it runs: pandas and the analysis
+take about a second to load, which `--help` need not wait for, and which a scan spends
+loading them while its workers already read the tree.
+"""
 
 from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import humanize
-import pandas as pd
 import typer
 from rich.console import Console
 
-from . import __version__, collect
-from . import check as checking
-from . import report as reporting
-from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
-from .formats import Format, FormatError, View, write
-from .formats.table import MIN_WIDTH
-from .formats.table import render as render_table
-from .inventory import Inventory, read_view, write_snapshot
-from .plan import Plan, PlanError, PlanRefused, Policy, make_plan
-from .plan_formats import PlanFormat, render
+from . import __version__
+from .choices import By, Format, PlanFormat
+from .findings import Severity
 from .progress import RichByteProgress, RichProgress
-from .reach import Reachability, ReachOptions, reach
-from .scan import ScanOptions
 from .source import RootError, Source, load, resolve
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from .findings import Finding
+    from .formats import View
+    from .inventory import Inventory
+    from .plan import Plan
+    from .reach import Reachability
+    from .report import ReportOptions
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -78,6 +86,8 @@ def open_root(root: Path) -> Source:
 
 def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inventory:
     """Resolve ROOT and load or scan it, with a progress display when stderr is a terminal."""
+    from .scan import ScanOptions
+
     source = open_root(root)
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
         try:
@@ -86,29 +96,42 @@ def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inven
             fail(str(exc))
 
 
+def read_tables(source: Source, quiet: bool, workers: int | None) -> tuple[dict[str, pa.Table], list[Finding]]:
+    """Read a storage tree into Arrow tables only, with a progress display when stderr is a terminal."""
+    from .scan import ScanOptions, read_tables
+
+    with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
+        return read_tables(source.path, ScanOptions(progress=progress, workers=workers or 0))
+
+
 def size(n: int) -> str:
     return humanize.naturalsize(n, binary=True)
 
 
-def scan_summary(inv: Inventory) -> list[tuple[str, str]]:
-    """`git count-objects -v`-style lines describing an inventory."""
-    deleted = int((~inv.revisions["linked"]).sum())
-    severities = inv.findings["severity"].value_counts()
-    by_severity = ", ".join(f"{n} {sev}" for sev, n in severities.items())
+def scan_summary(root: str, tables: Mapping[str, Any], severities: Iterable[str]) -> list[tuple[str, str]]:
+    """`git count-objects -v`-style lines: `tables` are an inventory's, as DataFrames or Arrow tables."""
+    import numpy as np
+
+    def total(table: str, column: str) -> int:
+        return int(np.asarray(tables[table][column]).sum())
+
+    deleted = len(tables["revisions"]) - total("revisions", "linked")
+    counts = Counter(severities)
+    by_severity = ", ".join(f"{counts[sev]} {sev}" for sev in Severity if counts[sev])
     return [
-        ("root", inv.root),
-        ("repositories", f"{len(inv.repositories)}"),
-        ("tags", f"{len(inv.tags)}"),
-        ("tag-history", f"{len(inv.tag_history)}"),
-        ("revisions", f"{len(inv.revisions)} ({deleted} deleted)"),
-        ("manifests", f"{len(inv.manifests)}"),
-        ("references", f"{len(inv.references)}"),
-        ("layer-links", f"{len(inv.layer_links)}"),
-        ("blobs", f"{len(inv.blobs)}"),
-        ("blob-bytes", size(int(inv.blobs["size"].sum()))),
-        ("uploads", f"{len(inv.uploads)}"),
-        ("upload-bytes", size(int(inv.uploads["bytes"].sum()))),
-        ("findings", f"{len(inv.findings)}" + (f" ({by_severity})" if by_severity else "")),
+        ("root", root),
+        ("repositories", f"{len(tables['repositories'])}"),
+        ("tags", f"{len(tables['tags'])}"),
+        ("tag-history", f"{len(tables['tag_history'])}"),
+        ("revisions", f"{len(tables['revisions'])} ({deleted} deleted)"),
+        ("manifests", f"{len(tables['manifests'])}"),
+        ("references", f"{len(tables['references'])}"),
+        ("layer-links", f"{len(tables['layer_links'])}"),
+        ("blobs", f"{len(tables['blobs'])}"),
+        ("blob-bytes", size(total("blobs", "size"))),
+        ("uploads", f"{len(tables['uploads'])}"),
+        ("upload-bytes", size(total("uploads", "bytes"))),
+        ("findings", f"{counts.total()}" + (f" ({by_severity})" if by_severity else "")),
     ]
 
 
@@ -125,16 +148,26 @@ def scan(
     """Read the storage into an inventory and summarize it on stderr (like `git count-objects -v`)."""
     if output is not None and output.exists() and (not output.is_dir() or _foreign_content(output)):
         fail(f"{output}: exists and is not an empty directory or an earlier snapshot")
-    inv = read_inventory(root, quiet, workers)
-    if output is not None:
-        # The whole report views go along: a report from the snapshot then only reads one file.
-        views = {by.value: reporting.whole(inv, by) for by in reporting.By}
-        try:
-            write_snapshot(inv, output, views)
-        except OSError as exc:
-            fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
+    source = open_root(root)
+    if output is None and not source.snapshot:
+        # Counting needs no DataFrames: the Arrow tables the workers send will do, without pandas.
+        tables, found = read_tables(source, quiet, workers)
+        summary = scan_summary(str(source.path), tables, (f.severity.value for f in found))
+    else:
+        from .inventory import write_snapshot
+        from .report import whole
+
+        inv = read_inventory(root, quiet, workers)
+        summary = scan_summary(inv.root, inv.tables(), inv.findings["severity"])
+        if output is not None:
+            # The whole report views go along: a report from the snapshot then only reads one file.
+            views = {by.value: whole(inv, by) for by in By}
+            try:
+                write_snapshot(inv, output, views)
+            except OSError as exc:
+                fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
     if not quiet:
-        for key, value in scan_summary(inv):
+        for key, value in summary:
             err.print(f"{key}: {value}", markup=False, soft_wrap=True)
 
 
@@ -163,6 +196,8 @@ KeepReferrersOpt = Annotated[
 
 def emit(view: View, fmt: Format, output: Path | None) -> None:
     """Write a result; the output file is opened only now, after the work succeeded."""
+    from .formats import FormatError, write
+
     try:
         write(view, fmt, output)
     except FormatError as exc:
@@ -173,7 +208,9 @@ def emit(view: View, fmt: Format, output: Path | None) -> None:
 
 def warn_gc_difference(inv: Inventory, safe: Reachability) -> None:
     """Say on stderr what the stock collector's --delete-untagged would delete that `safe` keeps."""
-    diff = collect.gc_difference(inv, safe=safe)
+    from .collect import gc_difference
+
+    diff = gc_difference(inv, safe=safe)
     if diff.manifests == 0 and diff.blobs == 0:
         return
     parts = [f"{diff.index_children} children of tagged indexes"] if diff.index_children else []
@@ -205,9 +242,13 @@ def untagged(
     Reached: a tag's current target, the children of a reached index (same
     repository), and artifacts whose subject is reached.
     """
+    from .collect import untagged_frame
+    from .formats import View
+    from .reach import ReachOptions, reach
+
     inv = read_inventory(root, quiet, workers)
     result = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
-    frame = collect.untagged_frame(inv, result)
+    frame = untagged_frame(inv, result)
     if not gc_compatible and not quiet:
         warn_gc_difference(inv, result)
     view = View(
@@ -235,10 +276,14 @@ def orphans(
     workers: ScanWorkersOpt = None,
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
+    from .collect import orphan_frame
+    from .formats import View
+    from .reach import ReachOptions, reach
+
     inv = read_inventory(root, quiet, workers)
     options = ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
     result = reach(inv, options)
-    frame = collect.orphan_frame(inv, result)
+    frame = orphan_frame(inv, result)
     if delete_untagged and not gc_compatible and not quiet:
         warn_gc_difference(inv, result)
     view = View(
@@ -255,8 +300,8 @@ def orphans(
 def report(
     root: RootArg = DEFAULT_ROOT,
     by: Annotated[
-        reporting.By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")
-    ] = reporting.By.SUMMARY,
+        By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")
+    ] = By.SUMMARY,
     fmt: FormatOpt = Format.TABLE,
     output: OutputOpt = None,
     top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Keep only the first N rows.")] = None,
@@ -281,6 +326,8 @@ def report(
     workers: ScanWorkersOpt = None,
 ) -> None:
     """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
+    from . import report as reporting
+
     options = reporting.ReportOptions(by=by, repository=repository, sort=sort, top=top)
     try:
         reporting.check(options)
@@ -292,8 +339,11 @@ def report(
     emit(reporting.view(by, frame, table=fmt is Format.TABLE), fmt, output)
 
 
-def stored_report(source: Source, options: reporting.ReportOptions) -> pd.DataFrame | None:
+def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None:
     """The report cut from the whole view a snapshot stores, or None when it must be computed."""
+    from . import report as reporting
+    from .inventory import read_view
+
     if not source.snapshot or reporting.needs_inventory(options):
         return None
     try:
@@ -324,6 +374,10 @@ def _regexes(patterns: list[str], option: str) -> tuple[str, ...]:
 
 
 def plan_stats(plan: Plan) -> View:
+    import pandas as pd
+
+    from .formats import View
+
     totals = plan.totals()["by_repository"]
     rows = [(repo, t["count"], t["bytes"]) for repo, t in sorted(totals.items())]
     frame = pd.DataFrame(rows, columns=["repository", "actions", "bytes"])
@@ -403,6 +457,10 @@ def plan(
 
     Orphan blobs are always included. Nothing is deleted here: review the plan, then `storage-audit apply` it.
     """
+    from .formats.table import render as render_table
+    from .plan import PlanRefused, Policy, make_plan
+    from .plan_formats import render
+
     if fmt is PlanFormat.HTTP and not registry_url:
         fail("--format http needs --registry-url")
     policy = Policy(
@@ -458,6 +516,11 @@ def apply(
     A journal beside the plan (PLAN.journal) lets an interrupted apply resume, and stops a plan from
     being applied twice. Restart the registry afterwards: its blob cache still believes removed blobs exist.
     """
+    from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
+    from .formats import View
+    from .formats.table import render as render_table
+    from .plan import PlanError
+
     try:
         loaded, digest = read_plan(plan_file)
     except PlanError as exc:
@@ -499,6 +562,9 @@ def apply(
 
 def emit_tables(views: list[View], output: Path | None) -> None:
     """Write tables one after another, to stdout or to one file opened only now."""
+    from .formats.table import MIN_WIDTH
+    from .formats.table import render as render_table
+
     if output is None:
         for view in views:
             emit(view, Format.TABLE, None)
@@ -549,6 +615,8 @@ def check(
     Exit codes: 0 no error findings; 3 error findings (with --strict, warnings
     too); 2 unusable arguments or ROOT; 1 internal failure.
     """
+    from . import check as checking
+
     age = parse_duration(upload_age, "--upload-age")
     if verify_digests and open_root(root).snapshot:
         fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")
@@ -569,9 +637,9 @@ def check(
 
 
 def _foreign_content(directory: Path) -> bool:
-    from .inventory import METADATA_FILE, SCHEMA, VIEW_FILE
+    from .schema import METADATA_FILE, SCHEMA, VIEW_FILE
 
-    allowed = {METADATA_FILE, *(f"{name}.parquet" for name in SCHEMA), *(VIEW_FILE.format(by) for by in reporting.By)}
+    allowed = {METADATA_FILE, *(f"{name}.parquet" for name in SCHEMA), *(VIEW_FILE.format(by) for by in By)}
     return any(p.name not in allowed for p in directory.iterdir())
 
 

@@ -12,12 +12,9 @@ from typing import Any
 import pandas as pd
 
 from . import __version__
-from .schema import SCHEMA, TIME
+from .schema import METADATA_FILE, SCHEMA, TIME, VIEW_FILE
 
-METADATA_FILE = "metadata.json"
 SNAPSHOT_FORMAT = 1
-VIEW_FILE = "report-{}.parquet"
-"""A whole report view computed when the snapshot was written, so that reports need not analyze again."""
 
 
 def frame(table: str, rows: Any = None) -> pd.DataFrame:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable
-from enum import StrEnum
 
+from .choices import PlanFormat
 from .plan import Action, Plan
-
-
-class PlanFormat(StrEnum):
-    JSON = "json"
-    SH = "sh"
-    HTTP = "http"
 
 
 def render(plan: Plan, fmt: PlanFormat, registry_url: str | None = None) -> str:

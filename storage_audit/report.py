@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 import humanize
 import numpy as np
 import pandas as pd
 
+from .choices import By
 from .formats import View
 from .frames import isin, join_groups
 from .inventory import Inventory
@@ -27,15 +27,6 @@ from .reach import (
 
 STR: Final = "string"
 INT: Final = "int64"
-
-
-class By(StrEnum):
-    SUMMARY = "summary"
-    REPOSITORY = "repository"
-    TAG = "tag"
-    MANIFEST = "manifest"
-    BLOB = "blob"
-    UPLOAD = "upload"
 
 
 # The columns of every view, in output order; the README's report section repeats them.

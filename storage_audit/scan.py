@@ -10,16 +10,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import inventory as inv_mod
 from .findings import Finding
-from .inventory import Inventory
-from .walk import Columns, Walker, concat, read_manifest_units, walk_units
+from .walk import Columns, Walker, concat, read_manifest_units, start_worker, walk_units
 
 PARALLEL_MIN_BLOBS = 5000
 """Below this many blobs (estimated) starting worker processes costs more than it saves."""
@@ -27,11 +24,15 @@ REPOSITORY_BATCHES_PER_WORKER = 16
 BLOB_BATCHES_PER_WORKER = 4
 MAX_WORKERS = 8
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .inventory import Inventory
+
 T = TypeVar("T")
 
 WALKED = ("repositories", "tags", "tag_history", "revisions", "layer_links", "blobs", "uploads")
 PARSED = ("manifests", "references")
-_PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}
 
 
 class Progress(Protocol):
@@ -79,10 +80,16 @@ def _run(
     progress: Progress | None,
     into: dict[str, list[pa.Table]],
     findings: list[Finding],
+    meanwhile: Callable[[], object] | None = None,
 ) -> None:
-    """Run (phase, args) jobs, in order, collecting their tables and findings."""
+    """Run (phase, args) jobs, in order, collecting their tables and findings.
+
+    With a pool, `meanwhile` runs here while the workers start on the jobs.
+    """
     args = [job for _, job in jobs]
     results = pool.map(fn, *zip(*args, strict=True)) if pool is not None and jobs else (fn(*job) for job in args)
+    if pool is not None and meanwhile is not None:
+        meanwhile()
     for (phase, _), part in zip(jobs, results, strict=True):
         findings.extend(part.findings)
         for name, table in part.tables.items():
@@ -91,25 +98,36 @@ def _run(
             progress.update(phase, part.rows())
 
 
-def _walk(v2: str, options: ScanOptions) -> tuple[dict[str, pa.Table], list[Finding]]:
-    top = Walker(v2)
+def read_tables(
+    v2: Path, options: ScanOptions | None = None, meanwhile: Callable[[], object] | None = None
+) -> tuple[dict[str, pa.Table], list[Finding]]:
+    """Read the `v2` tree into one Arrow table per inventory table, plus the findings met.
+
+    This is a scan without pandas: enough to count and sum. `meanwhile` runs in
+    this process while the workers, if any, read the tree.
+    """
+    options = options or ScanOptions()
+    root = str(v2)
+    top = Walker(root)
     repositories, prefixes = top.units()
-    workers = _workers(options, v2, prefixes)
+    workers = _workers(options, root, prefixes)
     pool: Executor | None = None
     try:
         if workers > 1:
             # spawn, not fork: the workers need only the walker, not this process's pandas and threads.
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        return _walk_with(pool, workers, v2, top.part.findings, repositories, prefixes, options.progress)
+            pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker
+            )
+        return _walk_with(pool, workers, root, top.part.findings, repositories, prefixes, options.progress, meanwhile)
     except (BrokenProcessPool, OSError):
         if pool is None:
             raise
         # A machine that cannot start worker processes still gets its scan, in this process.
         pool.shutdown(cancel_futures=True)
         pool = None
-        top = Walker(v2)
+        top = Walker(root)
         repositories, prefixes = top.units()
-        return _walk_with(None, 1, v2, top.part.findings, repositories, prefixes, options.progress)
+        return _walk_with(None, 1, root, top.part.findings, repositories, prefixes, options.progress, None)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -123,6 +141,7 @@ def _walk_with(
     repositories: list[str],
     prefixes: list[tuple[str, str]],
     progress: Progress | None,
+    meanwhile: Callable[[], object] | None,
 ) -> tuple[dict[str, pa.Table], list[Finding]]:
     parts: dict[str, list[pa.Table]] = {}
     # Repositories vary a lot in size: many small jobs keep every worker busy to the end,
@@ -133,7 +152,7 @@ def _walk_with(
         ("repositories", (v2, chunk, [])) for chunk in _chunks(repositories, repo_batches)
     ]
     jobs += [("blobs", (v2, [], chunk)) for chunk in _chunks(prefixes, blob_batches)]
-    _run(pool, walk_units, jobs, progress, parts, findings)
+    _run(pool, walk_units, jobs, progress, parts, findings, meanwhile)
     tables = {name: concat(name, parts.get(name, [])) for name in WALKED}
     items = _manifest_items(tables["revisions"], tables["blobs"])
     manifest_jobs = [("manifests", (v2, chunk)) for chunk in _chunks(items, repo_batches)]
@@ -162,11 +181,19 @@ def _manifest_items(revisions: pa.Table, blobs: pa.Table) -> list[tuple[str, str
     return items
 
 
+def _load_pandas() -> None:
+    from . import inventory  # noqa: F401
+
+
 def _frame(name: str, table: pa.Table) -> pd.DataFrame:
+    import pandas as pd
+
+    from . import inventory as inv_mod
+
     if table.num_rows == 0:
         # pandas' Arrow strings from an empty table have no chunks, which its merges reject.
         return inv_mod.frame(name)
-    df = table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+    df = table.to_pandas(types_mapper={pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}.get)
     if name == "uploads":
         # `startedat` holds RFC 3339 text written by the registry; garbage becomes null.
         df["started_at"] = pd.to_datetime(df["started_at"], utc=True, errors="coerce", format="ISO8601")
@@ -180,10 +207,14 @@ def scan(v2: Path, options: ScanOptions | None = None) -> Inventory:
     the same tree give identical frames whatever the number of workers.
     """
     scanned_at = datetime.now(UTC)
-    tables, found = _walk(str(v2), options or ScanOptions())
+    # The frames made at the end need pandas, which takes a CPU-second to import:
+    # it loads while the workers read the tree, not before or after them.
+    tables, found = read_tables(v2, options, meanwhile=_load_pandas)
+    from . import inventory as inv_mod
+
     findings = inv_mod.frame("findings", [f.row() for f in found])
     frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
-    return Inventory(
+    return inv_mod.Inventory(
         root=str(v2),
         scanned_at=scanned_at,
         findings=findings.sort_values(["path", "kind"], kind="stable", ignore_index=True),

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+METADATA_FILE = "metadata.json"
+"""Marks a snapshot directory written by `scan -o`, beside one Parquet file per table."""
+VIEW_FILE = "report-{}.parquet"
+"""A whole report view computed when the snapshot was written, so that reports need not analyze again."""
+
 STR = "string"
 TIME = "datetime64[ns, UTC]"
 INT = "int64"

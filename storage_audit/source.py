@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .inventory import METADATA_FILE, Inventory, read_snapshot
-from .scan import ScanOptions, scan
+from .schema import METADATA_FILE
+
+if TYPE_CHECKING:
+    from .inventory import Inventory
+    from .scan import ScanOptions
 
 V2_BELOW_ROOT = Path("docker/registry/v2")
 
@@ -44,8 +48,12 @@ def resolve(root: Path) -> Source:
 def load(source: Source, options: ScanOptions | None = None) -> Inventory:
     """The inventory of `source`: read from the snapshot, or scanned now."""
     if source.snapshot:
+        from .inventory import read_snapshot
+
         try:
             return read_snapshot(source.path)
         except ValueError as exc:
             raise RootError(f"{source.path}: {exc}") from exc
+    from .scan import scan
+
     return scan(source.path, options)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from storage_audit.cli import app
 from storage_audit.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
 from storage_audit.inventory import read_snapshot
+from tests.conftest import BROKEN, unpack
 
 runner = CliRunner()
 COMMANDS = ["scan", "untagged", "orphans"]
@@ -56,6 +57,22 @@ def test_scan_summary_on_stderr(fixture_root) -> None:  # type: ignore[no-untype
     assert lines["revisions"].endswith("(1 deleted)")
     assert lines["uploads"] == "1"
     assert "blob-bytes" in lines and "findings" in lines
+
+
+@pytest.mark.parametrize("name", ["stray-file", "non-hex-link", "deleted-revision", "stale-upload"])
+def test_scan_summary_is_the_same_from_tables_inventory_and_snapshot(name: str, tmp_path: Path) -> None:
+    # A plain scan counts Arrow tables; with -o, and from a snapshot, it counts DataFrames.
+    root = unpack(BROKEN / f"{name}.tar.gz", tmp_path / name)
+    snap = tmp_path / "snap"
+    plain = run("scan", str(root))
+    written = run("scan", str(root), "-o", str(snap))
+    loaded = run("scan", str(snap))
+    assert plain[0] == written[0] == loaded[0] == 0
+    assert plain[2] == written[2]
+    # A snapshot reports the path it was taken of.
+    assert plain[2].splitlines()[1:] == loaded[2].splitlines()[1:]
+    lines = dict(line.split(": ", 1) for line in plain[2].splitlines())
+    assert lines["findings"] != "0", lines
 
 
 def test_quiet_scan_prints_nothing(fixture_root) -> None:  # type: ignore[no-untyped-def]
