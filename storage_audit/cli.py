@@ -11,6 +11,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -336,7 +337,8 @@ def report(
     frame = stored_report(open_root(root), options)
     if frame is None:
         frame = reporting.report(read_inventory(root, quiet, workers), options)
-    emit(reporting.view(by, frame, table=fmt is Format.TABLE), fmt, output)
+    # --top asks for that many rows: a table shows them all, past its usual limit.
+    emit(replace(reporting.view(by, frame, table=fmt is Format.TABLE), table_rows=top), fmt, output)
 
 
 def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None:

@@ -520,3 +520,27 @@ def test_invariants_on_registry_built_workloads(case: str, tmp_path: Path) -> No
     check_invariants(root)
     check_reclaimable(root, tmp_path)
     check_tag_exclusive(root, tmp_path)
+
+
+def test_a_table_shows_its_row_limit_unless_top_asks_for_more() -> None:
+    from rich.console import Console
+
+    from storage_audit.formats import View
+    from storage_audit.formats.table import MAX_ROWS, render
+
+    rows = MAX_ROWS * 3
+    frame = pd.DataFrame({"name": [f"repo-{i:04d}" for i in range(rows)], "count": [1] * rows})
+
+    def shown(view: View) -> tuple[list[str], str]:
+        out = io.StringIO()
+        render(view, Console(file=out, width=100, no_color=True))
+        text = out.getvalue()
+        return re.findall(r"repo-\d{4}", text), text
+
+    names, text = shown(View(frame, total_columns=("count",)))
+    assert names == [f"repo-{i:04d}" for i in range(MAX_ROWS)]
+    assert f"first {MAX_ROWS} of {rows} rows" in text and f"{rows:,}" in text.split("total")[1]
+    names, text = shown(View(frame, total_columns=("count",), table_rows=MAX_ROWS * 2))
+    assert len(names) == MAX_ROWS * 2 and f"first {MAX_ROWS * 2} of {rows} rows" in text
+    names, text = shown(View(frame.head(MAX_ROWS), table_rows=None))
+    assert len(names) == MAX_ROWS and "first" not in text

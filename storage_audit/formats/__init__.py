@@ -18,7 +18,8 @@ class View:
     size_columns are shown humanized; optional_columns are dropped, in order,
     until a table fits the terminal; total_columns are summed in a totals row;
     duration_columns hold seconds, shown as a humanized duration; single marks
-    a one-row result written as one JSON object.
+    a one-row result written as one JSON object; table_rows caps the rows a
+    table shows (None: the table format's own limit).
     """
 
     frame: pd.DataFrame
@@ -28,6 +29,7 @@ class View:
     total_columns: tuple[str, ...] = ()
     single: bool = False
     duration_columns: tuple[str, ...] = ()
+    table_rows: int | None = None
 
 
 class FormatError(ValueError):

@@ -16,7 +16,8 @@ from . import View, time_columns
 
 SHORT_DIGEST = len("sha256:") + 12
 MIN_WIDTH = 80
-MAX_ROWS = 1000
+MAX_ROWS = 100
+"""Rows a table shows unless asked for more: a few screens, largest first. Rendering costs ~1 ms a row."""
 
 
 def _size(value: object) -> str:
@@ -74,9 +75,9 @@ def _width(table_cells: pd.DataFrame, columns: list[str], totals: list[str]) -> 
 
 
 def render(view: View, console: Console) -> None:
-    # A table is for reading: past MAX_ROWS it shows the first rows (the views come
+    # A table is for reading: past its row limit it shows the first rows (the views come
     # largest first), says how many it left out, and keeps totals over all rows.
-    shown = view.frame.head(MAX_ROWS)
+    shown = view.frame.head(view.table_rows or MAX_ROWS)
     table_cells = cells(replace(view, frame=shown))
     columns = list(table_cells.columns)
     for drop in view.optional_columns:
