@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -155,6 +156,8 @@ def _walk_with(
     _run(pool, walk_units, jobs, progress, parts, findings, meanwhile)
     tables = {name: concat(name, parts.get(name, [])) for name in WALKED}
     items = _manifest_items(tables["revisions"], tables["blobs"])
+    # Arrow's allocator keeps what the lookups freed; give it back before the tables grow again.
+    pa.default_memory_pool().release_unused()
     manifest_jobs = [("manifests", (v2, chunk)) for chunk in _chunks(items, repo_batches)]
     _run(pool, read_manifest_units, manifest_jobs, progress, parts, findings)
     tables.update({name: concat(name, parts.get(name, [])) for name in PARSED})
@@ -168,14 +171,20 @@ def _manifest_items(revisions: pa.Table, blobs: pa.Table) -> list[tuple[str, str
     Only blobs the walk found as regular files are read.
     """
     targets = pc.coalesce(revisions["target"], revisions["digest"])
-    found = pc.index_in(targets, value_set=blobs["digest"].combine_chunks())
-    sizes = pc.take(blobs["size"], found)
+    # Hash the few distinct targets, not the many blobs: a set of every blob digest
+    # would cost this process hundreds of megabytes on a big registry.
+    distinct = pc.unique(targets)
+    position = pc.fill_null(pc.index_in(blobs["digest"], value_set=distinct), -1).to_numpy()
+    stored = position >= 0
+    distinct_sizes = np.full(len(distinct), -1, dtype=np.int64)  # -1: no such blob
+    distinct_sizes[position[stored]] = blobs["size"].to_numpy()[stored]
+    sizes = distinct_sizes[pc.index_in(targets, value_set=distinct).to_numpy()]
     items: list[tuple[str, str, int]] = []
     seen: set[str] = set()
     for repo, target, size in zip(
-        revisions["repository"].to_pylist(), targets.to_pylist(), sizes.to_pylist(), strict=True
+        revisions["repository"].to_pylist(), targets.to_pylist(), sizes.tolist(), strict=True
     ):
-        if size is not None and target not in seen:
+        if size >= 0 and target not in seen:
             seen.add(target)
             items.append((repo, target, size))
     return items
