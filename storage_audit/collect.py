@@ -66,15 +66,18 @@ def orphans(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
 def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
     blobs = result.orphans
     links = inv.layer_links
-    links = links.loc[isin(links["target"], blobs["digest"]).to_numpy(), ["target", "repository"]].drop_duplicates()
-    linked_from = join_groups(links.sort_values(["target", "repository"]), "target", "repository")
+    # Links go by the position of their target among the orphans.
+    orphan = positions(links["target"], blobs["digest"])
+    held = orphan >= 0
+    links = pd.DataFrame({"orphan": orphan[held], "repository": links["repository"][held].reset_index(drop=True)})
+    linked_from = join_groups(links.drop_duplicates().sort_values(["orphan", "repository"]), "orphan", "repository")
     frame = pd.DataFrame(
         {
             "digest": blobs["digest"],
             "size": blobs["size"],
             "mtime": blobs["mtime"],
-            "kind": blob_kinds(inv)[~result.marked].set_axis(blobs.index),
-            "linked_from": pick(linked_from, positions(blobs["digest"], linked_from.index), blobs.index).fillna(""),
+            "kind": blob_kinds(inv, blobs),
+            "linked_from": linked_from.reindex(np.arange(len(blobs))).set_axis(blobs.index).fillna(""),
         }
     )
     return frame.sort_values(["size", "digest"], ascending=[False, True], ignore_index=True)[ORPHAN_COLUMNS]

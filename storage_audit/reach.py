@@ -243,9 +243,12 @@ def _content_closure(inv: Inventory, digests: set[str]) -> set[str]:
     return seen
 
 
-def blob_kinds(inv: Inventory) -> pd.Series:
-    """For every blob, in `inv.blobs` order: manifest, config, layer or unknown, from how anything references it."""
-    blobs = inv.blobs
+def blob_kinds(inv: Inventory, blobs: pd.DataFrame | None = None) -> pd.Series:
+    """For each of `blobs` (by default all): manifest, config, layer or unknown, from how anything references it.
+
+    Indexed like `blobs`.
+    """
+    blobs = inv.blobs if blobs is None else blobs
     refs = inv.references
     found = positions(refs["digest"], blobs["digest"])
     kinds = np.zeros(len(blobs), dtype=np.int8)
