@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from .frames import isin, join_groups
+from .frames import isin, join_groups, pick, positions
 from .inventory import Inventory
-from .reach import Reachability, ReachOptions, blob_kinds, reach, reclaimable_alone
+from .reach import Reachability, ReachOptions, blob_kinds, reach, reclaimable_alone, references
 
 UNTAGGED_COLUMNS = [
     "repository",
@@ -31,18 +32,19 @@ def untagged(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
 def untagged_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
     """The rows of `untagged` from an engine answer given with delete_untagged."""
     dropped = result.dropped_revisions
-    manifests = inv.manifests.set_index("digest")
-    sizes = inv.blobs.set_index("digest")["size"]
+    manifests = inv.manifests
+    info = positions(dropped["target"], manifests["digest"])
+    stored = positions(dropped["target"], inv.blobs["digest"])
     frame = pd.DataFrame(
         {
             "repository": dropped["repository"],
             "digest": dropped["digest"],
-            "media_type": dropped["target"].map(manifests["media_type"]),
-            "artifact_type": dropped["target"].map(manifests["artifact_type"]),
-            "subject": dropped["target"].map(manifests["subject"]),
+            "media_type": pick(manifests["media_type"], info, dropped.index),
+            "artifact_type": pick(manifests["artifact_type"], info, dropped.index),
+            "subject": pick(manifests["subject"], info, dropped.index),
             "pushed_at": dropped["pushed_at"],
-            "manifest_bytes": dropped["target"].map(sizes).fillna(0).astype("int64"),
-            "reclaimable_bytes": reclaimable_alone(inv, result, dropped),
+            "manifest_bytes": np.where(stored >= 0, inv.blobs["size"].to_numpy()[stored], 0),
+            "reclaimable_bytes": reclaimable_alone(inv, result, np.flatnonzero(~result.kept)),
         }
     )
     for col in ("media_type", "artifact_type", "subject", "repository", "digest"):
@@ -63,17 +65,19 @@ def orphans(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
 
 def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
     blobs = result.orphans
-    kinds = blob_kinds(inv)
-    links = inv.layer_links.dropna(subset=["target"])
-    links = links[isin(links["target"], blobs["digest"])].drop_duplicates(["target", "repository"])
-    linked_from = join_groups(links.sort_values(["target", "repository"]), "target", "repository")
+    links = inv.layer_links
+    # Links go by the position of their target among the orphans.
+    orphan = positions(links["target"], blobs["digest"])
+    held = orphan >= 0
+    links = pd.DataFrame({"orphan": orphan[held], "repository": links["repository"][held].reset_index(drop=True)})
+    linked_from = join_groups(links.drop_duplicates().sort_values(["orphan", "repository"]), "orphan", "repository")
     frame = pd.DataFrame(
         {
             "digest": blobs["digest"],
             "size": blobs["size"],
             "mtime": blobs["mtime"],
-            "kind": blobs["digest"].map(kinds).astype("string"),
-            "linked_from": blobs["digest"].map(linked_from).astype("string").fillna(""),
+            "kind": blob_kinds(inv, blobs),
+            "linked_from": linked_from.reindex(np.arange(len(blobs))).set_axis(blobs.index).fillna(""),
         }
     )
     return frame.sort_values(["size", "digest"], ascending=[False, True], ignore_index=True)[ORPHAN_COLUMNS]
@@ -102,13 +106,13 @@ def gc_difference(inv: Inventory, keep_referrers: bool = True, safe: Reachabilit
         safe = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers))
     extra = stock.present[~stock.kept & safe.kept].reset_index(drop=True)
     # A child counts as such when a manifest the safe mode keeps, in the same repository, lists it.
-    refs = inv.references[inv.references["ref_type"] == "child"][["manifest", "digest"]]
+    refs = references(inv, "child")
     parents = safe.present[safe.kept][["repository", "target"]].rename(columns={"target": "manifest"})
     listed = parents.merge(refs, on="manifest")[["repository", "digest"]].drop_duplicates()
     is_child = extra[["repository", "digest"]].merge(listed, how="left", indicator=True)["_merge"].eq("both")
     subjects = inv.manifests[inv.manifests["subject"].notna()]["digest"]
     is_referrer = isin(extra["target"], subjects) & ~is_child
-    extra_blobs = stock.orphans[~isin(stock.orphans["digest"], safe.orphans["digest"])]
+    extra_blobs = inv.blobs[safe.marked & ~stock.marked]
     return GcDifference(
         index_children=int(is_child.sum()),
         referrers=int(is_referrer.sum()),

@@ -312,7 +312,7 @@ def make_plan(inv: Inventory, policy: Policy, now: datetime) -> Plan:
     holds = holdings(inv, present)
     marked = mark(inv, present, holds, kept, protect_dangling=True, tags=remaining_tags)
     blobs = inv.blobs
-    removed_blobs = blobs[~isin(blobs["digest"], marked) & (blobs["mtime"] < grace)]
+    removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
 
     actions: list[Action] = []
     actions += _tag_actions(deleted_tags)

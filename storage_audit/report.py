@@ -12,11 +12,12 @@ import pandas as pd
 
 from .choices import By
 from .formats import View
-from .frames import isin, join_groups
+from .frames import isin, join_groups, pick, positions
 from .inventory import Inventory
 from .reach import (
     Reachability,
     ReachOptions,
+    RevisionIndex,
     blob_kinds,
     dangling_tag_targets,
     edges,
@@ -176,25 +177,30 @@ def arrange(frame: pd.DataFrame, by: By, sort: str | None = None, top: int | Non
 # Shared pieces
 
 
-def _sizes(inv: Inventory) -> pd.DataFrame:
-    return inv.blobs[["digest", "size"]].rename(columns={"digest": "blob"})
+def _sizes(inv: Inventory, blobs: pd.Series) -> pd.Series:
+    """The size of each blob, given by its position in `inv.blobs`, indexed like `blobs`."""
+    return pd.Series(inv.blobs["size"].to_numpy()[blobs.to_numpy()], index=blobs.index)
 
 
 def _bytes_by(pairs: pd.DataFrame, key: str, inv: Inventory) -> pd.Series:
-    """Sum of the sizes of the distinct stored blobs each `key` holds; blobs that are gone count nothing."""
-    distinct = pairs[[key, "blob"]].drop_duplicates().merge(_sizes(inv), on="blob")
-    return distinct.groupby(key)["size"].sum()
+    """Sum of the sizes of the distinct blobs (positions in `inv.blobs`) each `key` holds."""
+    distinct = pairs[[key, "blob"]].drop_duplicates()
+    return _sizes(inv, distinct["blob"]).groupby(distinct[key]).sum()
 
 
-def _revision_key(frame: pd.DataFrame) -> pd.Series:
-    # "@" appears in neither repository names nor digests, so the pair maps to one string key.
-    return frame["repository"].astype(STR) + "@" + frame["digest"].astype(STR)
+def _repository_blobs(result: Reachability) -> pd.DataFrame:
+    """The distinct (repository, blob) pairs of the holds: repositories by code, blobs by position."""
+    owner = result.holds["owner"].to_numpy()
+    codes = RevisionIndex(result.present).repositories
+    return pd.DataFrame({"repository": codes[owner], "blob": result.holds["blob"]}).drop_duplicates(ignore_index=True)
 
 
-def _protected(inv: Inventory, present: pd.DataFrame) -> pd.Index:
-    """Blobs a dangling tag keeps: the engine never sweeps them, so no deletion here frees them."""
+def _protected(inv: Inventory, present: pd.DataFrame) -> np.ndarray:
+    """A bool array over the blobs: those a dangling tag keeps, which the engine never sweeps, so no deletion frees."""
     dangling = dangling_tag_targets(inv, present).dropna(subset=["digest"])
-    return pd.Index(holdings(inv, dangling.assign(target=dangling["digest"]))["blob"].unique())
+    protected = np.zeros(len(inv.blobs), dtype=bool)
+    protected[holdings(inv, dangling.assign(target=dangling["digest"]))["blob"].to_numpy()] = True
+    return protected
 
 
 def _matching(names: pd.Series, pattern: str | None) -> pd.Series:
@@ -225,8 +231,7 @@ def _nodes(inv: Inventory, present: pd.DataFrame) -> _Nodes:
     owners = dangling[["repository", "digest"]].drop_duplicates().assign(target=dangling["digest"])
     frame = pd.concat([present[["repository", "digest", "target"]], owners], ignore_index=True)
     frame = frame.assign(node=np.arange(len(frame)))
-    held = holdings(inv, frame).merge(frame[["repository", "digest", "node"]], on=["repository", "digest"])
-    return _Nodes(frame=frame, holds=held[["node", "blob"]])
+    return _Nodes(frame=frame, holds=holdings(inv, frame).rename(columns={"owner": "node"}))
 
 
 def _closure_pairs(roots: pd.DataFrame, src: np.ndarray, dst: np.ndarray) -> pd.DataFrame:
@@ -257,36 +262,38 @@ def repositories(inv: Inventory) -> pd.DataFrame:
     """One row per repository: counts, and the bytes its revisions hold, alone and shared."""
     safe = _safe(inv)
     names = inv.repositories["repository"]
-    holds = safe.holds.merge(_sizes(inv), on="blob")
-    per_repo = holds[["repository", "blob", "size"]].drop_duplicates(["repository", "blob"])
-    holders = per_repo.groupby("blob")["repository"].transform("size")
-    total = per_repo.groupby("repository")["size"].sum()
-    exclusive = per_repo[holders == 1].groupby("repository")["size"].sum()
+    # Repositories of the engine's answer go by code: the first position in `present` with the name.
+    codes = RevisionIndex(safe.present).repositories
+    per_repo = _repository_blobs(safe)
+    blob = per_repo["blob"].to_numpy()
+    sizes = _sizes(inv, per_repo["blob"])
+    holders = np.bincount(blob, minlength=len(inv.blobs))
+    total = sizes.groupby(per_repo["repository"]).sum()
+    exclusive = sizes[holders[blob] == 1].groupby(per_repo["repository"]).sum()
 
     # Reclaimable: every holder of the blob is an untagged revision of one repository.
-    dropped = safe.dropped_revisions[["repository", "digest"]].assign(untagged=True)
-    marks = holds.merge(dropped, on=["repository", "digest"], how="left")
-    marks["untagged"] = marks["untagged"].astype("boolean").fillna(False).astype(bool)
-    per_blob = marks.groupby("blob").agg(
-        repos=("repository", "nunique"), all_untagged=("untagged", "all"), repository=("repository", "first")
-    )
-    freed = per_blob[(per_blob["repos"] == 1) & per_blob["all_untagged"]]
-    freed = freed[~isin(freed.index.to_series(), _protected(inv, safe.present))]
-    # A merge on the column, not a join on the index: an index of Arrow strings is hashed as Python objects.
-    reclaimable = freed.reset_index().merge(_sizes(inv), on="blob").groupby("repository")["size"].sum()
+    holds = safe.holds
+    kept_holders = np.bincount(holds["blob"].to_numpy()[safe.kept[holds["owner"].to_numpy()]], minlength=len(inv.blobs))
+    freed = (holders == 1) & (kept_holders == 0) & ~_protected(inv, safe.present)
+    reclaimable = sizes[freed[blob]].groupby(per_repo["repository"]).sum()
 
     def per(series: pd.Series) -> pd.Series:
         return series.reindex(names, fill_value=0).set_axis(names.index).astype(INT)
+
+    by_code = positions(names, safe.present["repository"])
+
+    def per_code(series: pd.Series) -> pd.Series:
+        return series.reindex(by_code, fill_value=0).set_axis(names.index).astype(INT)
 
     frame = pd.DataFrame(
         {
             "repository": names,
             "tags": per(inv.tags.groupby("repository").size()),
-            "manifests": per(safe.present.groupby("repository").size()),
-            "untagged_manifests": per(safe.dropped_revisions.groupby("repository").size()),
-            "total_bytes": per(total),
-            "exclusive_bytes": per(exclusive),
-            "reclaimable_bytes": per(reclaimable),
+            "manifests": per_code(pd.Series(codes).value_counts()),
+            "untagged_manifests": per_code(pd.Series(codes[~safe.kept]).value_counts()),
+            "total_bytes": per_code(total),
+            "exclusive_bytes": per_code(exclusive),
+            "reclaimable_bytes": per_code(reclaimable),
             "upload_bytes": per(inv.uploads.groupby("repository")["bytes"].sum()),
             "last_push": inv.tags.groupby("repository")["pushed_at"].max().reindex(names).set_axis(names.index),
         }
@@ -302,12 +309,8 @@ def tags(inv: Inventory) -> pd.DataFrame:
     present = safe.present
     nodes = _nodes(inv, present)
     tag_rows = inv.tags.reset_index(drop=True)
-    roots = (
-        tag_rows[["repository", "digest"]]
-        .assign(root=np.arange(len(tag_rows)))
-        .dropna(subset=["digest"])
-        .merge(nodes.frame, on=["repository", "digest"])
-    )
+    node = RevisionIndex(nodes.frame).find(tag_rows["repository"], tag_rows["digest"])
+    roots = pd.DataFrame({"root": np.arange(len(tag_rows)), "node": node})[node >= 0]
 
     image = _closure_pairs(roots, *edges(inv, present, keep_referrers=False))
     image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", inv)
@@ -320,11 +323,10 @@ def tags(inv: Inventory) -> pd.DataFrame:
     marks = nodes.holds.merge(sole, left_on="node", right_index=True, how="left")
     per_blob = marks.groupby("blob")["sole"].agg(solo="count", holders="size", tags="nunique", root="first")
     freed = per_blob[(per_blob["solo"] == per_blob["holders"]) & (per_blob["tags"] == 1)]
-    freed = freed[~isin(freed.index.to_series(), _protected(inv, present))].astype({"root": INT})
-    exclusive = freed.join(_sizes(inv).set_index("blob")).groupby("root")["size"].sum()
+    freed = freed[~_protected(inv, present)[freed.index.to_numpy()]].astype({"root": INT})
+    exclusive = _sizes(inv, freed.index.to_series()).groupby(freed["root"]).sum()
 
-    targets = tag_rows[["repository", "digest"]].merge(nodes.frame, on=["repository", "digest"], how="left")["target"]
-    targets = targets.fillna(tag_rows["digest"])
+    targets = pick(nodes.frame["target"], node, tag_rows.index).fillna(tag_rows["digest"])
     children = inv.references[(inv.references["ref_type"] == "child") & inv.references["platform"].notna()]
     platforms = join_groups(children.sort_values(["manifest", "position"]), "manifest", "platform")
     history = inv.tag_history.groupby(["repository", "tag"]).size().rename("history")
@@ -335,8 +337,8 @@ def tags(inv: Inventory) -> pd.DataFrame:
             "repository": tag_rows["repository"],
             "tag": tag_rows["tag"],
             "digest": tag_rows["digest"],
-            "media_type": targets.map(inv.manifests.set_index("digest")["media_type"]),
-            "platforms": targets.map(platforms).astype(STR).fillna(""),
+            "media_type": pick(inv.manifests["media_type"], positions(targets, inv.manifests["digest"]), targets.index),
+            "platforms": pick(platforms, positions(targets, platforms.index), targets.index).fillna(""),
             "pushed_at": tag_rows["pushed_at"],
             "image_bytes": position.map(image_bytes).fillna(0).astype(INT),
             "exclusive_bytes": position.map(exclusive).fillna(0).astype(INT),
@@ -356,17 +358,18 @@ def manifests(inv: Inventory) -> pd.DataFrame:
     roots = nodes.frame.iloc[: len(present)][["node"]].assign(root=lambda f: f["node"])
     image = _closure_pairs(roots, *edges(inv, present, keep_referrers=False))
     image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", inv)
-    named = inv.tags.dropna(subset=["digest"]).sort_values(["repository", "tag"])
-    tag_names = join_groups(named.assign(key=_revision_key(named)), "key", "tag")
-    info = inv.manifests.set_index("digest")
+    named = inv.tags.sort_values(["repository", "tag"])
+    named = named.assign(node=RevisionIndex(present).find(named["repository"], named["digest"]))
+    tag_names = join_groups(named[named["node"] >= 0], "node", "tag")
+    info = positions(present["target"], inv.manifests["digest"])
 
     frame = pd.DataFrame(
         {
             "repository": present["repository"],
             "digest": present["digest"],
-            "media_type": present["target"].map(info["media_type"]),
-            "artifact_type": present["target"].map(info["artifact_type"]),
-            "tags": _revision_key(present).map(tag_names).astype(STR).fillna(""),
+            "media_type": pick(inv.manifests["media_type"], info, present.index),
+            "artifact_type": pick(inv.manifests["artifact_type"], info, present.index),
+            "tags": tag_names.reindex(present.index).astype(STR).fillna(""),
             "reachable": safe.kept,
             "bytes": pd.Series(np.arange(len(present))).map(image_bytes).fillna(0).astype(INT),
         }
@@ -379,23 +382,25 @@ def blobs(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
     """One row per stored blob: who reaches it, and whether anything references it at all."""
     plain = reach(inv)
     holds = plain.holds
-    repos = holds.drop_duplicates(["repository", "blob"]).groupby("blob").size()
-    mans = holds.drop_duplicates(["digest", "blob"]).groupby("blob").size()
-    digests = inv.blobs["digest"]
+    owner = holds["owner"].to_numpy()
+    # Manifests go by the code of their digest: one revision pushed to several repositories counts once.
+    digests = RevisionIndex(plain.present).digests[owner]
+    manifests = pd.DataFrame({"digest": digests, "blob": holds["blob"]}).drop_duplicates()["blob"]
     frame = pd.DataFrame(
         {
-            "digest": digests,
+            "digest": inv.blobs["digest"],
             "size": inv.blobs["size"].astype(INT),
-            "repositories": digests.map(repos).fillna(0).astype(INT),
-            "manifests": digests.map(mans).fillna(0).astype(INT),
-            "orphan": isin(digests, plain.orphans["digest"]),
-            "kind": digests.map(blob_kinds(inv)),
+            "repositories": np.bincount(_repository_blobs(plain)["blob"], minlength=len(inv.blobs)),
+            "manifests": np.bincount(manifests, minlength=len(inv.blobs)),
+            "orphan": ~plain.marked,
+            "kind": blob_kinds(inv),
         }
     )
     frame = _strings(frame, ("digest", "kind"))[list(COLUMNS[By.BLOB])]
     if pattern is not None:
-        wanted = holds[_matching(holds["repository"], pattern)]["blob"]
-        frame = frame[isin(frame["digest"], wanted)]
+        wanted = np.zeros(len(inv.blobs), dtype=bool)
+        wanted[holds["blob"].to_numpy()[_matching(plain.present["repository"], pattern).to_numpy()[owner]]] = True
+        frame = frame[wanted]
     return frame.reset_index(drop=True)
 
 
@@ -422,8 +427,7 @@ def summary(inv: Inventory) -> pd.DataFrame:
     plain = reach(inv)
     safe = _safe(inv)
     physical = int(inv.blobs["size"].sum())
-    per_repo = safe.holds.drop_duplicates(["repository", "blob"]).merge(_sizes(inv), on="blob")
-    logical = int(per_repo["size"].sum())
+    logical = int(_sizes(inv, _repository_blobs(safe)["blob"]).sum())
     orphan_bytes = int(plain.orphans["size"].sum())
     severities = pd.concat(
         [inv.findings["severity"], pd.Series([f.severity.value for f in reach_findings(inv, plain)], dtype=STR)],

@@ -14,7 +14,6 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -187,20 +186,16 @@ def _manifest_items(revisions: pa.Table, blobs: pa.Table) -> list[tuple[str, str
     Only blobs the walk found as regular files are read.
     """
     targets = pc.coalesce(revisions["target"], revisions["digest"])
-    # Hash the few distinct targets, not the many blobs: a set of every blob digest
-    # would cost this process hundreds of megabytes on a big registry.
-    distinct = pc.unique(targets)
-    position = pc.fill_null(pc.index_in(blobs["digest"], value_set=distinct), -1).to_numpy()
-    stored = position >= 0
-    distinct_sizes = np.full(len(distinct), -1, dtype=np.int64)  # -1: no such blob
-    distinct_sizes[position[stored]] = blobs["size"].to_numpy()[stored]
-    sizes = distinct_sizes[pc.index_in(targets, value_set=distinct).to_numpy()]
+    # Only the blobs that are manifests are hashed, not every blob: a far smaller table.
+    blobs = blobs.filter(pc.is_in(blobs["digest"], value_set=pc.unique(targets)))
+    found = pc.index_in(targets, value_set=blobs["digest"].combine_chunks())
+    sizes = pc.take(blobs["size"], found)
     items: list[tuple[str, str, int]] = []
     seen: set[str] = set()
     for repo, target, size in zip(
-        revisions["repository"].to_pylist(), targets.to_pylist(), sizes.tolist(), strict=True
+        revisions["repository"].to_pylist(), targets.to_pylist(), sizes.to_pylist(), strict=True
     ):
-        if size >= 0 and target not in seen:
+        if size is not None and target not in seen:
             seen.add(target)
             items.append((repo, target, size))
     return items
