@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -75,23 +73,6 @@ def _workers(options: ScanOptions, v2: str, prefixes: list[tuple[str, str]]) -> 
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
-def _start_method() -> BaseContext:
-    """How to start workers: fork where that is safe, spawn elsewhere.
-
-    A forked worker starts at once with the walker already loaded; a spawned one
-    spends a few tenths of a second importing it. Fork is safe only in a process
-    with no other thread (one could hold a lock the child would wait on forever),
-    so it is used on Linux when this process has exactly one thread.
-    """
-    if sys.platform == "linux":
-        try:
-            if len(os.listdir("/proc/self/task")) == 1:
-                return multiprocessing.get_context("fork")
-        except OSError:
-            pass
-    return multiprocessing.get_context("spawn")
-
-
 def _run(
     pool: Executor | None,
     fn: Callable[..., Columns],
@@ -133,7 +114,10 @@ def read_tables(
     pool: Executor | None = None
     try:
         if workers > 1:
-            pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=start_worker)
+            # spawn, not fork: the workers need only the walker, not this process's pandas and threads.
+            pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker
+            )
         return _walk_with(pool, workers, root, top.part.findings, repositories, prefixes, options.progress, meanwhile)
     except (BrokenProcessPool, OSError):
         if pool is None:

@@ -128,37 +128,3 @@ def test_a_worker_reads_the_tree_without_pandas(fixture_root) -> None:  # type: 
     blobs, references = map(int, done.stdout.split())
     inv = scan(v2, ScanOptions(workers=1))
     assert (blobs, references) == (len(inv.blobs), len(inv.references))
-
-
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_workers_started_either_way_give_the_same_inventory(  # type: ignore[no-untyped-def]
-    method: str, fixture_root, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import multiprocessing
-
-    from storage_audit import scan as scan_module
-
-    monkeypatch.setattr(scan_module, "_start_method", lambda: multiprocessing.get_context(method))
-    v2 = fixture_root("churn") / V2
-    alone = scan(v2, ScanOptions(workers=1))
-    shared = scan(v2, ScanOptions(workers=2))
-    for table, df in alone.tables().items():
-        pd.testing.assert_frame_equal(getattr(shared, table), df, check_exact=True, obj=table)
-
-
-def test_fork_only_in_a_process_with_one_thread() -> None:
-    import threading
-
-    from storage_audit.scan import _start_method
-
-    threads = len(os.listdir("/proc/self/task"))
-    expected = "fork" if threads == 1 else "spawn"
-    assert _start_method().get_start_method() == expected
-    stop = threading.Event()
-    helper = threading.Thread(target=stop.wait)
-    helper.start()
-    try:
-        assert _start_method().get_start_method() == "spawn"
-    finally:
-        stop.set()
-        helper.join()
