@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import humanize
 import typer
@@ -28,7 +28,6 @@ from .source import RootError, Source, load, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
-    import pyarrow as pa
 
     from .findings import Finding
     from .formats import View
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .reach import Reachability
     from .report import ReportOptions
+    from .scan import Totals
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -97,41 +97,36 @@ def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inven
             fail(str(exc))
 
 
-def read_tables(source: Source, quiet: bool, workers: int | None) -> tuple[dict[str, pa.Table], list[Finding]]:
-    """Read a storage tree into Arrow tables only, with a progress display when stderr is a terminal."""
-    from .scan import ScanOptions, read_tables
+def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
+    """Count and sum a storage tree, with a progress display when stderr is a terminal."""
+    from .scan import ScanOptions, tally
 
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        return read_tables(source.path, ScanOptions(progress=progress, workers=workers or 0))
+        return tally(source.path, ScanOptions(progress=progress, workers=workers or 0))
 
 
 def size(n: int) -> str:
     return humanize.naturalsize(n, binary=True)
 
 
-def scan_summary(root: str, tables: Mapping[str, Any], severities: Iterable[str]) -> list[tuple[str, str]]:
-    """`git count-objects -v`-style lines: `tables` are an inventory's, as DataFrames or Arrow tables."""
-    import numpy as np
-
-    def total(table: str, column: str) -> int:
-        return int(np.asarray(tables[table][column]).sum())
-
-    deleted = len(tables["revisions"]) - total("revisions", "linked")
+def scan_summary(root: str, totals: Totals, severities: Iterable[str]) -> list[tuple[str, str]]:
+    """`git count-objects -v`-style lines."""
+    rows = totals.rows
     counts = Counter(severities)
     by_severity = ", ".join(f"{counts[sev]} {sev}" for sev in Severity if counts[sev])
     return [
         ("root", root),
-        ("repositories", f"{len(tables['repositories'])}"),
-        ("tags", f"{len(tables['tags'])}"),
-        ("tag-history", f"{len(tables['tag_history'])}"),
-        ("revisions", f"{len(tables['revisions'])} ({deleted} deleted)"),
-        ("manifests", f"{len(tables['manifests'])}"),
-        ("references", f"{len(tables['references'])}"),
-        ("layer-links", f"{len(tables['layer_links'])}"),
-        ("blobs", f"{len(tables['blobs'])}"),
-        ("blob-bytes", size(total("blobs", "size"))),
-        ("uploads", f"{len(tables['uploads'])}"),
-        ("upload-bytes", size(total("uploads", "bytes"))),
+        ("repositories", f"{rows['repositories']}"),
+        ("tags", f"{rows['tags']}"),
+        ("tag-history", f"{rows['tag_history']}"),
+        ("revisions", f"{rows['revisions']} ({totals.unlinked_revisions} deleted)"),
+        ("manifests", f"{rows['manifests']}"),
+        ("references", f"{rows['references']}"),
+        ("layer-links", f"{rows['layer_links']}"),
+        ("blobs", f"{rows['blobs']}"),
+        ("blob-bytes", size(totals.blob_bytes)),
+        ("uploads", f"{rows['uploads']}"),
+        ("upload-bytes", size(totals.upload_bytes)),
         ("findings", f"{counts.total()}" + (f" ({by_severity})" if by_severity else "")),
     ]
 
@@ -151,15 +146,16 @@ def scan(
         fail(f"{output}: exists and is not an empty directory or an earlier snapshot")
     source = open_root(root)
     if output is None and not source.snapshot:
-        # Counting needs no DataFrames: the Arrow tables the workers send will do, without pandas.
-        tables, found = read_tables(source, quiet, workers)
-        summary = scan_summary(str(source.path), tables, (f.severity.value for f in found))
+        # Counting needs no tables: neither pandas nor pyarrow is loaded.
+        totals, found = tally(source, quiet, workers)
+        summary = scan_summary(str(source.path), totals, (f.severity.value for f in found))
     else:
         from .inventory import write_snapshot
         from .report import whole
+        from .scan import Totals
 
         inv = read_inventory(root, quiet, workers)
-        summary = scan_summary(inv.root, inv.tables(), inv.findings["severity"])
+        summary = scan_summary(inv.root, Totals.of(inv.tables()), inv.findings["severity"])
         if output is not None:
             # The whole report views go along: a report from the snapshot then only reads one file.
             views = {by.value: whole(inv, by) for by in By}

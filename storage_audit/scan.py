@@ -1,22 +1,27 @@
-"""Scan a registry's storage tree into an Inventory; big trees are walked by several worker processes."""
+"""Scan a registry's storage tree into an Inventory; big trees are walked by several worker processes.
+
+pyarrow is imported only once the workers run: a process that has not loaded
+it yet has one thread, and can start its workers by forking, in milliseconds.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .findings import Finding
-from .walk import Columns, Walker, concat, read_manifest_units, start_worker, walk_units
+from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
+from .walk import Columns, Walker, read_manifest_units, walk_units
 
 PARALLEL_MIN_BLOBS = 5000
 """Below this many blobs (estimated) starting worker processes costs more than it saves."""
@@ -26,6 +31,7 @@ MAX_WORKERS = 8
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from .inventory import Inventory
 
@@ -65,6 +71,54 @@ def _estimated_blobs(v2: str, prefixes: list[tuple[str, str]]) -> int:
         return 0
 
 
+def _arrow_type(table: str, column: str) -> pa.DataType:
+    import pyarrow as pa
+
+    if (table, column) == ("uploads", "started_at"):
+        return pa.string()  # the text the walker read; the inventory parses it
+    return {
+        STR: pa.string(),
+        INT: pa.int64(),
+        OPT_INT: pa.int64(),
+        BOOL: pa.bool_(),
+        TIME: pa.timestamp("ns", tz="UTC"),  # the walker's nanosecond mtimes
+    }[SCHEMA[table][column][0]]
+
+
+def _arrow(table: str, columns: Sequence[Sequence[object]]) -> pa.Table:
+    """One inventory table's columns, as the walker sends them, as an Arrow table."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            name: pa.array(values, type=_arrow_type(table, name))
+            for name, values in zip(SCHEMA[table], columns, strict=True)
+        }
+    )
+
+
+def concat(table: str, parts: list[pa.Table]) -> pa.Table:
+    """The parts of one table, in order, as one table (an empty one of the right types when none)."""
+    import pyarrow as pa
+
+    if not parts:
+        return _arrow(table, [() for _ in SCHEMA[table]])
+    return pa.concat_tables(parts)
+
+
+def _start_method() -> BaseContext:
+    """fork when this process has a single thread (never safe otherwise), else spawn.
+
+    A forked worker starts at once with what this process has loaded; a
+    spawned one starts a new interpreter and imports the command line again.
+    """
+    try:
+        alone = sys.platform == "linux" and len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        alone = False
+    return multiprocessing.get_context("fork" if alone else "spawn")
+
+
 def _workers(options: ScanOptions, v2: str, prefixes: list[tuple[str, str]]) -> int:
     if options.workers > 0:
         return options.workers
@@ -73,16 +127,96 @@ def _workers(options: ScanOptions, v2: str, prefixes: list[tuple[str, str]]) -> 
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
+class _Sink(Protocol):
+    """Takes each part of a table as workers send it: columns in the inventory's order."""
+
+    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None: ...
+
+
+S = TypeVar("S", bound=_Sink)
+
+
+class _ArrowTables:
+    """Keeps every part as an Arrow table, to be joined once the scan is done."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[pa.Table]] = {}
+
+    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None:
+        self.parts.setdefault(table, []).append(_arrow(table, columns))
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {name: concat(name, self.parts.pop(name, [])) for name in WALKED + PARSED}
+
+
+def _column(table: str, name: str) -> int:
+    return list(SCHEMA[table]).index(name)
+
+
+@dataclass
+class Totals:
+    """What `scan` prints: rows per table and the sums it shows, counted without keeping any table."""
+
+    rows: Counter[str] = field(default_factory=Counter)
+    unlinked_revisions: int = 0
+    blob_bytes: int = 0
+    upload_bytes: int = 0
+
+    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None:
+        self.rows[table] += len(columns[0])
+        if table == "revisions":
+            linked = columns[_column(table, "linked")]
+            self.unlinked_revisions += len(linked) - sum(map(bool, linked))
+        elif table == "blobs":
+            self.blob_bytes += sum(cast("Sequence[int]", columns[_column(table, "size")]))
+        elif table == "uploads":
+            self.upload_bytes += sum(cast("Sequence[int]", columns[_column(table, "bytes")]))
+
+    @classmethod
+    def of(cls, tables: Mapping[str, Any]) -> Totals:
+        """The totals of an inventory's tables, as DataFrames or Arrow tables."""
+        import numpy as np
+
+        def total(table: str, column: str) -> int:
+            return int(np.asarray(tables[table][column]).sum())
+
+        return cls(
+            rows=Counter({name: len(table) for name, table in tables.items()}),
+            unlinked_revisions=len(tables["revisions"]) - total("revisions", "linked"),
+            blob_bytes=total("blobs", "size"),
+            upload_bytes=total("uploads", "bytes"),
+        )
+
+
+class _ManifestItems:
+    """The distinct manifests to parse, (repository, digest), first seen first, from the revisions read.
+
+    Unlinked (deleted) revisions count too: their blobs are still manifests.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+        self._seen: set[str] = set()
+
+    def add(self, revisions: Sequence[Sequence[object]]) -> None:
+        repos, digests, targets = revisions[:3]
+        for repo, digest, target in zip(repos, digests, targets, strict=True):
+            manifest = target if target is not None else digest
+            if manifest not in self._seen:
+                self._seen.add(cast(str, manifest))
+                self.items.append((cast(str, repo), cast(str, manifest)))
+
+
 def _run(
     pool: Executor | None,
     fn: Callable[..., Columns],
     jobs: list[tuple[str, tuple[Any, ...]]],
     progress: Progress | None,
-    into: dict[str, list[pa.Table]],
+    sinks: Sequence[_Sink],
     findings: list[Finding],
     meanwhile: Callable[[], object] | None = None,
 ) -> None:
-    """Run (phase, args) jobs, in order, collecting their tables and findings.
+    """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings.
 
     With a pool, `meanwhile` runs here while the workers start on the jobs.
     """
@@ -92,58 +226,51 @@ def _run(
         meanwhile()
     for (phase, _), part in zip(jobs, results, strict=True):
         findings.extend(part.findings)
-        for name, table in part.tables.items():
-            into.setdefault(name, []).append(table)
+        for name, columns in part.tables.items():
+            for sink in sinks:
+                sink.add(name, columns)
         if progress is not None:
             progress.update(phase, part.rows())
 
 
-def read_tables(
-    v2: Path, options: ScanOptions | None = None, meanwhile: Callable[[], object] | None = None
-) -> tuple[dict[str, pa.Table], list[Finding]]:
-    """Read the `v2` tree into one Arrow table per inventory table, plus the findings met.
+def _read(
+    v2: Path, options: ScanOptions | None, make_sink: Callable[[], S], meanwhile: Callable[[], object] | None
+) -> tuple[S, list[Finding]]:
+    """Read the `v2` tree, handing every part of every table to a new sink; that sink and the findings met.
 
-    This is a scan without pandas: enough to count and sum. `meanwhile` runs in
-    this process while the workers, if any, read the tree.
+    `meanwhile` runs in this process while the workers, if any, read the tree.
     """
     options = options or ScanOptions()
     root = str(v2)
     top = Walker(root)
-    repositories, prefixes = top.units()
-    workers = _workers(options, root, prefixes)
-    pool: Executor | None = None
-    try:
-        if workers > 1:
-            # spawn, not fork: the workers need only the walker, not this process's pandas and threads.
-            pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker
-            )
-        return _walk_with(pool, workers, root, top.part.findings, repositories, prefixes, options.progress, meanwhile)
-    except (BrokenProcessPool, OSError):
-        if pool is None:
-            raise
-        # A machine that cannot start worker processes still gets its scan, in this process.
-        pool.shutdown(cancel_futures=True)
-        pool = None
-        top = Walker(root)
-        repositories, prefixes = top.units()
-        return _walk_with(None, 1, root, top.part.findings, repositories, prefixes, options.progress, None)
-    finally:
-        if pool is not None:
+    units = top.units()
+    workers = _workers(options, root, units[1])
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=_start_method())
+        try:
+            return _walk_with(pool, workers, top, units, options.progress, make_sink(), meanwhile)
+        except (BrokenProcessPool, OSError):
+            # A machine that cannot start worker processes still gets its scan, in this process.
+            pool.shutdown(cancel_futures=True)
+            top = Walker(root)
+            units = top.units()
+        finally:
             pool.shutdown()
+    return _walk_with(None, 1, top, units, options.progress, make_sink(), None)
 
 
 def _walk_with(
     pool: Executor | None,
     workers: int,
-    v2: str,
-    findings: list[Finding],
-    repositories: list[str],
-    prefixes: list[tuple[str, str]],
+    top: Walker,
+    units: tuple[list[str], list[tuple[str, str]]],
     progress: Progress | None,
+    sink: S,
     meanwhile: Callable[[], object] | None,
-) -> tuple[dict[str, pa.Table], list[Finding]]:
-    parts: dict[str, list[pa.Table]] = {}
+) -> tuple[S, list[Finding]]:
+    """Read the repositories and blob prefixes `units`, found by `top`, with `workers` processes of `pool`."""
+    v2, findings = top.v2, top.part.findings
+    repositories, prefixes = units
     # Repositories vary a lot in size: many small jobs keep every worker busy to the end,
     # and the evenly sized blob prefixes, queued last, fill in behind the biggest one.
     repo_batches = workers * REPOSITORY_BATCHES_PER_WORKER if workers > 1 else 1
@@ -152,37 +279,28 @@ def _walk_with(
         ("repositories", (v2, chunk, [])) for chunk in _chunks(repositories, repo_batches)
     ]
     jobs += [("blobs", (v2, [], chunk)) for chunk in _chunks(prefixes, blob_batches)]
-    _run(pool, walk_units, jobs, progress, parts, findings, meanwhile)
-    tables = {name: concat(name, parts.get(name, [])) for name in WALKED}
-    items = _manifest_items(tables["revisions"], tables["blobs"])
-    # Arrow's allocator keeps what the lookups freed; give it back before the tables grow again.
-    pa.default_memory_pool().release_unused()
-    manifest_jobs = [("manifests", (v2, chunk)) for chunk in _chunks(items, repo_batches)]
-    _run(pool, read_manifest_units, manifest_jobs, progress, parts, findings)
-    tables.update({name: concat(name, parts.get(name, [])) for name in PARSED})
-    return tables, findings
+    manifests = _ManifestItems()
+    _run(pool, walk_units, jobs, progress, [sink, _Only("revisions", manifests.add)], findings, meanwhile)
+    manifest_jobs = [("manifests", (v2, chunk)) for chunk in _chunks(manifests.items, repo_batches)]
+    _run(pool, read_manifest_units, manifest_jobs, progress, [sink], findings)
+    return sink, findings
 
 
-def _manifest_items(revisions: pa.Table, blobs: pa.Table) -> list[tuple[str, str, int]]:
-    """(repository, digest, size) of each distinct manifest to parse, first seen first.
+@dataclass(frozen=True)
+class _Only:
+    """A sink for one table's parts."""
 
-    Unlinked (deleted) revisions are read too: their blobs are still manifests.
-    Only blobs the walk found as regular files are read.
-    """
-    targets = pc.coalesce(revisions["target"], revisions["digest"])
-    # Only the blobs that are manifests are hashed, not every blob: a far smaller table.
-    blobs = blobs.filter(pc.is_in(blobs["digest"], value_set=pc.unique(targets)))
-    found = pc.index_in(targets, value_set=blobs["digest"].combine_chunks())
-    sizes = pc.take(blobs["size"], found)
-    items: list[tuple[str, str, int]] = []
-    seen: set[str] = set()
-    for repo, target, size in zip(
-        revisions["repository"].to_pylist(), targets.to_pylist(), sizes.to_pylist(), strict=True
-    ):
-        if size is not None and target not in seen:
-            seen.add(target)
-            items.append((repo, target, size))
-    return items
+    table: str
+    take: Callable[[Sequence[Sequence[object]]], None]
+
+    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None:
+        if table == self.table:
+            self.take(columns)
+
+
+def tally(v2: Path, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
+    """Read the `v2` tree only to count and sum it: neither pyarrow nor pandas is loaded."""
+    return _read(v2, options, Totals, meanwhile=None)
 
 
 def _load_pandas() -> None:
@@ -191,6 +309,7 @@ def _load_pandas() -> None:
 
 def _frame(name: str, table: pa.Table) -> pd.DataFrame:
     import pandas as pd
+    import pyarrow as pa
 
     from . import inventory as inv_mod
 
@@ -213,7 +332,8 @@ def scan(v2: Path, options: ScanOptions | None = None) -> Inventory:
     scanned_at = datetime.now(UTC)
     # The frames made at the end need pandas, which takes a CPU-second to import:
     # it loads while the workers read the tree, not before or after them.
-    tables, found = read_tables(v2, options, meanwhile=_load_pandas)
+    sink, found = _read(v2, options, _ArrowTables, meanwhile=_load_pandas)
+    tables = sink.tables()
     from . import inventory as inv_mod
 
     findings = inv_mod.frame("findings", [f.row() for f in found])

@@ -1,18 +1,15 @@
-"""Walk a registry's storage tree: the file-system reading behind a scan, run by workers that send Arrow tables."""
+"""Walk a registry's storage tree: the file-system reading behind a scan, run by workers that send plain columns.
+
+Nothing here imports pyarrow or pandas: a worker starts in milliseconds.
+"""
 
 from __future__ import annotations
 
 import errno
-import importlib.abc
 import os
 import stat
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from importlib.machinery import ModuleSpec
-from types import ModuleType
-
-import pyarrow as pa
 
 from .findings import Finding, Kind
 from .manifest import MAX_MANIFEST_BYTES, parse_manifest
@@ -27,22 +24,12 @@ from .paths import (
     valid_component,
     valid_tag,
 )
-from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
+from .schema import SCHEMA
 
 LINK_READ = 512  # a link holds ~71-135 bytes; reading more only exposes garbage
 # Non-blocking, so that a FIFO where a file belongs cannot stall the scan.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-_ARROW_TYPES = {
-    STR: pa.string(),
-    INT: pa.int64(),
-    OPT_INT: pa.int64(),
-    BOOL: pa.bool_(),
-    TIME: pa.timestamp("ns", tz="UTC"),  # the walker's nanosecond mtimes
-}
-# The walker keeps `startedat` as the text it read; the inventory parses it.
-_TEXT_COLUMNS = {("uploads", "started_at")}
 
 
 class _Unreadable(Exception):
@@ -78,21 +65,14 @@ class Part:
     references: list[tuple[object, ...]] = field(default_factory=list)
 
     def columns(self) -> Columns:
-        """The rows as Arrow tables: compact to send from a worker and quick to turn into frames."""
-        tables = {}
+        """The rows as one sequence per column, in the inventory's column order: quick to send from a worker."""
+        tables: dict[str, list[Sequence[object]]] = {}
         for f in fields(self):
             if f.name == "findings":
                 continue
             table = TABLE_OF_PART.get(f.name, f.name)
             rows = getattr(self, f.name)
-            names = list(SCHEMA[table])
-            columns = zip(*rows, strict=True) if rows else [() for _ in names]
-            tables[table] = pa.table(
-                {
-                    name: pa.array(values, type=_arrow_type(table, name))
-                    for name, values in zip(names, columns, strict=True)
-                }
-            )
+            tables[table] = list(zip(*rows, strict=True)) if rows else [() for _ in SCHEMA[table]]
             rows.clear()
         return Columns(self.findings, tables)
 
@@ -101,28 +81,18 @@ TABLE_OF_PART = {"history": "tag_history"}
 """Inventory table of each Part field whose name differs."""
 
 
-def _arrow_type(table: str, column: str) -> pa.DataType:
-    if (table, column) in _TEXT_COLUMNS:
-        return pa.string()
-    return _ARROW_TYPES[SCHEMA[table][column][0]]
-
-
-def concat(table: str, parts: list[pa.Table]) -> pa.Table:
-    """The parts of one table, in order, as one table (an empty one of the right types when none)."""
-    if not parts:
-        return pa.table({col: pa.array([], type=_arrow_type(table, col)) for col in SCHEMA[table]})
-    return pa.concat_tables(parts)
-
-
 @dataclass
 class Columns:
-    """What part of a scan found, as one Arrow table per inventory table, plus its findings."""
+    """What part of a scan found, as columns per inventory table, plus its findings.
+
+    Columns hold mtimes as integer nanoseconds and `startedat` as the text read.
+    """
 
     findings: list[Finding] = field(default_factory=list)
-    tables: dict[str, pa.Table] = field(default_factory=dict)
+    tables: dict[str, list[Sequence[object]]] = field(default_factory=dict)
 
     def rows(self) -> int:
-        return len(self.findings) + sum(t.num_rows for t in self.tables.values())
+        return len(self.findings) + sum(len(columns[0]) for columns in self.tables.values() if columns)
 
 
 At = tuple[int, str]
@@ -466,13 +436,14 @@ class Walker:
 
     # -- manifests ----------------------------------------------------------
 
-    def read_manifests(self, items: list[tuple[str, str, int]]) -> None:
-        """Parse the manifest blob of each (repository, digest, size) given."""
-        for repo, target, size in items:
+    def read_manifests(self, items: list[tuple[str, str]]) -> None:
+        """Parse the manifest blob of each (repository, digest) given, when it is a regular file."""
+        for repo, target in items:
             rel = path_for(BlobData(Digest.parse(target)))
-            data = self._read_blob(rel, repo, size)
-            if data is None:
+            read = self._read_blob(rel, repo)
+            if read is None:
                 continue
+            size, data = read
             parsed = parse_manifest(data)
             if parsed.problems:
                 detail = "; ".join(parsed.problems)
@@ -491,44 +462,38 @@ class Walker:
             )
             self.part.references.extend((target, *ref) for ref in parsed.references)
 
-    def _read_blob(self, rel: str, repo: str, size: int) -> bytes | None:
-        """The blob's bytes, at most one past the manifest limit (enough to tell it is too big)."""
-        # Ask for the size the scan saw (+1 to notice growth): a fixed large
-        # buffer would cost an allocation of that size for every manifest.
-        want = min(size, MAX_MANIFEST_BYTES) + 1
-        chunks = []
+    def _read_blob(self, rel: str, repo: str) -> tuple[int, bytes] | None:
+        """(size, bytes) of a blob, read up to one byte past the manifest limit (enough to tell it is too big).
+
+        None when the blob is missing or not a regular file: the blob walk
+        reports those, and the checks report a manifest without its blob.
+        """
         try:
             fd = os.open(f"{self.v2}/{rel}", FILE_FLAGS)
-            try:
-                while want > 0:
-                    chunk = os.read(fd, want)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    want -= len(chunk)
-            finally:
-                os.close(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                self._os_error(rel, exc, repo)
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            # Ask for the size seen (+1 to notice growth): a fixed large buffer
+            # would cost an allocation of that size for every manifest.
+            want = min(st.st_size, MAX_MANIFEST_BYTES) + 1
+            chunks = []
+            while want > 0:
+                chunk = os.read(fd, want)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                want -= len(chunk)
         except OSError as exc:
             self._os_error(rel, exc, repo)
             return None
-        return b"".join(chunks)
-
-
-class _WithoutPandas(importlib.abc.MetaPathFinder):
-    """Refuses to import pandas, which pyarrow would otherwise load on its first list-to-array conversion."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
-        if fullname.partition(".")[0] == "pandas":
-            raise ModuleNotFoundError(f"{fullname} is not loaded in a scan worker", name=fullname)
-        return None
-
-
-def start_worker() -> None:
-    """Prepare a worker process: without pandas, pyarrow starts faster and the worker needs ~50 MB less."""
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _WithoutPandas())
+        finally:
+            os.close(fd)
+        return st.st_size, b"".join(chunks)
 
 
 def walk_units(v2: str, repositories: list[str], prefixes: list[tuple[str, str]]) -> Columns:
@@ -541,7 +506,7 @@ def walk_units(v2: str, repositories: list[str], prefixes: list[tuple[str, str]]
     return walker.part.columns()
 
 
-def read_manifest_units(v2: str, items: list[tuple[str, str, int]]) -> Columns:
+def read_manifest_units(v2: str, items: list[tuple[str, str]]) -> Columns:
     """Parse the given manifests (a worker's share of a scan)."""
     walker = Walker(v2)
     walker.read_manifests(items)
