@@ -7,6 +7,7 @@ loading them while its workers already read the tree.
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from collections import Counter
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .reach import Reachability
     from .report import ReportOptions
-    from .scan import Totals
+    from .walk import Totals
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -86,7 +87,11 @@ def open_root(root: Path) -> Source:
 
 
 def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inventory:
-    """Resolve ROOT and load or scan it, with a progress display when stderr is a terminal."""
+    """Resolve ROOT and load or scan it, with a progress display when stderr is a terminal.
+
+    Commands call this before importing their analysis: a process that has not
+    loaded pandas yet has one thread, and starts its scan workers by forking.
+    """
     from .scan import ScanOptions
 
     source = open_root(root)
@@ -150,11 +155,12 @@ def scan(
         totals, found = tally(source, quiet, workers)
         summary = scan_summary(str(source.path), totals, (f.severity.value for f in found))
     else:
+        # The analysis loads after the scan has started its workers: see read_inventory.
+        inv = read_inventory(root, quiet, workers)
         from .inventory import write_snapshot
         from .report import whole
-        from .scan import Totals
+        from .walk import Totals
 
-        inv = read_inventory(root, quiet, workers)
         summary = scan_summary(inv.root, Totals.of(inv.tables()), inv.findings["severity"])
         if output is not None:
             # The whole report views go along: a report from the snapshot then only reads one file.
@@ -239,11 +245,11 @@ def untagged(
     Reached: a tag's current target, the children of a reached index (same
     repository), and artifacts whose subject is reached.
     """
+    inv = read_inventory(root, quiet, workers)
     from .collect import untagged_frame
     from .formats import View
     from .reach import ReachOptions, reach
 
-    inv = read_inventory(root, quiet, workers)
     result = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
     frame = untagged_frame(inv, result)
     if not gc_compatible and not quiet:
@@ -273,11 +279,11 @@ def orphans(
     workers: ScanWorkersOpt = None,
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
+    inv = read_inventory(root, quiet, workers)
     from .collect import orphan_frame
     from .formats import View
     from .reach import ReachOptions, reach
 
-    inv = read_inventory(root, quiet, workers)
     options = ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
     result = reach(inv, options)
     frame = orphan_frame(inv, result)
@@ -296,9 +302,7 @@ def orphans(
 @app.command()
 def report(
     root: RootArg = DEFAULT_ROOT,
-    by: Annotated[
-        By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")
-    ] = By.SUMMARY,
+    by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
     fmt: FormatOpt = Format.TABLE,
     output: OutputOpt = None,
     top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Keep only the first N rows.")] = None,
@@ -663,3 +667,6 @@ def main() -> None:
     except Exception as exc:
         err.print(f"storage-audit: internal error: {exc.__class__.__name__}: {exc}", markup=False)
         sys.exit(EXIT_INTERNAL)
+    finally:
+        # What is still alive is freed on exit anyway: spare the collector's last pass over it.
+        gc.freeze()

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import orjson
 
-from .paths import is_digest
+from .paths import match_digest
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """The registry refuses manifests above 4 MiB; a bigger one on disk is corrupt."""
@@ -72,25 +72,25 @@ def _size(value: object) -> int | None:
 
 
 def _descriptor(parsed: Parsed, ref_type: str, desc: object, position: int, digest_key: str = "digest") -> None:
-    if type(desc) is not dict:
-        parsed.problems.append(f"{ref_type} #{position} is not an object")
-        return
-    digest = desc.get(digest_key)
-    if type(digest) is not str or not is_digest(digest):
+    if type(desc) is dict:
+        digest = desc.get(digest_key)
+        if type(digest) is str and match_digest(digest) is not None:
+            media_type = desc.get("mediaType")
+            size = desc.get("size")
+            reference = (
+                ref_type,
+                digest,
+                media_type if type(media_type) is str else None,
+                size if type(size) is int else None,
+                _platform(desc) if ref_type == "child" else None,
+                position,
+            )
+            # Made from the tuple directly: a manifest has many descriptors, and this is their hot path.
+            parsed.references.append(tuple.__new__(Reference, reference))
+            return
         parsed.problems.append(f"{ref_type} #{position} has an invalid digest {str(digest)[:80]!r}")
-        return
-    media_type = desc.get("mediaType")
-    size = desc.get("size")
-    parsed.references.append(
-        Reference(
-            ref_type,
-            digest,
-            media_type if type(media_type) is str else None,
-            size if type(size) is int else None,
-            _platform(desc) if ref_type == "child" else None,
-            position,
-        )
-    )
+    else:
+        parsed.problems.append(f"{ref_type} #{position} is not an object")
 
 
 def _list(parsed: Parsed, doc: dict[str, object], key: str) -> list[object]:

@@ -10,6 +10,7 @@ ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
 
 _HEX = re.compile(r"[0-9a-f]+")
 _HEX_OF = {alg: re.compile(f"[0-9a-f]{{{n}}}") for alg, n in ALGORITHMS.items()}
+_HEX_LINES = {alg: re.compile(f"(?:[0-9a-f]{{{n}}}\n)*") for alg, n in ALGORITHMS.items()}
 _DIGEST = re.compile("|".join(f"{alg}:[0-9a-f]{{{n}}}" for alg, n in ALGORITHMS.items()))
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -51,14 +52,28 @@ class Digest:
 
 
 def is_digest(text: str) -> bool:
-    """True when `text` is a valid digest string (the fast check for hot loops)."""
+    """True when `text` is a valid digest string."""
     return _DIGEST.fullmatch(text) is not None
+
+
+match_digest = _DIGEST.fullmatch
+"""A match (true) when the string is a valid digest, else None: `is_digest` for the hottest loops."""
 
 
 def is_hex_of(algorithm: str, hexpart: str) -> bool:
     """True when `hexpart` is a valid hex digest for `algorithm` (a known one)."""
     pattern = _HEX_OF.get(algorithm)
     return pattern is not None and pattern.fullmatch(hexpart) is not None
+
+
+def all_hex_of(algorithm: str, names: list[str]) -> bool:
+    """True when every one of `names` is a valid hex digest for `algorithm`: one pass over a whole listing."""
+    pattern = _HEX_LINES.get(algorithm)
+    if pattern is None:
+        return False
+    text = "\n".join(names) + "\n"
+    # The length rules out a name with a newline inside standing for two lines.
+    return len(text) == len(names) * (ALGORITHMS[algorithm] + 1) and pattern.fullmatch(text) is not None
 
 
 def valid_repository(name: str) -> bool:

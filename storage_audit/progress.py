@@ -54,9 +54,16 @@ class RichProgress(_Display):
         )
         self._tasks: dict[str, TaskID] = {}
 
+    def __enter__(self) -> Self:
+        # The display starts with the first update: its refresh thread would
+        # otherwise keep the scan from forking its workers.
+        return self
+
     def update(self, phase: str, advance: int) -> None:
         if self._progress is None:
             return
+        if not self._tasks:
+            self._progress.start()
         task = self._tasks.get(phase)
         if task is None:
             task = self._tasks[phase] = self._progress.add_task(f"reading {phase}", total=None)

@@ -6,14 +6,14 @@ it yet has one thread, and can start its workers by forking, in milliseconds.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import sys
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .findings import Finding
 from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
-from .walk import Columns, Walker, read_manifest_units, walk_units
+from .walk import TABLES, Columns, Totals, Walker, read_manifest_units, walk_units
 
 PARALLEL_MIN_BLOBS = 5000
 """Below this many blobs (estimated) starting worker processes costs more than it saves."""
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from .inventory import Inventory
 
 T = TypeVar("T")
-
-WALKED = ("repositories", "tags", "tag_history", "revisions", "layer_links", "blobs", "uploads")
-PARSED = ("manifests", "references")
 
 
 class Progress(Protocol):
@@ -119,6 +116,11 @@ def _start_method() -> BaseContext:
     return multiprocessing.get_context("fork" if alone else "spawn")
 
 
+def _start_worker() -> None:
+    """A worker holds the rows it will send, none of them in a reference cycle: collecting would only re-scan them."""
+    gc.disable()
+
+
 def _workers(options: ScanOptions, v2: str, prefixes: list[tuple[str, str]]) -> int:
     if options.workers > 0:
         return options.workers
@@ -127,65 +129,46 @@ def _workers(options: ScanOptions, v2: str, prefixes: list[tuple[str, str]]) -> 
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
-class _Sink(Protocol):
-    """Takes each part of a table as workers send it: columns in the inventory's order."""
+class _Taker(Protocol):
+    """Takes what each job of a scan sends."""
 
-    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None: ...
+    def take(self, part: Columns) -> None: ...
+
+
+class _Sink(_Taker, Protocol):
+    """Takes what each job sends, and says what the jobs are to send."""
+
+    send_rows: bool
+    """Whether the workers are to send every row, or only the revisions and the totals."""
 
 
 S = TypeVar("S", bound=_Sink)
 
 
 class _ArrowTables:
-    """Keeps every part as an Arrow table, to be joined once the scan is done."""
+    """Keeps every part of every table as an Arrow table, to be joined once the scan is done."""
+
+    send_rows = True
 
     def __init__(self) -> None:
         self.parts: dict[str, list[pa.Table]] = {}
 
-    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None:
-        self.parts.setdefault(table, []).append(_arrow(table, columns))
+    def take(self, part: Columns) -> None:
+        for table, columns in part.tables.items():
+            self.parts.setdefault(table, []).append(_arrow(table, columns))
 
     def tables(self) -> dict[str, pa.Table]:
-        return {name: concat(name, self.parts.pop(name, [])) for name in WALKED + PARSED}
+        return {name: concat(name, self.parts.pop(name, [])) for name in TABLES}
 
 
-def _column(table: str, name: str) -> int:
-    return list(SCHEMA[table]).index(name)
+class _Tally(Totals):
+    """Adds up the totals the workers send; they send no rows but the revisions."""
 
+    send_rows = False
 
-@dataclass
-class Totals:
-    """What `scan` prints: rows per table and the sums it shows, counted without keeping any table."""
-
-    rows: Counter[str] = field(default_factory=Counter)
-    unlinked_revisions: int = 0
-    blob_bytes: int = 0
-    upload_bytes: int = 0
-
-    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None:
-        self.rows[table] += len(columns[0])
-        if table == "revisions":
-            linked = columns[_column(table, "linked")]
-            self.unlinked_revisions += len(linked) - sum(map(bool, linked))
-        elif table == "blobs":
-            self.blob_bytes += sum(cast("Sequence[int]", columns[_column(table, "size")]))
-        elif table == "uploads":
-            self.upload_bytes += sum(cast("Sequence[int]", columns[_column(table, "bytes")]))
-
-    @classmethod
-    def of(cls, tables: Mapping[str, Any]) -> Totals:
-        """The totals of an inventory's tables, as DataFrames or Arrow tables."""
-        import numpy as np
-
-        def total(table: str, column: str) -> int:
-            return int(np.asarray(tables[table][column]).sum())
-
-        return cls(
-            rows=Counter({name: len(table) for name, table in tables.items()}),
-            unlinked_revisions=len(tables["revisions"]) - total("revisions", "linked"),
-            blob_bytes=total("blobs", "size"),
-            upload_bytes=total("uploads", "bytes"),
-        )
+    def take(self, part: Columns) -> None:
+        if part.totals is not None:
+            self.merge(part.totals)
 
 
 class _ManifestItems:
@@ -198,7 +181,10 @@ class _ManifestItems:
         self.items: list[tuple[str, str]] = []
         self._seen: set[str] = set()
 
-    def add(self, revisions: Sequence[Sequence[object]]) -> None:
+    def take(self, part: Columns) -> None:
+        revisions = part.tables.get("revisions")
+        if not revisions:
+            return
         repos, digests, targets = revisions[:3]
         for repo, digest, target in zip(repos, digests, targets, strict=True):
             manifest = target if target is not None else digest
@@ -212,7 +198,7 @@ def _run(
     fn: Callable[..., Columns],
     jobs: list[tuple[str, tuple[Any, ...]]],
     progress: Progress | None,
-    sinks: Sequence[_Sink],
+    sinks: Sequence[_Taker],
     findings: list[Finding],
     meanwhile: Callable[[], object] | None = None,
 ) -> None:
@@ -226,9 +212,8 @@ def _run(
         meanwhile()
     for (phase, _), part in zip(jobs, results, strict=True):
         findings.extend(part.findings)
-        for name, columns in part.tables.items():
-            for sink in sinks:
-                sink.add(name, columns)
+        for sink in sinks:
+            sink.take(part)
         if progress is not None:
             progress.update(phase, part.rows())
 
@@ -275,32 +260,22 @@ def _walk_with(
     # and the evenly sized blob prefixes, queued last, fill in behind the biggest one.
     repo_batches = workers * REPOSITORY_BATCHES_PER_WORKER if workers > 1 else 1
     blob_batches = workers * BLOB_BATCHES_PER_WORKER if workers > 1 else 1
+    rows = sink.send_rows
     jobs: list[tuple[str, tuple[Any, ...]]] = [
-        ("repositories", (v2, chunk, [])) for chunk in _chunks(repositories, repo_batches)
+        ("repositories", (v2, chunk, [], rows)) for chunk in _chunks(repositories, repo_batches)
     ]
-    jobs += [("blobs", (v2, [], chunk)) for chunk in _chunks(prefixes, blob_batches)]
+    jobs += [("blobs", (v2, [], chunk, rows)) for chunk in _chunks(prefixes, blob_batches)]
     manifests = _ManifestItems()
-    _run(pool, walk_units, jobs, progress, [sink, _Only("revisions", manifests.add)], findings, meanwhile)
-    manifest_jobs = [("manifests", (v2, chunk)) for chunk in _chunks(manifests.items, repo_batches)]
+    _run(pool, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
+    manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.items, repo_batches)]
     _run(pool, read_manifest_units, manifest_jobs, progress, [sink], findings)
     return sink, findings
 
 
-@dataclass(frozen=True)
-class _Only:
-    """A sink for one table's parts."""
-
-    table: str
-    take: Callable[[Sequence[Sequence[object]]], None]
-
-    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None:
-        if table == self.table:
-            self.take(columns)
-
-
 def tally(v2: Path, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
     """Read the `v2` tree only to count and sum it: neither pyarrow nor pandas is loaded."""
-    return _read(v2, options, Totals, meanwhile=None)
+    totals, findings = _read(v2, options, _Tally, meanwhile=None)
+    return Totals(totals.rows, totals.unlinked_revisions, totals.blob_bytes, totals.upload_bytes), findings
 
 
 def _load_pandas() -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any, cast
 
 from .findings import Finding, Kind
 from .manifest import MAX_MANIFEST_BYTES, parse_manifest
@@ -18,6 +20,7 @@ from .paths import (
     BlobData,
     Digest,
     InvalidDigest,
+    all_hex_of,
     is_digest,
     is_hex_of,
     path_for,
@@ -64,21 +67,80 @@ class Part:
     manifests: list[tuple[object, ...]] = field(default_factory=list)
     references: list[tuple[object, ...]] = field(default_factory=list)
 
-    def columns(self) -> Columns:
-        """The rows as one sequence per column, in the inventory's column order: quick to send from a worker."""
+    def columns(self, rows: bool = True) -> Columns:
+        """The rows as one sequence per column, in the inventory's column order: quick to send from a worker.
+
+        Without `rows`, only their totals go, and the revisions (the manifests to read come from them).
+        """
         tables: dict[str, list[Sequence[object]]] = {}
+        totals = None if rows else Totals()
         for f in fields(self):
             if f.name == "findings":
                 continue
             table = TABLE_OF_PART.get(f.name, f.name)
-            rows = getattr(self, f.name)
-            tables[table] = list(zip(*rows, strict=True)) if rows else [() for _ in SCHEMA[table]]
-            rows.clear()
-        return Columns(self.findings, tables)
+            part_rows = getattr(self, f.name)
+            columns: list[Sequence[object]] = (
+                list(zip(*part_rows, strict=True)) if part_rows else [() for _ in SCHEMA[table]]
+            )
+            part_rows.clear()
+            if totals is not None:
+                totals.add(table, columns)
+                if table != "revisions":
+                    continue
+            tables[table] = columns
+        return Columns(self.findings, tables, totals)
 
 
 TABLE_OF_PART = {"history": "tag_history"}
 """Inventory table of each Part field whose name differs."""
+TABLES = tuple(TABLE_OF_PART.get(f.name, f.name) for f in fields(Part) if f.name != "findings")
+"""The inventory's tables that a scan reads, in the order it reads them."""
+
+
+def _column(table: str, name: str) -> int:
+    return list(SCHEMA[table]).index(name)
+
+
+@dataclass
+class Totals:
+    """What `scan` prints: rows per table and the sums it shows, counted without keeping any table."""
+
+    rows: Counter[str] = field(default_factory=Counter)
+    unlinked_revisions: int = 0
+    blob_bytes: int = 0
+    upload_bytes: int = 0
+
+    def add(self, table: str, columns: Sequence[Sequence[object]]) -> None:
+        """Count one part of `table`, as columns."""
+        self.rows[table] += len(columns[0])
+        if table == "revisions":
+            linked = columns[_column(table, "linked")]
+            self.unlinked_revisions += len(linked) - sum(map(bool, linked))
+        elif table == "blobs":
+            self.blob_bytes += sum(cast("Sequence[int]", columns[_column(table, "size")]))
+        elif table == "uploads":
+            self.upload_bytes += sum(cast("Sequence[int]", columns[_column(table, "bytes")]))
+
+    def merge(self, other: Totals) -> None:
+        self.rows.update(other.rows)
+        self.unlinked_revisions += other.unlinked_revisions
+        self.blob_bytes += other.blob_bytes
+        self.upload_bytes += other.upload_bytes
+
+    @classmethod
+    def of(cls, tables: Mapping[str, Any]) -> Totals:
+        """The totals of an inventory's tables, as DataFrames or Arrow tables."""
+        import numpy as np
+
+        def total(table: str, column: str) -> int:
+            return int(np.asarray(tables[table][column]).sum())
+
+        return cls(
+            rows=Counter({name: len(tables[name]) for name in TABLES}),
+            unlinked_revisions=len(tables["revisions"]) - total("revisions", "linked"),
+            blob_bytes=total("blobs", "size"),
+            upload_bytes=total("uploads", "bytes"),
+        )
 
 
 @dataclass
@@ -86,12 +148,16 @@ class Columns:
     """What part of a scan found, as columns per inventory table, plus its findings.
 
     Columns hold mtimes as integer nanoseconds and `startedat` as the text read.
+    `totals` are there when only they were asked for.
     """
 
     findings: list[Finding] = field(default_factory=list)
     tables: dict[str, list[Sequence[object]]] = field(default_factory=dict)
+    totals: Totals | None = None
 
     def rows(self) -> int:
+        if self.totals is not None:
+            return len(self.findings) + self.totals.rows.total()
         return len(self.findings) + sum(len(columns[0]) for columns in self.tables.values() if columns)
 
 
@@ -178,12 +244,13 @@ class Walker:
             if fd is None:
                 continue
             try:
-                for hexname in self._entries(algrel, repo, fd):
-                    child = f"{algrel}/{hexname}"
-                    if is_hex_of(alg, hexname):
-                        yield f"{alg}:{hexname}", child, (fd, f"{hexname}/link")
+                names = self._entries(algrel, repo, fd)
+                valid = all_hex_of(alg, names)  # the usual case, checked in one pass
+                for hexname in names:
+                    if valid or is_hex_of(alg, hexname):
+                        yield f"{alg}:{hexname}", f"{algrel}/{hexname}", (fd, f"{hexname}/link")
                     else:
-                        self._find(Kind.STRAY_FILE, child, f"not a {alg} digest directory", repo)
+                        self._find(Kind.STRAY_FILE, f"{algrel}/{hexname}", f"not a {alg} digest directory", repo)
             finally:
                 os.close(fd)
 
@@ -276,8 +343,10 @@ class Walker:
         if fd is None:
             return
         try:
-            for hexname in self._entries(prel, None, fd):
-                self._stat_blob(alg, prefix, hexname, f"{prel}/{hexname}", fd)
+            names = self._entries(prel, None, fd)
+            valid = all_hex_of(alg, names)  # the usual case, checked in one pass
+            for hexname in names:
+                self._stat_blob(alg, prefix, hexname, f"{prel}/{hexname}", fd, valid)
         finally:
             os.close(fd)
 
@@ -409,8 +478,8 @@ class Walker:
                 self._os_error(f"{uprel}/startedat", exc, repo)
             self.part.uploads.append((repo, upload_id, size, started))
 
-    def _stat_blob(self, alg: str, prefix: str, hexname: str, rel: str, dir_fd: int) -> None:
-        if not is_hex_of(alg, hexname):
+    def _stat_blob(self, alg: str, prefix: str, hexname: str, rel: str, dir_fd: int, valid: bool) -> None:
+        if not valid and not is_hex_of(alg, hexname):
             self._find(Kind.STRAY_FILE, rel, f"not a {alg} blob directory")
             return
         digest = f"{alg}:{hexname}"
@@ -496,18 +565,18 @@ class Walker:
         return st.st_size, b"".join(chunks)
 
 
-def walk_units(v2: str, repositories: list[str], prefixes: list[tuple[str, str]]) -> Columns:
-    """Read the given top-level repositories and blob prefixes (a worker's share of a scan)."""
+def walk_units(v2: str, repositories: list[str], prefixes: list[tuple[str, str]], rows: bool = True) -> Columns:
+    """Read the given top-level repositories and blob prefixes (a worker's share of a scan); see Part.columns."""
     walker = Walker(v2)
     for name in repositories:
         walker.walk_repository(name)
     for alg, prefix in prefixes:
         walker.walk_blobs(alg, prefix)
-    return walker.part.columns()
+    return walker.part.columns(rows)
 
 
-def read_manifest_units(v2: str, items: list[tuple[str, str]]) -> Columns:
-    """Parse the given manifests (a worker's share of a scan)."""
+def read_manifest_units(v2: str, items: list[tuple[str, str]], rows: bool = True) -> Columns:
+    """Parse the given manifests (a worker's share of a scan); see Part.columns."""
     walker = Walker(v2)
     walker.read_manifests(items)
-    return walker.part.columns()
+    return walker.part.columns(rows)

@@ -107,6 +107,41 @@ def test_worker_processes_give_the_same_inventory(name: str, fixture_root) -> No
     assert len(alone.blobs) > 0 and len(alone.revisions) > 0
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+@pytest.mark.parametrize("name", ["multiarch", "churn"])
+def test_forked_workers_give_the_same_inventory_and_totals(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
+    # The command line forks its workers while it has one thread, and spawns them once pandas runs threads.
+    v2 = fixture_root(name) / V2
+    start = (
+        "import storage_audit.cli\n"
+        "from storage_audit import scan as s\n"
+        f"v2 = {str(v2)!r}\n"
+        "assert s._start_method().get_start_method() == 'fork'\n"
+        "def show(t, found):\n"
+        "    print(sorted((k, n) for k, n in t.rows.items() if n), t.unlinked_revisions, t.blob_bytes, found)\n"
+    )
+    scan_program = start + (
+        "forked = s.scan(v2, s.ScanOptions(workers=2))\n"
+        "assert s._start_method().get_start_method() == 'spawn', 'pandas runs threads: no more forks'\n"
+        "alone = s.scan(v2, s.ScanOptions(workers=1))\n"
+        "import pandas.testing\n"
+        "for table, df in alone.tables().items():\n"
+        "    pandas.testing.assert_frame_equal(getattr(forked, table), df, check_exact=True, obj=table)\n"
+        "show(s.Totals.of(alone.tables()), len(alone.findings))\n"
+    )
+    tally_program = start + (
+        "totals, found = s.tally(v2, s.ScanOptions(workers=2))\n"
+        "show(totals, len(found))\n"
+    )
+    outputs = []
+    for program in (scan_program, tally_program):
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert "('blobs', " in outputs[0] and "('references', " in outputs[0], outputs[0]
+
+
 def test_a_worker_reads_the_tree_without_pyarrow_or_pandas(fixture_root) -> None:  # type: ignore[no-untyped-def]
     # A scan worker loads neither (each takes a CPU-second or so to import); the walk must not need them.
     v2 = fixture_root("multiarch") / V2
