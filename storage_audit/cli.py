@@ -30,12 +30,12 @@ from .source import RootError, Source, load, resolve
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .choices import ReportOptions
     from .findings import Finding
     from .formats import View
     from .inventory import Inventory
     from .plan import Plan
     from .reach import Reachability
-    from .report import ReportOptions
     from .walk import Totals
 
 EXIT_OK = 0
@@ -327,27 +327,33 @@ def report(
     workers: ScanWorkersOpt = None,
 ) -> None:
     """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
-    from . import report as reporting
+    from .choices import ReportError, ReportOptions
+    from .choices import check as check_report
 
-    options = reporting.ReportOptions(by=by, repository=repository, sort=sort, top=top)
+    options = ReportOptions(by=by, repository=repository, sort=sort, top=top)
     try:
-        reporting.check(options)
-    except reporting.ReportError as exc:
+        check_report(options)
+    except ReportError as exc:
         fail(str(exc))
     frame = stored_report(open_root(root), options)
-    if frame is None:
-        frame = reporting.report(read_inventory(root, quiet, workers), options)
+    inv = read_inventory(root, quiet, workers) if frame is None else None
+    from . import report as reporting
+
+    if inv is not None:
+        frame = reporting.report(inv, options)
     # --top asks for that many rows: a table shows them all, past its usual limit.
     emit(replace(reporting.view(by, frame, table=fmt is Format.TABLE), table_rows=top), fmt, output)
 
 
 def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None:
     """The report cut from the whole view a snapshot stores, or None when it must be computed."""
+    from .choices import needs_inventory
+
+    if not source.snapshot or needs_inventory(options):
+        return None
     from . import report as reporting
     from .inventory import read_view
 
-    if not source.snapshot or reporting.needs_inventory(options):
-        return None
     try:
         whole = read_view(source.path, options.by.value)
     except ValueError as exc:

@@ -10,7 +10,7 @@ import humanize
 import numpy as np
 import pandas as pd
 
-from .choices import By
+from .choices import COLUMNS, By, ReportOptions, check, needs_inventory
 from .formats import View
 from .frames import isin, join_groups, pick, positions
 from .inventory import Inventory
@@ -30,53 +30,6 @@ STR: Final = "string"
 INT: Final = "int64"
 
 
-# The columns of every view, in output order; the README's report section repeats them.
-COLUMNS: dict[By, tuple[str, ...]] = {
-    By.SUMMARY: (
-        "repositories",
-        "tags",
-        "manifests",
-        "untagged_manifests",
-        "blobs",
-        "orphan_blobs",
-        "physical_bytes",
-        "logical_bytes",
-        "dedup_ratio",
-        "orphan_bytes",
-        "untagged_reclaimable_bytes",
-        "upload_bytes",
-        "findings_error",
-        "findings_warning",
-        "findings_info",
-    ),
-    By.REPOSITORY: (
-        "repository",
-        "tags",
-        "manifests",
-        "untagged_manifests",
-        "total_bytes",
-        "exclusive_bytes",
-        "shared_bytes",
-        "reclaimable_bytes",
-        "upload_bytes",
-        "last_push",
-    ),
-    By.TAG: (
-        "repository",
-        "tag",
-        "digest",
-        "media_type",
-        "platforms",
-        "pushed_at",
-        "image_bytes",
-        "exclusive_bytes",
-        "history",
-    ),
-    By.MANIFEST: ("repository", "digest", "media_type", "artifact_type", "tags", "reachable", "bytes"),
-    By.BLOB: ("digest", "size", "repositories", "manifests", "orphan", "kind"),
-    By.UPLOAD: ("repository", "id", "bytes", "started_at", "age"),
-}
-
 # The default sort, largest first, and the columns that break its ties (always ascending).
 MAIN_BYTES: dict[By, str] = {
     By.REPOSITORY: "total_bytes",
@@ -92,34 +45,6 @@ KEYS: dict[By, tuple[str, ...]] = {
     By.BLOB: ("digest",),
     By.UPLOAD: ("repository", "id"),
 }
-
-
-class ReportError(ValueError):
-    """Report options that cannot be honoured (an unknown sort column, say)."""
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """Which view, narrowed to repositories matching a glob, sorted by a column, cut to the top rows."""
-
-    by: By = By.SUMMARY
-    repository: str | None = None
-    sort: str | None = None
-    top: int | None = None
-
-
-def check(options: ReportOptions) -> None:
-    """Refuse options that make no sense for the view, before any work is done; raises ReportError."""
-    if options.by is By.SUMMARY:
-        for name, value in (("--repository", options.repository), ("--sort", options.sort), ("--top", options.top)):
-            if value is not None:
-                raise ReportError(f"{name} applies to row views, not to --by summary")
-        return
-    if options.sort is not None and options.sort not in COLUMNS[options.by]:
-        known = ", ".join(COLUMNS[options.by])
-        raise ReportError(f"--sort {options.sort}: no such column in --by {options.by.value}; one of: {known}")
-    if options.top is not None and options.top < 1:
-        raise ReportError(f"--top {options.top}: must be at least 1")
 
 
 def report(inv: Inventory, options: ReportOptions) -> pd.DataFrame:
@@ -141,11 +66,6 @@ def whole(inv: Inventory, by: By) -> pd.DataFrame:
         By.UPLOAD: uploads,
     }
     return builders[by](inv)
-
-
-def needs_inventory(options: ReportOptions) -> bool:
-    """True when the answer cannot be cut from the whole view: blobs narrowed to what some repositories reach."""
-    return options.by is By.BLOB and options.repository is not None
 
 
 def finish(frame: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:

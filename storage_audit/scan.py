@@ -107,7 +107,7 @@ def _start_method() -> BaseContext:
     """fork when this process has a single thread (never safe otherwise), else spawn.
 
     A forked worker starts at once with what this process has loaded; a
-    spawned one starts a new interpreter and imports the command line again.
+    spawned one starts a new interpreter and imports the walker.
     """
     try:
         alone = sys.platform == "linux" and len(os.listdir("/proc/self/task")) == 1
@@ -231,7 +231,7 @@ def _read(
     units = top.units()
     workers = _workers(options, root, units[1])
     if workers > 1:
-        pool = ProcessPoolExecutor(workers, mp_context=_start_method())
+        pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker)
         try:
             return _walk_with(pool, workers, top, units, options.progress, make_sink(), meanwhile)
         except (BrokenProcessPool, OSError):

@@ -53,8 +53,6 @@ def _extra_seeds(spec: str) -> list[int]:
 SEEDS = sorted(set(range(20)) | set(_extra_seeds(os.environ.get(SEEDS_ENV, ""))))
 
 
-
-
 def _scenario(name: str) -> Callable[[Client], None]:
     def push(client: Client) -> None:
         builder = fixture_builder()

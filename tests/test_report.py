@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from storage_audit.choices import ReportError
 from storage_audit.cli import app
 from storage_audit.inventory import SCHEMA, Inventory, write_snapshot
-from storage_audit.report import By, ReportError, ReportOptions, report
+from storage_audit.report import By, ReportOptions, report
 from storage_audit.scan import scan
 
 from .conftest import FIXTURES, REAL_FIXTURES, unpack

@@ -129,10 +129,7 @@ def test_forked_workers_give_the_same_inventory_and_totals(name: str, fixture_ro
         "    pandas.testing.assert_frame_equal(getattr(forked, table), df, check_exact=True, obj=table)\n"
         "show(s.Totals.of(alone.tables()), len(alone.findings))\n"
     )
-    tally_program = start + (
-        "totals, found = s.tally(v2, s.ScanOptions(workers=2))\n"
-        "show(totals, len(found))\n"
-    )
+    tally_program = start + "totals, found = s.tally(v2, s.ScanOptions(workers=2))\n" + "show(totals, len(found))\n"
     outputs = []
     for program in (scan_program, tally_program):
         done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
