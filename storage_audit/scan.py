@@ -86,9 +86,12 @@ def _arrow(table: str, columns: Sequence[Sequence[object]]) -> pa.Table:
     """One inventory table's columns, as the walker sends them, as an Arrow table."""
     import pyarrow as pa
 
+    # The system allocator gives back what the many small conversions free;
+    # Arrow's default one kept about 150 MB of it on a tree of 600,000 blobs.
+    pool = pa.system_memory_pool()
     return pa.table(
         {
-            name: pa.array(values, type=_arrow_type(table, name))
+            name: pa.array(values, type=_arrow_type(table, name), memory_pool=pool)
             for name, values in zip(SCHEMA[table], columns, strict=True)
         }
     )
