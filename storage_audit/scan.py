@@ -164,14 +164,17 @@ class _ArrowTables:
         return {name: concat(name, self.parts.pop(name, [])) for name in TABLES}
 
 
-class _Tally(Totals):
+class _Tally:
     """Adds up the totals the workers send; they send no rows but the revisions."""
 
     send_rows = False
 
+    def __init__(self) -> None:
+        self.totals = Totals()
+
     def take(self, part: Columns) -> None:
         if part.totals is not None:
-            self.merge(part.totals)
+            self.totals.merge(part.totals)
 
 
 class _ManifestItems:
@@ -277,8 +280,8 @@ def _walk_with(
 
 def tally(v2: Path, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
     """Read the `v2` tree only to count and sum it: neither pyarrow nor pandas is loaded."""
-    totals, findings = _read(v2, options, _Tally, meanwhile=None)
-    return Totals(totals.rows, totals.unlinked_revisions, totals.blob_bytes, totals.upload_bytes), findings
+    sink, findings = _read(v2, options, _Tally, meanwhile=None)
+    return sink.totals, findings
 
 
 def _load_pandas() -> None:
