@@ -22,6 +22,8 @@ from tests.conftest import FIXTURES, unpack
 
 V2 = Path("docker/registry/v2")
 NOBODY = 65534
+# Each test starts the command line in new processes, a second or more each.
+pytestmark = pytest.mark.slow
 
 
 def unprivileged() -> list[str]:
