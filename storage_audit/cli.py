@@ -122,6 +122,7 @@ ScanWorkersOpt = Annotated[
         "--workers",
         "-j",
         min=1,
+        metavar="N",
         help="Processes that read the tree (default: one per CPU, up to 8, once it holds about 5,000 blobs; "
         "1 below that). More than the CPUs can pay off on a slow network volume.",
     ),
@@ -400,12 +401,15 @@ def report(
     by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
     fmt: FormatOpt = Format.TABLE,
     output: OutputOpt = None,
-    top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Keep only the first N rows.")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", "-n", min=1, metavar="N", help="Keep only the first N rows.")
+    ] = None,
     sort: Annotated[
         str | None,
         typer.Option(
             "--sort",
             "-s",
+            metavar="COLUMN",
             help="Sort by this column: numbers and times largest first, text A to Z. "
             "Default: the view's bytes column, largest first.",
         ),
@@ -415,6 +419,7 @@ def report(
         typer.Option(
             "--repository",
             "-r",
+            metavar="GLOB",
             help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
         ),
     ] = None,
@@ -744,7 +749,11 @@ def check(
     ] = False,
     upload_age: Annotated[
         str,
-        typer.Option("--upload-age", help="An upload started this long before the scan is stale: 168h, 7d, 90m."),
+        typer.Option(
+            "--upload-age",
+            metavar="DURATION",
+            help="An upload started this long before the scan is stale: 168h, 7d, 90m.",
+        ),
     ] = "168h",
     fmt: FormatOpt = Format.TABLE,
     output: OutputOpt = None,
@@ -755,6 +764,7 @@ def check(
             "--workers",
             "-j",
             min=1,
+            metavar="N",
             help="Processes that read the tree, and blobs hashed at once by --verify-digests (default: one per CPU).",
         ),
     ] = None,
@@ -806,7 +816,9 @@ def _main(
     ] = False,
     debug: Annotated[
         bool,
-        typer.Option("--debug", help="On an error, show its traceback before its one line (before the command)."),
+        typer.Option(
+            "--debug", help="On an error, show its traceback before its one line. Give it before the command."
+        ),
     ] = False,
 ) -> None:
     """Audit a Docker/OCI registry's storage offline, straight from its volume."""

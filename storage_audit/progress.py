@@ -20,9 +20,18 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from .text import count
+
 
 def _size(n: float) -> str:
     return humanize.naturalsize(n, binary=True)
+
+
+class EntriesColumn(ProgressColumn):
+    """`1 entry`, `12,345 entries`."""
+
+    def render(self, task: Task) -> Text:
+        return Text(count(int(task.completed), "entry", "entries"))
 
 
 class BytesColumn(ProgressColumn):
@@ -66,7 +75,7 @@ class RichProgress(_Display):
             Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
-                TextColumn("{task.completed:,} entries"),
+                EntriesColumn(),
                 TimeElapsedColumn(),
                 console=console,
                 transient=True,

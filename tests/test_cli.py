@@ -446,3 +446,17 @@ def test_verify_progress_uses_binary_units_throughout() -> None:
     state = progress.tasks[0]
     shown = f"{BytesColumn().render(state)} {SpeedColumn().render(state)}"
     assert shown == "400.0 MiB / 3.0 GiB 100.0 MiB/s", shown
+
+
+def test_scan_progress_counts_entries_in_words() -> None:
+    from rich.progress import Progress
+
+    from storage_audit.progress import EntriesColumn
+
+    progress = Progress(EntriesColumn(), disable=True)
+    task = progress.add_task("reading blobs", total=None)
+    shown = []
+    for advance in (1, 12344):
+        progress.advance(task, advance)
+        shown.append(str(EntriesColumn().render(progress.tasks[0])))
+    assert shown == ["1 entry", "12,345 entries"]
