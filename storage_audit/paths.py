@@ -182,12 +182,122 @@ class UploadDir:
 
     def __post_init__(self) -> None:
         _check_repository(self.repository)
-        if not _UPLOAD_ID.fullmatch(self.upload_id):
-            raise InvalidPath(f"invalid upload id {self.upload_id!r}")
+        _check_upload(self.upload_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Blobs:
+    """The `blobs` directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobPrefix:
+    """A `blobs/<alg>/<two hex>` directory, which a scan shares out among its workers."""
+
+    algorithm: str
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise InvalidPath(f"unknown digest algorithm {self.algorithm!r}")
+        if len(self.prefix) != 2 or not _HEX.fullmatch(self.prefix):
+            raise InvalidPath(f"invalid blob prefix {self.prefix!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Repositories:
+    """The `repositories` directory."""
+
+
+REPOSITORY_PARTS = ("_manifests", "_layers", "_uploads")
+"""What a repository directory holds besides the repositories nested in it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryPart:
+    """A repository's `_manifests`, `_layers` or `_uploads` directory."""
+
+    repository: str
+    part: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        if self.part not in REPOSITORY_PARTS:
+            raise InvalidPath(f"a repository holds no {self.part!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LayersAlgorithm:
+    """A repository's `_layers/<alg>` directory, whose mtime says when a layer link was last added."""
+
+    repository: str
+    algorithm: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        if self.algorithm not in ALGORITHMS:
+            raise InvalidPath(f"unknown digest algorithm {self.algorithm!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TagCurrentDir:
+    """A tag's `current` directory, which holds its `link`."""
+
+    repository: str
+    tag: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_tag(self.tag)
+
+
+def _check_upload(upload_id: str) -> None:
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        raise InvalidPath(f"invalid upload id {upload_id!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadData:
+    """The partial bytes of an upload in progress."""
+
+    repository: str
+    upload_id: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_upload(self.upload_id)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStartedAt:
+    """The RFC 3339 start time of an upload in progress."""
+
+    repository: str
+    upload_id: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_upload(self.upload_id)
 
 
 PathSpec = (
-    BlobData | BlobDir | Repository | LayerLink | RevisionLink | TagDir | TagCurrentLink | TagIndexLink | UploadDir
+    BlobData
+    | BlobDir
+    | Repository
+    | LayerLink
+    | RevisionLink
+    | TagDir
+    | TagCurrentLink
+    | TagIndexLink
+    | UploadDir
+    | Blobs
+    | BlobPrefix
+    | Repositories
+    | RepositoryPart
+    | LayersAlgorithm
+    | TagCurrentDir
+    | UploadData
+    | UploadStartedAt
 )
 
 
@@ -216,6 +326,22 @@ def path_for(spec: PathSpec) -> str:
             return f"repositories/{repo}/_manifests/tags/{tag}/index/{_digest_dirs(digest)}/link"
         case UploadDir(repo, upload_id):
             return f"repositories/{repo}/_uploads/{upload_id}"
+        case Blobs():
+            return "blobs"
+        case BlobPrefix(alg, prefix):
+            return f"blobs/{alg}/{prefix}"
+        case Repositories():
+            return "repositories"
+        case RepositoryPart(repo, part):
+            return f"repositories/{repo}/{part}"
+        case LayersAlgorithm(repo, alg):
+            return f"repositories/{repo}/_layers/{alg}"
+        case TagCurrentDir(repo, tag):
+            return f"repositories/{repo}/_manifests/tags/{tag}/current"
+        case UploadData(repo, upload_id):
+            return f"repositories/{repo}/_uploads/{upload_id}/data"
+        case UploadStartedAt(repo, upload_id):
+            return f"repositories/{repo}/_uploads/{upload_id}/startedat"
     raise TypeError(f"not a path spec: {spec!r}")  # pragma: no cover
 
 
@@ -238,6 +364,12 @@ def parse_path(path: str) -> PathSpec:
 
 
 def _parse_parts(parts: list[str]) -> PathSpec:
+    if parts == ["blobs"]:
+        return Blobs()
+    if parts == ["repositories"]:
+        return Repositories()
+    if parts[0] == "blobs" and len(parts) == 3:
+        return BlobPrefix(parts[1], parts[2])
     if parts[0] == "blobs" and len(parts) in (4, 5):
         digest = _digest_from(parts[1], parts[3])
         if parts[2] != digest.hex[:2]:
@@ -263,10 +395,18 @@ def _parse_repository_tail(repo: str, tail: list[str]) -> PathSpec:
     n = len(tail)
     if n == 0:
         return Repository(repo)
+    if n == 1 and tail[0] in REPOSITORY_PARTS:
+        return RepositoryPart(repo, tail[0])
+    if tail[0] == "_layers" and n == 2:
+        return LayersAlgorithm(repo, tail[1])
     if tail[0] == "_layers" and n == 4 and tail[3] == "link":
         return LayerLink(repo, _digest_from(tail[1], tail[2]))
     if tail[0] == "_uploads" and n == 2:
         return UploadDir(repo, tail[1])
+    if tail[0] == "_uploads" and n == 3 and tail[2] == "data":
+        return UploadData(repo, tail[1])
+    if tail[0] == "_uploads" and n == 3 and tail[2] == "startedat":
+        return UploadStartedAt(repo, tail[1])
     if tail[0] == "_manifests" and n >= 3:
         if tail[1] == "revisions" and n == 5 and tail[4] == "link":
             return RevisionLink(repo, _digest_from(tail[2], tail[3]))
@@ -274,6 +414,8 @@ def _parse_repository_tail(repo: str, tail: list[str]) -> PathSpec:
             tag = tail[2]
             if n == 3:
                 return TagDir(repo, tag)
+            if n == 4 and tail[3] == "current":
+                return TagCurrentDir(repo, tag)
             if n == 5 and tail[3:] == ["current", "link"]:
                 return TagCurrentLink(repo, tag)
             if n == 7 and tail[3] == "index" and tail[6] == "link":

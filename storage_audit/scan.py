@@ -260,7 +260,7 @@ def _walk_with(
     meanwhile: Callable[[], object] | None,
 ) -> tuple[S, list[Finding]]:
     """Read the repositories and blob prefixes `units`, found by `top`, with `workers` processes of `pool`."""
-    v2, findings = top.v2, top.part.findings
+    v2, findings = top.storage, top.part.findings
     repositories, prefixes = units
     # Repositories vary a lot in size: many small jobs keep every worker busy to the end,
     # and the evenly sized blob prefixes, queued last, fill in behind the biggest one.
