@@ -22,10 +22,11 @@ class LinkReader:
         rel: str,
         repo: str | None,
         mtime: bool = True,
-        at: tuple[Directory, str] | None = None,
+        directory: Directory | None = None,
+        name: str = "",
         own: str | None = None,
     ) -> tuple[str | None, int] | None:
-        """(digest or None, mtime_ns) of the link at `rel` (or `at`: a name in an open directory); None when absent.
+        """(digest or None, mtime_ns) of the link at `rel` (or `name` in an open `directory`); None when absent.
 
         `own` is the digest the link's directory is named for: a link naming
         exactly that, the usual case, needs no further checks.
@@ -36,10 +37,10 @@ class LinkReader:
         cannot be read at all raises Unreadable, after its finding.
         """
         try:
-            if at is not None:
-                small = at[0].read_small(at[1], LINK_READ, stat=mtime)
+            if directory is not None:
+                small = directory.read_small(name, LINK_READ, mtime)
             else:
-                small = self.storage.read_small(rel, LINK_READ, stat=mtime)
+                small = self.storage.read_small(rel, LINK_READ, mtime)
         except NotRegular:
             self.rec.find(Kind.BAD_LINK, rel, "link is not a regular file", repo)
             return None, 0
@@ -48,11 +49,10 @@ class LinkReader:
             raise Unreadable from exc
         if small is None:
             return None
-        raw = small.data
-        mtime_ns = small.mtime_ns
+        raw = small[0]
         if own is not None and raw == own.encode():
-            return own, mtime_ns
-        return self.digest(rel, raw, repo), mtime_ns
+            return own, small[2]
+        return self.digest(rel, raw, repo), small[2]
 
     def digest(self, rel: str, raw: bytes, repo: str | None) -> str | None:
         if not raw:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 
 from .findings import Finding, Kind
-from .paths import ALGORITHMS, all_hex_of, is_hex_of
+from .paths import ALGORITHMS, LINK, all_hex_of, is_hex_of
 from .rows import Part
 from .storage import AccessError, Directory, Entry, EntryKind, Storage, SymlinkRefused
 
@@ -89,8 +89,8 @@ class Lister:
                 self.rec.find(Kind.STRAY_FILE, child, "file where the layout has only directories", repo)
         return names
 
-    def digest_dirs(self, rel: str, repo: str | None) -> Iterator[tuple[str, str, Directory]]:
-        """(digest, path, its `<alg>` directory) of the `<alg>/<hex>` directories below `rel`.
+    def digest_dirs(self, rel: str, repo: str | None) -> Iterator[tuple[str, str, Directory, str]]:
+        """(digest, path, its `<alg>` directory, its link's name there) of the `<alg>/<hex>` directories below `rel`.
 
         Invalid names become findings. Files below are read through the open
         `<alg>` directory, which spares a local kernel the long path.
@@ -110,6 +110,6 @@ class Lister:
                 valid = all_hex_of(alg, names)  # the usual case, checked in one pass
                 for hexname in names:
                     if valid or is_hex_of(alg, hexname):
-                        yield f"{alg}:{hexname}", f"{algrel}/{hexname}", directory
+                        yield f"{alg}:{hexname}", f"{algrel}/{hexname}", directory, f"{hexname}/{LINK}"
                     else:
                         self.rec.find(Kind.STRAY_FILE, f"{algrel}/{hexname}", f"not a {alg} digest directory", repo)

@@ -78,7 +78,7 @@ def _descriptor(parsed: Parsed, ref_type: str, desc: object, position: int, dige
         if type(digest) is str and match_digest(digest) is not None:
             media_type = desc.get("mediaType")
             size = desc.get("size")
-            if size is not None and (type(size) is not int or not INT64_MIN <= size <= INT64_MAX):
+            if (type(size) is not int or not INT64_MIN <= size <= INT64_MAX) and size is not None:
                 # The registry decodes sizes into int64 and refuses anything else (orjson reads a
                 # too-big integer as a float). The reference is kept: what it names stays alive.
                 parsed.problems.append(f"{ref_type} #{position} has a size that is no 64-bit integer: {size!r:.40}")

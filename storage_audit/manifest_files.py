@@ -9,6 +9,8 @@ from .paths import BlobData, Digest, path_for
 from .rows import ManifestRow, ReferenceRow
 from .storage import AccessError, NotRegular, SymlinkRefused
 
+_new = tuple.__new__
+
 
 def read_manifests(rec: Recorder, items: list[tuple[str, str]]) -> None:
     """Parse the manifest blob of each (repository, digest) given, when it is a regular file."""
@@ -29,16 +31,16 @@ def read_manifests(rec: Recorder, items: list[tuple[str, str]]) -> None:
         if parsed.problems:
             detail = "; ".join(parsed.problems)
             rec.find(Kind.CORRUPT_MANIFEST, rel, f"manifest is unusable: {detail}", repo, target)
-        manifests.append(
-            ManifestRow(
-                target,
-                small.size,
-                parsed.kind,
-                parsed.media_type,
-                parsed.schema_version,
-                parsed.artifact_type,
-                parsed.subject,
-                parsed.config_media_type,
-            )
+        row = (
+            target,
+            small.size,
+            parsed.kind,
+            parsed.media_type,
+            parsed.schema_version,
+            parsed.artifact_type,
+            parsed.subject,
+            parsed.config_media_type,
         )
-        references.extend(ReferenceRow(target, *ref) for ref in parsed.references)
+        # Rows made from tuples directly: a scan makes hundreds of thousands of references.
+        manifests.append(_new(ManifestRow, row))
+        references.extend([_new(ReferenceRow, (target, *ref)) for ref in parsed.references])

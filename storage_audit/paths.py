@@ -16,6 +16,8 @@ _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}")
 MAX_REPOSITORY_LENGTH = 255
+LINK = "link"
+"""The name of every link file."""
 
 
 class InvalidDigest(ValueError):
@@ -309,7 +311,7 @@ def path_for(spec: PathSpec) -> str:
     """The path of `spec`, relative to the `v2` directory, with `/` separators."""
     match spec:
         case BlobData(digest):
-            return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+            return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{blob_data_below(digest.hex)}"
         case BlobDir(digest):
             return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
         case Repository(repo):
@@ -321,7 +323,7 @@ def path_for(spec: PathSpec) -> str:
         case TagDir(repo, tag):
             return f"repositories/{repo}/_manifests/tags/{tag}"
         case TagCurrentLink(repo, tag):
-            return f"repositories/{repo}/_manifests/tags/{tag}/current/link"
+            return current_link_below(f"repositories/{repo}/_manifests/tags/{tag}")
         case TagIndexLink(repo, tag, digest):
             return f"repositories/{repo}/_manifests/tags/{tag}/index/{_digest_dirs(digest)}/link"
         case UploadDir(repo, upload_id):
@@ -339,10 +341,39 @@ def path_for(spec: PathSpec) -> str:
         case TagCurrentDir(repo, tag):
             return f"repositories/{repo}/_manifests/tags/{tag}/current"
         case UploadData(repo, upload_id):
-            return f"repositories/{repo}/_uploads/{upload_id}/data"
+            return upload_data_below(f"repositories/{repo}/_uploads/{upload_id}")
         case UploadStartedAt(repo, upload_id):
-            return f"repositories/{repo}/_uploads/{upload_id}/startedat"
+            return upload_started_below(f"repositories/{repo}/_uploads/{upload_id}")
     raise TypeError(f"not a path spec: {spec!r}")  # pragma: no cover
+
+
+# Paths below a directory that a walk has listed: its names were checked as the
+# walk met them, and a spec would check them again for every file read.
+
+
+def current_link_below(tag_dir: str) -> str:
+    """The `current/link` of a tag directory found by a walk."""
+    return f"{tag_dir}/current/{LINK}"
+
+
+def layers_algorithm_below(layers_dir: str, algorithm: str) -> str:
+    """The `<alg>` directory of a repository's `_layers` directory found by a walk."""
+    return f"{layers_dir}/{algorithm}"
+
+
+def upload_data_below(upload_dir: str) -> str:
+    """The partial `data` of an upload directory found by a walk."""
+    return f"{upload_dir}/data"
+
+
+def upload_started_below(upload_dir: str) -> str:
+    """The `startedat` file of an upload directory found by a walk."""
+    return f"{upload_dir}/startedat"
+
+
+def blob_data_below(blob_dir_name: str) -> str:
+    """The `data` of a blob directory, relative to its prefix directory."""
+    return f"{blob_dir_name}/data"
 
 
 def _digest_from(algorithm: str, hexpart: str) -> Digest:

@@ -89,13 +89,7 @@ def _access_error(path: str, exc: OSError) -> AccessError:
 
 
 def _kind(mode: int) -> EntryKind:
-    if stat_mod.S_ISDIR(mode):
-        return EntryKind.DIR
-    if stat_mod.S_ISREG(mode):
-        return EntryKind.FILE
-    if stat_mod.S_ISLNK(mode):
-        return EntryKind.SYMLINK
-    return EntryKind.OTHER
+    return _KIND_OF_FORMAT.get(stat_mod.S_IFMT(mode), EntryKind.OTHER)
 
 
 def join(*parts: str) -> str:
@@ -267,7 +261,12 @@ def _entries(entries: list[os.DirEntry[str]]) -> list[Entry]:
     return out
 
 
-def _read_fd(path: str, dir_fd: int | None, rel: str, limit: int, stat: bool) -> Small | None:
+def _rel(base: str, name: str) -> str:
+    return f"{base}/{name}" if base else name
+
+
+def _read_fd(path: str, dir_fd: int | None, base: str, limit: int, stat: bool) -> Small | None:
+    """Read `path` (relative to `dir_fd` if given); `base` names the directory in errors, only when one occurs."""
     try:
         fd = os.open(path, FILE_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -275,46 +274,67 @@ def _read_fd(path: str, dir_fd: int | None, rel: str, limit: int, stat: bool) ->
     except OSError as exc:
         if exc.errno == errno.ENOTDIR:
             return None
-        raise _access_error(rel, exc) from exc
+        raise _access_error(_rel(base, path) if dir_fd is not None else base, exc) from exc
     try:
-        size, mtime = -1, 0
         if stat:
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
-                raise NotRegular(rel)
+                raise NotRegular(_rel(base, path) if dir_fd is not None else base)
             size, mtime = st.st_size, st.st_mtime_ns
             # Ask for the size seen (+1 to notice growth): a fixed large buffer
             # would cost an allocation of that size for every read.
             want = min(size, limit) + 1
+            data = os.read(fd, want)
+            if len(data) < want and len(data) < size:
+                data = _read_rest(fd, data, want)  # a short read, which local files rarely give
         else:
-            want = limit + 1
-        chunks = []
-        while want > 0:
-            chunk = os.read(fd, want)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            want -= len(chunk)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if not data and not stat and not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegular(rel)  # a FIFO without a writer reads as empty: tell it from an empty file
+            size, mtime = -1, 0
+            data = os.read(fd, limit + 1)
+            # A FIFO without a writer reads as empty: tell it from an empty file.
+            if not data and not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                raise NotRegular(_rel(base, path) if dir_fd is not None else base)
     except BlockingIOError as exc:
-        raise NotRegular(rel) from exc
+        raise NotRegular(_rel(base, path) if dir_fd is not None else base) from exc
     except OSError as exc:
-        raise _access_error(rel, exc) from exc
+        raise _access_error(_rel(base, path) if dir_fd is not None else base, exc) from exc
     finally:
         os.close(fd)
-    return Small(data, size, mtime)
+    # Made from the tuple directly: this is the hot path of every link a scan reads.
+    return _new(Small, (data, size, mtime))
 
 
-def _stat_at(path: str, dir_fd: int | None, rel: str) -> Stat | None:
+def _read_rest(fd: int, data: bytes, want: int) -> bytes:
+    chunks = [data]
+    want -= len(data)
+    while want > 0:
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        want -= len(chunk)
+    return b"".join(chunks)
+
+
+_new = tuple.__new__
+_IFMT = 0o170000  # stat.S_IFMT's mask, applied inline in the hottest loop
+_IFREG = stat_mod.S_IFREG
+_OTHER = EntryKind.OTHER
+_KIND_OF_FORMAT = {
+    stat_mod.S_IFDIR: EntryKind.DIR,
+    stat_mod.S_IFREG: EntryKind.FILE,
+    stat_mod.S_IFLNK: EntryKind.SYMLINK,
+}
+
+
+def _stat_at(path: str, dir_fd: int | None, base: str) -> Stat | None:
     try:
         st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise _access_error(rel, exc) from exc
-    return Stat(st.st_size, st.st_mtime_ns, _kind(st.st_mode))
+        raise _access_error(_rel(base, path) if dir_fd is not None else base, exc) from exc
+    kind = _KIND_OF_FORMAT.get(st.st_mode & _IFMT, _OTHER)
+    return _new(Stat, (st.st_size, st.st_mtime_ns, kind))
 
 
 class _FdReader(BlobReader):
@@ -368,14 +388,48 @@ class _LocalDirectory(Directory, AbstractContextManager["_LocalDirectory"]):
         return _subdirs_fd(self.fd, self.rel)
 
     def read_small(self, name: str, limit: int, stat: bool = True) -> Small | None:
-        if self.fd is None:
+        # The hot path of a scan (every link is read here), written out: no call but the system's.
+        dir_fd = self.fd
+        if dir_fd is None:
             return None
-        return _read_fd(name, self.fd, f"{self.rel}/{name}", limit, stat)
+        try:
+            fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return _read_fd(name, dir_fd, self.rel, limit, stat)  # again, to raise the right error
+        try:
+            if stat:
+                st = os.fstat(fd)
+                size, mtime = st.st_size, st.st_mtime_ns
+                want = min(size, limit) + 1
+                data = os.read(fd, want)
+                if st.st_mode & _IFMT != _IFREG or (len(data) < want and len(data) < size):
+                    return _read_fd(name, dir_fd, self.rel, limit, stat)  # odd: the careful path
+            else:
+                size, mtime = -1, 0
+                data = os.read(fd, limit + 1)
+                if not data and not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                    raise NotRegular(_rel(self.rel, name))
+        except BlockingIOError as exc:
+            raise NotRegular(_rel(self.rel, name)) from exc
+        except OSError as exc:
+            raise _access_error(_rel(self.rel, name), exc) from exc
+        finally:
+            os.close(fd)
+        return _new(Small, (data, size, mtime))
 
     def stat(self, name: str) -> Stat | None:
-        if self.fd is None:
+        dir_fd = self.fd
+        if dir_fd is None:
             return None
-        return _stat_at(name, self.fd, f"{self.rel}/{name}")
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _access_error(_rel(self.rel, name), exc) from exc
+        return _new(Stat, (st.st_size, st.st_mtime_ns, _KIND_OF_FORMAT.get(st.st_mode & _IFMT, _OTHER)))
 
 
 class LocalStorage(Storage):

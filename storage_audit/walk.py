@@ -7,27 +7,24 @@ imports pyarrow or pandas: a worker starts in milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-
 from .findings import Kind
 from .links import LinkReader
 from .listing import Lister, Recorder, Unreadable
 from .manifest_files import read_manifests
 from .paths import (
     ALGORITHMS,
+    LINK,
     BlobPrefix,
     Blobs,
-    InvalidPath,
-    LayersAlgorithm,
-    PathSpec,
     Repositories,
-    TagCurrentLink,
-    UploadData,
-    UploadStartedAt,
     all_hex_of,
+    blob_data_below,
+    current_link_below,
     is_hex_of,
+    layers_algorithm_below,
     path_for,
+    upload_data_below,
+    upload_started_below,
     valid_component,
     valid_tag,
 )
@@ -44,17 +41,12 @@ from .rows import (
     Totals,
     UploadRow,
 )
-from .storage import AccessError, Directory, EntryKind, LocalStorage, NotRegular, Storage
+from .storage import AccessError, EntryKind, LocalStorage, NotRegular, Stat, Storage
 
 STARTEDAT_READ = 127  # an RFC 3339 time with nanoseconds is 35 bytes
-
-
-def _layout_path(make: Callable[[], PathSpec], found: str) -> str:
-    """The path of a spec; `found`, the path as walked, for a name the registry never writes (say, too long)."""
-    try:
-        return path_for(make())
-    except InvalidPath:
-        return found
+# Rows of the hottest loops are made from a tuple directly, sparing the NamedTuple's Python-level __new__.
+_new = tuple.__new__
+_FILE, _SYMLINK = EntryKind.FILE, EntryKind.SYMLINK
 
 
 class Walker:
@@ -114,8 +106,21 @@ class Walker:
         with opened as directory:
             names = self.lister.entries(prel, None, directory)
             valid = all_hex_of(alg, names)  # the usual case, checked in one pass
+            stat, blobs = directory.stat, self.part.blobs
             for hexname in names:
-                self._stat_blob(alg, prefix, hexname, f"{prel}/{hexname}", directory, valid)
+                if not valid or hexname[:2] != prefix:
+                    self._odd_blob(alg, prefix, hexname, prel)
+                    continue
+                try:
+                    # The blob directory itself is never listed: its only member is `data`.
+                    st = stat(blob_data_below(hexname))
+                except AccessError as exc:
+                    self.rec.access(exc)
+                    continue
+                if st is not None and st[2] is _FILE:
+                    blobs.append(_new(BlobRow, (f"{alg}:{hexname}", st[0], st[1])))
+                else:
+                    self._not_a_blob(f"{alg}:{hexname}", f"{prel}/{hexname}", st)
 
     def _walk_repositories(self, rel: str, parts: list[str]) -> None:
         subdirs = self._entries(rel)
@@ -148,7 +153,7 @@ class Walker:
         latest = None
         for alg in ALGORITHMS:
             try:
-                st = self.storage.stat(_layout_path(partial(LayersAlgorithm, repo, alg), f"{rel}/{alg}"))
+                st = self.storage.stat(layers_algorithm_below(rel, alg))
             except AccessError:
                 continue
             if st is None or st.kind != EntryKind.DIR:
@@ -167,9 +172,10 @@ class Walker:
 
     def _scan_revisions(self, rel: str, repo: str) -> None:
         revisions = self.part.revisions
-        for name, hexrel, directory in self.lister.digest_dirs(rel, repo):
+        read = self.links.read
+        for name, hexrel, directory, link_name in self.lister.digest_dirs(rel, repo):
             try:
-                link = self._read_in(directory, hexrel, repo, own=name)
+                link = read(f"{hexrel}/{LINK}", repo, True, directory, link_name, name)
             except Unreadable:
                 # Unreadable, so unknown: count it as linked to stay on the safe side.
                 revisions.append(RevisionRow(repo, name, name, True, None))
@@ -184,44 +190,38 @@ class Walker:
                     Kind.LINK_CONTENT_MISMATCH, f"{hexrel}/link", f"link names {target}, not its own digest", repo, name
                 )
             same = target is None or target == name  # share one string object when they agree
-            revisions.append(RevisionRow(repo, name, name if same else target, True, mtime or None))
-
-    def _read_in(
-        self, directory: Directory, hexrel: str, repo: str, own: str, mtime: bool = True
-    ) -> tuple[str | None, int] | None:
-        """The link of the digest directory `hexrel`, read through its open `<alg>` directory."""
-        hexname = hexrel.rpartition("/")[2]
-        return self.links.read(f"{hexrel}/link", repo, mtime=mtime, at=(directory, f"{hexname}/link"), own=own)
+            revisions.append(_new(RevisionRow, (repo, name, name if same else target, True, mtime or None)))
 
     def _scan_tags(self, rel: str, repo: str) -> None:
+        read = self.links.read
         for tag in self._entries(rel, repo):
             tagrel = f"{rel}/{tag}"
             if not valid_tag(tag):
                 self._find(Kind.STRAY_FILE, tagrel, "not a valid tag name", repo)
                 continue
             try:
-                current = _layout_path(partial(TagCurrentLink, repo, tag), f"{tagrel}/current/link")
-                link = self.links.read(current, repo)
+                link = read(current_link_below(tagrel), repo)
             except Unreadable:
                 link = (None, 0)
             if link is None:
                 self.part.tags.append(TagRow(repo, tag, None, None))
             else:
                 self.part.tags.append(TagRow(repo, tag, link[0], link[1] or None))
-            for digest, hexrel, directory in self.lister.digest_dirs(f"{tagrel}/index", repo):
+            for digest, hexrel, directory, link_name in self.lister.digest_dirs(f"{tagrel}/index", repo):
                 try:
-                    entry_link = self._read_in(directory, hexrel, repo, own=digest)
+                    entry_link = read(f"{hexrel}/{LINK}", repo, True, directory, link_name, digest)
                 except Unreadable:
                     continue
                 if entry_link is not None:
-                    self.part.history.append(HistoryRow(repo, tag, digest, entry_link[1]))
+                    self.part.history.append(_new(HistoryRow, (repo, tag, digest, entry_link[1])))
 
     def _scan_layers(self, rel: str, repo: str) -> None:
         layer_links = self.part.layer_links
-        for digest, hexrel, directory in self.lister.digest_dirs(rel, repo):
+        read = self.links.read
+        for digest, hexrel, directory, link_name in self.lister.digest_dirs(rel, repo):
             try:
                 # Layer links need no mtime: skipping fstat saves a system call per link.
-                link = self._read_in(directory, hexrel, repo, own=digest, mtime=False)
+                link = read(f"{hexrel}/{LINK}", repo, False, directory, link_name, digest)
             except Unreadable:
                 continue
             if link is None:
@@ -233,14 +233,14 @@ class Walker:
                     Kind.LINK_CONTENT_MISMATCH, f"{hexrel}/link", f"link names {target}, not its own digest", repo
                 )
             # The same string object for both columns when they agree: half the memory.
-            layer_links.append(LayerLinkRow(repo, digest, digest if target == digest else target))
+            layer_links.append(_new(LayerLinkRow, (repo, digest, digest if target == digest else target)))
 
     def _scan_uploads(self, rel: str, repo: str) -> None:
         for upload_id in self._entries(rel, repo):
             uprel = f"{rel}/{upload_id}"
             size = 0
-            data = _layout_path(partial(UploadData, repo, upload_id), f"{uprel}/data")
-            started_rel = _layout_path(partial(UploadStartedAt, repo, upload_id), f"{uprel}/startedat")
+            data = upload_data_below(uprel)
+            started_rel = upload_started_below(uprel)
             try:
                 st = self.storage.stat(data)
                 size = st.size if st is not None and st.kind == EntryKind.FILE else 0
@@ -257,30 +257,32 @@ class Walker:
                 self.rec.access(exc, repo)
             self.part.uploads.append(UploadRow(repo, upload_id, size, started))
 
-    def _stat_blob(self, alg: str, prefix: str, hexname: str, rel: str, directory: Directory, valid: bool) -> None:
-        if not valid and not is_hex_of(alg, hexname):
+    def _odd_blob(self, alg: str, prefix: str, hexname: str, prel: str) -> None:
+        """A blob directory whose name is no digest, or under the wrong prefix: a finding, or read after all."""
+        rel = f"{prel}/{hexname}"
+        if not is_hex_of(alg, hexname):
             self._find(Kind.STRAY_FILE, rel, f"not a {alg} blob directory")
             return
-        digest = f"{alg}:{hexname}"
         if hexname[:2] != prefix:
             self._find(Kind.STRAY_FILE, rel, "blob directory under the wrong two-character prefix")
             return
         try:
-            # The blob directory itself is never listed: its only member is `data`.
-            st = directory.stat(f"{hexname}/data")
+            st = self.storage.stat(f"{prel}/{blob_data_below(hexname)}")
         except AccessError as exc:
             self.rec.access(exc)
             return
+        if st is not None and st.kind is _FILE:
+            self.part.blobs.append(BlobRow(f"{alg}:{hexname}", st.size, st.mtime_ns))
+        else:
+            self._not_a_blob(f"{alg}:{hexname}", rel, st)
+
+    def _not_a_blob(self, digest: str, rel: str, st: Stat | None) -> None:
         if st is None:
             self._find(Kind.STRAY_FILE, rel, "blob directory without data", digest=digest)
-            return
-        if st.kind == EntryKind.SYMLINK:
+        elif st.kind is _SYMLINK:
             self._find(Kind.STRAY_FILE, f"{rel}/data", "symbolic link, not followed", digest=digest)
-            return
-        if st.kind != EntryKind.FILE:
+        else:
             self._find(Kind.STRAY_FILE, f"{rel}/data", "blob data is not a regular file", digest=digest)
-            return
-        self.part.blobs.append(BlobRow(digest, st.size, st.mtime_ns))
 
     # -- manifests ----------------------------------------------------------
 
