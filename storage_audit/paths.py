@@ -376,6 +376,11 @@ def blob_data_below(blob_dir_name: str) -> str:
     return f"{blob_dir_name}/data"
 
 
+def parent(path: str) -> str:
+    """The directory holding the storage path `path`: what a removal may leave empty."""
+    return path.rpartition("/")[0]
+
+
 def _digest_from(algorithm: str, hexpart: str) -> Digest:
     try:
         return Digest(algorithm, hexpart)

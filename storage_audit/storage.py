@@ -224,8 +224,6 @@ def _scandir(target: int | str, rel: str) -> list[os.DirEntry[str]] | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ENOTDIR:
-            return None
         raise _access_error(rel, exc) from exc
 
 
@@ -272,8 +270,6 @@ def _read_fd(path: str, dir_fd: int | None, base: str, limit: int, stat: bool) -
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ENOTDIR:
-            return None
         raise _access_error(_rel(base, path) if dir_fd is not None else base, exc) from exc
     try:
         if stat:
@@ -329,7 +325,7 @@ _KIND_OF_FORMAT = {
 def _stat_at(path: str, dir_fd: int | None, base: str) -> Stat | None:
     try:
         st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return None
     except OSError as exc:
         raise _access_error(_rel(base, path) if dir_fd is not None else base, exc) from exc
@@ -366,8 +362,7 @@ class _LocalDirectory(Directory, AbstractContextManager["_LocalDirectory"]):
         except FileNotFoundError:
             self.fd = None
         except OSError as exc:
-            if exc.errno != errno.ENOTDIR:
-                raise _access_error(rel, exc) from exc
+            raise _access_error(rel, exc) from exc
 
     def __enter__(self) -> _LocalDirectory:
         return self
@@ -425,7 +420,7 @@ class _LocalDirectory(Directory, AbstractContextManager["_LocalDirectory"]):
             return None
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return None
         except OSError as exc:
             raise _access_error(_rel(self.rel, name), exc) from exc
