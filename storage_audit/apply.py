@@ -24,6 +24,7 @@ from .paths import (
     RepositoryPart,
     TagCurrentLink,
     UploadData,
+    UploadDir,
     UploadStartedAt,
     path_for,
 )
@@ -368,8 +369,9 @@ class _Applier:
         if not self._exists(action.path):
             self._settle(index, action, "gone")
             return
-        upload_id = action.path.rpartition("/")[2]
-        repo = action.repository or ""
+        spec = action.spec()
+        assert isinstance(spec, UploadDir)  # the plan was validated: its op fixes the kind of path
+        repo, upload_id = spec.repository, spec.upload_id
         started = self._read_link(path_for(UploadStartedAt(repo, upload_id)))
         expected = action.precondition.get("started_at")
         if expected is not None and (started is None or _timestamp(started) != pd.Timestamp(expected)):

@@ -78,6 +78,11 @@ def all_hex_of(algorithm: str, names: list[str]) -> bool:
     return len(text) == len(names) * (ALGORITHMS[algorithm] + 1) and pattern.fullmatch(text) is not None
 
 
+def is_blob_prefix(name: str) -> bool:
+    """True for the name of a `blobs/<alg>/<two hex>` directory."""
+    return len(name) == 2 and _HEX.fullmatch(name) is not None
+
+
 def valid_repository(name: str) -> bool:
     """True for a repository name the registry accepts (`org/team/app`)."""
     if not name or len(name) > MAX_REPOSITORY_LENGTH:
@@ -202,7 +207,7 @@ class BlobPrefix:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise InvalidPath(f"unknown digest algorithm {self.algorithm!r}")
-        if len(self.prefix) != 2 or not _HEX.fullmatch(self.prefix):
+        if not is_blob_prefix(self.prefix):
             raise InvalidPath(f"invalid blob prefix {self.prefix!r}")
 
 

@@ -20,6 +20,7 @@ from .paths import (
     all_hex_of,
     blob_data_below,
     current_link_below,
+    is_blob_prefix,
     is_hex_of,
     layers_algorithm_below,
     path_for,
@@ -87,7 +88,11 @@ class Walker:
                     if alg not in ALGORITHMS:
                         self._find(Kind.STRAY_FILE, f"{name}/{alg}", "unknown digest algorithm directory")
                         continue
-                    prefixes.extend((alg, prefix) for prefix in self._entries(f"{name}/{alg}"))
+                    for prefix in self._entries(f"{name}/{alg}"):
+                        if is_blob_prefix(prefix):
+                            prefixes.append((alg, prefix))
+                        else:
+                            self._find(Kind.STRAY_FILE, f"{name}/{alg}/{prefix}", "not a blob prefix directory")
             else:
                 self._find(Kind.STRAY_FILE, name, "not part of the registry's layout")
         return repos, prefixes
@@ -296,6 +301,11 @@ def walk_units(
 ) -> Columns:
     """Read the given top-level repositories and blob prefixes (a worker's share of a scan); see Part.columns."""
     walker = Walker(v2)
+    # A remote backend may list these parts of the tree in bulk (and in parallel) before the walk asks.
+    top = path_for(Repositories())
+    walker.storage.prefetch(
+        [f"{top}/{name}" for name in repositories] + [path_for(BlobPrefix(alg, p)) for alg, p in prefixes]
+    )
     for name in repositories:
         walker.walk_repository(name)
     for alg, prefix in prefixes:

@@ -173,3 +173,15 @@ def test_paths_used_by_the_layer_are_the_layouts(tmp_path: Path) -> None:
     st = storage.stat(path_for(BlobData(Digest.parse(blob["digest"]))))
     assert st is not None and st.size == blob["size"]
     assert storage.bytes_below(path_for(BlobDir(Digest.parse(blob["digest"])))) == blob["size"]
+
+
+def test_a_blob_prefix_directory_of_another_name_is_a_finding(tmp_path: Path) -> None:
+    v2 = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic") / V2
+    before = scan(v2)
+    odd = v2 / "blobs" / "sha256" / "ZZ" / ("ff" * 32)
+    odd.mkdir(parents=True)
+    (odd / "data").write_bytes(b"x")
+    inv = scan(v2)
+    stray = inv.findings[inv.findings["kind"] == "stray-file"]
+    assert list(stray["path"]) == ["blobs/sha256/ZZ"]
+    assert len(inv.blobs) == len(before.blobs)
