@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from .findings import Kind
-from .listing import Recorder, Unreadable
+from .listing import LINK_READ, Recorder, Unreadable
 from .paths import Digest, InvalidDigest, is_digest
-from .storage import AccessError, Directory, NotRegular
-
-LINK_READ = 511  # a link holds ~71-135 bytes; reading more only exposes garbage
+from .storage import AccessError, NotRegular, Small
 
 
 class LinkReader:
@@ -17,16 +15,18 @@ class LinkReader:
         self.rec = recorder
         self.storage = recorder.storage
 
-    def read(
-        self,
-        rel: str,
-        repo: str | None,
-        mtime: bool = True,
-        directory: Directory | None = None,
-        name: str = "",
-        own: str | None = None,
+    def read(self, rel: str, repo: str | None, mtime: bool = True) -> tuple[str | None, int] | None:
+        """(digest or None, mtime_ns) of the link at `rel`; None when absent. See `take`."""
+        try:
+            got: Small | AccessError | None = self.storage.read_small(rel, LINK_READ, mtime)
+        except AccessError as exc:
+            got = exc
+        return self.take(rel, repo, got)
+
+    def take(
+        self, rel: str, repo: str | None, got: Small | AccessError | None, own: str | None = None
     ) -> tuple[str | None, int] | None:
-        """(digest or None, mtime_ns) of the link at `rel` (or `name` in an open `directory`); None when absent.
+        """(digest or None, mtime_ns) of the link at `rel`, from what reading it gave; None when absent.
 
         `own` is the digest the link's directory is named for: a link naming
         exactly that, the usual case, needs no further checks.
@@ -36,23 +36,18 @@ class LinkReader:
         but reported, because it makes the reference registry abort. A link that
         cannot be read at all raises Unreadable, after its finding.
         """
-        try:
-            if directory is not None:
-                small = directory.read_small(name, LINK_READ, mtime)
-            else:
-                small = self.storage.read_small(rel, LINK_READ, mtime)
-        except NotRegular:
+        if got is None:
+            return None
+        if isinstance(got, NotRegular):
             self.rec.find(Kind.BAD_LINK, rel, "link is not a regular file", repo)
             return None, 0
-        except AccessError as exc:
-            self.rec.access(exc, repo)
-            raise Unreadable from exc
-        if small is None:
-            return None
-        raw = small[0]
+        if isinstance(got, AccessError):
+            self.rec.access(got, repo)
+            raise Unreadable from got
+        raw = got[0]
         if own is not None and raw == own.encode():
-            return own, small[2]
-        return self.digest(rel, raw, repo), small[2]
+            return own, got[2]
+        return self.digest(rel, raw, repo), got[2]
 
     def digest(self, rel: str, raw: bytes, repo: str | None) -> str | None:
         if not raw:

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from .findings import Finding, Kind
 from .paths import ALGORITHMS, LINK, all_hex_of, is_hex_of
 from .rows import Part
-from .storage import AccessError, Directory, Entry, EntryKind, Storage, SymlinkRefused
+from .storage import AccessError, Directory, Entry, EntryKind, Small, Storage, SymlinkRefused
+
+LINK_READ = 511  # a link holds ~71-135 bytes; reading more only exposes garbage
 
 
 class Unreadable(Exception):
@@ -89,12 +91,21 @@ class Lister:
                 self.rec.find(Kind.STRAY_FILE, child, "file where the layout has only directories", repo)
         return names
 
-    def digest_dirs(self, rel: str, repo: str | None) -> Iterator[tuple[str, str, Directory, str]]:
-        """(digest, path, its `<alg>` directory, its link's name there) of the `<alg>/<hex>` directories below `rel`.
+    def links_below(
+        self, rel: str, repo: str | None, mtime: bool
+    ) -> Iterator[tuple[str, str, Small | AccessError | None]]:
+        """(digest, path, what reading its link gave) of the `<alg>/<hex>` directories below `rel`.
 
-        Invalid names become findings. Files below are read through the open
-        `<alg>` directory, which spares a local kernel the long path.
+        Invalid names become findings. The links of one `<alg>` directory are read
+        in one bulk call (mtimes too, with `mtime`): a local tree reads them
+        through the open directory, a remote one may answer from its listing.
         """
+        for digest, hexrel, directory, names in self._digest_dirs(rel, repo):
+            results = directory.read_each([f"{name}/{LINK}" for name in names], LINK_READ, mtime)
+            yield from zip(digest, hexrel, results, strict=True)
+
+    def _digest_dirs(self, rel: str, repo: str | None) -> Iterator[tuple[list[str], list[str], Directory, list[str]]]:
+        """Per `<alg>` directory below `rel`, open: the digests, paths and names of its valid digest directories."""
         for alg in self.entries(rel, repo):
             if alg not in ALGORITHMS:
                 self.rec.find(Kind.STRAY_FILE, f"{rel}/{alg}", "unknown digest algorithm directory", repo)
@@ -107,9 +118,15 @@ class Lister:
                 continue
             with opened as directory:
                 names = self.entries(algrel, repo, directory)
-                valid = all_hex_of(alg, names)  # the usual case, checked in one pass
-                for hexname in names:
-                    if valid or is_hex_of(alg, hexname):
-                        yield f"{alg}:{hexname}", f"{algrel}/{hexname}", directory, f"{hexname}/{LINK}"
-                    else:
-                        self.rec.find(Kind.STRAY_FILE, f"{algrel}/{hexname}", f"not a {alg} digest directory", repo)
+                if not all_hex_of(alg, names):  # the usual case, checked in one pass
+                    names = self._valid_hex(alg, algrel, repo, names)
+                yield [f"{alg}:{name}" for name in names], [f"{algrel}/{name}" for name in names], directory, names
+
+    def _valid_hex(self, alg: str, algrel: str, repo: str | None, names: list[str]) -> list[str]:
+        valid = []
+        for name in names:
+            if is_hex_of(alg, name):
+                valid.append(name)
+            else:
+                self.rec.find(Kind.STRAY_FILE, f"{algrel}/{name}", f"not a {alg} digest directory", repo)
+        return valid

@@ -126,6 +126,26 @@ class Directory(ABC):
     @abstractmethod
     def stat(self, name: str) -> Stat | None: ...
 
+    def stat_each(self, names: Sequence[str]) -> list[Stat | AccessError | None]:
+        """stat of each of `names`, in order, an error given as its value: the bulk form a scan uses."""
+        out: list[Stat | AccessError | None] = []
+        for name in names:
+            try:
+                out.append(self.stat(name))
+            except AccessError as exc:
+                out.append(exc)
+        return out
+
+    def read_each(self, names: Sequence[str], limit: int, stat: bool = True) -> list[Small | AccessError | None]:
+        """read_small of each of `names`, in order, an error given as its value: the bulk form a scan uses."""
+        out: list[Small | AccessError | None] = []
+        for name in names:
+            try:
+                out.append(self.read_small(name, limit, stat))
+            except AccessError as exc:
+                out.append(exc)
+        return out
+
 
 class Storage(ABC):
     """One registry storage tree, addressed by paths relative to its `v2` directory.
@@ -383,36 +403,71 @@ class _LocalDirectory(Directory, AbstractContextManager["_LocalDirectory"]):
         return _subdirs_fd(self.fd, self.rel)
 
     def read_small(self, name: str, limit: int, stat: bool = True) -> Small | None:
-        # The hot path of a scan (every link is read here), written out: no call but the system's.
+        if self.fd is None:
+            return None
+        return _read_fd(name, self.fd, self.rel, limit, stat)
+
+    def read_each(self, names: Sequence[str], limit: int, stat: bool = True) -> list[Small | AccessError | None]:
+        # The hot path of a scan (every link is read here), written out: no call per file but the system's.
         dir_fd = self.fd
         if dir_fd is None:
-            return None
+            return [None] * len(names)
+        out: list[Small | AccessError | None] = []
+        append, read, open_, close, fstat = out.append, os.read, os.open, os.close, os.fstat
+        want = limit + 1
+        for name in names:
+            try:
+                fd = open_(name, FILE_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                append(None)
+                continue
+            except OSError:
+                append(self._careful(name, limit, stat))
+                continue
+            try:
+                if stat:
+                    st = fstat(fd)
+                    data = read(fd, want)
+                    if st.st_mode & _IFMT != _IFREG or len(data) < min(st.st_size, want):
+                        append(self._careful(name, limit, stat))  # odd, or a short read: the careful path
+                        continue
+                    append(_new(Small, (data, st.st_size, st.st_mtime_ns)))
+                else:
+                    data = read(fd, want)
+                    if not data:
+                        append(self._careful(name, limit, stat))  # empty, or a FIFO: the careful path
+                        continue
+                    append(_new(Small, (data, -1, 0)))
+            except OSError:
+                append(self._careful(name, limit, stat))
+            finally:
+                close(fd)
+        return out
+
+    def stat_each(self, names: Sequence[str]) -> list[Stat | AccessError | None]:
+        # The hot path of a scan's blob walk, written out: no call per blob but the system's.
+        dir_fd = self.fd
+        if dir_fd is None:
+            return [None] * len(names)
+        out: list[Stat | AccessError | None] = []
+        append, stat_, kinds = out.append, os.stat, _KIND_OF_FORMAT
+        for name in names:
+            try:
+                st = stat_(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                append(None)
+                continue
+            except OSError as exc:
+                append(_access_error(_rel(self.rel, name), exc))
+                continue
+            append(_new(Stat, (st.st_size, st.st_mtime_ns, kinds.get(st.st_mode & _IFMT, _OTHER))))
+        return out
+
+    def _careful(self, name: str, limit: int, stat: bool) -> Small | AccessError | None:
         try:
-            fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return _read_fd(name, dir_fd, self.rel, limit, stat)  # again, to raise the right error
-        try:
-            if stat:
-                st = os.fstat(fd)
-                size, mtime = st.st_size, st.st_mtime_ns
-                want = min(size, limit) + 1
-                data = os.read(fd, want)
-                if st.st_mode & _IFMT != _IFREG or (len(data) < want and len(data) < size):
-                    return _read_fd(name, dir_fd, self.rel, limit, stat)  # odd: the careful path
-            else:
-                size, mtime = -1, 0
-                data = os.read(fd, limit + 1)
-                if not data and not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-                    raise NotRegular(_rel(self.rel, name))
-        except BlockingIOError as exc:
-            raise NotRegular(_rel(self.rel, name)) from exc
-        except OSError as exc:
-            raise _access_error(_rel(self.rel, name), exc) from exc
-        finally:
-            os.close(fd)
-        return _new(Small, (data, size, mtime))
+            return self.read_small(name, limit, stat)
+        except AccessError as exc:
+            return exc
 
     def stat(self, name: str) -> Stat | None:
         dir_fd = self.fd

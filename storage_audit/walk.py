@@ -42,7 +42,7 @@ from .rows import (
     Totals,
     UploadRow,
 )
-from .storage import AccessError, EntryKind, LocalStorage, NotRegular, Stat, Storage
+from .storage import AccessError, EntryKind, LocalStorage, NotRegular, Small, Stat, Storage
 
 STARTEDAT_READ = 127  # an RFC 3339 time with nanoseconds is 35 bytes
 # Rows of the hottest loops are made from a tuple directly, sparing the NamedTuple's Python-level __new__.
@@ -110,20 +110,16 @@ class Walker:
             return
         with opened as directory:
             names = self.lister.entries(prel, None, directory)
-            valid = all_hex_of(alg, names)  # the usual case, checked in one pass
-            stat, blobs = directory.stat, self.part.blobs
-            for hexname in names:
-                if not valid or hexname[:2] != prefix:
-                    self._odd_blob(alg, prefix, hexname, prel)
-                    continue
-                try:
-                    # The blob directory itself is never listed: its only member is `data`.
-                    st = stat(blob_data_below(hexname))
-                except AccessError as exc:
-                    self.rec.access(exc)
-                    continue
-                if st is not None and st[2] is _FILE:
-                    blobs.append(_new(BlobRow, (f"{alg}:{hexname}", st[0], st[1])))
+            # Sorted names share the prefix when the first and the last do.
+            if names and (not all_hex_of(alg, names) or names[0][:2] != prefix or names[-1][:2] != prefix):
+                names = self._valid_blob_names(alg, prefix, prel, names)
+            blobs = self.part.blobs
+            # The blob directories themselves are never listed: their only member is `data`.
+            for hexname, st in zip(names, directory.stat_each([blob_data_below(n) for n in names]), strict=True):
+                if st.__class__ is Stat and st[2] is _FILE:  # type: ignore[index]
+                    blobs.append(_new(BlobRow, (f"{alg}:{hexname}", st[0], st[1])))  # type: ignore[index]
+                elif isinstance(st, AccessError):
+                    self.rec.access(st)
                 else:
                     self._not_a_blob(f"{alg}:{hexname}", f"{prel}/{hexname}", st)
 
@@ -177,10 +173,14 @@ class Walker:
 
     def _scan_revisions(self, rel: str, repo: str) -> None:
         revisions = self.part.revisions
-        read = self.links.read
-        for name, hexrel, directory, link_name in self.lister.digest_dirs(rel, repo):
+        take = self.links.take
+        for name, hexrel, got in self.lister.links_below(rel, repo, mtime=True):
+            if got.__class__ is Small and got[0] == name.encode():  # type: ignore[index]
+                # The usual case, written out: a readable link naming its own digest.
+                revisions.append(_new(RevisionRow, (repo, name, name, True, got[2] or None)))  # type: ignore[index]
+                continue
             try:
-                link = read(f"{hexrel}/{LINK}", repo, True, directory, link_name, name)
+                link = take(f"{hexrel}/{LINK}", repo, got, name)
             except Unreadable:
                 # Unreadable, so unknown: count it as linked to stay on the safe side.
                 revisions.append(RevisionRow(repo, name, name, True, None))
@@ -195,26 +195,26 @@ class Walker:
                     Kind.LINK_CONTENT_MISMATCH, f"{hexrel}/link", f"link names {target}, not its own digest", repo, name
                 )
             same = target is None or target == name  # share one string object when they agree
-            revisions.append(_new(RevisionRow, (repo, name, name if same else target, True, mtime or None)))
+            revisions.append(RevisionRow(repo, name, name if same else target, True, mtime or None))
 
     def _scan_tags(self, rel: str, repo: str) -> None:
-        read = self.links.read
+        take = self.links.take
         for tag in self._entries(rel, repo):
             tagrel = f"{rel}/{tag}"
             if not valid_tag(tag):
                 self._find(Kind.STRAY_FILE, tagrel, "not a valid tag name", repo)
                 continue
             try:
-                link = read(current_link_below(tagrel), repo)
+                link = self.links.read(current_link_below(tagrel), repo)
             except Unreadable:
                 link = (None, 0)
             if link is None:
                 self.part.tags.append(TagRow(repo, tag, None, None))
             else:
                 self.part.tags.append(TagRow(repo, tag, link[0], link[1] or None))
-            for digest, hexrel, directory, link_name in self.lister.digest_dirs(f"{tagrel}/index", repo):
+            for digest, hexrel, got in self.lister.links_below(f"{tagrel}/index", repo, mtime=True):
                 try:
-                    entry_link = read(f"{hexrel}/{LINK}", repo, True, directory, link_name, digest)
+                    entry_link = take(f"{hexrel}/{LINK}", repo, got, digest)
                 except Unreadable:
                     continue
                 if entry_link is not None:
@@ -222,11 +222,15 @@ class Walker:
 
     def _scan_layers(self, rel: str, repo: str) -> None:
         layer_links = self.part.layer_links
-        read = self.links.read
-        for digest, hexrel, directory, link_name in self.lister.digest_dirs(rel, repo):
+        take = self.links.take
+        # Layer links need no mtime: skipping fstat saves a system call per link.
+        for digest, hexrel, got in self.lister.links_below(rel, repo, mtime=False):
+            if got.__class__ is Small and got[0] == digest.encode():  # type: ignore[index]
+                # The usual case, written out: a readable link naming its own digest.
+                layer_links.append(_new(LayerLinkRow, (repo, digest, digest)))
+                continue
             try:
-                # Layer links need no mtime: skipping fstat saves a system call per link.
-                link = read(f"{hexrel}/{LINK}", repo, False, directory, link_name, digest)
+                link = take(f"{hexrel}/{LINK}", repo, got, digest)
             except Unreadable:
                 continue
             if link is None:
@@ -238,7 +242,7 @@ class Walker:
                     Kind.LINK_CONTENT_MISMATCH, f"{hexrel}/link", f"link names {target}, not its own digest", repo
                 )
             # The same string object for both columns when they agree: half the memory.
-            layer_links.append(_new(LayerLinkRow, (repo, digest, digest if target == digest else target)))
+            layer_links.append(LayerLinkRow(repo, digest, digest if target == digest else target))
 
     def _scan_uploads(self, rel: str, repo: str) -> None:
         for upload_id in self._entries(rel, repo):
@@ -262,24 +266,17 @@ class Walker:
                 self.rec.access(exc, repo)
             self.part.uploads.append(UploadRow(repo, upload_id, size, started))
 
-    def _odd_blob(self, alg: str, prefix: str, hexname: str, prel: str) -> None:
-        """A blob directory whose name is no digest, or under the wrong prefix: a finding, or read after all."""
-        rel = f"{prel}/{hexname}"
-        if not is_hex_of(alg, hexname):
-            self._find(Kind.STRAY_FILE, rel, f"not a {alg} blob directory")
-            return
-        if hexname[:2] != prefix:
-            self._find(Kind.STRAY_FILE, rel, "blob directory under the wrong two-character prefix")
-            return
-        try:
-            st = self.storage.stat(f"{prel}/{blob_data_below(hexname)}")
-        except AccessError as exc:
-            self.rec.access(exc)
-            return
-        if st is not None and st.kind is _FILE:
-            self.part.blobs.append(BlobRow(f"{alg}:{hexname}", st.size, st.mtime_ns))
-        else:
-            self._not_a_blob(f"{alg}:{hexname}", rel, st)
+    def _valid_blob_names(self, alg: str, prefix: str, prel: str, names: list[str]) -> list[str]:
+        """The names of blob directories in `names`; a finding for each other."""
+        valid = []
+        for name in names:
+            if not is_hex_of(alg, name):
+                self._find(Kind.STRAY_FILE, f"{prel}/{name}", f"not a {alg} blob directory")
+            elif name[:2] != prefix:
+                self._find(Kind.STRAY_FILE, f"{prel}/{name}", "blob directory under the wrong two-character prefix")
+            else:
+                valid.append(name)
+        return valid
 
     def _not_a_blob(self, digest: str, rel: str, st: Stat | None) -> None:
         if st is None:
