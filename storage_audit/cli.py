@@ -660,11 +660,12 @@ def apply(
 ) -> None:
     """Apply a deletion plan: validate it, re-check each action right before it, never remove what is in use.
 
-    A journal beside the plan (PLAN.journal) lets an interrupted apply resume, and stops a plan from
+    A journal beside the plan (PLAN.<hash>.journal) lets an interrupted apply resume, and stops a plan from
     being applied twice. Restart the registry afterwards: its blob cache still believes removed blobs exist.
     Answering no at the prompt exits 2, deleting nothing.
     """
     from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
+    from .errors import AuditError
     from .formats import View
     from .formats.table import render as render_table
     from .plan import PlanError
@@ -686,7 +687,14 @@ def apply(
     except AlreadyApplied as exc:
         say(f"storage-audit: {exc}")
         raise typer.Exit(exc.exit_code) from exc
+    if outcome.failed:
+        say(
+            f"storage-audit: {count(len(outcome.failed), 'action')} failed and were left for the next run "
+            f"(the first: {outcome.failed[0][1]})"
+        )
     if quiet:
+        if outcome.failed:
+            raise typer.Exit(EXIT_FINDINGS)
         return
     if not outcome.frame().empty:
         render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
@@ -697,6 +705,8 @@ def apply(
     )
     if not dry_run and outcome.done:
         say("Restart the registry now: its blob descriptor cache still believes removed blobs exist.")
+    if outcome.failed:
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 def _exists_not_dir(path: Path) -> bool:
