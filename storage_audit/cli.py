@@ -665,7 +665,6 @@ def apply(
     Answering no at the prompt exits 2, deleting nothing.
     """
     from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
-    from .errors import AuditError
     from .formats import View
     from .formats.table import render as render_table
     from .plan import PlanError
