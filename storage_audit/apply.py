@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from .frames import isin
+from .graph import Graph
 from .inventory import Inventory
 from .paths import BlobData, Digest, path_for
 from .plan import BLOCKING_KINDS, OPS, Action, Plan, PlanError
-from .reach import closure, edges, present_revisions, tagged
 from .scan import ScanOptions, scan
 
 JOURNAL_SUFFIX = ".journal"
@@ -345,13 +345,12 @@ class _Applier:
         inv = self._fresh_inventory()
         if inv is None:
             return None
-        present = present_revisions(inv)
+        graph = Graph(inv)
+        present = graph.present
         keys = list(zip(present["repository"], present["digest"], strict=True))
         staying = np.array([k not in planned for k in keys], dtype=bool)
-        tags = self._remaining_tags(inv)
-        src, dst = edges(inv, present, keep_referrers=True)
         # Tags now, plus every revision that stays, keep what they reach.
-        reached = closure(tagged(present, tags) | staying, src, dst)
+        reached = graph.reached(graph.tagged(self._remaining_tags(inv)) | staying, keep_referrers=True)
         return {k for k, r in zip(keys, reached, strict=True) if r}
 
     def _held_now(self) -> set[str] | None:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import __version__
 from .frames import isin
+from .graph import Graph
 from .inventory import Inventory
 from .manifest import LIST_KINDS
 from .paths import (
@@ -30,7 +31,6 @@ from .paths import (
     parse_path,
     path_for,
 )
-from .reach import closure, edges, holdings, mark, present_revisions, tagged
 
 PLAN_FORMAT = "storage-audit-plan"
 PLAN_VERSION = 1
@@ -285,32 +285,32 @@ def _tag_deletions(inv: Inventory, policy: Policy, now: pd.Timestamp) -> pd.Data
     return tags[cand].assign(reason=reasons[cand])
 
 
-def make_plan(inv: Inventory, policy: Policy, now: datetime) -> Plan:
-    """Apply `policy` to `inv` (as of `now`) and list the removals it implies, in apply order."""
+def make_plan(source: Graph | Inventory, policy: Policy, now: datetime) -> Plan:
+    """Apply `policy` to an inventory or its graph (as of `now`) and list the removals it implies, in apply order."""
+    graph = Graph.of(source)
+    inv = graph.inv
     refuse_if_uncertain(inv)
     ts_now = pd.Timestamp(now)
     grace = ts_now - policy.min_age
-    present = present_revisions(inv)
+    present = graph.present
     deleted_tags = _tag_deletions(inv, policy, ts_now)
     remaining_tags = inv.tags.drop(index=deleted_tags.index)
 
-    src, dst = edges(inv, present, policy.keep_referrers)
-    reached_after = closure(tagged(present, remaining_tags), src, dst)
+    reached_after = graph.reached(graph.tagged(remaining_tags), policy.keep_referrers)
     if policy.delete_untagged:
         candidate = ~reached_after
     else:
-        reached_before = closure(tagged(present, inv.tags), src, dst)
+        reached_before = graph.reached(graph.tagged(), policy.keep_referrers)
         candidate = reached_before & ~reached_after
     candidate &= _in_scope(present["repository"], policy).to_numpy()
     candidate &= (present["pushed_at"] < grace).fillna(False).to_numpy()
     if policy.older_than is not None:
         candidate &= (present["pushed_at"] < ts_now - policy.older_than).fillna(False).to_numpy()
     # Whatever stays keeps its children and referrers, even when the rules named them.
-    kept = closure(~candidate, src, dst)
+    kept = graph.reached(~candidate, policy.keep_referrers)
     removed_revisions = present[~kept]
 
-    holds = holdings(inv, present)
-    marked = mark(inv, present, holds, kept, protect_dangling=True, tags=remaining_tags)
+    marked = graph.marked(kept, protect=True, tags=remaining_tags)
     blobs = inv.blobs
     removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
 
