@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from .choices import ReportOptions
     from .findings import Finding
     from .formats import View
+    from .graph import Graph, Reachability
     from .inventory import Inventory
     from .plan import Plan
-    from .reach import Reachability
     from .walk import Totals
 
 EXIT_OK = 0
@@ -157,6 +157,7 @@ def scan(
     else:
         # The analysis loads after the scan has started its workers: see read_inventory.
         inv = read_inventory(root, quiet, workers)
+        from .graph import Graph
         from .inventory import write_snapshot
         from .report import whole
         from .walk import Totals
@@ -164,7 +165,8 @@ def scan(
         summary = scan_summary(inv.root, Totals.of(inv.tables()), inv.findings["severity"])
         if output is not None:
             # The whole report views go along: a report from the snapshot then only reads one file.
-            views = {by.value: whole(inv, by) for by in By}
+            graph = Graph(inv)
+            views = {by.value: whole(graph, by) for by in By}
             try:
                 write_snapshot(inv, output, views)
             except OSError as exc:
@@ -209,11 +211,11 @@ def emit(view: View, fmt: Format, output: Path | None) -> None:
         fail(f"{output}: cannot write: {exc.strerror or exc}")
 
 
-def warn_gc_difference(inv: Inventory, safe: Reachability) -> None:
+def warn_gc_difference(graph: Graph, safe: Reachability) -> None:
     """Say on stderr what the stock collector's --delete-untagged would delete that `safe` keeps."""
     from .collect import gc_difference
 
-    diff = gc_difference(inv, safe=safe)
+    diff = gc_difference(graph, safe=safe)
     if diff.manifests == 0 and diff.blobs == 0:
         return
     parts = [f"{diff.index_children} children of tagged indexes"] if diff.index_children else []
@@ -225,6 +227,22 @@ def warn_gc_difference(inv: Inventory, safe: Reachability) -> None:
         f"warning: `registry garbage-collect --delete-untagged` would also delete "
         f"{diff.manifests} manifests ({', '.join(parts)}) and {diff.blobs} blobs "
         f"({size(diff.blob_bytes)}) that are kept here; see --gc-compatible",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def warn_plain_gc_difference(graph: Graph, plain: Reachability) -> None:
+    """Say on stderr what plain `registry garbage-collect` would delete that `plain` keeps for broken references."""
+    from .collect import gc_difference
+
+    diff = gc_difference(graph, safe=plain, delete_untagged=False)
+    if diff.blobs == 0:
+        return
+    err.print(
+        f"warning: `registry garbage-collect` would also delete {diff.blobs} blobs ({size(diff.blob_bytes)}) "
+        "that are kept here because a dangling tag or an index child without a revision link names them; "
+        "see --gc-compatible",
         markup=False,
         soft_wrap=True,
     )
@@ -248,12 +266,13 @@ def untagged(
     inv = read_inventory(root, quiet, workers)
     from .collect import untagged_frame
     from .formats import View
-    from .reach import ReachOptions, reach
+    from .graph import Graph, ReachOptions
 
-    result = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
-    frame = untagged_frame(inv, result)
+    graph = Graph(inv)
+    result = graph.reach(ReachOptions(True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
+    frame = untagged_frame(graph, result)
     if not gc_compatible and not quiet:
-        warn_gc_difference(inv, result)
+        warn_gc_difference(graph, result)
     view = View(
         frame,
         title="untagged manifests",
@@ -282,13 +301,16 @@ def orphans(
     inv = read_inventory(root, quiet, workers)
     from .collect import orphan_frame
     from .formats import View
-    from .reach import ReachOptions, reach
+    from .graph import Graph, ReachOptions
 
+    graph = Graph(inv)
     options = ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
-    result = reach(inv, options)
+    result = graph.reach(options)
     frame = orphan_frame(inv, result)
     if delete_untagged and not gc_compatible and not quiet:
-        warn_gc_difference(inv, result)
+        warn_gc_difference(graph, result)
+    elif not gc_compatible and not quiet:
+        warn_plain_gc_difference(graph, result)
     view = View(
         frame,
         title="orphan blobs",
@@ -340,7 +362,9 @@ def report(
     from . import report as reporting
 
     if inv is not None:
-        frame = reporting.report(inv, options)
+        from .graph import Graph
+
+        frame = reporting.report(Graph(inv), options)
     # --top asks for that many rows: a table shows them all, past its usual limit.
     emit(replace(reporting.view(by, frame, table=fmt is Format.TABLE), table_rows=top), fmt, output)
 
@@ -489,8 +513,10 @@ def plan(
     if source.snapshot:
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
     inv = read_inventory(root, quiet, workers)
+    from .graph import Graph
+
     try:
-        result = make_plan(inv, policy, datetime.now(UTC))
+        result = make_plan(Graph(inv), policy, datetime.now(UTC))
     except PlanRefused as exc:
         fail(str(exc), EXIT_FINDINGS)
     text = render(result, fmt, registry_url)
@@ -624,6 +650,7 @@ def check(
     too); 2 unusable arguments or ROOT; 1 internal failure.
     """
     from . import check as checking
+    from .graph import Graph
 
     age = parse_duration(upload_age, "--upload-age")
     if verify_digests and open_root(root).snapshot:
@@ -631,7 +658,7 @@ def check(
     inv = read_inventory(root, quiet, workers)
     with RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress:
         options = checking.CheckOptions(verify_digests, age, workers or 0, progress)
-        findings = checking.check(inv, options)
+        findings = checking.check(Graph(inv), options)
     views = checking.views(findings, table=fmt is Format.TABLE)
     if fmt is Format.TABLE:
         emit_tables(views, output)
