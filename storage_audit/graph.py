@@ -160,6 +160,9 @@ def _reached(roots: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return reached
 
 
+_NO_PROTECTION = pd.DataFrame({"repository": pd.Series(dtype="string"), "blob": pd.Series(dtype="int64")})
+
+
 class Graph:
     """What holds what in one inventory, built once and shared by every analysis of a command.
 
@@ -236,15 +239,16 @@ class Graph:
         return _reached(roots, *self.edges(keep_referrers))
 
     @cached_property
-    def _tag_rows(self) -> np.ndarray:
+    def tag_rows(self) -> np.ndarray:
+        """For each of the inventory's tags, the position in `present` of the revision it names; -1 when none."""
         return self.index.find(self.inv.tags["repository"], self.inv.tags["digest"])
 
     def _rows_of(self, tags: pd.DataFrame | None) -> tuple[pd.DataFrame, np.ndarray]:
         if tags is None:
-            return self.inv.tags, self._tag_rows
+            return self.inv.tags, self.tag_rows
         # A subset of the inventory's tags (what stays after a plan) reuses their lookup.
         if tags.index.isin(self.inv.tags.index).all():
-            return tags, pd.Series(self._tag_rows, index=self.inv.tags.index)[tags.index].to_numpy()
+            return tags, pd.Series(self.tag_rows, index=self.inv.tags.index)[tags.index].to_numpy()
         return tags, self.index.find(tags["repository"], tags["digest"])
 
     def tagged(self, tags: pd.DataFrame | None = None) -> np.ndarray:
@@ -360,24 +364,18 @@ class Graph:
         return self.reached(self.tagged(), options.keep_referrers)
 
     def reach(self, options: ReachOptions | None = None) -> Reachability:
-        """Mark from the roots the options define; every blob no kept revision holds is an orphan."""
+        """Mark from the roots of `options`: what no kept revision holds and no broken reference protects is orphan."""
         options = options or ReachOptions()
         if options.gc_compatible or not options.delete_untagged:
             # keep_referrers changes nothing when every revision, or only tagged ones, are kept.
             options = ReachOptions(options.delete_untagged, True, options.gc_compatible)
         if options not in self._answers:
             kept = self.kept(options)
-            holds = self.holds
-            protected = (
-                pd.DataFrame({"repository": pd.Series(dtype="string"), "blob": pd.Series(dtype="int64")})
-                if options.gc_compatible
-                else self.protection(kept)
-            )
-            marked = np.zeros(len(self.inv.blobs), dtype=bool)
-            marked[holds["blob"].to_numpy()[kept[holds["owner"].to_numpy()]]] = True
-            marked[protected["blob"].to_numpy()] = True
+            protect = not options.gc_compatible
+            protected = self.protection(kept) if protect else _NO_PROTECTION
+            marked = self.marked(kept, protect=protect)
             orphans = self.inv.blobs[~marked].reset_index(drop=True)
-            self._answers[options] = Reachability(self.present, kept, holds, marked, orphans, protected)
+            self._answers[options] = Reachability(self.present, kept, self.holds, marked, orphans, protected)
         return self._answers[options]
 
     @cached_property

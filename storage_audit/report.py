@@ -13,7 +13,7 @@ import pandas as pd
 from .choices import COLUMNS, By, ReportOptions, check, needs_inventory
 from .formats import View
 from .frames import isin, join_groups, pick, positions
-from .graph import Graph, Reachability, ReachOptions, RevisionIndex, closure, holdings
+from .graph import Graph, Reachability, ReachOptions, closure, holdings
 from .inventory import Inventory
 from .reach import blob_kinds, reach_findings
 
@@ -141,6 +141,16 @@ def _nodes(graph: Graph) -> _Nodes:
     return _Nodes(frame=frame, holds=holds)
 
 
+def _tag_nodes(graph: Graph, nodes: _Nodes) -> np.ndarray:
+    """For each tag, its node: the revision it names, else the node of its dangling target; -1 for neither."""
+    node = graph.tag_rows.copy()
+    dangling = np.flatnonzero(node < 0)
+    owners = nodes.frame.iloc[len(graph.present) :][["repository", "digest", "node"]]
+    named = graph.inv.tags.iloc[dangling][["repository", "digest"]].reset_index(drop=True)
+    node[dangling] = named.merge(owners, how="left", on=["repository", "digest"])["node"].fillna(-1).to_numpy(np.int64)
+    return node
+
+
 def _closure_pairs(roots: pd.DataFrame, graph: Graph, nodes: _Nodes, keep_referrers: bool) -> pd.DataFrame:
     """(root, node) for every node reachable from each root's node along the graph's edges, the root's own included."""
     return closure(roots["root"].to_numpy(), roots["node"].to_numpy(), *graph.edges(keep_referrers), len(nodes.frame))
@@ -209,7 +219,7 @@ def tags(graph: Graph) -> pd.DataFrame:
     inv = graph.inv
     nodes = _nodes(graph)
     tag_rows = inv.tags.reset_index(drop=True)
-    node = RevisionIndex(nodes.frame).find(tag_rows["repository"], tag_rows["digest"])
+    node = _tag_nodes(graph, nodes)
     roots = pd.DataFrame({"root": np.arange(len(tag_rows)), "node": node})[node >= 0]
 
     image = _closure_pairs(roots, graph, nodes, keep_referrers=False)
