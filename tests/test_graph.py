@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from storage_audit.cli import app
-from storage_audit.graph import Graph
+from storage_audit.graph import Graph, closure
 from tests.conftest import unpack
 from tests.registry_harness import (
     Client,
@@ -74,6 +75,15 @@ def test_a_report_from_a_snapshot_builds_none(tmp_path: Path) -> None:
     code, out, _ = run("report", str(tmp_path / "snap"), "--by", "repository", "-f", "json")
     assert code == 0 and json.loads(out)
     assert Graph.builds == before
+
+
+def test_the_closure_follows_every_root_through_nesting_and_shared_nodes() -> None:
+    # 0 -> 1 -> 2, 0 -> 3 -> 2 (a diamond), 4 -> 5, and 6 with no edges.
+    src, dst = np.array([0, 1, 0, 3, 4, 0]), np.array([1, 2, 3, 2, 5, 1])
+    pairs = closure(np.array([0, 1, 1, 2, 3]), np.array([0, 4, 6, 2, 3]), src, dst, 7)
+    got = set(zip(pairs["root"].tolist(), pairs["node"].tolist(), strict=True))
+    assert got == {(0, 0), (0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (1, 6), (2, 2), (3, 3), (3, 2)}
+    assert len(pairs) == len(got)
 
 
 # --------------------------------------------------------------------------
