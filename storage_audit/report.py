@@ -134,7 +134,11 @@ class _Nodes:
 def _nodes(graph: Graph) -> _Nodes:
     dangling = graph.dangling_tags().dropna(subset=["digest"])
     owners = dangling[["repository", "digest"]].drop_duplicates().assign(target=lambda f: f["digest"])
-    extra = holdings(graph.inv, owners).assign(owner=lambda f: f["owner"] + len(graph.present))
+    # A dangling target holds what the engine protects for it: its content, children included.
+    contents = graph.content_closure(owners["digest"])
+    held = holdings(graph.inv, pd.DataFrame({"target": contents["digest"]}))
+    owner = contents["root"].to_numpy()[held["owner"].to_numpy()] + len(graph.present)
+    extra = pd.DataFrame({"owner": owner, "blob": held["blob"].to_numpy()})
     frame = pd.concat([graph.present[["repository", "digest", "target"]], owners], ignore_index=True)
     frame = frame.assign(node=np.arange(len(frame)))
     holds = pd.concat([graph.holds, extra], ignore_index=True).rename(columns={"owner": "node"})

@@ -97,6 +97,7 @@ class Tree:
     keeps: dict[str, set[str]]  # repository -> blobs it keeps alive, protected ones included
     protected: dict[str, set[str]]  # repository -> blobs only its broken references keep
     untagged_only: dict[str, set[str]]  # repository -> blobs only its untagged revisions (and their lists) keep
+    images: dict[tuple[str, str], set[str]]  # dangling tag -> the blobs of the image it names
     orphans: set[str]  # blobs nothing references
     stock_plain_extra: set[str]  # blobs plain `garbage-collect` deletes that a dangling tag or index names
 
@@ -156,15 +157,20 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         lost, lost_blobs = p.image("team/scratch", [p.blob("lost")])
         scratch_list = p.index("team/scratch", [kid, lost])
         reg.delete_manifest("team/scratch", lost.digest)
+        # team/legacy: tag old dangles at a list whose children keep their revision links.
+        e1, e1_blobs = p.image("team/legacy", [p.blob("e1")])
+        e2, e2_blobs = p.image("team/legacy", [p.blob("e2")])
+        legacy_list = p.index("team/legacy", [e1, e2], tags=("old",))
         loose = p.blob("loose")
         reg.push_blob("team/scratch", loose)
         p.sizes[sha256(loose)] = len(loose)
     # As the registry's own delete does: the link goes, the revision's directory stays.
-    (root / V2 / "repositories/team/app/_manifests/revisions" / gone.digest.replace(":", "/") / "link").unlink()
+    for repo, digest in (("team/app", gone.digest), ("team/legacy", next(iter(legacy_list)))):
+        (root / V2 / "repositories" / repo / "_manifests/revisions" / digest.replace(":", "/") / "link").unlink()
 
     # A plain collector marks what linked revisions hold: a list's children as manifest blobs only.
     arm_only = arm_blobs - {arm.digest, sha256(shared)}
-    stock_plain_extra = arm_only | gone_blobs | (lost_blobs - {lost.digest})
+    stock_plain_extra = arm_only | gone_blobs | (lost_blobs - {lost.digest}) | legacy_list
     yield Tree(
         root=root,
         sizes=p.sizes,
@@ -173,8 +179,15 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
             "team/other": other_blobs,
             "team/app": app_blobs | gone_blobs,
             "team/scratch": kid_blobs | lost_blobs | scratch_list,
+            "team/legacy": e1_blobs | e2_blobs | legacy_list,
         },
-        protected={"team/multi": arm_only, "team/app": gone_blobs, "team/scratch": lost_blobs - {lost.digest}},
+        protected={
+            "team/multi": arm_only,
+            "team/app": gone_blobs,
+            "team/scratch": lost_blobs - {lost.digest},
+            "team/legacy": e1_blobs | e2_blobs | legacy_list,
+        },
+        images={("team/app", "2.0"): gone_blobs, ("team/legacy", "old"): e1_blobs | e2_blobs | legacy_list},
         untagged_only={"team/scratch": kid_blobs | lost_blobs | scratch_list},
         orphans={sha256(loose)},
         stock_plain_extra=stock_plain_extra,
@@ -219,10 +232,17 @@ def test_physical_bytes_are_what_repositories_keep_plus_orphans(tree: Tree) -> N
         assert row["repositories"] == sum(digest in b for b in tree.keeps.values()), digest
 
 
+def test_a_dangling_tag_holds_the_image_it_names(tree: Tree) -> None:
+    rows = {(r["repository"], r["tag"]): r for r in _json("report", str(tree.root), "--by", "tag")}  # type: ignore[union-attr]
+    for key, blobs in tree.images.items():
+        assert rows[key]["image_bytes"] == tree.bytes(blobs), key
+        assert rows[key]["exclusive_bytes"] == 0, key
+
+
 def test_orphans_and_report_agree_with_delete_untagged(tree: Tree) -> None:
     swept = {r["digest"] for r in _json("orphans", str(tree.root), "--delete-untagged")}  # type: ignore[union-attr]
     assert swept == tree.orphans | tree.untagged_only["team/scratch"]
-    assert not swept & (tree.protected["team/multi"] | tree.protected["team/app"])
+    assert not swept & set().union(*(tree.protected[r] for r in ("team/multi", "team/app", "team/legacy")))
     summary = _json("report", str(tree.root))
     rows = _json("report", str(tree.root), "--by", "repository")
     assert isinstance(summary, dict) and isinstance(rows, list)
