@@ -271,7 +271,10 @@ class Graph:
         repository (the revision link was deleted, or the manifest never stored)."""
         children, blobs, index = self.children, self.inv.blobs, self.index
         lists = pd.DataFrame({"blob": positions(children["manifest"], blobs["digest"]), "child": children.index})
-        listed = self.holds.merge(lists[lists["blob"] >= 0], on="blob")
+        lists = lists[lists["blob"] >= 0]
+        # Only the holds of lists and indexes meet a child: the rest stay out of the merge.
+        holds = self.holds[np.isin(self.holds["blob"].to_numpy(), lists["blob"].to_numpy())]
+        listed = holds.merge(lists, on="blob")
         child = listed["child"].to_numpy()
         owner = listed["owner"].to_numpy()
         rows = index.rows(index.repositories[owner], positions(children["digest"], self.present["digest"])[child])
