@@ -16,6 +16,7 @@ import pandas as pd
 
 from .errors import EXIT_OK, AuditError, UsageError
 from .frames import isin
+from .graph import Graph
 from .inventory import Inventory
 from .paths import (
     REPOSITORY_PARTS,
@@ -29,10 +30,8 @@ from .paths import (
     path_for,
 )
 from .plan import BLOCKING_KINDS, OPS, Action, Op, Plan, PlanError
-from .reach import closure, edges, present_revisions, tagged
 from .scan import ScanOptions, scan
 from .storage import AccessError, EntryKind, LocalStorage, Storage, is_inside
-from .walk import walk_units
 
 JOURNAL_SUFFIX = ".journal"
 JOURNAL_HASH_CHARS = 16
@@ -277,7 +276,8 @@ class _Applier:
                     self._settle(i, action, "skipped", "a tag or a remaining manifest reaches it now")
                 else:
                     self._attempt(i, action, partial(self._link_action, i, action, action.path, "link", 1))
-        held = self._held_now() if by_op[Op.REMOVE_LAYER_LINK] or by_op[Op.REMOVE_BLOB] else None
+        fresh = self._fresh_inventory() if by_op[Op.REMOVE_LAYER_LINK] or by_op[Op.REMOVE_BLOB] else None
+        held = None if fresh is None else self._held_now(fresh)
         for i, action in by_op[Op.REMOVE_LAYER_LINK]:
             target = action.precondition.get("link")
             if held is None:
@@ -287,7 +287,7 @@ class _Applier:
             else:
                 self._attempt(i, action, partial(self._layer_link_action, i, action))
         if by_op[Op.REMOVE_BLOB]:
-            linked = self._layer_linked_now()
+            linked = None if fresh is None else self._layer_linked_now(fresh)
             for i, action in by_op[Op.REMOVE_BLOB]:
                 self._attempt(i, action, partial(self._blob_action, i, action, held, linked))
         for i, action in by_op[Op.REMOVE_UPLOAD]:
@@ -324,33 +324,22 @@ class _Applier:
             return
         self._link_action(index, action, action.path, "link", levels=1)
 
-    def _layer_linked_now(self) -> set[str]:
-        """Every blob a layer link names now, but those this run removed: links a push added since planning."""
-        repositories = self._walker_units()
-        columns = walk_units(self.storage, repositories, []).tables["layer_links"]
-        repos, digests, targets = columns[0], columns[1], columns[2]
-        linked: set[str] = set()
-        for repo, digest, target in zip(repos, digests, targets, strict=True):
-            if (repo, digest) in self.removed_layer_links:
-                continue
-            linked.add(str(digest))
-            if target is not None:
-                linked.add(str(target))
-        return linked
+    def _layer_linked_now(self, fresh: Inventory) -> set[str]:
+        """Every blob a layer link of the fresh scan names, but those this run removed since: links a push added
+        since planning."""
+        links = fresh.layer_links
+        keys = zip(links["repository"], links["digest"], strict=True)
+        staying = links[np.array([k not in self.removed_layer_links for k in keys], dtype=bool)]
+        return set(staying["digest"]) | set(staying["target"].dropna())
 
-    def _walker_units(self) -> list[str]:
-        from .walk import Walker
-
-        return Walker(self.storage).units()[0]
-
-    def _blob_action(self, index: int, action: Action, held: set[str] | None, linked: set[str]) -> None:
+    def _blob_action(self, index: int, action: Action, held: set[str] | None, linked: set[str] | None) -> None:
         data = path_for(BlobData(Digest.parse(action.digest or "")))
         st = self.storage.stat(data)
         if st is None:
             self._prune_empty(action.path, levels=1)
             self._settle(index, action, "gone")
             return
-        if held is None:
+        if held is None or linked is None:
             self._settle(index, action, "skipped", UNCERTAIN)
             return
         if action.digest in held:
@@ -417,7 +406,7 @@ class _Applier:
 
     def _fresh_inventory(self) -> Inventory | None:
         """A new scan; None when its findings leave references unknown (then nothing irreversible runs)."""
-        inv = scan(self.v2, ScanOptions())
+        inv = scan(self.storage, ScanOptions())
         if isin(inv.findings["kind"], BLOCKING_KINDS).any():
             return None
         return inv
@@ -426,20 +415,16 @@ class _Applier:
         inv = self._fresh_inventory()
         if inv is None:
             return None
-        present = present_revisions(inv)
+        graph = Graph(inv)
+        present = graph.present
         keys = list(zip(present["repository"], present["digest"], strict=True))
         staying = np.array([k not in planned for k in keys], dtype=bool)
-        tags = self._remaining_tags(inv)
-        src, dst = edges(inv, present, keep_referrers=True)
         # Tags now, plus every revision that stays, keep what they reach.
-        reached = closure(tagged(present, tags) | staying, src, dst)
+        reached = graph.reached(graph.tagged(self._remaining_tags(inv)) | staying, keep_referrers=True)
         return {k for k, r in zip(keys, reached, strict=True) if r}
 
-    def _held_now(self) -> set[str] | None:
+    def _held_now(self, inv: Inventory) -> set[str]:
         """Every blob a revision present now (any repository) or a tag names, and what those reference."""
-        inv = self._fresh_inventory()
-        if inv is None:
-            return None
         revisions = inv.revisions[inv.revisions["linked"]]
         gone = [k in self.removed_revisions for k in zip(revisions["repository"], revisions["digest"], strict=True)]
         tags = self._remaining_tags(inv)

@@ -16,10 +16,11 @@ import pandas as pd
 
 from .findings import SEVERITY, Finding, Kind, Severity
 from .formats import View
+from .graph import HOLDING_REFS, Graph
 from .inventory import SCHEMA, Inventory, conform, frame
 from .manifest import IMAGE_CONFIGS
 from .paths import BlobData, Digest, InvalidPath, Repository, RevisionLink, UploadDir, path_for
-from .reach import HOLDING_REFS, ReachOptions, reach, reach_findings
+from .reach import reach_findings
 from .storage import AccessError, LocalStorage, NotRegular, Storage, SymlinkRefused
 
 BUFFER_BYTES = 1 << 20
@@ -57,21 +58,21 @@ class CheckOptions:
     progress: HashProgress | None = None
 
 
-def check(inv: Inventory, options: CheckOptions | None = None) -> pd.DataFrame:
-    """Every finding about `inv`'s storage, in the inventory's findings columns, ordered by kind then path.
+def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.DataFrame:
+    """Every finding about an inventory's storage (or its graph's), in the findings columns, ordered by kind then path.
 
     The scan's findings, the reachability engine's, and those of the analyses
     below; with verify_digests, blob content is read (from `inv.root`) and hashed.
     """
     options = options or CheckOptions()
-    result = reach(inv, ReachOptions())
-    present = result.present
-    tag_needs = tag_blobs(inv)
+    graph = Graph.of(source)
+    inv = graph.inv
+    tag_needs = tag_blobs(graph)
     parts = [
         inv.findings,
-        _frame(reach_findings(inv, result)),
-        missing_blobs(inv, present, tag_needs),
-        index_findings(inv, present, tag_needs),
+        _frame(reach_findings(graph, graph.reach())),
+        missing_blobs(graph, tag_needs),
+        index_findings(graph, tag_needs),
         size_mismatches(inv),
         stale_uploads(inv, options.upload_age),
         empty_repositories(inv),
@@ -129,26 +130,24 @@ def _named(repository: str, tags: list[str]) -> str:
 # -- what a pull of each tag reads ------------------------------------------
 
 
-def tag_manifests(inv: Inventory) -> pd.DataFrame:
+def tag_manifests(graph: Graph) -> pd.DataFrame:
     """(repository, tag, manifest): every manifest a pull of the tag may read, its target and index children."""
-    found = inv.tags.dropna(subset=["digest"])[["repository", "tag", "digest"]].rename(columns={"digest": "manifest"})
-    refs = inv.references
-    children = refs[refs["ref_type"] == "child"][["manifest", "digest"]].drop_duplicates()
-    frontier = found = found.drop_duplicates(ignore_index=True)
-    # Content addressing rules out cycles; the set only grows, so this ends anyway.
-    while not frontier.empty:
-        step = frontier.merge(children, on="manifest")[["repository", "tag", "digest"]]
-        step = step.rename(columns={"digest": "manifest"}).drop_duplicates()
-        step = step.merge(found, how="left", indicator=True)
-        frontier = step[step["_merge"] == "left_only"].drop(columns="_merge")
-        found = pd.concat([found, frontier], ignore_index=True)
-    return found
+    tags = graph.inv.tags.dropna(subset=["digest"])[["repository", "tag", "digest"]].drop_duplicates(ignore_index=True)
+    found = graph.content_closure(tags["digest"])
+    root = found["root"].to_numpy()
+    return pd.DataFrame(
+        {
+            "repository": tags["repository"].to_numpy()[root],
+            "tag": tags["tag"].to_numpy()[root],
+            "manifest": found["digest"].to_numpy(),
+        }
+    ).astype("string")
 
 
-def tag_blobs(inv: Inventory) -> pd.DataFrame:
+def tag_blobs(graph: Graph) -> pd.DataFrame:
     """(repository, tag, manifest, blob): each blob a pull of the tag reads, and the manifest that needs it."""
-    manifests = tag_manifests(inv)
-    refs = inv.references
+    manifests = tag_manifests(graph)
+    refs = graph.inv.references
     refs = refs[refs["ref_type"].isin(HOLDING_REFS)][["manifest", "digest"]].rename(columns={"digest": "blob"})
     own = manifests.assign(blob=manifests["manifest"])
     return pd.concat([own, manifests.merge(refs, on="manifest")], ignore_index=True).drop_duplicates(ignore_index=True)
@@ -175,11 +174,12 @@ def _roles(roles: pd.Series) -> str:
     return " and ".join(sorted(set(roles)))
 
 
-def missing_blobs(inv: Inventory, present: pd.DataFrame, tag_needs: pd.DataFrame) -> pd.DataFrame:
+def missing_blobs(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
     """missing-blob: a tag's target, a linked revision's manifest, or a blob a present manifest references has no data.
 
     One finding per repository and blob, naming the tags whose pulls now fail.
     """
+    inv, present = graph.inv, graph.present
     stored = inv.blobs["digest"]
     tags = inv.tags.dropna(subset=["digest"])
     revs = inv.revisions[inv.revisions["linked"]].dropna(subset=["target"])
@@ -214,8 +214,9 @@ def missing_blobs(inv: Inventory, present: pd.DataFrame, tag_needs: pd.DataFrame
     return _blob_rows(Kind.MISSING_BLOB, grouped["repository"], grouped["blob"], grouped["blob"], details)
 
 
-def index_findings(inv: Inventory, present: pd.DataFrame, tag_needs: pd.DataFrame) -> pd.DataFrame:
+def index_findings(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
     """index-child-missing and index-lists-layer, over the children of every present index or manifest list."""
+    inv, present = graph.inv, graph.present
     refs = inv.references
     children = refs[refs["ref_type"] == "child"][["manifest", "digest", "media_type", "platform", "position"]]
     kids = present[["repository", "digest", "target"]].merge(

@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from .choices import ReportOptions
     from .findings import Finding
     from .formats import View
+    from .graph import Graph, Reachability
     from .inventory import Inventory
     from .plan import Plan
-    from .reach import Reachability
     from .walk import Totals
 
 __all__ = ["EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "app", "main"]
@@ -238,6 +238,7 @@ def scan(
     else:
         # The analysis loads after the scan has started its workers: see read_inventory.
         inv = read_inventory(root, quiet, workers)
+        from .graph import Graph
         from .inventory import write_snapshot
         from .report import whole
         from .walk import Totals
@@ -246,7 +247,8 @@ def scan(
         unreadable = unreadable_paths(inv.findings)
         if output is not None:
             # The whole report views go along: a report from the snapshot then only reads one file.
-            views = {by.value: whole(inv, by) for by in By}
+            graph = Graph(inv)
+            views = {by.value: whole(graph, by) for by in By}
             try:
                 write_snapshot(inv, output, views)
             except OSError as exc:
@@ -305,11 +307,11 @@ def emit(view: View, fmt: Format, output: Path | None) -> None:
         fail(f"{output}: cannot write: {exc.strerror or exc}")
 
 
-def warn_gc_difference(inv: Inventory, safe: Reachability) -> None:
+def warn_gc_difference(graph: Graph, safe: Reachability) -> None:
     """Say on stderr what the stock collector's --delete-untagged would delete that `safe` keeps."""
     from .collect import gc_difference
 
-    diff = gc_difference(inv, safe=safe)
+    diff = gc_difference(graph, safe=safe)
     if diff.manifests == 0 and diff.blobs == 0:
         return
     parts = [count(diff.index_children, "child", "children") + " of tagged indexes"] if diff.index_children else []
@@ -321,6 +323,20 @@ def warn_gc_difference(inv: Inventory, safe: Reachability) -> None:
         f"warning: `registry garbage-collect --delete-untagged` would also delete "
         f"{count(diff.manifests, 'manifest')} ({', '.join(parts)}) and {count(diff.blobs, 'blob')} "
         f"({size(diff.blob_bytes)}) that are kept here; see --gc-compatible"
+    )
+
+
+def warn_plain_gc_difference(graph: Graph, plain: Reachability) -> None:
+    """Say on stderr what plain `registry garbage-collect` would delete that `plain` keeps for broken references."""
+    from .collect import gc_difference
+
+    diff = gc_difference(graph, safe=plain, delete_untagged=False)
+    if diff.blobs == 0:
+        return
+    say(
+        f"warning: `registry garbage-collect` would also delete {count(diff.blobs, 'blob')} "
+        f"({size(diff.blob_bytes)}) that are kept here because a dangling tag or an index child without a "
+        "revision link names them; see --gc-compatible"
     )
 
 
@@ -342,12 +358,13 @@ def untagged(
     inv = read_inventory(root, quiet, workers)
     from .collect import untagged_frame
     from .formats import View
-    from .reach import ReachOptions, reach
+    from .graph import Graph, ReachOptions
 
-    result = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
-    frame = untagged_frame(inv, result)
+    graph = Graph(inv)
+    result = graph.reach(ReachOptions(True, keep_referrers=keep_referrers, gc_compatible=gc_compatible))
+    frame = untagged_frame(graph, result)
     if not gc_compatible and not quiet:
-        warn_gc_difference(inv, result)
+        warn_gc_difference(graph, result)
     view = View(
         frame,
         title="untagged manifests",
@@ -377,13 +394,16 @@ def orphans(
     inv = read_inventory(root, quiet, workers)
     from .collect import orphan_frame
     from .formats import View
-    from .reach import ReachOptions, reach
+    from .graph import Graph, ReachOptions
 
+    graph = Graph(inv)
     options = ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers, gc_compatible=gc_compatible)
-    result = reach(inv, options)
+    result = graph.reach(options)
     frame = orphan_frame(inv, result)
     if delete_untagged and not gc_compatible and not quiet:
-        warn_gc_difference(inv, result)
+        warn_gc_difference(graph, result)
+    elif not gc_compatible and not quiet:
+        warn_plain_gc_difference(graph, result)
     view = View(
         frame,
         title="orphan blobs",
@@ -438,7 +458,9 @@ def report(
     from . import report as reporting
 
     if inv is not None:
-        frame = reporting.report(inv, options)
+        from .graph import Graph
+
+        frame = reporting.report(Graph(inv), options)
     # --top asks for that many rows: a table shows them all, past its usual limit.
     emit(replace(reporting.view(by, frame, table=fmt is Format.TABLE), table_rows=top), fmt, output)
     exit_if_unreadable(unreadable_paths(inv.findings if inv is not None else snapshot_findings(source)))
@@ -615,7 +637,9 @@ def plan(
     if source.snapshot:
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
     inv = read_inventory(root, quiet, workers)
-    result = make_plan(inv, policy, datetime.now(UTC))
+    from .graph import Graph
+
+    result = make_plan(Graph(inv), policy, datetime.now(UTC))
     text = render(result, fmt, registry_url)
     if output is None:
         sys.stdout.write(text)
@@ -785,6 +809,7 @@ def check(
     too); 2 unusable arguments or ROOT; 1 internal failure.
     """
     from . import check as checking
+    from .graph import Graph
 
     age = parse_duration(upload_age, "--upload-age")
     if verify_digests and open_root(root).snapshot:
@@ -792,7 +817,7 @@ def check(
     inv = read_inventory(root, quiet, workers)
     with RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress:
         options = checking.CheckOptions(verify_digests, age, workers or 0, progress)
-        findings = checking.check(inv, options)
+        findings = checking.check(Graph(inv), options)
     views = checking.views(findings, table=fmt is Format.TABLE)
     if fmt is Format.TABLE:
         emit_tables(views, output)

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from .frames import isin, join_groups, pick, positions
+from .graph import Graph, Reachability, ReachOptions
 from .inventory import Inventory
-from .reach import Reachability, ReachOptions, blob_kinds, reach, reclaimable_alone, references
+from .reach import blob_kinds, reclaimable_alone
 
 UNTAGGED_COLUMNS = [
     "repository",
@@ -24,13 +25,15 @@ UNTAGGED_COLUMNS = [
 ORPHAN_COLUMNS = ["digest", "size", "mtime", "kind", "linked_from"]
 
 
-def untagged(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
+def untagged(source: Graph | Inventory, options: ReachOptions) -> pd.DataFrame:
     """Per repository, the revisions no tag reaches under `options` (delete_untagged is implied)."""
-    return untagged_frame(inv, reach(inv, _untagged_options(options)))
+    graph = Graph.of(source)
+    return untagged_frame(graph, graph.reach(_untagged_options(options)))
 
 
-def untagged_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
+def untagged_frame(graph: Graph, result: Reachability) -> pd.DataFrame:
     """The rows of `untagged` from an engine answer given with delete_untagged."""
+    inv = graph.inv
     dropped = result.dropped_revisions
     manifests = inv.manifests
     info = positions(dropped["target"], manifests["digest"])
@@ -44,7 +47,7 @@ def untagged_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
             "subject": pick(manifests["subject"], info, dropped.index),
             "pushed_at": dropped["pushed_at"],
             "manifest_bytes": np.where(stored >= 0, inv.blobs["size"].to_numpy()[stored], 0),
-            "reclaimable_bytes": reclaimable_alone(inv, result, np.flatnonzero(~result.kept)),
+            "reclaimable_bytes": reclaimable_alone(graph, result, np.flatnonzero(~result.kept)),
         }
     )
     for col in ("media_type", "artifact_type", "subject", "repository", "digest"):
@@ -58,9 +61,10 @@ def _untagged_options(options: ReachOptions) -> ReachOptions:
     )
 
 
-def orphans(inv: Inventory, options: ReachOptions) -> pd.DataFrame:
+def orphans(source: Graph | Inventory, options: ReachOptions) -> pd.DataFrame:
     """The blobs a sweep would remove under `options`."""
-    return orphan_frame(inv, reach(inv, options))
+    graph = Graph.of(source)
+    return orphan_frame(graph.inv, graph.reach(options))
 
 
 def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
@@ -85,7 +89,11 @@ def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class GcDifference:
-    """What the reference `garbage-collect --delete-untagged` would delete that this tool keeps."""
+    """What the reference `garbage-collect` (with or without `--delete-untagged`) would delete that this tool keeps.
+
+    Blobs count apart: `protected_blobs` of them are kept only because broken
+    references (dangling tags, index children without a revision link) name them.
+    """
 
     index_children: int
     referrers: int
@@ -93,26 +101,40 @@ class GcDifference:
     manifest_rows: pd.DataFrame
     blob_bytes: int
     blobs: int
+    protected_blobs: int = 0
+    protected_bytes: int = 0
 
     @property
     def manifests(self) -> int:
         return len(self.manifest_rows)
 
 
-def gc_difference(inv: Inventory, keep_referrers: bool = True, safe: Reachability | None = None) -> GcDifference:
-    """Compare the stock collector's `--delete-untagged` answer with the safe one (reused when given)."""
-    stock = reach(inv, ReachOptions(delete_untagged=True, gc_compatible=True))
+def gc_difference(
+    source: Graph | Inventory,
+    keep_referrers: bool = True,
+    safe: Reachability | None = None,
+    delete_untagged: bool = True,
+) -> GcDifference:
+    """Compare the stock collector's answer (`--delete-untagged` or plain) with the safe one (reused when given)."""
+    graph = Graph.of(source)
+    inv = graph.inv
+    stock = graph.reach(ReachOptions(delete_untagged=delete_untagged, gc_compatible=True))
     if safe is None:
-        safe = reach(inv, ReachOptions(delete_untagged=True, keep_referrers=keep_referrers))
+        safe = graph.reach(ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers))
     extra = stock.present[~stock.kept & safe.kept].reset_index(drop=True)
     # A child counts as such when a manifest the safe mode keeps, in the same repository, lists it.
-    refs = references(inv, "child")
+    refs = graph.children
     parents = safe.present[safe.kept][["repository", "target"]].rename(columns={"target": "manifest"})
     listed = parents.merge(refs, on="manifest")[["repository", "digest"]].drop_duplicates()
     is_child = extra[["repository", "digest"]].merge(listed, how="left", indicator=True)["_merge"].eq("both")
     subjects = inv.manifests[inv.manifests["subject"].notna()]["digest"]
     is_referrer = isin(extra["target"], subjects) & ~is_child
-    extra_blobs = inv.blobs[safe.marked & ~stock.marked]
+    extra_marks = safe.marked & ~stock.marked
+    extra_blobs = inv.blobs[extra_marks]
+    # What no kept revision holds is kept for the broken references alone.
+    held = np.zeros(len(inv.blobs), dtype=bool)
+    held[safe.holds["blob"].to_numpy()[safe.kept[safe.holds["owner"].to_numpy()]]] = True
+    protected = inv.blobs[extra_marks & ~held]
     return GcDifference(
         index_children=int(is_child.sum()),
         referrers=int(is_referrer.sum()),
@@ -120,4 +142,6 @@ def gc_difference(inv: Inventory, keep_referrers: bool = True, safe: Reachabilit
         manifest_rows=extra,
         blob_bytes=int(extra_blobs["size"].sum()),
         blobs=len(extra_blobs),
+        protected_blobs=len(protected),
+        protected_bytes=int(protected["size"].sum()),
     )

@@ -16,6 +16,7 @@ import pandas as pd
 from . import __version__
 from .errors import UncertainError, UsageError
 from .frames import isin
+from .graph import Graph
 from .inventory import Inventory
 from .manifest import LIST_KINDS
 from .paths import (
@@ -32,7 +33,6 @@ from .paths import (
     parse_path,
     path_for,
 )
-from .reach import closure, edges, holdings, mark, present_revisions, tagged
 
 PLAN_FORMAT = "storage-audit-plan"
 PLAN_VERSION = 1
@@ -306,32 +306,32 @@ def _tag_deletions(inv: Inventory, policy: Policy, now: pd.Timestamp) -> pd.Data
     return tags[cand].assign(reason=reasons[cand])
 
 
-def make_plan(inv: Inventory, policy: Policy, now: datetime) -> Plan:
-    """Apply `policy` to `inv` (as of `now`) and list the removals it implies, in apply order."""
+def make_plan(source: Graph | Inventory, policy: Policy, now: datetime) -> Plan:
+    """Apply `policy` to an inventory or its graph (as of `now`) and list the removals it implies, in apply order."""
+    graph = Graph.of(source)
+    inv = graph.inv
     refuse_if_uncertain(inv)
     ts_now = pd.Timestamp(now)
     grace = ts_now - policy.min_age
-    present = present_revisions(inv)
+    present = graph.present
     deleted_tags = _tag_deletions(inv, policy, ts_now)
     remaining_tags = inv.tags.drop(index=deleted_tags.index)
 
-    src, dst = edges(inv, present, policy.keep_referrers)
-    reached_after = closure(tagged(present, remaining_tags), src, dst)
+    reached_after = graph.reached(graph.tagged(remaining_tags), policy.keep_referrers)
     if policy.delete_untagged:
         candidate = ~reached_after
     else:
-        reached_before = closure(tagged(present, inv.tags), src, dst)
+        reached_before = graph.reached(graph.tagged(), policy.keep_referrers)
         candidate = reached_before & ~reached_after
     candidate &= _in_scope(present["repository"], policy).to_numpy()
     candidate &= (present["pushed_at"] < grace).fillna(False).to_numpy()
     if policy.older_than is not None:
         candidate &= (present["pushed_at"] < ts_now - policy.older_than).fillna(False).to_numpy()
     # Whatever stays keeps its children and referrers, even when the rules named them.
-    kept = closure(~candidate, src, dst)
+    kept = graph.reached(~candidate, policy.keep_referrers)
     removed_revisions = present[~kept]
 
-    holds = holdings(inv, present)
-    marked = mark(inv, present, holds, kept, protect_dangling=True, tags=remaining_tags)
+    marked = graph.marked(kept, protect=True, tags=remaining_tags)
     blobs = inv.blobs
     removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
 
@@ -345,7 +345,7 @@ def make_plan(inv: Inventory, policy: Policy, now: datetime) -> Plan:
     if policy.prune_empty_repositories:
         actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions, grace)
     plan = Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions)
-    plan.held_back = _held_back(inv, policy, now, plan)
+    plan.held_back = _held_back(graph, policy, now, plan)
     return plan
 
 
@@ -357,14 +357,15 @@ HELD_BACK_OPS = {
 }
 
 
-def _held_back(inv: Inventory, policy: Policy, now: datetime, planned: Plan) -> dict[str, int]:
+def _held_back(graph: Graph, policy: Policy, now: datetime, planned: Plan) -> dict[str, int]:
     """What the rules would remove but the grace period keeps: the removals of the plan the same rules
     make without a grace period, less this plan's. Planned again only when something is that new."""
+    inv = graph.inv
     grace = pd.Timestamp(now) - policy.min_age
     times = (inv.tags["pushed_at"], inv.revisions["pushed_at"], inv.blobs["mtime"], inv.uploads["started_at"])
     if policy.min_age <= timedelta(0) or not any(bool((t >= grace).any()) for t in times):
         return dict.fromkeys(HELD_BACK_OPS, 0)
-    ungraced = make_plan(inv, replace(policy, min_age=timedelta(0)), now)
+    ungraced = make_plan(graph, replace(policy, min_age=timedelta(0)), now)
     held = {}
     for key, op in HELD_BACK_OPS.items():
         kept = {a.path for a in planned.actions if a.op == op}

@@ -13,18 +13,9 @@ import pandas as pd
 from .choices import COLUMNS, By, ReportOptions, check, needs_inventory
 from .formats import View
 from .frames import isin, join_groups, pick, positions
+from .graph import Graph, Reachability, ReachOptions, closure, holdings
 from .inventory import Inventory
-from .reach import (
-    Reachability,
-    ReachOptions,
-    RevisionIndex,
-    blob_kinds,
-    dangling_tag_targets,
-    edges,
-    holdings,
-    reach,
-    reach_findings,
-)
+from .reach import blob_kinds, reach_findings
 
 STR: Final = "string"
 INT: Final = "int64"
@@ -47,15 +38,16 @@ KEYS: dict[By, tuple[str, ...]] = {
 }
 
 
-def report(inv: Inventory, options: ReportOptions) -> pd.DataFrame:
-    """The view `options.by` of `inv`, filtered, sorted and cut as asked; raises ReportError."""
+def report(source: Graph | Inventory, options: ReportOptions) -> pd.DataFrame:
+    """The view `options.by` of an inventory (or its graph), filtered, sorted and cut as asked; raises ReportError."""
     check(options)
+    graph = Graph.of(source)
     if needs_inventory(options):
-        return arrange(blobs(inv, options.repository), options.by, options.sort, options.top)
-    return finish(whole(inv, options.by), options)
+        return arrange(blobs(graph, options.repository), options.by, options.sort, options.top)
+    return finish(whole(graph, options.by), options)
 
 
-def whole(inv: Inventory, by: By) -> pd.DataFrame:
+def whole(source: Graph | Inventory, by: By) -> pd.DataFrame:
     """The view `by` of every repository, before narrowing, sorting and cutting: what a snapshot stores."""
     builders = {
         By.SUMMARY: summary,
@@ -65,7 +57,7 @@ def whole(inv: Inventory, by: By) -> pd.DataFrame:
         By.BLOB: blobs,
         By.UPLOAD: uploads,
     }
-    return builders[by](inv)
+    return builders[by](Graph.of(source))
 
 
 def finish(frame: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
@@ -97,29 +89,22 @@ def arrange(frame: pd.DataFrame, by: By, sort: str | None = None, top: int | Non
 # Shared pieces
 
 
-def _sizes(inv: Inventory, blobs: pd.Series) -> pd.Series:
+def _sizes(graph: Graph, blobs: pd.Series) -> pd.Series:
     """The size of each blob, given by its position in `inv.blobs`, indexed like `blobs`."""
-    return pd.Series(inv.blobs["size"].to_numpy()[blobs.to_numpy()], index=blobs.index)
+    return pd.Series(graph.inv.blobs["size"].to_numpy()[blobs.to_numpy()], index=blobs.index)
 
 
-def _bytes_by(pairs: pd.DataFrame, key: str, inv: Inventory) -> pd.Series:
+def _bytes_by(pairs: pd.DataFrame, key: str, graph: Graph) -> pd.Series:
     """Sum of the sizes of the distinct blobs (positions in `inv.blobs`) each `key` holds."""
     distinct = pairs[[key, "blob"]].drop_duplicates()
-    return _sizes(inv, distinct["blob"]).groupby(distinct[key]).sum()
+    return _sizes(graph, distinct["blob"]).groupby(distinct[key]).sum()
 
 
-def _repository_blobs(result: Reachability) -> pd.DataFrame:
-    """The distinct (repository, blob) pairs of the holds: repositories by code, blobs by position."""
-    owner = result.holds["owner"].to_numpy()
-    codes = RevisionIndex(result.present).repositories
-    return pd.DataFrame({"repository": codes[owner], "blob": result.holds["blob"]}).drop_duplicates(ignore_index=True)
-
-
-def _protected(inv: Inventory, present: pd.DataFrame) -> np.ndarray:
-    """A bool array over the blobs: those a dangling tag keeps, which the engine never sweeps, so no deletion frees."""
-    dangling = dangling_tag_targets(inv, present).dropna(subset=["digest"])
-    protected = np.zeros(len(inv.blobs), dtype=bool)
-    protected[holdings(inv, dangling.assign(target=dangling["digest"]))["blob"].to_numpy()] = True
+def _protected(graph: Graph, kept: np.ndarray | None) -> np.ndarray:
+    """A bool array over the blobs: those broken references keep (dangling tags; with `kept`, the missing
+    children of what those revisions hold), which the engine never sweeps, so no deletion frees."""
+    protected = np.zeros(len(graph.inv.blobs), dtype=bool)
+    protected[graph.protection(kept)["blob"].to_numpy()] = True
     return protected
 
 
@@ -130,15 +115,15 @@ def _matching(names: pd.Series, pattern: str | None) -> pd.Series:
     return isin(names, [name for name in names.dropna().unique() if fnmatch.fnmatchcase(name, pattern)])
 
 
-def _safe(inv: Inventory) -> Reachability:
-    return reach(inv, ReachOptions(delete_untagged=True))
+def _safe(graph: Graph) -> Reachability:
+    return graph.reach(ReachOptions(delete_untagged=True))
 
 
 @dataclass(frozen=True)
 class _Nodes:
     """Owners of blobs: every present revision, then one per distinct target of a dangling tag.
 
-    Positions below len(present) are the engine's positions in `present`, so
+    Positions below len(present) are the graph's positions in `present`, so
     its edge arrays index these nodes directly.
     """
 
@@ -146,26 +131,33 @@ class _Nodes:
     holds: pd.DataFrame  # node, blob
 
 
-def _nodes(inv: Inventory, present: pd.DataFrame) -> _Nodes:
-    dangling = dangling_tag_targets(inv, present).dropna(subset=["digest"])
-    owners = dangling[["repository", "digest"]].drop_duplicates().assign(target=dangling["digest"])
-    frame = pd.concat([present[["repository", "digest", "target"]], owners], ignore_index=True)
+def _nodes(graph: Graph) -> _Nodes:
+    dangling = graph.dangling_tags().dropna(subset=["digest"])
+    owners = dangling[["repository", "digest"]].drop_duplicates().assign(target=lambda f: f["digest"])
+    # A dangling target holds what the engine protects for it: its content, children included.
+    contents = graph.content_closure(owners["digest"])
+    held = holdings(graph.inv, pd.DataFrame({"target": contents["digest"]}))
+    owner = contents["root"].to_numpy()[held["owner"].to_numpy()] + len(graph.present)
+    extra = pd.DataFrame({"owner": owner, "blob": held["blob"].to_numpy()})
+    frame = pd.concat([graph.present[["repository", "digest", "target"]], owners], ignore_index=True)
     frame = frame.assign(node=np.arange(len(frame)))
-    return _Nodes(frame=frame, holds=holdings(inv, frame).rename(columns={"owner": "node"}))
+    holds = pd.concat([graph.holds, extra], ignore_index=True).rename(columns={"owner": "node"})
+    return _Nodes(frame=frame, holds=holds)
 
 
-def _closure_pairs(roots: pd.DataFrame, src: np.ndarray, dst: np.ndarray) -> pd.DataFrame:
-    """(root, node) for every node reachable from each root's node along the edges, the root's own included."""
-    links = pd.DataFrame({"node": src, "next": dst}).drop_duplicates()
-    pairs = roots[["root", "node"]].drop_duplicates(ignore_index=True)
-    frontier = pairs
-    # One merge per level of nesting, not one step per row.
-    while len(frontier):
-        step = frontier.merge(links, on="node")[["root", "next"]].rename(columns={"next": "node"}).drop_duplicates()
-        step = step.merge(pairs, on=["root", "node"], how="left", indicator=True)
-        frontier = step[step["_merge"] == "left_only"][["root", "node"]]
-        pairs = pd.concat([pairs, frontier], ignore_index=True)
-    return pairs
+def _tag_nodes(graph: Graph, nodes: _Nodes) -> np.ndarray:
+    """For each tag, its node: the revision it names, else the node of its dangling target; -1 for neither."""
+    node = graph.tag_rows.copy()
+    dangling = np.flatnonzero(node < 0)
+    owners = nodes.frame.iloc[len(graph.present) :][["repository", "digest", "node"]]
+    named = graph.inv.tags.iloc[dangling][["repository", "digest"]].reset_index(drop=True)
+    node[dangling] = named.merge(owners, how="left", on=["repository", "digest"])["node"].fillna(-1).to_numpy(np.int64)
+    return node
+
+
+def _closure_pairs(roots: pd.DataFrame, graph: Graph, nodes: _Nodes, keep_referrers: bool) -> pd.DataFrame:
+    """(root, node) for every node reachable from each root's node along the graph's edges, the root's own included."""
+    return closure(roots["root"].to_numpy(), roots["node"].to_numpy(), *graph.edges(keep_referrers), len(nodes.frame))
 
 
 def _strings(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -178,32 +170,35 @@ def _strings(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
 # Views
 
 
-def repositories(inv: Inventory) -> pd.DataFrame:
-    """One row per repository: counts, and the bytes its revisions hold, alone and shared."""
-    safe = _safe(inv)
+def repositories(graph: Graph) -> pd.DataFrame:
+    """One row per repository: counts, and the bytes it keeps alive, alone and shared.
+
+    A repository keeps what its present revisions hold and what its broken
+    references (dangling tags, index children without a revision link) protect.
+    """
+    inv = graph.inv
+    safe = _safe(graph)
     names = inv.repositories["repository"]
-    # Repositories of the engine's answer go by code: the first position in `present` with the name.
-    codes = RevisionIndex(safe.present).repositories
-    per_repo = _repository_blobs(safe)
+    codes = graph.repository_codes
+    per_repo = graph.repository_blobs()
     blob = per_repo["blob"].to_numpy()
-    sizes = _sizes(inv, per_repo["blob"])
+    sizes = _sizes(graph, per_repo["blob"])
     holders = np.bincount(blob, minlength=len(inv.blobs))
     total = sizes.groupby(per_repo["repository"]).sum()
     exclusive = sizes[holders[blob] == 1].groupby(per_repo["repository"]).sum()
 
-    # Reclaimable: every holder of the blob is an untagged revision of one repository.
+    # Reclaimable: one repository keeps the blob, through untagged revisions only, and no
+    # broken reference the safe engine follows protects it.
     holds = safe.holds
     kept_holders = np.bincount(holds["blob"].to_numpy()[safe.kept[holds["owner"].to_numpy()]], minlength=len(inv.blobs))
-    freed = (holders == 1) & (kept_holders == 0) & ~_protected(inv, safe.present)
+    freed = (holders == 1) & (kept_holders == 0) & ~_protected(graph, safe.kept)
     reclaimable = sizes[freed[blob]].groupby(per_repo["repository"]).sum()
 
     def per(series: pd.Series) -> pd.Series:
         return series.reindex(names, fill_value=0).set_axis(names.index).astype(INT)
 
-    by_code = positions(names, safe.present["repository"])
-
     def per_code(series: pd.Series) -> pd.Series:
-        return series.reindex(by_code, fill_value=0).set_axis(names.index).astype(INT)
+        return series.reindex(np.arange(len(names)), fill_value=0).set_axis(names.index).astype(INT)
 
     frame = pd.DataFrame(
         {
@@ -223,28 +218,28 @@ def repositories(inv: Inventory) -> pd.DataFrame:
     return _strings(frame, ("repository",))[list(COLUMNS[By.REPOSITORY])]
 
 
-def tags(inv: Inventory) -> pd.DataFrame:
+def tags(graph: Graph) -> pd.DataFrame:
     """One row per tag: what it names, the image's bytes, and what deleting it alone would free."""
-    safe = _safe(inv)
-    present = safe.present
-    nodes = _nodes(inv, present)
+    inv = graph.inv
+    nodes = _nodes(graph)
     tag_rows = inv.tags.reset_index(drop=True)
-    node = RevisionIndex(nodes.frame).find(tag_rows["repository"], tag_rows["digest"])
+    node = _tag_nodes(graph, nodes)
     roots = pd.DataFrame({"root": np.arange(len(tag_rows)), "node": node})[node >= 0]
 
-    image = _closure_pairs(roots, *edges(inv, present, keep_referrers=False))
-    image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", inv)
+    image = _closure_pairs(roots, graph, nodes, keep_referrers=False)
+    image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", graph)
 
     # Under the safe semantics a node stays while some tag reaches it (children and
     # referrers included), so a blob goes with a tag when every holder is reached by that tag alone.
-    kept = _closure_pairs(roots, *edges(inv, present, keep_referrers=True))
+    kept = _closure_pairs(roots, graph, nodes, keep_referrers=True)
     reached_by = kept.groupby("node")["root"].agg(["nunique", "first"])
     sole = reached_by[reached_by["nunique"] == 1]["first"].rename("sole")
     marks = nodes.holds.merge(sole, left_on="node", right_index=True, how="left")
     per_blob = marks.groupby("blob")["sole"].agg(solo="count", holders="size", tags="nunique", root="first")
     freed = per_blob[(per_blob["solo"] == per_blob["holders"]) & (per_blob["tags"] == 1)]
-    freed = freed[~_protected(inv, present)[freed.index.to_numpy()]].astype({"root": INT})
-    exclusive = _sizes(inv, freed.index.to_series()).groupby(freed["root"]).sum()
+    # Which indexes stay depends on the tag deleted: only what dangling tags protect is certain to stay.
+    freed = freed[~_protected(graph, None)[freed.index.to_numpy()]].astype({"root": INT})
+    exclusive = _sizes(graph, freed.index.to_series()).groupby(freed["root"]).sum()
 
     targets = pick(nodes.frame["target"], node, tag_rows.index).fillna(tag_rows["digest"])
     children = inv.references[(inv.references["ref_type"] == "child") & inv.references["platform"].notna()]
@@ -270,16 +265,17 @@ def tags(inv: Inventory) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def manifests(inv: Inventory) -> pd.DataFrame:
+def manifests(graph: Graph) -> pd.DataFrame:
     """One row per present revision: its kind, its tags, whether a tag reaches it, and its image's bytes."""
-    safe = _safe(inv)
-    present = safe.present
-    nodes = _nodes(inv, present)
+    inv = graph.inv
+    safe = _safe(graph)
+    present = graph.present
+    nodes = _nodes(graph)
     roots = nodes.frame.iloc[: len(present)][["node"]].assign(root=lambda f: f["node"])
-    image = _closure_pairs(roots, *edges(inv, present, keep_referrers=False))
-    image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", inv)
+    image = _closure_pairs(roots, graph, nodes, keep_referrers=False)
+    image_bytes = _bytes_by(image.merge(nodes.holds, on="node"), "root", graph)
     named = inv.tags.sort_values(["repository", "tag"])
-    named = named.assign(node=RevisionIndex(present).find(named["repository"], named["digest"]))
+    named = named.assign(node=graph.index.find(named["repository"], named["digest"]))
     tag_names = join_groups(named[named["node"] >= 0], "node", "tag")
     info = positions(present["target"], inv.manifests["digest"])
 
@@ -298,19 +294,21 @@ def manifests(inv: Inventory) -> pd.DataFrame:
     return frame[list(COLUMNS[By.MANIFEST])].reset_index(drop=True)
 
 
-def blobs(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
-    """One row per stored blob: who reaches it, and whether anything references it at all."""
-    plain = reach(inv)
+def blobs(graph: Graph, pattern: str | None = None) -> pd.DataFrame:
+    """One row per stored blob: who keeps it, and whether anything references it at all."""
+    inv = graph.inv
+    plain = graph.reach()
     holds = plain.holds
     owner = holds["owner"].to_numpy()
     # Manifests go by the code of their digest: one revision pushed to several repositories counts once.
-    digests = RevisionIndex(plain.present).digests[owner]
+    digests = graph.index.digests[owner]
     manifests = pd.DataFrame({"digest": digests, "blob": holds["blob"]}).drop_duplicates()["blob"]
+    per_repo = graph.repository_blobs()
     frame = pd.DataFrame(
         {
             "digest": inv.blobs["digest"],
             "size": inv.blobs["size"].astype(INT),
-            "repositories": np.bincount(_repository_blobs(plain)["blob"], minlength=len(inv.blobs)),
+            "repositories": np.bincount(per_repo["blob"], minlength=len(inv.blobs)),
             "manifests": np.bincount(manifests, minlength=len(inv.blobs)),
             "orphan": ~plain.marked,
             "kind": blob_kinds(inv),
@@ -318,14 +316,18 @@ def blobs(inv: Inventory, pattern: str | None = None) -> pd.DataFrame:
     )
     frame = _strings(frame, ("digest", "kind"))[list(COLUMNS[By.BLOB])]
     if pattern is not None:
+        names = inv.repositories["repository"]
+        matching = _matching(names, pattern).to_numpy()
+        code = per_repo["repository"].to_numpy()
         wanted = np.zeros(len(inv.blobs), dtype=bool)
-        wanted[holds["blob"].to_numpy()[_matching(plain.present["repository"], pattern).to_numpy()[owner]]] = True
+        wanted[per_repo["blob"].to_numpy()[(code >= 0) & matching[np.maximum(code, 0)]]] = True
         frame = frame[wanted]
     return frame.reset_index(drop=True)
 
 
-def uploads(inv: Inventory) -> pd.DataFrame:
+def uploads(graph: Graph) -> pd.DataFrame:
     """One row per upload in progress, with its age at scan time."""
+    inv = graph.inv
     up = inv.uploads
     scanned_at = pd.Timestamp(inv.scanned_at)
     scanned_at = scanned_at.tz_localize("UTC") if scanned_at.tzinfo is None else scanned_at
@@ -342,15 +344,16 @@ def uploads(inv: Inventory) -> pd.DataFrame:
     return _strings(frame, ("repository", "id"))[list(COLUMNS[By.UPLOAD])].reset_index(drop=True)
 
 
-def summary(inv: Inventory) -> pd.DataFrame:
+def summary(graph: Graph) -> pd.DataFrame:
     """One row: counts, physical and logical bytes, what collecting would free, findings by severity."""
-    plain = reach(inv)
-    safe = _safe(inv)
+    inv = graph.inv
+    plain = graph.reach()
+    safe = _safe(graph)
     physical = int(inv.blobs["size"].sum())
-    logical = int(_sizes(inv, _repository_blobs(safe)["blob"]).sum())
+    logical = int(_sizes(graph, graph.repository_blobs()["blob"]).sum())
     orphan_bytes = int(plain.orphans["size"].sum())
     severities = pd.concat(
-        [inv.findings["severity"], pd.Series([f.severity.value for f in reach_findings(inv, plain)], dtype=STR)],
+        [inv.findings["severity"], pd.Series([f.severity.value for f in reach_findings(graph, plain)], dtype=STR)],
         ignore_index=True,
     ).value_counts()
     row = {
