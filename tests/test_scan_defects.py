@@ -43,7 +43,8 @@ def test_an_unreadable_v2_is_a_finding_that_names_it(tmp_path: Path, monkeypatch
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", deny)
-    inv = scan(v2)
+    # ROOT is the registry root, which can be read; the v2 directory below it cannot.
+    inv = scan(tmp_path / "basic")
     unreadable = inv.findings[inv.findings["kind"] == "unreadable"]
     assert list(unreadable["path"]) == ["."]
     assert "Permission denied" in unreadable["detail"].iloc[0]
