@@ -156,9 +156,10 @@ def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inven
 def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
     """Count and sum a storage tree, with a progress display when stderr is a terminal."""
     from .scan import ScanOptions, tally
+    from .storage import LocalStorage
 
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        return tally(source.path, ScanOptions(progress=progress, workers=workers or 0))
+        return tally(LocalStorage(source.path), ScanOptions(progress=progress, workers=workers or 0))
 
 
 def size(n: int) -> str:

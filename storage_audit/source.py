@@ -85,8 +85,10 @@ def load(source: Source, options: ScanOptions | None = None) -> Inventory:
         except ValueError as exc:
             raise RootError(f"{source.path}: {exc}") from exc
     from .scan import scan
+    from .storage import LocalStorage
 
-    return scan(source.path, options)
+    # The tree was found already: an unreadable v2 is the scan's finding, not a ROOT to resolve again.
+    return scan(LocalStorage(source.path), options)
 
 
 def snapshot_findings(source: Source) -> pd.DataFrame:
