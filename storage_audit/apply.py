@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import EXIT_OK, AuditError
 from .frames import isin
 from .graph import Graph
 from .inventory import Inventory
@@ -29,8 +30,10 @@ DATA_OPS = ("remove-blob", "remove-upload", "remove-repository")
 UNCERTAIN = "the storage has findings that leave references unknown (run `storage-audit check`)"
 
 
-class AlreadyApplied(Exception):
-    """The journal beside the plan says it was applied to the end."""
+class AlreadyApplied(AuditError):
+    """The journal beside the plan says it was applied to the end: nothing to do, which is no failure."""
+
+    exit_code = EXIT_OK
 
 
 @dataclass(frozen=True)

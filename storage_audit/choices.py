@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .errors import UsageError
+
 
 class By(StrEnum):
     """What one row of a report is."""
@@ -82,7 +84,7 @@ COLUMNS: dict[By, tuple[str, ...]] = {
 }
 
 
-class ReportError(ValueError):
+class ReportError(UsageError, ValueError):
     """Report options that cannot be honoured (an unknown sort column, say)."""
 
 

@@ -7,25 +7,31 @@ loading them while its workers already read the tree.
 
 from __future__ import annotations
 
+import errno
 import gc
 import re
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import humanize
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperCommand
 
 from . import __version__
 from .choices import By, Format, PlanFormat
+from .errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from .findings import Severity
 from .progress import RichByteProgress, RichProgress
-from .source import RootError, Source, load, resolve
+from .source import Source, load, resolve, snapshot_findings
+from .text import count, printable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,10 +44,55 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .walk import Totals
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_FINDINGS = 3
+__all__ = ["EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "app", "main"]
+
+err = Console(stderr=True, highlight=False)
+
+
+def say(message: str) -> None:
+    """One message on stderr, names in it shown as they are: no markup, no emoji, control characters escaped."""
+    err.print(Text(printable(message)), soft_wrap=True)
+
+
+def report_failure(exc: Exception, debug: bool) -> int:
+    """Say what went wrong in one line (after the traceback with --debug) and return the exit code."""
+    if debug:
+        err.print(Text("".join(traceback.format_exception(exc))), soft_wrap=True, end="")
+    if isinstance(exc, AuditError):
+        say(f"storage-audit: error: {exc}")
+        return exc.exit_code
+    say(f"storage-audit: internal error: {exc.__class__.__name__}: {exc}")
+    return EXIT_INTERNAL
+
+
+class AuditCommand(TyperCommand):
+    """A command that maps failures to one line and an exit code, and names a required argument `PLAN`."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise  # a reader that went away: the command line exits quietly
+            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
+        except Exception as exc:
+            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # typer writes a required argument as `{PLAN}`.
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+
+def _debug(ctx: Any) -> bool:
+    """Whether the global --debug was given (it belongs to the parent context, the command group's)."""
+    parent = ctx.parent
+    return bool(parent is not None and parent.params.get("debug"))
+
 
 app = typer.Typer(
     name="storage-audit",
@@ -49,15 +100,19 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: rich's boxes cut option names at 80 columns.
+    rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False)
 
+# Paths are checked by the commands, not by click, whose checks end in a box of five lines.
 RootArg = Annotated[
     Path,
     typer.Argument(
+        metavar="ROOT",
         help="Registry root (holding docker/registry/v2), the v2 directory itself, "
         "or a snapshot directory written by `scan -o`.",
         show_default=True,
+        readable=False,
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary on stderr.")]
@@ -67,6 +122,7 @@ ScanWorkersOpt = Annotated[
         "--workers",
         "-j",
         min=1,
+        metavar="N",
         help="Processes that read the tree (default: one per CPU, up to 8, once it holds about 5,000 blobs; "
         "1 below that). More than the CPUs can pay off on a slow network volume.",
     ),
@@ -74,16 +130,14 @@ ScanWorkersOpt = Annotated[
 DEFAULT_ROOT = Path("/var/lib/registry")
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err.print(f"storage-audit: error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(code)
+def fail(message: str) -> NoReturn:
+    """Refuse arguments that cannot be used (exit 2)."""
+    raise UsageError(message)
 
 
 def open_root(root: Path) -> Source:
-    try:
-        return resolve(root)
-    except RootError as exc:
-        fail(str(exc))
+    """The storage tree or snapshot ROOT designates; raises RootError."""
+    return resolve(root)
 
 
 def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inventory:
@@ -96,10 +150,7 @@ def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inven
 
     source = open_root(root)
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        try:
-            return load(source, ScanOptions(progress=progress, workers=workers or 0))
-        except RootError as exc:
-            fail(str(exc))
+        return load(source, ScanOptions(progress=progress, workers=workers or 0))
 
 
 def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
@@ -112,6 +163,26 @@ def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, lis
 
 def size(n: int) -> str:
     return humanize.naturalsize(n, binary=True)
+
+
+def unreadable_paths(findings: pd.DataFrame) -> list[str]:
+    """The paths of the `unreadable` findings, in their order."""
+    return [str(path) for path in findings.loc[findings["kind"] == "unreadable", "path"]]
+
+
+def exit_if_unreadable(paths: list[str]) -> None:
+    """Say that the answer misses what could not be read, and exit 3; nothing when everything was read.
+
+    Said even with --quiet: it is why the exit code is 3.
+    """
+    if not paths:
+        return
+    say(
+        f"storage-audit: warning: {count(len(paths), 'path')} could not be read, the first: {paths[0] or '.'} "
+        f"(relative to v2); this answer leaves out whatever {'it holds' if len(paths) == 1 else 'they hold'}; "
+        "see `storage-audit check`"
+    )
+    raise typer.Exit(EXIT_FINDINGS)
 
 
 def scan_summary(root: str, totals: Totals, severities: Iterable[str]) -> list[tuple[str, str]]:
@@ -136,24 +207,34 @@ def scan_summary(root: str, totals: Totals, severities: Iterable[str]) -> list[t
     ]
 
 
-@app.command()
+@app.command(cls=AuditCommand)
 def scan(
     root: RootArg = DEFAULT_ROOT,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write the inventory here as Parquet tables plus metadata.json."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            readable=False,
+            help="Write the inventory here as Parquet tables plus metadata.json.",
+        ),
     ] = None,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
 ) -> None:
-    """Read the storage into an inventory and summarize it on stderr (like `git count-objects -v`)."""
-    if output is not None and output.exists() and (not output.is_dir() or _foreign_content(output)):
-        fail(f"{output}: exists and is not an empty directory or an earlier snapshot")
+    """Read the storage into an inventory and summarize it on stderr (like `git count-objects -v`).
+
+    Exits 3, saying so, when part of the tree could not be read.
+    """
+    if output is not None:
+        _check_snapshot_target(output)
     source = open_root(root)
     if output is None and not source.snapshot:
         # Counting needs no tables: neither pandas nor pyarrow is loaded.
         totals, found = tally(source, quiet, workers)
         summary = scan_summary(str(source.path), totals, (f.severity.value for f in found))
+        unreadable = [f.path for f in found if f.kind == "unreadable"]
     else:
         # The analysis loads after the scan has started its workers: see read_inventory.
         inv = read_inventory(root, quiet, workers)
@@ -163,6 +244,7 @@ def scan(
         from .walk import Totals
 
         summary = scan_summary(inv.root, Totals.of(inv.tables()), inv.findings["severity"])
+        unreadable = unreadable_paths(inv.findings)
         if output is not None:
             # The whole report views go along: a report from the snapshot then only reads one file.
             graph = Graph(inv)
@@ -173,14 +255,30 @@ def scan(
                 fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
     if not quiet:
         for key, value in summary:
-            err.print(f"{key}: {value}", markup=False, soft_wrap=True)
+            say(f"{key}: {value}")
+    exit_if_unreadable(unreadable)
+
+
+def _check_snapshot_target(output: Path) -> None:
+    """Refuse a snapshot directory that would overwrite something else, before the scan."""
+    try:
+        if not output.exists():
+            return
+        if output.is_dir() and not _foreign_content(output):
+            return
+    except OSError as exc:
+        fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
+    fail(f"{output}: exists and is not an empty directory or an earlier snapshot")
 
 
 FormatOpt = Annotated[
     Format, typer.Option("--format", "-f", help="Output: a table for people, or csv, json, parquet (needs -o).")
 ]
 OutputOpt = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Write the result to this file instead of stdout.")
+    Path | None,
+    typer.Option(
+        "--output", "-o", metavar="FILE", readable=False, help="Write the result to this file instead of stdout."
+    ),
 ]
 GcCompatibleOpt = Annotated[
     bool,
@@ -201,12 +299,10 @@ KeepReferrersOpt = Annotated[
 
 def emit(view: View, fmt: Format, output: Path | None) -> None:
     """Write a result; the output file is opened only now, after the work succeeded."""
-    from .formats import FormatError, write
+    from .formats import write
 
     try:
         write(view, fmt, output)
-    except FormatError as exc:
-        fail(str(exc))
     except OSError as exc:
         fail(f"{output}: cannot write: {exc.strerror or exc}")
 
@@ -218,17 +314,15 @@ def warn_gc_difference(graph: Graph, safe: Reachability) -> None:
     diff = gc_difference(graph, safe=safe)
     if diff.manifests == 0 and diff.blobs == 0:
         return
-    parts = [f"{diff.index_children} children of tagged indexes"] if diff.index_children else []
+    parts = [count(diff.index_children, "child", "children") + " of tagged indexes"] if diff.index_children else []
     if diff.referrers:
-        parts.append(f"{diff.referrers} referrers (signatures, SBOMs) of kept images")
+        parts.append(count(diff.referrers, "referrer") + " (signatures, SBOMs) of kept images")
     if diff.other_manifests:
-        parts.append(f"{diff.other_manifests} other manifests")
-    err.print(
+        parts.append(count(diff.other_manifests, "other manifest"))
+    say(
         f"warning: `registry garbage-collect --delete-untagged` would also delete "
-        f"{diff.manifests} manifests ({', '.join(parts)}) and {diff.blobs} blobs "
-        f"({size(diff.blob_bytes)}) that are kept here; see --gc-compatible",
-        markup=False,
-        soft_wrap=True,
+        f"{count(diff.manifests, 'manifest')} ({', '.join(parts)}) and {count(diff.blobs, 'blob')} "
+        f"({size(diff.blob_bytes)}) that are kept here; see --gc-compatible"
     )
 
 
@@ -239,16 +333,14 @@ def warn_plain_gc_difference(graph: Graph, plain: Reachability) -> None:
     diff = gc_difference(graph, safe=plain, delete_untagged=False)
     if diff.blobs == 0:
         return
-    err.print(
-        f"warning: `registry garbage-collect` would also delete {diff.blobs} blobs ({size(diff.blob_bytes)}) "
-        "that are kept here because a dangling tag or an index child without a revision link names them; "
-        "see --gc-compatible",
-        markup=False,
-        soft_wrap=True,
+    say(
+        f"warning: `registry garbage-collect` would also delete {count(diff.blobs, 'blob')} "
+        f"({size(diff.blob_bytes)}) that are kept here because a dangling tag or an index child without a "
+        "revision link names them; see --gc-compatible"
     )
 
 
-@app.command()
+@app.command(cls=AuditCommand)
 def untagged(
     root: RootArg = DEFAULT_ROOT,
     fmt: FormatOpt = Format.TABLE,
@@ -281,9 +373,10 @@ def untagged(
         total_columns=("manifest_bytes", "reclaimable_bytes"),
     )
     emit(view, fmt, output)
+    exit_if_unreadable(unreadable_paths(inv.findings))
 
 
-@app.command()
+@app.command(cls=AuditCommand)
 def orphans(
     root: RootArg = DEFAULT_ROOT,
     delete_untagged: Annotated[
@@ -319,20 +412,24 @@ def orphans(
         total_columns=("size",),
     )
     emit(view, fmt, output)
+    exit_if_unreadable(unreadable_paths(inv.findings))
 
 
-@app.command()
+@app.command(cls=AuditCommand)
 def report(
     root: RootArg = DEFAULT_ROOT,
     by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
     fmt: FormatOpt = Format.TABLE,
     output: OutputOpt = None,
-    top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Keep only the first N rows.")] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", "-n", min=1, metavar="N", help="Keep only the first N rows.")
+    ] = None,
     sort: Annotated[
         str | None,
         typer.Option(
             "--sort",
             "-s",
+            metavar="COLUMN",
             help="Sort by this column: numbers and times largest first, text A to Z. "
             "Default: the view's bytes column, largest first.",
         ),
@@ -342,6 +439,7 @@ def report(
         typer.Option(
             "--repository",
             "-r",
+            metavar="GLOB",
             help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
         ),
     ] = None,
@@ -349,15 +447,13 @@ def report(
     workers: ScanWorkersOpt = None,
 ) -> None:
     """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
-    from .choices import ReportError, ReportOptions
+    from .choices import ReportOptions
     from .choices import check as check_report
 
     options = ReportOptions(by=by, repository=repository, sort=sort, top=top)
-    try:
-        check_report(options)
-    except ReportError as exc:
-        fail(str(exc))
-    frame = stored_report(open_root(root), options)
+    check_report(options)
+    source = open_root(root)
+    frame = stored_report(source, options)
     inv = read_inventory(root, quiet, workers) if frame is None else None
     from . import report as reporting
 
@@ -367,6 +463,7 @@ def report(
         frame = reporting.report(Graph(inv), options)
     # --top asks for that many rows: a table shows them all, past its usual limit.
     emit(replace(reporting.view(by, frame, table=fmt is Format.TABLE), table_rows=top), fmt, output)
+    exit_if_unreadable(unreadable_paths(inv.findings if inv is not None else snapshot_findings(source)))
 
 
 def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None:
@@ -386,14 +483,19 @@ def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Times are pandas timestamps, which begin in 1677: 100,000 days (274 years) back from now stays inside.
+MAX_DURATION_DAYS = 100_000
 
 
 def parse_duration(text: str, option: str) -> timedelta:
-    """`30d`, `12h`, `90m`, `0s`, `2w` -> timedelta; anything else is a usage error."""
+    """`30d`, `12h`, `90m`, `0s`, `2w` -> timedelta; anything else, or over MAX_DURATION_DAYS, is a usage error."""
     match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
     if match is None:
         fail(f"{option}: {text!r} is not a duration such as 30d, 12h, 90m or 0s")
-    return timedelta(seconds=int(match.group(1)) * DURATION_UNITS[match.group(2)])
+    seconds = int(match.group(1)) * DURATION_UNITS[match.group(2)]
+    if seconds > MAX_DURATION_DAYS * DURATION_UNITS["d"]:
+        fail(f"{option}: {text!r} is longer than {MAX_DURATION_DAYS}d, the longest duration accepted")
+    return timedelta(seconds=seconds)
 
 
 def _regexes(patterns: list[str], option: str) -> tuple[str, ...]:
@@ -416,11 +518,12 @@ def plan_stats(plan: Plan) -> View:
     return View(frame, title="deletion plan", size_columns=("bytes",), total_columns=("actions", "bytes"))
 
 
-@app.command()
+@app.command(cls=AuditCommand)
 def plan(
     root: RootArg = DEFAULT_ROOT,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the plan here (default: stdout).")
+        Path | None,
+        typer.Option("--output", "-o", metavar="FILE", readable=False, help="Write the plan here (default: stdout)."),
     ] = None,
     delete_untagged: Annotated[
         bool,
@@ -434,32 +537,48 @@ def plan(
         typer.Option(
             "--keep-last",
             min=0,
+            metavar="N",
             help="Per repository, keep the N most recently pushed tags; "
             "delete the other tags, then their manifests if nothing else reaches them.",
         ),
     ] = None,
     keep_tag: Annotated[
         list[str] | None,
-        typer.Option("--keep-tag", help="Never delete a tag matching this regular expression (repeatable)."),
+        typer.Option(
+            "--keep-tag", metavar="REGEX", help="Never delete a tag matching this regular expression (repeatable)."
+        ),
     ] = None,
     only_tag: Annotated[
         list[str] | None,
         typer.Option(
-            "--only-tag", help="Consider only tags matching this regular expression for deletion (repeatable)."
+            "--only-tag",
+            metavar="REGEX",
+            help="Consider only tags matching this regular expression for deletion (repeatable).",
         ),
     ] = None,
     older_than: Annotated[
         str | None,
-        typer.Option("--older-than", help="Only delete tags and manifests pushed before this long ago (30d, 12h, 0s)."),
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Delete every tag pushed before this long ago (30d, 12h, 0s), then the manifests only such tags "
+            "reach: alone, a rule that deletes, not a filter. With --keep-last, only tags beyond the last N that "
+            "are also this old; with --delete-untagged, only untagged manifests this old.",
+        ),
     ] = None,
     repository: Annotated[
         list[str] | None,
-        typer.Option("--repository", help="Limit the policy to repositories matching this glob (repeatable)."),
+        typer.Option(
+            "--repository",
+            metavar="GLOB",
+            help="Limit the policy to repositories matching this glob (repeatable).",
+        ),
     ] = None,
     uploads_older_than: Annotated[
         str | None,
         typer.Option(
             "--uploads-older-than",
+            metavar="DURATION",
             help="Also delete uploads started before this long ago, and those without startedat.",
         ),
     ] = None,
@@ -469,7 +588,10 @@ def plan(
     min_age: Annotated[
         str,
         typer.Option(
-            "--min-age", help="Grace period: nothing newer is ever planned for deletion (protects a push in progress)."
+            "--min-age",
+            metavar="DURATION",
+            help="Grace period: nothing newer is ever planned for deletion (protects a push in progress); "
+            "what it holds back is counted on stderr.",
         ),
     ] = "1h",
     keep_referrers: KeepReferrersOpt = True,
@@ -481,7 +603,9 @@ def plan(
             help="json: the plan `apply` reads; sh: a reviewable shell script; http: curl DELETEs for a live registry.",
         ),
     ] = PlanFormat.JSON,
-    registry_url: Annotated[str | None, typer.Option("--registry-url", help="Registry URL for --format http.")] = None,
+    registry_url: Annotated[
+        str | None, typer.Option("--registry-url", metavar="URL", help="Registry URL for --format http.")
+    ] = None,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
 ) -> None:
@@ -490,7 +614,7 @@ def plan(
     Orphan blobs are always included. Nothing is deleted here: review the plan, then `storage-audit apply` it.
     """
     from .formats.table import render as render_table
-    from .plan import PlanRefused, Policy, make_plan
+    from .plan import Policy, make_plan
     from .plan_formats import render
 
     if fmt is PlanFormat.HTTP and not registry_url:
@@ -515,10 +639,7 @@ def plan(
     inv = read_inventory(root, quiet, workers)
     from .graph import Graph
 
-    try:
-        result = make_plan(Graph(inv), policy, datetime.now(UTC))
-    except PlanRefused as exc:
-        fail(str(exc), EXIT_FINDINGS)
+    result = make_plan(Graph(inv), policy, datetime.now(UTC))
     text = render(result, fmt, registry_url)
     if output is None:
         sys.stdout.write(text)
@@ -529,16 +650,32 @@ def plan(
             fail(f"{output}: cannot write: {exc.strerror or exc}")
     if not quiet:
         render_table(plan_stats(result), err)
+        warn_held_back(result.held_back, min_age)
 
 
-@app.command()
+def warn_held_back(held_back: dict[str, int], min_age: str) -> None:
+    """Say how much the grace period kept out of the plan: a plan of nothing is otherwise a puzzle."""
+    nouns = {"tags": "tag", "manifests": "manifest", "blobs": "blob", "uploads": "upload"}
+    parts = [count(held_back[key], noun) for key, noun in nouns.items() if held_back.get(key)]
+    if parts:
+        say(
+            f"held back by the grace period (--min-age {min_age}), as newer: {', '.join(parts)}; "
+            "they are planned once older"
+        )
+
+
+@app.command(cls=AuditCommand)
 def apply(
-    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="A plan written by `storage-audit plan`.")],
+    plan_file: Annotated[
+        Path, typer.Argument(metavar="PLAN", readable=False, help="A plan written by `storage-audit plan`.")
+    ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
     quarantine: Annotated[
         Path | None,
         typer.Option(
             "--quarantine",
+            metavar="DIR",
+            readable=False,
             help="Move what is removed into this directory (same layout), restorable, instead of deleting.",
         ),
     ] = None,
@@ -549,6 +686,7 @@ def apply(
 
     A journal beside the plan (PLAN.journal) lets an interrupted apply resume, and stops a plan from
     being applied twice. Restart the registry afterwards: its blob cache still believes removed blobs exist.
+    Answering no at the prompt exits 2, deleting nothing.
     """
     from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
     from .formats import View
@@ -559,39 +697,46 @@ def apply(
         loaded, digest = read_plan(plan_file)
     except PlanError as exc:
         fail(f"{plan_file}: refusing the plan, nothing was deleted: {exc}")
-    if quarantine is not None and quarantine.exists() and not quarantine.is_dir():
+    if quarantine is not None and _exists_not_dir(quarantine):
         fail(f"{quarantine}: not a directory")
     totals = loaded.totals()
     if not quiet:
-        err.print(
-            f"plan: {totals['count']} actions, {size(totals['bytes'])} of blobs and uploads, on {loaded.root}",
-            markup=False,
-            soft_wrap=True,
-        )
-    if not dry_run and not yes and not typer.confirm("Apply this plan?", err=True):
-        fail("not confirmed; nothing was deleted", EXIT_INTERNAL)
-    log = (lambda line: None) if quiet else (lambda line: err.print(line, markup=False, soft_wrap=True))
+        say(f"plan: {count(totals['count'], 'action')}, {size(totals['bytes'])} of blobs and uploads, on {loaded.root}")
+    if not dry_run and not yes and not _confirmed("Apply this plan?"):
+        fail("not confirmed; nothing was deleted")
+    log = (lambda line: None) if quiet else say
     try:
         outcome = apply_plan(loaded, digest, plan_file, ApplyOptions(dry_run=dry_run, quarantine=quarantine), log)
     except AlreadyApplied as exc:
-        err.print(f"storage-audit: {exc}", markup=False, soft_wrap=True)
-        return
-    except PlanError as exc:
-        fail(str(exc))
+        say(f"storage-audit: {exc}")
+        raise typer.Exit(exc.exit_code) from exc
     if quiet:
         return
     if not outcome.frame().empty:
         render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
     verb = "would free" if dry_run else "freed"
-    err.print(
-        f"{verb} {size(outcome.bytes_freed)} ({outcome.bytes_freed} bytes) on disk; "
-        f"{len(outcome.skipped)} actions skipped",
-        markup=False,
+    say(
+        f"{verb} {size(outcome.bytes_freed)} ({count(outcome.bytes_freed, 'byte')}) on disk; "
+        f"{count(len(outcome.skipped), 'action')} skipped"
     )
     if not dry_run and outcome.done:
-        err.print(
-            "Restart the registry now: its blob descriptor cache still believes removed blobs exist.", markup=False
-        )
+        say("Restart the registry now: its blob descriptor cache still believes removed blobs exist.")
+
+
+def _exists_not_dir(path: Path) -> bool:
+    try:
+        return path.exists() and not path.is_dir()
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}")
+
+
+def _confirmed(question: str) -> bool:
+    """The answer at a yes/no prompt on stderr; no when input ends (a closed stdin, Ctrl-D)."""
+    try:
+        return typer.confirm(question, err=True)
+    except typer.Abort:
+        err.print()
+        return False
 
 
 def emit_tables(views: list[View], output: Path | None) -> None:
@@ -619,7 +764,7 @@ def check_summary(counts: dict[str, int], verified: bool) -> str:
     return f"check: {found}{hint}"
 
 
-@app.command()
+@app.command(cls=AuditCommand)
 def check(
     root: RootArg = DEFAULT_ROOT,
     verify_digests: Annotated[
@@ -628,7 +773,11 @@ def check(
     ] = False,
     upload_age: Annotated[
         str,
-        typer.Option("--upload-age", help="An upload started this long before the scan is stale: 168h, 7d, 90m."),
+        typer.Option(
+            "--upload-age",
+            metavar="DURATION",
+            help="An upload started this long before the scan is stale: 168h, 7d, 90m.",
+        ),
     ] = "168h",
     fmt: FormatOpt = Format.TABLE,
     output: OutputOpt = None,
@@ -639,6 +788,7 @@ def check(
             "--workers",
             "-j",
             min=1,
+            metavar="N",
             help="Processes that read the tree, and blobs hashed at once by --verify-digests (default: one per CPU).",
         ),
     ] = None,
@@ -689,17 +839,22 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="On an error, show its traceback before its one line. Give it before the command."
+        ),
+    ] = False,
 ) -> None:
     """Audit a Docker/OCI registry's storage offline, straight from its volume."""
 
 
 def main() -> None:
-    """Entry point: run the app; an unexpected exception is one line on stderr and exit 1."""
+    """Entry point: run the app; an exception that escapes it (none should) is one line and exit 1."""
     try:
         app()
     except Exception as exc:
-        err.print(f"storage-audit: internal error: {exc.__class__.__name__}: {exc}", markup=False)
-        sys.exit(EXIT_INTERNAL)
+        sys.exit(report_failure(exc, debug="--debug" in sys.argv[1:2]))
     finally:
         # What is still alive is freed on exit anyway: spare the collector's last pass over it.
         gc.freeze()

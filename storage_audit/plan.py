@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .errors import UncertainError, UsageError
 from .frames import isin
 from .graph import Graph
 from .inventory import Inventory
@@ -60,11 +61,11 @@ OP_SPEC: dict[str, type] = {
 BLOCKING_KINDS = ("bad-link", "unreadable", "corrupt-manifest")
 
 
-class PlanError(ValueError):
+class PlanError(UsageError, ValueError):
     """A plan file that is malformed, tampered with, or not applicable."""
 
 
-class PlanRefused(RuntimeError):
+class PlanRefused(UncertainError, RuntimeError):
     """The storage is in a state where planning deletions could lose data."""
 
 
@@ -126,10 +127,14 @@ class Action:
 
 @dataclass
 class Plan:
+    """The actions, in apply order; held_back counts what only the grace period kept out (per tags,
+    manifests, blobs, uploads), said on stderr, not written in the plan."""
+
     root: str
     created_at: datetime
     policy: dict[str, Any]
     actions: list[Action] = field(default_factory=list)
+    held_back: dict[str, int] = field(default_factory=dict)
 
     def totals(self) -> dict[str, Any]:
         frame = self.frame()
@@ -245,8 +250,9 @@ def refuse_if_uncertain(inv: Inventory) -> None:
     blocking = inv.findings[isin(inv.findings["kind"], BLOCKING_KINDS)]
     if len(blocking):
         first = blocking.iloc[0]
+        found = "1 finding leaves" if len(blocking) == 1 else f"{len(blocking):,} findings such as this leave"
         raise PlanRefused(
-            f"{len(blocking)} finding(s) such as {first['kind']} at {first['path']} leave references unknown; "
+            f"{first['kind']} at {first['path'] or '.'}: {found} references unknown; "
             "run `storage-audit check` and repair them before planning deletions"
         )
 
@@ -323,7 +329,33 @@ def make_plan(source: Graph | Inventory, policy: Policy, now: datetime) -> Plan:
     actions += _upload_actions(inv, policy, ts_now, grace)
     if policy.prune_empty_repositories:
         actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions, grace)
-    return Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions)
+    plan = Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions)
+    plan.held_back = _held_back(graph, policy, now, plan)
+    return plan
+
+
+HELD_BACK_OPS = {
+    "tags": "remove-tag",
+    "manifests": "remove-revision",
+    "blobs": "remove-blob",
+    "uploads": "remove-upload",
+}
+
+
+def _held_back(graph: Graph, policy: Policy, now: datetime, planned: Plan) -> dict[str, int]:
+    """What the rules would remove but the grace period keeps: the removals of the plan the same rules
+    make without a grace period, less this plan's. Planned again only when something is that new."""
+    inv = graph.inv
+    grace = pd.Timestamp(now) - policy.min_age
+    times = (inv.tags["pushed_at"], inv.revisions["pushed_at"], inv.blobs["mtime"], inv.uploads["started_at"])
+    if policy.min_age <= timedelta(0) or not any(bool((t >= grace).any()) for t in times):
+        return dict.fromkeys(HELD_BACK_OPS, 0)
+    ungraced = make_plan(graph, replace(policy, min_age=timedelta(0)), now)
+    held = {}
+    for key, op in HELD_BACK_OPS.items():
+        kept = {a.path for a in planned.actions if a.op == op}
+        held[key] = sum(1 for a in ungraced.actions if a.op == op and a.path not in kept)
+    return held
 
 
 def _tag_actions(deleted: pd.DataFrame) -> list[Action]:

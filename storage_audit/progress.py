@@ -5,18 +5,49 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
+import humanize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
+
+from .text import count
+
+
+def _size(n: float) -> str:
+    return humanize.naturalsize(n, binary=True)
+
+
+class EntriesColumn(ProgressColumn):
+    """`1 entry`, `12,345 entries`."""
+
+    def render(self, task: Task) -> Text:
+        return Text(count(int(task.completed), "entry", "entries"))
+
+
+class BytesColumn(ProgressColumn):
+    """`1.2 GiB / 3.4 GiB`, in the binary units of every other size the tool shows."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else _size(task.total)
+        return Text(f"{_size(task.completed)} / {total}", style="progress.download")
+
+
+class SpeedColumn(ProgressColumn):
+    """`85.3 MiB/s`: binary units, as the sizes beside it (rich's own speed column is decimal)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?" if speed is None else f"{_size(speed)}/s", style="progress.data.speed")
 
 
 class _Display:
@@ -44,7 +75,7 @@ class RichProgress(_Display):
             Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
-                TextColumn("{task.completed:,} entries"),
+                EntriesColumn(),
                 TimeElapsedColumn(),
                 console=console,
                 transient=True,
@@ -79,8 +110,8 @@ class RichByteProgress(_Display):
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
+                BytesColumn(),
+                SpeedColumn(),
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,

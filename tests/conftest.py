@@ -1,8 +1,9 @@
-"""Shared test helpers: unpack the fixture registries shipped in fixtures/."""
+"""Shared test helpers: unpack the fixture registries shipped in fixtures/; mark what drives the registry."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 import tarfile
 from pathlib import Path
@@ -43,3 +44,33 @@ def fixture_builder() -> ModuleType:
         sys.modules["fixtures_build"] = module
         spec.loader.exec_module(module)
     return module
+
+
+# What drives the reference registry, found from the source of a test and of the fixtures it uses:
+# `python -m pytest -m "not registry and not slow"` is the quick subset.
+REGISTRY_CALLS = ("require_registry(", "Registry(", "garbage_collect(")
+
+
+def _drives_the_registry(item: pytest.Item) -> bool:
+    functions = [getattr(item, "function", None)]
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    if fixture_info is not None:
+        for name in item.fixturenames:  # type: ignore[attr-defined]
+            functions += [definition.func for definition in fixture_info.name2fixturedefs.get(name, ())]
+    for function in functions:
+        try:
+            source = inspect.getsource(function)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            continue
+        if any(call in source for call in REGISTRY_CALLS):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _drives_the_registry(item):
+            item.add_marker(pytest.mark.registry)
+        # Property tests run many examples: seconds each, not milliseconds.
+        if getattr(getattr(item, "function", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.slow)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -15,7 +19,7 @@ from typer.testing import CliRunner
 from storage_audit.cli import app
 from storage_audit.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
 from storage_audit.inventory import read_snapshot
-from tests.conftest import BROKEN, unpack
+from tests.conftest import BROKEN, FIXTURES, unpack
 
 runner = CliRunner()
 COMMANDS = ["scan", "untagged", "orphans"]
@@ -163,3 +167,296 @@ def test_workers_option_gives_the_same_inventory(fixture_root, tmp_path: Path) -
     assert run("orphans", root, "-j", "2", "-m", "-f", "csv") == run("orphans", root, "-j", "1", "-m", "-f", "csv")
     code, _, err = run("scan", root, "--workers", "0")
     assert code == 2 and "--workers" in err
+
+
+# --------------------------------------------------------------------------
+# Errors: one base, one line, an exit code each, a traceback with --debug
+
+
+def test_library_errors_share_one_base_with_their_exit_codes() -> None:
+    from storage_audit.apply import AlreadyApplied
+    from storage_audit.choices import ReportError
+    from storage_audit.errors import AuditError
+    from storage_audit.formats import FormatError
+    from storage_audit.plan import PlanError, PlanRefused
+    from storage_audit.source import RootError
+
+    codes = {RootError: 2, PlanError: 2, ReportError: 2, FormatError: 2, PlanRefused: 3, AlreadyApplied: 0}
+    for error, code in codes.items():
+        assert issubclass(error, AuditError) and error.exit_code == code, error
+
+
+def test_debug_shows_the_traceback_of_an_audit_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    code, out, err = run("--debug", "report", missing)
+    assert code == 2 and out == ""
+    assert err.startswith("Traceback (most recent call last):") and "RootError" in err
+    assert err.endswith(f"storage-audit: error: {missing}: no such file or directory\n")
+    code, _, err = run("report", missing)
+    assert (code, err) == (2, f"storage-audit: error: {missing}: no such file or directory\n")
+
+
+def test_an_internal_error_is_one_line_and_its_traceback_with_debug(
+    fixture_root, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A fault injected where ROOT is resolved: no input of ours makes the library fail this way.
+    import storage_audit.cli as cli_module
+
+    def broken(root: Path) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(cli_module, "resolve", broken)
+    root = str(fixture_root("basic"))
+    code, out, err = run("orphans", root)
+    assert (code, out, err) == (1, "", "storage-audit: internal error: KeyError: 'boom'\n")
+    code, _, err = run("--debug", "orphans", root)
+    assert code == 1 and "Traceback (most recent call last):" in err and 'raise KeyError("boom")' in err
+    assert err.endswith("storage-audit: internal error: KeyError: 'boom'\n")
+
+
+# --------------------------------------------------------------------------
+# ROOT that cannot be used: always one line, exit 2
+
+
+def test_a_symlink_loop_root_is_called_what_it_is(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    code, out, err = run("report", str(tmp_path / "a"))
+    assert (code, out) == (2, "")
+    assert err == f"storage-audit: error: {tmp_path / 'a'}: too many levels of symbolic links\n"
+
+
+# --------------------------------------------------------------------------
+# Names from the storage are shown, never obeyed
+
+
+def hostile_tree(tmp_path: Path) -> Path:
+    """basic, with repository directories named as rich markup and as a terminal escape, and a stray blob file."""
+    root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "hostile")
+    v2 = root / "docker/registry/v2"
+    for name in ("[dim]secret", "[green]", "\x1b[2Jevil"):
+        (v2 / "repositories" / name).mkdir()
+    (v2 / "blobs" / ":smile: [bold]x").write_text("")
+    return root
+
+
+def test_names_are_escaped_in_tables(tmp_path: Path) -> None:
+    code, out, _ = run("check", str(hostile_tree(tmp_path)), "-q")
+    assert code == 0
+    for shown in ("repositories/[dim]secret", "repositories/[green]", "repositories/\\x1b[2Jevil"):
+        assert shown in out, shown
+    assert "blobs/:smile: [bold]x" in out
+    assert "\x1b" not in out
+
+
+def test_names_are_kept_whole_in_json(tmp_path: Path) -> None:
+    code, out, _ = run("check", str(hostile_tree(tmp_path)), "-q", "-f", "json")
+    paths = {row["path"] for row in json.loads(out)}
+    assert code == 0 and {"repositories/[dim]secret", "repositories/\x1b[2Jevil"} <= paths
+
+
+def test_names_are_escaped_in_messages(tmp_path: Path) -> None:
+    bad = tmp_path / "\x1b[2J[red]gone"
+    code, _, err = run("scan", str(bad))
+    assert code == 2
+    assert err == f"storage-audit: error: {tmp_path}/\\x1b[2J[red]gone: no such file or directory\n"
+
+
+def test_a_table_shows_markup_as_text() -> None:
+    from rich.console import Console
+
+    from storage_audit.formats import View
+    from storage_audit.formats.table import render
+
+    frame = pd.DataFrame({"repository": ["[dim]secret", "[green]", "a\x07b", ":smile:"], "n": [1, 2, 3, 4]})
+    console = Console(file=io.StringIO(), width=80, force_terminal=True)
+    render(View(frame), console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    for shown in ("[dim]secret", "[green]", "a\\x07b", ":smile:"):
+        assert shown in text, shown
+    assert "\x07" not in text
+
+
+def test_printable_and_count() -> None:
+    from storage_audit.text import count, printable
+
+    assert printable("team/app") == "team/app"
+    assert printable("a\x1b[2Jb\tc\u202ed") == "a\\x1b[2Jb\\x09c\\u202ed"
+    assert printable("x\ny", keep="\n") == "x\ny"
+    assert printable("caf\udce9") == "caf\\xe9"  # a byte of a name that is not UTF-8
+    assert [count(n, "referrer") for n in (0, 1, 2, 1234)] == [
+        "0 referrers",
+        "1 referrer",
+        "2 referrers",
+        "1,234 referrers",
+    ]
+    assert count(1, "child", "children") == "1 child" and count(3, "child", "children") == "3 children"
+
+
+# --------------------------------------------------------------------------
+# Formats
+
+
+def test_csv_booleans_are_true_and_false(fixture_root) -> None:  # type: ignore[no-untyped-def]
+    root = str(fixture_root("basic"))
+    code, out, _ = run("report", root, "--by", "blob", "-f", "csv", "-q")
+    frame = pd.read_csv(io.StringIO(out), dtype=str)
+    assert code == 0 and set(frame["orphan"]) == {"true", "false"}
+    code, out, _ = run("report", root, "--by", "manifest", "-f", "csv", "-q")
+    frame = pd.read_csv(io.StringIO(out), dtype=str)
+    assert code == 0 and set(frame["reachable"]) == {"true", "false"}
+    assert "True" not in out and "False" not in out
+
+
+def test_json_does_not_escape_slashes(fixture_root) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run("report", str(fixture_root("basic")), "--by", "repository", "-f", "json", "-q")
+    assert code == 0 and '"repository":"team/app"' in out.replace(" ", "") and "\\/" not in out
+    assert "team/app" in {row["repository"] for row in json.loads(out)}
+
+
+def test_json_keeps_a_backslash_before_a_slash() -> None:
+    from storage_audit.formats import View
+    from storage_audit.formats.json import write
+
+    buffer = io.StringIO()
+    frame = pd.DataFrame({"name": ["a/b", "c\\/d", "e\\\\/f"]})
+    old, sys.stdout = sys.stdout, buffer
+    try:
+        write(View(frame), None)
+    finally:
+        sys.stdout = old
+    assert [row["name"] for row in json.loads(buffer.getvalue())] == ["a/b", "c\\/d", "e\\\\/f"]
+    assert "\\/" not in buffer.getvalue().replace("\\\\", "")
+
+
+# --------------------------------------------------------------------------
+# Durations, the prompt, help
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan", "--older-than", "99999999999d"],
+        ["plan", "--min-age", "99999999999w"],
+        ["plan", "--uploads-older-than", "100001d"],
+        ["check", "--upload-age", "99999999999d"],
+    ],
+)
+def test_huge_durations_are_refused(args: list[str], fixture_root) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run(args[0], str(fixture_root("basic")), *args[1:])
+    assert (code, out) == (2, "")
+    assert (
+        err == f"storage-audit: error: {args[1]}: {args[2]!r} is longer than 100000d, the longest duration accepted\n"
+    )
+
+
+def test_the_longest_duration_is_accepted(fixture_root) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run("plan", str(fixture_root("basic")), "--older-than", "100000d", "--min-age", "0s", "-q")
+    assert code == 0 and json.loads(out)["policy"]["older_than"] == 100000 * 86400
+
+
+def test_no_at_the_prompt_exits_2_and_deletes_nothing(tmp_path: Path) -> None:
+    root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic")
+    plan = tmp_path / "plan.json"
+    assert run("plan", str(root), "--delete-untagged", "--min-age", "0s", "-o", str(plan), "-q")[0] == 0
+    before = sorted(p for p in root.rglob("*"))
+    for answer in ("n\n", ""):  # no, and input that ends before an answer
+        result = runner.invoke(app, ["apply", str(plan)], input=answer)
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr.startswith("plan: ") and "Apply this plan?" in result.stderr
+        assert result.stderr.endswith("storage-audit: error: not confirmed; nothing was deleted\n")
+    assert sorted(p for p in root.rglob("*")) == before
+
+
+def all_commands() -> dict[str, Any]:
+    import typer.main
+
+    return dict(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", sorted(all_commands()))
+def test_help_at_80_columns_shows_every_option_whole(name: str) -> None:
+    result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"})
+    out = result.stdout
+    assert result.exit_code == 0 and out.startswith(f"Usage: storage-audit {name} [OPTIONS]")
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out and "{" not in out.splitlines()[0]
+    words = set(re.findall(r"(?<![\w-])-{1,2}[\w-]+", out))
+    for param in all_commands()[name].params:
+        for option in (*param.opts, *param.secondary_opts):
+            if option.startswith("-"):
+                assert option in words, (name, option)
+
+
+def test_apply_usage_names_its_plan_argument() -> None:
+    out = runner.invoke(app, ["apply", "--help"]).stdout
+    assert out.splitlines()[0] == "Usage: storage-audit apply [OPTIONS] PLAN"
+
+
+def test_older_than_help_says_it_deletes_alone() -> None:
+    out = " ".join(runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "Delete every tag pushed before this long ago" in out and "alone, a rule that deletes, not a filter" in out
+
+
+def test_top_level_help_lists_debug() -> None:
+    out = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    assert "--debug" in out and "--version" in out
+
+
+# --------------------------------------------------------------------------
+# Counts said to people
+
+
+def test_counts_are_singular_for_one() -> None:
+    # The demo tree has exactly one referrer the stock collector would delete.
+    top = Path(__file__).resolve().parents[1]
+    code, _, err = run("untagged", str(top / "fixtures" / "demo"))
+    assert code == 0 and "1 referrer (signatures, SBOMs)" in err and "1 referrers" not in err
+
+
+def test_plan_says_what_the_grace_period_held_back(tmp_path: Path) -> None:
+    root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic")
+    for path in root.rglob("*"):
+        os.utime(path, follow_symlinks=False)  # pushed just now: newer than the default grace period of 1h
+    args = ("plan", str(root), "--delete-untagged", "--keep-last", "1")
+    code, out, _ = run(*args, "--min-age", "0s", "-q")
+    ungraced = Counter(action["op"] for action in json.loads(out)["actions"])
+    assert code == 0 and all(ungraced[op] for op in ("remove-tag", "remove-revision", "remove-blob"))
+    code, out, err = run(*args)
+    assert code == 0 and json.loads(out)["actions"] == []
+    expected = (
+        f"held back by the grace period (--min-age 1h), as newer: {ungraced['remove-tag']} tags, "
+        f"{ungraced['remove-revision']} manifests, {ungraced['remove-blob']} blobs; they are planned once older\n"
+    )
+    assert err.endswith(expected), err
+    code, _, err = run(*args, "--min-age", "0s")
+    assert code == 0 and "held back" not in err
+
+
+def test_verify_progress_uses_binary_units_throughout() -> None:
+    from rich.progress import Progress
+
+    from storage_audit.progress import BytesColumn, SpeedColumn
+
+    clock = iter(float(t) for t in range(100))
+    progress = Progress(BytesColumn(), SpeedColumn(), get_time=lambda: next(clock), disable=True)
+    task = progress.add_task("hashing blobs", total=3 * 2**30)
+    for _ in range(4):
+        progress.advance(task, 100 * 2**20)
+    state = progress.tasks[0]
+    shown = f"{BytesColumn().render(state)} {SpeedColumn().render(state)}"
+    assert shown == "400.0 MiB / 3.0 GiB 100.0 MiB/s", shown
+
+
+def test_scan_progress_counts_entries_in_words() -> None:
+    from rich.progress import Progress
+
+    from storage_audit.progress import EntriesColumn
+
+    progress = Progress(EntriesColumn(), disable=True)
+    task = progress.add_task("reading blobs", total=None)
+    shown = []
+    for advance in (1, 12344):
+        progress.advance(task, advance)
+        shown.append(str(EntriesColumn().render(progress.tasks[0])))
+    assert shown == ["1 entry", "12,345 entries"]

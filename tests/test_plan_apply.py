@@ -853,7 +853,7 @@ def test_confirmation_prompt(planned: tuple[Path, Path, dict[str, Any]]) -> None
     v2 = root / V2
     before = files(v2)
     code, _, err = cli("apply", plan, stdin="n\n")
-    assert code == 1
+    assert code == 2
     assert "Apply this plan?" in err and "not confirmed; nothing was deleted" in err
     assert files(v2) == before and not journal_path(plan).exists()
     code, _, err = cli("apply", plan, stdin="y\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..choices import Format
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class View:
     table_rows: int | None = None
 
 
-class FormatError(ValueError):
+class FormatError(UsageError, ValueError):
     """A format that cannot be written where asked (parquet to a terminal, say)."""
 
 

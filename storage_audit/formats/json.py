@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 from . import View
+
+# pandas writes `/` as `\/`; a `\/` preceded by an even run of backslashes is that escape.
+_ESCAPED_SLASH = re.compile(r"(?<!\\)((?:\\\\)*)\\/")
 
 
 def write(view: View, dest: Path | None) -> None:
@@ -17,6 +21,7 @@ def write(view: View, dest: Path | None) -> None:
         text = frame.to_json(orient="records", date_format="iso", date_unit="us", indent=2)
     if frame.empty and not view.single:
         text = "[]"  # pandas writes two newlines between brackets for an empty frame
+    text = _ESCAPED_SLASH.sub(r"\1/", text)
     if dest is None:
         sys.stdout.write(text + "\n")
     else:

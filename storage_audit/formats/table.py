@@ -11,7 +11,9 @@ import humanize
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from ..text import printable
 from . import View, time_columns
 
 SHORT_DIGEST = len("sha256:") + 12
@@ -35,11 +37,15 @@ def _cell(value: object) -> str:
         return ""
     if isinstance(value, str) and value.startswith("sha") and ":" in value and len(value) > SHORT_DIGEST:
         return value[:SHORT_DIGEST]
-    return str(value)
+    return printable(str(value), keep="\n")
 
 
 def cells(view: View) -> pd.DataFrame:
-    """The frame as strings for people: sizes and durations humanized, digests shortened, times to the minute."""
+    """The frame as strings for people: sizes and durations humanized, digests shortened, times to the minute.
+
+    Names come from the storage: control characters are escaped here, and the
+    cells reach rich as Text, never as markup.
+    """
     frame = view.frame
     out = pd.DataFrame(index=frame.index)
     times = set(time_columns(frame))
@@ -93,7 +99,7 @@ def render(view: View, console: Console) -> None:
         numeric = col in view.size_columns or pd.api.types.is_numeric_dtype(view.frame[col].dtype)
         table.add_column(col, footer=total, justify="right" if numeric else "left", overflow="fold")
     for row in table_cells[columns].itertuples(index=False):
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
 
 
