@@ -321,13 +321,21 @@ def _upload_path(repository: str, upload_id: str) -> str:
         return f"{path_for(Repository(repository))}/_uploads/{upload_id}"
 
 
+def stale_upload_rows(inv: Inventory, upload_age: timedelta) -> pd.DataFrame:
+    """The uploads (rows of `inv.uploads`) started more than `upload_age` before the scan, or with no start time."""
+    scanned = pd.Timestamp(inv.scanned_at)
+    if scanned.tzinfo is None:
+        scanned = scanned.tz_localize(UTC)
+    up = inv.uploads
+    return up[up["started_at"].isna() | (up["started_at"] < scanned - upload_age)]
+
+
 def stale_uploads(inv: Inventory, upload_age: timedelta) -> pd.DataFrame:
     """stale-upload: an upload started more than `upload_age` before the scan, or with no readable start time."""
     scanned = pd.Timestamp(inv.scanned_at)
     if scanned.tzinfo is None:
         scanned = scanned.tz_localize(UTC)
-    up = inv.uploads
-    stale = up[up["started_at"].isna() | (up["started_at"] < scanned - upload_age)]
+    stale = stale_upload_rows(inv, upload_age)
     if stale.empty:
         return _NONE
     details = [
