@@ -27,6 +27,7 @@ from .choices import By
 from .collect import orphan_frame, untagged_frame
 from .graph import Graph, ReachOptions
 from .report import whole
+from .text import count
 
 TEMPLATE = "report.html.j2"
 
@@ -41,6 +42,7 @@ AGE_BUCKETS: tuple[tuple[float, str], ...] = (
     (float("inf"), "> 2 years"),
 )
 UNKNOWN_AGE = "unknown"
+SEVERITY_PLURALS = {"error": "errors", "warning": "warnings", "info": "info"}
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,7 @@ def _html(fig: Any, div_id: str) -> str:
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: str = "text"  # text, bytes, time, digest, count
+    kind: str = "text"  # text, label (one line), path, bytes, time, digest, count
 
 
 @dataclass(frozen=True)
@@ -424,7 +426,13 @@ def tables(fig: Figures, options: HtmlOptions) -> list[Table]:
             "findings",
             "Findings of check",
             fig.findings,
-            [Column("severity"), Column("kind"), Column("repository"), Column("path"), Column("detail")],
+            [
+                Column("severity", "label"),
+                Column("kind", "label"),
+                Column("repository"),
+                Column("path", "path"),
+                Column("detail"),
+            ],
             options.table_rows,
             _command("check", fig.root, "-f", "csv"),
         ),
@@ -456,26 +464,26 @@ def cards(fig: Figures) -> list[Card]:
         return Card(key, label, str(int(row[key])), size(int(row[key])), note, tone)
 
     return [
-        sized("physical_bytes", "on disk (blobs)", f"{int(row['blobs']):,} blobs"),
+        sized("physical_bytes", "on disk (blobs)", count(int(row["blobs"]), "blob")),
         sized("logical_bytes", "kept by repositories", "a shared blob counts in each"),
         Card("dedup_ratio", "dedup ratio", repr(float(row["dedup_ratio"])), f"{float(row['dedup_ratio']):.2f}"),
-        sized("orphan_bytes", "orphan blobs", f"{int(row['orphan_blobs']):,} blobs nothing references", "free"),
+        sized("orphan_bytes", "orphan blobs", count(int(row["orphan_blobs"]), "blob") + " nothing references", "free"),
         sized(
             "untagged_reclaimable_bytes",
             "deleting untagged manifests frees",
-            f"{int(row['untagged_manifests']):,} untagged manifests",
+            count(int(row["untagged_manifests"]), "untagged manifest"),
             "free",
         ),
         sized("upload_bytes", "uploads in progress", f"{size(stale)} of them stale"),
         Card("repositories", "repositories", str(int(row["repositories"])), f"{int(row['repositories']):,}"),
-        Card("tags", "tags", str(int(row["tags"])), f"{int(row['tags']):,}", f"{int(row['manifests']):,} manifests"),
+        Card("tags", "tags", str(int(row["tags"])), f"{int(row['tags']):,}", count(int(row["manifests"]), "manifest")),
         Card(
             "findings",
             "check findings",
             str(sum(counts.values())),
             f"{sum(counts.values()):,}",
             tone="bad" if counts.get("error") else ("warn" if counts.get("warning") else ""),
-            parts=[(f"findings_{sev}", str(n), f"{n:,} {sev}") for sev, n in counts.items()],
+            parts=[(f"findings_{sev}", str(n), count(n, sev, SEVERITY_PLURALS[sev])) for sev, n in counts.items()],
         ),
     ]
 
@@ -483,6 +491,7 @@ def cards(fig: Figures) -> list[Card]:
 def render(fig: Figures, options: HtmlOptions | None = None) -> str:
     """The page: the figures' charts and tables in the template, plotly.js inlined."""
     import jinja2
+    from markupsafe import Markup
     from plotly.offline import get_plotlyjs
 
     options = options or HtmlOptions()
@@ -516,20 +525,32 @@ def render(fig: Figures, options: HtmlOptions | None = None) -> str:
         "freeing_tags": int((fig.tags["exclusive_bytes"] > 0).sum()),
         "bars": options.bars,
     }
+    physical = int(row["physical_bytes"])
+    freeable = sum(n for _, n in actions)
+    headline = Markup(
+        "{} on disk in {} repositories; <b>{} can be freed</b> ({:.0%}), {} of it by deleting untagged manifests."
+    ).format(
+        size(physical),
+        f"{int(row['repositories']):,}",
+        size(freeable),
+        freeable / physical if physical else 0,
+        size(actions[0][1]),
+    )
     return env.get_template(TEMPLATE).render(
+        headline=headline,
         root=fig.root,
         scanned_at=f"{scanned:%Y-%m-%d %H:%M:%S} UTC",
         version=__version__,
         cards=cards(fig),
         actions=[(name, str(n), size(n)) for name, n in actions],
-        reclaimable_total=size(sum(n for _, n in actions)),
-        charts={k: jinja2.utils.markupsafe.Markup(v) for k, v in charts.items()},
+        reclaimable_total=size(freeable),
+        charts={k: Markup(v) for k, v in charts.items()},
         counts=counts,
         ages=buckets,
         tables=tables(fig, options),
         all_repositories=_command("report", fig.root, "--by", "repository", "-f", "csv"),
         all_tags=_command("report", fig.root, "--by", "tag", "-f", "csv"),
-        plotly_js=jinja2.utils.markupsafe.Markup(get_plotlyjs()),
+        plotly_js=Markup(get_plotlyjs()),
     )
 
 
