@@ -489,9 +489,10 @@ def html_report(root: Path, options: ReportOptions, output: Path | None, quiet: 
         fail("--format html reports the whole storage: --by, --repository, --sort and --top do not apply")
     inv = read_inventory(root, quiet, workers)
     from .graph import Graph
-    from .html_report import page
+    from .html_report import HtmlOptions, page
 
-    text = page(Graph(inv))
+    # The commands the page names for the rows it leaves out read the ROOT given here, a snapshot's included.
+    text = page(Graph(inv), HtmlOptions(command_root=str(root)))
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -49,13 +49,15 @@ SEVERITY_PLURALS = {"error": "errors", "warning": "warnings", "info": "info"}
 class HtmlOptions:
     """How much the page holds: the rest is grouped ("other") or left to the commands that list everything.
 
-    `upload_age` is check's: an upload older than that is stale.
+    `upload_age` is check's: an upload older than that is stale. The commands the page names to list
+    every row read `command_root` (default: the inventory's root).
     """
 
     upload_age: timedelta = field(default_factory=lambda: CheckOptions().upload_age)
     treemap_repositories: int = 400
     bars: int = 25
     table_rows: int = 1000
+    command_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -389,6 +391,7 @@ def _command(name: str, root: str, *extra: str) -> str:
 
 
 def tables(fig: Figures, options: HtmlOptions) -> list[Table]:
+    root = options.command_root or fig.root
     untagged = fig.untagged.sort_values(
         ["reclaimable_bytes", "repository", "digest"], ascending=[False, True, True], kind="stable"
     )
@@ -406,7 +409,7 @@ def tables(fig: Figures, options: HtmlOptions) -> list[Table]:
                 Column("reclaimable_bytes", "bytes"),
             ],
             options.table_rows,
-            _command("untagged", fig.root, "-f", "csv"),
+            _command("untagged", root, "-f", "csv"),
         ),
         table(
             "orphans",
@@ -420,7 +423,7 @@ def tables(fig: Figures, options: HtmlOptions) -> list[Table]:
                 Column("linked_from"),
             ],
             options.table_rows,
-            _command("orphans", fig.root, "-f", "csv"),
+            _command("orphans", root, "-f", "csv"),
         ),
         table(
             "findings",
@@ -434,7 +437,7 @@ def tables(fig: Figures, options: HtmlOptions) -> list[Table]:
                 Column("detail"),
             ],
             options.table_rows,
-            _command("check", fig.root, "-f", "csv"),
+            _command("check", root, "-f", "csv"),
         ),
     ]
 
@@ -548,8 +551,9 @@ def render(fig: Figures, options: HtmlOptions | None = None) -> str:
         counts=counts,
         ages=buckets,
         tables=tables(fig, options),
-        all_repositories=_command("report", fig.root, "--by", "repository", "-f", "csv"),
-        all_tags=_command("report", fig.root, "--by", "tag", "-f", "csv"),
+        freeable=freeable,
+        all_repositories=_command("report", options.command_root or fig.root, "--by", "repository", "-f", "csv"),
+        all_tags=_command("report", options.command_root or fig.root, "--by", "tag", "-f", "csv"),
         plotly_js=Markup(get_plotlyjs()),
     )
 

@@ -4,6 +4,7 @@ that `report`, `untagged`, `orphans` and `check` write for the same storage."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,9 +71,11 @@ def test_a_snapshot_gives_the_same_page_as_its_tree(tmp_path: Path) -> None:
     assert run("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "tree.html"), "-q")[0] == 0
     assert run("report", str(tmp_path / "snap"), "-f", "html", "-o", str(tmp_path / "snap.html"), "-q")[0] == 0
     tree, snap = ((tmp_path / n).read_text() for n in ("tree.html", "snap.html"))
-    # The same scan time would make them equal: the snapshot's is its own.
-    strip = [line for line in tree.splitlines() if "scanned-at" not in line and "pushed" not in line]
-    assert strip == [line for line in snap.splitlines() if "scanned-at" not in line and "pushed" not in line]
+    # Every figure the page holds for a program: cards, action shares, tag ages, table cells, rows left out.
+    figures = re.compile(r'data-(?:key|value|bytes|left-out|total)="[^"]*"')
+    assert len(figures.findall(tree)) > 60
+    assert figures.findall(tree) == figures.findall(snap)
+    assert f"storage-audit orphans {tmp_path / 'snap'} -f csv" in snap
 
 
 def test_the_page_references_nothing_outside_itself(tmp_path: Path) -> None:
@@ -297,7 +300,7 @@ def test_a_synthetic_page_groups_small_repositories_and_caps_its_tables(
         assert len(listed[name]) > options.table_rows, name
         assert left_out[f"section-{name}"] == [
             str(len(listed[name]) - options.table_rows),
-            f"storage-audit {command} {inv.root} -f csv",
+            f"storage-audit {command} {inv.root} -f csv",  # the library's default: the inventory's root
         ]
     labels = trace(chromium, "treemap")["labels"]
     assert "other: 40 smaller repositories" in labels
@@ -313,3 +316,5 @@ def test_the_command_writes_a_page_of_a_synthetic_tree_the_browser_draws(
     assert path.stat().st_size < 10 * 1024 * 1024
     open_page(chromium, path, tmp_path / "synthetic.png")
     check_figures(chromium, synthetic, HtmlOptions())
+    commands = chromium.evaluate("Array.from(document.querySelectorAll('.left-out code')).map(e => e.textContent)")
+    assert commands == [f"storage-audit {name} {synthetic} -f csv" for name in ("untagged", "orphans", "check")]
