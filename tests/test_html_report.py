@@ -7,7 +7,9 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,22 @@ def trace(tab: Page, div: str) -> dict[str, Any]:
     )
 
 
+SCANNED_AT = "%Y-%m-%d %H:%M:%S UTC"
+STALE_SECONDS = 7 * 86400  # check's default --upload-age
+DAY = 86400
+
+
+def age_bucket(scanned: datetime, pushed_at: str | None) -> str:
+    """The name of the page's bar a tag pushed at `pushed_at` counts in."""
+    if pushed_at is None:
+        return "unknown"
+    days = max((scanned - datetime.fromisoformat(pushed_at)).total_seconds(), 0) / DAY
+    for upper, name in AGE_BUCKETS:
+        if days < upper:
+            return name
+    raise AssertionError(days)
+
+
 def check_figures(tab: Page, root: Path, options: HtmlOptions) -> dict[str, Any]:
     """Every figure the page shows equals the JSON output of the commands for the same storage."""
     shown = cards(tab)
@@ -207,6 +225,14 @@ def check_figures(tab: Page, root: Path, options: HtmlOptions) -> dict[str, Any]
     assert bars["x"] == [t["exclusive_bytes"] for t in largest[: options.bars]]
     ages = trace(tab, "tag-ages")
     assert sum(ages["y"]) == len(tags) and ages["x"][: len(AGE_BUCKETS)] == [name for _, name in AGE_BUCKETS]
+    scanned = datetime.strptime(tab.evaluate("document.getElementById('scanned-at').textContent"), SCANNED_AT)
+    expected = Counter(age_bucket(scanned.replace(tzinfo=UTC), t["pushed_at"]) for t in tags)
+    assert dict(zip(ages["x"], ages["y"], strict=True)) == {name: expected[name] for name in ages["x"]}
+
+    uploads = as_json("report", str(root), "--by", "upload")
+    stale = [u for u in uploads if u["age"] is None or u["age"] > STALE_SECONDS]
+    assert int(shown["stale uploads"]) == sum(u["bytes"] for u in stale)
+    assert len(stale) == sum(f["kind"] == "stale-upload" for f in findings)
 
     untagged = as_json("untagged", str(root))
     untagged.sort(key=lambda r: (-r["reclaimable_bytes"], r["repository"], r["digest"]))
