@@ -22,7 +22,7 @@ from storage_audit.graph import Graph
 from storage_audit.html_report import AGE_BUCKETS, HtmlOptions, page
 from storage_audit.source import load, resolve
 
-from .browser import Page, browser, require_chromium
+from .browser import REQUIRE_ENV, Page, browser, require_chromium
 from .conftest import FIXTURES
 
 TOP = Path(__file__).resolve().parents[1]
@@ -87,6 +87,16 @@ def test_the_page_references_nothing_outside_itself(tmp_path: Path) -> None:
     for needle in ("<script src", "<link", "<img", "@import", "url(http", "<iframe"):
         assert needle not in text.lower(), needle
     assert text.count("<script") >= 6  # plotly.js, one per chart, the table script
+
+
+def test_a_missing_chromium_fails_the_tests_when_required(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv(REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="chromium is not installed"):
+        require_chromium()
+    monkeypatch.delenv(REQUIRE_ENV)
+    with pytest.raises(pytest.skip.Exception):
+        require_chromium()
 
 
 # --------------------------------------------------------------------------
