@@ -159,7 +159,7 @@ def treemap(repositories: pd.DataFrame, limit: int) -> Any:
         chain = [top]
         for depth in range(1, len(parts)):
             namespace = "/".join(parts[:depth])
-            node(f"ns:{namespace}", parts[depth - 1] + "/", parent)
+            node(f"ns:{namespace}", _inert(parts[depth - 1]) + "/", parent)
             parent = f"ns:{namespace}"
             chain.append(parent)
         node(f"repo:{row.repository}", _inert(parts[-1]), parent, _repository_hover(row))
@@ -177,7 +177,8 @@ def treemap(repositories: pd.DataFrame, limit: int) -> Any:
         nodes[top]["repos"] += len(rest)
     for node_id, n in nodes.items():
         if not n["hover"]:
-            name = "all repositories" if node_id == top else n["label"]
+            # A namespace's hover names it whole (its tile only by its last part).
+            name = {top: "all repositories", "other": n["label"]}.get(node_id, node_id.removeprefix("ns:") + "/")
             n["hover"] = "<br>".join(
                 [
                     f"<b>{_inert(name)}</b>",
