@@ -454,7 +454,10 @@ def report(
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
 ) -> None:
-    """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
+    """Show where the space goes: a summary, one row per repository, tag, manifest, blob or upload, or a page.
+
+    --format html -o FILE writes one self-contained page of charts and tables of the whole storage.
+    """
     from .choices import ReportOptions
     from .choices import check as check_report
 
