@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -165,11 +167,13 @@ def browser(binary: str | None = None) -> Iterator[Page]:
     """A headless chromium with a fresh profile and one blank tab; stopped, and its profile removed, on exit."""
     binary = binary or require_chromium()
     profile = Path(tempfile.mkdtemp(prefix="storage-audit-chromium-"))
+    # A session of its own: the browser's helper processes are stopped with it, as one group.
     process = subprocess.Popen(
         [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     page: Page | None = None
     try:
@@ -179,15 +183,25 @@ def browser(binary: str | None = None) -> Iterator[Page]:
     finally:
         if page is not None:
             page.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
         if process.stderr is not None:
             process.stderr.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Stop the browser and every process of its group: politely, then for good."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            # Helpers may outlive the main process by a moment: the group goes too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _devtools_port(process: subprocess.Popen[str], profile: Path, timeout: float = 60) -> int:
