@@ -16,6 +16,7 @@ import pandas as pd
 
 from .findings import SEVERITY, Finding, Kind, Severity
 from .formats import View
+from .frames import isin
 from .graph import HOLDING_REFS, Graph
 from .inventory import SCHEMA, Inventory, conform, frame
 from .manifest import IMAGE_CONFIGS
@@ -148,7 +149,7 @@ def tag_blobs(graph: Graph) -> pd.DataFrame:
     """(repository, tag, manifest, blob): each blob a pull of the tag reads, and the manifest that needs it."""
     manifests = tag_manifests(graph)
     refs = graph.inv.references
-    refs = refs[refs["ref_type"].isin(HOLDING_REFS)][["manifest", "digest"]].rename(columns={"digest": "blob"})
+    refs = refs[isin(refs["ref_type"], HOLDING_REFS)][["manifest", "digest"]].rename(columns={"digest": "blob"})
     own = manifests.assign(blob=manifests["manifest"])
     return pd.concat([own, manifests.merge(refs, on="manifest")], ignore_index=True).drop_duplicates(ignore_index=True)
 
@@ -183,7 +184,7 @@ def missing_blobs(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
     stored = inv.blobs["digest"]
     tags = inv.tags.dropna(subset=["digest"])
     revs = inv.revisions[inv.revisions["linked"]].dropna(subset=["target"])
-    refs = inv.references[inv.references["ref_type"].isin(HOLDING_REFS)]
+    refs = inv.references[isin(inv.references["ref_type"], HOLDING_REFS)]
     referenced = present[["repository", "target"]].merge(
         refs[["manifest", "ref_type", "digest"]].rename(columns={"manifest": "target", "digest": "blob"}), on="target"
     )
@@ -201,7 +202,7 @@ def missing_blobs(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
         ],
         ignore_index=True,
     )
-    gone = needed[~needed["blob"].isin(stored)]
+    gone = needed[~isin(needed["blob"], stored)]
     if gone.empty:
         return _NONE
     grouped = gone.groupby(["repository", "blob"], as_index=False).agg(role=("role", _roles))
@@ -228,10 +229,10 @@ def index_findings(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
     marked = kids.merge(linked.drop_duplicates(), how="left", on=["repository", "child"], indicator=True)
     absent = marked[marked["_merge"] == "left_only"].reset_index(drop=True)
 
-    layer_refs = refs[refs["ref_type"].isin(("config", "layer", "fslayer"))]["digest"]
+    layer_refs = refs[isin(refs["ref_type"], ("config", "layer", "fslayer"))]["digest"]
     not_manifests = pd.Index(layer_refs.unique()).difference(pd.Index(inv.manifests["digest"]))
     media = kids["media_type"].fillna("")
-    layerish = kids[media.isin(IMAGE_CONFIGS) | media.str.contains(_LAYER_TYPE) | kids["child"].isin(not_manifests)]
+    layerish = kids[isin(media, IMAGE_CONFIGS) | media.str.contains(_LAYER_TYPE) | isin(kids["child"], not_manifests)]
     parts = [_children_missing(absent, tag_needs), _lists_layers(layerish.reset_index(drop=True))]
     found = [p for p in parts if not p.empty]
     return pd.concat(found, ignore_index=True) if found else _NONE
@@ -321,13 +322,21 @@ def _upload_path(repository: str, upload_id: str) -> str:
         return f"{path_for(Repository(repository))}/_uploads/{upload_id}"
 
 
+def stale_upload_rows(inv: Inventory, upload_age: timedelta) -> pd.DataFrame:
+    """The uploads (rows of `inv.uploads`) started more than `upload_age` before the scan, or with no start time."""
+    scanned = pd.Timestamp(inv.scanned_at)
+    if scanned.tzinfo is None:
+        scanned = scanned.tz_localize(UTC)
+    up = inv.uploads
+    return up[up["started_at"].isna() | (up["started_at"] < scanned - upload_age)]
+
+
 def stale_uploads(inv: Inventory, upload_age: timedelta) -> pd.DataFrame:
     """stale-upload: an upload started more than `upload_age` before the scan, or with no readable start time."""
     scanned = pd.Timestamp(inv.scanned_at)
     if scanned.tzinfo is None:
         scanned = scanned.tz_localize(UTC)
-    up = inv.uploads
-    stale = up[up["started_at"].isna() | (up["started_at"] < scanned - upload_age)]
+    stale = stale_upload_rows(inv, upload_age)
     if stale.empty:
         return _NONE
     details = [
@@ -357,7 +366,7 @@ def _size(n: int) -> str:
 def empty_repositories(inv: Inventory) -> pd.DataFrame:
     """empty-repository: a repository with no linked revision and no tag, still listed by the catalog."""
     active = pd.concat([inv.revisions[inv.revisions["linked"]]["repository"], inv.tags["repository"]])
-    empty = inv.repositories[~inv.repositories["repository"].isin(active)]
+    empty = inv.repositories[~isin(inv.repositories["repository"], active)]
     rows = pd.DataFrame(
         {
             "repository": empty["repository"],

@@ -28,6 +28,16 @@ class Format(StrEnum):
     PARQUET = "parquet"
 
 
+class ReportFormat(StrEnum):
+    """How a report is written: the formats of every view, or one HTML page of the whole storage."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
+    HTML = "html"
+
+
 class PlanFormat(StrEnum):
     """How a deletion plan is written."""
 

@@ -26,7 +26,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from . import __version__
-from .choices import By, Format, PlanFormat
+from .choices import By, Format, PlanFormat, ReportFormat
 from .errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from .findings import Severity
 from .progress import RichByteProgress, RichProgress
@@ -420,7 +420,15 @@ def orphans(
 def report(
     root: RootArg = DEFAULT_ROOT,
     by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
-    fmt: FormatOpt = Format.TABLE,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output: a table for people, or csv, json, parquet (needs -o), "
+            "or html: one page of charts and tables of the whole storage (needs -o).",
+        ),
+    ] = ReportFormat.TABLE,
     output: OutputOpt = None,
     top: Annotated[
         int | None, typer.Option("--top", "-n", min=1, metavar="N", help="Keep only the first N rows.")
@@ -447,11 +455,17 @@ def report(
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
 ) -> None:
-    """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
+    """Show where the space goes: a summary, one row per repository, tag, manifest, blob or upload, or a page.
+
+    --format html -o FILE writes one self-contained page of charts and tables of the whole storage.
+    """
     from .choices import ReportOptions
     from .choices import check as check_report
 
     options = ReportOptions(by=by, repository=repository, sort=sort, top=top)
+    if fmt is ReportFormat.HTML:
+        html_report(root, options, output, quiet, workers)
+        return
     check_report(options)
     source = open_root(root)
     frame = stored_report(source, options)
@@ -463,8 +477,33 @@ def report(
 
         frame = reporting.report(Graph(inv), options)
     # --top asks for that many rows: a table shows them all, past its usual limit.
-    emit(replace(reporting.view(by, frame, table=fmt is Format.TABLE), table_rows=top), fmt, output)
+    view = replace(reporting.view(by, frame, table=fmt is ReportFormat.TABLE), table_rows=top)
+    emit(view, Format(fmt.value), output)
     exit_if_unreadable(unreadable_paths(inv.findings if inv is not None else snapshot_findings(source)))
+
+
+def html_report(root: Path, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
+    """Write the HTML page of the whole storage: every figure from one graph, a snapshot's included."""
+    from .choices import ReportOptions
+
+    # A page of several megabytes is for a browser, not a terminal; as for parquet, -o names its file.
+    if output is None:
+        fail("--format html writes a page for a browser: add -o FILE")
+    if options != ReportOptions(by=By.SUMMARY):
+        fail("--format html reports the whole storage: --by, --repository, --sort and --top do not apply")
+    inv = read_inventory(root, quiet, workers)
+    from .graph import Graph
+    from .html_report import HtmlOptions, page
+
+    # The commands the page names for the rows it leaves out read the ROOT given here, a snapshot's included.
+    text = page(Graph(inv), HtmlOptions(command_root=str(root)))
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"{output}: cannot write: {exc.strerror or exc}")
+    if not quiet:
+        say(f"wrote {output} ({size(len(text.encode()))}); open it in a browser")
+    exit_if_unreadable(unreadable_paths(inv.findings))
 
 
 def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None:

@@ -48,6 +48,7 @@ COMMANDS = [
     *(["report", "{root}", "--by", by, "-f", "json", "-q"] for by in ("summary", "repository", "tag", "manifest")),
     *(["report", "{root}", "--by", by, "-f", "json", "-q"] for by in ("blob", "upload")),
     ["report", "{root}", "--by", "blob", "--repository", "team/*", "-f", "json", "-q"],
+    ["report", "{root}", "--format", "html", "-o", "{snapshot}.html", "-q"],
     ["untagged", "{root}", "-f", "json"],
     ["untagged", "{root}", "--gc-compatible", "-f", "json"],
     ["orphans", "{root}", "-f", "json"],
@@ -64,7 +65,7 @@ def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path) -> None:
     before = Graph.builds
     code, out, err = run(*args)
     assert code in (0, 3), err
-    assert out or argv[0] == "scan"
+    assert out or argv[0] == "scan" or Path(f"{tmp_path / 'snap'}.html").stat().st_size
     assert Graph.builds - before == 1
 
 
@@ -75,6 +76,17 @@ def test_a_report_from_a_snapshot_builds_none(tmp_path: Path) -> None:
     code, out, _ = run("report", str(tmp_path / "snap"), "--by", "repository", "-f", "json")
     assert code == 0 and json.loads(out)
     assert Graph.builds == before
+
+
+def test_an_html_report_from_a_snapshot_builds_one(tmp_path: Path) -> None:
+    # The page needs untagged, orphans and check besides the stored views: one graph of the snapshot's tables.
+    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
+    assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
+    before = Graph.builds
+    code, _, err = run("report", str(tmp_path / "snap"), "--format", "html", "-o", str(tmp_path / "r.html"), "-q")
+    assert code == 0, err
+    assert (tmp_path / "r.html").stat().st_size > 0
+    assert Graph.builds - before == 1
 
 
 def test_the_closure_follows_every_root_through_nesting_and_shared_nodes() -> None:
