@@ -26,6 +26,7 @@ class Format(StrEnum):
     CSV = "csv"
     JSON = "json"
     PARQUET = "parquet"
+    PROMETHEUS = "prometheus"
 
 
 class PlanFormat(StrEnum):

@@ -11,6 +11,7 @@ import errno
 import gc
 import re
 import sys
+import time
 import traceback
 from collections import Counter
 from collections.abc import Iterable
@@ -149,8 +150,12 @@ def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inven
     from .scan import ScanOptions
 
     source = open_root(root)
+    started = time.monotonic()
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        return load(source, ScanOptions(progress=progress, workers=workers or 0))
+        inv = load(source, ScanOptions(progress=progress, workers=workers or 0))
+    if not source.snapshot:
+        inv.scan_seconds = time.monotonic() - started
+    return inv
 
 
 def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
@@ -446,12 +451,18 @@ def report(
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
 ) -> None:
-    """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload."""
+    """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload.
+
+    --format prometheus writes every metric of the audit instead (README, "Metrics").
+    """
     from .choices import ReportOptions
     from .choices import check as check_report
 
     options = ReportOptions(by=by, repository=repository, sort=sort, top=top)
     check_report(options)
+    if fmt is Format.PROMETHEUS:
+        report_metrics(root, options, output, quiet, workers)
+        return
     source = open_root(root)
     frame = stored_report(source, options)
     inv = read_inventory(root, quiet, workers) if frame is None else None
@@ -464,6 +475,18 @@ def report(
     # --top asks for that many rows: a table shows them all, past its usual limit.
     emit(replace(reporting.view(by, frame, table=fmt is Format.TABLE), table_rows=top), fmt, output)
     exit_if_unreadable(unreadable_paths(inv.findings if inv is not None else snapshot_findings(source)))
+
+
+def report_metrics(root: Path, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
+    """Write the audit's metrics: the report's figures and the check's findings, from one graph."""
+    if options != type(options)():
+        fail("--format prometheus writes every metric: it takes no --by, --repository, --sort or --top")
+    inv = read_inventory(root, quiet, workers)
+    from .graph import Graph
+    from .metrics import metrics, view
+
+    emit(view(metrics(Graph(inv))), Format.PROMETHEUS, output)
+    exit_if_unreadable(unreadable_paths(inv.findings))
 
 
 def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None:
