@@ -29,6 +29,14 @@ class Format(StrEnum):
     PROMETHEUS = "prometheus"
 
 
+class DiffBy(StrEnum):
+    """What one row of a diff between two audits is."""
+
+    REPOSITORY = "repository"
+    TAG = "tag"
+    BLOB = "blob"
+
+
 class PlanFormat(StrEnum):
     """How a deletion plan is written."""
 

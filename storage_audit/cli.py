@@ -27,7 +27,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from . import __version__
-from .choices import By, Format, PlanFormat
+from .choices import By, DiffBy, Format, PlanFormat
 from .errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from .findings import Severity
 from .progress import RichByteProgress, RichProgress
@@ -503,6 +503,47 @@ def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None
     except ValueError as exc:
         fail(f"{source.path}: {exc}")
     return None if whole is None else reporting.finish(whole, options)
+
+
+@app.command(cls=AuditCommand)
+def diff(
+    old: Annotated[
+        Path, typer.Argument(metavar="OLD", readable=False, help="The earlier audit: a snapshot or any ROOT.")
+    ],
+    new: Annotated[
+        Path, typer.Argument(metavar="NEW", readable=False, help="The later audit: a snapshot or any ROOT.")
+    ],
+    by: Annotated[
+        DiffBy, typer.Option("--by", "-b", help="What each row is: a repository, a tag, or a blob.")
+    ] = DiffBy.REPOSITORY,
+    fmt: FormatOpt = Format.TABLE,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+) -> None:
+    """Show what changed between two audits, largest change first, with a one-line summary on stderr.
+
+    A snapshot's stored report views are compared as they are; a storage tree is scanned and analyzed.
+    """
+    sides = [open_root(old), open_root(new)]
+    from . import diff as diffing
+
+    audits, unreadable = [], []
+    for path, source in zip((old, new), sides, strict=True):
+        if source.snapshot:
+            audits.append(diffing.Audit.of_snapshot(source.path, str(path)))
+            unreadable += unreadable_paths(snapshot_findings(source))
+        else:
+            inv = read_inventory(path, quiet, workers)
+            audits.append(diffing.Audit.of_inventory(inv, str(path)))
+            unreadable += unreadable_paths(inv.findings)
+    result = diffing.diff(audits[0], audits[1], by)
+    for warning in result.warnings:
+        say(f"storage-audit: warning: {warning}")
+    emit(diffing.view(result), fmt, output)
+    if not quiet:
+        say(diffing.summary_line(result))
+    exit_if_unreadable(unreadable)
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
