@@ -225,6 +225,16 @@ def scan(
             help="Write the inventory here as Parquet tables plus metadata.json.",
         ),
     ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            min=1,
+            metavar="N",
+            help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
+            "older ones; only storage-audit snapshots are ever removed.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
 ) -> None:
@@ -232,6 +242,8 @@ def scan(
 
     Exits 3, saying so, when part of the tree could not be read.
     """
+    if keep is not None and output is None:
+        fail("--keep needs -o DIR: it keeps the newest snapshots beside DIR")
     if output is not None:
         _check_snapshot_target(output)
     source = open_root(root)
@@ -258,10 +270,26 @@ def scan(
                 write_snapshot(inv, output, views)
             except OSError as exc:
                 fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
+            if keep is not None:
+                prune_snapshots(output, keep, quiet)
     if not quiet:
         for key, value in summary:
             say(f"{key}: {value}")
     exit_if_unreadable(unreadable)
+
+
+def prune_snapshots(output: Path, keep: int, quiet: bool) -> None:
+    """Remove the snapshots beside `output` beyond the newest `keep`; say what was left, even with --quiet."""
+    from .snapshots import prune
+
+    try:
+        pruned = prune(output, keep)
+    except OSError as exc:
+        fail(f"{output.parent}: cannot list snapshots: {exc.strerror or exc}")
+    if pruned.removed and not quiet:
+        say(f"removed {count(len(pruned.removed), 'older snapshot')}: {', '.join(p.name for p in pruned.removed)}")
+    for path, reason in pruned.left:
+        say(f"storage-audit: warning: {path}: older snapshot left in place: {reason}")
 
 
 def _check_snapshot_target(output: Path) -> None:
@@ -269,7 +297,9 @@ def _check_snapshot_target(output: Path) -> None:
     try:
         if not output.exists():
             return
-        if output.is_dir() and not _foreign_content(output):
+        from .snapshots import foreign_content
+
+        if output.is_dir() and not foreign_content(output):
             return
     except OSError as exc:
         fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
@@ -892,13 +922,6 @@ def check(
         err.print(check_summary(counts, verify_digests), markup=False, soft_wrap=True)
     if counts["error"] or (strict and counts["warning"]):
         raise typer.Exit(EXIT_FINDINGS)
-
-
-def _foreign_content(directory: Path) -> bool:
-    from .schema import METADATA_FILE, SCHEMA, VIEW_FILE
-
-    allowed = {METADATA_FILE, *(f"{name}.parquet" for name in SCHEMA), *(VIEW_FILE.format(by) for by in By)}
-    return any(p.name not in allowed for p in directory.iterdir())
 
 
 def _version(value: bool) -> None:
