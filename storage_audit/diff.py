@@ -289,9 +289,8 @@ def _repositories(old: Audit, new: Audit, notes: list[str]) -> tuple[pd.DataFram
 
     deltas = frame[[f"{c}_delta" for c in REPOSITORY_BYTES]].fillna(0).ne(0).any(axis=1)
     moves = frame[list(counts)].sum(axis=1)
-    frame = frame[(frame["change"] != "changed") | deltas | (moves > 0)]
-    frame = _order(frame.assign(_moves=moves), "total_bytes_delta", ["repository"], extra="_moves")
-    frame = frame.drop(columns="_moves")
+    frame = frame.assign(_moves=moves)[(frame["change"] != "changed") | deltas | (moves > 0)]
+    frame = _order(frame, "total_bytes_delta", ["repository"], extra="_moves").drop(columns="_moves")
     changes = Changes(
         seconds=_seconds(old, new),
         net_bytes=_net(old, new, notes),
