@@ -368,9 +368,14 @@ def summary_line(result: Diff) -> str:
         f"{count(c.repositories_gone, 'repository', 'repositories')} gone" if c.repositories_gone else "",
         f"{count(c.manifests_removed, 'manifest')} deleted" if c.manifests_removed else "",
     ]
-    if result.by is DiffBy.TAG and c.tags_moved:
-        parts[0] = f"{count(c.tags_added, 'tag')} added, {c.tags_moved:,} moved"
-    said = ", ".join(p for p in parts if p) or "no tag, repository or manifest changed"
+    if result.by is DiffBy.TAG:
+        parts = [
+            f"{count(c.tags_added, 'tag')} added" if c.tags_added else "",
+            f"{count(c.tags_moved, 'tag')} moved" if c.tags_moved else "",
+            f"{count(c.tags_removed, 'tag')} removed" if c.tags_removed else "",
+        ]
+    nothing = "no tag changed" if result.by is DiffBy.TAG else "no tag, repository or manifest changed"
+    said = ", ".join(p for p in parts if p) or nothing
     return f"{_signed(c.net_bytes)} in {when}: {said}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,9 +157,12 @@ def test_the_scenario_changes_tags_manifests_and_repositories(history: History) 
 
 
 def test_diff_by_tag_is_what_the_ledger_changed(history: History) -> None:
-    rows, _ = diff_json(str(history.old), str(history.new), "--by", "tag")
+    rows, err = diff_json(str(history.old), str(history.new), "--by", "tag")
     got = {(r["repository"], r["tag"], r["change"], r["old_digest"], r["new_digest"]) for r in rows}
     assert got == expected_tags(history)
+    n = Counter(change for *_, change, _, _ in expected_tags(history))
+    said = f"{n['added']} tags added, {n['moved']} tags moved, {n['removed']} tags removed"
+    assert err.strip().splitlines()[-1].endswith(f": {said}")
     for r in rows:
         old = history.before.image_bytes(r["old_digest"]) if r["old_digest"] else None
         new = history.after.image_bytes(r["new_digest"]) if r["new_digest"] else None
