@@ -332,6 +332,12 @@ KeepReferrersOpt = Annotated[
 ]
 
 
+def rows_only(fmt: Format) -> None:
+    """Refuse --format prometheus before any work: only `report` writes metrics."""
+    if fmt is Format.PROMETHEUS:
+        fail("--format prometheus is for `report`: it writes the audit's metrics")
+
+
 def emit(view: View, fmt: Format, output: Path | None) -> None:
     """Write a result; the output file is opened only now, after the work succeeded."""
     from .formats import write
@@ -390,6 +396,7 @@ def untagged(
     Reached: a tag's current target, the children of a reached index (same
     repository), and artifacts whose subject is reached.
     """
+    rows_only(fmt)
     inv = read_inventory(root, quiet, workers)
     from .collect import untagged_frame
     from .formats import View
@@ -426,6 +433,7 @@ def orphans(
     workers: ScanWorkersOpt = None,
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
+    rows_only(fmt)
     inv = read_inventory(root, quiet, workers)
     from .collect import orphan_frame
     from .formats import View
@@ -555,6 +563,7 @@ def diff(
 
     A snapshot's stored report views are compared as they are; a storage tree is scanned and analyzed.
     """
+    rows_only(fmt)
     sides = [open_root(old), open_root(new)]
     from . import diff as diffing
 
@@ -905,6 +914,7 @@ def check(
     from . import check as checking
     from .graph import Graph
 
+    rows_only(fmt)
     age = parse_duration(upload_age, "--upload-age")
     if verify_digests and open_root(root).snapshot:
         fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")

@@ -149,3 +149,10 @@ def test_prometheus_takes_no_row_options() -> None:
         "storage-audit: error: --format prometheus writes every metric: it takes no --by, --repository, "
         "--sort or --top\n"
     )
+
+
+@pytest.mark.parametrize("command", [["untagged"], ["orphans"], ["check"], ["diff", "/nonexistent/old"]])
+def test_other_commands_refuse_prometheus_before_reading_anything(command: list[str]) -> None:
+    code, out, err = run(*command, "/nonexistent/root", "-f", "prometheus")
+    assert (code, out) == (2, "")
+    assert err == "storage-audit: error: --format prometheus is for `report`: it writes the audit's metrics\n"
