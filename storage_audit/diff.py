@@ -15,6 +15,7 @@ from . import __version__
 from .choices import By, DiffBy
 from .errors import UsageError
 from .formats import View
+from .frames import isin
 from .graph import Graph
 from .inventory import Inventory, read_metadata, read_snapshot, read_view
 from .report import whole
@@ -309,8 +310,8 @@ def _blobs(old: Audit, new: Audit, notes: list[str]) -> tuple[pd.DataFrame, Chan
     wanted = ("digest", "size", "kind", "orphan")
     before = _columns(old, By.BLOB, wanted, "OLD", notes)
     after = _columns(new, By.BLOB, wanted, "NEW", notes)
-    added = after[~after["digest"].isin(before["digest"])].assign(change="added")
-    removed = before[~before["digest"].isin(after["digest"])].assign(change="removed")
+    added = after[~isin(after["digest"], before["digest"])].assign(change="added")
+    removed = before[~isin(before["digest"], after["digest"])].assign(change="removed")
     both = pd.concat([added, removed], ignore_index=True)
     frame = pd.DataFrame(
         {
