@@ -156,3 +156,20 @@ def test_other_commands_refuse_prometheus_before_reading_anything(command: list[
     code, out, err = run(*command, "/nonexistent/root", "-f", "prometheus")
     assert (code, out) == (2, "")
     assert err == "storage-audit: error: --format prometheus is for `report`: it writes the audit's metrics\n"
+
+
+def test_label_values_are_escaped_and_read_back_as_written(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from storage_audit.formats import View
+    from storage_audit.formats.prometheus import write
+
+    name = 'odd "name" with \\ and\nnewline'
+    frame = pd.DataFrame(
+        [("storage_audit_repository_tags", "Tags.", {"repository": name}, 2.0)],
+        columns=["metric", "help", "labels", "value"],
+    )
+    write(View(frame), tmp_path / "odd.prom")
+    text = (tmp_path / "odd.prom").read_text()
+    assert '\\"name\\"' in text and "\\\\" in text and "\\n" in text
+    assert parse(text) == {("storage_audit_repository_tags", (("repository", name),)): 2.0}
