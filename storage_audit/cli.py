@@ -491,7 +491,7 @@ def report(
 ) -> None:
     """Show where the space goes: a summary, or one row per repository, tag, manifest, blob or upload.
 
-    --format prometheus writes every metric of the audit instead (README, "Metrics").
+    --format prometheus writes every metric of the audit instead, for monitoring.
     """
     from .choices import ReportOptions
     from .choices import check as check_report
