@@ -26,6 +26,15 @@ class Format(StrEnum):
     CSV = "csv"
     JSON = "json"
     PARQUET = "parquet"
+    PROMETHEUS = "prometheus"
+
+
+class DiffBy(StrEnum):
+    """What one row of a diff between two audits is."""
+
+    REPOSITORY = "repository"
+    TAG = "tag"
+    BLOB = "blob"
 
 
 class ReportFormat(StrEnum):
@@ -35,6 +44,7 @@ class ReportFormat(StrEnum):
     CSV = "csv"
     JSON = "json"
     PARQUET = "parquet"
+    PROMETHEUS = "prometheus"
     HTML = "html"
 
 

@@ -11,6 +11,7 @@ import errno
 import gc
 import re
 import sys
+import time
 import traceback
 from collections import Counter
 from collections.abc import Iterable
@@ -26,7 +27,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from . import __version__
-from .choices import By, Format, PlanFormat, ReportFormat
+from .choices import By, DiffBy, Format, PlanFormat, ReportFormat
 from .errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from .findings import Severity
 from .progress import RichByteProgress, RichProgress
@@ -149,8 +150,12 @@ def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inven
     from .scan import ScanOptions
 
     source = open_root(root)
+    started = time.monotonic()
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        return load(source, ScanOptions(progress=progress, workers=workers or 0))
+        inv = load(source, ScanOptions(progress=progress, workers=workers or 0))
+    if not source.snapshot:
+        inv.scan_seconds = time.monotonic() - started
+    return inv
 
 
 def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
@@ -221,6 +226,16 @@ def scan(
             help="Write the inventory here as Parquet tables plus metadata.json.",
         ),
     ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            min=1,
+            metavar="N",
+            help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
+            "older ones; only storage-audit snapshots are ever removed.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
 ) -> None:
@@ -228,6 +243,8 @@ def scan(
 
     Exits 3, saying so, when part of the tree could not be read.
     """
+    if keep is not None and output is None:
+        fail("--keep needs -o DIR: it keeps the newest snapshots beside DIR")
     if output is not None:
         _check_snapshot_target(output)
     source = open_root(root)
@@ -254,10 +271,26 @@ def scan(
                 write_snapshot(inv, output, views)
             except OSError as exc:
                 fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
+            if keep is not None:
+                prune_snapshots(output, keep, quiet)
     if not quiet:
         for key, value in summary:
             say(f"{key}: {value}")
     exit_if_unreadable(unreadable)
+
+
+def prune_snapshots(output: Path, keep: int, quiet: bool) -> None:
+    """Remove the snapshots beside `output` beyond the newest `keep`; say what was left, even with --quiet."""
+    from .snapshots import prune
+
+    try:
+        pruned = prune(output, keep)
+    except OSError as exc:
+        fail(f"{output.parent}: cannot list snapshots: {exc.strerror or exc}")
+    if pruned.removed and not quiet:
+        say(f"removed {count(len(pruned.removed), 'older snapshot')}: {', '.join(p.name for p in pruned.removed)}")
+    for path, reason in pruned.left:
+        say(f"storage-audit: warning: {path}: older snapshot left in place: {reason}")
 
 
 def _check_snapshot_target(output: Path) -> None:
@@ -265,7 +298,9 @@ def _check_snapshot_target(output: Path) -> None:
     try:
         if not output.exists():
             return
-        if output.is_dir() and not _foreign_content(output):
+        from .snapshots import foreign_content
+
+        if output.is_dir() and not foreign_content(output):
             return
     except OSError as exc:
         fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
@@ -296,6 +331,12 @@ KeepReferrersOpt = Annotated[
         help="Keep artifacts (signatures, SBOMs) whose subject is kept.",
     ),
 ]
+
+
+def rows_only(fmt: Format) -> None:
+    """Refuse --format prometheus before any work: only `report` writes metrics."""
+    if fmt is Format.PROMETHEUS:
+        fail("--format prometheus is for `report`: it writes the audit's metrics")
 
 
 def emit(view: View, fmt: Format, output: Path | None) -> None:
@@ -356,6 +397,7 @@ def untagged(
     Reached: a tag's current target, the children of a reached index (same
     repository), and artifacts whose subject is reached.
     """
+    rows_only(fmt)
     inv = read_inventory(root, quiet, workers)
     from .collect import untagged_frame
     from .formats import View
@@ -392,6 +434,7 @@ def orphans(
     workers: ScanWorkersOpt = None,
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
+    rows_only(fmt)
     inv = read_inventory(root, quiet, workers)
     from .collect import orphan_frame
     from .formats import View
@@ -426,6 +469,7 @@ def report(
             "--format",
             "-f",
             help="Output: a table for people, or csv, json, parquet (needs -o), "
+            "prometheus: every metric, for node_exporter's textfile collector, "
             "or html: one page of charts and tables of the whole storage (needs -o).",
         ),
     ] = ReportFormat.TABLE,
@@ -457,7 +501,8 @@ def report(
 ) -> None:
     """Show where the space goes: a summary, one row per repository, tag, manifest, blob or upload, or a page.
 
-    --format html -o FILE writes one self-contained page of charts and tables of the whole storage.
+    --format html -o FILE writes one self-contained page of charts and tables of the whole storage;
+    --format prometheus writes every metric of the audit instead, for monitoring.
     """
     from .choices import ReportOptions
     from .choices import check as check_report
@@ -467,6 +512,9 @@ def report(
         html_report(root, options, output, quiet, workers)
         return
     check_report(options)
+    if fmt is ReportFormat.PROMETHEUS:
+        report_metrics(root, options, output, quiet, workers)
+        return
     source = open_root(root)
     frame = stored_report(source, options)
     inv = read_inventory(root, quiet, workers) if frame is None else None
@@ -503,6 +551,17 @@ def html_report(root: Path, options: ReportOptions, output: Path | None, quiet: 
         fail(f"{output}: cannot write: {exc.strerror or exc}")
     if not quiet:
         say(f"wrote {output} ({size(len(text.encode()))}); open it in a browser")
+
+
+def report_metrics(root: Path, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
+    """Write the audit's metrics: the report's figures and the check's findings, from one graph."""
+    if options != type(options)():
+        fail("--format prometheus writes every metric: it takes no --by, --repository, --sort or --top")
+    inv = read_inventory(root, quiet, workers)
+    from .graph import Graph
+    from .metrics import metrics, view
+
+    emit(view(metrics(Graph(inv))), Format.PROMETHEUS, output)
     exit_if_unreadable(unreadable_paths(inv.findings))
 
 
@@ -520,6 +579,48 @@ def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None
     except ValueError as exc:
         fail(f"{source.path}: {exc}")
     return None if whole is None else reporting.finish(whole, options)
+
+
+@app.command(cls=AuditCommand)
+def diff(
+    old: Annotated[
+        Path, typer.Argument(metavar="OLD", readable=False, help="The earlier audit: a snapshot or any ROOT.")
+    ],
+    new: Annotated[
+        Path, typer.Argument(metavar="NEW", readable=False, help="The later audit: a snapshot or any ROOT.")
+    ],
+    by: Annotated[
+        DiffBy, typer.Option("--by", "-b", help="What each row is: a repository, a tag, or a blob.")
+    ] = DiffBy.REPOSITORY,
+    fmt: FormatOpt = Format.TABLE,
+    output: OutputOpt = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+) -> None:
+    """Show what changed between two audits, largest change first, with a one-line summary on stderr.
+
+    A snapshot's stored report views are compared as they are; a storage tree is scanned and analyzed.
+    """
+    rows_only(fmt)
+    sides = [open_root(old), open_root(new)]
+    from . import diff as diffing
+
+    audits, unreadable = [], []
+    for path, source in zip((old, new), sides, strict=True):
+        if source.snapshot:
+            audits.append(diffing.Audit.of_snapshot(source.path, str(path)))
+            unreadable += unreadable_paths(snapshot_findings(source))
+        else:
+            inv = read_inventory(path, quiet, workers)
+            audits.append(diffing.Audit.of_inventory(inv, str(path)))
+            unreadable += unreadable_paths(inv.findings)
+    result = diffing.diff(audits[0], audits[1], by)
+    for warning in result.warnings:
+        say(f"storage-audit: warning: {warning}")
+    emit(diffing.view(result), fmt, output)
+    if not quiet:
+        say(diffing.summary_line(result))
+    exit_if_unreadable(unreadable)
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -851,6 +952,7 @@ def check(
     from . import check as checking
     from .graph import Graph
 
+    rows_only(fmt)
     age = parse_duration(upload_age, "--upload-age")
     if verify_digests and open_root(root).snapshot:
         fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")
@@ -868,13 +970,6 @@ def check(
         err.print(check_summary(counts, verify_digests), markup=False, soft_wrap=True)
     if counts["error"] or (strict and counts["warning"]):
         raise typer.Exit(EXIT_FINDINGS)
-
-
-def _foreign_content(directory: Path) -> bool:
-    from .schema import METADATA_FILE, SCHEMA, VIEW_FILE
-
-    allowed = {METADATA_FILE, *(f"{name}.parquet" for name in SCHEMA), *(VIEW_FILE.format(by) for by in By)}
-    return any(p.name not in allowed for p in directory.iterdir())
 
 
 def _version(value: bool) -> None:

@@ -38,7 +38,7 @@ def conform(table: str, df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Inventory:
-    """Everything a scan read: one DataFrame per table, plus where and when."""
+    """Everything a scan read: one DataFrame per table, plus where, when, and how long the scan took (when known)."""
 
     root: str
     scanned_at: datetime
@@ -52,6 +52,7 @@ class Inventory:
     blobs: pd.DataFrame = field(default_factory=lambda: frame("blobs"))
     uploads: pd.DataFrame = field(default_factory=lambda: frame("uploads"))
     findings: pd.DataFrame = field(default_factory=lambda: frame("findings"))
+    scan_seconds: float | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SCHEMA}
@@ -66,6 +67,7 @@ class Inventory:
             "version": __version__,
             "root": self.root,
             "scanned_at": self.scanned_at.isoformat(),
+            "scan_seconds": self.scan_seconds,
             "counts": self.counts(),
             "blob_bytes": int(self.blobs["size"].sum()),
             "upload_bytes": int(self.uploads["bytes"].sum()),
@@ -90,7 +92,7 @@ def write_snapshot(inv: Inventory, directory: Path, views: Mapping[str, pd.DataF
 
 def read_view(directory: Path, name: str) -> pd.DataFrame | None:
     """The report view `name` stored in a snapshot, or None when the snapshot holds none; ValueError when unreadable."""
-    views = _metadata(directory).get("views")
+    views = read_metadata(directory).get("views")
     if not isinstance(views, list) or name not in views:
         return None
     try:
@@ -99,7 +101,8 @@ def read_view(directory: Path, name: str) -> pd.DataFrame | None:
         raise ValueError(f"unreadable snapshot: {exc}") from exc
 
 
-def _metadata(directory: Path) -> dict[str, Any]:
+def read_metadata(directory: Path) -> dict[str, Any]:
+    """A snapshot's metadata.json; raises ValueError when it is unreadable or names no snapshot of a known format."""
     try:
         meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -111,12 +114,18 @@ def _metadata(directory: Path) -> dict[str, Any]:
 
 def read_snapshot(directory: Path) -> Inventory:
     """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
-    meta = _metadata(directory)
+    meta = read_metadata(directory)
     try:
         tables = {
             name: conform(name, pd.read_parquet(directory / f"{name}.parquet", engine="pyarrow")) for name in SCHEMA
         }
-        return Inventory(root=meta["root"], scanned_at=datetime.fromisoformat(meta["scanned_at"]), **tables)
+        seconds = meta.get("scan_seconds")  # absent from snapshots of earlier versions
+        return Inventory(
+            root=meta["root"],
+            scanned_at=datetime.fromisoformat(meta["scanned_at"]),
+            scan_seconds=float(seconds) if isinstance(seconds, int | float) else None,
+            **tables,
+        )
     except (OSError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable snapshot: {exc}") from exc
     except ValueError:

@@ -54,6 +54,9 @@ COMMANDS = [
     ["orphans", "{root}", "-f", "json"],
     ["orphans", "{root}", "-m", "-f", "json"],
     ["check", "{root}", "-f", "json", "-q"],
+    ["report", "{root}", "-f", "prometheus", "-q"],
+    ["report", "{snapshot}", "-f", "prometheus", "-q"],
+    ["diff", "{snapshot}", "{root}", "-f", "json", "-q"],
     ["plan", "{root}", "--delete-untagged", "--min-age", "0s", "-q"],
 ]
 
@@ -62,11 +65,24 @@ COMMANDS = [
 def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path) -> None:
     root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
     args = [a.format(root=root, snapshot=tmp_path / "snap") for a in argv]
+    if "{snapshot}" in argv[1]:
+        assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     before = Graph.builds
     code, out, err = run(*args)
     assert code in (0, 3), err
     assert out or argv[0] == "scan" or Path(f"{tmp_path / 'snap'}.html").stat().st_size
     assert Graph.builds - before == 1
+
+
+def test_a_diff_builds_one_graph_per_tree_and_none_for_snapshots(tmp_path: Path) -> None:
+    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
+    assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
+    for sides, builds in (((root, root), 2), ((tmp_path / "snap", tmp_path / "snap"), 0)):
+        for by in ("repository", "tag", "blob"):
+            before = Graph.builds
+            code, out, err = run("diff", *map(str, sides), "--by", by, "-f", "json", "-q")
+            assert code == 0 and json.loads(out) == [], err
+            assert Graph.builds - before == builds
 
 
 def test_a_report_from_a_snapshot_builds_none(tmp_path: Path) -> None:

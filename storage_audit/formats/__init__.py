@@ -42,13 +42,14 @@ Writer = Callable[[View, "Path | None"], None]
 
 def writer(fmt: Format) -> Writer:
     """The writer of `fmt`; every Format maps to exactly one module."""
-    from . import csv, json, parquet, table
+    from . import csv, json, parquet, prometheus, table
 
     writers: dict[Format, Writer] = {
         Format.TABLE: table.write,
         Format.CSV: csv.write,
         Format.JSON: json.write,
         Format.PARQUET: parquet.write,
+        Format.PROMETHEUS: prometheus.write,
     }
     return writers[fmt]
 
