@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -97,8 +98,7 @@ def parse_s3_url(text: str) -> S3Location:
     """`s3://BUCKET[/ROOTDIRECTORY][/docker/registry/v2]` -> the location; UsageError for anything else."""
     if not is_s3_url(text):
         raise UsageError(f"{text!r} is not an s3://BUCKET[/ROOTDIRECTORY] URL")
-    rest = text.removeprefix("s3://").strip("/")
-    bucket, _, root = rest.partition("/")
+    bucket, _, root = text.removeprefix("s3://").partition("/")
     if not bucket:
         raise UsageError(f"{text!r} names no bucket (expected s3://BUCKET[/ROOTDIRECTORY])")
     if "?" in text or "#" in text:
@@ -174,7 +174,12 @@ class _CredentialProvider:
 
     def __call__(self) -> S3Credential:
         access_key, secret_key, token = self.frozen()
-        return {"access_key_id": access_key, "secret_access_key": secret_key, "token": token, "expires_at": self.expiry()}
+        return {
+            "access_key_id": access_key,
+            "secret_access_key": secret_key,
+            "token": token,
+            "expires_at": self.expiry(),
+        }
 
     def secrets(self) -> list[str]:
         try:
@@ -373,8 +378,32 @@ def resolve_links_by_etag(objects: Mapping[str, ObjectInfo]) -> tuple[dict[str, 
 # The bucket
 
 
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
+_MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NoSuchUpload"})
+_STATUS = re.compile(r"status code: (\d{3})")
+_XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
+
+
+def _describe(exc: BaseException) -> tuple[int | None, str | None, str]:
+    """(HTTP status, S3 error code, a short explanation) of an obstore or botocore error."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return status, error.get("Code") or None, str(error.get("Message") or "")
+    text = str(exc)
+    status_match, code, message = _STATUS.search(text), _XML_CODE.search(text), _XML_MESSAGE.search(text)
+    if message is not None:
+        detail = message.group(1)
+    else:
+        # obstore's text continues with a multi-line debug dump; its first line says what happened.
+        detail = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return (
+        int(status_match.group(1)) if status_match else None,
+        code.group(1) if code else None,
+        detail,
+    )
 
 
 class S3Bucket:
@@ -415,16 +444,13 @@ class S3Bucket:
         """One line, without secrets, typed by what went wrong."""
         from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 
-        detail = self._scrub(_first_line(str(exc)))[:300]
-        message = f"{what} in {self.location}: {detail or type(exc).__name__}"
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+        status, code, detail = _describe(exc)
+        reason = " ".join(str(x) for x in (f"HTTP {status}" if status else None, code) if x)
+        message = self._scrub(f"{what} in {self.location}: {reason}{': ' if reason else ''}{detail}")[:400]
+        denied = code in _DENIED_CODES or status in (401, 403)
+        if denied or isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
             return S3AccessDenied(message)
-        if isinstance(exc, NotFoundError):
-            return S3NotFound(message)
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return S3AccessDenied(message)
-        if code == "NoSuchBucket":
+        if code in _MISSING_CODES or isinstance(exc, NotFoundError | FileNotFoundError):
             return S3NotFound(message)
         return S3Error(message)
 
@@ -487,9 +513,7 @@ class S3Bucket:
                 except StopAsyncIteration:
                     break
                 self.counters.add("list")
-                out += [
-                    (m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk
-                ]
+                out += [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
         except S3Error:
             raise
         except Exception as exc:
@@ -507,7 +531,9 @@ class S3Bucket:
         except Exception as exc:
             raise self._error(f"listing {prefix!r} failed", exc) from exc
         self.counters.add("list")
-        objects = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in result["objects"]]
+        objects = [
+            (m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in result["objects"]
+        ]
         prefixes = [p.rstrip("/") + "/" for p in result["common_prefixes"]]
         return objects, prefixes
 
@@ -568,7 +594,8 @@ class S3Bucket:
         try:
             result = await obstore.get_async(self.store, self.location.key(path))
             data = bytes(await result.bytes_async())
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):
+            # obstore raises Python's FileNotFoundError for a missing key.
             self.counters.add("get")
             return None
         except Exception as exc:

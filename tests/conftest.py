@@ -43,3 +43,7 @@ def fixture_builder() -> ModuleType:
         sys.modules["fixtures_build"] = module
         spec.loader.exec_module(module)
     return module
+
+
+# The S3 server and registry fixtures live with their harness.
+pytest_plugins = ["tests.s3_harness"]

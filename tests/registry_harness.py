@@ -815,9 +815,7 @@ class Registry(Client):
         for _attempt in range(3):
             self.port = free_port()
             self.config_path.write_text(
-                config_text(
-                    self.root, self.port, log_level=self.log_level, schema1=self.schema1, storage=self.storage
-                ),
+                config_text(self.root, self.port, log_level=self.log_level, schema1=self.schema1, storage=self.storage),
                 encoding="utf-8",
             )
             with self.log_path.open("wb") as log:

