@@ -113,10 +113,11 @@ def _s3(params: Mapping[str, Any]) -> S3Storage:
     bucket = _text(params, "bucket")
     if bucket is None:
         raise UsageError("the registry configuration's s3 storage names no bucket")
+    secure = _flag(params, "secure", True)
     endpoint = _text(params, "regionendpoint")
     if endpoint is not None and "://" not in endpoint:
         # The registry's SDK puts the scheme in front of a bare host according to `secure`.
-        endpoint = ("https://" if _flag(params, "secure", True) else "http://") + endpoint
+        endpoint = ("https://" if secure else "http://") + endpoint
     access_key, secret_key = _text(params, "accesskey"), _text(params, "secretkey")
     if access_key is None or secret_key is None:
         # The driver falls back to the standard AWS chain unless it is given both.

@@ -415,3 +415,15 @@ def test_gc_dry_run_on_the_bucket_equals_the_one_on_its_mirror(
     on_mirror = parse_gc_output(garbage_collect(mirrored, dry_run=True, delete_untagged=delete_untagged))
     assert on_bucket == on_mirror
     assert on_bucket[1], "the basic scenario leaves blobs to collect"
+
+
+def test_missing_server_fails_when_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.s3_harness import require_weed
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("STORAGE_AUDIT_REQUIRE_REGISTRY", "1")
+    with pytest.raises(pytest.fail.Exception, match="weed"):
+        require_weed()
+    monkeypatch.setenv("STORAGE_AUDIT_REQUIRE_REGISTRY", "0")
+    with pytest.raises(pytest.skip.Exception):
+        require_weed()
