@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,11 @@ SECRET_KEY = "storage-audit-test-secret-0123456789"  # a test server's key on lo
 REGION = "us-east-1"
 BUCKET = "registry"
 ROOTDIRECTORY = "/regroot"
+
+
+_REQUEST_TOTAL = re.compile(
+    r'^SeaweedFS_s3_request_total\{[^}]*type="(?P<type>[A-Za-z]+)"[^}]*\} (?P<count>\S+)$', re.M
+)
 
 
 class S3ServerError(RuntimeError):
@@ -72,6 +80,7 @@ class SeaweedS3:
         self.binary = binary or weed_binary()
         self.startup_timeout = startup_timeout
         self.port = 0
+        self.metrics_port = 0
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -89,6 +98,15 @@ class SeaweedS3:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except (AssertionError, OSError):
             return ""
+
+    def request_counts(self) -> Counter[str]:
+        """Requests the S3 gateway has answered so far, by type (LIST, GET, PUT, DELETE...), from its metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        counts: Counter[str] = Counter()
+        for match in _REQUEST_TOTAL.finditer(text):
+            counts[match["type"]] += int(float(match["count"]))
+        return counts
 
     def environment(self) -> dict[str, str]:
         """The AWS variables a client needs to reach this server (to lay over a clean environment)."""
@@ -129,8 +147,8 @@ class SeaweedS3:
         )
         # Another process may take a free port before `weed` binds it; try a few.
         for _attempt in range(3):
-            master, volume, filer, s3, admin, webdav, *grpc = _free_ports(10)
-            self.port = s3
+            master, volume, filer, s3, admin, webdav, metrics, *grpc = _free_ports(11)
+            self.port, self.metrics_port = s3, metrics
             args = [
                 self.binary,
                 "mini",
@@ -154,6 +172,7 @@ class SeaweedS3:
                 "-webdav=false",
                 f"-bucket={self.bucket}",
                 f"-s3.config={identities}",
+                f"-metricsPort={metrics}",
             ]
             with self.log_path.open("wb") as log:
                 self._proc = subprocess.Popen(
