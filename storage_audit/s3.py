@@ -10,9 +10,10 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from storage_audit.errors import StorageError, UsageError
@@ -30,7 +31,8 @@ DELETE_BATCH = 1000
 DEFAULT_CONCURRENCY = 32
 DEFAULT_REGION = "us-east-1"
 LIST_CHUNK = 1000
-"""Keys a listing yields at a time: S3's page size, so each chunk pulled is about one LIST request."""
+"""Keys a flat listing yields at a time. obstore pages internally and shows no page, so the counters count
+these chunks as LIST requests: exact where pages hold 1,000 keys (S3's maximum, AWS's default)."""
 
 # How deep the shard plan splits a top-level directory of `v2/` with delimiter listings before it lists flat:
 # blobs/ -> blobs/<alg>/ -> blobs/<alg>/<xx>/ (the 256 two-hex prefixes); repositories/ -> repositories/<name>/.
@@ -481,13 +483,9 @@ class S3Bucket:
     # Running coroutines from plain code
 
     @staticmethod
-    def run(coro: Awaitable[T]) -> T:
+    def run(coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` to completion on a fresh event loop (the library's callers are synchronous)."""
-
-        async def main() -> T:
-            return await coro
-
-        return asyncio.run(main())
+        return asyncio.run(coro)
 
     async def _gather_limited(self, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
         semaphore = asyncio.Semaphore(self.settings.concurrency)
@@ -514,8 +512,6 @@ class S3Bucket:
                     break
                 self.counters.add("list")
                 out += [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
-        except S3Error:
-            raise
         except Exception as exc:
             raise self._error(f"listing {prefix!r} failed", exc) from exc
         if not out:
@@ -560,6 +556,7 @@ class S3Bucket:
                 objects[self.location.relative(key)] = info
 
         async def expand(prefix: str, depth: int) -> None:
+            """List `prefix` flat, or split it `depth` more delimiter levels into concurrent listings."""
             nonlocal shards
             async with semaphore:
                 shards += 1
@@ -568,17 +565,14 @@ class S3Bucket:
                     return
                 found, prefixes = await self._list_delimited(prefix)
             keep(found)
-            await asyncio.gather(*(expand(p, self._depth_below(p, depth)) for p in prefixes))
+            if prefix == self.location.prefix:
+                depths = [_SHARD_DEPTH.get(self.location.relative(p).strip("/"), 0) for p in prefixes]
+            else:
+                depths = [depth - 1] * len(prefixes)
+            await asyncio.gather(*(expand(p, d) for p, d in zip(prefixes, depths, strict=True)))
 
-        await expand(self.location.prefix, 3)
+        await expand(self.location.prefix, 1)
         return Listing(objects, shards)
-
-    def _depth_below(self, prefix: str, depth: int) -> int:
-        """How many more delimiter levels to list under `prefix`, found one level below a listing at `depth`."""
-        if depth == 3:
-            top = self.location.relative(prefix).strip("/")
-            return _SHARD_DEPTH.get(top, 0)
-        return depth - 1
 
     def list_all(self) -> Listing:
         return self.run(self.list_all_async())
@@ -608,7 +602,7 @@ class S3Bucket:
 
     async def get_many_async(self, paths: Sequence[str]) -> dict[str, bytes]:
         """The contents of `paths`, fetched concurrently; a path with no key is left out."""
-        bodies = await self._gather_limited([lambda p=p: self.get_async(p) for p in paths])  # type: ignore[misc]
+        bodies = await self._gather_limited([partial(self.get_async, p) for p in paths])
         return {p: b for p, b in zip(paths, bodies, strict=True) if b is not None}
 
     def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
@@ -655,7 +649,7 @@ class S3Bucket:
                 # Full jitter: many failed batches must not come back all at once (503 SlowDown).
                 await asyncio.sleep(random.uniform(0, backoff * 2**attempt))
 
-        await self._gather_limited([lambda b=b: one(b) for b in batches])  # type: ignore[misc]
+        await self._gather_limited([partial(one, b) for b in batches])
         return len(keys)
 
     def delete(self, paths: Sequence[str]) -> int:
@@ -736,9 +730,7 @@ class S3Bucket:
         # A server may list an upload twice across pages; the pair (key, id) names it.
         unique = list(dict.fromkeys((k, i) for k, i, _ in found))
         initiated = {(k, i): t for k, i, t in found}
-        sizes = await self._gather_limited(
-            [lambda k=k, i=i: asyncio.to_thread(self._upload_bytes, k, i) for k, i in unique]  # type: ignore[misc]
-        )
+        sizes = await self._gather_limited([partial(asyncio.to_thread, self._upload_bytes, k, i) for k, i in unique])
         return [
             MultipartUpload(self.location.relative(k), i, initiated[(k, i)], parts, size)
             for (k, i), (parts, size) in zip(unique, sizes, strict=True)
