@@ -5,27 +5,41 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .errors import UsageError
 from .frames import isin
 from .inventory import Inventory
-from .paths import BlobData, Digest, path_for
-from .plan import BLOCKING_KINDS, OPS, Action, Plan, PlanError
+from .paths import (
+    REPOSITORY_PARTS,
+    BlobData,
+    Digest,
+    RepositoryPart,
+    TagCurrentLink,
+    UploadData,
+    UploadDir,
+    UploadStartedAt,
+    path_for,
+)
+from .plan import BLOCKING_KINDS, OPS, Action, Op, Plan, PlanError
 from .reach import closure, edges, present_revisions, tagged
 from .scan import ScanOptions, scan
+from .storage import AccessError, EntryKind, LocalStorage, Storage, is_inside
+from .walk import walk_units
 
 JOURNAL_SUFFIX = ".journal"
-REPOSITORY_PARTS = ("_manifests", "_layers", "_uploads")
+JOURNAL_HASH_CHARS = 16
+"""Hex characters of the plan's sha256 in its journal's name: enough to tell plans apart."""
+LINK_READ = 511
 # Ops whose bytes count as freed: blob and upload data (link files are a few bytes each).
-DATA_OPS = ("remove-blob", "remove-upload", "remove-repository")
+DATA_OPS = (Op.REMOVE_BLOB, Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
 UNCERTAIN = "the storage has findings that leave references unknown (run `storage-audit check`)"
 
 
@@ -43,18 +57,20 @@ class ApplyOptions:
 
 @dataclass
 class Outcome:
-    """What an apply did, per action: done, skipped (with why), or already gone."""
+    """What an apply did, per action: done, skipped (with why), already gone, or failed (with the error)."""
 
     done: list[Action] = field(default_factory=list)
     skipped: list[tuple[Action, str]] = field(default_factory=list)
     gone: list[Action] = field(default_factory=list)
+    failed: list[tuple[Action, str]] = field(default_factory=list)
     resumed: int = 0
     bytes_freed: int = 0
 
     def frame(self) -> pd.DataFrame:
         rows = [(a.op, "done") for a in self.done] + [(a.op, "skipped") for a, _ in self.skipped]
         rows += [(a.op, "already gone") for a in self.gone]
-        frame = pd.DataFrame(rows, columns=["op", "result"])
+        rows += [(a.op, "failed") for a, _ in self.failed]
+        frame = pd.DataFrame([(str(op), result) for op, result in rows], columns=["op", "result"])
         return frame.groupby(["op", "result"]).size().rename("count").reset_index()
 
 
@@ -69,59 +85,89 @@ def read_plan(path: Path) -> tuple[Plan, str]:
     except ValueError as exc:
         raise PlanError(f"{path}: not JSON: {exc}") from exc
     plan = Plan.from_json(doc)
-    v2 = Path(plan.root)
-    if not v2.is_dir() or not ((v2 / "repositories").is_dir() or (v2 / "blobs").is_dir()):
+    storage = LocalStorage(plan.root)
+    if not _is_dir(storage, "") or not (_is_dir(storage, "repositories") or _is_dir(storage, "blobs")):
         raise PlanError(f"the plan's root {plan.root} is not a registry's v2 directory")
     for i, action in enumerate(plan.actions):
-        _no_symlinks(v2, action.path, f"action #{i}")
+        _no_symlinks(storage, action.path, f"action #{i}")
     return plan, hashlib.sha256(raw).hexdigest()
 
 
-def _no_symlinks(v2: Path, rel: str, what: str) -> None:
+def _is_dir(storage: Storage, rel: str) -> bool:
+    try:
+        st = storage.stat(rel)
+    except AccessError:
+        return False
+    return st is not None and st.kind == EntryKind.DIR
+
+
+def _no_symlinks(storage: Storage, rel: str, what: str) -> None:
     """Refuse a path with a symbolic link anywhere between `v2` and its end."""
-    current = v2
-    for part in rel.split("/"):
-        current = current / part
+    parts = rel.split("/")
+    for n in range(1, len(parts) + 1):
+        current = "/".join(parts[:n])
         try:
-            mode = os.lstat(current).st_mode
-        except FileNotFoundError:
+            st = storage.stat(current)
+        except AccessError as exc:
+            raise PlanError(f"{what}: cannot inspect {storage.location}/{current}: {exc.reason}") from exc
+        if st is None:
             return  # nothing further down exists: nothing can be followed
-        except OSError as exc:
-            raise PlanError(f"{what}: cannot inspect {current}: {exc.strerror}") from exc
-        if stat.S_ISLNK(mode):
-            raise PlanError(f"{what}: {current} is a symbolic link; refusing to act through it")
+        if st.kind == EntryKind.SYMLINK:
+            raise PlanError(f"{what}: {storage.location}/{current} is a symbolic link; refusing to act through it")
 
 
 class _Journal:
-    """Append-only record beside the plan: resume after an interruption, never apply twice."""
+    """Append-only record beside the plan: resume after an interruption, never apply twice.
 
-    def __init__(self, path: Path, plan_hash: str, enabled: bool) -> None:
+    Its name carries the plan's hash, so a plan written again over the same file
+    starts a journal of its own; what a crash tore or garbled is checked again.
+    """
+
+    def __init__(self, path: Path, plan_hash: str, actions: int, enabled: bool) -> None:
         self.path = path
         self.enabled = enabled
         self.done: set[int] = set()
         self._fh: Any = None
-        if not path.exists():
+        self._fresh = True
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
             return
-        lines = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        except OSError as exc:
+            raise PlanError(f"{path}: cannot read the journal: {exc.strerror or exc}") from exc
+        entries = []
+        for line in raw.splitlines():
             try:
-                lines.append(json.loads(line))
+                entry = json.loads(line)
             except ValueError:
-                continue  # a line torn by a crash: its action is simply checked again
-        lines = [entry for entry in lines if isinstance(entry, dict)]
-        if not lines or lines[0].get("plan_sha256") != plan_hash:
+                continue  # a line torn by a crash, or garbled: its action is simply checked again
+            if isinstance(entry, dict):
+                entries.append(entry)
+        header = [e["plan_sha256"] for e in entries if isinstance(e.get("plan_sha256"), str)]
+        if any(h != plan_hash for h in header):
             raise PlanError(f"{path} belongs to another plan; move it away to apply this one")
-        if any(entry.get("finished") for entry in lines):
+        self._fresh = not header  # empty, or its first line torn: it is begun again
+        if any(e.get("finished") is True for e in entries):
             raise AlreadyApplied(f"this plan was already applied to the end (see {path})")
-        self.done = {entry["index"] for entry in lines[1:] if "index" in entry}
+        self.done = {
+            e["index"]
+            for e in entries
+            if type(e.get("index")) is int and 0 <= e["index"] < actions and isinstance(e.get("result"), str)
+        }
 
     def open(self, plan_hash: str) -> None:
         if not self.enabled:
             return
-        fresh = not self.path.exists()
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the whole apply
-        if fresh:
-            self._write({"plan_sha256": plan_hash})
+        try:
+            if self._fresh:
+                self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - held for the whole apply
+                self._write({"plan_sha256": plan_hash})
+                for index in sorted(self.done):
+                    self._write({"index": index, "result": "resumed"})
+            else:
+                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the whole apply
+        except OSError as exc:
+            raise PlanError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from exc
 
     def _write(self, entry: dict[str, Any]) -> None:
         self._fh.write(json.dumps(entry) + "\n")
@@ -132,9 +178,11 @@ class _Journal:
         if self._fh is not None:
             self._write({"index": index, "result": result})
 
-    def finish(self) -> None:
+    def finish(self, complete: bool) -> None:
+        """Close the journal; a complete apply marks it finished, so the plan is never applied again."""
         if self._fh is not None:
-            self._write({"finished": True})
+            if complete:
+                self._write({"finished": True})
             self._fh.close()
 
 
@@ -142,6 +190,7 @@ class _Applier:
     def __init__(self, plan: Plan, options: ApplyOptions, journal: _Journal, log: Callable[[str], None]) -> None:
         self.plan = plan
         self.v2 = Path(plan.root)
+        self.storage: Storage = LocalStorage(self.v2)
         self.options = options
         self.journal = journal
         self.log = log
@@ -149,56 +198,41 @@ class _Applier:
         # What this run removed; a dry run removes nothing, so its later checks subtract these.
         self.removed_tags: set[tuple[str | None, str | None]] = set()
         self.removed_revisions: set[tuple[str | None, str | None]] = set()
+        self.removed_layer_links: set[tuple[str | None, str | None]] = set()
 
     # -- primitives -----------------------------------------------------------
 
     def _read_link(self, rel: str) -> str | None:
-        """The link's content; None when absent; an unreadable link (a directory, a symlink) never matches."""
+        """The link's content; None when absent; an unreadable link (a directory, a symlink, a FIFO) never matches."""
         try:
-            fd = os.open(self.v2 / rel, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return f"<unreadable: {exc.strerror}>"
-        try:
-            return os.read(fd, 512).decode("ascii", "replace")
-        except OSError as exc:
-            return f"<unreadable: {exc.strerror}>"
-        finally:
-            os.close(fd)
+            small = self.storage.read_small(rel, LINK_READ, stat=False)
+        except AccessError as exc:
+            return f"<unreadable: {exc.reason}>"
+        return None if small is None else small.data.decode("ascii", "replace")
+
+    def _exists(self, rel: str) -> bool:
+        return self.storage.stat(rel) is not None
 
     def _remove(self, rel: str) -> int:
         """Delete (or quarantine) a file or directory; returns the bytes of the files it held."""
-        target = self.v2 / rel
-        freed = _tree_bytes(target)
-        if self.options.dry_run:
-            return freed
-        if self.options.quarantine is not None:
-            _merge_move(target, self.options.quarantine / rel)
-        elif target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+        freed = self.storage.bytes_below(rel)
+        if not self.options.dry_run:
+            self.storage.remove(rel, self.options.quarantine)
         return freed
 
     def _prune_empty(self, rel: str, levels: int) -> None:
         """Remove up to `levels` parent directories of `rel` that are now empty (as the registry leaves them)."""
-        if self.options.dry_run:
-            return
-        parent = (self.v2 / rel).parent
-        for _ in range(levels):
-            try:
-                parent.rmdir()
-            except OSError:
-                return
-            parent = parent.parent
+        if not self.options.dry_run:
+            self.storage.prune_empty(rel, levels)
 
     def _settle(self, index: int, action: Action, result: str, why: str = "", freed: int = 0) -> None:
         if result == "done":
-            if action.op == "remove-tag":
+            if action.op == Op.REMOVE_TAG:
                 self.removed_tags.add((action.repository, action.tag))
-            elif action.op == "remove-revision":
+            elif action.op == Op.REMOVE_REVISION:
                 self.removed_revisions.add((action.repository, action.digest))
+            elif action.op == Op.REMOVE_LAYER_LINK:
+                self.removed_layer_links.add((action.repository, action.digest))
             self.outcome.done.append(action)
             if action.op in DATA_OPS:
                 self.outcome.bytes_freed += freed
@@ -212,53 +246,65 @@ class _Applier:
         if not self.options.dry_run:
             self.journal.record(index, result)
 
+    def _attempt(self, index: int, action: Action, step: Callable[[], None]) -> None:
+        """Run one action's step; a storage error fails that action only (it is tried again on the next run)."""
+        try:
+            step()
+        except AccessError as exc:
+            self.outcome.failed.append((action, str(exc)))
+            self.log(f"failed {action.path}: {exc}")
+
     # -- the phases -------------------------------------------------------------
 
     def run(self) -> Outcome:
         pending = [(i, a) for i, a in enumerate(self.plan.actions) if i not in self.journal.done]
-        by_op: dict[str, list[tuple[int, Action]]] = {op: [] for op in OPS}
+        by_op: dict[Op, list[tuple[int, Action]]] = {op: [] for op in OPS}
         for i, action in pending:
-            by_op[action.op].append((i, action))
-        for i, action in by_op["remove-tag"]:
-            self._link_action(i, action, action.path + "/current/link", "current", levels=0)
-        for i, action in by_op["remove-tag-history"]:
-            self._link_action(i, action, action.path, "link", levels=1)
-        if by_op["remove-revision"]:
-            protected = self._reached_now({(a.repository, a.digest) for _, a in by_op["remove-revision"]})
-            for i, action in by_op["remove-revision"]:
+            by_op[Op(action.op)].append((i, action))
+        for i, action in by_op[Op.REMOVE_TAG]:
+            current = path_for(TagCurrentLink(action.repository or "", action.tag or ""))
+            self._attempt(i, action, partial(self._link_action, i, action, current, "current", 0))
+        for i, action in by_op[Op.REMOVE_TAG_HISTORY]:
+            self._attempt(i, action, partial(self._link_action, i, action, action.path, "link", 1))
+        if by_op[Op.REMOVE_REVISION]:
+            protected = self._reached_now({(a.repository, a.digest) for _, a in by_op[Op.REMOVE_REVISION]})
+            for i, action in by_op[Op.REMOVE_REVISION]:
                 if protected is None:
                     self._settle(i, action, "skipped", UNCERTAIN)
                 elif (action.repository, action.digest) in protected:
                     self._settle(i, action, "skipped", "a tag or a remaining manifest reaches it now")
                 else:
-                    self._link_action(i, action, action.path, "link", levels=1)
-        held = self._held_now() if by_op["remove-layer-link"] or by_op["remove-blob"] else None
-        for i, action in by_op["remove-layer-link"]:
+                    self._attempt(i, action, partial(self._link_action, i, action, action.path, "link", 1))
+        held = self._held_now() if by_op[Op.REMOVE_LAYER_LINK] or by_op[Op.REMOVE_BLOB] else None
+        for i, action in by_op[Op.REMOVE_LAYER_LINK]:
             target = action.precondition.get("link")
             if held is None:
                 self._settle(i, action, "skipped", UNCERTAIN)
             elif target in held:
                 self._settle(i, action, "skipped", "a manifest present now references its blob")
             else:
-                self._link_action(i, action, action.path, "link", levels=1)
-        if by_op["remove-blob"]:
-            for i, action in by_op["remove-blob"]:
-                self._blob_action(i, action, held)
-        for i, action in by_op["remove-upload"]:
-            self._upload_action(i, action)
-        for i, action in by_op["remove-repository"]:
-            self._repository_action(i, action)
+                self._attempt(i, action, partial(self._layer_link_action, i, action))
+        if by_op[Op.REMOVE_BLOB]:
+            linked = self._layer_linked_now()
+            for i, action in by_op[Op.REMOVE_BLOB]:
+                self._attempt(i, action, partial(self._blob_action, i, action, held, linked))
+        for i, action in by_op[Op.REMOVE_UPLOAD]:
+            self._attempt(i, action, partial(self._upload_action, i, action))
+        for i, action in by_op[Op.REMOVE_REPOSITORY]:
+            self._attempt(i, action, partial(self._repository_action, i, action))
         if not self.options.dry_run:
-            self.journal.finish()
+            self.journal.finish(complete=not self.outcome.failed)
         return self.outcome
 
     def _link_action(self, index: int, action: Action, link_rel: str, key: str, levels: int) -> None:
         expected = action.precondition.get(key)
         content = self._read_link(link_rel)
         if content is None:
-            if (self.v2 / action.path).exists():
+            if self._exists(action.path):
                 self._settle(index, action, "skipped", "its link is missing; left for `check` to explain")
             else:
+                # Removed by an earlier run that was interrupted before pruning: prune now.
+                self._prune_empty(action.path, levels)
                 self._settle(index, action, "gone")
             return
         if content != expected:
@@ -268,11 +314,38 @@ class _Applier:
         self._prune_empty(action.path, levels)
         self._settle(index, action, "done", freed=freed)
 
-    def _blob_action(self, index: int, action: Action, held: set[str] | None) -> None:
-        data = self.v2 / path_for(BlobData(Digest.parse(action.digest or "")))
-        try:
-            st = os.lstat(data)
-        except FileNotFoundError:
+    def _layer_link_action(self, index: int, action: Action) -> None:
+        st = self.storage.stat(action.path)
+        # The registry writes the link again when a client pushes the blob again: a push in progress.
+        if st is not None and st.mtime_ns > _ns(self.plan.created_at):
+            self._settle(index, action, "skipped", "written again since planning (a push in progress?)")
+            return
+        self._link_action(index, action, action.path, "link", levels=1)
+
+    def _layer_linked_now(self) -> set[str]:
+        """Every blob a layer link names now, but those this run removed: links a push added since planning."""
+        repositories = self._walker_units()
+        columns = walk_units(self.storage, repositories, []).tables["layer_links"]
+        repos, digests, targets = columns[0], columns[1], columns[2]
+        linked: set[str] = set()
+        for repo, digest, target in zip(repos, digests, targets, strict=True):
+            if (repo, digest) in self.removed_layer_links:
+                continue
+            linked.add(str(digest))
+            if target is not None:
+                linked.add(str(target))
+        return linked
+
+    def _walker_units(self) -> list[str]:
+        from .walk import Walker
+
+        return Walker(self.storage).units()[0]
+
+    def _blob_action(self, index: int, action: Action, held: set[str] | None, linked: set[str]) -> None:
+        data = path_for(BlobData(Digest.parse(action.digest or "")))
+        st = self.storage.stat(data)
+        if st is None:
+            self._prune_empty(action.path, levels=1)
             self._settle(index, action, "gone")
             return
         if held is None:
@@ -281,8 +354,11 @@ class _Applier:
         if action.digest in held:
             self._settle(index, action, "skipped", "a manifest present now references it")
             return
+        if action.digest in linked:
+            self._settle(index, action, "skipped", "a layer link to it was added since planning (a push in progress?)")
+            return
         size, mtime = action.precondition.get("size"), action.precondition.get("mtime_ns")
-        if st.st_size != size or st.st_mtime_ns != mtime or not stat.S_ISREG(st.st_mode):
+        if st.size != size or st.mtime_ns != mtime or st.kind != EntryKind.FILE:
             self._settle(index, action, "skipped", "its data changed since planning")
             return
         freed = self._remove(action.path)
@@ -290,42 +366,45 @@ class _Applier:
         self._settle(index, action, "done", freed=freed)
 
     def _upload_action(self, index: int, action: Action) -> None:
-        directory = self.v2 / action.path
-        if not directory.exists():
+        if not self._exists(action.path):
             self._settle(index, action, "gone")
             return
-        started = self._read_link(action.path + "/startedat")
+        spec = action.spec()
+        assert isinstance(spec, UploadDir)  # the plan was validated: its op fixes the kind of path
+        repo, upload_id = spec.repository, spec.upload_id
+        started = self._read_link(path_for(UploadStartedAt(repo, upload_id)))
         expected = action.precondition.get("started_at")
         if expected is not None and (started is None or _timestamp(started) != pd.Timestamp(expected)):
             self._settle(index, action, "skipped", "it was restarted since planning")
             return
-        if _tree_bytes(directory / "data") != action.precondition.get("bytes"):
+        if self.storage.bytes_below(path_for(UploadData(repo, upload_id))) != action.precondition.get("bytes"):
             self._settle(index, action, "skipped", "it received data since planning")
             return
         self._settle(index, action, "done", freed=self._remove(action.path))
 
     def _repository_action(self, index: int, action: Action) -> None:
-        directory = self.v2 / action.path
-        if not directory.exists():
+        repo = action.repository or ""
+        if not self._exists(action.path):
             self._settle(index, action, "gone")
             return
+        parts = {part: path_for(RepositoryPart(repo, part)) for part in REPOSITORY_PARTS}
         if self.options.dry_run:
-            self._settle(index, action, "done", freed=_tree_bytes(directory / "_uploads"))
+            self._settle(index, action, "done", freed=self.storage.bytes_below(parts["_uploads"]))
             return
-        if _has_files(directory / "_manifests") or _has_files(directory / "_uploads"):
+        if _has_files(self.storage, parts["_manifests"]) or _has_files(self.storage, parts["_uploads"]):
             self._settle(index, action, "skipped", "it holds tags, manifests or uploads now")
             return
         planned = action.precondition.get("layers_changed_at")
         # Our own removals touch the directories, never the remaining link files: a newer link is a push.
-        if any(planned is None or m > planned for m in _file_mtimes(directory / "_layers")):
+        if any(planned is None or st.mtime_ns > planned for _, st in self.storage.files(parts["_layers"])):
             self._settle(index, action, "skipped", "a layer link was added since planning (a push in progress?)")
             return
         freed = 0
         for part in REPOSITORY_PARTS:
-            if (directory / part).exists():
-                freed += self._remove(f"{action.path}/{part}")
+            if self._exists(parts[part]):
+                freed += self._remove(parts[part])
         # Parents that are no repositories themselves and now empty go too.
-        self._prune_empty(f"{action.path}/_", levels=action.path.count("/"))
+        self._prune_empty(parts["_manifests"], levels=repo.count("/") + 1)
         self._settle(index, action, "done", freed=freed)
 
     # -- fresh looks at the tree, right before the irreversible steps -------------
@@ -367,38 +446,8 @@ class _Applier:
         return own | referenced
 
 
-def _merge_move(source: Path, dest: Path) -> None:
-    """Move `source` to `dest`, merging into what an earlier quarantine left there."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not dest.exists():
-        shutil.move(str(source), str(dest))
-    elif source.is_dir() and not source.is_symlink() and dest.is_dir():
-        for child in list(source.iterdir()):
-            _merge_move(child, dest / child.name)
-        source.rmdir()
-    else:
-        dest.unlink() if not dest.is_dir() else shutil.rmtree(dest)
-        shutil.move(str(source), str(dest))
-
-
-def _tree_bytes(path: Path) -> int:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return 0
-    if not stat.S_ISDIR(st.st_mode):
-        return st.st_size
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
-
-
-def _file_mtimes(path: Path) -> list[int]:
-    return [
-        os.lstat(os.path.join(dirpath, name)).st_mtime_ns for dirpath, _dirs, files in os.walk(path) for name in files
-    ]
+def _ns(when: Any) -> int:
+    return int(pd.Timestamp(when).value)
 
 
 def _timestamp(text: str) -> pd.Timestamp | None:
@@ -408,19 +457,27 @@ def _timestamp(text: str) -> pd.Timestamp | None:
         return None
 
 
-def _has_files(path: Path) -> bool:
-    return any(files for _, _, files in os.walk(path))
+def _has_files(storage: Storage, rel: str) -> bool:
+    return next(iter(storage.files(rel)), None) is not None
 
 
-def journal_path(plan_path: Path) -> Path:
-    return plan_path.with_name(plan_path.name + JOURNAL_SUFFIX)
+def journal_path(plan_path: Path, plan_hash: str | None = None) -> Path:
+    """Where the journal of the plan in `plan_path` (with sha256 `plan_hash`, else of its bytes now) is kept."""
+    if plan_hash is None:
+        plan_hash = hashlib.sha256(plan_path.read_bytes()).hexdigest()
+    return plan_path.with_name(f"{plan_path.name}.{plan_hash[:JOURNAL_HASH_CHARS]}{JOURNAL_SUFFIX}")
 
 
 def apply_plan(
     plan: Plan, plan_hash: str, plan_path: Path, options: ApplyOptions, log: Callable[[str], None] | None = None
 ) -> Outcome:
-    """Carry out `plan` in its order, re-checking each action right before it; resumes from the journal."""
-    journal = _Journal(journal_path(plan_path), plan_hash, enabled=not options.dry_run)
+    """Carry out `plan` in its order, re-checking each action right before it; resumes from the journal.
+
+    Raises UsageError for a quarantine inside the storage tree (it would move files into what it removes).
+    """
+    if options.quarantine is not None and is_inside(options.quarantine, Path(plan.root)):
+        raise UsageError(f"{options.quarantine}: the quarantine must lie outside the storage tree {plan.root}")
+    journal = _Journal(journal_path(plan_path, plan_hash), plan_hash, len(plan.actions), enabled=not options.dry_run)
     journal.open(plan_hash)
     return _Applier(plan, options, journal, log or (lambda _line: None)).run()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -21,6 +20,7 @@ from .inventory import SCHEMA, Inventory, conform, frame
 from .manifest import IMAGE_CONFIGS
 from .paths import BlobData, Digest, InvalidPath, Repository, RevisionLink, UploadDir, path_for
 from .reach import HOLDING_REFS, ReachOptions, reach, reach_findings
+from .storage import AccessError, LocalStorage, NotRegular, Storage, SymlinkRefused
 
 BUFFER_BYTES = 1 << 20
 """Read size when hashing: one buffer per worker thread bounds the memory whatever the blob sizes."""
@@ -372,13 +372,14 @@ def empty_repositories(inv: Inventory) -> pd.DataFrame:
 
 
 def verify_digests(
-    v2: str, blobs: pd.DataFrame, workers: int = 0, progress: HashProgress | None = None
+    v2: str | Storage, blobs: pd.DataFrame, workers: int = 0, progress: HashProgress | None = None
 ) -> list[Finding]:
     """digest-mismatch for every blob whose content does not hash to its name, read by `workers` threads.
 
     Threads suffice: hashlib and reads release the GIL on large buffers, so
     hashing runs on every core. Largest blobs go first, to finish together.
     """
+    storage = v2 if isinstance(v2, Storage) else LocalStorage(v2)
     ordered = blobs.sort_values("size", ascending=False, kind="stable")
     queue: SimpleQueue[str] = SimpleQueue()
     for digest in ordered["digest"]:
@@ -397,7 +398,7 @@ def verify_digests(
             except Empty:
                 return
             try:
-                finding = _verify_blob(v2, digest, buffer, progress, stop)
+                finding = _verify_blob(storage, digest, buffer, progress, stop)
             except BaseException as exc:  # handed to the calling thread, which raises it
                 failures.append(exc)
                 stop.set()
@@ -420,21 +421,18 @@ def verify_digests(
 
 
 def _verify_blob(
-    v2: str, digest: str, buffer: bytearray, progress: HashProgress | None, stop: threading.Event
+    storage: Storage, digest: str, buffer: bytearray, progress: HashProgress | None, stop: threading.Event
 ) -> Finding | None:
     parsed = Digest.parse(digest)
     rel = path_for(BlobData(parsed))
-    try:
-        fd = os.open(f"{v2}/{rel}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        return _read_error(rel, digest, exc)
     hasher = hashlib.new(parsed.algorithm)
     pending = 0
     try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        with memoryview(buffer) as view:
-            while n := os.readv(fd, [buffer]):
+        reader = storage.open_blob(rel)
+        if reader is None:
+            return Finding(Kind.UNREADABLE, rel, "cannot read: No such file or directory", digest=digest)
+        with reader, memoryview(buffer) as view:
+            while n := reader.readinto(buffer):
                 hasher.update(view[:n])
                 pending += n
                 if pending >= PROGRESS_BYTES:
@@ -443,10 +441,9 @@ def _verify_blob(
                     pending = 0
                     if stop.is_set():
                         return None
-    except OSError as exc:
+    except AccessError as exc:
         return _read_error(rel, digest, exc)
     finally:
-        os.close(fd)
         if progress is not None and pending:
             progress.advance(pending)
     actual = hasher.hexdigest()
@@ -455,10 +452,12 @@ def _verify_blob(
     return Finding(Kind.DIGEST_MISMATCH, rel, f"content hashes to {parsed.algorithm}:{actual}", digest=digest)
 
 
-def _read_error(rel: str, digest: str, exc: OSError) -> Finding:
-    if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link, put there since the scan
-        return Finding(Kind.STRAY_FILE, rel, "symbolic link, not followed", digest=digest)
-    return Finding(Kind.UNREADABLE, rel, f"cannot read: {exc.strerror or exc}", digest=digest)
+def _read_error(rel: str, digest: str, exc: AccessError) -> Finding:
+    if isinstance(exc, SymlinkRefused):  # a symbolic link, put there since the scan
+        return Finding(Kind.STRAY_FILE, rel, exc.reason, digest=digest)
+    if isinstance(exc, NotRegular):
+        return Finding(Kind.STRAY_FILE, rel, "blob data is not a regular file", digest=digest)
+    return Finding(Kind.UNREADABLE, rel, exc.reason, digest=digest)
 
 
 # -- how to show it -----------------------------------------------------------

@@ -521,10 +521,11 @@ def apply(
 ) -> None:
     """Apply a deletion plan: validate it, re-check each action right before it, never remove what is in use.
 
-    A journal beside the plan (PLAN.journal) lets an interrupted apply resume, and stops a plan from
+    A journal beside the plan (PLAN.<hash>.journal) lets an interrupted apply resume, and stops a plan from
     being applied twice. Restart the registry afterwards: its blob cache still believes removed blobs exist.
     """
     from .apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
+    from .errors import AuditError
     from .formats import View
     from .formats.table import render as render_table
     from .plan import PlanError
@@ -552,7 +553,18 @@ def apply(
         return
     except PlanError as exc:
         fail(str(exc))
+    except AuditError as exc:
+        fail(str(exc), exc.exit_code)
+    if outcome.failed:
+        err.print(
+            f"storage-audit: {len(outcome.failed)} actions failed and were left for the next run "
+            f"(the first: {outcome.failed[0][1]})",
+            markup=False,
+            soft_wrap=True,
+        )
     if quiet:
+        if outcome.failed:
+            raise typer.Exit(EXIT_FINDINGS)
         return
     if not outcome.frame().empty:
         render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
@@ -566,6 +578,8 @@ def apply(
         err.print(
             "Restart the registry now: its blob descriptor cache still believes removed blobs exist.", markup=False
         )
+    if outcome.failed:
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 def emit_tables(views: list[View], output: Path | None) -> None:

@@ -9,6 +9,7 @@ import orjson
 
 from .paths import match_digest
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """The registry refuses manifests above 4 MiB; a bigger one on disk is corrupt."""
 
@@ -77,11 +78,16 @@ def _descriptor(parsed: Parsed, ref_type: str, desc: object, position: int, dige
         if type(digest) is str and match_digest(digest) is not None:
             media_type = desc.get("mediaType")
             size = desc.get("size")
+            if (type(size) is not int or not INT64_MIN <= size <= INT64_MAX) and size is not None:
+                # The registry decodes sizes into int64 and refuses anything else (orjson reads a
+                # too-big integer as a float). The reference is kept: what it names stays alive.
+                parsed.problems.append(f"{ref_type} #{position} has a size that is no 64-bit integer: {size!r:.40}")
+                size = None
             reference = (
                 ref_type,
                 digest,
                 media_type if type(media_type) is str else None,
-                size if type(size) is int else None,
+                size,
                 _platform(desc) if ref_type == "child" else None,
                 position,
             )
@@ -103,12 +109,16 @@ def _list(parsed: Parsed, doc: dict[str, object], key: str) -> list[object]:
     return value
 
 
-def parse_manifest(data: bytes) -> Parsed:
-    """Classify `data` and list its references; never raises on bad content."""
+def parse_manifest(data: bytes, size: int | None = None) -> Parsed:
+    """Classify `data` and list its references; never raises on bad content.
+
+    `size` is the blob's size when `data` may be only its beginning (enough to tell it is over the limit).
+    """
     if not data:
         return Parsed(INVALID_KIND, problems=["zero bytes"])
     if len(data) > MAX_MANIFEST_BYTES:
-        return Parsed(INVALID_KIND, problems=[f"{len(data)} bytes, over the registry's 4 MiB limit"])
+        total = max(size or 0, len(data))
+        return Parsed(INVALID_KIND, problems=[f"{total} bytes, over the registry's 4 MiB limit"])
     try:
         # orjson: three times as fast as json on manifests, and as strict as the registry's
         # decoder (no NaN, no integers beyond 64 bits, only valid UTF-8).

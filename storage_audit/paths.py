@@ -16,6 +16,8 @@ _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}")
 MAX_REPOSITORY_LENGTH = 255
+LINK = "link"
+"""The name of every link file."""
 
 
 class InvalidDigest(ValueError):
@@ -74,6 +76,11 @@ def all_hex_of(algorithm: str, names: list[str]) -> bool:
     text = "\n".join(names) + "\n"
     # The length rules out a name with a newline inside standing for two lines.
     return len(text) == len(names) * (ALGORITHMS[algorithm] + 1) and pattern.fullmatch(text) is not None
+
+
+def is_blob_prefix(name: str) -> bool:
+    """True for the name of a `blobs/<alg>/<two hex>` directory."""
+    return len(name) == 2 and _HEX.fullmatch(name) is not None
 
 
 def valid_repository(name: str) -> bool:
@@ -182,12 +189,122 @@ class UploadDir:
 
     def __post_init__(self) -> None:
         _check_repository(self.repository)
-        if not _UPLOAD_ID.fullmatch(self.upload_id):
-            raise InvalidPath(f"invalid upload id {self.upload_id!r}")
+        _check_upload(self.upload_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Blobs:
+    """The `blobs` directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobPrefix:
+    """A `blobs/<alg>/<two hex>` directory, which a scan shares out among its workers."""
+
+    algorithm: str
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise InvalidPath(f"unknown digest algorithm {self.algorithm!r}")
+        if not is_blob_prefix(self.prefix):
+            raise InvalidPath(f"invalid blob prefix {self.prefix!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Repositories:
+    """The `repositories` directory."""
+
+
+REPOSITORY_PARTS = ("_manifests", "_layers", "_uploads")
+"""What a repository directory holds besides the repositories nested in it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryPart:
+    """A repository's `_manifests`, `_layers` or `_uploads` directory."""
+
+    repository: str
+    part: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        if self.part not in REPOSITORY_PARTS:
+            raise InvalidPath(f"a repository holds no {self.part!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LayersAlgorithm:
+    """A repository's `_layers/<alg>` directory, whose mtime says when a layer link was last added."""
+
+    repository: str
+    algorithm: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        if self.algorithm not in ALGORITHMS:
+            raise InvalidPath(f"unknown digest algorithm {self.algorithm!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TagCurrentDir:
+    """A tag's `current` directory, which holds its `link`."""
+
+    repository: str
+    tag: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_tag(self.tag)
+
+
+def _check_upload(upload_id: str) -> None:
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        raise InvalidPath(f"invalid upload id {upload_id!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadData:
+    """The partial bytes of an upload in progress."""
+
+    repository: str
+    upload_id: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_upload(self.upload_id)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStartedAt:
+    """The RFC 3339 start time of an upload in progress."""
+
+    repository: str
+    upload_id: str
+
+    def __post_init__(self) -> None:
+        _check_repository(self.repository)
+        _check_upload(self.upload_id)
 
 
 PathSpec = (
-    BlobData | BlobDir | Repository | LayerLink | RevisionLink | TagDir | TagCurrentLink | TagIndexLink | UploadDir
+    BlobData
+    | BlobDir
+    | Repository
+    | LayerLink
+    | RevisionLink
+    | TagDir
+    | TagCurrentLink
+    | TagIndexLink
+    | UploadDir
+    | Blobs
+    | BlobPrefix
+    | Repositories
+    | RepositoryPart
+    | LayersAlgorithm
+    | TagCurrentDir
+    | UploadData
+    | UploadStartedAt
 )
 
 
@@ -199,7 +316,7 @@ def path_for(spec: PathSpec) -> str:
     """The path of `spec`, relative to the `v2` directory, with `/` separators."""
     match spec:
         case BlobData(digest):
-            return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+            return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{blob_data_below(digest.hex)}"
         case BlobDir(digest):
             return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
         case Repository(repo):
@@ -211,12 +328,62 @@ def path_for(spec: PathSpec) -> str:
         case TagDir(repo, tag):
             return f"repositories/{repo}/_manifests/tags/{tag}"
         case TagCurrentLink(repo, tag):
-            return f"repositories/{repo}/_manifests/tags/{tag}/current/link"
+            return current_link_below(f"repositories/{repo}/_manifests/tags/{tag}")
         case TagIndexLink(repo, tag, digest):
             return f"repositories/{repo}/_manifests/tags/{tag}/index/{_digest_dirs(digest)}/link"
         case UploadDir(repo, upload_id):
             return f"repositories/{repo}/_uploads/{upload_id}"
+        case Blobs():
+            return "blobs"
+        case BlobPrefix(alg, prefix):
+            return f"blobs/{alg}/{prefix}"
+        case Repositories():
+            return "repositories"
+        case RepositoryPart(repo, part):
+            return f"repositories/{repo}/{part}"
+        case LayersAlgorithm(repo, alg):
+            return f"repositories/{repo}/_layers/{alg}"
+        case TagCurrentDir(repo, tag):
+            return f"repositories/{repo}/_manifests/tags/{tag}/current"
+        case UploadData(repo, upload_id):
+            return upload_data_below(f"repositories/{repo}/_uploads/{upload_id}")
+        case UploadStartedAt(repo, upload_id):
+            return upload_started_below(f"repositories/{repo}/_uploads/{upload_id}")
     raise TypeError(f"not a path spec: {spec!r}")  # pragma: no cover
+
+
+# Paths below a directory that a walk has listed: its names were checked as the
+# walk met them, and a spec would check them again for every file read.
+
+
+def current_link_below(tag_dir: str) -> str:
+    """The `current/link` of a tag directory found by a walk."""
+    return f"{tag_dir}/current/{LINK}"
+
+
+def layers_algorithm_below(layers_dir: str, algorithm: str) -> str:
+    """The `<alg>` directory of a repository's `_layers` directory found by a walk."""
+    return f"{layers_dir}/{algorithm}"
+
+
+def upload_data_below(upload_dir: str) -> str:
+    """The partial `data` of an upload directory found by a walk."""
+    return f"{upload_dir}/data"
+
+
+def upload_started_below(upload_dir: str) -> str:
+    """The `startedat` file of an upload directory found by a walk."""
+    return f"{upload_dir}/startedat"
+
+
+def blob_data_below(blob_dir_name: str) -> str:
+    """The `data` of a blob directory, relative to its prefix directory."""
+    return f"{blob_dir_name}/data"
+
+
+def parent(path: str) -> str:
+    """The directory holding the storage path `path`: what a removal may leave empty."""
+    return path.rpartition("/")[0]
 
 
 def _digest_from(algorithm: str, hexpart: str) -> Digest:
@@ -238,6 +405,12 @@ def parse_path(path: str) -> PathSpec:
 
 
 def _parse_parts(parts: list[str]) -> PathSpec:
+    if parts == ["blobs"]:
+        return Blobs()
+    if parts == ["repositories"]:
+        return Repositories()
+    if parts[0] == "blobs" and len(parts) == 3:
+        return BlobPrefix(parts[1], parts[2])
     if parts[0] == "blobs" and len(parts) in (4, 5):
         digest = _digest_from(parts[1], parts[3])
         if parts[2] != digest.hex[:2]:
@@ -263,10 +436,18 @@ def _parse_repository_tail(repo: str, tail: list[str]) -> PathSpec:
     n = len(tail)
     if n == 0:
         return Repository(repo)
+    if n == 1 and tail[0] in REPOSITORY_PARTS:
+        return RepositoryPart(repo, tail[0])
+    if tail[0] == "_layers" and n == 2:
+        return LayersAlgorithm(repo, tail[1])
     if tail[0] == "_layers" and n == 4 and tail[3] == "link":
         return LayerLink(repo, _digest_from(tail[1], tail[2]))
     if tail[0] == "_uploads" and n == 2:
         return UploadDir(repo, tail[1])
+    if tail[0] == "_uploads" and n == 3 and tail[2] == "data":
+        return UploadData(repo, tail[1])
+    if tail[0] == "_uploads" and n == 3 and tail[2] == "startedat":
+        return UploadStartedAt(repo, tail[1])
     if tail[0] == "_manifests" and n >= 3:
         if tail[1] == "revisions" and n == 5 and tail[4] == "link":
             return RevisionLink(repo, _digest_from(tail[2], tail[3]))
@@ -274,6 +455,8 @@ def _parse_repository_tail(repo: str, tail: list[str]) -> PathSpec:
             tag = tail[2]
             if n == 3:
                 return TagDir(repo, tag)
+            if n == 4 and tail[3] == "current":
+                return TagCurrentDir(repo, tag)
             if n == 5 and tail[3:] == ["current", "link"]:
                 return TagCurrentLink(repo, tag)
             if n == 7 and tail[3] == "index" and tail[6] == "link":

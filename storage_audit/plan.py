@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -35,26 +36,33 @@ from .reach import closure, edges, holdings, mark, present_revisions, tagged
 PLAN_FORMAT = "storage-audit-plan"
 PLAN_VERSION = 1
 
-# The order actions are applied in: an interruption anywhere leaves only
-# garbage (untagged manifests, unreferenced blobs), never a tag without its
-# manifest or a manifest without its blobs.
-OPS: tuple[str, ...] = (
-    "remove-tag",
-    "remove-tag-history",
-    "remove-revision",
-    "remove-layer-link",
-    "remove-blob",
-    "remove-upload",
-    "remove-repository",
-)
-OP_SPEC: dict[str, type] = {
-    "remove-tag": TagDir,
-    "remove-tag-history": TagIndexLink,
-    "remove-revision": RevisionLink,
-    "remove-layer-link": LayerLink,
-    "remove-blob": BlobDir,
-    "remove-upload": UploadDir,
-    "remove-repository": Repository,
+
+class Op(StrEnum):
+    """A plan's operations, in the order they are applied.
+
+    An interruption anywhere leaves only garbage (untagged manifests,
+    unreferenced blobs), never a tag without its manifest or a manifest
+    without its blobs. Members are strings: the plan file holds their values.
+    """
+
+    REMOVE_TAG = "remove-tag"
+    REMOVE_TAG_HISTORY = "remove-tag-history"
+    REMOVE_REVISION = "remove-revision"
+    REMOVE_LAYER_LINK = "remove-layer-link"
+    REMOVE_BLOB = "remove-blob"
+    REMOVE_UPLOAD = "remove-upload"
+    REMOVE_REPOSITORY = "remove-repository"
+
+
+OPS: tuple[Op, ...] = tuple(Op)
+OP_SPEC: dict[Op, type] = {
+    Op.REMOVE_TAG: TagDir,
+    Op.REMOVE_TAG_HISTORY: TagIndexLink,
+    Op.REMOVE_REVISION: RevisionLink,
+    Op.REMOVE_LAYER_LINK: LayerLink,
+    Op.REMOVE_BLOB: BlobDir,
+    Op.REMOVE_UPLOAD: UploadDir,
+    Op.REMOVE_REPOSITORY: Repository,
 }
 # Findings that make the inventory too uncertain to delete anything from it.
 BLOCKING_KINDS = ("bad-link", "unreadable", "corrupt-manifest")
@@ -107,15 +115,22 @@ class Action:
     digest: str | None = None
     bytes: int = 0
 
+    def __post_init__(self) -> None:
+        # An Op whatever the caller passed (they compare equal to their strings); an unknown op is left
+        # for `spec` to refuse with a PlanError.
+        if isinstance(self.op, str) and not isinstance(self.op, Op) and self.op in OP_SPEC:
+            object.__setattr__(self, "op", Op(self.op))
+
     def spec(self) -> PathSpec:
         """The parsed path, checked against what the op may touch and the fields it names."""
         if self.op not in OP_SPEC:
             raise PlanError(f"unknown op {self.op!r}")
+        op = Op(self.op)
         try:
             spec = parse_path(self.path)
         except InvalidPath as exc:
             raise PlanError(f"{self.op} {self.path!r}: {exc}") from exc
-        if not isinstance(spec, OP_SPEC[self.op]):
+        if not isinstance(spec, OP_SPEC[op]):
             raise PlanError(f"{self.op} may not touch {self.path!r}")
         for name in ("repository", "tag", "digest"):
             value = getattr(spec, name, None)
@@ -194,7 +209,7 @@ class Plan:
             action = Action(**item)
             _check_types(i, action)
             action.spec()
-            order = OPS.index(action.op)
+            order = OPS.index(Op(action.op))
             if order < last:
                 raise PlanError(f"action #{i} ({action.op}) is out of order")
             last = order
@@ -475,4 +490,4 @@ def _repository_actions(
     ]
 
 
-__all__ = ["OPS", "Action", "Plan", "PlanError", "PlanRefused", "Policy", "make_plan"]
+__all__ = ["OPS", "Action", "Op", "Plan", "PlanError", "PlanRefused", "Policy", "make_plan"]

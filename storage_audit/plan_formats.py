@@ -7,7 +7,8 @@ import shlex
 from collections.abc import Callable
 
 from .choices import PlanFormat
-from .plan import Action, Plan
+from .paths import TagCurrentLink, parent, path_for
+from .plan import Action, Op, Plan
 
 
 def render(plan: Plan, fmt: PlanFormat, registry_url: str | None = None) -> str:
@@ -38,19 +39,23 @@ def _header(plan: Plan, lines: list[str]) -> list[str]:
 def _sh_line(action: Action) -> list[str]:
     q = shlex.quote
     path = q(action.path)
-    checks = {
-        "remove-tag": lambda: f"check_link {q(action.path + '/current/link')} {q(action.precondition['current'])}",
-        "remove-tag-history": lambda: f"check_link {path} {q(action.precondition['link'])}",
-        "remove-revision": lambda: f"check_link {path} {q(action.precondition['link'])}",
-        "remove-layer-link": lambda: f"check_link {path} {q(action.precondition['link'])}",
-        "remove-blob": lambda: f"check_blob {path} {action.precondition['size']}",
-        "remove-upload": lambda: f"[ -d {path} ] && [ ! -L {path} ]",
-        "remove-repository": lambda: f"check_empty_repository {path}",
+
+    def current() -> str:
+        return path_for(TagCurrentLink(action.repository or "", action.tag or ""))
+
+    checks: dict[Op, Callable[[], str]] = {
+        Op.REMOVE_TAG: lambda: f"check_link {q(current())} {q(action.precondition['current'])}",
+        Op.REMOVE_TAG_HISTORY: lambda: f"check_link {path} {q(action.precondition['link'])}",
+        Op.REMOVE_REVISION: lambda: f"check_link {path} {q(action.precondition['link'])}",
+        Op.REMOVE_LAYER_LINK: lambda: f"check_link {path} {q(action.precondition['link'])}",
+        Op.REMOVE_BLOB: lambda: f"check_blob {path} {action.precondition['size']}",
+        Op.REMOVE_UPLOAD: lambda: f"[ -d {path} ] && [ ! -L {path} ]",
+        Op.REMOVE_REPOSITORY: lambda: f"check_empty_repository {path}",
     }
-    remove = f"rm -rf -- {path}" if action.op != "remove-repository" else f"remove_repository {path}"
+    remove = f"rm -rf -- {path}" if action.op != Op.REMOVE_REPOSITORY else f"remove_repository {path}"
     return [
         f"# {action.op}: {action.reason}",
-        f"if {checks[action.op]()}; then {remove}; else echo {q('skipped: ' + action.path)} >&2; fi",
+        f"if {checks[Op(action.op)]()}; then {remove}; else echo {q('skipped: ' + action.path)} >&2; fi",
     ]
 
 
@@ -78,8 +83,8 @@ def _sh(plan: Plan, _url: str | None) -> str:
         lines += _sh_line(action)
     # Only the directories a removal leaves behind in the registry's own layout, never a
     # repository's `_manifests/tags` or `_uploads` (2.8's collector aborts without `tags`).
-    pruned = ("remove-tag-history", "remove-revision", "remove-layer-link", "remove-blob")
-    empties = sorted({a.path.rsplit("/", 1)[0] for a in plan.actions if a.op in pruned}, reverse=True)
+    pruned = (Op.REMOVE_TAG_HISTORY, Op.REMOVE_REVISION, Op.REMOVE_LAYER_LINK, Op.REMOVE_BLOB)
+    empties = sorted({parent(a.path) for a in plan.actions if a.op in pruned}, reverse=True)
     lines.append("# Directories the removals left empty (the registry never prunes them).")
     lines += [f"rmdir -- {shlex.quote(d)} 2>/dev/null || true" for d in empties]
     lines.append("echo 'done: restart the registry, its blob cache still believes removed blobs exist' >&2")
@@ -97,12 +102,12 @@ def _http(plan: Plan, url: str | None) -> str:
         ],
     )
     lines.append(f"REGISTRY={shlex.quote(base)}")
-    revisions = {(a.repository, a.digest) for a in plan.actions if a.op == "remove-revision"}
+    revisions = {(a.repository, a.digest) for a in plan.actions if a.op == Op.REMOVE_REVISION}
     for action in plan.actions:
-        if action.op == "remove-revision":
+        if action.op == Op.REMOVE_REVISION:
             lines.append(f"# {action.reason}")
             lines.append(f'curl -fsS -X DELETE "$REGISTRY/v2/{action.repository}/manifests/{action.digest}"')
-        elif action.op == "remove-tag" and (action.repository, action.digest) not in revisions:
+        elif action.op == Op.REMOVE_TAG and (action.repository, action.digest) not in revisions:
             lines.append(
                 f"# {action.repository}:{action.tag} cannot be removed through the API without deleting "
                 f"{action.digest}, which other tags still use; use `storage-audit apply` offline instead."

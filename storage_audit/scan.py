@@ -19,8 +19,12 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from .errors import UsageError
 from .findings import Finding
+from .paths import BlobPrefix, InvalidPath, path_for
 from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
+from .source import RootError, resolve
+from .storage import AccessError, LocalStorage, Storage
 from .walk import TABLES, Columns, Totals, Walker, read_manifest_units, walk_units
 
 PARALLEL_MIN_BLOBS = 5000
@@ -58,13 +62,13 @@ def _chunks(items: Sequence[T], count: int) -> list[list[T]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def _estimated_blobs(v2: str, prefixes: list[tuple[str, str]]) -> int:
+def _estimated_blobs(storage: Storage, prefixes: list[tuple[str, str]]) -> int:
     if not prefixes:
         return 0
     alg, prefix = prefixes[len(prefixes) // 2]
     try:
-        return len(os.listdir(f"{v2}/blobs/{alg}/{prefix}")) * len(prefixes)
-    except OSError:
+        return len(storage.subdirs(path_for(BlobPrefix(alg, prefix)))[0]) * len(prefixes)
+    except (AccessError, InvalidPath):
         return 0
 
 
@@ -124,10 +128,10 @@ def _start_worker() -> None:
     gc.disable()
 
 
-def _workers(options: ScanOptions, v2: str, prefixes: list[tuple[str, str]]) -> int:
+def _workers(options: ScanOptions, storage: Storage, prefixes: list[tuple[str, str]]) -> int:
     if options.workers > 0:
         return options.workers
-    if _estimated_blobs(v2, prefixes) < PARALLEL_MIN_BLOBS:
+    if _estimated_blobs(storage, prefixes) < PARALLEL_MIN_BLOBS:
         return 1
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
@@ -225,17 +229,16 @@ def _run(
 
 
 def _read(
-    v2: Path, options: ScanOptions | None, make_sink: Callable[[], S], meanwhile: Callable[[], object] | None
+    storage: Storage, options: ScanOptions | None, make_sink: Callable[[], S], meanwhile: Callable[[], object] | None
 ) -> tuple[S, list[Finding]]:
-    """Read the `v2` tree, handing every part of every table to a new sink; that sink and the findings met.
+    """Read the tree, handing every part of every table to a new sink; that sink and the findings met.
 
     `meanwhile` runs in this process while the workers, if any, read the tree.
     """
     options = options or ScanOptions()
-    root = str(v2)
-    top = Walker(root)
+    top = Walker(storage)
     units = top.units()
-    workers = _workers(options, root, units[1])
+    workers = _workers(options, storage, units[1])
     if workers > 1:
         pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker)
         try:
@@ -243,7 +246,7 @@ def _read(
         except (BrokenProcessPool, OSError):
             # A machine that cannot start worker processes still gets its scan, in this process.
             pool.shutdown(cancel_futures=True)
-            top = Walker(root)
+            top = Walker(storage)
             units = top.units()
         finally:
             pool.shutdown()
@@ -260,7 +263,7 @@ def _walk_with(
     meanwhile: Callable[[], object] | None,
 ) -> tuple[S, list[Finding]]:
     """Read the repositories and blob prefixes `units`, found by `top`, with `workers` processes of `pool`."""
-    v2, findings = top.v2, top.part.findings
+    v2, findings = top.storage, top.part.findings
     repositories, prefixes = units
     # Repositories vary a lot in size: many small jobs keep every worker busy to the end,
     # and the evenly sized blob prefixes, queued last, fill in behind the biggest one.
@@ -278,9 +281,25 @@ def _walk_with(
     return sink, findings
 
 
-def tally(v2: Path, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
-    """Read the `v2` tree only to count and sum it: neither pyarrow nor pandas is loaded."""
-    sink, findings = _read(v2, options, _Tally, meanwhile=None)
+def storage_of(root: Path | str | Storage) -> Storage:
+    """The storage tree ROOT designates, found as the command line finds it; raises UsageError.
+
+    ROOT is a registry root (holding docker/registry/v2) or its `v2` directory; a snapshot is no tree to scan.
+    """
+    if isinstance(root, Storage):
+        return root
+    try:
+        source = resolve(Path(root))
+    except RootError as exc:
+        raise UsageError(str(exc)) from exc
+    if source.snapshot:
+        raise UsageError(f"{root}: a snapshot written by `storage-audit scan -o`, not a storage tree to scan")
+    return LocalStorage(source.path)
+
+
+def tally(v2: Path | str | Storage, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
+    """Read the tree of ROOT `v2` only to count and sum it: neither pyarrow nor pandas is loaded."""
+    sink, findings = _read(storage_of(v2), options, _Tally, meanwhile=None)
     return sink.totals, findings
 
 
@@ -304,23 +323,25 @@ def _frame(name: str, table: pa.Table) -> pd.DataFrame:
     return inv_mod.conform(name, df)
 
 
-def scan(v2: Path, options: ScanOptions | None = None) -> Inventory:
-    """Scan the `v2` directory of a registry's storage into an Inventory.
+def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Inventory:
+    """Scan a registry's storage into an Inventory: `v2` is its root or its `v2` directory (see storage_of).
 
     Rows come out in path order (directories are read sorted), so two scans of
     the same tree give identical frames whatever the number of workers.
+    Raises UsageError when `v2` designates no storage tree.
     """
+    storage = storage_of(v2)
     scanned_at = datetime.now(UTC)
     # The frames made at the end need pandas, which takes a CPU-second to import:
     # it loads while the workers read the tree, not before or after them.
-    sink, found = _read(v2, options, _ArrowTables, meanwhile=_load_pandas)
+    sink, found = _read(storage, options, _ArrowTables, meanwhile=_load_pandas)
     tables = sink.tables()
     from . import inventory as inv_mod
 
     findings = inv_mod.frame("findings", [f.row() for f in found])
     frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
     return inv_mod.Inventory(
-        root=str(v2),
+        root=storage.location,
         scanned_at=scanned_at,
         findings=findings.sort_values(["path", "kind"], kind="stable", ignore_index=True),
         **frames,

@@ -1,0 +1,261 @@
+"""Apply on the cases that once lost data, hung, or crashed: each ends safely now, with the exit code it says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage_audit.apply import journal_path
+from tests.conftest import FIXTURES, unpack
+from tests.registry_harness import Ledger, Registry, require_registry
+from tests.test_plan_apply import (
+    BROAD,
+    DAY,
+    V2,
+    actions,
+    age_tree,
+    apply_cli,
+    broken_invariants,
+    copy_tree,
+    digests,
+    directories,
+    files,
+    interrupted,
+    make_plan,
+    retarget,
+)
+
+UNTAGGED = ("--delete-untagged", "--min-age", "0s")
+
+
+@pytest.fixture
+def aged(tmp_path: Path) -> Callable[[str], Path]:
+    """The `basic` fixture registry unpacked under `name`, every mtime 30 days ago; returns its root."""
+
+    def make(name: str) -> Path:
+        root = unpack(FIXTURES / "basic.tar.gz", tmp_path / name)
+        age_tree(root, 30 * DAY)
+        return root
+
+    return make
+
+
+def blob_data(v2: Path, action: dict[str, Any]) -> Path:
+    return v2 / action["path"] / "data"
+
+
+# --------------------------------------------------------------------------
+# A push in progress
+
+
+def _push_again(root: Path, into: str, layer: bytes) -> None:
+    with Registry(root) as reg:
+        reg.push_blob(into, layer)
+
+
+@pytest.mark.parametrize("into", ["other", "first"])
+def test_a_blob_pushed_again_since_planning_is_kept(tmp_path: Path, into: str) -> None:
+    """A client uploads an orphan blob again (into another repository, or the same) between plan and apply.
+
+    The registry finds the data present and only writes a layer link; the data's
+    mtime stays. Had apply removed the blob, the client's manifest would be
+    accepted (the registry's descriptor cache) and pulls would fail.
+    """
+    require_registry()
+    root = tmp_path / "root"
+    layer, other = os.urandom(300), os.urandom(200)
+    with Registry(root, Ledger()) as reg:
+        digest = reg.push_blob("first", layer)
+        untouched = reg.push_blob("first", other)
+    v2 = root / V2
+    plan, doc = make_plan(root, *UNTAGGED)
+    assert {digest, untouched} <= digests(doc, "remove-blob")
+    (blob,) = [a for a in actions(doc, "remove-blob") if a["digest"] == digest]
+    before = os.stat(blob_data(v2, blob)).st_mtime_ns
+    _push_again(root, into, layer)
+    assert os.stat(blob_data(v2, blob)).st_mtime_ns == before, "the registry rewrote the data: not the case here"
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    assert f"skipped {blob['path']}" in err
+    assert blob_data(v2, blob).read_bytes() == layer
+    # What no client pushed again still goes.
+    assert not (v2 / f"blobs/sha256/{untouched[7:9]}/{untouched[7:]}").exists()
+    with Registry(root) as reg:
+        assert reg.get_blob(into, digest) == layer
+
+
+# --------------------------------------------------------------------------
+# Odd files and places
+
+
+def test_a_fifo_in_place_of_a_tag_link_is_skipped_not_waited_for(aged: Callable[[str], Path]) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    plan, doc = make_plan(root, "--keep-last", "1", "--min-age", "0s")
+    tag = actions(doc, "remove-tag")[0]
+    link = v2 / tag["path"] / "current" / "link"
+    link.unlink()
+    os.mkfifo(link)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_audit", "apply", str(plan), "--yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("apply waited on the FIFO")
+    assert proc.returncode == 0, err
+    assert f"skipped {tag['path']}: changed since planning" in err
+    assert stat.S_ISFIFO(os.lstat(link).st_mode)
+
+
+@pytest.mark.parametrize("inside", ["", "blobs", "repositories/team"])
+def test_a_quarantine_inside_the_storage_tree_is_refused(aged: Callable[[str], Path], inside: str) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    plan, _ = make_plan(root, *BROAD)
+    before = files(v2)
+    code, out, err = apply_cli(plan, "--quarantine", v2 / inside)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("storage-audit: error: ") and "outside the storage tree" in last, err
+    assert "Traceback" not in err and "internal error" not in err and out == ""
+    assert files(v2) == before
+    assert not journal_path(plan).exists()
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """Marks files immutable (chattr +i): removing them fails with EPERM even for root; undone afterwards."""
+    marked: list[Path] = []
+
+    def mark(path: Path) -> None:
+        if shutil.which("chattr") is None:
+            pytest.skip("chattr is not installed")
+        result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot make a file immutable here: {result.stderr.strip()}")
+        marked.append(path)
+
+    yield mark
+    for path in marked:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_a_permission_error_fails_its_action_only(
+    aged: Callable[[str], Path], immutable: Callable[[Path], None]
+) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    reference = copy_tree(root, root.parent / "reference")
+    plan, doc = make_plan(root, *UNTAGGED)
+    blobs = actions(doc, "remove-blob")
+    assert len(blobs) >= 2
+    stuck = blobs[0]
+    immutable(blob_data(v2, stuck))
+    code, out, err = apply_cli(plan)
+    assert code == 3, err
+    assert f"failed {stuck['path']}" in err and "Operation not permitted" in err
+    assert "internal error" not in err and out == ""
+    assert blob_data(v2, stuck).is_file()
+    # Every other action went on.
+    assert all(not (v2 / a["path"]).exists() for a in doc["actions"] if a is not stuck)
+    assert broken_invariants(v2) == []
+    # Once the cause is gone, the same plan finishes what failed.
+    subprocess.run(["chattr", "-i", str(blob_data(v2, stuck))], check=True)
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    assert apply_cli(retarget(doc, reference, reference.parent / "reference.json"))[0] == 0
+    assert files(v2).keys() == files(reference / V2).keys()
+    assert directories(v2) == directories(reference / V2)
+
+
+# --------------------------------------------------------------------------
+# Journals
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "journal",
+    [
+        pytest.param(lambda _h: b"", id="empty"),
+        pytest.param(lambda _h: b'{"plan_sha2', id="torn-first-line"),
+        pytest.param(lambda _h: b"\xff\xfe\x00 not utf-8\n", id="not-utf-8"),
+        pytest.param(lambda h: json.dumps({"plan_sha256": h}).encode() + b'\n{"index":[1]}\n', id="index-a-list"),
+        pytest.param(lambda h: json.dumps({"plan_sha256": h}).encode() + b'\n{"index":99999}\n', id="index-too-big"),
+    ],
+)
+def test_a_damaged_journal_of_this_plan_is_no_obstacle(
+    aged: Callable[[str], Path], journal: Callable[[str], bytes]
+) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    plan, doc = make_plan(root, *BROAD)
+    journal_path(plan).write_bytes(journal(_sha256(plan)))
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    assert all(not (v2 / a["path"]).exists() for a in doc["actions"])
+    assert broken_invariants(v2) == []
+    code, _, err = apply_cli(plan)
+    assert code == 0 and "already applied" in err
+
+
+def test_a_plan_written_again_over_the_same_file_is_not_blocked(aged: Callable[[str], Path]) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    plan, first = make_plan(root, *UNTAGGED)
+    assert interrupted(plan, 2) == 2
+    plan_again, second = make_plan(root, *BROAD, out=plan)
+    assert plan_again == plan and second != first
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    assert all(not (v2 / a["path"]).exists() for a in second["actions"])
+    # A finished plan is still never applied twice.
+    code, _, err = apply_cli(plan)
+    assert code == 0 and "already applied" in err
+
+
+def test_the_journal_is_named_for_the_plans_content(aged: Callable[[str], Path]) -> None:
+    root = aged("basic")
+    plan, _ = make_plan(root, *UNTAGGED)
+    assert apply_cli(plan)[0] == 0
+    assert journal_path(plan) == plan.with_name(f"{plan.name}.{_sha256(plan)[:16]}.journal")
+    assert journal_path(plan).is_file()
+
+
+# --------------------------------------------------------------------------
+# Resuming
+
+
+def test_an_action_found_done_still_prunes_what_it_left_empty(aged: Callable[[str], Path]) -> None:
+    """A kill right after a removal, before its pruning and its journal line: the rerun finds it gone."""
+    root = aged("basic")
+    v2 = root / V2
+    reference = copy_tree(root, root.parent / "reference")
+    plan, doc = make_plan(root, *UNTAGGED)
+    assert apply_cli(retarget(doc, reference, reference.parent / "reference.json"))[0] == 0
+    for op in ("remove-revision", "remove-layer-link", "remove-blob"):
+        done = actions(doc, op)[0]
+        target = v2 / done["path"]
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    assert directories(v2) == directories(reference / V2)
+    assert files(v2).keys() == files(reference / V2).keys()
