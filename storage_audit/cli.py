@@ -7,11 +7,16 @@ loading them while its workers already read the tree.
 
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import re
 import sys
+import typing
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,9 +28,10 @@ from rich.console import Console
 
 from . import __version__
 from .choices import By, Format, PlanFormat
+from .errors import AuditError
 from .findings import Severity
 from .progress import RichByteProgress, RichProgress
-from .source import RootError, Source, load, resolve
+from .source import RemoteOptions, RootError, Source, load, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,10 +59,11 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False)
 
 RootArg = Annotated[
-    Path,
+    str,
     typer.Argument(
         help="Registry root (holding docker/registry/v2), the v2 directory itself, "
-        "or a snapshot directory written by `scan -o`.",
+        "a snapshot directory written by `scan -o`, s3://BUCKET[/ROOTDIRECTORY], "
+        "or the registry's configuration file.",
         show_default=True,
     ),
 ]
@@ -71,7 +78,50 @@ ScanWorkersOpt = Annotated[
         "1 below that). More than the CPUs can pay off on a slow network volume.",
     ),
 ]
-DEFAULT_ROOT = Path("/var/lib/registry")
+DEFAULT_ROOT = "/var/lib/registry"
+
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Object storage: where manifests are cached by digest "
+        "(default: $XDG_CACHE_HOME/storage-audit, else ~/.cache/storage-audit).",
+    ),
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Object storage: neither read nor write the cache.")]
+RateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-requests-per-second",
+        min=0.001,
+        help="Object storage: start at most this many requests a second (AWS answers 503 SlowDown to bursts).",
+    ),
+]
+_remote: ContextVar[RemoteOptions | None] = ContextVar("remote", default=None)
+
+P = typing.ParamSpec("P")
+R = typing.TypeVar("R")
+
+
+def root_options(command: Callable[P, R]) -> Callable[P, R]:
+    """Give a command that takes ROOT the options for a ROOT in object storage (cache, rate limit)."""
+    signature = inspect.signature(command, eval_str=True)
+    extra = [
+        inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CacheDirOpt),
+        inspect.Parameter("no_cache", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoCacheOpt),
+        inspect.Parameter("max_requests_per_second", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=RateOpt),
+    ]
+
+    @functools.wraps(command)
+    def run(*args: typing.Any, **kwargs: typing.Any) -> R:
+        cache_dir, no_cache = kwargs.pop("cache_dir", None), kwargs.pop("no_cache", False)
+        rate = kwargs.pop("max_requests_per_second", None)
+        _remote.set(RemoteOptions(cache=not no_cache, cache_dir=cache_dir, max_requests_per_second=rate))
+        return command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
+    run.__annotations__ = typing.get_type_hints(command, include_extras=True) | {p.name: p.annotation for p in extra}
+    return run
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -79,35 +129,57 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def open_root(root: Path) -> Source:
+@contextmanager
+def storage_failures() -> Iterator[None]:
+    """A ROOT that cannot be resolved or read (a bad URL or configuration, a bucket refusing us): one line, exit 2."""
     try:
-        return resolve(root)
+        yield
     except RootError as exc:
         fail(str(exc))
+    except AuditError as exc:
+        fail(str(exc), exc.exit_code)
 
 
-def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inventory:
-    """Resolve ROOT and load or scan it, with a progress display when stderr is a terminal.
+def open_root(root: str) -> Source:
+    with storage_failures():
+        return resolve(root, _remote.get() or RemoteOptions())
+
+
+def read_inventory(root: str, quiet: bool, workers: int | None = None, source: Source | None = None) -> Inventory:
+    """Resolve ROOT (unless `source` is given) and load or scan it, with a progress display on a terminal.
 
     Commands call this before importing their analysis: a process that has not
     loaded pandas yet has one thread, and starts its scan workers by forking.
     """
     from .scan import ScanOptions
 
-    source = open_root(root)
-    with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        try:
-            return load(source, ScanOptions(progress=progress, workers=workers or 0))
-        except RootError as exc:
-            fail(str(exc))
+    source = source or open_root(root)
+    with RichProgress(err, enabled=not quiet and err.is_terminal) as progress, storage_failures():
+        return load(source, ScanOptions(progress=progress, workers=workers or 0))
 
 
 def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
     """Count and sum a storage tree, with a progress display when stderr is a terminal."""
     from .scan import ScanOptions, tally
 
-    with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        return tally(source.path, ScanOptions(progress=progress, workers=workers or 0))
+    with RichProgress(err, enabled=not quiet and err.is_terminal) as progress, storage_failures():
+        return tally(source.tree(), ScanOptions(progress=progress, workers=workers or 0))
+
+
+def remote_summary(source: Source) -> list[tuple[str, str]]:
+    """What reading a tree in object storage took: requests by kind, bytes received, cache hits."""
+    from .s3storage import S3Storage
+
+    if not isinstance(source.storage, S3Storage):
+        return []
+    stats = source.storage.stats()
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.requests.items()))
+    return [
+        ("requests", f"{stats.total_requests}" + (f" ({kinds})" if kinds else "")),
+        ("bytes-received", size(stats.bytes_received)),
+        ("links-by-etag", f"{stats.links_by_etag}"),
+        ("cache-hits", "off" if stats.cache_hits is None else f"{stats.cache_hits}"),
+    ]
 
 
 def size(n: int) -> str:
@@ -137,6 +209,7 @@ def scan_summary(root: str, totals: Totals, severities: Iterable[str]) -> list[t
 
 
 @app.command()
+@root_options
 def scan(
     root: RootArg = DEFAULT_ROOT,
     output: Annotated[
@@ -153,10 +226,10 @@ def scan(
     if output is None and not source.snapshot:
         # Counting needs no tables: neither pandas nor pyarrow is loaded.
         totals, found = tally(source, quiet, workers)
-        summary = scan_summary(str(source.path), totals, (f.severity.value for f in found))
+        summary = scan_summary(source.location, totals, (f.severity.value for f in found))
     else:
         # The analysis loads after the scan has started its workers: see read_inventory.
-        inv = read_inventory(root, quiet, workers)
+        inv = read_inventory(root, quiet, workers, source)
         from .inventory import write_snapshot
         from .report import whole
         from .walk import Totals
@@ -170,7 +243,7 @@ def scan(
             except OSError as exc:
                 fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
     if not quiet:
-        for key, value in summary:
+        for key, value in summary + remote_summary(source):
             err.print(f"{key}: {value}", markup=False, soft_wrap=True)
 
 
@@ -231,6 +304,7 @@ def warn_gc_difference(inv: Inventory, safe: Reachability) -> None:
 
 
 @app.command()
+@root_options
 def untagged(
     root: RootArg = DEFAULT_ROOT,
     fmt: FormatOpt = Format.TABLE,
@@ -265,6 +339,7 @@ def untagged(
 
 
 @app.command()
+@root_options
 def orphans(
     root: RootArg = DEFAULT_ROOT,
     delete_untagged: Annotated[
@@ -300,6 +375,7 @@ def orphans(
 
 
 @app.command()
+@root_options
 def report(
     root: RootArg = DEFAULT_ROOT,
     by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
@@ -335,8 +411,9 @@ def report(
         check_report(options)
     except ReportError as exc:
         fail(str(exc))
-    frame = stored_report(open_root(root), options)
-    inv = read_inventory(root, quiet, workers) if frame is None else None
+    source = open_root(root)
+    frame = stored_report(source, options)
+    inv = read_inventory(root, quiet, workers, source) if frame is None else None
     from . import report as reporting
 
     if inv is not None:
@@ -393,6 +470,7 @@ def plan_stats(plan: Plan) -> View:
 
 
 @app.command()
+@root_options
 def plan(
     root: RootArg = DEFAULT_ROOT,
     output: Annotated[
@@ -488,7 +566,9 @@ def plan(
     source = open_root(root)
     if source.snapshot:
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
-    inv = read_inventory(root, quiet, workers)
+    if source.storage is not None:
+        fail(f"{root}: deletion plans for object storage are not supported yet; the read-only commands are")
+    inv = read_inventory(root, quiet, workers, source)
     try:
         result = make_plan(inv, policy, datetime.now(UTC))
     except PlanRefused as exc:
@@ -608,6 +688,7 @@ def check_summary(counts: dict[str, int], verified: bool) -> str:
 
 
 @app.command()
+@root_options
 def check(
     root: RootArg = DEFAULT_ROOT,
     verify_digests: Annotated[
@@ -640,11 +721,15 @@ def check(
     from . import check as checking
 
     age = parse_duration(upload_age, "--upload-age")
-    if verify_digests and open_root(root).snapshot:
+    source = open_root(root)
+    if verify_digests and source.snapshot:
         fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")
-    inv = read_inventory(root, quiet, workers)
-    with RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress:
-        options = checking.CheckOptions(verify_digests, age, workers or 0, progress)
+    inv = read_inventory(root, quiet, workers, source)
+    with (
+        RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress,
+        storage_failures(),
+    ):
+        options = checking.CheckOptions(verify_digests, age, workers or 0, progress, source.storage)
         findings = checking.check(inv, options)
     views = checking.views(findings, table=fmt is Format.TABLE)
     if fmt is Format.TABLE:

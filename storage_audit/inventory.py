@@ -52,6 +52,8 @@ class Inventory:
     blobs: pd.DataFrame = field(default_factory=lambda: frame("blobs"))
     uploads: pd.DataFrame = field(default_factory=lambda: frame("uploads"))
     findings: pd.DataFrame = field(default_factory=lambda: frame("findings"))
+    origin: dict[str, str] = field(default_factory=dict)
+    """Where a tree in object storage was read (bucket, prefix, endpoint): never a credential."""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SCHEMA}
@@ -65,6 +67,7 @@ class Inventory:
             "tool": "storage-audit",
             "version": __version__,
             "root": self.root,
+            **({"origin": self.origin} if self.origin else {}),
             "scanned_at": self.scanned_at.isoformat(),
             "counts": self.counts(),
             "blob_bytes": int(self.blobs["size"].sum()),

@@ -487,7 +487,7 @@ class S3Bucket:
         """Run `coro` to completion on a fresh event loop (the library's callers are synchronous)."""
         return asyncio.run(coro)
 
-    async def _gather_limited(self, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    async def gather_limited(self, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
         semaphore = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(job: Callable[[], Awaitable[T]]) -> T:
@@ -579,14 +579,15 @@ class S3Bucket:
 
     # Reading
 
-    async def get_async(self, path: str) -> bytes | None:
-        """The content of `path` (relative to `v2`), or None when there is no such key."""
+    async def get_async(self, path: str, length: int | None = None) -> bytes | None:
+        """The content of `path` (relative to `v2`), or its first `length` bytes; None when there is no such key."""
         import obstore
         from obstore.exceptions import NotFoundError
 
         await self.limiter.wait()
         try:
-            result = await obstore.get_async(self.store, self.location.key(path))
+            options: dict[str, Any] = {} if length is None else {"range": (0, length)}
+            result = await obstore.get_async(self.store, self.location.key(path), options=options)  # type: ignore[arg-type]
             data = bytes(await result.bytes_async())
         except (NotFoundError, FileNotFoundError):
             # obstore raises Python's FileNotFoundError for a missing key.
@@ -602,7 +603,7 @@ class S3Bucket:
 
     async def get_many_async(self, paths: Sequence[str]) -> dict[str, bytes]:
         """The contents of `paths`, fetched concurrently; a path with no key is left out."""
-        bodies = await self._gather_limited([partial(self.get_async, p) for p in paths])
+        bodies = await self.gather_limited([partial(self.get_async, p) for p in paths])
         return {p: b for p, b in zip(paths, bodies, strict=True) if b is not None}
 
     def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
@@ -649,7 +650,7 @@ class S3Bucket:
                 # Full jitter: many failed batches must not come back all at once (503 SlowDown).
                 await asyncio.sleep(random.uniform(0, backoff * 2**attempt))
 
-        await self._gather_limited([partial(one, b) for b in batches])
+        await self.gather_limited([partial(one, b) for b in batches])
         return len(keys)
 
     def delete(self, paths: Sequence[str]) -> int:
@@ -730,7 +731,7 @@ class S3Bucket:
         # A server may list an upload twice across pages; the pair (key, id) names it.
         unique = list(dict.fromkeys((k, i) for k, i, _ in found))
         initiated = {(k, i): t for k, i, t in found}
-        sizes = await self._gather_limited([partial(asyncio.to_thread, self._upload_bytes, k, i) for k, i in unique])
+        sizes = await self.gather_limited([partial(asyncio.to_thread, self._upload_bytes, k, i) for k, i in unique])
         return [
             MultipartUpload(self.location.relative(k), i, initiated[(k, i)], parts, size)
             for (k, i), (parts, size) in zip(unique, sizes, strict=True)

@@ -1,4 +1,4 @@
-"""Resolve the ROOT argument to a storage tree or a snapshot, and load its inventory."""
+"""Resolve the ROOT argument to a storage tree (a directory, an S3 bucket, a registry configuration) or a snapshot."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from .schema import METADATA_FILE
 
 if TYPE_CHECKING:
     from .inventory import Inventory
+    from .s3 import S3Location, S3Settings
     from .scan import ScanOptions
+    from .storage import Storage
 
 V2_BELOW_ROOT = Path("docker/registry/v2")
 
@@ -20,29 +22,92 @@ class RootError(Exception):
 
 
 @dataclass(frozen=True)
+class RemoteOptions:
+    """How to read a tree in object storage: the manifest cache (default directory: None) and a request rate limit."""
+
+    cache: bool = True
+    cache_dir: Path | None = None
+    max_requests_per_second: float | None = None
+
+
+@dataclass(frozen=True)
 class Source:
-    """Where an inventory comes from: a `v2` tree to scan, or a snapshot directory."""
+    """Where an inventory comes from: a `v2` tree to scan (on disk, or `storage`), or a snapshot directory."""
 
     path: Path
     snapshot: bool
+    storage: Storage | None = None
+
+    @property
+    def location(self) -> str:
+        """The tree or snapshot, for messages: a directory, or an s3:// URL."""
+        return self.storage.location if self.storage is not None else str(self.path)
+
+    def tree(self) -> Storage:
+        """The storage tree to scan."""
+        from .storage import LocalStorage
+
+        return self.storage if self.storage is not None else LocalStorage(self.path)
 
 
-def resolve(root: Path) -> Source:
-    """Find the `v2` directory or snapshot that `root` designates; raises RootError."""
-    if not root.exists():
+def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Source:
+    """Find the tree or snapshot that `root` designates; raises RootError, or UsageError for a bad URL or config.
+
+    `root` is an `s3://BUCKET[/ROOTDIRECTORY]` URL, the registry's configuration
+    file, a registry root directory, its `v2` directory, or a snapshot.
+    """
+    from .s3 import is_s3_url
+
+    text = str(root)
+    if is_s3_url(text):
+        from .s3 import S3Settings, parse_s3_url
+
+        return _bucket(parse_s3_url(text), S3Settings(), remote)
+    path = Path(root)
+    if path.is_file():
+        return _configured(path, remote)
+    if not path.exists():
         raise RootError(f"{root}: no such file or directory")
-    if not root.is_dir():
+    if not path.is_dir():
         raise RootError(f"{root}: not a directory")
-    if (root / METADATA_FILE).is_file():
-        return Source(root.resolve(), snapshot=True)
-    if (root / V2_BELOW_ROOT).is_dir():
-        return Source((root / V2_BELOW_ROOT).resolve(), snapshot=False)
-    if root.resolve().name == "v2" or (root / "repositories").is_dir() or (root / "blobs").is_dir():
-        return Source(root.resolve(), snapshot=False)
+    if (path / METADATA_FILE).is_file():
+        return Source(path.resolve(), snapshot=True)
+    if (path / V2_BELOW_ROOT).is_dir():
+        return Source((path / V2_BELOW_ROOT).resolve(), snapshot=False)
+    if path.resolve().name == "v2" or (path / "repositories").is_dir() or (path / "blobs").is_dir():
+        return Source(path.resolve(), snapshot=False)
     raise RootError(
         f"{root}: not a registry root (no {V2_BELOW_ROOT}), not a v2 directory, "
         f"and not a snapshot written by `storage-audit scan -o`"
     )
+
+
+def _configured(path: Path, remote: RemoteOptions | None) -> Source:
+    """The storage the registry configuration file `path` names."""
+    from .config import FilesystemStorage, read_registry_config
+
+    config = read_registry_config(path)
+    if isinstance(config, FilesystemStorage):
+        if config.root.is_file():
+            raise RootError(f"{path}: its filesystem rootdirectory {config.root} is not a directory")
+        source = resolve(config.root, remote)
+        if source.snapshot:
+            raise RootError(f"{path}: its filesystem rootdirectory {config.root} is a snapshot, not a registry root")
+        return source
+    return _bucket(config.location, config.settings, remote)
+
+
+def _bucket(location: S3Location, settings: S3Settings, remote: RemoteOptions | None) -> Source:
+    from dataclasses import replace
+
+    from .s3 import S3Bucket
+    from .s3storage import ManifestCache, S3Storage, default_cache_dir
+
+    remote = remote or RemoteOptions()
+    if remote.max_requests_per_second is not None:
+        settings = replace(settings, max_requests_per_second=remote.max_requests_per_second)
+    cache = ManifestCache(remote.cache_dir or default_cache_dir()) if remote.cache else None
+    return Source(Path(), snapshot=False, storage=S3Storage(S3Bucket(location, settings), cache))
 
 
 def load(source: Source, options: ScanOptions | None = None) -> Inventory:
@@ -56,4 +121,4 @@ def load(source: Source, options: ScanOptions | None = None) -> Inventory:
             raise RootError(f"{source.path}: {exc}") from exc
     from .scan import scan
 
-    return scan(source.path, options)
+    return scan(source.tree(), options)

@@ -354,6 +354,51 @@ def mirror(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
     return dest
 
 
+def multipart_uploads(server: SeaweedS3, prefix: str) -> dict[str, tuple[int, Any]]:
+    """Every unfinished multipart upload under `prefix`: key -> (bytes of its parts, when it was initiated)."""
+    client = raw_client(server)
+    out: dict[str, tuple[int, Any]] = {}
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=server.bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            parts = client.list_parts(Bucket=server.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            size = sum(p["Size"] for p in parts.get("Parts", []))
+            known = out.get(upload["Key"])
+            out[upload["Key"]] = (size + (known[0] if known else 0), upload["Initiated"])
+    return out
+
+
+def mirror_as_listed(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
+    """`mirror`, with what a listing says of each key kept on disk: a local copy the bucket's answers must equal.
+
+    Each file gets its key's LastModified as mtime; each unfinished multipart
+    upload becomes its key's file (zeros, as many as its parts hold); each
+    directory gets the mtime of the newest file below it, which is what a
+    directory's time is on S3.
+    """
+    prefix = v2_prefix(rootdirectory)
+    mirror(server, rootdirectory, dest)
+    v2 = dest / "docker" / "registry" / "v2"
+    times = {key: entry["LastModified"] for key, entry in raw_keys(server, prefix).items()}
+    for key, (size, initiated) in multipart_uploads(server, prefix).items():
+        target = v2.joinpath(*key[len(prefix) :].split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(bytes(size))
+        times[key] = initiated
+    newest: dict[Path, int] = {}
+    for key, when in times.items():
+        ns = int(when.timestamp()) * 10**9 + when.microsecond * 1000
+        path = v2.joinpath(*key[len(prefix) :].split("/"))
+        os.utime(path, ns=(ns, ns))
+        for parent in path.parents:
+            newest[parent] = max(newest.get(parent, 0), ns)
+            if parent == v2:
+                break
+    # Deepest first: setting a directory's time does not touch its parent's.
+    for directory in sorted(newest, key=lambda p: len(p.parts), reverse=True):
+        os.utime(directory, ns=(newest[directory], newest[directory]))
+    return dest
+
+
 def local_files(root: Path) -> set[str]:
     """Every regular file under `root/docker/registry/v2`, relative to `v2`, with `/`."""
     v2 = root / "docker" / "registry" / "v2"
