@@ -99,6 +99,8 @@ class _Tree:
     children: dict[str, dict[str, EntryKind]]
     dir_mtimes: dict[str, int]
     keys: list[str]
+    shadowed: dict[str, list[str]]
+    """Per directory, the names that are a key and a prefix of other keys at once: only S3 can hold both."""
 
 
 def _tree(files: dict[str, ObjectInfo]) -> _Tree:
@@ -118,7 +120,12 @@ def _tree(files: dict[str, ObjectInfo]) -> _Tree:
             grand, _, name = parent.rpartition("/")
             children.setdefault(grand, {})[name] = _DIR
             parent = grand
-    return _Tree(files, children, newest, sorted(files))
+    shadowed: dict[str, list[str]] = {}
+    for path in files:
+        if path in children:
+            parent, _, name = path.rpartition("/")
+            shadowed.setdefault(parent, []).append(name)
+    return _Tree(files, children, newest, sorted(files), shadowed)
 
 
 class _Stream(BlobReader):
@@ -220,7 +227,9 @@ class S3Storage(Storage):
         entries = self.tree.children.get(rel)
         if entries is None:
             return None
-        return [Entry(name, kind) for name, kind in entries.items()]
+        # A key that is also a prefix is listed twice, as the directory and as the file the layout has no place for.
+        shadowed = [Entry(name, _FILE) for name in self.tree.shadowed.get(rel, ())]
+        return [Entry(name, kind) for name, kind in entries.items()] + shadowed
 
     def stat(self, rel: str) -> Stat | None:
         tree = self.tree

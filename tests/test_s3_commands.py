@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import random
+import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,20 +20,23 @@ from storage_audit.choices import By
 from storage_audit.cli import app
 from storage_audit.inventory import read_snapshot
 from storage_audit.scan import scan
-from tests.conftest import fixture_builder
+from tests.conftest import BROKEN, FIXTURES, fixture_builder, unpack
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (
     REGION,
     SeaweedS3,
     mirror_as_listed,
+    raw_client,
     s3_garbage_collect,
     s3_registry,
     s3_storage_block,
+    v2_prefix,
 )
 from tests.workloads import random_workload
 
 SCENARIOS = sorted(fixture_builder().SCENARIOS)
 SEEDS = [f"seed-{n}" for n in range(10)]
+BROKEN_FIXTURES = sorted(p.name.removesuffix(".tar.gz") for p in BROKEN.glob("*.tar.gz"))
 CASES = SCENARIOS + SEEDS
 
 # The answers compared, each as its machine-readable output.
@@ -96,8 +101,39 @@ def same_answer(on_bucket: str, on_disk: str) -> None:
     a, b = json.loads(on_bucket), json.loads(on_disk)
     for x, y in zip(a, b, strict=False):
         if isinstance(x, dict) and isinstance(y, dict) and "age" in x and "age" in y:
-            assert abs(x.pop("age") - y.pop("age")) <= 120
+            age_a, age_b = x.pop("age"), y.pop("age")
+            assert (age_a is None) == (age_b is None) and abs((age_a or 0) - (age_b or 0)) <= 120
     assert a == b
+
+
+def assert_same_answers(server: SeaweedS3, url: str, rootdirectory: str, copy: Path, scratch: Path) -> None:
+    """`scan -o` tables, the scan summary and every command's output are the same on `url` and on `copy`."""
+    # Snapshots: every table the same, row for row; only the metadata says where each came from.
+    run_bucket = run(server, ["scan", url, "-o", str(scratch / "bucket"), "--no-cache"])
+    assert run_bucket.exit_code == 0, run_bucket.output
+    run_local = run(server, ["scan", str(copy), "-o", str(scratch / "local")])
+    assert run_local.exit_code == 0, run_local.output
+    on_bucket, on_disk = read_snapshot(scratch / "bucket"), read_snapshot(scratch / "local")
+    assert sum(on_bucket.counts().values()) > 0
+    for table, frame in on_disk.tables().items():
+        pd.testing.assert_frame_equal(on_bucket.tables()[table], frame, obj=table)
+    meta = json.loads((scratch / "bucket" / "metadata.json").read_text())
+    assert meta["root"] == url
+    assert meta["origin"] == {
+        "bucket": server.bucket,
+        "prefix": f"{rootdirectory.strip('/')}/docker/registry/v2/",
+        "region": REGION,
+        "endpoint": server.endpoint,
+    }
+    assert server.secret_key not in json.dumps(meta) and server.access_key not in json.dumps(meta)
+    # The summaries agree too, but for where the tree is and what reading the bucket took.
+    summary = [line for line in run_local.stderr.splitlines() if not line.startswith("root:")]
+    assert run_bucket.stderr.splitlines()[1 : 1 + len(summary)] == summary
+    for args in COMMANDS:
+        same_answer(
+            answer(server, [args[0], url, *args[1:], "-q", "--no-cache"]),
+            answer(server, [args[0], str(copy), *args[1:], "-q"]),
+        )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -105,31 +141,59 @@ def test_every_command_answers_as_on_the_local_copy(
     name: str, pushed: Callable[[str], InBucket], s3_server: SeaweedS3, tmp_path: Path
 ) -> None:
     case = pushed(name)
-    # Snapshots: every table the same, row for row; only the metadata says where each came from.
-    run_bucket = run(s3_server, ["scan", case.url, "-o", str(tmp_path / "bucket"), "--no-cache"])
-    assert run_bucket.exit_code == 0, run_bucket.output
-    run_local = run(s3_server, ["scan", str(case.mirror), "-o", str(tmp_path / "local")])
-    assert run_local.exit_code == 0, run_local.output
-    on_bucket, on_disk = read_snapshot(tmp_path / "bucket"), read_snapshot(tmp_path / "local")
-    assert on_bucket.counts()["blobs"] > 0
-    for table, frame in on_disk.tables().items():
-        pd.testing.assert_frame_equal(on_bucket.tables()[table], frame, obj=table)
-    meta = json.loads((tmp_path / "bucket" / "metadata.json").read_text())
-    assert meta["root"] == case.url
-    assert meta["origin"] == {
-        "bucket": s3_server.bucket,
-        "prefix": f"{case.rootdirectory.strip('/')}/docker/registry/v2/",
-        "region": REGION,
-        "endpoint": s3_server.endpoint,
-    }
-    # The summaries agree too, but for where the tree is and what reading the bucket took.
-    summary = [line for line in run_local.stderr.splitlines() if not line.startswith("root:")]
-    assert run_bucket.stderr.splitlines()[1 : 1 + len(summary)] == summary
-    for args in COMMANDS:
-        same_answer(
-            answer(s3_server, [args[0], case.url, *args[1:], "-q", "--no-cache"]),
-            answer(s3_server, [args[0], str(case.mirror), *args[1:], "-q"]),
-        )
+    assert_same_answers(s3_server, case.url, case.rootdirectory, case.mirror, tmp_path)
+
+
+def upload_tree(server: SeaweedS3, rootdirectory: str, root: Path) -> int:
+    """Put every regular file of the local ROOT `root` into the bucket under `rootdirectory`, as written directly."""
+    v2 = root / "docker" / "registry" / "v2"
+    client = raw_client(server)
+    prefix = v2_prefix(rootdirectory)
+    files = [p for p in v2.rglob("*") if p.is_file() and not p.is_symlink()]
+    # S3 keys are UTF-8: a name that is not cannot be a key.
+    files = [p for p in files if p.relative_to(v2).as_posix().isprintable() and _utf8(p.relative_to(v2).as_posix())]
+
+    def put(path: Path) -> None:
+        client.put_object(Bucket=server.bucket, Key=prefix + path.relative_to(v2).as_posix(), Body=path.read_bytes())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, files))
+    return len(files)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", BROKEN_FIXTURES)
+def test_damaged_trees_answer_as_on_the_local_copy(name: str, s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """The damaged fixture trees, keys written directly: the bucket answers as a local copy of what it holds."""
+    rootdirectory = f"/broken/{name}"
+    original = unpack(BROKEN / f"{name}.tar.gz", tmp_path / "original")
+    assert upload_tree(s3_server, rootdirectory, original) > 0
+    copy = mirror_as_listed(s3_server, rootdirectory, tmp_path / "copy")
+    assert_same_answers(s3_server, f"s3://{s3_server.bucket}{rootdirectory}", rootdirectory, copy, tmp_path)
+
+
+def test_a_key_that_is_also_a_prefix_is_a_stray_file(s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
+    """Only S3 holds `x` and `x/y` at once: the walk goes into `x/`, and the object `x` is a finding."""
+    original = unpack(FIXTURES / "basic.tar.gz", tmp_path / "original")
+    upload_tree(s3_server, s3_root, original)
+    client = raw_client(s3_server)
+    prefix = v2_prefix(s3_root)
+    for key in ("repositories/team/app", "blobs/sha256"):
+        client.put_object(Bucket=s3_server.bucket, Key=prefix + key, Body=b"shadowed")
+    result = run(s3_server, ["check", f"s3://{s3_server.bucket}{s3_root}", "-f", "json", "-q", "--no-cache"])
+    stray = {f["path"] for f in json.loads(result.stdout) if f["kind"] == "stray-file"}
+    assert stray == {"repositories/team/app", "blobs/sha256"}
+    # Everything else reads as before.
+    local = json.loads(answer(s3_server, ["orphans", str(original), "-m", "-f", "json", "-q"]))
+    remote = json.loads(answer(s3_server, ["orphans", f"s3://{s3_server.bucket}{s3_root}", "-m", "-f", "json", "-q"]))
+    assert [r["digest"] for r in remote] == [r["digest"] for r in local]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -172,8 +236,6 @@ def test_verify_digests_streams_from_the_bucket(
     assert result.exit_code == 0, result.output
     assert not [f for f in json.loads(result.stdout) if f["kind"] == "digest-mismatch"]
     # A blob overwritten with other bytes of the same size is found.
-    from tests.s3_harness import raw_client, v2_prefix
-
     inv = scan(case.url)  # the Python API takes the same ROOT
     blob = inv.blobs.sort_values("size").iloc[-1]
     key = f"{v2_prefix(case.rootdirectory)}blobs/sha256/{blob['digest'][7:9]}/{blob['digest'][7:]}/data"
@@ -204,7 +266,9 @@ def test_cache_serves_manifests_on_the_second_scan(
     manifests = int(summary(first)["manifests"])
     assert summary(first)["cache-hits"] == "0" and summary(second)["cache-hits"] == str(manifests)
     assert summary(first)["repositories"] == summary(second)["repositories"]
-    gets = [int(s["requests"].split("(")[1].split(" get")[0]) for s in (summary(first), summary(second))]
+    gets = [
+        int(m[1]) if (m := re.search(r"(\d+) get\b", s["requests"])) else 0 for s in (summary(first), summary(second))
+    ]
     assert gets[0] - gets[1] == manifests
     # A cached file that does not hash to its digest is never used: the scan reads the bucket again.
     for path in cache.rglob("*"):
