@@ -13,12 +13,13 @@ from functools import partial
 from pathlib import Path
 
 from .errors import StorageError
-from .paths import BlobData, parse_path
+from .paths import BlobData, Blobs, parse_path, path_for
 from .s3 import MultipartUpload, ObjectInfo, S3Bucket, is_link, link_etag, named_digests
 from .storage import BlobReader, Entry, EntryKind, NotRegular, Small, Stat, Storage
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DIR, _FILE = EntryKind.DIR, EntryKind.FILE
+_BLOBS = path_for(Blobs()) + "/"
 
 
 def mtime_ns(when: datetime | None) -> int:
@@ -303,6 +304,8 @@ class S3Storage(Storage):
                 if prefix not in self._known:
                     wanted.append(prefix)
                 continue
+            if prefix.startswith(_BLOBS):
+                continue  # a blob prefix is only listed and stat'ed: nothing below it is read
             for path, _ in self.files(prefix):
                 if path not in self._known and (is_link(path) or _is_started_at(path)):
                     wanted.append(path)

@@ -7,6 +7,7 @@ import io
 import json
 import random
 import re
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -331,3 +332,14 @@ def test_bad_roots_are_one_line_and_exit_2(
     _one_line_exit_2(CliRunner().invoke(app, ["report", str(bad), "--no-cache"], env={}), wrong)
     # No deletion plan for a bucket yet, and nothing is touched.
     _one_line_exit_2(run(s3_server, ["plan", case.url, "--no-cache"]))
+
+
+def test_rate_limit_spaces_the_requests(pushed: Callable[[str], InBucket], s3_server: SeaweedS3) -> None:
+    case = pushed("basic")
+    started = time.monotonic()
+    result = run(s3_server, ["scan", case.url, "--no-cache", "--max-requests-per-second", "25"])
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    requests = int(re.search(r"^requests: (\d+)", result.stderr, re.M)[1])  # type: ignore[index]
+    # Evenly spaced: the last request starts (requests - 1) / 25 seconds after the first.
+    assert requests > 25 and elapsed >= (requests - 1) / 25
