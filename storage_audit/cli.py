@@ -62,7 +62,7 @@ RootArg = Annotated[
     str,
     typer.Argument(
         help="Registry root (holding docker/registry/v2), the v2 directory itself, "
-        "a snapshot directory written by `scan -o`, s3://BUCKET[/ROOTDIRECTORY], "
+        "a snapshot directory written by `scan -o`, s3://BUCKET or s3://BUCKET/ROOTDIRECTORY, "
         "or the registry's configuration file.",
         show_default=True,
     ),

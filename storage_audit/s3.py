@@ -34,9 +34,22 @@ LIST_CHUNK = 1000
 """Keys a flat listing yields at a time. obstore pages internally and shows no page, so the counters count
 these chunks as LIST requests: exact where pages hold 1,000 keys (S3's maximum, AWS's default)."""
 
-# How deep the shard plan splits a top-level directory of `v2/` with delimiter listings before it lists flat:
-# blobs/ -> blobs/<alg>/ -> blobs/<alg>/<xx>/ (the 256 two-hex prefixes); repositories/ -> repositories/<name>/.
-_SHARD_DEPTH = {"blobs": 2, "repositories": 1}
+ShardPlan = Callable[[str], int]
+"""How deep to split a top-level directory of `v2/` (by name) with delimiter listings before listing flat."""
+
+
+def shard_plan(top: str) -> int:
+    """The shard plan: blobs/ -> blobs/<alg>/ -> the 256 `blobs/<alg>/<xx>/`; repositories/ -> each top-level name.
+
+    Every other top-level directory (none, in a registry's own tree) is listed flat.
+    """
+    return {"blobs": 2, "repositories": 1}.get(top, 0)
+
+
+def flat_plan(top: str) -> int:
+    """No shards: every top-level directory of `v2/` listed flat, page after page (for comparisons)."""
+    return 0
+
 
 T = TypeVar("T")
 
@@ -540,7 +553,7 @@ class S3Bucket:
     def list_keys(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
         return self.run(self.list_keys_async(prefix))
 
-    async def list_all_async(self) -> Listing:
+    async def list_all_async(self, plan: ShardPlan = shard_plan) -> Listing:
         """Every key under the `v2` prefix, from sharded flat listings run concurrently.
 
         The shards are found with delimiter listings (`v2/`, `blobs/`,
@@ -566,7 +579,7 @@ class S3Bucket:
                 found, prefixes = await self._list_delimited(prefix)
             keep(found)
             if prefix == self.location.prefix:
-                depths = [_SHARD_DEPTH.get(self.location.relative(p).strip("/"), 0) for p in prefixes]
+                depths = [plan(self.location.relative(p).strip("/")) for p in prefixes]
             else:
                 depths = [depth - 1] * len(prefixes)
             await asyncio.gather(*(expand(p, d) for p, d in zip(prefixes, depths, strict=True)))
@@ -574,8 +587,8 @@ class S3Bucket:
         await expand(self.location.prefix, 1)
         return Listing(objects, shards)
 
-    def list_all(self) -> Listing:
-        return self.run(self.list_all_async())
+    def list_all(self, plan: ShardPlan = shard_plan) -> Listing:
+        return self.run(self.list_all_async(plan))
 
     # Reading
 

@@ -64,12 +64,12 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Source:
 
         return _bucket(parse_s3_url(text), S3Settings(), remote)
     path = Path(root)
-    if path.is_file():
+    if path.is_file() and _is_yaml_mapping(path):
         return _configured(path, remote)
     if not path.exists():
         raise RootError(f"{root}: no such file or directory")
     if not path.is_dir():
-        raise RootError(f"{root}: not a directory")
+        raise RootError(f"{root}: not a directory, nor a registry configuration file")
     if (path / METADATA_FILE).is_file():
         return Source(path.resolve(), snapshot=True)
     if (path / V2_BELOW_ROOT).is_dir():
@@ -80,6 +80,16 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Source:
         f"{root}: not a registry root (no {V2_BELOW_ROOT}), not a v2 directory, "
         f"and not a snapshot written by `storage-audit scan -o`"
     )
+
+
+def _is_yaml_mapping(path: Path) -> bool:
+    """Whether the file `path` could be a registry configuration: YAML text whose top is a mapping."""
+    import yaml
+
+    try:
+        return isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
 
 
 def _configured(path: Path, remote: RemoteOptions | None) -> Source:
