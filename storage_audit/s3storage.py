@@ -101,7 +101,10 @@ class _Tree:
     dir_mtimes: dict[str, int]
     keys: list[str]
     shadowed: dict[str, list[str]]
-    """Per directory, the names that are a key and a prefix of other keys at once: only S3 can hold both."""
+    """Per directory, the names that are a key and a prefix of other keys at once: only S3 can hold both.
+
+    An empty key so named is a directory marker, not listed here.
+    """
 
 
 def _tree(files: dict[str, ObjectInfo]) -> _Tree:
@@ -122,8 +125,9 @@ def _tree(files: dict[str, ObjectInfo]) -> _Tree:
             children.setdefault(grand, {})[name] = _DIR
             parent = grand
     shadowed: dict[str, list[str]] = {}
-    for path in files:
-        if path in children:
+    for path, info in files.items():
+        # An empty object named for a prefix is a "folder" marker (consoles make them; listings drop its `/`).
+        if path in children and info.size > 0:
             parent, _, name = path.rpartition("/")
             shadowed.setdefault(parent, []).append(name)
     return _Tree(files, children, newest, sorted(files), shadowed)
@@ -209,7 +213,7 @@ class S3Storage(Storage):
         by_etag = {link_etag(d): d for d in named_digests(objects)}
         for path, info in objects.items():
             digest = by_etag.get(info.etag or "")
-            if digest is not None and is_link(path):
+            if digest is not None and info.size == len(digest) and is_link(path):
                 self._known[path] = digest.encode()
                 self.etag_resolved += 1
         return _tree(files)

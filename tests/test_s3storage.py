@@ -31,6 +31,7 @@ def test_a_listing_read_as_directories() -> None:
         "repositories/a-b/_layers/sha256/abc/link": ObjectInfo(71, WHEN, None),
         "repositories/x": ObjectInfo(1, WHEN, None),
         "repositories/x/y": ObjectInfo(1, WHEN, None),
+        "repositories/a": ObjectInfo(0, WHEN, None),  # a "folder" marker
     }
     tree = _tree(files)
     assert tree.children[""] == {"blobs": EntryKind.DIR, "repositories": EntryKind.DIR}
@@ -41,6 +42,7 @@ def test_a_listing_read_as_directories() -> None:
     assert tree.dir_mtimes["repositories/a-b"] == mtime_ns(WHEN)
     assert tree.shadowed == {"repositories": ["x"]}
     assert tree.keys == sorted(files)
+    assert tree.children["repositories"]["a"] == EntryKind.DIR
 
 
 def _digest(data: bytes) -> str:
