@@ -57,6 +57,8 @@ class CheckOptions:
     upload_age: timedelta = timedelta(hours=168)
     workers: int = 0
     progress: HashProgress | None = None
+    storage: Storage | None = None
+    """Where blob content is read by verify_digests (default: the directory `inv.root`)."""
 
 
 def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.DataFrame:
@@ -79,7 +81,7 @@ def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.
         empty_repositories(inv),
     ]
     if options.verify_digests:
-        parts.append(_frame(verify_digests(inv.root, inv.blobs, options.workers, options.progress)))
+        parts.append(_frame(verify_digests(options.storage or inv.root, inv.blobs, options.workers, options.progress)))
     found_parts = [p for p in parts if not p.empty]
     # One cast at the end: casting each small part costs more than finding it.
     found = conform("findings", pd.concat(found_parts, ignore_index=True)) if found_parts else frame("findings")

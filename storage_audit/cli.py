@@ -8,13 +8,17 @@ loading them while its workers already read the tree.
 from __future__ import annotations
 
 import errno
+import functools
 import gc
+import inspect
 import re
 import sys
 import time
 import traceback
+import typing
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +35,7 @@ from .choices import By, DiffBy, Format, PlanFormat, ReportFormat
 from .errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from .findings import Severity
 from .progress import RichByteProgress, RichProgress
-from .source import Source, load, resolve, snapshot_findings
+from .source import RemoteOptions, Source, load, resolve, snapshot_findings
 from .text import count, printable
 
 if TYPE_CHECKING:
@@ -107,11 +111,12 @@ app = typer.Typer(
 
 # Paths are checked by the commands, not by click, whose checks end in a box of five lines.
 RootArg = Annotated[
-    Path,
+    str,
     typer.Argument(
         metavar="ROOT",
         help="Registry root (holding docker/registry/v2), the v2 directory itself, "
-        "or a snapshot directory written by `scan -o`.",
+        "a snapshot directory written by `scan -o`, s3://BUCKET or s3://BUCKET/ROOTDIRECTORY, "
+        "or the registry's configuration file.",
         show_default=True,
         readable=False,
     ),
@@ -128,7 +133,50 @@ ScanWorkersOpt = Annotated[
         "1 below that). More than the CPUs can pay off on a slow network volume.",
     ),
 ]
-DEFAULT_ROOT = Path("/var/lib/registry")
+DEFAULT_ROOT = "/var/lib/registry"
+
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Object storage: where manifests are cached by digest "
+        "(default: $XDG_CACHE_HOME/storage-audit, else ~/.cache/storage-audit).",
+    ),
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Object storage: neither read nor write the cache.")]
+RateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-requests-per-second",
+        min=0.001,
+        help="Object storage: start at most this many requests a second (AWS answers 503 SlowDown to bursts).",
+    ),
+]
+_remote: ContextVar[RemoteOptions | None] = ContextVar("remote", default=None)
+
+P = typing.ParamSpec("P")
+R = typing.TypeVar("R")
+
+
+def root_options(command: Callable[P, R]) -> Callable[P, R]:
+    """Give a command that takes ROOT the options for a ROOT in object storage (cache, rate limit)."""
+    signature = inspect.signature(command, eval_str=True)
+    extra = [
+        inspect.Parameter("cache_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CacheDirOpt),
+        inspect.Parameter("no_cache", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=NoCacheOpt),
+        inspect.Parameter("max_requests_per_second", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=RateOpt),
+    ]
+
+    @functools.wraps(command)
+    def run(*args: typing.Any, **kwargs: typing.Any) -> R:
+        cache_dir, no_cache = kwargs.pop("cache_dir", None), kwargs.pop("no_cache", False)
+        rate = kwargs.pop("max_requests_per_second", None)
+        _remote.set(RemoteOptions(cache=not no_cache, cache_dir=cache_dir, max_requests_per_second=rate))
+        return command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
+    run.__annotations__ = typing.get_type_hints(command, include_extras=True) | {p.name: p.annotation for p in extra}
+    return run
 
 
 def fail(message: str) -> NoReturn:
@@ -136,20 +184,20 @@ def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-def open_root(root: Path) -> Source:
-    """The storage tree or snapshot ROOT designates; raises RootError."""
-    return resolve(root)
+def open_root(root: str) -> Source:
+    """The storage tree or snapshot ROOT designates, with the object-storage options given; raises RootError."""
+    return resolve(root, _remote.get() or RemoteOptions())
 
 
-def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inventory:
-    """Resolve ROOT and load or scan it, with a progress display when stderr is a terminal.
+def read_inventory(root: str, quiet: bool, workers: int | None = None, source: Source | None = None) -> Inventory:
+    """Resolve ROOT (unless `source` is given) and load or scan it, with a progress display on a terminal.
 
     Commands call this before importing their analysis: a process that has not
     loaded pandas yet has one thread, and starts its scan workers by forking.
     """
     from .scan import ScanOptions
 
-    source = open_root(root)
+    source = source or open_root(root)
     started = time.monotonic()
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
         inv = load(source, ScanOptions(progress=progress, workers=workers or 0))
@@ -161,10 +209,25 @@ def read_inventory(root: Path, quiet: bool, workers: int | None = None) -> Inven
 def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
     """Count and sum a storage tree, with a progress display when stderr is a terminal."""
     from .scan import ScanOptions, tally
-    from .storage import LocalStorage
 
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        return tally(LocalStorage(source.path), ScanOptions(progress=progress, workers=workers or 0))
+        return tally(source.tree(), ScanOptions(progress=progress, workers=workers or 0))
+
+
+def remote_summary(source: Source) -> list[tuple[str, str]]:
+    """What reading a tree in object storage took: requests by kind, bytes received, cache hits."""
+    from .s3storage import S3Storage
+
+    if not isinstance(source.storage, S3Storage):
+        return []
+    stats = source.storage.stats()
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.requests.items()))
+    return [
+        ("requests", f"{stats.total_requests}" + (f" ({kinds})" if kinds else "")),
+        ("bytes-received", size(stats.bytes_received)),
+        ("links-by-etag", f"{stats.links_by_etag}"),
+        ("cache-hits", "off" if stats.cache_hits is None else f"{stats.cache_hits}"),
+    ]
 
 
 def size(n: int) -> str:
@@ -214,6 +277,7 @@ def scan_summary(root: str, totals: Totals, severities: Iterable[str]) -> list[t
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def scan(
     root: RootArg = DEFAULT_ROOT,
     output: Annotated[
@@ -251,11 +315,11 @@ def scan(
     if output is None and not source.snapshot:
         # Counting needs no tables: neither pandas nor pyarrow is loaded.
         totals, found = tally(source, quiet, workers)
-        summary = scan_summary(str(source.path), totals, (f.severity.value for f in found))
+        summary = scan_summary(source.location, totals, (f.severity.value for f in found))
         unreadable = [f.path for f in found if f.kind == "unreadable"]
     else:
         # The analysis loads after the scan has started its workers: see read_inventory.
-        inv = read_inventory(root, quiet, workers)
+        inv = read_inventory(root, quiet, workers, source)
         from .graph import Graph
         from .inventory import write_snapshot
         from .report import whole
@@ -274,7 +338,7 @@ def scan(
             if keep is not None:
                 prune_snapshots(output, keep, quiet)
     if not quiet:
-        for key, value in summary:
+        for key, value in summary + remote_summary(source):
             say(f"{key}: {value}")
     exit_if_unreadable(unreadable)
 
@@ -383,6 +447,7 @@ def warn_plain_gc_difference(graph: Graph, plain: Reachability) -> None:
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def untagged(
     root: RootArg = DEFAULT_ROOT,
     fmt: FormatOpt = Format.TABLE,
@@ -420,6 +485,7 @@ def untagged(
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def orphans(
     root: RootArg = DEFAULT_ROOT,
     delete_untagged: Annotated[
@@ -460,6 +526,7 @@ def orphans(
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def report(
     root: RootArg = DEFAULT_ROOT,
     by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
@@ -517,7 +584,7 @@ def report(
         return
     source = open_root(root)
     frame = stored_report(source, options)
-    inv = read_inventory(root, quiet, workers) if frame is None else None
+    inv = read_inventory(root, quiet, workers, source) if frame is None else None
     from . import report as reporting
 
     if inv is not None:
@@ -530,7 +597,7 @@ def report(
     exit_if_unreadable(unreadable_paths(inv.findings if inv is not None else snapshot_findings(source)))
 
 
-def html_report(root: Path, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
+def html_report(root: str, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
     """Write the HTML page of the whole storage: every figure from one graph, a snapshot's included."""
     from .choices import ReportOptions
 
@@ -553,7 +620,7 @@ def html_report(root: Path, options: ReportOptions, output: Path | None, quiet: 
         say(f"wrote {output} ({size(len(text.encode()))}); open it in a browser")
 
 
-def report_metrics(root: Path, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
+def report_metrics(root: str, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
     """Write the audit's metrics: the report's figures and the check's findings, from one graph."""
     if options != type(options)():
         fail("--format prometheus writes every metric: it takes no --by, --repository, --sort or --top")
@@ -582,13 +649,12 @@ def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def diff(
     old: Annotated[
-        Path, typer.Argument(metavar="OLD", readable=False, help="The earlier audit: a snapshot or any ROOT.")
+        str, typer.Argument(metavar="OLD", readable=False, help="The earlier audit: a snapshot or any ROOT.")
     ],
-    new: Annotated[
-        Path, typer.Argument(metavar="NEW", readable=False, help="The later audit: a snapshot or any ROOT.")
-    ],
+    new: Annotated[str, typer.Argument(metavar="NEW", readable=False, help="The later audit: a snapshot or any ROOT.")],
     by: Annotated[
         DiffBy, typer.Option("--by", "-b", help="What each row is: a repository, a tag, or a blob.")
     ] = DiffBy.REPOSITORY,
@@ -611,7 +677,7 @@ def diff(
             audits.append(diffing.Audit.of_snapshot(source.path, str(path)))
             unreadable += unreadable_paths(snapshot_findings(source))
         else:
-            inv = read_inventory(path, quiet, workers)
+            inv = read_inventory(path, quiet, workers, source)
             audits.append(diffing.Audit.of_inventory(inv, str(path)))
             unreadable += unreadable_paths(inv.findings)
     result = diffing.diff(audits[0], audits[1], by)
@@ -660,6 +726,7 @@ def plan_stats(plan: Plan) -> View:
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def plan(
     root: RootArg = DEFAULT_ROOT,
     output: Annotated[
@@ -777,7 +844,9 @@ def plan(
     source = open_root(root)
     if source.snapshot:
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
-    inv = read_inventory(root, quiet, workers)
+    if source.storage is not None:
+        fail(f"{root}: deletion plans for object storage are not supported yet; the read-only commands are")
+    inv = read_inventory(root, quiet, workers, source)
     from .graph import Graph
 
     result = make_plan(Graph(inv), policy, datetime.now(UTC))
@@ -915,6 +984,7 @@ def check_summary(counts: dict[str, int], verified: bool) -> str:
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def check(
     root: RootArg = DEFAULT_ROOT,
     verify_digests: Annotated[
@@ -954,11 +1024,12 @@ def check(
 
     rows_only(fmt)
     age = parse_duration(upload_age, "--upload-age")
-    if verify_digests and open_root(root).snapshot:
+    source = open_root(root)
+    if verify_digests and source.snapshot:
         fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")
-    inv = read_inventory(root, quiet, workers)
+    inv = read_inventory(root, quiet, workers, source)
     with RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress:
-        options = checking.CheckOptions(verify_digests, age, workers or 0, progress)
+        options = checking.CheckOptions(verify_digests, age, workers or 0, progress, source.storage)
         findings = checking.check(Graph(inv), options)
     views = checking.views(findings, table=fmt is Format.TABLE)
     if fmt is Format.TABLE:

@@ -53,6 +53,8 @@ class Inventory:
     uploads: pd.DataFrame = field(default_factory=lambda: frame("uploads"))
     findings: pd.DataFrame = field(default_factory=lambda: frame("findings"))
     scan_seconds: float | None = None
+    origin: dict[str, str] = field(default_factory=dict)
+    """Where a tree in object storage was read (bucket, prefix, endpoint): never a credential."""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SCHEMA}
@@ -66,6 +68,7 @@ class Inventory:
             "tool": "storage-audit",
             "version": __version__,
             "root": self.root,
+            **({"origin": self.origin} if self.origin else {}),
             "scanned_at": self.scanned_at.isoformat(),
             "scan_seconds": self.scan_seconds,
             "counts": self.counts(),

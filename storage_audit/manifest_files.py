@@ -15,8 +15,10 @@ _new = tuple.__new__
 def read_manifests(rec: Recorder, items: list[tuple[str, str]]) -> None:
     """Parse the manifest blob of each (repository, digest) given, when it is a regular file."""
     manifests, references = rec.part.manifests, rec.part.references
-    for repo, target in items:
-        rel = path_for(BlobData(Digest.parse(target)))
+    paths = [path_for(BlobData(Digest.parse(target))) for _, target in items]
+    # A remote backend may fetch them all at once before they are read one by one.
+    rec.storage.prefetch(paths)
+    for (repo, target), rel in zip(items, paths, strict=True):
         try:
             # One byte past the limit is enough to tell a manifest is too big; its size comes from stat.
             small = rec.storage.read_small(rel, MAX_MANIFEST_BYTES, stat=True)

@@ -129,6 +129,8 @@ def _start_worker() -> None:
 
 
 def _workers(options: ScanOptions, storage: Storage, prefixes: list[tuple[str, str]]) -> int:
+    if not isinstance(storage, LocalStorage):
+        return 1  # a remote tree is read in bulk up front, then walked in memory: nothing to share out
     if options.workers > 0:
         return options.workers
     if _estimated_blobs(storage, prefixes) < PARALLEL_MIN_BLOBS:
@@ -284,17 +286,18 @@ def _walk_with(
 def storage_of(root: Path | str | Storage) -> Storage:
     """The storage tree ROOT designates, found as the command line finds it; raises UsageError.
 
-    ROOT is a registry root (holding docker/registry/v2) or its `v2` directory; a snapshot is no tree to scan.
+    ROOT is a registry root (holding docker/registry/v2), its `v2` directory, an
+    `s3://BUCKET[/ROOTDIRECTORY]` URL or the registry's configuration file; a snapshot is no tree to scan.
     """
     if isinstance(root, Storage):
         return root
     try:
-        source = resolve(Path(root))
+        source = resolve(root)
     except RootError as exc:
         raise UsageError(str(exc)) from exc
     if source.snapshot:
         raise UsageError(f"{root}: a snapshot written by `storage-audit scan -o`, not a storage tree to scan")
-    return LocalStorage(source.path)
+    return source.tree()
 
 
 def tally(v2: Path | str | Storage, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
@@ -342,6 +345,7 @@ def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Invent
     frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
     return inv_mod.Inventory(
         root=storage.location,
+        origin=getattr(storage, "origin", None) or {},
         scanned_at=scanned_at,
         findings=findings.sort_values(["path", "kind"], kind="stable", ignore_index=True),
         **frames,

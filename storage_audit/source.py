@@ -1,4 +1,4 @@
-"""Resolve the ROOT argument to a storage tree or a snapshot, and load its inventory."""
+"""Resolve the ROOT argument to a storage tree (a directory, an S3 bucket, a registry configuration) or a snapshot."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .inventory import Inventory
+    from .s3 import S3Location, S3Settings
     from .scan import ScanOptions
+    from .storage import Storage
 
 V2_BELOW_ROOT = Path("docker/registry/v2")
 
@@ -26,11 +28,32 @@ class RootError(UsageError):
 
 
 @dataclass(frozen=True)
+class RemoteOptions:
+    """How to read a tree in object storage: the manifest cache (default directory: None) and a request rate limit."""
+
+    cache: bool = True
+    cache_dir: Path | None = None
+    max_requests_per_second: float | None = None
+
+
+@dataclass(frozen=True)
 class Source:
-    """Where an inventory comes from: a `v2` tree to scan, or a snapshot directory."""
+    """Where an inventory comes from: a `v2` tree to scan (on disk, or `storage`), or a snapshot directory."""
 
     path: Path
     snapshot: bool
+    storage: Storage | None = None
+
+    @property
+    def location(self) -> str:
+        """The tree or snapshot, for messages: a directory, or an s3:// URL."""
+        return self.storage.location if self.storage is not None else str(self.path)
+
+    def tree(self) -> Storage:
+        """The storage tree to scan."""
+        from .storage import LocalStorage
+
+        return self.storage if self.storage is not None else LocalStorage(self.path)
 
 
 def _reason(exc: OSError) -> str:
@@ -46,33 +69,85 @@ def _is(path: Path, test: Callable[[int], bool]) -> bool:
         return False
 
 
-def resolve(root: Path) -> Source:
-    """Find the `v2` directory or snapshot that `root` designates; raises RootError."""
+def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Source:
+    """Find the tree or snapshot that `root` designates; raises RootError, or UsageError for a bad URL or config.
+
+    `root` is an `s3://BUCKET[/ROOTDIRECTORY]` URL, the registry's configuration
+    file, a registry root directory, its `v2` directory, or a snapshot.
+    """
+    from .s3 import is_s3_url
+
+    text = str(root)
+    if is_s3_url(text):
+        from .s3 import S3Settings, parse_s3_url
+
+        return _bucket(parse_s3_url(text), S3Settings(), remote)
+    path = Path(root)
     # os.stat and os.scandir, not Path.exists: those call a symbolic link loop
     # "missing" and raise PermissionError where ROOT cannot be read.
     try:
-        mode = os.stat(root).st_mode
+        mode = os.stat(path).st_mode
     except OSError as exc:
         raise RootError(f"{root}: {_reason(exc)}") from exc
+    if stat.S_ISREG(mode) and _is_yaml_mapping(path):
+        return _configured(path, remote)
     if not stat.S_ISDIR(mode):
-        raise RootError(f"{root}: not a directory")
+        raise RootError(f"{root}: not a directory, nor a registry configuration file")
     try:
-        with os.scandir(root) as entries:
+        with os.scandir(path) as entries:
             names = {entry.name for entry in entries}
     except OSError as exc:
         raise RootError(f"{root}: cannot read: {_reason(exc)}") from exc
-    if METADATA_FILE in names and _is(root / METADATA_FILE, stat.S_ISREG):
-        return Source(root.resolve(), snapshot=True)
-    if V2_BELOW_ROOT.parts[0] in names and _is(root / V2_BELOW_ROOT, stat.S_ISDIR):
-        return Source((root / V2_BELOW_ROOT).resolve(), snapshot=False)
-    if root.resolve().name == "v2" or any(
-        name in names and _is(root / name, stat.S_ISDIR) for name in ("repositories", "blobs")
+    if METADATA_FILE in names and _is(path / METADATA_FILE, stat.S_ISREG):
+        return Source(path.resolve(), snapshot=True)
+    if V2_BELOW_ROOT.parts[0] in names and _is(path / V2_BELOW_ROOT, stat.S_ISDIR):
+        return Source((path / V2_BELOW_ROOT).resolve(), snapshot=False)
+    if path.resolve().name == "v2" or any(
+        name in names and _is(path / name, stat.S_ISDIR) for name in ("repositories", "blobs")
     ):
-        return Source(root.resolve(), snapshot=False)
+        return Source(path.resolve(), snapshot=False)
     raise RootError(
         f"{root}: not a registry root (no {V2_BELOW_ROOT}), not a v2 directory, "
         f"and not a snapshot written by `storage-audit scan -o`"
     )
+
+
+def _is_yaml_mapping(path: Path) -> bool:
+    """Whether the file `path` could be a registry configuration: YAML text whose top is a mapping."""
+    import yaml
+
+    try:
+        return isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+
+
+def _configured(path: Path, remote: RemoteOptions | None) -> Source:
+    """The storage the registry configuration file `path` names."""
+    from .config import FilesystemStorage, read_registry_config
+
+    config = read_registry_config(path)
+    if isinstance(config, FilesystemStorage):
+        if config.root.is_file():
+            raise RootError(f"{path}: its filesystem rootdirectory {config.root} is not a directory")
+        source = resolve(config.root, remote)
+        if source.snapshot:
+            raise RootError(f"{path}: its filesystem rootdirectory {config.root} is a snapshot, not a registry root")
+        return source
+    return _bucket(config.location, config.settings, remote)
+
+
+def _bucket(location: S3Location, settings: S3Settings, remote: RemoteOptions | None) -> Source:
+    from dataclasses import replace
+
+    from .s3 import S3Bucket
+    from .s3storage import ManifestCache, S3Storage, default_cache_dir
+
+    remote = remote or RemoteOptions()
+    if remote.max_requests_per_second is not None:
+        settings = replace(settings, max_requests_per_second=remote.max_requests_per_second)
+    cache = ManifestCache(remote.cache_dir or default_cache_dir()) if remote.cache else None
+    return Source(Path(), snapshot=False, storage=S3Storage(S3Bucket(location, settings), cache))
 
 
 def load(source: Source, options: ScanOptions | None = None) -> Inventory:
@@ -85,10 +160,9 @@ def load(source: Source, options: ScanOptions | None = None) -> Inventory:
         except ValueError as exc:
             raise RootError(f"{source.path}: {exc}") from exc
     from .scan import scan
-    from .storage import LocalStorage
 
     # The tree was found already: an unreadable v2 is the scan's finding, not a ROOT to resolve again.
-    return scan(LocalStorage(source.path), options)
+    return scan(source.tree(), options)
 
 
 def snapshot_findings(source: Source) -> pd.DataFrame:

@@ -46,6 +46,10 @@ def fixture_builder() -> ModuleType:
     return module
 
 
+# The S3 server and registry fixtures live with their harness.
+pytest_plugins = ["tests.s3_harness"]
+
+
 # What drives the reference registry, found from the source of a test and of the fixtures it uses:
 # `python -m pytest -m "not registry and not slow"` is the quick subset.
 REGISTRY_CALLS = ("require_registry(", "Registry(", "garbage_collect(")

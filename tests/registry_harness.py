@@ -113,8 +113,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def config_text(root: Path, port: int, *, log_level: str = "warn", schema1: bool = False) -> str:
-    """YAML configuration for a registry storing under `root` and serving on 127.0.0.1:`port`."""
+def config_text(
+    root: Path,
+    port: int,
+    *,
+    log_level: str = "warn",
+    schema1: bool = False,
+    storage: Sequence[str] | None = None,
+) -> str:
+    """YAML configuration for a registry storing under `root` and serving on 127.0.0.1:`port`.
+
+    `storage` replaces the `filesystem` driver block with other driver lines
+    (indented under `storage:`), and then `root` is not used.
+    """
     q = json.dumps  # a JSON string is a valid YAML scalar, whatever the path holds
     lines = [
         "version: 0.1",
@@ -123,8 +134,7 @@ def config_text(root: Path, port: int, *, log_level: str = "warn", schema1: bool
         "  accesslog:",
         "    disabled: true",
         "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {q(str(root.resolve()))}",
+        *(storage if storage is not None else ["  filesystem:", f"    rootdirectory: {q(str(root.resolve()))}"]),
         "  delete:",
         "    enabled: true",
         "  cache:",
@@ -149,24 +159,29 @@ def garbage_collect(
     *,
     binary: str | None = None,
     check: bool = True,
+    storage: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> str:
     """Run `docker-registry garbage-collect` on the storage under `root` and return its stdout.
 
     The registry must not be serving `root` while this deletes; a dry run is safe.
+    `storage` and `env` are as for `Registry` (another driver, the process's environment).
     """
     binary = binary or registry_binary()
     if binary is None:
         raise RegistryError("docker-registry is not installed")
     with tempfile.TemporaryDirectory(prefix="registry-gc-") as tmp:
         config = Path(tmp) / "config.yml"
-        config.write_text(config_text(Path(root), free_port()), encoding="utf-8")
+        config.write_text(config_text(Path(root), free_port(), storage=storage), encoding="utf-8")
         args = [binary, "garbage-collect"]
         if dry_run:
             args.append("--dry-run")
         if delete_untagged:
             args.append("--delete-untagged")
         args.append(str(config))
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            args, capture_output=True, text=True, timeout=300, env=dict(env) if env is not None else None
+        )
     if check and proc.returncode != 0:
         raise RegistryError(f"garbage-collect exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc.stdout
@@ -753,13 +768,18 @@ class Registry(Client):
         log_level: str = "warn",
         binary: str | None = None,
         startup_timeout: float = 15.0,
+        storage: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`storage` replaces the filesystem driver (see `config_text`); `env` is the server's environment."""
         super().__init__("127.0.0.1", 0, ledger)
         self.root = Path(root).resolve()
         self.schema1 = schema1
         self.log_level = log_level
         self.binary = binary or registry_binary()
         self.startup_timeout = startup_timeout
+        self.storage = list(storage) if storage is not None else None
+        self.env = dict(env) if env is not None else None
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -795,7 +815,7 @@ class Registry(Client):
         for _attempt in range(3):
             self.port = free_port()
             self.config_path.write_text(
-                config_text(self.root, self.port, log_level=self.log_level, schema1=self.schema1),
+                config_text(self.root, self.port, log_level=self.log_level, schema1=self.schema1, storage=self.storage),
                 encoding="utf-8",
             )
             with self.log_path.open("wb") as log:
@@ -805,6 +825,7 @@ class Registry(Client):
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    env=self.env,
                 )
             if self._wait_ready():
                 return
@@ -850,7 +871,9 @@ class Registry(Client):
 
     def garbage_collect(self, dry_run: bool = True, delete_untagged: bool = False) -> str:
         """Run garbage-collect on this registry's storage (stop the server first unless `dry_run`)."""
-        return garbage_collect(self.root, dry_run, delete_untagged, binary=self.binary)
+        return garbage_collect(
+            self.root, dry_run, delete_untagged, binary=self.binary, storage=self.storage, env=self.env
+        )
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,377 @@
+"""A registry tree in an S3 bucket behind the storage interface, served from one listing of every key."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+
+from .errors import StorageError
+from .paths import BlobData, Blobs, parse_path, path_for
+from .s3 import MultipartUpload, ObjectInfo, S3Bucket, is_link, link_etag, named_digests
+from .storage import BlobReader, Entry, EntryKind, NotRegular, Small, Stat, Storage
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DIR, _FILE = EntryKind.DIR, EntryKind.FILE
+_BLOBS = path_for(Blobs()) + "/"
+
+
+def mtime_ns(when: datetime | None) -> int:
+    """A listing's time as nanoseconds since the epoch, exactly (no float on the way)."""
+    if when is None:
+        return 0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def default_cache_dir() -> Path:
+    """Where manifests are cached unless told otherwise: the user's cache directory (XDG)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "storage-audit"
+
+
+class ManifestCache:
+    """Manifest blobs on local disk by digest; content is checked against its digest before it is used."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.hits = 0
+
+    def _path(self, digest: str) -> Path:
+        algorithm, _, hexpart = digest.partition(":")
+        return self.directory / "manifests" / algorithm / hexpart[:2] / hexpart
+
+    def get(self, digest: str, info: ObjectInfo) -> bytes | None:
+        """The cached content of blob `digest`, when it is exactly the object the listing shows."""
+        try:
+            data = self._path(digest).read_bytes()
+        except OSError:
+            return None
+        algorithm, _, hexpart = digest.partition(":")
+        if len(data) != info.size or hashlib.new(algorithm, data).hexdigest() != hexpart:
+            return None
+        # A blob stored under a digest it does not hash to (damaged in the bucket) must be read as it is:
+        # the ETag of a single-PUT object is its MD5, which tells whether the bucket holds these bytes.
+        etag = info.etag or ""
+        if "-" not in etag and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
+            return None
+        self.hits += 1
+        return data
+
+    def put(self, digest: str, data: bytes) -> None:
+        """Keep `data` when it hashes to `digest`; a cache that cannot be written is only slower."""
+        algorithm, _, hexpart = digest.partition(":")
+        if hashlib.new(algorithm, data).hexdigest() != hexpart:
+            return
+        target = self._path(digest)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except OSError:
+            return
+
+
+@dataclass(frozen=True)
+class RemoteStats:
+    """What reading a tree in object storage took."""
+
+    requests: dict[str, int]
+    total_requests: int
+    bytes_received: int
+    links_by_etag: int
+    cache_hits: int | None
+    """None when there is no cache."""
+
+
+@dataclass
+class _Tree:
+    """The listing as directories: what each holds, and every key in order for walks below a path."""
+
+    files: dict[str, ObjectInfo]
+    children: dict[str, dict[str, EntryKind]]
+    dir_mtimes: dict[str, int]
+    keys: list[str]
+    shadowed: dict[str, list[str]]
+    """Per directory, the names that are a key and a prefix of other keys at once: only S3 can hold both.
+
+    An empty key so named is a directory marker, not listed here.
+    """
+
+
+def _tree(files: dict[str, ObjectInfo]) -> _Tree:
+    children: dict[str, dict[str, EntryKind]] = {"": {}}
+    newest: dict[str, int] = {"": 0}
+    for path, info in files.items():
+        when = mtime_ns(info.last_modified)
+        parent, _, name = path.rpartition("/")
+        entries = children.setdefault(parent, {})
+        entries.setdefault(name, _FILE)
+        # Each ancestor holds the next as a directory; a directory's time is that of the newest key below it.
+        while True:
+            if newest.get(parent, -1) < when:
+                newest[parent] = when
+            if not parent:
+                break
+            grand, _, name = parent.rpartition("/")
+            children.setdefault(grand, {})[name] = _DIR
+            parent = grand
+    shadowed: dict[str, list[str]] = {}
+    for path, info in files.items():
+        # An empty object named for a prefix is a "folder" marker (consoles make them; listings drop its `/`).
+        if path in children and info.size > 0:
+            parent, _, name = path.rpartition("/")
+            shadowed.setdefault(parent, []).append(name)
+    return _Tree(files, children, newest, sorted(files), shadowed)
+
+
+class _Stream(BlobReader):
+    """A GET read as a stream into the caller's buffer."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readinto(self, buffer: bytearray) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class S3Storage(Storage):
+    """The `v2` tree under a bucket's prefix, read-only: listed once, links resolved by ETag, the rest fetched in bulk.
+
+    S3 has no directories: a directory exists while a key lies below it, so
+    there are no empty directories and no symbolic links. An upload's data is
+    an incomplete multipart upload, invisible to listings: its `data` file is
+    answered from ListMultipartUploads, with its parts' bytes summed.
+    """
+
+    def __init__(self, bucket: S3Bucket, cache: ManifestCache | None = None) -> None:
+        self.bucket = bucket
+        self.cache = cache
+        self.location = str(bucket.location)
+        self._tree_: _Tree | None = None
+        self._known: dict[str, bytes] = {}
+        self.etag_resolved = 0
+
+    @property
+    def origin(self) -> dict[str, str]:
+        """Where the tree is, for a snapshot's metadata: bucket, prefix, region, endpoint; never a credential."""
+        location = self.bucket.location
+        out = {"bucket": location.bucket, "prefix": location.prefix, "region": self.bucket.region}
+        if self.bucket.endpoint is not None:
+            out["endpoint"] = self.bucket.endpoint
+        return out
+
+    def __getstate__(self) -> None:
+        raise TypeError("an S3 tree is walked in one process, from its listing")
+
+    # -- the listing ----------------------------------------------------------
+
+    @property
+    def tree(self) -> _Tree:
+        if self._tree_ is None:
+            self._tree_ = self._load()
+        return self._tree_
+
+    def _load(self) -> _Tree:
+        async def both() -> tuple[dict[str, ObjectInfo], list[MultipartUpload]]:
+            listing, uploads = await asyncio.gather(self.bucket.list_all_async(), self.bucket.multipart_uploads_async())
+            return listing.objects, uploads
+
+        objects, uploads = self.bucket.run(both())
+        files = dict(objects)
+        for upload in uploads:
+            # Several unfinished uploads to one key are one file of their bytes together.
+            known = files.get(upload.path)
+            initiated = upload.initiated or datetime.fromtimestamp(0, UTC)
+            if known is None or known.etag is not None:
+                files[upload.path] = ObjectInfo(upload.bytes, initiated, None)
+            else:
+                files[upload.path] = ObjectInfo(known.size + upload.bytes, max(known.last_modified, initiated), None)
+        # Links whose ETag is the MD5 of a digest the listing names hold exactly that digest: no GET.
+        by_etag = {link_etag(d): d for d in named_digests(objects)}
+        for path, info in objects.items():
+            digest = by_etag.get(info.etag or "")
+            if digest is not None and info.size == len(digest) and is_link(path):
+                self._known[path] = digest.encode()
+                self.etag_resolved += 1
+        return _tree(files)
+
+    def _kind(self, rel: str) -> EntryKind | None:
+        tree = self.tree
+        if rel in tree.children:
+            return _DIR
+        if rel in tree.files:
+            return _FILE
+        return None
+
+    # -- the storage interface ------------------------------------------------
+
+    def list_dir(self, rel: str) -> list[Entry] | None:
+        entries = self.tree.children.get(rel)
+        if entries is None:
+            return None
+        # A key that is also a prefix is listed twice, as the directory and as the file the layout has no place for.
+        shadowed = [Entry(name, _FILE) for name in self.tree.shadowed.get(rel, ())]
+        return [Entry(name, kind) for name, kind in entries.items()] + shadowed
+
+    def stat(self, rel: str) -> Stat | None:
+        tree = self.tree
+        if rel in tree.children:
+            return Stat(0, tree.dir_mtimes.get(rel, 0), _DIR)
+        info = tree.files.get(rel)
+        if info is None:
+            return None
+        return Stat(info.size, mtime_ns(info.last_modified), _FILE)
+
+    def read_small(self, rel: str, limit: int, stat: bool = True) -> Small | None:
+        kind = self._kind(rel)
+        if kind is None:
+            return None
+        if kind is _DIR:
+            raise NotRegular(rel)
+        info = self.tree.files[rel]
+        data = self._known.get(rel)
+        if data is None:
+            self._fetch([rel], limit)
+            data = self._known.get(rel)
+            if data is None:
+                return None  # gone since the listing
+        if stat:
+            return Small(data[: limit + 1], info.size, mtime_ns(info.last_modified))
+        return Small(data[: limit + 1], -1, 0)
+
+    def open_blob(self, rel: str) -> BlobReader | None:
+        if self._kind(rel) is None:
+            return None
+        if self._kind(rel) is _DIR:
+            raise NotRegular(rel)
+        return _Stream(self.bucket.iter_object(rel))
+
+    def files(self, rel: str) -> Iterator[tuple[str, Stat]]:
+        tree = self.tree
+        if rel in tree.files and rel not in tree.children:
+            st = self.stat(rel)
+            if st is not None:
+                yield rel, st
+            return
+        below = f"{rel}/" if rel else ""
+        keys = tree.keys
+        for i in range(bisect_left(keys, below), len(keys)):
+            path = keys[i]
+            if not path.startswith(below):
+                break
+            info = tree.files[path]
+            yield path, Stat(info.size, mtime_ns(info.last_modified), _FILE)
+
+    def remove(self, rel: str, quarantine: Path | None = None) -> None:
+        raise StorageError(f"{self.location}: deleting from object storage is not supported yet; nothing was removed")
+
+    def prune_empty(self, rel: str, levels: int) -> None:
+        # S3 has no directories: a prefix disappears with its last key.
+        return None
+
+    # -- bulk reads -----------------------------------------------------------
+
+    def prefetch(self, prefixes: Sequence[str]) -> None:
+        """GET at once, concurrently, what the walk of `prefixes` will read that the listing does not tell.
+
+        That is every link whose ETag did not resolve it, every upload's
+        `startedat`, and every blob named exactly (a manifest), from the cache
+        when it holds it.
+        """
+        tree = self.tree
+        wanted: list[str] = []
+        for prefix in prefixes:
+            if prefix in tree.files and prefix not in tree.children:
+                if prefix not in self._known:
+                    wanted.append(prefix)
+                continue
+            if prefix.startswith(_BLOBS):
+                continue  # a blob prefix is only listed and stat'ed: nothing below it is read
+            for path, _ in self.files(prefix):
+                if path not in self._known and (is_link(path) or _is_started_at(path)):
+                    wanted.append(path)
+        if wanted:
+            self._fetch(list(dict.fromkeys(wanted)), None)
+
+    def _fetch(self, paths: list[str], limit: int | None) -> None:
+        """Read `paths` into `_known`: from the cache for manifest blobs, else by GETs run concurrently.
+
+        A blob bigger than a caller's `limit` is only read up to `limit + 1` bytes: that says it is too big.
+        """
+        files = self.tree.files
+        todo: list[tuple[str, str | None]] = []
+        for path in paths:
+            digest = _blob_digest(path)
+            if digest is not None and self.cache is not None:
+                cached = self.cache.get(digest, files[path])
+                if cached is not None:
+                    self._known[path] = cached
+                    continue
+            todo.append((path, digest))
+        if not todo:
+            return
+        from .manifest import MAX_MANIFEST_BYTES
+
+        async def one(path: str, digest: str | None) -> None:
+            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else None
+            part = cap + 1 if cap is not None and files[path].size > cap else None
+            whole = part is None
+            data = await self.bucket.get_async(path, part)
+            if data is None:
+                return
+            self._known[path] = data
+            if digest is not None and whole and self.cache is not None:
+                self.cache.put(digest, data)
+
+        self.bucket.run(self.bucket.gather_limited([partial(one, p, d) for p, d in todo]))
+
+    # -- what the summary states ----------------------------------------------
+
+    def stats(self) -> RemoteStats:
+        """Requests by kind, bytes received, links read from their ETag and cache hits, so far."""
+        counters = self.bucket.counters
+        return RemoteStats(
+            dict(counters.requests),
+            counters.total,
+            counters.bytes_received,
+            self.etag_resolved,
+            None if self.cache is None else self.cache.hits,
+        )
+
+
+def _is_started_at(path: str) -> bool:
+    return path.endswith("/startedat") and "/_uploads/" in path
+
+
+def _blob_digest(path: str) -> str | None:
+    try:
+        spec = parse_path(path)
+    except ValueError:
+        return None
+    return str(spec.digest) if isinstance(spec, BlobData) else None
+
+
+__all__ = ["ManifestCache", "RemoteStats", "S3Storage", "default_cache_dir", "mtime_ns"]

@@ -1,0 +1,132 @@
+"""The S3 tree's pieces that need no server: times, the directory view of a listing, the manifest cache, ROOT forms."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from storage_audit.errors import StorageError, UsageError
+from storage_audit.s3 import ObjectInfo, S3Bucket, S3Location, S3Settings
+from storage_audit.s3storage import ManifestCache, S3Storage, _tree, default_cache_dir, mtime_ns
+from storage_audit.source import RemoteOptions, RootError, resolve
+from storage_audit.storage import EntryKind
+
+WHEN = datetime(2026, 11, 30, 10, 0, 1, 250000, tzinfo=UTC)
+
+
+def test_mtime_ns_is_exact() -> None:
+    assert mtime_ns(WHEN) == int(WHEN.timestamp()) * 10**9 + 250_000_000
+    assert mtime_ns(datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC)) == 1000
+    assert mtime_ns(None) == 0
+
+
+def test_a_listing_read_as_directories() -> None:
+    later = WHEN + timedelta(seconds=5)
+    files = {
+        "blobs/sha256/ab/abc/data": ObjectInfo(3, WHEN, None),
+        "repositories/a/b/_layers/sha256/abc/link": ObjectInfo(71, later, None),
+        "repositories/a-b/_layers/sha256/abc/link": ObjectInfo(71, WHEN, None),
+        "repositories/x": ObjectInfo(1, WHEN, None),
+        "repositories/x/y": ObjectInfo(1, WHEN, None),
+        "repositories/a": ObjectInfo(0, WHEN, None),  # a "folder" marker
+    }
+    tree = _tree(files)
+    assert tree.children[""] == {"blobs": EntryKind.DIR, "repositories": EntryKind.DIR}
+    assert tree.children["repositories"] == {"a": EntryKind.DIR, "a-b": EntryKind.DIR, "x": EntryKind.DIR}
+    assert tree.children["repositories/a/b/_layers/sha256/abc"] == {"link": EntryKind.FILE}
+    # A directory's time is its newest key's; `x` is a key and a prefix at once.
+    assert tree.dir_mtimes["repositories"] == mtime_ns(later)
+    assert tree.dir_mtimes["repositories/a-b"] == mtime_ns(WHEN)
+    assert tree.shadowed == {"repositories": ["x"]}
+    assert tree.keys == sorted(files)
+    assert tree.children["repositories"]["a"] == EntryKind.DIR
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_manifest_cache_checks_content_before_use(tmp_path: Path) -> None:
+    cache = ManifestCache(tmp_path)
+    good = b'{"schemaVersion": 2}'
+    digest = _digest(good)
+    info = ObjectInfo(len(good), WHEN, hashlib.md5(good).hexdigest())
+    assert cache.get(digest, info) is None
+    cache.put(digest, good)
+    assert cache.get(digest, info) == good and cache.hits == 1
+    # Not the object listed (another ETag, another size): read the bucket.
+    assert cache.get(digest, ObjectInfo(len(good), WHEN, "0" * 32)) is None
+    assert cache.get(digest, ObjectInfo(len(good) + 1, WHEN, info.etag)) is None
+    # A multipart ETag is no MD5: the size and the digest decide.
+    assert cache.get(digest, ObjectInfo(len(good), WHEN, "abc-2")) == good
+    # Content that does not hash to its digest is never stored, and a damaged file is never used.
+    cache.put(_digest(b"other"), good)
+    assert not list(tmp_path.rglob(_digest(b"other")[7:]))
+    (path,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    path.write_bytes(good[:-1] + b"]")
+    assert cache.get(digest, ObjectInfo(len(good), WHEN, "abc-2")) is None
+    assert cache.hits == 2
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "storage-audit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "storage-audit"
+
+
+def test_s3_roots_resolve_without_a_request(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}.items():
+        monkeypatch.setenv(name, value)
+    source = resolve("s3://reg/root/docker/registry/v2", RemoteOptions(cache_dir=tmp_path, max_requests_per_second=5))
+    storage = source.storage
+    assert isinstance(storage, S3Storage) and not source.snapshot
+    assert storage.location == "s3://reg/root" == source.location
+    assert storage.bucket.settings.max_requests_per_second == 5
+    assert storage.cache is not None and storage.cache.directory == tmp_path
+    assert resolve("s3://reg", RemoteOptions(cache=False)).storage.cache is None  # type: ignore[union-attr]
+    assert "s3cr3t" not in repr(storage.bucket) and "s3cr3t" not in str(storage.origin)
+    with pytest.raises(UsageError):
+        resolve("s3://")
+
+
+def test_configuration_files_as_roots(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = fixture_root("basic")
+    local = tmp_path / "fs.yml"
+    local.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete: {{enabled: true}}\n")
+    assert resolve(local).path == (root / "docker/registry/v2").resolve()
+    remote = tmp_path / "s3.yml"
+    remote.write_text(
+        "version: 0.1\nstorage:\n  s3:\n    bucket: reg\n    region: eu-west-1\n    accesskey: AK\n"
+        "    secretkey: hidden-secret\n    regionendpoint: http://127.0.0.1:1\n    rootdirectory: /a/b\n"
+    )
+    storage = resolve(remote, RemoteOptions(cache=False)).storage
+    assert isinstance(storage, S3Storage)
+    assert storage.origin == {
+        "bucket": "reg",
+        "prefix": "a/b/docker/registry/v2/",
+        "region": "eu-west-1",
+        "endpoint": "http://127.0.0.1:1",
+    }
+    other = tmp_path / "gcs.yml"
+    other.write_text("version: 0.1\nstorage:\n  gcs:\n    bucket: reg\n")
+    with pytest.raises(UsageError, match="gcs"):
+        resolve(other)
+    missing = tmp_path / "missing.yml"
+    missing.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'nothing'}\n")
+    with pytest.raises(RootError):
+        resolve(missing)
+    # A file that is no YAML mapping is no ROOT at all.
+    (tmp_path / "notes.txt").write_text("just text\n")
+    with pytest.raises(RootError):
+        resolve(tmp_path / "notes.txt")
+
+
+def test_nothing_is_removed_from_a_bucket() -> None:
+    storage = S3Storage(S3Bucket(S3Location("reg"), S3Settings(access_key="a", secret_key="b"), env={}))
+    with pytest.raises(StorageError, match="not supported"):
+        storage.remove("blobs/sha256/ab")
