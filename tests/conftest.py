@@ -50,9 +50,9 @@ def fixture_builder() -> ModuleType:
 pytest_plugins = ["tests.s3_harness"]
 
 
-# What drives the reference registry, found from the source of a test and of the fixtures it uses:
-# `python -m pytest -m "not registry and not slow"` is the quick subset.
-REGISTRY_CALLS = ("require_registry(", "Registry(", "garbage_collect(")
+# What drives the reference registry or the S3 server, found from the source of a test and of its fixtures:
+# `python -m pytest -m "not registry and not slow and not browser"` is the quick subset.
+REGISTRY_CALLS = ("require_registry(", "Registry(", "garbage_collect(", "require_weed(", "SeaweedS3(")
 
 
 def _drives_the_registry(item: pytest.Item) -> bool:
