@@ -182,25 +182,44 @@ class _Tally:
 
 
 class _ManifestItems:
-    """The distinct manifests to parse, (repository, digest), first seen first, from the revisions read.
+    """The distinct manifests to parse, (repository, digest), first seen first, from the revisions and tags read.
 
     Unlinked (deleted) revisions count too: their blobs are still manifests.
+    So do the digests that tags (current or history) name without any revision
+    directory: the engine protects what such a dangling tag names, and needs
+    that manifest's contents to know what it holds. They come after every
+    revision's, so the order does not depend on how the jobs were split.
     """
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-        self._seen: set[str] = set()
+        self._revisions: list[tuple[str, str]] = []
+        self._tagged: list[tuple[str, str]] = []
 
     def take(self, part: Columns) -> None:
         revisions = part.tables.get("revisions")
-        if not revisions:
-            return
-        repos, digests, targets = revisions[:3]
-        for repo, digest, target in zip(repos, digests, targets, strict=True):
-            manifest = target if target is not None else digest
-            if manifest not in self._seen:
-                self._seen.add(cast(str, manifest))
-                self.items.append((cast(str, repo), cast(str, manifest)))
+        if revisions:
+            repos, digests, targets = revisions[:3]
+            for repo, digest, target in zip(repos, digests, targets, strict=True):
+                manifest = target if target is not None else digest
+                self._revisions.append((cast(str, repo), cast(str, manifest)))
+        for table in ("tags", "tag_history"):
+            columns = part.tables.get(table)
+            if columns:
+                repos, digests = columns[0], columns[2]
+                self._tagged.extend(
+                    (cast(str, repo), cast(str, digest))
+                    for repo, digest in zip(repos, digests, strict=True)
+                    if digest is not None
+                )
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        items, seen = [], set()
+        for repo, manifest in self._revisions + self._tagged:
+            if manifest not in seen:
+                seen.add(manifest)
+                items.append((repo, manifest))
+        return items
 
 
 def _run(
