@@ -354,14 +354,14 @@ def _steady_allocator() -> None:
     Raised, it serves the next arrays from the heap, which keeps what they free:
     some 70 MB at the peak of `orphans` on a tree of 600,000 blobs. Forked workers inherit the setting.
     """
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError, AttributeError, TypeError):
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _release() -> None:
     """Give back to the system the memory the scan's many small, freed objects leave in glibc's heap."""
     # Elsewhere than glibc there is no malloc_trim: that allocator returns memory by itself, or keeps it.
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError, AttributeError, TypeError):
         ctypes.CDLL(None).malloc_trim(0)
 
 
