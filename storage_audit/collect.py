@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .frames import isin, join_groups, pick, positions
+from .frames import isin, join_groups, pick, positions, sorted_rows
 from .graph import Graph, Reachability, ReachOptions
 from .inventory import Inventory
 from .reach import blob_kinds, reclaimable_alone
@@ -84,7 +84,7 @@ def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
             "linked_from": linked_from.reindex(np.arange(len(blobs))).set_axis(blobs.index).fillna(""),
         }
     )
-    return frame.sort_values(["size", "digest"], ascending=[False, True], ignore_index=True)[ORPHAN_COLUMNS]
+    return sorted_rows(frame, [("size", "descending"), ("digest", "ascending")])[ORPHAN_COLUMNS]
 
 
 @dataclass(frozen=True)

@@ -119,9 +119,10 @@ def holdings(inv: Inventory, owners: pd.DataFrame) -> pd.DataFrame:
         lists[lists["blob"] >= 0], on="first"
     )
     own = pd.DataFrame({"owner": owner, "blob": positions(targets, blobs)})
-    return pd.concat([own[own["blob"] >= 0], referenced[["owner", "blob"]]], ignore_index=True).drop_duplicates(
-        ignore_index=True
-    )
+    pairs = pd.concat([own[own["blob"] >= 0], referenced[["owner", "blob"]]], ignore_index=True)
+    # Distinct pairs by one integer key: hashing it takes a fraction of the memory of two columns.
+    key = pairs["owner"].to_numpy() * max(len(blobs), 1) + pairs["blob"].to_numpy()
+    return pairs[~pd.Series(key).duplicated().to_numpy()].reset_index(drop=True)
 
 
 def closure(root: np.ndarray, node: np.ndarray, src: np.ndarray, dst: np.ndarray, nodes: int) -> pd.DataFrame:

@@ -10,9 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from . import __version__
 from .schema import METADATA_FILE, SCHEMA, TIME, VIEW_FILE
+
+# The system allocator gives back to the system what the analyses' many short-lived Arrow arrays free;
+# Arrow's default one kept some 90 MB more at the peak of `orphans` on a tree of 600,000 blobs.
+pa.set_memory_pool(pa.system_memory_pool())
 
 SNAPSHOT_FORMAT = 1
 

@@ -121,7 +121,7 @@ class Part:
     def columns(self, rows: bool = True) -> Columns:
         """The rows as one sequence per column, in the inventory's column order: quick to send from a worker.
 
-        Without `rows`, only their totals go, and the revisions (the manifests to read come from them).
+        Without `rows`, only their totals go, and the revisions and tags (the manifests to read come from them).
         """
         tables: dict[str, list[Sequence[object]]] = {}
         totals = None if rows else Totals()
@@ -136,12 +136,14 @@ class Part:
             part_rows.clear()
             if totals is not None:
                 totals.add(table, columns)
-                if table != "revisions":
+                if table not in SENT_WITH_TOTALS:
                     continue
             tables[table] = columns
         return Columns(self.findings, tables, totals)
 
 
+SENT_WITH_TOTALS = ("revisions", "tags", "tag_history")
+"""Tables sent whole even when only totals are asked for: the manifests to read come from them."""
 TABLE_OF_PART = {"history": "tag_history"}
 """Inventory table of each Part field whose name differs."""
 TABLES = tuple(TABLE_OF_PART.get(f.name, f.name) for f in fields(Part) if f.name != "findings")

@@ -42,7 +42,11 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "pushed_at": (TIME, "mtime of the revision `link`; null when unlinked"),
     },
     "manifests": {
-        "digest": (STR, "manifest digest; one row per distinct revision (linked or not) whose blob exists"),
+        "digest": (
+            STR,
+            "manifest digest; one row per distinct revision (linked or not) or tag (current or history) target"
+            " whose blob exists",
+        ),
         "size": (INT, "bytes of the manifest blob"),
         "kind": (STR, "docker-v2, docker-list, oci-manifest, oci-index, oci-artifact, schema1, invalid"),
         "media_type": (STR, "declared `mediaType`, or the one its structure implies"),
