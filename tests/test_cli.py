@@ -202,7 +202,7 @@ def test_an_internal_error_is_one_line_and_its_traceback_with_debug(
     # A fault injected where ROOT is resolved: no input of ours makes the library fail this way.
     import storage_audit.cli as cli_module
 
-    def broken(root: Path) -> None:
+    def broken(root: Path, *options: object) -> None:
         raise KeyError("boom")
 
     monkeypatch.setattr(cli_module, "resolve", broken)
