@@ -553,20 +553,26 @@ class S3Bucket:
     def list_keys(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
         return self.run(self.list_keys_async(prefix))
 
-    async def list_all_async(self, plan: ShardPlan = shard_plan) -> Listing:
+    async def list_all_async(
+        self, plan: ShardPlan = shard_plan, on_shard: Callable[[str, dict[str, ObjectInfo]], None] | None = None
+    ) -> Listing:
         """Every key under the `v2` prefix, from sharded flat listings run concurrently.
 
         The shards are found with delimiter listings (`v2/`, `blobs/`,
         `blobs/<alg>/`, `repositories/`), so a key anywhere under the prefix,
         even one the layout does not define, lands in exactly one shard.
+        `on_shard(prefix, objects)` is called as each flat shard is listed,
+        with its prefix and every key below it (both relative to `v2`), so
+        that work on a shard can start while the others are still listed.
         """
         objects: dict[str, ObjectInfo] = {}
         shards = 0
         semaphore = asyncio.Semaphore(self.settings.concurrency)
 
-        def keep(found: list[tuple[str, ObjectInfo]]) -> None:
-            for key, info in found:
-                objects[self.location.relative(key)] = info
+        def keep(found: list[tuple[str, ObjectInfo]]) -> dict[str, ObjectInfo]:
+            batch = {self.location.relative(key): info for key, info in found}
+            objects.update(batch)
+            return batch
 
         async def expand(prefix: str, depth: int) -> None:
             """List `prefix` flat, or split it `depth` more delimiter levels into concurrent listings."""
@@ -574,7 +580,9 @@ class S3Bucket:
             async with semaphore:
                 shards += 1
                 if depth == 0:
-                    keep(await self._list_flat(prefix))
+                    batch = keep(await self._list_flat(prefix))
+                    if on_shard is not None:
+                        on_shard(self.location.relative(prefix), batch)
                     return
                 found, prefixes = await self._list_delimited(prefix)
             keep(found)

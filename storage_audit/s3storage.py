@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import StorageError
-from .paths import BlobData, Blobs, parse_path, path_for
+from .paths import BlobData, Blobs, RevisionLink, parse_path, path_for
 from .s3 import MultipartUpload, ObjectInfo, S3Bucket, is_link, link_etag, named_digests
 from .storage import BlobReader, Entry, EntryKind, NotRegular, Small, Stat, Storage
 
@@ -196,7 +196,15 @@ class S3Storage(Storage):
 
     def _load(self) -> _Tree:
         async def both() -> tuple[dict[str, ObjectInfo], list[MultipartUpload]]:
-            listing, uploads = await asyncio.gather(self.bucket.list_all_async(), self.bucket.multipart_uploads_async())
+            early = _EarlyManifests(self)
+            try:
+                listing, uploads = await asyncio.gather(
+                    self.bucket.list_all_async(on_shard=early.on_shard), self.bucket.multipart_uploads_async()
+                )
+            except BaseException:
+                early.cancel()
+                raise
+            await early.finish()
             return listing.objects, uploads
 
         objects, uploads = self.bucket.run(both())
@@ -360,6 +368,98 @@ class S3Storage(Storage):
             self.etag_resolved,
             None if self.cache is None else self.cache.hits,
         )
+
+
+class _EarlyManifests:
+    """GETs of manifest blobs started while the listing goes on: each as soon as both its keys are listed.
+
+    A revision link's path names the manifest it holds; once the shard of
+    that blob is listed too, its GET starts, so the listing's last shards and
+    the manifests' GETs overlap. Whatever the walk reads later is then already
+    known, byte for byte what a GET then would give; a link that turns out to
+    hold another digest costs only this one GET. A failed GET is left for the
+    walk to make again, and to report.
+    """
+
+    def __init__(self, storage: S3Storage) -> None:
+        self.storage = storage
+        self.wanted: set[str] = set()
+        self.objects: dict[str, ObjectInfo] = {}
+        self.shards: set[str] = set()
+        self.started: set[str] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.semaphore = asyncio.Semaphore(storage.bucket.settings.concurrency)
+
+    def on_shard(self, shard: str, objects: dict[str, ObjectInfo]) -> None:
+        self.shards.add(shard)
+        self.objects.update(objects)
+        for path in objects:
+            if path in self.wanted:
+                self._start(path)
+            blob = _revision_blob(path)
+            if blob is not None:
+                self.wanted.add(blob)
+                if self._shard_listed(blob):
+                    self._start(blob)
+
+    def _shard_listed(self, path: str) -> bool:
+        parent = path
+        while parent:
+            parent = parent.rpartition("/")[0]
+            if f"{parent}/" in self.shards:
+                return True
+        return False
+
+    def _start(self, path: str) -> None:
+        from .manifest import MAX_MANIFEST_BYTES
+
+        info = self.objects.get(path)
+        # Only whole objects no bigger than any manifest: a caller asking for more then still gets a full read.
+        if path in self.started or info is None or info.size > MAX_MANIFEST_BYTES:
+            return
+        self.started.add(path)
+        self.tasks.append(asyncio.create_task(self._get(path, info)))
+
+    async def _get(self, path: str, info: ObjectInfo) -> None:
+        storage = self.storage
+        digest = _blob_digest(path)
+        if digest is None:
+            return
+        if storage.cache is not None:
+            cached = storage.cache.get(digest, info)
+            if cached is not None:
+                storage._known[path] = cached
+                return
+        async with self.semaphore:
+            try:
+                data = await storage.bucket.get_async(path)
+            except StorageError:
+                return
+        if data is None:
+            return
+        storage._known[path] = data
+        if storage.cache is not None:
+            storage.cache.put(digest, data)
+
+    async def finish(self) -> None:
+        """Wait for every GET started."""
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def cancel(self) -> None:
+        """Drop the GETs still running: the listing failed, so nothing will be read."""
+        for task in self.tasks:
+            task.cancel()
+
+
+def _revision_blob(path: str) -> str | None:
+    """The blob data path of the manifest a revision link's path names, or None for any other path."""
+    if not path.endswith("/link") or "/_manifests/revisions/" not in path:
+        return None
+    try:
+        spec = parse_path(path)
+    except ValueError:
+        return None
+    return path_for(BlobData(spec.digest)) if isinstance(spec, RevisionLink) else None
 
 
 def _is_started_at(path: str) -> bool:

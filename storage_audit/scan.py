@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -257,25 +258,37 @@ def _read(
 ) -> tuple[S, list[Finding]]:
     """Read the tree, handing every part of every table to a new sink; that sink and the findings met.
 
-    `meanwhile` runs in this process while the workers, if any, read the tree.
+    `meanwhile` runs in this process while the workers, if any, read the tree; for a remote tree,
+    in a thread while it is listed and read.
     """
     options = options or ScanOptions()
+    loader = None
+    if meanwhile is not None and not isinstance(storage, LocalStorage):
+        # A remote tree is read in this one process, which mostly waits on the network meanwhile;
+        # no worker is forked from it, so a thread is safe here.
+        loader = threading.Thread(target=meanwhile, name="meanwhile", daemon=True)
+        loader.start()
+        meanwhile = None
     _steady_allocator()
-    top = Walker(storage)
-    units = top.units()
-    workers = _workers(options, storage, units[1])
-    if workers > 1:
-        pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker)
-        try:
-            return _walk_with(pool, workers, top, units, options.progress, make_sink(), meanwhile)
-        except (BrokenProcessPool, OSError):
-            # A machine that cannot start worker processes still gets its scan, in this process.
-            pool.shutdown(cancel_futures=True)
-            top = Walker(storage)
-            units = top.units()
-        finally:
-            pool.shutdown()
-    return _walk_with(None, 1, top, units, options.progress, make_sink(), None)
+    try:
+        top = Walker(storage)
+        units = top.units()
+        workers = _workers(options, storage, units[1])
+        if workers > 1:
+            pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker)
+            try:
+                return _walk_with(pool, workers, top, units, options.progress, make_sink(), meanwhile)
+            except (BrokenProcessPool, OSError):
+                # A machine that cannot start worker processes still gets its scan, in this process.
+                pool.shutdown(cancel_futures=True)
+                top = Walker(storage)
+                units = top.units()
+            finally:
+                pool.shutdown()
+        return _walk_with(None, 1, top, units, options.progress, make_sink(), None)
+    finally:
+        if loader is not None:
+            loader.join()
 
 
 def _walk_with(

@@ -25,6 +25,7 @@ from storage_audit.s3 import (
     parse_s3_url,
     resolve_links_by_etag,
 )
+from storage_audit.s3storage import S3Storage
 from tests.conftest import fixture_builder
 from tests.registry_harness import Ledger, Registry, UploadStart, parse_gc_output, require_registry
 from tests.s3_harness import (
@@ -448,3 +449,35 @@ def test_random_workloads_list_and_resolve_like_the_raw_api(seed: int, s3_server
     assert resolved and unresolved == []
     contents = bucket.get_many(links)
     assert {p: contents[p].decode() for p in resolved} == resolved
+
+
+def test_manifests_named_by_revisions_are_fetched_while_listing(s3_server: SeaweedS3, s3_root: str) -> None:
+    """The GET of a revision's manifest starts during the listing; reading it later costs no request."""
+    manifest = b'{"schemaVersion": 2, "layers": []}'
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    layer = "sha256:" + hashlib.sha256(b"layer").hexdigest()
+    missing = "sha256:" + hashlib.sha256(b"no blob").hexdigest()
+    prefix = v2_prefix(s3_root)
+    client = raw_client(s3_server)
+    writes = {
+        f"blobs/sha256/{digest[7:9]}/{digest[7:]}/data": manifest,
+        f"blobs/sha256/{layer[7:9]}/{layer[7:]}/data": b"layer",
+        f"repositories/a/_manifests/revisions/sha256/{digest[7:]}/link": digest.encode(),
+        f"repositories/a/_layers/sha256/{layer[7:]}/link": layer.encode(),
+        # A revision whose blob is not in the bucket: nothing to fetch.
+        f"repositories/a/_manifests/revisions/sha256/{missing[7:]}/link": missing.encode(),
+    }
+    for path, data in writes.items():
+        client.put_object(Bucket=s3_server.bucket, Key=prefix + path, Body=data)
+    storage = S3Storage(bucket_for(s3_server, s3_root))
+    assert storage.list_dir("") is not None
+    counters = storage.bucket.counters
+    assert counters.requests["get"] == 1
+    assert counters.bytes_received == len(manifest)
+    small = storage.read_small(f"blobs/sha256/{digest[7:9]}/{digest[7:]}/data", 1000)
+    assert small is not None and small.data == manifest and small.size == len(manifest)
+    assert counters.requests["get"] == 1
+    # The layer was never fetched: reading it is a GET of its own.
+    layer_read = storage.read_small(f"blobs/sha256/{layer[7:9]}/{layer[7:]}/data", 1000)
+    assert layer_read is not None and layer_read.data == b"layer"
+    assert counters.requests["get"] == 2
