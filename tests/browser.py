@@ -20,7 +20,8 @@ from typing import Any
 
 import websocket
 
-REQUIRE_ENV = "STORAGE_AUDIT_REQUIRE_REGISTRY"
+from tests.registry_harness import REQUIRE_ENV, required
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 
 # No name resolves and every connection goes to a proxy where nothing listens: a page that asks
@@ -55,16 +56,8 @@ def chromium_binary() -> str | None:
 
 def require_chromium() -> str:
     """The browser's path, or skip the calling test (fail it when the environment requires one)."""
-    import pytest
 
-    binary = chromium_binary()
-    if binary is not None:
-        return binary
-    message = "chromium is not installed"
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{message} and {REQUIRE_ENV}=1")
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    return required(chromium_binary(), "chromium is not installed")
 
 
 @dataclass

@@ -92,18 +92,33 @@ def registry_binary() -> str | None:
     return str(fallback) if fallback.is_file() else None
 
 
-def require_registry() -> str:
-    """Return the binary's path, or skip the calling test (fail it when the environment requires one)."""
-    binary = registry_binary()
+def required(binary: str | None, missing: str) -> str:
+    """`binary`'s path, or skip the calling test saying what is `missing` (fail it when the environment requires it)."""
     if binary is not None:
         return binary
     import pytest
 
-    message = "docker-registry (distribution 2.8) is not installed"
     if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{message} and {REQUIRE_ENV}=1")
-    pytest.skip(message)
+        pytest.fail(f"{missing} and {REQUIRE_ENV}=1")
+    pytest.skip(missing)
     raise AssertionError("unreachable")  # pytest.skip raises; this keeps type checkers content
+
+
+def require_registry() -> str:
+    """Return the binary's path, or skip the calling test (fail it when the environment requires one)."""
+    return required(registry_binary(), "docker-registry (distribution 2.8) is not installed")
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """Stop a server by its process id: SIGTERM, then SIGKILL when it has not ended within `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def free_port() -> int:
@@ -853,14 +868,7 @@ class Registry(Client):
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its configuration; the storage stays."""

