@@ -20,7 +20,7 @@ from typing import Any
 
 import websocket
 
-from tests.registry_harness import REQUIRE_ENV, required
+from tests.registry_harness import required
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 

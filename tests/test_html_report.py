@@ -22,8 +22,9 @@ from storage_audit.graph import Graph
 from storage_audit.html_report import AGE_BUCKETS, HtmlOptions, page
 from storage_audit.source import load, resolve
 
-from .browser import REQUIRE_ENV, Page, browser, require_chromium
+from .browser import Page, browser, require_chromium
 from .conftest import FIXTURES
+from .registry_harness import REQUIRE_ENV
 
 TOP = Path(__file__).resolve().parents[1]
 DEMO = FIXTURES / "demo"
