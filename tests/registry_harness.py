@@ -47,7 +47,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,14 @@ def required(binary: str | None, missing: str) -> str:
 def require_registry() -> str:
     """Return the binary's path, or skip the calling test (fail it when the environment requires one)."""
     return required(registry_binary(), "docker-registry (distribution 2.8) is not installed")
+
+
+def read_log(path: Callable[[], Path]) -> str:
+    """The text of a server's log, or "" before it started (its path then asserts) or when it cannot be read."""
+    try:
+        return path().read_text(encoding="utf-8", errors="replace")
+    except (AssertionError, OSError):
+        return ""
 
 
 def terminate(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
@@ -809,10 +817,7 @@ class Registry(Client):
         return self._tmp / "registry.log"
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except (AssertionError, OSError):
-            return ""
+        return read_log(lambda: self.log_path)
 
     def __enter__(self) -> Registry:
         self.start()

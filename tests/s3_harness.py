@@ -24,6 +24,7 @@ from tests.registry_harness import (
     Registry,
     free_port,
     garbage_collect,
+    read_log,
     require_registry,
     required,
     terminate,
@@ -94,10 +95,7 @@ class SeaweedS3:
         return self._tmp / "weed.log"
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except (AssertionError, OSError):
-            return ""
+        return read_log(lambda: self.log_path)
 
     def request_counts(self) -> Counter[str]:
         """Requests the S3 gateway has answered so far, by type (LIST, GET, PUT, DELETE...), from its metrics."""
@@ -398,10 +396,12 @@ def local_files(root: Path) -> set[str]:
     return {p.relative_to(v2).as_posix() for p in v2.rglob("*") if p.is_file()}
 
 
-def bucket_for(server: SeaweedS3, rootdirectory: str = ROOTDIRECTORY, **settings: Any) -> S3Bucket:
-    """The library's view of `server`'s bucket under `rootdirectory`, with explicit credentials."""
+def bucket_for(
+    server: SeaweedS3, rootdirectory: str = ROOTDIRECTORY, bucket: str | None = None, **settings: Any
+) -> S3Bucket:
+    """The library's view of `server`'s bucket (or another by name) under `rootdirectory`, with explicit credentials."""
     return S3Bucket(
-        S3Location(server.bucket, rootdirectory.strip("/")),
+        S3Location(bucket or server.bucket, rootdirectory.strip("/")),
         S3Settings(
             region=REGION,
             endpoint=server.endpoint,

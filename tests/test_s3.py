@@ -365,16 +365,7 @@ def test_wrong_secret_is_refused_without_showing_it(s3_server: SeaweedS3, s3_roo
 
 
 def test_missing_bucket(s3_server: SeaweedS3) -> None:
-    bucket = S3Bucket(
-        S3Location("no-such-bucket"),
-        S3Settings(
-            region=REGION,
-            endpoint=s3_server.endpoint,
-            access_key=s3_server.access_key,
-            secret_key=s3_server.secret_key,
-        ),
-        env={},
-    )
+    bucket = bucket_for(s3_server, "", bucket="no-such-bucket")
     with pytest.raises(S3NotFound):
         bucket.list_all()
 
