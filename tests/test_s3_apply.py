@@ -371,3 +371,19 @@ def test_rate_limit_paces_the_apply(basic: Pushed, tmp_path: Path) -> None:
     requests = sum(after.values()) - sum(before.values())
     assert requests > 20
     assert elapsed >= (requests - 1) / 20 * 0.9, (requests, elapsed)
+
+
+def test_a_manifest_tagged_after_planning_keeps_itself_and_its_blobs(basic: Pushed, tmp_path: Path) -> None:
+    server = basic.server
+    doc = basic.plan(tmp_path / "plan.json", "--delete-untagged")
+    revision = next(a for a in doc["actions"] if a["op"] == "remove-revision" and a["repository"] == "team/app/server")
+    with s3_registry(server, basic.rootdirectory) as reg:
+        body, media_type, _ = reg.get_manifest(revision["repository"], revision["digest"])
+        reg.put_manifest(revision["repository"], "rescued", body, media_type)
+    result = basic.apply(tmp_path / "plan.json")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {revision['path']}: a tag or a remaining manifest reaches it now" in result.stderr
+    with s3_registry(server, basic.rootdirectory) as reg:
+        assert pull_verified(reg, revision["repository"], "rescued") == []
+    eligible, blobs, _ = parse_gc_output(s3_garbage_collect(server, basic.rootdirectory))
+    assert eligible == set() and blobs == set()
