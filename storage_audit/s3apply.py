@@ -102,6 +102,17 @@ def add_preconditions(plan: Plan, storage: S3Storage) -> Plan:
     return replace(plan, actions=actions, location=dict(storage.origin))
 
 
+class _Keys:
+    """A fresh listing, in order: the keys an action owns are found by bisection, not by a scan of them all."""
+
+    def __init__(self, found: dict[str, ObjectInfo]) -> None:
+        self.found = found
+        self.keys = sorted(found)
+
+    def owned(self, action: Action) -> dict[str, ObjectInfo]:
+        return {rel: self.found[rel] for _, first, last in spans(action) for rel in _between(self.keys, first, last)}
+
+
 def _between(keys: list[str], first: str, last: str) -> list[str]:
     from bisect import bisect_left, bisect_right
 
@@ -256,6 +267,12 @@ class S3Applier(_Applier):
     that holds a key added since, is skipped. A batch is retried with backoff
     (deleting a key that is already gone succeeds), and every request is
     paced by the bucket's rate limit.
+
+    The DeleteObjects requests are obstore's bulk delete (`S3Bucket.delete`),
+    not botocore's: the same signed store, connection pool, counters and
+    limiter as every listing, and a key the server refuses fails the request,
+    so the whole batch is sent again, which S3 allows. botocore serves only
+    what obstore lacks: multipart uploads and copies to a quarantine bucket.
     """
 
     def __init__(
@@ -269,6 +286,7 @@ class S3Applier(_Applier):
         quarantine: Quarantine | None,
     ) -> None:
         super().__init__(plan, options, journal, log, storage=S3Storage(bucket, cache))
+        self.batched = True
         self.bucket = bucket
         self.cache = cache
         self.quarantine = quarantine
@@ -335,7 +353,7 @@ class S3Applier(_Applier):
     ) -> None:
         for batch in _batches(items):
             try:
-                fresh = self._list(batch)
+                fresh = _Keys(self._list(batch))
                 uploads = self._uploads_now() if any(a.op in MULTIPART_OPS for _, a in batch) else []
                 chosen = []
                 for i, action in batch:
@@ -348,6 +366,8 @@ class S3Applier(_Applier):
                     if not self._settled(i):
                         self.outcome.failed.append((action, str(exc)))
                         self.log(f"failed {action.path}: {exc}")
+            if not self.options.dry_run:
+                self.journal.sync()
 
     def _settled(self, index: int) -> bool:
         settled = [a for a in self.outcome.done + self.outcome.gone] + [a for a, _ in self.outcome.skipped]
@@ -418,12 +438,12 @@ class S3Applier(_Applier):
         self,
         index: int,
         action: Action,
-        fresh: dict[str, ObjectInfo],
+        fresh: _Keys,
         multipart: list[MultipartUpload],
         veto: Callable[[Action], str | None],
         repository: bool,
     ) -> _Chosen | None:
-        present = {rel: info for rel, info in fresh.items() if owns(action, rel)}
+        present = fresh.owned(action)
         uploads = {u.upload_id: u.bytes for u in multipart if owns(action, u.path)}
         if not present and not uploads:
             self._settle(index, action, "gone")
