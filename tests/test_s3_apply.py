@@ -25,6 +25,7 @@ from tests.s3_harness import (
     raw_keys,
     s3_garbage_collect,
     s3_registry,
+    s3_storage_block,
     v2_prefix,
 )
 from tests.test_plan_apply import pull_verified
@@ -387,3 +388,27 @@ def test_a_manifest_tagged_after_planning_keeps_itself_and_its_blobs(basic: Push
         assert pull_verified(reg, revision["repository"], "rescued") == []
     eligible, blobs, _ = parse_gc_output(s3_garbage_collect(server, basic.rootdirectory))
     assert eligible == set() and blobs == set()
+
+
+def test_a_registry_configuration_file_plans_and_applies_with_its_own_credentials(
+    basic: Pushed, tmp_path: Path
+) -> None:
+    server = basic.server
+    config = tmp_path / "config.yml"
+    config.write_text("version: 0.1\nstorage:\n" + "\n".join(s3_storage_block(server, basic.rootdirectory)) + "\n")
+    plan = tmp_path / "plan.json"
+    args = ["plan", str(config), "--delete-untagged", "--min-age", "0s", "-o", str(plan), "-q", "--no-cache"]
+    result = run(server, args, env={})
+    assert result.exit_code == 0, result.output
+    doc = json.loads(plan.read_text())
+    assert doc["root"] == basic.url and doc["location"]["endpoint"] == server.endpoint
+    assert server.secret_key not in plan.read_text() and server.access_key not in plan.read_text()
+    before = basic.etags()
+    # Without the file, the environment holds no credentials: one line, nothing deleted.
+    without = basic.apply(plan, env={"AWS_EC2_METADATA_DISABLED": "true"})  # no waiting for a cloud's metadata
+    assert without.exit_code == 2 and len(without.stderr.splitlines()) == 1, without.output
+    assert basic.etags() == before
+    result = basic.apply(plan, "--root", str(config), env={})
+    assert result.exit_code == 0, result.output
+    gone = {basic.prefix + k for a in doc["actions"] for k in a["precondition"]["objects"]}
+    assert gone and set(basic.etags()) == set(before) - gone
