@@ -10,9 +10,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .apply import DATA_OPS, UNCERTAIN, ApplyOptions, Outcome, _Applier, _Journal, journal_path
 from .errors import StorageError, UsageError
 from .inventory import Inventory
+from .manifest import LIST_KINDS
 from .paths import REPOSITORY_PARTS, Blobs, RepositoryPart, parent, path_for
 from .plan import OPS, Action, Op, Plan, PlanError
 from .s3 import DELETE_BATCH, V2, MultipartUpload, ObjectInfo, S3Bucket, S3Location, S3NotFound, S3Settings, clean_etag
@@ -287,13 +290,41 @@ class S3Applier(_Applier):
     ) -> None:
         super().__init__(plan, options, journal, log, storage=S3Storage(bucket, cache))
         self.batched = True
+        self.last_inventory: Inventory | None = None
         self.bucket = bucket
         self.cache = cache
         self.quarantine = quarantine
 
     def _fresh_inventory(self) -> Inventory | None:
         self.storage = S3Storage(self.bucket, self.cache)  # a new listing: the last one is stale
-        return super()._fresh_inventory()
+        inv = super()._fresh_inventory()
+        self.last_inventory = inv
+        return inv
+
+    def _by_rank(self, items: list[tuple[int, Action]]) -> list[list[tuple[int, Action]]]:
+        """Revisions in the plan's order, split into referrers, indexes and images, never one batch of two kinds.
+
+        A DeleteObjects request removes its keys in no set order: an index and
+        its child in one request could leave the index without its child.
+        """
+        inv = self.last_inventory
+        if inv is None:
+            return [items]
+        kinds = inv.manifests.set_index("digest")
+        subject, kind = kinds["subject"].to_dict(), kinds["kind"].to_dict()
+
+        def rank(action: Action) -> int:
+            target = action.precondition.get("link")
+            if subject.get(target) is not None and not pd.isna(subject.get(target)):
+                return 0
+            return 1 if kind.get(target) in LIST_KINDS else 2
+
+        groups: list[list[tuple[int, Action]]] = []
+        for item in items:
+            if not groups or rank(groups[-1][-1][1]) != rank(item[1]):
+                groups.append([])
+            groups[-1].append(item)
+        return groups
 
     def run(self) -> Outcome:
         by_op: dict[Op, list[tuple[int, Action]]] = {op: [] for op in OPS}
@@ -312,7 +343,8 @@ class S3Applier(_Applier):
                     return "a tag or a remaining manifest reaches it now"
                 return None
 
-            self._phase(by_op[Op.REMOVE_REVISION], reached)
+            for group in self._by_rank(by_op[Op.REMOVE_REVISION]):
+                self._phase(group, reached)
         if by_op[Op.REMOVE_LAYER_LINK] or by_op[Op.REMOVE_BLOB]:
             fresh = self._fresh_inventory()
             held = None if fresh is None else self._held_now(fresh)
