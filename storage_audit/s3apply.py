@@ -487,7 +487,9 @@ class S3Applier(_Applier):
                 why = "it holds tags, manifests or uploads now"
         if why is None:
             why = _changed(action, present)
-        if why is None and action.op == Op.REMOVE_UPLOAD and uploads != _multipart(action):
+        # An upload aborted already (by a run that was interrupted, or the registry's purge) is no change.
+        planned = _multipart(action)
+        if why is None and action.op == Op.REMOVE_UPLOAD and any(planned.get(u) != n for u, n in uploads.items()):
             why = "it received data since planning"
         if why is not None:
             self._settle(index, action, "skipped", why)

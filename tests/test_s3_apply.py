@@ -422,3 +422,18 @@ def test_a_registry_configuration_file_plans_and_applies_with_its_own_credential
     assert result.exit_code == 0, result.output
     gone = {basic.prefix + k for a in doc["actions"] for k in a["precondition"]["objects"]}
     assert gone and set(basic.etags()) == set(before) - gone
+
+
+def test_an_upload_aborted_since_planning_still_loses_its_keys(basic: Pushed, tmp_path: Path) -> None:
+    server = basic.server
+    doc = basic.plan(tmp_path / "plan.json", "--uploads-older-than", "0s")
+    (upload,) = [a for a in doc["actions"] if a["op"] == "remove-upload"]
+    (multipart,) = upload["precondition"]["multipart"]
+    # As a run killed right after its abort leaves it: the multipart upload gone, its keys still there.
+    key = basic.prefix + upload["path"] + "/data"
+    raw_client(server).abort_multipart_upload(Bucket=server.bucket, Key=key, UploadId=multipart["upload_id"])
+    assert any(k.startswith(basic.prefix + upload["path"] + "/") for k in basic.etags())
+    result = basic.apply(tmp_path / "plan.json")
+    assert result.exit_code == 0, result.output
+    assert f"removed {upload['path']}" in result.stderr
+    assert not any(k.startswith(basic.prefix + upload["path"] + "/") for k in basic.etags())
