@@ -32,7 +32,6 @@ import pyarrow.compute
 
 from storage_audit import __version__
 from storage_audit.findings import SEVERITY, Kind
-from storage_audit.inventory import SNAPSHOT_FORMAT
 from storage_audit.paths import (
     BlobData,
     Digest,
@@ -793,7 +792,6 @@ class Plan:
                 out.write(name, batch)
         out.close(
             {
-                "format": SNAPSHOT_FORMAT,
                 "tool": "storage-audit",
                 "version": __version__,
                 "root": root,
@@ -802,7 +800,6 @@ class Plan:
                 "counts": out.counts(),
                 "blob_bytes": blob_bytes,
                 "upload_bytes": int(self.up_bytes.sum()),
-                "views": [],
                 "synthetic": {
                     "blobs": self.spec.blobs,
                     "manifests": self.spec.manifests,
