@@ -269,7 +269,6 @@ class Plan:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         rng = np.random.default_rng(spec.seed)
-        self.rng = rng
         M = max(1, spec.manifests)
         R = max(1, min(spec.repositories, M))
         self.repo_names = _repository_names(spec.seed, R)
@@ -291,7 +290,7 @@ class Plan:
             multi[P - single :] = attest[P - single :] = artifact[P - single :] = False
         weights = rng.pareto(1.1, R) + 1
         repo = np.concatenate([np.arange(R), rng.choice(R, P - R, p=weights / weights.sum())])
-        # Whole seconds, as most filesystems' mtimes are not finer than the tree writer needs.
+        # Whole seconds: the blobs' times are kept as seconds, in four bytes each.
         step = max(1, SPAN_S // max(P, 1))
         at = (EPOCH_S + 90 * 86400 + np.cumsum(rng.integers(max(1, step // 2), step * 3 // 2 + 2, P))) * 10**9
         # Grouped by repository, in push order within each.

@@ -487,15 +487,23 @@ class Streamed:
     scan_seconds: float | None = None
 
     def inventory(self) -> Inventory:
-        """The tables written, read back: what the analyses of the views need."""
+        """The tables written, read back as `scan` would have made them: what the analyses of the views need."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         from . import inventory as inv_mod
 
         parts = self.out.close_tables()
         tables = {
-            name: inv_mod.read_table(name, [self.out.directory / p for p in files]) for name, files in parts.items()
+            name: pa.concat_tables([pq.read_table(self.out.directory / p) for p in files])
+            for name, files in parts.items()
         }
+        for name, (column, like) in SAME_VALUES.items():
+            tables[name] = _shared(tables[name], column, like)
+        frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
+        _release()
         return inv_mod.Inventory(
-            root=self.root, origin=self.origin, scanned_at=self.scanned_at, scan_seconds=self.scan_seconds, **tables
+            root=self.root, origin=self.origin, scanned_at=self.scanned_at, scan_seconds=self.scan_seconds, **frames
         )
 
 
