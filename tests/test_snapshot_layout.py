@@ -22,8 +22,8 @@ runner = CliRunner()
 DEMO = FIXTURES / "demo"
 
 
-def scan_to(directory: Path) -> None:
-    result = runner.invoke(app, ["scan", str(DEMO), "-o", str(directory), "-q"])
+def scan_to(directory: Path, *extra: str) -> None:
+    result = runner.invoke(app, ["scan", str(DEMO), "-o", str(directory), "-q", *extra])
     assert result.exit_code == 0, result.output
 
 
@@ -46,7 +46,7 @@ def test_scan_o_writes_each_table_as_listed_parts_and_reads_back_the_scan(tmp_pa
 def test_big_tables_are_split_into_parts_in_row_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_GROUP", 4)
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_PART", 8)
-    scan_to(tmp_path / "snap")
+    scan_to(tmp_path / "snap", "--workers", "2")  # parts from two workers, written in the order of a scan
     meta = json.loads((tmp_path / "snap" / "metadata.json").read_text())
     blobs = meta["counts"]["blobs"]
     assert blobs > 16
