@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .inventory import Inventory
     from .plan import Plan
     from .s3storage import S3Storage
+    from .scan import Streamed
     from .walk import Totals
 
 __all__ = ["EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "app", "main"]
@@ -207,6 +208,20 @@ def read_inventory(root: str, quiet: bool, workers: int | None = None, source: S
     return inv
 
 
+def stream_inventory(source: Source, output: Path, quiet: bool, workers: int | None) -> Streamed:
+    """Scan a storage tree straight into the tables of a snapshot at `output`, with a progress display."""
+    from .scan import ScanOptions, scan_to_snapshot
+
+    started = time.monotonic()
+    try:
+        with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
+            streamed = scan_to_snapshot(source.tree(), output, ScanOptions(progress=progress, workers=workers or 0))
+    except OSError as exc:
+        fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
+    streamed.scan_seconds = time.monotonic() - started
+    return streamed
+
+
 def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
     """Count and sum a storage tree, with a progress display when stderr is a terminal."""
     from .scan import ScanOptions, tally
@@ -320,9 +335,14 @@ def scan(
         unreadable = [f.path for f in found if f.kind == "unreadable"]
     else:
         # The analysis loads after the scan has started its workers: see read_inventory.
-        inv = read_inventory(root, quiet, workers, source)
+        streamed = None
+        if output is not None and not source.snapshot:
+            streamed = stream_inventory(source, output, quiet, workers)
+            inv = streamed.inventory()
+        else:
+            inv = read_inventory(root, quiet, workers, source)
         from .graph import Graph
-        from .inventory import write_snapshot
+        from .inventory import finish_snapshot, write_snapshot
         from .report import whole
         from .walk import Totals
 
@@ -333,7 +353,10 @@ def scan(
             graph = Graph(inv)
             views = {by.value: whole(graph, by) for by in By}
             try:
-                write_snapshot(inv, output, views)
+                if streamed is not None:
+                    finish_snapshot(streamed.out, inv, views)
+                else:
+                    write_snapshot(inv, output, views)
             except OSError as exc:
                 fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
             if keep is not None:

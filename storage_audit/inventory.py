@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -11,15 +12,17 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import __version__
-from .schema import METADATA_FILE, SCHEMA, TIME, VIEW_FILE
+from .schema import METADATA_FILE, PART_PATTERN, READABLE_FORMATS, SCHEMA, SNAPSHOT_FORMAT, TIME, VIEW_FILE
 
 # The system allocator gives back to the system what the analyses' many short-lived Arrow arrays free;
 # Arrow's default one kept some 90 MB more at the peak of `orphans` on a tree of 600,000 blobs.
 pa.set_memory_pool(pa.system_memory_pool())
 
-SNAPSHOT_FORMAT = 1
+WRITE_ROWS = 1024 * 1024
+"""Rows of a frame converted to Arrow at a time when it is written."""
 
 
 def frame(table: str, rows: Any = None) -> pd.DataFrame:
@@ -85,17 +88,22 @@ class Inventory:
 def write_snapshot(inv: Inventory, directory: Path, views: Mapping[str, pd.DataFrame] | None = None) -> None:
     """Write every table, and the given report views, as Parquet, then `metadata.json` last.
 
-    The metadata's presence marks a whole snapshot; it lists the views stored.
+    The metadata's presence marks a whole snapshot; it lists the tables' files and the views stored.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    views = views or {}
+    from .snapshot_writer import SnapshotWriter
+
+    out = SnapshotWriter(directory)
     for name, df in inv.tables().items():
-        df.to_parquet(directory / f"{name}.parquet", engine="pyarrow", index=False)
+        for start in range(0, len(df), WRITE_ROWS):
+            out.write(name, pa.Table.from_pandas(df.iloc[start : start + WRITE_ROWS], preserve_index=False))
+    finish_snapshot(out, inv, views or {})
+
+
+def finish_snapshot(out: Any, inv: Inventory, views: Mapping[str, pd.DataFrame]) -> None:
+    """Write the views of a snapshot whose tables `out` (a SnapshotWriter) wrote, then its metadata, last."""
     for name, df in views.items():
-        df.to_parquet(directory / VIEW_FILE.format(name), engine="pyarrow", index=False)
-    with open(directory / METADATA_FILE, "w", encoding="utf-8") as fh:
-        json.dump(inv.metadata() | {"views": sorted(views)}, fh, indent=2)
-        fh.write("\n")
+        out.write_view(name, pa.Table.from_pandas(df, preserve_index=False))
+    out.close(inv.metadata())
 
 
 def read_view(directory: Path, name: str) -> pd.DataFrame | None:
@@ -115,18 +123,48 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"unreadable snapshot: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("tool") != "storage-audit" or meta.get("format") != SNAPSHOT_FORMAT:
+    if not isinstance(meta, dict) or meta.get("tool") != "storage-audit" or meta.get("format") not in READABLE_FORMATS:
         raise ValueError("metadata.json is not a storage-audit snapshot of a known format")
     return meta
+
+
+def table_files(directory: Path, meta: Mapping[str, Any]) -> dict[str, list[Path]]:
+    """The files of each table of a snapshot, in order; raises ValueError when the metadata lists others."""
+    if meta["format"] == 1:
+        return {name: [directory / f"{name}.parquet"] for name in SCHEMA}
+    listed = meta.get("tables")
+    if not isinstance(listed, dict) or set(listed) != set(SCHEMA):
+        raise ValueError("unreadable snapshot: metadata.json does not list the files of every table")
+    files = {}
+    for name in SCHEMA:
+        parts = listed[name]
+        # Only `<table>/part-NNNNN.parquet`: a listed path never leads out of the snapshot.
+        if (
+            not isinstance(parts, list)
+            or not parts
+            or not all(isinstance(p, str) and re.fullmatch(f"{re.escape(name)}/{PART_PATTERN}", p) for p in parts)
+        ):
+            raise ValueError(f"unreadable snapshot: metadata.json lists no valid files for {name}")
+        files[name] = [directory / p for p in parts]
+    return files
+
+
+def read_table(name: str, files: list[Path]) -> pd.DataFrame:
+    """One table of a snapshot, from its files in order, as a frame of the table's dtypes."""
+    table = pa.concat_tables([pq.read_table(path) for path in files])
+    strings = pd.StringDtype()
+    df = table.to_pandas(
+        types_mapper={pa.string(): strings, pa.large_string(): strings, pa.int64(): pd.Int64Dtype()}.get
+    )
+    return conform(name, df)
 
 
 def read_snapshot(directory: Path) -> Inventory:
     """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
     meta = read_metadata(directory)
     try:
-        tables = {
-            name: conform(name, pd.read_parquet(directory / f"{name}.parquet", engine="pyarrow")) for name in SCHEMA
-        }
+        files = table_files(directory, meta)
+        tables = {name: read_table(name, files[name]) for name in SCHEMA}
         seconds = meta.get("scan_seconds")  # absent from snapshots of earlier versions
         return Inventory(
             root=meta["root"],

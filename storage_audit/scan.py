@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from .inventory import Inventory
+    from .snapshot_writer import SnapshotWriter
 
 T = TypeVar("T")
 
@@ -172,6 +173,48 @@ class _ArrowTables:
 
     def tables(self) -> dict[str, pa.Table]:
         return {name: concat(name, self.parts.pop(name, [])) for name in TABLES}
+
+
+class _SnapshotTables:
+    """Writes every part of every table to a snapshot's files as it comes, instead of keeping it.
+
+    The writer starts with the first part, once the workers run (it loads pyarrow); the uploads,
+    whose start times are parsed, and the findings, which are sorted, are written at the end.
+    """
+
+    send_rows = True
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._out: SnapshotWriter | None = None
+        self.uploads: list[pa.Table] = []
+
+    @property
+    def out(self) -> SnapshotWriter:
+        if self._out is None:
+            from .snapshot_writer import SnapshotWriter
+
+            self._out = SnapshotWriter(self.directory)
+        return self._out
+
+    def take(self, part: Columns) -> None:
+        for table, columns in part.tables.items():
+            if table == "uploads":
+                self.uploads.append(_arrow(table, columns))
+            else:
+                self.out.write(table, _arrow(table, columns))
+
+    def finish(self, findings: list[Finding]) -> None:
+        import pyarrow as pa
+
+        from . import inventory as inv_mod
+
+        uploads = _frame("uploads", concat("uploads", self.uploads))
+        self.uploads = []
+        found = inv_mod.frame("findings", [f.row() for f in findings])
+        found = found.sort_values(["path", "kind"], kind="stable", ignore_index=True)
+        for name, df in (("uploads", uploads), ("findings", found)):
+            self.out.write(name, pa.Table.from_pandas(df, preserve_index=False))
 
 
 class _Tally:
@@ -431,3 +474,49 @@ def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Invent
         findings=findings.sort_values(["path", "kind"], kind="stable", ignore_index=True),
         **frames,
     )
+
+
+@dataclass
+class Streamed:
+    """A scan whose tables went to a snapshot's files as it read them; the snapshot lacks its metadata yet."""
+
+    out: SnapshotWriter
+    root: str
+    origin: dict[str, str]
+    scanned_at: datetime
+    scan_seconds: float | None = None
+
+    def inventory(self) -> Inventory:
+        """The tables written, read back as `scan` would have made them: what the analyses of the views need."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from . import inventory as inv_mod
+
+        parts = self.out.close_tables()
+        tables = {
+            name: pa.concat_tables([pq.read_table(self.out.directory / p) for p in files])
+            for name, files in parts.items()
+        }
+        for name, (column, like) in SAME_VALUES.items():
+            tables[name] = _shared(tables[name], column, like)
+        frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
+        _release()
+        return inv_mod.Inventory(
+            root=self.root, origin=self.origin, scanned_at=self.scanned_at, scan_seconds=self.scan_seconds, **frames
+        )
+
+
+def scan_to_snapshot(v2: Path | str | Storage, directory: Path, options: ScanOptions | None = None) -> Streamed:
+    """Scan as `scan` does, writing each table to `directory` in batches as the workers deliver them.
+
+    Nothing grows with the tree here but the manifests to read and the findings. Finish the
+    snapshot with inventory.finish_snapshot: until then it has no metadata.json, and is no snapshot.
+    Raises UsageError when `v2` designates no storage tree, OSError when the snapshot cannot be written.
+    """
+    storage = storage_of(v2)
+    scanned_at = datetime.now(UTC)
+    sink, found = _read(storage, options, lambda: _SnapshotTables(directory), meanwhile=_load_pandas)
+    sink.finish(found)
+    _release()
+    return Streamed(sink.out, storage.location, getattr(storage, "origin", None) or {}, scanned_at)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 METADATA_FILE = "metadata.json"
-"""Marks a snapshot directory written by `scan -o`, beside one Parquet file per table."""
+"""Marks a whole snapshot directory written by `scan -o`; written last, it lists every table's files."""
+SNAPSHOT_FORMAT = 2
+"""The layout written: each table a directory of Parquet parts. Format 1 (one file per table) is still read."""
+READABLE_FORMATS = (1, 2)
+PART_FILE = "part-{:05d}.parquet"
+"""A part of a table, in its directory `<table>/`: parts hold the table's rows in order, end to end."""
+PART_PATTERN = r"part-[0-9]{5}\.parquet"
 VIEW_FILE = "report-{}.parquet"
 """A whole report view computed when the snapshot was written, so that reports need not analyze again."""
 

@@ -6,17 +6,22 @@ It imports no pandas: `scan -o` checks its target with it before its workers sta
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from .choices import By
-from .schema import METADATA_FILE, SCHEMA, VIEW_FILE
+from .schema import METADATA_FILE, PART_PATTERN, SCHEMA, VIEW_FILE
 
-# Every file a snapshot directory may hold: anything else makes it someone else's directory.
+# Every file a snapshot directory may hold (format 1 kept a table in one file): anything else makes it
+# someone else's directory.
 SNAPSHOT_FILES = frozenset(
     {METADATA_FILE, *(f"{name}.parquet" for name in SCHEMA), *(VIEW_FILE.format(by) for by in By)}
 )
+SNAPSHOT_DIRECTORIES = frozenset(SCHEMA)
+"""A table's directory, which holds only its parts."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,22 @@ class Pruned:
     left: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def foreign_content(directory: Path) -> bool:
-    """Whether `directory` holds anything a snapshot does not (a file of another name, or a directory)."""
+def _only_parts(directory: str) -> bool:
     with os.scandir(directory) as entries:
-        return any(e.name not in SNAPSHOT_FILES or e.is_dir(follow_symlinks=False) for e in entries)
+        return all(re.fullmatch(PART_PATTERN, e.name) and e.is_file(follow_symlinks=False) for e in entries)
+
+
+def foreign_content(directory: Path) -> bool:
+    """Whether `directory` holds anything a snapshot does not: a file of another name, a directory other than
+    a table's, or a table's directory holding anything but its parts."""
+    with os.scandir(directory) as entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if e.name not in SNAPSHOT_DIRECTORIES or not _only_parts(e.path):
+                    return True
+            elif e.name not in SNAPSHOT_FILES:
+                return True
+    return False
 
 
 def snapshots(parent: Path) -> list[Snapshot]:
@@ -84,7 +101,10 @@ def prune(current: Path, keep: int) -> Pruned:
                 continue
             names = sorted(os.listdir(snapshot.path), key=lambda name: name != METADATA_FILE)
             for name in names:
-                os.unlink(snapshot.path / name)
+                if name in SNAPSHOT_DIRECTORIES and (snapshot.path / name).is_dir():
+                    shutil.rmtree(snapshot.path / name)
+                else:
+                    os.unlink(snapshot.path / name)
             os.rmdir(snapshot.path)
         except OSError as exc:
             out.left.append((snapshot.path, exc.strerror or str(exc)))

@@ -172,10 +172,14 @@ def snapshot_findings(source: Source) -> pd.DataFrame:
     """
     import pandas as pd
 
-    path = source.path / "findings.parquet"
-    if not path.exists():
-        return pd.DataFrame({"kind": pd.Series(dtype="string"), "path": pd.Series(dtype="string")})
+    from .inventory import read_metadata, table_files
+
     try:
-        return pd.read_parquet(path, engine="pyarrow", columns=["kind", "path"])
-    except Exception as exc:  # OSError, or pyarrow's own error types for corrupt files
+        paths = table_files(source.path, read_metadata(source.path))["findings"]
+        if not all(path.exists() for path in paths):
+            return pd.DataFrame({"kind": pd.Series(dtype="string"), "path": pd.Series(dtype="string")})
+        return pd.concat(
+            [pd.read_parquet(path, engine="pyarrow", columns=["kind", "path"]) for path in paths], ignore_index=True
+        )
+    except Exception as exc:  # ValueError, OSError, or pyarrow's own error types for corrupt files
         raise RootError(f"{source.path}: unreadable snapshot: {exc}") from exc

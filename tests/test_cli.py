@@ -88,7 +88,7 @@ def test_snapshot_gives_identical_results(fixture_root, tmp_path: Path) -> None:
     root = fixture_root("multiarch")
     snap = tmp_path / "snap"
     assert run("scan", str(root), "-o", str(snap), "-q")[0] == 0
-    assert (snap / "metadata.json").is_file() and (snap / "blobs.parquet").is_file()
+    assert (snap / "metadata.json").is_file() and (snap / "blobs" / "part-00000.parquet").is_file()
     meta = json.loads((snap / "metadata.json").read_text())
     assert meta["counts"]["blobs"] > 0 and meta["version"]
     for args in (["untagged", "-f", "json"], ["orphans", "-m", "-f", "csv"], ["untagged", "--gc-compatible"]):
