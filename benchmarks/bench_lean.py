@@ -51,7 +51,6 @@ TREE_COMMANDS = {
     "report": ("report", "{root}", "--by", "repository", "--quiet"),
     "orphans -m": ("orphans", "{root}", "--delete-untagged", "--quiet"),
     "untagged": ("untagged", "{root}", "--quiet"),
-    "check": ("check", "{root}", "--quiet"),
 }
 TARGET_10M = (3 * 1024, 120.0)  # MiB, seconds
 TARGET_L_MIB = 400
@@ -197,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, help="a checkout of the code to compare with (e.g. main)")
     parser.add_argument("--baseline-sizes", default="S,L", help="sizes the baseline runs at (default S,L)")
     parser.add_argument("--tree-l", action="store_true", help="also time the commands on bench_scan.py's L tree")
+    parser.add_argument("--tree-only", action="store_true", help="time only the commands on the L tree")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         builds.append(Build("baseline", args.baseline.resolve()))
     rows: list[Row] = []
-    for size in args.sizes.split(","):
+    for size in [] if args.tree_only else args.sizes.split(","):
         snapshot = ensure_snapshot(size, args.seed)
         blobs = SNAPSHOT_SIZES[size][2]
         for build in builds:
@@ -217,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                 resolved = tuple(w.replace("{snapshot}", str(path)) for w in words)
                 runs = time_one(build, resolved, args.repeat, args.timeout)
                 rows.append(Row(size, blobs, build.label, command, runs))
-    print("## From a generated snapshot, per size\n")
-    print(per_size_table(rows))
-    if args.tree_l:
+    if rows:
+        print("## From a generated snapshot, per size\n")
+        print(per_size_table(rows))
+    if args.tree_l or args.tree_only:
         counts = SIZES["L"]
         tree = Tree("L", counts, args.seed, default_root(counts, args.seed))
         ensure_tree(tree)
