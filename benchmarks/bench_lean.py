@@ -121,12 +121,17 @@ class Row:
         return bool(self.runs) and all(r.status in (0, 3) for r in self.runs)
 
     @property
+    def stopped(self) -> bool:
+        return any(r.timed_out for r in self.runs)
+
+    @property
     def wall(self) -> float | None:
         return statistics.median(r.wall for r in self.runs) if self.ok else None
 
     @property
     def mib(self) -> float | None:
-        return max(r.maxrss_kib for r in self.runs) / 1024 if self.ok else None
+        # A stopped run's peak so far is a lower bound, shown as such.
+        return max(r.maxrss_kib for r in self.runs) / 1024 if self.ok or self.stopped else None
 
 
 def time_one(build: Build, words: tuple[str, ...], repeat: int, timeout: float) -> list[Run]:
@@ -152,14 +157,19 @@ def per_size_table(rows: list[Row]) -> str:
         target = "-"
         if row.size == "10M" and row.ok and wall is not None and mib is not None:
             target = "met" if mib <= TARGET_10M[0] and wall <= TARGET_10M[1] else "MISSED"
+        elif row.size == "10M" and row.stopped:
+            target = "MISSED"
+        status = _fmt(wall, 1) if row.ok else "failed"
+        if row.stopped:
+            status = f"> {max(r.wall for r in row.runs):.0f} (stopped)"
         body.append(
             [
                 row.size,
                 f"{row.blobs:,}",
                 row.build,
                 row.command,
-                _fmt(wall, 1) if row.ok else "failed",
-                _fmt(mib, 0),
+                status,
+                (">= " if row.stopped else "") + _fmt(mib, 0),
                 _fmt(None if wall is None else wall / row.blobs * 1e6, 1),
                 _fmt(None if mib is None else mib * 2**20 / row.blobs, 0),
                 target,
