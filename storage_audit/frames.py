@@ -26,7 +26,7 @@ def positions(values: pd.Series | pd.Index | Iterable[str], among: pd.Series | p
     """For each of `values`, the position of its first occurrence in `among`; -1 when absent (or null).
 
     Computed by pyarrow, which hashes `among`: only the part that `values` hold
-    when they are few, and HASHED values at a time.
+    when they are few, else one part of it at a time, HASHED values or so.
     """
     left = _arrow(values)
     right = _arrow(among)
@@ -35,15 +35,56 @@ def positions(values: pd.Series | pd.Index | Iterable[str], among: pd.Series | p
         held = pc.is_in(right, value_set=pc.unique(left))
         rows = np.append(np.flatnonzero(np.asarray(held)), -1)
         right = right.filter(held)
-    found = np.full(len(left), -1, dtype=np.int64)
-    for start in range(0, len(right), HASHED):
-        part = right.slice(start, HASHED)
-        if isinstance(part, pa.ChunkedArray):
-            part = part.combine_chunks()
-        at = pc.fill_null(pc.index_in(left, value_set=part, skip_nulls=True), -1).to_numpy()
-        new = (found < 0) & (at >= 0)
-        found[new] = at[new] + start
+    found = _partitioned(left, right) if len(right) > HASHED else _index_in(left, right)
     return rows[found] if rows is not None else found
+
+
+def _index_in(left: pa.Array | pa.ChunkedArray, right: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(right, pa.ChunkedArray):
+        right = right.combine_chunks()
+    found = pc.fill_null(pc.index_in(left, value_set=right, skip_nulls=True), -1).to_numpy()
+    return np.asarray(found, dtype=np.int64)
+
+
+def _partitioned(left: pa.Array | pa.ChunkedArray, right: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """`_index_in` one part at a time: equal strings fall in the same part (by their last two bytes), so each
+    value is looked up once, in a hash table of about HASHED values, however long `right` is."""
+    parts = -(-len(right) // HASHED)
+    left_parts, right_parts = _parts(left, parts), _parts(right, parts)
+    left_order, right_order = np.argsort(left_parts, kind="stable"), np.argsort(right_parts, kind="stable")
+    left_ends = np.searchsorted(left_parts[left_order], np.arange(parts), "right")
+    right_ends = np.searchsorted(right_parts[right_order], np.arange(parts), "right")
+    found = np.full(len(left), -1, dtype=np.int64)
+    left_start = right_start = 0
+    for part in range(parts):
+        mine = left_order[left_start : left_ends[part]]
+        theirs = right_order[right_start : right_ends[part]]
+        left_start, right_start = left_ends[part], right_ends[part]
+        if not len(mine) or not len(theirs):
+            continue
+        # A stable order keeps `theirs` ascending, so the first match in the part is the first in `right`.
+        at = _index_in(left.take(pa.array(mine)), right.take(pa.array(theirs)))
+        hit = at >= 0
+        found[mine[hit]] = theirs[at[hit]]
+    return found
+
+
+def _parts(values: pa.Array | pa.ChunkedArray, parts: int) -> np.ndarray:
+    """A part number below `parts` for each string, from its last two bytes (digests end in random hex)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    out = [np.zeros(0, dtype=np.int64)]
+    for chunk in chunks:
+        chunk = chunk.cast(pa.large_string())
+        n = len(chunk)
+        buffers = chunk.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=np.int64)[chunk.offset : chunk.offset + n + 1]
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, dtype=np.uint8)
+        length = offsets[1:] - offsets[:-1]
+        # Only a string's own bytes may count: equal strings must fall in the same part.
+        last = np.where(length >= 1, data[np.clip(offsets[1:] - 1, 0, max(len(data) - 1, 0))] if len(data) else 0, 0)
+        second = np.where(length >= 2, data[np.clip(offsets[1:] - 2, 0, max(len(data) - 1, 0))] if len(data) else 0, 0)
+        out.append((last.astype(np.int64) * 256 + second) % parts)
+    return np.concatenate(out)
 
 
 def pick(column: pd.Series, rows: np.ndarray, index: pd.Index | None = None) -> pd.Series:

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .frames import isin, positions
+from .frames import isin, pick, positions
 from .inventory import Inventory
 
 # Reference types that make a blob live when the referencing manifest is kept:
@@ -281,7 +281,7 @@ class Graph:
         rows = index.rows(index.repositories[owner], positions(children["digest"], self.present["digest"])[child])
         missing = rows < 0
         return pd.DataFrame(
-            {"owner": owner[missing], "digest": children["digest"].to_numpy()[child[missing]]}
+            {"owner": owner[missing], "digest": pick(children["digest"], child[missing])}
         ).drop_duplicates(ignore_index=True)
 
     def broken(self, kept: np.ndarray | None, tags: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -291,9 +291,8 @@ class Graph:
         parts = [dangling]
         if kept is not None:
             missing = self._missing_children
-            missing = missing[kept[missing["owner"].to_numpy()]]
-            repository = self.present["repository"].to_numpy()[missing["owner"].to_numpy()]
-            repositories = pd.array(repository, dtype="string")
+            missing = missing[kept[missing["owner"].to_numpy()]].reset_index(drop=True)
+            repositories = pick(self.present["repository"], missing["owner"].to_numpy())
             parts.append(pd.DataFrame({"repository": repositories, "digest": missing["digest"]}))
         frame = pd.concat(parts, ignore_index=True).astype({"repository": "string", "digest": "string"})
         return frame.drop_duplicates(ignore_index=True)
@@ -314,8 +313,8 @@ class Graph:
         roots = contents["root"].to_numpy()
         owners = pd.DataFrame({"target": contents["digest"]})
         held = holdings(self.inv, owners)
-        repository = named["repository"].to_numpy()[roots[held["owner"].to_numpy()]]
-        frame = pd.DataFrame({"repository": pd.array(repository, dtype="string"), "blob": held["blob"].to_numpy()})
+        repository = pick(named["repository"], roots[held["owner"].to_numpy()])
+        frame = pd.DataFrame({"repository": repository, "blob": held["blob"].to_numpy()})
         frame = frame.drop_duplicates(ignore_index=True)
         if tags is None:
             self._protections[key] = frame
@@ -343,9 +342,9 @@ class Graph:
         at[alone] = len(nodes) + np.arange(len(alone))
         valid = roots.notna().to_numpy()
         pairs = closure(np.flatnonzero(valid), at[valid], src, dst, len(nodes) + len(alone))
-        node = pairs["node"].to_numpy()
-        names = np.concatenate([nodes.to_numpy(dtype=object), roots.to_numpy(dtype=object)[alone]])
-        return pd.DataFrame({"root": pairs["root"].to_numpy(), "digest": pd.array(names[node], dtype="string")})
+        # Names are taken from Arrow's buffers, never as Python objects.
+        names = pd.concat([nodes, roots.iloc[alone]], ignore_index=True)
+        return pd.DataFrame({"root": pairs["root"].to_numpy(), "digest": pick(names, pairs["node"].to_numpy())})
 
     # -- answers --------------------------------------------------------------------
 
