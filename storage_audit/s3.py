@@ -689,17 +689,15 @@ class S3Bucket:
 
     # Folder markers (obstore drops a key's trailing `/`; see `_uploads`)
 
-    def _exists(self, key: str) -> bool:
-        """Whether the exact key `key` is an object (HEAD), trailing `/` and all."""
+    def _exists(self, key: str) -> bool | None:
+        """Whether the exact key `key` is an object (HEAD), trailing `/` and all; None when the bucket will not say."""
         self.limiter.wait_blocking()
         self.counters.add("head")
         try:
             self._uploads().head_object(Bucket=self.location.bucket, Key=key)
         except Exception as exc:
             status, code, _ = _describe(exc)
-            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._error(f"reading {key!r} failed", exc) from exc
+            return False if status == 404 or code in ("404", "NoSuchKey", "NotFound") else None
         return True
 
     async def folder_markers_async(self, paths: Sequence[str]) -> list[str]:
@@ -707,11 +705,12 @@ class S3Bucket:
 
         A listing shows the marker `path/` as `path`; an empty object named
         exactly `path` beside it is a file all the same, so it is no marker.
+        Where the bucket does not answer (HEAD denied), `path` stays an object.
         """
 
         def marker(path: str) -> bool:
             key = self.location.key(path)
-            return self._exists(key + "/") and not self._exists(key)
+            return self._exists(key + "/") is True and self._exists(key) is False
 
         found = await self.gather_limited([partial(asyncio.to_thread, marker, p) for p in paths])
         return [p for p, is_marker in zip(paths, found, strict=True) if is_marker]
