@@ -14,7 +14,12 @@ by side in one run:
 - `storage-audit scan --no-cache` on the configuration;
 - `storage-audit orphans --delete-untagged --no-cache` on the configuration;
 - the reference `registry garbage-collect --dry-run --delete-untagged` on the
-  same configuration, killed at `--gc-timeout` (then its time is a lower bound).
+  same configuration, killed at `--gc-timeout` (then its time is a lower bound);
+- with `--baseline DIR`, `orphans` again from another checkout of storage-audit
+  (before and after a change, in the same run, on the same bucket).
+
+With `--repeat N`, the listing and the storage-audit commands run N times in
+turn (the collector once), and each row shows the median wall time.
 
 Requests are counted from the server's own metrics (what it answered), and a
 Markdown table gives wall times, requests, requests per 1,000 blobs, and the
@@ -31,11 +36,12 @@ import json
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +123,8 @@ class Row:
     requests: dict[str, int]
     note: str = ""
     lower_bound: bool = False
+    walls: list[float] = field(default_factory=list)
+    """Every run's wall time, when there were several (`wall` is then their median)."""
 
     @property
     def total(self) -> int:
@@ -163,7 +171,29 @@ def run_command(server: SeaweedS3, name: str, argv: list[str], timeout: float, e
 def _seconds(row: Row) -> str:
     if row.wall is None:
         return "failed"
-    return f"> {row.wall:.2f} s" if row.lower_bound else f"{row.wall:.2f} s"
+    if row.lower_bound:
+        return f"> {row.wall:.2f} s"
+    if len(row.walls) > 1:
+        return f"{row.wall:.2f} s (median of {', '.join(f'{w:.2f}' for w in row.walls)})"
+    return f"{row.wall:.2f} s"
+
+
+def _median(runs: list[Row]) -> Row:
+    """The last run, with the median wall time of all (a failed run fails the row)."""
+    last = runs[-1]
+    if len(runs) == 1 or any(r.wall is None or r.lower_bound for r in runs):
+        return next((r for r in runs if r.wall is None or r.lower_bound), last)
+    walls = [r.wall for r in runs if r.wall is not None]
+    return Row(last.name, last.command, statistics.median(walls), last.requests, last.note, walls=walls)
+
+
+def _baseline_argv(checkout: Path) -> list[str]:
+    """`python -m storage_audit` importing the package from `checkout` before any installed one."""
+    source = checkout.resolve()
+    if not (source / "storage_audit" / "__main__.py").is_file():
+        raise SystemExit(f"--baseline: {source} holds no storage_audit package")
+    code = f"import sys; sys.path.insert(0, {str(source)!r}); from storage_audit.__main__ import main; main()"
+    return [sys.executable, "-c", code]
 
 
 def _ratio(value: float | None, base: float | None, base_is_lower_bound: bool = False) -> str:
@@ -195,6 +225,13 @@ def render(rows: dict[str, Row], blobs: int) -> str:
         ("orphans / collector wall time (target <= 0.1)", _ratio(orphans.wall, gc.wall, gc.lower_bound)),
         ("orphans / collector requests (target <= 0.25)", _ratio(orphans.total, gc.total, gc.lower_bound)),
     ]
+    if "baseline" in rows:
+        baseline = rows["baseline"]
+        targets += [
+            ("baseline orphans / bare listing", _ratio(baseline.wall, floor.wall)),
+            ("baseline orphans / collector wall time", _ratio(baseline.wall, gc.wall, gc.lower_bound)),
+            ("orphans / baseline orphans", _ratio(orphans.wall, baseline.wall)),
+        ]
     lines.append(markdown_table(["ratio", "value"], targets))
     lines.append("")
     lines.append("Commands:")
@@ -228,6 +265,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds before the collector is killed; its time and requests are then lower bounds (default 900)",
     )
     parser.add_argument("--no-gc", action="store_true", help="leave out the collector")
+    parser.add_argument(
+        "--repeat", type=_positive, default=1, help="runs of the listing and of each storage-audit command (median)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="a checkout of storage-audit whose `orphans --delete-untagged` is timed too, in turn with this one",
+    )
     return parser.parse_args(argv)
 
 
@@ -257,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             # Both tools read the bucket from the configuration alone, as an operator would run them.
             env = registry_environment()
             env["XDG_CACHE_HOME"] = str(tmp / "cache")
+            orphans_args = ["orphans", "--delete-untagged", "--no-cache", str(config)]
             steps: dict[str, Callable[[], Row]] = {
                 "floor": lambda: bare_listing(server, len(contents)),
                 "scan": lambda: run_command(
@@ -265,24 +312,36 @@ def main(argv: list[str] | None = None) -> int:
                 "orphans": lambda: run_command(
                     server,
                     "storage-audit orphans --delete-untagged",
-                    [*storage_audit, "orphans", "--delete-untagged", "--no-cache", str(config)],
+                    [*storage_audit, *orphans_args],
                     args.timeout,
                     env,
                 ),
             }
+            if args.baseline is not None:
+                baseline = _baseline_argv(args.baseline)
+                steps["baseline"] = lambda: run_command(
+                    server,
+                    f"orphans --delete-untagged from {args.baseline}",
+                    [*baseline, *orphans_args],
+                    args.timeout,
+                    env,
+                )
+            runs: dict[str, list[Row]] = {}
+            for round_ in range(args.repeat):
+                for name, step in steps.items():
+                    print(f"running {name} ({round_ + 1}/{args.repeat}) ...", file=sys.stderr)
+                    runs.setdefault(name, []).append(step())
+            rows = {name: _median(found) for name, found in runs.items()}
             if not args.no_gc:
                 assert registry is not None
-                steps["gc"] = lambda: run_command(
+                print("running gc ...", file=sys.stderr)
+                rows["gc"] = run_command(
                     server,
                     "registry garbage-collect --dry-run --delete-untagged",
                     [registry, "garbage-collect", "--dry-run", "--delete-untagged", str(config)],
                     args.gc_timeout,
                     env,
                 )
-            rows: dict[str, Row] = {}
-            for name, step in steps.items():
-                print(f"running {name} ...", file=sys.stderr)
-                rows[name] = step()
             if "gc" not in rows:
                 rows["gc"] = Row("registry garbage-collect (not run)", "-", None, {})
             print(render(rows, args.blobs))

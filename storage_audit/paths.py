@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha384": 96, "sha512": 128}
 """Digest algorithms the registry stores, with the length of their lowercase hex."""
@@ -83,8 +84,12 @@ def is_blob_prefix(name: str) -> bool:
     return len(name) == 2 and _HEX.fullmatch(name) is not None
 
 
+@lru_cache(maxsize=8192)
 def valid_repository(name: str) -> bool:
-    """True for a repository name the registry accepts (`org/team/app`)."""
+    """True for a repository name the registry accepts (`org/team/app`).
+
+    Remembered: parsing a listing checks each repository's name once per key below it.
+    """
     if not name or len(name) > MAX_REPOSITORY_LENGTH:
         return False
     return all(_COMPONENT.fullmatch(part) for part in name.split("/"))
@@ -396,7 +401,8 @@ def _digest_from(algorithm: str, hexpart: str) -> Digest:
 def parse_path(path: str) -> PathSpec:
     """The spec whose `path_for` is exactly `path`; raises InvalidPath otherwise."""
     parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+    # Membership tests, not a generator: every key of a bucket's listing is parsed here.
+    if not path or "" in parts or "." in parts or ".." in parts:
         raise InvalidPath(f"{path!r} is not a relative path inside the storage tree")
     spec = _parse_parts(parts)
     if path_for(spec) != path:

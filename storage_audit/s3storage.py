@@ -7,15 +7,27 @@ import hashlib
 import os
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 from .errors import StorageError
-from .paths import BlobData, Blobs, RevisionLink, parse_path, path_for
-from .s3 import MultipartUpload, ObjectInfo, S3Bucket, is_link, link_etag, named_digests
-from .storage import BlobReader, Entry, EntryKind, NotRegular, Small, Stat, Storage
+from .paths import (
+    BlobData,
+    Blobs,
+    LayerLink,
+    RevisionLink,
+    TagCurrentLink,
+    TagIndexLink,
+    UploadData,
+    UploadStartedAt,
+    parse_path,
+    path_for,
+)
+from .s3 import MultipartUpload, ObjectInfo, S3Bucket, link_etag
+from .storage import AccessError, BlobReader, Directory, Entry, EntryKind, NotRegular, Small, Stat, Storage
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DIR, _FILE = EntryKind.DIR, EntryKind.FILE
@@ -92,6 +104,38 @@ class RemoteStats:
     """None when there is no cache."""
 
 
+class _Nanoseconds(dict[datetime, int]):
+    """`mtime_ns` of each listed time, worked out once: a bucket's keys share far fewer times than there are keys."""
+
+    def __missing__(self, when: datetime) -> int:
+        ns = self[when] = mtime_ns(when)
+        return ns
+
+
+class _DirTimes(dict[str, int]):
+    """A directory's time, the newest of the keys below it: worked out when first asked (a walk asks for few)."""
+
+    def __init__(self, files: dict[str, ObjectInfo], keys: list[str], ns: _Nanoseconds) -> None:
+        super().__init__()
+        self._files = files
+        self._keys = keys
+        self._ns = ns
+
+    def __missing__(self, rel: str) -> int:
+        below = f"{rel}/" if rel else ""
+        keys, files, ns = self._keys, self._files, self._ns
+        newest = 0
+        for i in range(bisect_left(keys, below), len(keys)):
+            path = keys[i]
+            if not path.startswith(below):
+                break
+            when = ns[files[path].last_modified]
+            if when > newest:
+                newest = when
+        self[rel] = newest
+        return newest
+
+
 @dataclass
 class _Tree:
     """The listing as directories: what each holds, and every key in order for walks below a path."""
@@ -105,32 +149,180 @@ class _Tree:
 
     An empty key so named is a directory marker, not listed here.
     """
+    links: set[str]
+    """The keys the layout defines as link files."""
+    blobs: dict[str, str]
+    """The digest of each blob's `data` key."""
+    ns: _Nanoseconds
+
+
+_LINKS = (LayerLink, RevisionLink, TagCurrentLink, TagIndexLink)
+_LAYOUT_FILES = (BlobData, *_LINKS, UploadData, UploadStartedAt)
+
+
+class _Index:
+    """The listing read as its pages arrive: each key parsed once, into directories and what the ETags resolve.
+
+    Filled while the rest is still being listed, so that this work overlaps
+    the waits for the network rather than following them.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, ObjectInfo] = {}
+        self.children: dict[str, dict[str, EntryKind]] = {"": {}}
+        self.named: set[str] = set()
+        """Every digest the keys name: blob data, and the digest component of every link."""
+        self.links: list[str] = []
+        self.blobs: dict[str, str] = {}
+
+    def add(self, objects: dict[str, ObjectInfo]) -> list[str]:
+        """Take in `objects`; the blob data paths of the manifests that their revision links name."""
+        files, children, named, links, blobs = self.files, self.children, self.named, self.links, self.blobs
+        manifests: list[str] = []
+        for path, info in objects.items():
+            if path in files:
+                files[path] = info
+                continue
+            files[path] = info
+            parent, _, name = path.rpartition("/")
+            entries = children.get(parent)
+            if entries is None:
+                entries = children[parent] = {}
+                # A new directory: each ancestor holds the next, up to the first one already known.
+                below = parent
+                while below:
+                    above, _, dirname = below.rpartition("/")
+                    holder = children.get(above)
+                    if holder is not None:
+                        holder[dirname] = _DIR
+                        break
+                    children[above] = {dirname: _DIR}
+                    below = above
+            entries.setdefault(name, _FILE)
+            try:
+                spec = parse_path(path)
+            except ValueError:
+                continue
+            kind = spec.__class__
+            if kind is BlobData:
+                digest = str(spec.digest)  # type: ignore[union-attr]
+                named.add(digest)
+                blobs[path] = digest
+            elif kind is LayerLink or kind is TagIndexLink:
+                named.add(str(spec.digest))  # type: ignore[union-attr]
+                links.append(path)
+            elif kind is RevisionLink:
+                named.add(str(spec.digest))  # type: ignore[union-attr]
+                links.append(path)
+                manifests.append(path_for(BlobData(spec.digest)))  # type: ignore[union-attr]
+            elif kind is TagCurrentLink:
+                links.append(path)
+        return manifests
+
+    def markers(self) -> list[str]:
+        """Empty keys with nothing below them where the layout has no file: maybe folder markers (`name/`).
+
+        Listings drop a key's trailing `/`, so only the bucket can tell such a
+        marker from an empty object `name`.
+        """
+        children, out = self.children, []
+        for path, info in self.files.items():
+            if info.size == 0 and path not in children:
+                try:
+                    if isinstance(parse_path(path), _LAYOUT_FILES):
+                        continue
+                except ValueError:
+                    pass
+                out.append(path)
+        return out
+
+    def tree(self, markers: Sequence[str] = ()) -> _Tree:
+        """The directory view; each of `markers` is a folder marker alone, read as the empty directory it names."""
+        files, children = self.files, self.children
+        keys = sorted(files)
+        ns = _Nanoseconds()
+        times = _DirTimes(files, keys, ns)
+        for path in markers:
+            parent, _, name = path.rpartition("/")
+            children[parent][name] = _DIR
+            children[path] = {}
+            times[path] = ns[files[path].last_modified]
+        shadowed: dict[str, list[str]] = {}
+        for path, info in files.items():
+            # An empty object named for a prefix is a "folder" marker (consoles make them; listings drop its `/`).
+            if info.size > 0 and path in children:
+                parent, _, name = path.rpartition("/")
+                shadowed.setdefault(parent, []).append(name)
+        return _Tree(files, children, times, keys, shadowed, set(self.links), self.blobs, ns)
 
 
 def _tree(files: dict[str, ObjectInfo]) -> _Tree:
-    children: dict[str, dict[str, EntryKind]] = {"": {}}
-    newest: dict[str, int] = {"": 0}
-    for path, info in files.items():
-        when = mtime_ns(info.last_modified)
-        parent, _, name = path.rpartition("/")
-        entries = children.setdefault(parent, {})
-        entries.setdefault(name, _FILE)
-        # Each ancestor holds the next as a directory; a directory's time is that of the newest key below it.
-        while True:
-            if newest.get(parent, -1) < when:
-                newest[parent] = when
-            if not parent:
-                break
-            grand, _, name = parent.rpartition("/")
-            children.setdefault(grand, {})[name] = _DIR
-            parent = grand
-    shadowed: dict[str, list[str]] = {}
-    for path, info in files.items():
-        # An empty object named for a prefix is a "folder" marker (consoles make them; listings drop its `/`).
-        if path in children and info.size > 0:
-            parent, _, name = path.rpartition("/")
-            shadowed.setdefault(parent, []).append(name)
-    return _Tree(files, children, newest, sorted(files), shadowed)
+    index = _Index()
+    index.add(files)
+    return index.tree()
+
+
+class _Directory(Directory, AbstractContextManager["_Directory"]):
+    """One directory of the listing, for the walk's bulk calls: each name looked up in the tree at once."""
+
+    def __init__(self, storage: S3Storage, rel: str) -> None:
+        self.storage = storage
+        self.rel = rel
+        self.below = f"{rel}/" if rel else ""
+
+    def __enter__(self) -> _Directory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def list_dir(self) -> list[Entry] | None:
+        return self.storage.list_dir(self.rel)
+
+    def subdirs(self) -> tuple[list[str], list[Entry]]:
+        return self.storage.subdirs(self.rel)
+
+    def read_small(self, name: str, limit: int, stat: bool = True) -> Small | None:
+        return self.storage.read_small(f"{self.below}{name}", limit, stat)
+
+    def stat(self, name: str) -> Stat | None:
+        return self.storage.stat(f"{self.below}{name}")
+
+    def stat_each(self, names: Sequence[str]) -> list[Stat | AccessError | None]:
+        tree, below = self.storage.tree, self.below
+        children, files, ns = tree.children, tree.files, tree.ns
+        out: list[Stat | AccessError | None] = []
+        for name in names:
+            path = f"{below}{name}"
+            info = files.get(path)
+            if info is None or path in children:
+                out.append(self.storage.stat(path))
+            else:
+                out.append(_new(Stat, (info.size, ns[info.last_modified], _FILE)))
+        return out
+
+    def read_each(self, names: Sequence[str], limit: int, stat: bool = True) -> list[Small | AccessError | None]:
+        storage, below = self.storage, self.below
+        tree, known = storage.tree, storage._known
+        children, files, ns = tree.children, tree.files, tree.ns
+        out: list[Small | AccessError | None] = []
+        for name in names:
+            path = f"{below}{name}"
+            data = known.get(path)
+            if data is None or path in children:
+                try:
+                    out.append(storage.read_small(path, limit, stat))
+                except AccessError as exc:
+                    out.append(exc)
+            elif stat:
+                info = files[path]
+                out.append(_new(Small, (data[: limit + 1], info.size, ns[info.last_modified])))
+            else:
+                out.append(_new(Small, (data[: limit + 1], -1, 0)))
+        return out
+
+
+_new = tuple.__new__
 
 
 class _Stream(BlobReader):
@@ -195,11 +387,13 @@ class S3Storage(Storage):
         return self._tree_
 
     def _load(self) -> _Tree:
+        index = _Index()
+
         async def both() -> tuple[dict[str, ObjectInfo], list[MultipartUpload]]:
-            early = _EarlyManifests(self)
+            early = _EarlyManifests(self, index)
             try:
                 listing, uploads = await asyncio.gather(
-                    self.bucket.list_all_async(on_shard=early.on_shard), self.bucket.multipart_uploads_async()
+                    self.bucket.list_all_async(on_keys=early.on_keys), self.bucket.multipart_uploads_async()
                 )
             except BaseException:
                 early.cancel()
@@ -208,23 +402,26 @@ class S3Storage(Storage):
             return listing.objects, uploads
 
         objects, uploads = self.bucket.run(both())
-        files = dict(objects)
-        for upload in uploads:
-            # Several unfinished uploads to one key are one file of their bytes together.
-            known = files.get(upload.path)
-            initiated = upload.initiated or datetime.fromtimestamp(0, UTC)
-            if known is None or known.etag is not None:
-                files[upload.path] = ObjectInfo(upload.bytes, initiated, None)
-            else:
-                files[upload.path] = ObjectInfo(known.size + upload.bytes, max(known.last_modified, initiated), None)
         # Links whose ETag is the MD5 of a digest the listing names hold exactly that digest: no GET.
-        by_etag = {link_etag(d): d for d in named_digests(objects)}
-        for path, info in objects.items():
+        by_etag = {link_etag(d): d for d in index.named}
+        for path in index.links:
+            info = objects[path]
             digest = by_etag.get(info.etag or "")
-            if digest is not None and info.size == len(digest) and is_link(path):
+            if digest is not None and info.size == len(digest):
                 self._known[path] = digest.encode()
                 self.etag_resolved += 1
-        return _tree(files)
+        for upload in uploads:
+            # Several unfinished uploads to one key are one file of their bytes together.
+            known = index.files.get(upload.path)
+            initiated = upload.initiated or datetime.fromtimestamp(0, UTC)
+            if known is None or known.etag is not None:
+                info = ObjectInfo(upload.bytes, initiated, None)
+            else:
+                info = ObjectInfo(known.size + upload.bytes, max(known.last_modified, initiated), None)
+            index.add({upload.path: info})
+        candidates = index.markers()
+        markers = self.bucket.run(self.bucket.folder_markers_async(candidates)) if candidates else []
+        return index.tree(markers)
 
     def _kind(self, rel: str) -> EntryKind | None:
         tree = self.tree
@@ -244,14 +441,24 @@ class S3Storage(Storage):
         shadowed = [Entry(name, _FILE) for name in self.tree.shadowed.get(rel, ())]
         return [Entry(name, kind) for name, kind in entries.items()] + shadowed
 
+    def subdirs(self, rel: str) -> tuple[list[str], list[Entry]]:
+        entries = self.tree.children.get(rel)
+        if not entries:
+            return [], []
+        names = [name for name, kind in entries.items() if kind is _DIR]
+        if len(names) == len(entries) and rel not in self.tree.shadowed:
+            return names, []  # the usual directory, which holds only directories
+        listed = self.list_dir(rel) or []
+        return names, [e for e in listed if e.kind is not _DIR]
+
     def stat(self, rel: str) -> Stat | None:
         tree = self.tree
         if rel in tree.children:
-            return Stat(0, tree.dir_mtimes.get(rel, 0), _DIR)
+            return Stat(0, tree.dir_mtimes[rel], _DIR)
         info = tree.files.get(rel)
         if info is None:
             return None
-        return Stat(info.size, mtime_ns(info.last_modified), _FILE)
+        return Stat(info.size, tree.ns[info.last_modified], _FILE)
 
     def read_small(self, rel: str, limit: int, stat: bool = True) -> Small | None:
         kind = self._kind(rel)
@@ -267,8 +474,11 @@ class S3Storage(Storage):
             if data is None:
                 return None  # gone since the listing
         if stat:
-            return Small(data[: limit + 1], info.size, mtime_ns(info.last_modified))
+            return Small(data[: limit + 1], info.size, self.tree.ns[info.last_modified])
         return Small(data[: limit + 1], -1, 0)
+
+    def directory(self, rel: str) -> _Directory:
+        return _Directory(self, rel)
 
     def open_blob(self, rel: str) -> BlobReader | None:
         if self._kind(rel) is None:
@@ -284,14 +494,20 @@ class S3Storage(Storage):
             if st is not None:
                 yield rel, st
             return
+        files, ns = tree.files, tree.ns
+        for path in self._keys_below(rel):
+            info = files[path]
+            yield path, Stat(info.size, ns[info.last_modified], _FILE)
+
+    def _keys_below(self, rel: str) -> Iterator[str]:
+        """Every key below the directory `rel`, in order."""
         below = f"{rel}/" if rel else ""
-        keys = tree.keys
+        keys = self.tree.keys
         for i in range(bisect_left(keys, below), len(keys)):
             path = keys[i]
             if not path.startswith(below):
                 break
-            info = tree.files[path]
-            yield path, Stat(info.size, mtime_ns(info.last_modified), _FILE)
+            yield path
 
     def remove(self, rel: str, quarantine: Path | None = None) -> None:
         raise StorageError(f"{self.location}: deleting from object storage is not supported yet; nothing was removed")
@@ -318,8 +534,8 @@ class S3Storage(Storage):
                 continue
             if prefix.startswith(_BLOBS):
                 continue  # a blob prefix is only listed and stat'ed: nothing below it is read
-            for path, _ in self.files(prefix):
-                if path not in self._known and (is_link(path) or _is_started_at(path)):
+            for path in self._keys_below(prefix):
+                if path not in self._known and (path in tree.links or _is_started_at(path)):
                     wanted.append(path)
         if wanted:
             self._fetch(list(dict.fromkeys(wanted)), None)
@@ -329,10 +545,10 @@ class S3Storage(Storage):
 
         A blob bigger than a caller's `limit` is only read up to `limit + 1` bytes: that says it is too big.
         """
-        files = self.tree.files
+        files, blobs = self.tree.files, self.tree.blobs
         todo: list[tuple[str, str | None]] = []
         for path in paths:
-            digest = _blob_digest(path)
+            digest = blobs.get(path)
             if digest is not None and self.cache is not None:
                 cached = self.cache.get(digest, files[path])
                 if cached is not None:
@@ -371,49 +587,42 @@ class S3Storage(Storage):
 
 
 class _EarlyManifests:
-    """GETs of manifest blobs started while the listing goes on: each as soon as both its keys are listed.
+    """The index filled as each page is listed, and GETs of manifest blobs started as soon as both their keys are.
 
-    A revision link's path names the manifest it holds; once the shard of
-    that blob is listed too, its GET starts, so the listing's last shards and
-    the manifests' GETs overlap. Whatever the walk reads later is then already
+    A revision link's path names the manifest it holds; once that blob's key
+    is listed too, its GET starts, so the listing and the manifests' GETs
+    overlap. Whatever the walk reads later is then already
     known, byte for byte what a GET then would give; a link that turns out to
     hold another digest costs only this one GET. A failed GET is left for the
     walk to make again, and to report.
     """
 
-    def __init__(self, storage: S3Storage) -> None:
+    def __init__(self, storage: S3Storage, index: _Index) -> None:
         self.storage = storage
+        self.index = index
         self.wanted: set[str] = set()
-        self.objects: dict[str, ObjectInfo] = {}
-        self.shards: set[str] = set()
+        """Manifest blobs named by a revision link, not listed yet."""
         self.started: set[str] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self.semaphore = asyncio.Semaphore(storage.bucket.settings.concurrency)
 
-    def on_shard(self, shard: str, objects: dict[str, ObjectInfo]) -> None:
-        self.shards.add(shard)
-        self.objects.update(objects)
-        for path in objects:
-            if path in self.wanted:
+    def on_keys(self, objects: dict[str, ObjectInfo]) -> None:
+        manifests = self.index.add(objects)
+        wanted = self.wanted
+        if wanted:
+            for path in wanted.intersection(objects):
                 self._start(path)
-            blob = _revision_blob(path)
-            if blob is not None:
-                self.wanted.add(blob)
-                if self._shard_listed(blob):
-                    self._start(blob)
-
-    def _shard_listed(self, path: str) -> bool:
-        parent = path
-        while parent:
-            parent = parent.rpartition("/")[0]
-            if f"{parent}/" in self.shards:
-                return True
-        return False
+        files = self.index.files
+        for blob in manifests:
+            if blob in files:
+                self._start(blob)
+            else:
+                wanted.add(blob)
 
     def _start(self, path: str) -> None:
         from .manifest import MAX_MANIFEST_BYTES
 
-        info = self.objects.get(path)
+        info = self.index.files.get(path)
         # Only whole objects no bigger than any manifest: a caller asking for more then still gets a full read.
         if path in self.started or info is None or info.size > MAX_MANIFEST_BYTES:
             return
@@ -422,7 +631,7 @@ class _EarlyManifests:
 
     async def _get(self, path: str, info: ObjectInfo) -> None:
         storage = self.storage
-        digest = _blob_digest(path)
+        digest = self.index.blobs.get(path)
         if digest is None:
             return
         if storage.cache is not None:
@@ -432,11 +641,12 @@ class _EarlyManifests:
                 return
         async with self.semaphore:
             try:
-                data = await storage.bucket.get_async(path)
+                # A range one byte past the listed size reads the whole object in one call, and tells if it grew.
+                data = await storage.bucket.get_async(path, info.size + 1 if info.size else None)
             except StorageError:
                 return
-        if data is None:
-            return
+        if data is None or len(data) > info.size:
+            return  # gone, or rewritten since the listing: the walk reads it again
         storage._known[path] = data
         if storage.cache is not None:
             storage.cache.put(digest, data)
@@ -451,27 +661,8 @@ class _EarlyManifests:
             task.cancel()
 
 
-def _revision_blob(path: str) -> str | None:
-    """The blob data path of the manifest a revision link's path names, or None for any other path."""
-    if not path.endswith("/link") or "/_manifests/revisions/" not in path:
-        return None
-    try:
-        spec = parse_path(path)
-    except ValueError:
-        return None
-    return path_for(BlobData(spec.digest)) if isinstance(spec, RevisionLink) else None
-
-
 def _is_started_at(path: str) -> bool:
     return path.endswith("/startedat") and "/_uploads/" in path
-
-
-def _blob_digest(path: str) -> str | None:
-    try:
-        spec = parse_path(path)
-    except ValueError:
-        return None
-    return str(spec.digest) if isinstance(spec, BlobData) else None
 
 
 __all__ = ["ManifestCache", "RemoteStats", "S3Storage", "default_cache_dir", "mtime_ns"]

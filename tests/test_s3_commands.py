@@ -201,6 +201,33 @@ def test_a_key_that_is_also_a_prefix_is_a_stray_file(s3_server: SeaweedS3, s3_ro
     assert [r["digest"] for r in remote] == [r["digest"] for r in local]
 
 
+def test_a_folder_marker_alone_is_an_empty_directory(s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
+    """A key `name/` of no bytes with nothing below it is a console's folder, as an empty directory is on disk.
+
+    Listings show it as `name`, like an empty object `name`, which stays a stray file.
+    """
+    original = unpack(FIXTURES / "basic.tar.gz", tmp_path / "original")
+    upload_tree(s3_server, s3_root, original)
+    url = f"s3://{s3_server.bucket}{s3_root}"
+
+    def findings() -> set[tuple[str, str]]:
+        found = json.loads(answer(s3_server, ["check", url, "-f", "json", "-q", "--no-cache"]))
+        return {(f["kind"], f["path"]) for f in found}
+
+    before = findings()
+    client = raw_client(s3_server)
+    prefix = v2_prefix(s3_root)
+    used = {p.name for p in (original / "docker/registry/v2/blobs/sha256").iterdir()}
+    unused = next(f"{n:02x}" for n in range(256) if f"{n:02x}" not in used)
+    tag = "repositories/team/app/_manifests/tags/gone"
+    for key in ("repositories/lonely/", f"blobs/sha256/{unused}/", f"{tag}/", "repositories/empty-object"):
+        client.put_object(Bucket=s3_server.bucket, Key=prefix + key, Body=b"")
+    # The tag folder reads as the empty tag directory it would be on disk: a tag without its current link.
+    assert findings() - before == {("stray-file", "repositories/empty-object"), ("dangling-tag", f"{tag}/current/link")}
+    tags = answer(s3_server, ["report", url, "--by", "tag", "-f", "csv", "-q", "--no-cache"])
+    assert "team/app,gone," in tags
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_gc_compatible_answers_equal_the_collector_on_the_bucket(
     name: str, pushed: Callable[[str], InBucket], s3_server: SeaweedS3

@@ -10,7 +10,7 @@ import pytest
 
 from storage_audit.errors import StorageError, UsageError
 from storage_audit.s3 import ObjectInfo, S3Bucket, S3Location, S3Settings
-from storage_audit.s3storage import ManifestCache, S3Storage, _tree, default_cache_dir, mtime_ns
+from storage_audit.s3storage import ManifestCache, S3Storage, _Index, _tree, default_cache_dir, mtime_ns
 from storage_audit.source import RemoteOptions, RootError, resolve
 from storage_audit.storage import EntryKind
 
@@ -43,6 +43,38 @@ def test_a_listing_read_as_directories() -> None:
     assert tree.shadowed == {"repositories": ["x"]}
     assert tree.keys == sorted(files)
     assert tree.children["repositories"]["a"] == EntryKind.DIR
+
+
+def test_a_listing_read_page_by_page_in_any_order() -> None:
+    """Pages arrive in no set order, and a key may come before the keys that make its parent a directory."""
+    hexes = [hashlib.sha256(bytes([n])).hexdigest() for n in range(6)]
+    files = {
+        f"blobs/sha256/{h[:2]}/{h}/data": ObjectInfo(n + 1, WHEN + timedelta(seconds=n), None)
+        for n, h in enumerate(hexes)
+    }
+    files |= {f"repositories/a/_layers/sha256/{h}/link": ObjectInfo(71, WHEN, None) for h in hexes}
+    files["repositories/a/_manifests/revisions/sha256/" + hexes[0] + "/link"] = ObjectInfo(71, WHEN, None)
+    files["repositories/a"] = ObjectInfo(3, WHEN, None)  # a key that is a prefix too
+    files["repositories/stray"] = ObjectInfo(0, WHEN, None)
+    whole = _tree(files)
+    for order in (sorted(files), sorted(files, reverse=True), sorted(files, key=lambda k: k[::-1])):
+        index = _Index()
+        manifests = []
+        for start in range(0, len(order), 3):
+            manifests += index.add({k: files[k] for k in order[start : start + 3]})
+        tree = index.tree()
+        assert tree.children == whole.children and tree.shadowed == whole.shadowed and tree.keys == whole.keys
+        assert manifests == [f"blobs/sha256/{hexes[0][:2]}/{hexes[0]}/data"]
+        assert index.named == {f"sha256:{h}" for h in hexes}
+        assert len(index.links) == 7 and index.markers() == ["repositories/stray"]
+    # A directory's time is the newest key's below it, whichever page held it.
+    assert whole.dir_mtimes["blobs/sha256"] == mtime_ns(WHEN + timedelta(seconds=5))
+    # A folder marker alone (the bucket says so) is an empty directory.
+    index = _Index()
+    index.add(files)
+    marked = index.tree(["repositories/stray"])
+    assert marked.children["repositories"]["stray"] == EntryKind.DIR and marked.children["repositories/stray"] == {}
+    assert marked.dir_mtimes["repositories/stray"] == mtime_ns(WHEN)
 
 
 def _digest(data: bytes) -> str:
