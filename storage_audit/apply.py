@@ -86,6 +86,11 @@ def read_plan(path: Path) -> tuple[Plan, str]:
     except ValueError as exc:
         raise PlanError(f"{path}: not JSON: {exc}") from exc
     plan = Plan.from_json(doc)
+    if plan.location is not None:
+        from .s3apply import check_plan
+
+        check_plan(plan)
+        return plan, hashlib.sha256(raw).hexdigest()
     storage = LocalStorage(plan.root)
     if not _is_dir(storage, "") or not (_is_dir(storage, "repositories") or _is_dir(storage, "blobs")):
         raise PlanError(f"the plan's root {plan.root} is not a registry's v2 directory")
@@ -188,10 +193,17 @@ class _Journal:
 
 
 class _Applier:
-    def __init__(self, plan: Plan, options: ApplyOptions, journal: _Journal, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        options: ApplyOptions,
+        journal: _Journal,
+        log: Callable[[str], None],
+        storage: Storage | None = None,
+    ) -> None:
         self.plan = plan
         self.v2 = Path(plan.root)
-        self.storage: Storage = LocalStorage(self.v2)
+        self.storage: Storage = storage if storage is not None else LocalStorage(self.v2)
         self.options = options
         self.journal = journal
         self.log = log
@@ -462,6 +474,8 @@ def apply_plan(
 
     Raises UsageError for a quarantine inside the storage tree (it would move files into what it removes).
     """
+    if plan.location is not None:
+        raise UsageError("a plan for object storage is applied with apply_s3_plan")
     if options.quarantine is not None and is_inside(options.quarantine, Path(plan.root)):
         raise UsageError(f"{options.quarantine}: the quarantine must lie outside the storage tree {plan.root}")
     journal = _Journal(journal_path(plan_path, plan_hash), plan_hash, len(plan.actions), enabled=not options.dry_run)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .graph import Graph, Reachability
     from .inventory import Inventory
     from .plan import Plan
+    from .s3storage import S3Storage
     from .walk import Totals
 
 __all__ = ["EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "app", "main"]
@@ -844,12 +845,21 @@ def plan(
     source = open_root(root)
     if source.snapshot:
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
-    if source.storage is not None:
-        fail(f"{root}: deletion plans for object storage are not supported yet; the read-only commands are")
+    if source.storage is not None and fmt is PlanFormat.SH:
+        fail(
+            f"{root}: --format sh writes a script for a local tree; for a bucket, apply the json plan "
+            "with `storage-audit apply` (or use --format http)"
+        )
     inv = read_inventory(root, quiet, workers, source)
     from .graph import Graph
 
     result = make_plan(Graph(inv), policy, datetime.now(UTC))
+    if source.storage is not None:
+        from .s3apply import add_preconditions
+        from .s3storage import S3Storage
+
+        assert isinstance(source.storage, S3Storage)
+        result = add_preconditions(result, source.storage)
     text = render(result, fmt, registry_url)
     if output is None:
         sys.stdout.write(text)
@@ -875,18 +885,28 @@ def warn_held_back(held_back: dict[str, int], min_age: str) -> None:
 
 
 @app.command(cls=AuditCommand)
+@root_options
 def apply(
     plan_file: Annotated[
         Path, typer.Argument(metavar="PLAN", readable=False, help="A plan written by `storage-audit plan`.")
     ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
-    quarantine: Annotated[
-        Path | None,
+    quarantine_to: Annotated[
+        str | None,
         typer.Option(
             "--quarantine",
-            metavar="DIR",
-            readable=False,
-            help="Move what is removed into this directory (same layout), restorable, instead of deleting.",
+            metavar="DIR|s3://BUCKET/PREFIX",
+            help="Move what is removed into this directory (same layout), restorable, instead of deleting. "
+            "For a bucket: a local directory, or an s3:// location (server-side copies).",
+        ),
+    ] = None,
+    root: Annotated[
+        str | None,
+        typer.Option(
+            "--root",
+            metavar="ROOT",
+            help="Where to apply the plan (a bucket's plan: its s3:// URL or the registry's configuration file, "
+            "for the credentials); refused unless it is where the plan was made. Default: the plan's own root.",
         ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -907,19 +927,38 @@ def apply(
         loaded, digest = read_plan(plan_file)
     except PlanError as exc:
         fail(f"{plan_file}: refusing the plan, nothing was deleted: {exc}")
+    on_bucket = loaded.location is not None
+    if quarantine_to is not None and quarantine_to.startswith("s3://") and not on_bucket:
+        fail(f"--quarantine {quarantine_to}: a plan for a local tree quarantines into a local directory")
+    quarantine = None if quarantine_to is None or quarantine_to.startswith("s3://") else Path(quarantine_to)
     if quarantine is not None and _exists_not_dir(quarantine):
         fail(f"{quarantine}: not a directory")
+    storage = _plan_storage(loaded, root) if on_bucket else None
+    if storage is None and root is not None and open_root(root).tree().location != loaded.root:
+        fail(f"{plan_file}: refusing the plan, nothing was deleted: the plan is for {loaded.root}, not {root}")
     totals = loaded.totals()
     if not quiet:
         say(f"plan: {count(totals['count'], 'action')}, {size(totals['bytes'])} of blobs and uploads, on {loaded.root}")
     if not dry_run and not yes and not _confirmed("Apply this plan?"):
         fail("not confirmed; nothing was deleted")
     log = (lambda line: None) if quiet else say
+    options = ApplyOptions(dry_run=dry_run, quarantine=None if on_bucket else quarantine)
     try:
-        outcome = apply_plan(loaded, digest, plan_file, ApplyOptions(dry_run=dry_run, quarantine=quarantine), log)
+        if storage is not None:
+            from .s3apply import Quarantine, apply_s3_plan
+
+            where = None if quarantine_to is None else Quarantine.parse(quarantine_to)
+            outcome = apply_s3_plan(loaded, digest, plan_file, options, storage, where, log)
+            if where is not None and outcome.done and not dry_run and not quiet:
+                bucket = storage.bucket
+                say(f"quarantined in {where}; to restore: {where.restore_command(bucket.location, bucket.endpoint)}")
+        else:
+            outcome = apply_plan(loaded, digest, plan_file, options, log)
     except AlreadyApplied as exc:
         say(f"storage-audit: {exc}")
         raise typer.Exit(exc.exit_code) from exc
+    except PlanError as exc:
+        fail(f"{plan_file}: refusing the plan, nothing was deleted: {exc}")
     if outcome.failed:
         say(
             f"storage-audit: {count(len(outcome.failed), 'action')} failed and were left for the next run "
@@ -933,13 +972,29 @@ def apply(
         render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
     verb = "would free" if dry_run else "freed"
     say(
-        f"{verb} {size(outcome.bytes_freed)} ({count(outcome.bytes_freed, 'byte')}) on disk; "
+        f"{verb} {size(outcome.bytes_freed)} ({count(outcome.bytes_freed, 'byte')}) "
+        f"{'in the bucket' if on_bucket else 'on disk'}; "
         f"{count(len(outcome.skipped), 'action')} skipped"
     )
     if not dry_run and outcome.done:
         say("Restart the registry now: its blob descriptor cache still believes removed blobs exist.")
     if outcome.failed:
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def _plan_storage(plan: Plan, root: str | None) -> S3Storage:
+    """The bucket a plan for object storage goes to: ROOT's when given (refused unless the plan's), else its own."""
+    from .s3apply import bucket_of
+    from .s3storage import ManifestCache, S3Storage, default_cache_dir
+
+    if root is not None:
+        storage = open_root(root).storage
+        if not isinstance(storage, S3Storage):
+            fail(f"refusing the plan, nothing was deleted: it is for {plan.root}, not {root}")
+        return storage
+    remote = _remote.get() or RemoteOptions()
+    cache = ManifestCache(remote.cache_dir or default_cache_dir()) if remote.cache else None
+    return S3Storage(bucket_of(plan, remote.max_requests_per_second), cache)
 
 
 def _exists_not_dir(path: Path) -> bool:

@@ -150,6 +150,8 @@ class Plan:
     policy: dict[str, Any]
     actions: list[Action] = field(default_factory=list)
     held_back: dict[str, int] = field(default_factory=dict)
+    location: dict[str, str] | None = None
+    """Where a tree in object storage is (bucket, prefix, region, endpoint; never a credential); None on disk."""
 
     def totals(self) -> dict[str, Any]:
         frame = self.frame()
@@ -179,6 +181,7 @@ class Plan:
             "tool_version": __version__,
             "created_at": self.created_at.isoformat(),
             "root": self.root,
+            **({"location": self.location} if self.location is not None else {}),
             "policy": self.policy,
             "totals": self.totals(),
             "actions": [asdict(a) for a in self.actions],
@@ -192,8 +195,12 @@ class Plan:
         if doc.get("version") != PLAN_VERSION:
             raise PlanError(f"plan version {doc.get('version')!r} is not {PLAN_VERSION}")
         root, actions = doc.get("root"), doc.get("actions")
-        if not isinstance(root, str) or not root.startswith("/"):
+        location = doc.get("location")
+        if location is None and (not isinstance(root, str) or not root.startswith("/")):
             raise PlanError("the plan's root must be an absolute path")
+        if location is not None:
+            _check_location(root, location)
+        assert isinstance(root, str)
         if not isinstance(actions, list):
             raise PlanError("the plan has no list of actions")
         try:
@@ -203,7 +210,7 @@ class Plan:
         policy = doc.get("policy")
         if not isinstance(policy, dict):
             raise PlanError("the plan's policy must be an object")
-        plan = cls(root=root, created_at=created, policy=policy)
+        plan = cls(root=root, created_at=created, policy=policy, location=location)
         fields = set(Action.__dataclass_fields__)
         last = -1
         for i, item in enumerate(actions):
@@ -220,6 +227,29 @@ class Plan:
             last = order
             plan.actions.append(action)
         return plan
+
+
+LOCATION_FIELDS = {"bucket", "prefix", "region", "endpoint"}
+
+
+def _check_location(root: Any, location: Any) -> None:
+    """A plan for object storage names its bucket and prefix twice, in `root` and in `location`: they must agree."""
+    from .s3 import V2, S3Location, parse_s3_url
+
+    if not isinstance(location, dict) or not set(location) <= LOCATION_FIELDS:
+        raise PlanError("the plan's location must be an object of bucket, prefix, region and endpoint")
+    bucket, prefix = location.get("bucket", ""), location.get("prefix", "")
+    if not all(isinstance(v, str) for v in location.values()) or "region" not in location:
+        raise PlanError("the plan's location needs a bucket, a prefix and a region, as strings")
+    if not isinstance(root, str) or not root.startswith("s3://"):
+        raise PlanError("a plan with a location must have an s3:// root")
+    try:
+        parsed = parse_s3_url(root)
+        named = S3Location(bucket, prefix.removesuffix(f"{V2}/").strip("/"))
+    except UsageError as exc:
+        raise PlanError(f"the plan's location: {exc}") from exc
+    if parsed != named or named.prefix != prefix:
+        raise PlanError(f"the plan's root {root} and its location {bucket}/{prefix} disagree")
 
 
 def _check_types(i: int, action: Action) -> None:
