@@ -934,6 +934,12 @@ def apply(
     if quarantine is not None and _exists_not_dir(quarantine):
         fail(f"{quarantine}: not a directory")
     storage = _plan_storage(loaded, root) if on_bucket else None
+    if storage is not None:
+        from .s3apply import same_place
+
+        elsewhere = same_place(loaded, storage)
+        if elsewhere is not None:
+            fail(f"{plan_file}: refusing the plan, nothing was deleted: {elsewhere}")
     if storage is None and root is not None and open_root(root).tree().location != loaded.root:
         fail(f"{plan_file}: refusing the plan, nothing was deleted: the plan is for {loaded.root}, not {root}")
     totals = loaded.totals()

@@ -13,7 +13,7 @@ from typing import Any
 from .apply import DATA_OPS, UNCERTAIN, ApplyOptions, Outcome, _Applier, _Journal, journal_path
 from .errors import StorageError, UsageError
 from .inventory import Inventory
-from .paths import REPOSITORY_PARTS, RepositoryPart, parent, path_for
+from .paths import REPOSITORY_PARTS, Blobs, RepositoryPart, parent, path_for
 from .plan import OPS, Action, Op, Plan, PlanError
 from .s3 import DELETE_BATCH, V2, MultipartUpload, ObjectInfo, S3Bucket, S3Location, S3NotFound, S3Settings, clean_etag
 from .s3storage import ManifestCache, S3Storage
@@ -23,6 +23,7 @@ _LAST = "\U0010ffff"
 # How many path components above a file action's path its container lies: `<container>/sha256/<hex>/link`.
 _FILE_DEPTH = {Op.REMOVE_TAG_HISTORY: 3, Op.REMOVE_REVISION: 3, Op.REMOVE_LAYER_LINK: 3}
 _DIR_OPS = (Op.REMOVE_TAG, Op.REMOVE_BLOB, Op.REMOVE_UPLOAD)
+_DIGEST_CONTAINERS = ("/_manifests/revisions", "/_layers", "/index")
 MULTIPART_OPS = (Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
 """Ops whose keys may include an upload's data, an incomplete multipart upload that listings do not show."""
 
@@ -207,7 +208,8 @@ class Quarantine:
 
     def restore_command(self, location: S3Location, endpoint: str | None) -> str:
         flag = f" --endpoint-url {endpoint}" if endpoint else ""
-        return f"aws s3 cp --recursive{flag} {self if self.directory is None else self.directory}/ s3://{location.bucket}/{location.prefix}"
+        source = f"{self.directory}/" if self.directory is not None else f"s3://{self.bucket}/{self.prefix}"
+        return f"aws s3 cp --recursive{flag} {source} s3://{location.bucket}/{location.prefix}"
 
     async def keep(self, bucket: S3Bucket, rels: Sequence[str]) -> None:
         """Copy the keys `rels` into the quarantine; a key gone meanwhile has nothing to keep."""
@@ -369,13 +371,23 @@ class S3Applier(_Applier):
         return fresh
 
     async def _list_range(self, container: str, first: str, last: str) -> dict[str, ObjectInfo]:
-        """Every key from `first` to `last` under `container`, listed from just before `first` (start-after)."""
+        """Every key from `first` to `last` under `container`.
+
+        Below a container of digests (blobs, revisions, layer links, a tag's
+        index), every name has the same length and alphabet, so the order of
+        keys is the same whether a server sorts them as strings (S3) or as
+        paths, name by name (SeaweedFS): the listing starts just before
+        `first` (start-after) and stops after `last`. Tag names and upload ids
+        vary in length and may hold `.` or `-`, which sort before `/`: their
+        containers are listed whole.
+        """
         import obstore
 
         location = self.bucket.location
-        # Start after `first` less its last character: some servers skip a whole "directory" named by the offset.
+        ordered = container.startswith(f"{path_for(Blobs())}/") or container.endswith(_DIGEST_CONTAINERS)
+        # After `first` less its last character: a server may skip a whole "directory" named by the offset.
         start = first.rstrip("/")[:-1]
-        offset = location.prefix + start if start.startswith(container + "/") and not start.endswith("/") else None
+        offset = location.prefix + start if ordered and start.startswith(container + "/") else None
         found: dict[str, ObjectInfo] = {}
         try:
             stream = obstore.list(self.bucket.store, location.prefix + container, offset=offset, chunk_size=LIST_CHUNK)
@@ -389,7 +401,7 @@ class S3Applier(_Applier):
                 done = False
                 for meta in chunk:
                     rel = location.relative(meta["path"])
-                    if rel > last:
+                    if rel > last and ordered:
                         done = True
                         break
                     if rel >= first:

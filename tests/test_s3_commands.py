@@ -334,8 +334,8 @@ def test_bad_roots_are_one_line_and_exit_2(
         + "\n"
     )
     _one_line_exit_2(CliRunner().invoke(app, ["report", str(bad), "--no-cache"], env={}), wrong)
-    # No deletion plan for a bucket yet, and nothing is touched.
-    _one_line_exit_2(run(s3_server, ["plan", case.url, "--no-cache"]))
+    # No shell script for a bucket.
+    _one_line_exit_2(run(s3_server, ["plan", case.url, "-f", "sh", "--no-cache"]))
 
 
 def test_rate_limit_spaces_the_requests(pushed: Callable[[str], InBucket], s3_server: SeaweedS3) -> None:
