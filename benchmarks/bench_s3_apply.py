@@ -86,8 +86,8 @@ def render(rows: list[tuple[Row, int]]) -> str:
     (applied, _), (one_by_one, _) = rows[-2], rows[-1]
     if applied.wall and one_by_one.wall and applied.total:
         lines.append(
-            f"apply: {one_by_one.wall / applied.wall:.1f}x faster, "
-            f"{one_by_one.total / applied.total:.1f}x fewer requests than one DELETE per key."
+            f"apply / one DELETE per key: wall time {applied.wall / one_by_one.wall:.2f}, "
+            f"requests {applied.total / one_by_one.total:.3f}."
         )
         lines.append("")
     lines.append("Commands:")
