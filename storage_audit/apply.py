@@ -175,14 +175,20 @@ class _Journal:
         except OSError as exc:
             raise PlanError(f"{self.path}: cannot write the journal: {exc.strerror or exc}") from exc
 
-    def _write(self, entry: dict[str, Any]) -> None:
+    def _write(self, entry: dict[str, Any], sync: bool = True) -> None:
         self._fh.write(json.dumps(entry) + "\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        if sync:
+            os.fsync(self._fh.fileno())
 
-    def record(self, index: int, result: str) -> None:
+    def record(self, index: int, result: str, sync: bool = True) -> None:
+        """Append an action's result; `sync=False` leaves it to `sync` (a batch's results are made durable at once)."""
         if self._fh is not None:
-            self._write({"index": index, "result": result})
+            self._write({"index": index, "result": result}, sync)
+
+    def sync(self) -> None:
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
 
     def finish(self, complete: bool) -> None:
         """Close the journal; a complete apply marks it finished, so the plan is never applied again."""
@@ -208,6 +214,8 @@ class _Applier:
         self.journal = journal
         self.log = log
         self.outcome = Outcome(resumed=len(journal.done))
+        self.batched = False
+        """Whether results are recorded in batches, made durable by `journal.sync`."""
         # What this run removed; a dry run removes nothing, so its later checks subtract these.
         self.removed_tags: set[tuple[str | None, str | None]] = set()
         self.removed_revisions: set[tuple[str | None, str | None]] = set()
@@ -257,7 +265,8 @@ class _Applier:
             self.outcome.skipped.append((action, why))
             self.log(f"skipped {action.path}: {why}")
         if not self.options.dry_run:
-            self.journal.record(index, result)
+            # A batch's results only follow its removal: lost in a crash, they are found gone on the next run.
+            self.journal.record(index, result, sync=not self.batched)
 
     def _attempt(self, index: int, action: Action, step: Callable[[], None]) -> None:
         """Run one action's step; a storage error fails that action only (it is tried again on the next run)."""

@@ -10,9 +10,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .apply import DATA_OPS, UNCERTAIN, ApplyOptions, Outcome, _Applier, _Journal, journal_path
 from .errors import StorageError, UsageError
 from .inventory import Inventory
+from .manifest import LIST_KINDS
 from .paths import REPOSITORY_PARTS, Blobs, RepositoryPart, parent, path_for
 from .plan import OPS, Action, Op, Plan, PlanError
 from .s3 import DELETE_BATCH, V2, MultipartUpload, ObjectInfo, S3Bucket, S3Location, S3NotFound, S3Settings, clean_etag
@@ -100,6 +103,17 @@ def add_preconditions(plan: Plan, storage: S3Storage) -> Plan:
             extra["multipart"] = multipart.get(f"{action.path}/data", [])
         actions.append(replace(action, precondition={**action.precondition, **extra}))
     return replace(plan, actions=actions, location=dict(storage.origin))
+
+
+class _Keys:
+    """A fresh listing, in order: the keys an action owns are found by bisection, not by a scan of them all."""
+
+    def __init__(self, found: dict[str, ObjectInfo]) -> None:
+        self.found = found
+        self.keys = sorted(found)
+
+    def owned(self, action: Action) -> dict[str, ObjectInfo]:
+        return {rel: self.found[rel] for _, first, last in spans(action) for rel in _between(self.keys, first, last)}
 
 
 def _between(keys: list[str], first: str, last: str) -> list[str]:
@@ -256,6 +270,12 @@ class S3Applier(_Applier):
     that holds a key added since, is skipped. A batch is retried with backoff
     (deleting a key that is already gone succeeds), and every request is
     paced by the bucket's rate limit.
+
+    The DeleteObjects requests are obstore's bulk delete (`S3Bucket.delete`),
+    not botocore's: the same signed store, connection pool, counters and
+    limiter as every listing, and a key the server refuses fails the request,
+    so the whole batch is sent again, which S3 allows. botocore serves only
+    what obstore lacks: multipart uploads and copies to a quarantine bucket.
     """
 
     def __init__(
@@ -269,13 +289,42 @@ class S3Applier(_Applier):
         quarantine: Quarantine | None,
     ) -> None:
         super().__init__(plan, options, journal, log, storage=S3Storage(bucket, cache))
+        self.batched = True
+        self.last_inventory: Inventory | None = None
         self.bucket = bucket
         self.cache = cache
         self.quarantine = quarantine
 
     def _fresh_inventory(self) -> Inventory | None:
         self.storage = S3Storage(self.bucket, self.cache)  # a new listing: the last one is stale
-        return super()._fresh_inventory()
+        inv = super()._fresh_inventory()
+        self.last_inventory = inv
+        return inv
+
+    def _by_rank(self, items: list[tuple[int, Action]]) -> list[list[tuple[int, Action]]]:
+        """Revisions in the plan's order, split into referrers, indexes and images, never one batch of two kinds.
+
+        A DeleteObjects request removes its keys in no set order: an index and
+        its child in one request could leave the index without its child.
+        """
+        inv = self.last_inventory
+        if inv is None:
+            return [items]
+        kinds = inv.manifests.set_index("digest")
+        subject, kind = kinds["subject"].to_dict(), kinds["kind"].to_dict()
+
+        def rank(action: Action) -> int:
+            target = action.precondition.get("link")
+            if subject.get(target) is not None and not pd.isna(subject.get(target)):
+                return 0
+            return 1 if kind.get(target) in LIST_KINDS else 2
+
+        groups: list[list[tuple[int, Action]]] = []
+        for item in items:
+            if not groups or rank(groups[-1][-1][1]) != rank(item[1]):
+                groups.append([])
+            groups[-1].append(item)
+        return groups
 
     def run(self) -> Outcome:
         by_op: dict[Op, list[tuple[int, Action]]] = {op: [] for op in OPS}
@@ -294,7 +343,8 @@ class S3Applier(_Applier):
                     return "a tag or a remaining manifest reaches it now"
                 return None
 
-            self._phase(by_op[Op.REMOVE_REVISION], reached)
+            for group in self._by_rank(by_op[Op.REMOVE_REVISION]):
+                self._phase(group, reached)
         if by_op[Op.REMOVE_LAYER_LINK] or by_op[Op.REMOVE_BLOB]:
             fresh = self._fresh_inventory()
             held = None if fresh is None else self._held_now(fresh)
@@ -335,7 +385,7 @@ class S3Applier(_Applier):
     ) -> None:
         for batch in _batches(items):
             try:
-                fresh = self._list(batch)
+                fresh = _Keys(self._list(batch))
                 uploads = self._uploads_now() if any(a.op in MULTIPART_OPS for _, a in batch) else []
                 chosen = []
                 for i, action in batch:
@@ -348,6 +398,8 @@ class S3Applier(_Applier):
                     if not self._settled(i):
                         self.outcome.failed.append((action, str(exc)))
                         self.log(f"failed {action.path}: {exc}")
+            if not self.options.dry_run:
+                self.journal.sync()
 
     def _settled(self, index: int) -> bool:
         settled = [a for a in self.outcome.done + self.outcome.gone] + [a for a, _ in self.outcome.skipped]
@@ -418,12 +470,12 @@ class S3Applier(_Applier):
         self,
         index: int,
         action: Action,
-        fresh: dict[str, ObjectInfo],
+        fresh: _Keys,
         multipart: list[MultipartUpload],
         veto: Callable[[Action], str | None],
         repository: bool,
     ) -> _Chosen | None:
-        present = {rel: info for rel, info in fresh.items() if owns(action, rel)}
+        present = fresh.owned(action)
         uploads = {u.upload_id: u.bytes for u in multipart if owns(action, u.path)}
         if not present and not uploads:
             self._settle(index, action, "gone")
@@ -435,7 +487,9 @@ class S3Applier(_Applier):
                 why = "it holds tags, manifests or uploads now"
         if why is None:
             why = _changed(action, present)
-        if why is None and action.op == Op.REMOVE_UPLOAD and uploads != _multipart(action):
+        # An upload aborted already (by a run that was interrupted, or the registry's purge) is no change.
+        planned = _multipart(action)
+        if why is None and action.op == Op.REMOVE_UPLOAD and any(planned.get(u) != n for u, n in uploads.items()):
             why = "it received data since planning"
         if why is not None:
             self._settle(index, action, "skipped", why)

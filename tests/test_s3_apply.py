@@ -25,6 +25,7 @@ from tests.s3_harness import (
     raw_keys,
     s3_garbage_collect,
     s3_registry,
+    s3_storage_block,
     v2_prefix,
 )
 from tests.test_plan_apply import pull_verified
@@ -66,6 +67,13 @@ class Pushed:
 
     def apply(self, plan: Path, *args: str, env: dict[str, str] | None = None) -> Result:
         return run(self.server, ["apply", str(plan), "-y", "--no-cache", *args], env)
+
+
+def manifest_rank(server: SeaweedS3, prefix: str, digest: str) -> int:
+    """0 for a referrer, 1 for an index, 2 for an image: the order in which `apply` removes their revisions."""
+    key = f"{prefix}blobs/sha256/{digest[7:9]}/{digest[7:]}/data"
+    doc = json.loads(raw_client(server).get_object(Bucket=server.bucket, Key=key)["Body"].read())
+    return 0 if "subject" in doc else 1 if "manifests" in doc else 2
 
 
 def push_basic(server: SeaweedS3, rootdirectory: str) -> None:
@@ -152,15 +160,18 @@ def test_apply_removes_what_the_local_apply_removes_and_the_registry_still_serve
     applied = run(server, ["apply", str(tmp_path / "local.json"), "-y"])
     assert applied.exit_code == 0, applied.output
 
+    # One DeleteObjects per phase that removes keys, and one abort per upload: never a DELETE per key. Referrers,
+    # indexes and images go in requests of their own (a request deletes its keys in no set order).
+    phases = {a["op"] for a in doc["actions"] if a["precondition"]["objects"]}
+    uploads = sum(1 for a in doc["actions"] if a["op"] == "remove-upload")
+    ranks = [manifest_rank(server, basic.prefix, a["digest"]) for a in doc["actions"] if a["op"] == "remove-revision"]
+    assert ranks == sorted(ranks)
     before = server.request_counts()
     result = basic.apply(tmp_path / "plan.json")
     assert result.exit_code == 0, result.output
     assert "; 0 actions skipped" in result.stderr
     after = server.request_counts()
-    # One DeleteObjects per phase that removes keys, and one abort per upload: never a DELETE per key.
-    phases = {a["op"] for a in doc["actions"] if a["precondition"]["objects"]}
-    uploads = sum(1 for a in doc["actions"] if a["op"] == "remove-upload")
-    assert after["DELETE"] - before["DELETE"] == len(phases) + uploads
+    assert after["DELETE"] - before["DELETE"] == len(phases) + uploads + max(0, len(set(ranks)) - 1)
 
     keys = {k.removeprefix(basic.prefix) for k in basic.etags()}
     assert keys == local_files(copy)
@@ -387,3 +398,42 @@ def test_a_manifest_tagged_after_planning_keeps_itself_and_its_blobs(basic: Push
         assert pull_verified(reg, revision["repository"], "rescued") == []
     eligible, blobs, _ = parse_gc_output(s3_garbage_collect(server, basic.rootdirectory))
     assert eligible == set() and blobs == set()
+
+
+def test_a_registry_configuration_file_plans_and_applies_with_its_own_credentials(
+    basic: Pushed, tmp_path: Path
+) -> None:
+    server = basic.server
+    config = tmp_path / "config.yml"
+    config.write_text("version: 0.1\nstorage:\n" + "\n".join(s3_storage_block(server, basic.rootdirectory)) + "\n")
+    plan = tmp_path / "plan.json"
+    args = ["plan", str(config), "--delete-untagged", "--min-age", "0s", "-o", str(plan), "-q", "--no-cache"]
+    result = run(server, args, env={})
+    assert result.exit_code == 0, result.output
+    doc = json.loads(plan.read_text())
+    assert doc["root"] == basic.url and doc["location"]["endpoint"] == server.endpoint
+    assert server.secret_key not in plan.read_text() and server.access_key not in plan.read_text()
+    before = basic.etags()
+    # Without the file, the environment holds no credentials: one line, nothing deleted.
+    without = basic.apply(plan, env={"AWS_EC2_METADATA_DISABLED": "true"})  # no waiting for a cloud's metadata
+    assert without.exit_code == 2 and len(without.stderr.splitlines()) == 1, without.output
+    assert basic.etags() == before
+    result = basic.apply(plan, "--root", str(config), env={})
+    assert result.exit_code == 0, result.output
+    gone = {basic.prefix + k for a in doc["actions"] for k in a["precondition"]["objects"]}
+    assert gone and set(basic.etags()) == set(before) - gone
+
+
+def test_an_upload_aborted_since_planning_still_loses_its_keys(basic: Pushed, tmp_path: Path) -> None:
+    server = basic.server
+    doc = basic.plan(tmp_path / "plan.json", "--uploads-older-than", "0s")
+    (upload,) = [a for a in doc["actions"] if a["op"] == "remove-upload"]
+    (multipart,) = upload["precondition"]["multipart"]
+    # As a run killed right after its abort leaves it: the multipart upload gone, its keys still there.
+    key = basic.prefix + upload["path"] + "/data"
+    raw_client(server).abort_multipart_upload(Bucket=server.bucket, Key=key, UploadId=multipart["upload_id"])
+    assert any(k.startswith(basic.prefix + upload["path"] + "/") for k in basic.etags())
+    result = basic.apply(tmp_path / "plan.json")
+    assert result.exit_code == 0, result.output
+    assert f"removed {upload['path']}" in result.stderr
+    assert not any(k.startswith(basic.prefix + upload["path"] + "/") for k in basic.etags())
