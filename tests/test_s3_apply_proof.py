@@ -149,16 +149,16 @@ def apply(case: InBucket, plan: Path, *extra: str) -> Result:
     return run(case.server, "apply", plan, "--yes", "--no-cache", *extra)
 
 
-def apply_process(server: SeaweedS3, plan: Path, *extra: str) -> subprocess.Popen[str]:
-    """`storage-audit apply PLAN --yes` as a process of its own, which a test can kill."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "storage_audit", "apply", str(plan), "--yes", "--no-cache", *extra],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **server.environment()},
-    )
+def apply_process(server: SeaweedS3, plan: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """`storage-audit apply PLAN --yes` as a process of its own, which a test can kill; its stderr in PLAN.log."""
+    with plan.with_suffix(".log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "storage_audit", "apply", str(plan), "--yes", "--no-cache", *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, **server.environment()},
+        )
 
 
 def journal_of(plan: Path) -> Path | None:
@@ -321,8 +321,7 @@ def reference(s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) ->
     }  # fmt: skip
     before = s3_server.request_counts()
     proc = apply_process(s3_server, plan, *KILL_RATE)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
+    assert proc.wait(timeout=600) == 0, plan.with_suffix(".log").read_text()
     requests = sum((s3_server.request_counts() - before).values())
     state = case.state()
     assert leftovers(state, doc) == []
@@ -351,7 +350,7 @@ def upload_dirs(paths: Iterable[str]) -> set[str]:
     }
 
 
-def kill_when(proc: subprocess.Popen[str], reached: Callable[[], bool], timeout: float = 300) -> bool:
+def kill_when(proc: subprocess.Popen[bytes], reached: Callable[[], bool], timeout: float = 300) -> bool:
     """SIGKILL `proc` as soon as `reached()`; False when it ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
