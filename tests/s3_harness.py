@@ -37,8 +37,10 @@ BUCKET = "registry"
 ROOTDIRECTORY = "/regroot"
 
 
-_REQUEST_TOTAL = re.compile(
-    r'^SeaweedFS_s3_request_total\{[^}]*type="(?P<type>[A-Za-z]+)"[^}]*\} (?P<count>\S+)$', re.M
+_REQUEST_BY_CODE = re.compile(
+    r"^SeaweedFS_s3_request_total\{"
+    r'(?=[^}]*code="(?P<code>\d+)")(?=[^}]*type="(?P<type>[A-Za-z]+)")[^}]*\} (?P<count>\S+)$',
+    re.M,
 )
 
 
@@ -99,11 +101,19 @@ class SeaweedS3:
 
     def request_counts(self) -> Counter[str]:
         """Requests the S3 gateway has answered so far, by type (LIST, GET, PUT, DELETE...), from its metrics."""
+        counts: Counter[str] = Counter()
+        for (kind, _code), count in self.request_counts_by_code().items():
+            counts[kind] += count
+        return counts
+
+    def request_counts_by_code(self) -> Counter[tuple[str, str]]:
+        """`request_counts` by (type, HTTP status): an AbortMultipartUpload is a DELETE answered 204, a
+        DeleteObjects a DELETE answered 200."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as resp:
             text = resp.read().decode()
-        counts: Counter[str] = Counter()
-        for match in _REQUEST_TOTAL.finditer(text):
-            counts[match["type"]] += int(float(match["count"]))
+        counts: Counter[tuple[str, str]] = Counter()
+        for match in _REQUEST_BY_CODE.finditer(text):
+            counts[(match["type"], match["code"])] += int(float(match["count"]))
         return counts
 
     def environment(self) -> dict[str, str]:
