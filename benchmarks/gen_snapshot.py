@@ -48,6 +48,10 @@ from storage_audit.paths import (
 )
 from storage_audit.snapshot_writer import SnapshotWriter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synth import repository_names
+
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -102,10 +106,7 @@ PLATFORMS = [
 PLATFORM_NAMES = ["/".join(p[k] for k in ("os", "architecture", "variant") if k in p) for p in PLATFORMS]
 UNKNOWN_PLATFORM = 5
 
-ORGS = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell", "cyberdyne", "soylent")
-TEAMS = ("platform", "data", "web", "infra", "ml", "payments", "search", "mobile", "sre", "security")
 APPS = ("api", "worker", "frontend", "gateway", "auth", "billing", "cache", "db-migrate", "scheduler", "etl")
-NESTED_SUFFIXES = ("debug", "cache", "tools", "builder")
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -221,29 +222,6 @@ def _lognormal(rng: np.random.Generator, median: float, sigma: float, n: int) ->
     return np.clip(rng.lognormal(np.log(median), sigma, n), MIN_LAYER, MAX_LAYER).astype(np.int64)
 
 
-def _repository_names(seed: int, count: int) -> list[str]:
-    rng = random.Random(seed)
-    names: list[str] = []
-    seen: set[str] = set()
-    while len(names) < count:
-        i = len(names)
-        roll = rng.random()
-        app = f"{rng.choice(APPS)}-{i}"
-        if roll < 0.03 and names:
-            # A repository nested inside another one (`a` and `a/b` both exist).
-            name = f"{rng.choice(names)}/{rng.choice(NESTED_SUFFIXES)}"
-        elif roll < 0.25:
-            name = app
-        elif roll < 0.6:
-            name = f"{rng.choice(ORGS)}/{app}"
-        else:
-            name = f"{rng.choice(ORGS)}/{rng.choice(TEAMS)}/{app}"
-        if name not in seen and len(name) <= 255:
-            seen.add(name)
-            names.append(name)
-    return names
-
-
 def _tag_names(local: np.ndarray) -> pa.Array:
     """A repository's n-th tag: `latest`, then names that embed n, so that they never collide."""
     text = pa.array(local).cast(pa.large_string())
@@ -271,7 +249,7 @@ class Plan:
         rng = np.random.default_rng(spec.seed)
         M = max(1, spec.manifests)
         R = max(1, min(spec.repositories, M))
-        self.repo_names = _repository_names(spec.seed, R)
+        self.repo_names = repository_names(random.Random(spec.seed), R, APPS)
 
         # -- pushes: one per repository first, then to repositories of heavy-tailed popularity
         multi = rng.random(M) < MULTIARCH_SHARE

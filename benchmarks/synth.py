@@ -73,6 +73,32 @@ NESTED_SUFFIXES = ("debug", "cache", "tools", "builder")
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
 
+
+def repository_names(rng: random.Random, count: int, apps: tuple[str, ...] = APPS) -> list[str]:
+    """`count` distinct repository names, flat, in an organisation or a team, a few nested in another one."""
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < count:
+        i = len(names)
+        roll = rng.random()
+        app = f"{rng.choice(apps)}-{i}"
+        if roll < 0.03 and names:
+            # A repository nested inside another one (`a` and `a/b` both exist).
+            name = f"{rng.choice(names)}/{rng.choice(NESTED_SUFFIXES)}"
+        elif roll < 0.25:
+            name = app
+        elif roll < 0.6:
+            name = f"{rng.choice(ORGS)}/{app}"
+        else:
+            name = f"{rng.choice(ORGS)}/{rng.choice(TEAMS)}/{app}"
+        if name in seen or len(name) > 255:
+            continue
+        assert all(_COMPONENT.fullmatch(part) for part in name.split("/")), name
+        seen.add(name)
+        names.append(name)
+    return names
+
+
 KIB = 1024
 MIB = 1024 * KIB
 MIN_LAYER = 2 * KIB
@@ -247,30 +273,6 @@ class _Generator:
         return self.clock.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     # -- planning the repositories and the shared bases -------------------------
-
-    def _repository_names(self) -> list[str]:
-        rng = self.rng
-        names: list[str] = []
-        seen: set[str] = set()
-        while len(names) < self.target_repositories:
-            i = len(names)
-            roll = rng.random()
-            app = f"{rng.choice(APPS)}-{i}"
-            if roll < 0.03 and names:
-                # A repository nested inside another one (`a` and `a/b` both exist).
-                name = f"{rng.choice(names)}/{rng.choice(NESTED_SUFFIXES)}"
-            elif roll < 0.25:
-                name = app
-            elif roll < 0.6:
-                name = f"{rng.choice(ORGS)}/{app}"
-            else:
-                name = f"{rng.choice(ORGS)}/{rng.choice(TEAMS)}/{app}"
-            if name in seen or len(name) > 255:
-                continue
-            assert all(_COMPONENT.fullmatch(part) for part in name.split("/")), name
-            seen.add(name)
-            names.append(name)
-        return names
 
     def _plan_bases(self) -> None:
         # A few hundred shared base layers at full size; popularity is Zipf-like so a
@@ -625,7 +627,7 @@ class _Generator:
             raise FileExistsError(f"{self.v2} already exists")
         for i in range(256):
             os.makedirs(f"{self.blob_root}/{i:02x}")
-        self.repos = [_Repo(name) for name in self._repository_names()]
+        self.repos = [_Repo(name) for name in repository_names(self.rng, self.target_repositories)]
         self._plan_bases()
         # Heavy-tailed repository sizes: a few busy repositories, a long tail of small ones.
         weights = [self.rng.paretovariate(1.1) for _ in self.repos]
