@@ -246,8 +246,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic bucket's size and seed, shared by the benchmarks that write one."""
     parser.add_argument("--repositories", type=_positive, default=200, help="repositories (default 200)")
     parser.add_argument("--manifests", type=_positive, default=4000, help="manifests, half tagged (default 4,000)")
     parser.add_argument(
@@ -257,6 +257,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="blobs in all: a manifest and a config per manifest, layers of a few bytes for the rest (default 24,000)",
     )
     parser.add_argument("--seed", type=int, default=1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_size_arguments(parser)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a storage-audit run is killed")
     parser.add_argument(
         "--gc-timeout",

@@ -1,4 +1,4 @@
-"""Time `storage-audit apply` on a bucket against removing the same keys one DELETE at a time, as the collector does.
+"""Time `storage-audit apply` on a bucket against removing the same keys with one DELETE request each.
 
 The synthetic registry of bench_s3.py (default: 200 repositories, 4,000
 manifests, half of them untagged, 24,000 blobs) is written twice into a local
@@ -6,8 +6,8 @@ SeaweedFS bucket, under two rootdirectories. On the first,
 `storage-audit plan --delete-untagged --min-age 0s` writes a plan and
 `storage-audit apply` carries it out; the keys it removed (the listing before
 less the listing after) are then removed from the second copy with one
-DeleteObject request each, in sequence, by botocore: what the reference
-collector does for every blob and link it sweeps. Both copies must end with
+DeleteObject request each, in sequence, by botocore (the reference collector
+also sweeps one blob at a time, with a listing and a delete request each). Both copies must end with
 the same keys. Requests are counted from the server's own metrics (what it
 answered); a Markdown table gives, side by side, the objects removed, wall
 time, requests by kind, and objects removed per request and per second.
@@ -28,7 +28,7 @@ for extra in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from bench_s3 import Row, _delta, _positive, _seconds, registry_keys, run_command  # noqa: E402
+from bench_s3 import Row, _delta, _seconds, add_size_arguments, registry_keys, run_command  # noqa: E402
 from bench_s3_listing import write_all  # noqa: E402
 from bench_scan import _storage_audit_argv, markdown_table  # noqa: E402
 
@@ -97,15 +97,7 @@ def render(rows: list[tuple[Row, int]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repositories", type=_positive, default=200, help="repositories (default 200)")
-    parser.add_argument("--manifests", type=_positive, default=4000, help="manifests, half tagged (default 4,000)")
-    parser.add_argument(
-        "--blobs",
-        type=_positive,
-        default=24000,
-        help="blobs in all: a manifest and a config per manifest, layers of a few bytes for the rest (default 24,000)",
-    )
-    parser.add_argument("--seed", type=int, default=1)
+    add_size_arguments(parser)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a storage-audit run is killed")
     parser.add_argument(
         "--min-removed",
