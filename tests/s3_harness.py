@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,22 @@ def s3_garbage_collect(
 def v2_prefix(rootdirectory: str) -> str:
     root = rootdirectory.strip("/")
     return f"{root}/docker/registry/v2/" if root else "docker/registry/v2/"
+
+
+@dataclass(frozen=True)
+class RegistryInBucket:
+    """A registry's tree under `rootdirectory` of the server's bucket: its URL and its keys' prefix."""
+
+    server: SeaweedS3
+    rootdirectory: str
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.server.bucket}{self.rootdirectory}"
+
+    @property
+    def prefix(self) -> str:
+        return v2_prefix(self.rootdirectory)
 
 
 def raw_client(server: SeaweedS3) -> Any:

@@ -6,7 +6,6 @@ import json
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from storage_audit.cli import app
 from tests.conftest import fixture_builder
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (
+    RegistryInBucket,
     SeaweedS3,
     local_files,
     mirror_as_listed,
@@ -26,7 +26,6 @@ from tests.s3_harness import (
     s3_garbage_collect,
     s3_registry,
     s3_storage_block,
-    v2_prefix,
 )
 from tests.test_plan_apply import pull_verified
 
@@ -43,19 +42,7 @@ def run(server: SeaweedS3, args: list[str], env: dict[str, str] | None = None) -
     return CliRunner().invoke(app, args, env=server.environment() if env is None else env)
 
 
-@dataclass
-class Pushed:
-    server: SeaweedS3
-    rootdirectory: str
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.server.bucket}{self.rootdirectory}"
-
-    @property
-    def prefix(self) -> str:
-        return v2_prefix(self.rootdirectory)
-
+class Pushed(RegistryInBucket):
     def etags(self) -> dict[str, str]:
         """Every key under the registry's prefix, with its ETag."""
         return {key: entry["ETag"] for key, entry in raw_keys(self.server, self.prefix).items()}

@@ -29,6 +29,7 @@ from storage_audit.reach import present_revisions
 from storage_audit.scan import scan
 from tests.registry_harness import Ledger, ManifestPut, parse_gc_output, require_registry
 from tests.s3_harness import (
+    RegistryInBucket,
     SeaweedS3,
     mirror_as_listed,
     multipart_uploads,
@@ -62,21 +63,11 @@ PREFIX_TAG = (("app", "v1"), ("app", "v1.0"))
 
 
 @dataclass(frozen=True)
-class InBucket:
-    """The world pushed under `rootdirectory`: its URL, what was pushed, and the keys' prefix."""
+class InBucket(RegistryInBucket):
+    """The world pushed under `rootdirectory`: what was pushed, as the ledger and its facts."""
 
-    server: SeaweedS3
-    rootdirectory: str
     ledger: Ledger
     facts: dict[str, Any]
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.server.bucket}{self.rootdirectory}"
-
-    @property
-    def prefix(self) -> str:
-        return v2_prefix(self.rootdirectory)
 
     def world(self, scratch: Path) -> World:
         """The local tests' view of what was pushed (only its facts are read)."""
