@@ -30,6 +30,7 @@ def test_broken_fixture_yields_its_findings(name: str, tmp_path: Path) -> None:
         assert (finding["kind"], finding["path"]) in found, (expected["note"], inv.findings.to_string())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_broken_fixture_scan_command_exits_0(name: str, tmp_path: Path) -> None:
     root = unpack(BROKEN / f"{name}.tar.gz", tmp_path)

@@ -72,7 +72,7 @@ def run(*args: str) -> tuple[int, str, str]:
 # -- the library ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("verify", [False, True], ids=["plain", "verify-digests"])
+@pytest.mark.parametrize("verify", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "verify-digests"])
 @pytest.mark.parametrize("name", CASES)
 def test_broken_fixture_yields_exactly_its_findings(name: str, verify: bool, tmp_path: Path) -> None:
     want = expected(name)

@@ -61,6 +61,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a[:1] + a[2:4]) for a in COMMANDS])
 def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path) -> None:
     root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")

@@ -111,6 +111,7 @@ def test_every_metric_is_the_json_reports_figure_on_a_pushed_tree(workload_tree:
     assert scan[("storage_audit_scan_duration_seconds", ())] == meta["scan_seconds"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", [*sorted(p.name.removesuffix(".tar.gz") for p in BROKEN.glob("*.tar.gz")), "multiarch", "referrers"]
 )
