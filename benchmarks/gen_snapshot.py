@@ -50,18 +50,19 @@ from storage_audit.snapshot_writer import SnapshotWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synth import repository_names
-
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-MT_OCI_EMPTY = "application/vnd.oci.empty.v1+json"
-MT_IN_TOTO = "application/vnd.in-toto+json"
+from synth import (
+    MT_DOCKER_CONFIG,
+    MT_DOCKER_LAYER,
+    MT_DOCKER_LIST,
+    MT_DOCKER_MANIFEST,
+    MT_IN_TOTO,
+    MT_OCI_CONFIG,
+    MT_OCI_EMPTY,
+    MT_OCI_INDEX,
+    MT_OCI_LAYER,
+    MT_OCI_MANIFEST,
+    repository_names,
+)
 
 # Every string the tables draw from, by code: columns are built as codes, then taken from here.
 MEDIA = [
