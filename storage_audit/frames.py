@@ -9,6 +9,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .codes import CODE, CodedArray
+
 HASHED = 1 << 17
 """How many values `positions` hashes at a time: Arrow's hash table of 600,000 digests takes some 160 MB."""
 
@@ -25,9 +27,17 @@ def _arrow(values: pd.Series | pd.Index | Iterable[str]) -> pa.Array | pa.Chunke
 def positions(values: pd.Series | pd.Index | Iterable[str], among: pd.Series | pd.Index | Iterable[str]) -> np.ndarray:
     """For each of `values`, the position of its first occurrence in `among`; -1 when absent (or null).
 
-    Computed by pyarrow, which hashes `among`: only the part that `values` hold
-    when they are few, else one part of it at a time, HASHED values or so.
+    Columns coded against one dictionary meet on their codes. Else pyarrow hashes `among`: only the
+    part that `values` hold when they are few, else one part of it at a time, HASHED values or so.
     """
+    coded = _coded(values, among)
+    if coded is not None:
+        left_codes, right_codes, size = coded
+        first = np.full(size + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        valid = right_codes >= 0
+        np.minimum.at(first, right_codes[valid], np.flatnonzero(valid))
+        first[first == np.iinfo(np.int64).max] = -1
+        return first[np.where(left_codes >= 0, left_codes, size)]
     left = _arrow(values)
     right = _arrow(among)
     rows = None
@@ -37,6 +47,29 @@ def positions(values: pd.Series | pd.Index | Iterable[str], among: pd.Series | p
         right = right.filter(held)
     found = _partitioned(left, right) if len(right) > HASHED else _index_in(left, right)
     return rows[found] if rows is not None else found
+
+
+def _array(values: pd.Series | pd.Index | Iterable[str]) -> CodedArray | None:
+    if isinstance(values, pd.Series | pd.Index) and isinstance(values.array, CodedArray):
+        return values.array
+    return None
+
+
+def _coded(
+    values: pd.Series | pd.Index | Iterable[str], among: pd.Series | pd.Index | Iterable[str]
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Both sides as codes of one dictionary, and its size, when one of them is coded; None when neither is.
+
+    Strings not in the dictionary get no code: they are nowhere in the coded side.
+    """
+    left, right = _array(values), _array(among)
+    if left is not None and right is not None and not left.dictionary.same(right.dictionary):
+        return None
+    coded = left if left is not None else right
+    if coded is None:
+        return None
+    size = len(coded.dictionary)
+    return coded.codes_of(values), coded.codes_of(among), size
 
 
 def _index_in(left: pa.Array | pa.ChunkedArray, right: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -89,6 +122,10 @@ def _parts(values: pa.Array | pa.ChunkedArray, parts: int) -> np.ndarray:
 
 def pick(column: pd.Series, rows: np.ndarray, index: pd.Index | None = None) -> pd.Series:
     """The values of a string `column` at positions `rows` (-1: null), as a Series of its dtype."""
+    coded = _array(column)
+    if coded is not None:
+        codes = np.where(rows >= 0, coded.codes[np.maximum(rows, 0)] if len(coded) else -1, -1).astype(CODE)
+        return pd.Series(CodedArray(codes, coded.dictionary), index=index)
     taken = pc.take(pa.array(column), pa.array(rows, mask=rows < 0))
     return pd.Series(taken, dtype=column.dtype, index=index)
 
@@ -99,6 +136,12 @@ def isin(values: pd.Series, among: pd.Series | pd.Index | Iterable[str]) -> pd.S
     pandas' own isin on Arrow-backed strings converts through Python objects
     and takes about a second per call on a registry of 60,000 blobs.
     """
+    coded = _coded(values, among)
+    if coded is not None:
+        left_codes, right_codes, size = coded
+        held = np.zeros(size + 1, dtype=bool)
+        held[right_codes[right_codes >= 0]] = True
+        return pd.Series(held[np.where(left_codes >= 0, left_codes, size)], index=values.index, dtype=bool)
     return pd.Series(positions(values, among) >= 0, index=values.index, dtype=bool)
 
 
@@ -107,17 +150,33 @@ def sorted_rows(frame: pd.DataFrame, keys: list[tuple[str, str]]) -> pd.DataFram
 
     pandas sorts strings by factorizing them first: a copy of every distinct value, over 100 MB of digests.
     """
-    columns = {name: pa.array(frame[name]) for name, _ in keys}
+    columns = {name: _sort_key(frame[name]) for name, _ in keys}
     order = pc.sort_indices(pa.table(columns), sort_keys=keys)
     return frame.take(order.to_numpy()).reset_index(drop=True)
+
+
+def _sort_key(column: pd.Series) -> pa.Array:
+    """What sorts as the column does: codes sort as their strings."""
+    coded = _array(column)
+    if coded is not None:
+        return pa.array(coded.codes, mask=coded.codes < 0)
+    return pa.array(column)
 
 
 def join_groups(frame: pd.DataFrame, key: str, value: str, sep: str = ",") -> pd.Series:
     """Per distinct `key` (text or integer), its `value`s joined by `sep` in frame order, by pyarrow."""
     keys = frame[key]
-    by = pa.array(keys) if pd.api.types.is_integer_dtype(keys) else _arrow(keys)
+    coded = _array(keys)
+    if coded is not None:
+        by = pa.array(coded.codes.astype(np.int64), mask=coded.codes < 0)
+    else:
+        by = pa.array(keys) if pd.api.types.is_integer_dtype(keys) else _arrow(keys)
     table = pa.table({key: by, value: _arrow(frame[value]).cast(pa.string())})
     grouped = table.group_by(key, use_threads=False).aggregate([(value, "list")])
     joined = pc.binary_join(grouped[f"{value}_list"], sep)
-    index = pd.Index(grouped[key].to_pandas(types_mapper=_STRINGS.get), name=key)
+    if coded is not None:
+        codes = pc.fill_null(grouped[key], -1).to_numpy().astype(CODE)
+        index = pd.Index(CodedArray(codes, coded.dictionary), name=key)
+    else:
+        index = pd.Index(grouped[key].to_pandas(types_mapper=_STRINGS.get), name=key)
     return pd.Series(joined, index=index, dtype="string")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -15,8 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .codes import CodedDtype, DigestCoder, TextCoder
 from .schema import (
+    CODED,
+    DIGESTS,
     METADATA_FILE,
+    NAMES,
     OPT_INT,
     PART_PATTERN,
     READABLE_FORMATS,
@@ -47,6 +51,8 @@ def conform(table: str, df: pd.DataFrame) -> pd.DataFrame:
     columns = SCHEMA[table]
     out = df.loc[:, list(columns)].reset_index(drop=True)
     for name, (dtype, _) in columns.items():
+        if dtype == STR and isinstance(out[name].dtype, CodedDtype):
+            continue
         if dtype == TIME:
             out[name] = pd.to_datetime(out[name], utc=True).astype(TIME)
         else:
@@ -159,21 +165,84 @@ def table_files(directory: Path, meta: Mapping[str, Any]) -> dict[str, list[Path
     return files
 
 
-def read_table(name: str, files: list[Path]) -> pd.DataFrame:
-    """One table of a snapshot, from its files in order, as a frame of the table's dtypes.
+READ_ROWS = 1 << 17
+"""Rows of a coded column read from a snapshot's files at a time."""
 
-    Column by column: only one column's Arrow copy is alive beside the frame being built, and strings stay
-    in the Arrow buffers they were read into.
+
+class Columns:
+    """Where an inventory's tables come from: Arrow tables in memory, or a snapshot's Parquet files."""
+
+    def __init__(self, tables: Mapping[str, pa.Table] | None = None, files: Mapping[str, list[Path]] | None = None):
+        self.tables = tables
+        self.files = files
+
+    def rows(self, table: str) -> int:
+        if self.tables is not None:
+            return self.tables[table].num_rows
+        assert self.files is not None
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files[table])
+
+    def chunks(self, table: str, column: str) -> Any:
+        """The column's values, a batch at a time."""
+        if self.tables is not None:
+            yield from self.tables[table][column].chunks
+            return
+        assert self.files is not None
+        for path in self.files[table]:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=[column]):
+                yield batch.column(0)
+
+    def column(self, table: str, column: str) -> pa.ChunkedArray:
+        if self.tables is not None:
+            values = self.tables[table][column]
+            # pandas' Arrow strings from an empty table have no chunks, which its merges reject.
+            return values if values.num_chunks else pa.chunked_array([pa.array([], type=values.type)])
+        assert self.files is not None
+        parts = [pq.ParquetFile(path).read(columns=[column]).column(0) for path in self.files[table]]
+        return pa.chunked_array([chunk for part in parts for chunk in part.chunks], type=parts[0].type)
+
+
+def coded_frames(source: Columns, tables: Iterable[str] = tuple(SCHEMA)) -> dict[str, pd.DataFrame]:
+    """Every table as a frame of the schema's dtypes, its text columns in CODED held as codes.
+
+    Digests are coded against one dictionary, repository names against another, both shared by every
+    table, so that the analyses join tables on integers; other columns are read as they are.
     """
-    sources = [pq.ParquetFile(path) for path in files]
-    columns = {}
-    for column, (dtype, _) in SCHEMA[name].items():
-        parts = [source.read(columns=[column]).column(0) for source in sources]
-        values = pa.chunked_array([chunk for part in parts for chunk in part.chunks], type=parts[0].type)
-        del parts
-        columns[column] = values.to_pandas(types_mapper=_MAPPERS.get(dtype, {}).get)
-        del values
-    return conform(name, pd.DataFrame(columns, copy=False))
+    digests, names = DigestCoder(), TextCoder()
+    own: dict[tuple[str, str], tuple[Any, Any]] = {}
+    wanted = set(tables)
+    rows = {name: source.rows(name) for name in wanted}
+    for table, columns in CODED.items():
+        if table not in wanted:
+            continue
+        for column, kind in columns.items():
+            chunks = source.chunks(table, column)
+            if kind == DIGESTS:
+                digests.add((table, column), rows[table], chunks)
+            elif kind == NAMES:
+                names.add((table, column), rows[table], chunks)
+            else:
+                coder = TextCoder()
+                coder.add((table, column), rows[table], chunks)
+                own[table, column] = coder.finish()
+    coded = {}
+    for dictionary, codes in (digests.finish(), names.finish(), *own.values()):
+        for key, values in codes.items():
+            coded[key] = dictionary.column(values)
+    frames = {}
+    for table, columns in SCHEMA.items():
+        if table not in wanted:
+            continue
+        out = {}
+        for column, (dtype, _) in columns.items():
+            if (table, column) in coded:
+                out[column] = coded.pop((table, column))
+            else:
+                values = source.column(table, column)
+                out[column] = values.to_pandas(types_mapper=_MAPPERS.get(dtype, {}).get)
+                del values
+        frames[table] = conform(table, pd.DataFrame(out, copy=False))
+    return frames
 
 
 _STRING = pd.StringDtype()
@@ -187,8 +256,7 @@ def read_snapshot(directory: Path) -> Inventory:
     """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
     meta = read_metadata(directory)
     try:
-        files = table_files(directory, meta)
-        tables = {name: read_table(name, files[name]) for name in SCHEMA}
+        tables = coded_frames(Columns(files=table_files(directory, meta)))
         seconds = meta.get("scan_seconds")  # absent from snapshots of earlier versions
         return Inventory(
             root=meta["root"],

@@ -209,12 +209,11 @@ class _SnapshotTables:
 
         from . import inventory as inv_mod
 
-        uploads = _frame("uploads", concat("uploads", self.uploads))
+        self.out.write("uploads", _with_start_times(concat("uploads", self.uploads)))
         self.uploads = []
         found = inv_mod.frame("findings", [f.row() for f in findings])
         found = found.sort_values(["path", "kind"], kind="stable", ignore_index=True)
-        for name, df in (("uploads", uploads), ("findings", found)):
-            self.out.write(name, pa.Table.from_pandas(df, preserve_index=False))
+        self.out.write("findings", pa.Table.from_pandas(found, preserve_index=False))
 
 
 class _Tally:
@@ -385,23 +384,6 @@ def tally(v2: Path | str | Storage, options: ScanOptions | None = None) -> tuple
     return sink.totals, findings
 
 
-SAME_VALUES = {"revisions": ("target", "digest"), "layer_links": ("target", "digest")}
-"""Columns that almost always hold the same digests as another of their table (its link names its own path)."""
-
-
-def _shared(table: pa.Table, column: str, like: str) -> pa.Table:
-    """`table` with `column` made of the very buffers of `like` when both hold the same values on every row.
-
-    A digest is some 75 bytes: on a tree of 600,000 blobs the layer links' targets alone take 40 MB.
-    """
-    import pyarrow.compute as pc
-
-    values, same = table[column], table[like]
-    if values.null_count or same.null_count or not pc.all(pc.equal(values, same)).as_py():
-        return table
-    return table.set_column(table.schema.get_field_index(column), column, same)
-
-
 M_MMAP_THRESHOLD = -3
 """glibc's mallopt parameter: allocations from this size up get pages of their own, given back when freed."""
 MMAP_THRESHOLD = 1 << 20
@@ -428,23 +410,25 @@ def _load_pandas() -> None:
     from . import inventory  # noqa: F401
 
 
-def _frame(name: str, table: pa.Table) -> pd.DataFrame:
+def _with_start_times(uploads: pa.Table) -> pa.Table:
+    """The uploads with their `startedat` parsed: RFC 3339 text written by the registry; garbage becomes null."""
     import pandas as pd
     import pyarrow as pa
 
+    text = uploads["started_at"]
+    times = pd.to_datetime(pd.Series(text.to_pylist(), dtype=object), utc=True, errors="coerce", format="ISO8601")
+    column = pa.array(times.astype("datetime64[ns, UTC]"), type=pa.timestamp("ns", tz="UTC"))
+    return uploads.set_column(uploads.schema.get_field_index("started_at"), "started_at", column)
+
+
+def _frames(tables: dict[str, pa.Table]) -> dict[str, pd.DataFrame]:
+    """The scanned tables as an inventory's frames, digests and names coded once for all of them."""
     from . import inventory as inv_mod
 
-    if table.num_rows == 0:
-        # pandas' Arrow strings from an empty table have no chunks, which its merges reject.
-        return inv_mod.frame(name)
-    strings = pd.StringDtype()
-    df = table.to_pandas(
-        types_mapper={pa.string(): strings, pa.large_string(): strings, pa.int64(): pd.Int64Dtype()}.get
-    )
-    if name == "uploads":
-        # `startedat` holds RFC 3339 text written by the registry; garbage becomes null.
-        df["started_at"] = pd.to_datetime(df["started_at"], utc=True, errors="coerce", format="ISO8601")
-    return inv_mod.conform(name, df)
+    tables["uploads"] = _with_start_times(tables["uploads"])
+    frames = inv_mod.coded_frames(inv_mod.Columns(tables=tables), list(tables))
+    tables.clear()
+    return frames
 
 
 def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Inventory:
@@ -459,13 +443,10 @@ def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Invent
     # The frames made at the end need pandas, which takes a CPU-second to import:
     # it loads while the workers read the tree, not before or after them.
     sink, found = _read(storage, options, _ArrowTables, meanwhile=_load_pandas)
-    tables = sink.tables()
-    for name, (column, like) in SAME_VALUES.items():
-        tables[name] = _shared(tables[name], column, like)
     from . import inventory as inv_mod
 
     findings = inv_mod.frame("findings", [f.row() for f in found])
-    frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
+    frames = _frames(sink.tables())
     _release()
     return inv_mod.Inventory(
         root=storage.location,
@@ -488,19 +469,12 @@ class Streamed:
 
     def inventory(self) -> Inventory:
         """The tables written, read back as `scan` would have made them: what the analyses of the views need."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from . import inventory as inv_mod
 
         parts = self.out.close_tables()
-        tables = {
-            name: pa.concat_tables([pq.read_table(self.out.directory / p) for p in files])
-            for name, files in parts.items()
-        }
-        for name, (column, like) in SAME_VALUES.items():
-            tables[name] = _shared(tables[name], column, like)
-        frames = {name: _frame(name, tables.pop(name)) for name in list(tables)}
+        files = {name: [self.out.directory / p for p in names] for name, names in parts.items()}
+        frames = inv_mod.coded_frames(inv_mod.Columns(files=files))
         _release()
         return inv_mod.Inventory(
             root=self.root, origin=self.origin, scanned_at=self.scanned_at, scan_seconds=self.scan_seconds, **frames

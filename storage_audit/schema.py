@@ -95,3 +95,28 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "detail": (STR, "one sentence for people"),
     },
 }
+
+DIGESTS = "digests"
+NAMES = "names"
+OWN = "own"
+CODED: dict[str, dict[str, str]] = {
+    # Tables as read, digests first, with the blobs before the rest: most digests name a blob.
+    "blobs": {"digest": DIGESTS},
+    "references": {"manifest": DIGESTS, "digest": DIGESTS, "ref_type": OWN, "media_type": OWN, "platform": OWN},
+    "layer_links": {"repository": NAMES, "digest": DIGESTS, "target": DIGESTS},
+    "revisions": {"repository": NAMES, "digest": DIGESTS, "target": DIGESTS},
+    "manifests": {
+        "digest": DIGESTS,
+        "subject": DIGESTS,
+        "kind": OWN,
+        "media_type": OWN,
+        "artifact_type": OWN,
+        "config_media_type": OWN,
+    },
+    "tags": {"repository": NAMES, "digest": DIGESTS},
+    "tag_history": {"repository": NAMES, "digest": DIGESTS},
+    "repositories": {"repository": NAMES},
+    "uploads": {"repository": NAMES},
+}
+"""The text columns held in memory as codes: every digest against one dictionary, every repository name
+against another, and a few columns of few distinct values (OWN) against a dictionary each."""
