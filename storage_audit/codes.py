@@ -8,6 +8,7 @@ canonical form `sha256:<64 lowercase hex>` are held as 32 bytes (four 64-bit wor
 from __future__ import annotations
 
 import bisect
+import builtins
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -127,11 +128,13 @@ class TextDictionary(Dictionary):
         return np.asarray(pc.fill_null(found, NULL).to_numpy(zero_copy_only=False), dtype=CODE)
 
 
-def _parse(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _parse(chunk: pa.Array, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For one string array: which rows are canonical sha256 digests, their words (k, 4), and which other
-    rows are not null."""
+    rows are not null; rows to `skip` count as null."""
     n = len(chunk)
     valid = ~np.asarray(chunk.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if skip is not None:
+        valid &= ~skip
     canonical = np.zeros(n, dtype=bool)
     if n == 0 or not valid.any():
         return canonical, np.zeros((0, _WORDS), dtype=np.uint64), valid
@@ -170,18 +173,23 @@ def _hex(words: np.ndarray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text)).cast(pa.string())
 
 
-def _sorted_distinct(words: np.ndarray) -> np.ndarray:
-    """The distinct rows of (n, 4) words, in lexicographic order."""
+def _sorted_distinct(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of (n, 4) words, in lexicographic order, and the row of each of `words` among them."""
     if len(words) == 0:
-        return np.zeros((0, _WORDS), dtype=np.uint64)
-    ordered = words[np.argsort(words[:, 0], kind="stable")]
+        return np.zeros((0, _WORDS), dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(words[:, 0], kind="stable")
+    ordered = words[order]
     same = ordered[1:] == ordered[:-1]
     repeat = same.all(axis=1)
     if (same[:, 0] & ~repeat).any():
         # Digests that share their first 64 bits: order them by all of their bits.
-        ordered = words[np.lexsort(words.T[::-1])]
+        order = np.lexsort(words.T[::-1])
+        ordered = words[order]
         repeat = (ordered[1:] == ordered[:-1]).all(axis=1)
-    return ordered[np.concatenate([[True], ~repeat])]
+    keep = np.concatenate([[True], ~repeat])
+    inverse = np.empty(len(words), dtype=np.int64)
+    inverse[order] = np.cumsum(keep) - 1
+    return ordered[keep], inverse
 
 
 def _void(words: np.ndarray) -> np.ndarray:
@@ -296,11 +304,27 @@ class _Canonical(Sequence[str]):
 # Building codes for whole columns
 
 
+def _repeats(chunk: pa.Array, skip: np.ndarray | None) -> np.ndarray | None:
+    """Rows equal to the row before them (which is not skipped); None when there are none.
+
+    A manifest's references come one after another: their manifest digest is read once for all.
+    """
+    if len(chunk) < 2:
+        return None
+    same = pc.fill_null(pc.equal(chunk.slice(1), chunk.slice(0, len(chunk) - 1)), False)
+    repeats = np.concatenate([[False], np.asarray(same.to_numpy(zero_copy_only=False), dtype=bool)])
+    if skip is not None:
+        repeats[1:] &= ~skip[:-1]
+    return repeats if repeats.any() else None
+
+
 class _Column:
     """The codes of one column so far: final rows, and rows waiting for the dictionary to grow."""
 
     def __init__(self, length: int) -> None:
-        self.codes = np.full(length, NULL, dtype=np.int64)
+        self.codes = np.full(length, NULL, dtype=CODE)
+        self.repeats: np.ndarray | None = None
+        """Rows that hold the same string as the row before them, and get its code."""
         self.filled = 0
         self.waiting_rows: list[np.ndarray] = []
         self.waiting_words: list[np.ndarray] = []
@@ -326,14 +350,23 @@ class DigestCoder:
         self.columns: dict[Any, _Column] = {}
         self.waiting = 0
 
-    def add(self, key: Any, length: int, chunks: Iterable[pa.Array]) -> None:
+    def add(self, key: Any, length: int, chunks: Iterable[pa.Array | tuple[pa.Array, np.ndarray]]) -> None:
+        """Code a column of `length` rows, given in chunks; a chunk may come with a bool array of rows to
+        skip, which stay NULL (the caller knows their codes from elsewhere)."""
         column = self.columns[key] = _Column(length)
         rows: list[np.ndarray] = []
         words: list[np.ndarray] = []
-        for chunk in chunks:
+        for item in chunks:
+            chunk, skip = item if isinstance(item, tuple) else (item, None)
             chunk = _string_array(chunk)
             start = column.filled
-            canonical, parsed, other = _parse(chunk)
+            repeats = _repeats(chunk, skip)
+            if repeats is not None:
+                if column.repeats is None:
+                    column.repeats = np.zeros(length, dtype=bool)
+                column.repeats[start : start + len(chunk)] = repeats
+                skip = repeats if skip is None else skip | repeats
+            canonical, parsed, other = _parse(chunk, skip)
             rows.append(np.flatnonzero(canonical) + start)
             words.append(parsed)
             if other.any():
@@ -345,6 +378,9 @@ class DigestCoder:
                 rows, words = [], []
         if rows:
             self._code(column, np.concatenate(rows), np.concatenate(words))
+        if self.waiting > len(self.words) // 4:
+            # Many new digests (the blobs, first): in the dictionary before the next column meets them.
+            self._merge()
         if column.filled != length:
             raise ValueError(f"column of {column.filled} rows, {length} expected")
 
@@ -365,16 +401,17 @@ class DigestCoder:
         waiting = [w for c in self.columns.values() for w in c.waiting_words]
         if not waiting:
             return
-        merged = _sorted_distinct(np.concatenate([self.words, *waiting]))
-        first = np.ascontiguousarray(merged[:, 0])
-        renumber = _lookup(merged, first, self.words)
+        merged, inverse = _sorted_distinct(np.concatenate([self.words, *waiting]))
+        renumber = inverse[: len(self.words)]
+        at = len(self.words)
         for column in self.columns.values():
             given = column.codes >= 0
             column.codes[given] = renumber[column.codes[given]]
             for rows, words in zip(column.waiting_rows, column.waiting_words, strict=True):
-                column.codes[rows] = _lookup(merged, first, words)
+                column.codes[rows] = inverse[at : at + len(words)]
+                at += len(words)
             column.waiting_rows, column.waiting_words = [], []
-        self.words, self.first, self.waiting = merged, first, 0
+        self.words, self.first, self.waiting = merged, np.ascontiguousarray(merged[:, 0]), 0
 
     def finish(self) -> tuple[DigestDictionary, dict[Any, np.ndarray]]:
         self._merge()
@@ -389,7 +426,11 @@ class DigestCoder:
             for rows, values in zip(column.other_rows, column.other_values, strict=True):
                 at = np.asarray(pc.index_in(values, value_set=dictionary.others).to_numpy(), dtype=np.int64)
                 codes[rows] = dictionary.other_codes[at]
-            out[key] = codes.astype(CODE)
+            if column.repeats is not None:
+                # Each repeated row takes the code of the last row before it that is no repeat.
+                heads = np.where(column.repeats, 0, np.arange(len(codes)))
+                codes = codes[np.maximum.accumulate(heads)]
+            out[key] = codes
         self.columns = {}
         return dictionary, out
 
@@ -442,7 +483,7 @@ class CodedDtype(ExtensionDtype):
         return "coded"
 
     @classmethod
-    def construct_array_type(cls) -> type[CodedArray]:
+    def construct_array_type(cls) -> builtins.type[CodedArray]:
         return CodedArray
 
     @classmethod

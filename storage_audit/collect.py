@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .frames import isin, join_groups, pick, positions, sorted_rows
+from .frames import distinct_joined, isin, pick, positions, sorted_rows
 from .graph import Graph, Reachability, ReachOptions
 from .inventory import Inventory
 from .reach import blob_kinds, reclaimable_alone
@@ -73,15 +73,14 @@ def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
     # Links go by the position of their target among the orphans.
     orphan = positions(links["target"], blobs["digest"])
     held = orphan >= 0
-    links = pd.DataFrame({"orphan": orphan[held], "repository": links["repository"][held].reset_index(drop=True)})
-    linked_from = join_groups(links.drop_duplicates().sort_values(["orphan", "repository"]), "orphan", "repository")
+    linked_from = distinct_joined(orphan[held], links["repository"][held], len(blobs))
     frame = pd.DataFrame(
         {
             "digest": blobs["digest"],
             "size": blobs["size"],
             "mtime": blobs["mtime"],
             "kind": blob_kinds(inv, blobs),
-            "linked_from": linked_from.reindex(np.arange(len(blobs))).set_axis(blobs.index).fillna(""),
+            "linked_from": linked_from.set_axis(blobs.index),
         }
     )
     return sorted_rows(frame, [("size", "descending"), ("digest", "ascending")])[ORPHAN_COLUMNS]

@@ -180,3 +180,18 @@ def join_groups(frame: pd.DataFrame, key: str, value: str, sep: str = ",") -> pd
     else:
         index = pd.Index(grouped[key].to_pandas(types_mapper=_STRINGS.get), name=key)
     return pd.Series(joined, index=index, dtype="string")
+
+
+def distinct_joined(groups: np.ndarray, column: pd.Series, count: int, sep: str = ",") -> pd.Series:
+    """For each group id below `count`, the distinct non-null values of `column` in its rows (`groups`, a
+    group id per row), sorted and joined by `sep`; empty for a group without any."""
+    coded = _array(column)
+    if coded is None:
+        coded = CodedArray._from_sequence(_arrow(column))
+    size = len(coded.dictionary) + 1
+    valid = coded.codes >= 0
+    pairs = np.unique(groups[valid].astype(np.int64) * size + coded.codes[valid])
+    group, code = np.divmod(pairs, size)
+    offsets = np.searchsorted(group, np.arange(count + 1)).astype(np.int32)
+    lists = pa.ListArray.from_arrays(pa.array(offsets), coded.dictionary.strings(code))
+    return pd.Series(pc.binary_join(lists, sep), dtype="string")

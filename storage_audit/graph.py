@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .codes import CodedArray
 from .frames import isin, pick, positions
 from .inventory import Inventory
 
@@ -99,30 +100,63 @@ def references(inv: Inventory, *types: str) -> pd.DataFrame:
     return pd.DataFrame({"manifest": refs["manifest"][rows], "digest": refs["digest"][rows]}).reset_index(drop=True)
 
 
+def digest_codes(inv: Inventory, digests: pd.Series | pd.Index) -> np.ndarray:
+    """The code of each of `digests` in the inventory's dictionary of digests; -1 for null or unknown ones."""
+    array = inv.blobs["digest"].array
+    assert isinstance(array, CodedArray)
+    return array.codes_of(digests)
+
+
+def blob_rows(inv: Inventory) -> np.ndarray:
+    """For each digest code, the position of its blob in `inv.blobs`; -1 when no blob has it.
+
+    One more slot, last, is -1: indexing with the code -1 (null, unknown) finds no blob.
+    """
+    return positions(pd.Series(CodedArray(np.arange(len(inv.digests)), inv.digests)), inv.blobs["digest"])
+
+
 def holdings(inv: Inventory, owners: pd.DataFrame) -> pd.DataFrame:
     """(owner, blob) for each owner row: its own blob and what its manifest references.
 
     Both are positions, `owner` in `owners` and `blob` in `inv.blobs`; blobs that are not stored are left out.
+    Pairs are distinct: first every owner's own blob, then owner by owner the blobs its manifest references.
     """
-    targets, blobs = owners["target"], inv.blobs["digest"]
+    blob_of = np.append(blob_rows(inv), -1).astype(np.int32)
+    targets = digest_codes(inv, owners["target"])
     refs = inv.references
-    # Owners and references meet on a target's first position among the owners.
-    first = positions(refs["manifest"], targets)
-    held = (first >= 0) & isin(refs["ref_type"], HOLDING_REFS).to_numpy()
-    # Only the owners' references are looked up: in place when they are most of them, else copied
-    # out first (few when the owners are the targets of broken references).
-    digests = refs["digest"]
-    found = positions(digests, blobs)[held] if 2 * held.sum() > len(refs) else positions(digests[held], blobs)
-    lists = pd.DataFrame({"first": first[held], "blob": found})
-    owner = np.arange(len(owners))
-    referenced = pd.DataFrame({"owner": owner, "first": positions(targets, targets)}).merge(
-        lists[lists["blob"] >= 0], on="first"
+    held = isin(refs["ref_type"], HOLDING_REFS).to_numpy()
+    manifests = digest_codes(inv, refs["manifest"])[held]
+    blobs = blob_of[digest_codes(inv, refs["digest"])[held]]
+    del held
+    # Only stored blobs, and only the references of the owners' manifests.
+    wanted = np.zeros(len(blob_of), dtype=bool)
+    wanted[targets[targets >= 0]] = True
+    keep = np.flatnonzero((blobs >= 0) & wanted[manifests])
+    manifests, blobs = manifests[keep], blobs[keep]
+    del keep, wanted
+    # Each manifest's distinct references, one run per manifest, by sorting (manifest, blob) pairs.
+    key = manifests.astype(np.int64) * len(blob_of) + blobs
+    order = np.argsort(key)
+    key = key[order]
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    order = order[first]
+    manifests, blobs = manifests[order], blobs[order]
+    del key, order, first
+    # Each owner takes the references of its manifest's run.
+    lo, hi = np.searchsorted(manifests, targets, "left"), np.searchsorted(manifests, targets, "right")
+    counts = np.where(targets >= 0, hi - lo, 0)
+    owner = np.repeat(np.arange(len(owners), dtype=np.int64), counts)
+    referenced = blobs[np.arange(int(counts.sum())) + np.repeat(lo - (np.cumsum(counts) - counts), counts)]
+    own = blob_of[targets]
+    # A manifest cannot reference its own blob (its digest would hash itself); the check costs little.
+    differ = referenced != own[owner]
+    return pd.DataFrame(
+        {
+            "owner": np.concatenate([np.flatnonzero(own >= 0), owner[differ]]),
+            "blob": np.concatenate([own[own >= 0], referenced[differ]]).astype(np.int64),
+        }
     )
-    own = pd.DataFrame({"owner": owner, "blob": positions(targets, blobs)})
-    pairs = pd.concat([own[own["blob"] >= 0], referenced[["owner", "blob"]]], ignore_index=True)
-    # Distinct pairs by one integer key: hashing it takes a fraction of the memory of two columns.
-    key = pairs["owner"].to_numpy() * max(len(blobs), 1) + pairs["blob"].to_numpy()
-    return pairs[~pd.Series(key).duplicated().to_numpy()].reset_index(drop=True)
 
 
 def closure(root: np.ndarray, node: np.ndarray, src: np.ndarray, dst: np.ndarray, nodes: int) -> pd.DataFrame:
@@ -395,15 +429,13 @@ class Graph:
         """
         holds = self.holds
         protected = self.reach().protected
-        frame = pd.DataFrame(
-            {
-                "repository": np.concatenate(
-                    [
-                        self.repository_codes[holds["owner"].to_numpy()],
-                        positions(protected["repository"], self.inv.repositories["repository"]),
-                    ]
-                ),
-                "blob": np.concatenate([holds["blob"].to_numpy(), protected["blob"].to_numpy()]),
-            }
+        repository = np.concatenate(
+            [
+                self.repository_codes[holds["owner"].to_numpy()],
+                positions(protected["repository"], self.inv.repositories["repository"]),
+            ]
         )
-        return frame.drop_duplicates(ignore_index=True)
+        blob = np.concatenate([holds["blob"].to_numpy(), protected["blob"].to_numpy()])
+        # Distinct pairs by one integer key (repositories from -1, unknown).
+        first = ~pd.Series((repository + 1) * max(len(self.inv.blobs), 1) + blob).duplicated().to_numpy()
+        return pd.DataFrame({"repository": repository[first], "blob": blob[first]})

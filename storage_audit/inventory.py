@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
-from .codes import CodedDtype, DigestCoder, TextCoder
+from .codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder
+from .memory import release, steady_allocator
 from .schema import (
+    ALIASES,
     CODED,
     DIGESTS,
     METADATA_FILE,
@@ -79,6 +83,32 @@ class Inventory:
     scan_seconds: float | None = None
     origin: dict[str, str] = field(default_factory=dict)
     """Where a tree in object storage was read (bucket, prefix, endpoint): never a credential."""
+
+    def __post_init__(self) -> None:
+        if not self.coded():
+            # Made from plain frames: coded here, so that every analysis meets codes.
+            arrow = {name: pa.Table.from_pandas(df, preserve_index=False) for name, df in self.tables().items()}
+            for name, df in coded_frames(Columns(tables=arrow)).items():
+                setattr(self, name, df)
+
+    def coded(self) -> bool:
+        """Whether every column of CODED is coded, digests against one dictionary and names against another."""
+        shared: dict[str, Any] = {}
+        for table, columns in CODED.items():
+            for column, kind in columns.items():
+                array = getattr(self, table)[column].array
+                if not isinstance(array, CodedArray):
+                    return False
+                if kind in (DIGESTS, NAMES) and shared.setdefault(kind, array.dictionary) is not array.dictionary:
+                    return False
+        return True
+
+    @property
+    def digests(self) -> Dictionary:
+        """The dictionary of every digest column."""
+        array = self.blobs["digest"].array
+        assert isinstance(array, CodedArray)
+        return array.dictionary
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SCHEMA}
@@ -182,15 +212,18 @@ class Columns:
         assert self.files is not None
         return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files[table])
 
-    def chunks(self, table: str, column: str) -> Any:
-        """The column's values, a batch at a time."""
+    def batches(self, table: str, columns: list[str]) -> Iterator[list[pa.Array]]:
+        """The columns' values, a batch of rows at a time (a row group of the files)."""
         if self.tables is not None:
-            yield from self.tables[table][column].chunks
+            for batch in self.tables[table].select(columns).to_batches(max_chunksize=READ_ROWS):
+                yield list(batch.columns)
             return
         assert self.files is not None
         for path in self.files[table]:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS, columns=[column]):
-                yield batch.column(0)
+            source = pq.ParquetFile(path)
+            for group in range(source.num_row_groups):
+                read = source.read_row_group(group, columns=columns)
+                yield [_one_array(read.column(c)) for c in columns]
 
     def column(self, table: str, column: str) -> pa.ChunkedArray:
         if self.tables is not None:
@@ -202,6 +235,18 @@ class Columns:
         return pa.chunked_array([chunk for part in parts for chunk in part.chunks], type=parts[0].type)
 
 
+def _one_array(values: pa.ChunkedArray) -> pa.Array:
+    return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+
+
+def _aliased(source: Columns, table: str, column: str, like: str, same: list[np.ndarray]) -> Iterator[Any]:
+    """The column's batches, each with the rows where it equals `like` (appended to `same`) to be skipped."""
+    for values, other in source.batches(table, [column, like]):
+        equal = np.asarray(pc.fill_null(pc.equal(values, other), False).to_numpy(zero_copy_only=False), dtype=bool)
+        same.append(equal)
+        yield values, equal
+
+
 def coded_frames(source: Columns, tables: Iterable[str] = tuple(SCHEMA)) -> dict[str, pd.DataFrame]:
     """Every table as a frame of the schema's dtypes, its text columns in CODED held as codes.
 
@@ -210,13 +255,20 @@ def coded_frames(source: Columns, tables: Iterable[str] = tuple(SCHEMA)) -> dict
     """
     digests, names = DigestCoder(), TextCoder()
     own: dict[tuple[str, str], tuple[Any, Any]] = {}
+    aliases: dict[tuple[str, str], tuple[str, list[np.ndarray]]] = {}
     wanted = set(tables)
     rows = {name: source.rows(name) for name in wanted}
-    for table, columns in CODED.items():
+    for table, kinds in CODED.items():
         if table not in wanted:
             continue
-        for column, kind in columns.items():
-            chunks = source.chunks(table, column)
+        for column, kind in kinds.items():
+            if kind == DIGESTS and (table, column) in ALIASES:
+                like = ALIASES[table, column]
+                same: list[np.ndarray] = []
+                aliases[table, column] = (like, same)
+                digests.add((table, column), rows[table], _aliased(source, table, column, like, same))
+                continue
+            chunks = (batch[0] for batch in source.batches(table, [column]))
             if kind == DIGESTS:
                 digests.add((table, column), rows[table], chunks)
             elif kind == NAMES:
@@ -225,8 +277,12 @@ def coded_frames(source: Columns, tables: Iterable[str] = tuple(SCHEMA)) -> dict
                 coder = TextCoder()
                 coder.add((table, column), rows[table], chunks)
                 own[table, column] = coder.finish()
-    coded = {}
-    for dictionary, codes in (digests.finish(), names.finish(), *own.values()):
+    dictionary, codes = digests.finish()
+    for (table, column), (like, same) in aliases.items():
+        equal = np.concatenate([np.zeros(0, dtype=bool), *same])
+        codes[table, column][equal] = codes[table, like][equal]
+    coded = {key: dictionary.column(values) for key, values in codes.items()}
+    for dictionary, codes in (names.finish(), *own.values()):
         for key, values in codes.items():
             coded[key] = dictionary.column(values)
     frames = {}
@@ -256,7 +312,9 @@ def read_snapshot(directory: Path) -> Inventory:
     """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
     meta = read_metadata(directory)
     try:
+        steady_allocator()
         tables = coded_frames(Columns(files=table_files(directory, meta)))
+        release()
         seconds = meta.get("scan_seconds")  # absent from snapshots of earlier versions
         return Inventory(
             root=meta["root"],

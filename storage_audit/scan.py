@@ -6,8 +6,6 @@ it yet has one thread, and can start its workers by forking, in milliseconds.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import multiprocessing
 import os
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .errors import UsageError
 from .findings import Finding
+from .memory import release, steady_allocator
 from .paths import BlobPrefix, InvalidPath, path_for
 from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
 from .source import RootError, resolve
@@ -311,7 +310,7 @@ def _read(
         loader = threading.Thread(target=meanwhile, name="meanwhile", daemon=True)
         loader.start()
         meanwhile = None
-    _steady_allocator()
+    steady_allocator()
     try:
         top = Walker(storage)
         units = top.units()
@@ -384,28 +383,6 @@ def tally(v2: Path | str | Storage, options: ScanOptions | None = None) -> tuple
     return sink.totals, findings
 
 
-M_MMAP_THRESHOLD = -3
-"""glibc's mallopt parameter: allocations from this size up get pages of their own, given back when freed."""
-MMAP_THRESHOLD = 1 << 20
-
-
-def _steady_allocator() -> None:
-    """Keep glibc from raising its mmap threshold as big arrays are freed (up to 32 MB by default).
-
-    Raised, it serves the next arrays from the heap, which keeps what they free:
-    some 70 MB at the peak of `orphans` on a tree of 600,000 blobs. Forked workers inherit the setting.
-    """
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-def _release() -> None:
-    """Give back to the system the memory the scan's many small, freed objects leave in glibc's heap."""
-    # Elsewhere than glibc there is no malloc_trim: that allocator returns memory by itself, or keeps it.
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
 def _load_pandas() -> None:
     from . import inventory  # noqa: F401
 
@@ -447,7 +424,7 @@ def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Invent
 
     findings = inv_mod.frame("findings", [f.row() for f in found])
     frames = _frames(sink.tables())
-    _release()
+    release()
     return inv_mod.Inventory(
         root=storage.location,
         origin=getattr(storage, "origin", None) or {},
@@ -475,7 +452,7 @@ class Streamed:
         parts = self.out.close_tables()
         files = {name: [self.out.directory / p for p in names] for name, names in parts.items()}
         frames = inv_mod.coded_frames(inv_mod.Columns(files=files))
-        _release()
+        release()
         return inv_mod.Inventory(
             root=self.root, origin=self.origin, scanned_at=self.scanned_at, scan_seconds=self.scan_seconds, **frames
         )
@@ -492,5 +469,5 @@ def scan_to_snapshot(v2: Path | str | Storage, directory: Path, options: ScanOpt
     scanned_at = datetime.now(UTC)
     sink, found = _read(storage, options, lambda: _SnapshotTables(directory), meanwhile=_load_pandas)
     sink.finish(found)
-    _release()
+    release()
     return Streamed(sink.out, storage.location, getattr(storage, "origin", None) or {}, scanned_at)

@@ -120,3 +120,9 @@ CODED: dict[str, dict[str, str]] = {
 }
 """The text columns held in memory as codes: every digest against one dictionary, every repository name
 against another, and a few columns of few distinct values (OWN) against a dictionary each."""
+ALIASES: dict[tuple[str, str], str] = {
+    ("layer_links", "target"): "digest",
+    ("revisions", "target"): "digest",
+}
+"""Digest columns that almost always hold, row for row, the digest of another column of their table (a
+link names its own path): only the rows where they differ are read."""
