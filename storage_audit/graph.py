@@ -328,8 +328,7 @@ class Graph:
             missing = missing[kept[missing["owner"].to_numpy()]].reset_index(drop=True)
             repositories = pick(self.present["repository"], missing["owner"].to_numpy())
             parts.append(pd.DataFrame({"repository": repositories, "digest": missing["digest"]}))
-        frame = pd.concat(parts, ignore_index=True).astype({"repository": "string", "digest": "string"})
-        return frame.drop_duplicates(ignore_index=True)
+        return pd.concat(parts, ignore_index=True).drop_duplicates(ignore_index=True)
 
     def protection(self, kept: np.ndarray | None, tags: pd.DataFrame | None = None) -> pd.DataFrame:
         """(repository, blob): what the broken references of `broken(kept, tags)` keep, by their repository.
@@ -358,9 +357,7 @@ class Graph:
     def _content(self) -> tuple[pd.Series, np.ndarray, np.ndarray]:
         """The manifests that lists name or are, as nodes, and the (list, child) edges between them."""
         children = self.children
-        nodes = pd.Series(
-            pd.concat([children["manifest"], children["digest"]], ignore_index=True).dropna().unique(), dtype="string"
-        )
+        nodes = pd.Series(pd.concat([children["manifest"], children["digest"]], ignore_index=True).dropna().unique())
         src, dst = positions(children["manifest"], nodes), positions(children["digest"], nodes)
         valid = (src >= 0) & (dst >= 0)
         return nodes, src[valid], dst[valid]
@@ -369,7 +366,7 @@ class Graph:
         """(root, digest): each of `digests` (root: its position) and, recursively, the children its manifest
         content lists, whatever the revision links say."""
         nodes, src, dst = self._content
-        roots = digests.reset_index(drop=True).astype("string")
+        roots = digests.reset_index(drop=True)
         at = positions(roots, nodes)
         # A digest that no list names and no list is has no edges: it gets a node of its own.
         alone = np.flatnonzero(at < 0)

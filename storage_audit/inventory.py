@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -219,10 +220,18 @@ class Columns:
                 yield list(batch.columns)
             return
         assert self.files is not None
-        for path in self.files[table]:
-            source = pq.ParquetFile(path)
-            for group in range(source.num_row_groups):
-                read = source.read_row_group(group, columns=columns)
+        groups = [
+            (source, group)
+            for source in map(pq.ParquetFile, self.files[table])
+            for group in range(source.num_row_groups)
+        ]
+        # The next row group is read (pyarrow lets go of the interpreter) while this one is coded.
+        with ThreadPoolExecutor(1) as pool:
+            ahead = None
+            for at, (source, group) in enumerate(groups):
+                read = ahead.result() if ahead is not None else source.read_row_group(group, columns=columns)
+                if at + 1 < len(groups):
+                    ahead = pool.submit(groups[at + 1][0].read_row_group, groups[at + 1][1], columns=columns)
                 yield [_one_array(read.column(c)) for c in columns]
 
     def column(self, table: str, column: str) -> pa.ChunkedArray:
