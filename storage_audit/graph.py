@@ -115,6 +115,15 @@ def blob_rows(inv: Inventory) -> np.ndarray:
     return positions(pd.Series(CodedArray(np.arange(len(inv.digests)), inv.digests)), inv.blobs["digest"])
 
 
+def _runs(values: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `wanted`, where its run of equal values starts and ends in the sorted `values`."""
+    order = np.argsort(wanted, kind="stable")
+    lo, hi = np.empty(len(wanted), dtype=np.int64), np.empty(len(wanted), dtype=np.int64)
+    lo[order] = np.searchsorted(values, wanted[order], "left")
+    hi[order] = np.searchsorted(values, wanted[order], "right")
+    return lo, hi
+
+
 def holdings(inv: Inventory, owners: pd.DataFrame) -> pd.DataFrame:
     """(owner, blob) for each owner row: its own blob and what its manifest references.
 
@@ -143,8 +152,8 @@ def holdings(inv: Inventory, owners: pd.DataFrame) -> pd.DataFrame:
     order = order[first]
     manifests, blobs = manifests[order], blobs[order]
     del key, order, first
-    # Each owner takes the references of its manifest's run.
-    lo, hi = np.searchsorted(manifests, targets, "left"), np.searchsorted(manifests, targets, "right")
+    # Each owner takes the references of its manifest's run (found for the targets in order: fast).
+    lo, hi = _runs(manifests, targets)
     counts = np.where(targets >= 0, hi - lo, 0)
     owner = np.repeat(np.arange(len(owners), dtype=np.int64), counts)
     referenced = blobs[np.arange(int(counts.sum())) + np.repeat(lo - (np.cumsum(counts) - counts), counts)]
