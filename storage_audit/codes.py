@@ -344,15 +344,30 @@ def _repeats(chunk: pa.Array, skip: np.ndarray | None) -> np.ndarray | None:
 class _Column:
     """The codes of one column so far: final rows, and rows waiting for the dictionary to grow."""
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int = 0) -> None:
         self.codes = np.full(length, NULL, dtype=CODE)
         self.repeats: np.ndarray | None = None
         """Rows that hold the same string as the row before them, and get its code."""
         self.filled = 0
+        self.pending_rows: list[np.ndarray] = []
+        self.pending_words: list[np.ndarray] = []
         self.waiting_rows: list[np.ndarray] = []
         self.waiting_words: list[np.ndarray] = []
         self.other_rows: list[np.ndarray] = []
         self.other_values: list[pa.Array] = []
+
+    def room(self, rows: int) -> None:
+        """Make room for `rows` more rows (doubling, when the length was not known)."""
+        if self.filled + rows > len(self.codes):
+            grown = np.full(max(2 * len(self.codes), self.filled + rows), NULL, dtype=CODE)
+            grown[: self.filled] = self.codes[: self.filled]
+            self.codes = grown
+            if self.repeats is not None:
+                self.repeats = np.concatenate([self.repeats, np.zeros(len(grown) - len(self.repeats), dtype=bool)])
+
+    @property
+    def pending(self) -> int:
+        return sum(len(r) for r in self.pending_rows)
 
 
 LOOKUP_ROWS = 1 << 20
@@ -374,41 +389,52 @@ class DigestCoder:
         self.waiting = 0
 
     def add(self, key: Any, length: int, chunks: Iterable[pa.Array | tuple[pa.Array, np.ndarray]]) -> None:
-        """Code a column of `length` rows, given in chunks; a chunk may come with a bool array of rows to
-        skip, which stay NULL (the caller knows their codes from elsewhere)."""
-        column = self.columns[key] = _Column(length)
-        rows: list[np.ndarray] = []
-        words: list[np.ndarray] = []
+        """Code a whole column of `length` rows, given in chunks (see `extend`)."""
+        self.columns[key] = _Column(length)
         for item in chunks:
             chunk, skip = item if isinstance(item, tuple) else (item, None)
-            chunk = _string_array(chunk)
-            start = column.filled
-            repeats = _repeats(chunk, skip)
-            if repeats is not None:
-                if column.repeats is None:
-                    column.repeats = np.zeros(length, dtype=bool)
-                column.repeats[start : start + len(chunk)] = repeats
-                skip = repeats if skip is None else skip | repeats
-            canonical, parsed, other = _parse(chunk, skip)
-            rows.append(np.flatnonzero(canonical) + start)
-            words.append(parsed)
-            if other.any():
-                column.other_rows.append(np.flatnonzero(other) + start)
-                column.other_values.append(_small(chunk.filter(pa.array(other))))
-            column.filled += len(chunk)
-            if sum(len(r) for r in rows) >= LOOKUP_ROWS:
-                self._code(column, np.concatenate(rows), np.concatenate(words))
-                rows, words = [], []
-        if rows:
-            self._code(column, np.concatenate(rows), np.concatenate(words))
+            self.extend(key, chunk, skip)
+        self.settle(key)
+        if self.columns[key].filled != length:
+            raise ValueError(f"column of {self.columns[key].filled} rows, {length} expected")
+
+    def settle(self, key: Any) -> None:
+        """The column `key` is whole: look its pending rows up, and merge if it brought many new digests."""
+        if key not in self.columns:
+            return
+        self._flush(self.columns[key])
         if self.waiting > len(self.words) // 4:
             # Many new digests (the blobs, first): in the dictionary before the next column meets them.
             self._merge()
-        if column.filled != length:
-            raise ValueError(f"column of {column.filled} rows, {length} expected")
 
-    def _code(self, column: _Column, rows: np.ndarray, words: np.ndarray) -> None:
-        """Give the rows whose digests the dictionary holds their codes; the others wait for the next merge."""
+    def extend(self, key: Any, chunk: pa.Array, skip: np.ndarray | None = None) -> None:
+        """Append a chunk to the column `key`; rows to `skip` stay NULL (the caller knows their codes)."""
+        column = self.columns.setdefault(key, _Column())
+        chunk = _string_array(chunk)
+        column.room(len(chunk))
+        start = column.filled
+        repeats = _repeats(chunk, skip)
+        if repeats is not None:
+            if column.repeats is None:
+                column.repeats = np.zeros(len(column.codes), dtype=bool)
+            column.repeats[start : start + len(chunk)] = repeats
+            skip = repeats if skip is None else skip | repeats
+        canonical, parsed, other = _parse(chunk, skip)
+        column.pending_rows.append(np.flatnonzero(canonical) + start)
+        column.pending_words.append(parsed)
+        if other.any():
+            column.other_rows.append(np.flatnonzero(other) + start)
+            column.other_values.append(_small(chunk.filter(pa.array(other))))
+        column.filled += len(chunk)
+        if column.pending >= LOOKUP_ROWS:
+            self._flush(column)
+
+    def _flush(self, column: _Column) -> None:
+        """Give the pending rows whose digests the dictionary holds their codes; the others wait for a merge."""
+        if not column.pending_rows:
+            return
+        rows, words = np.concatenate(column.pending_rows), np.concatenate(column.pending_words)
+        column.pending_rows, column.pending_words = [], []
         found = _lookup(self.words, self.first, words)
         column.codes[rows[found >= 0]] = found[found >= 0]
         new = found < 0
@@ -428,8 +454,8 @@ class DigestCoder:
         renumber = inverse[: len(self.words)]
         at = len(self.words)
         for column in self.columns.values():
-            given = column.codes >= 0
-            column.codes[given] = renumber[column.codes[given]]
+            given = column.codes[: column.filled] >= 0
+            column.codes[: column.filled][given] = renumber[column.codes[: column.filled][given]]
             for rows, words in zip(column.waiting_rows, column.waiting_words, strict=True):
                 column.codes[rows] = inverse[at : at + len(words)]
                 at += len(words)
@@ -437,13 +463,15 @@ class DigestCoder:
         self.words, self.first, self.waiting = merged, np.ascontiguousarray(merged[:, 0]), 0
 
     def finish(self) -> tuple[DigestDictionary, dict[Any, np.ndarray]]:
+        for column in self.columns.values():
+            self._flush(column)
         self._merge()
         others = [v for c in self.columns.values() for v in c.other_values]
         distinct = pc.unique(pa.concat_arrays(others)) if others else pa.array([], type=pa.string())
         dictionary = DigestDictionary(self.words, distinct.take(pc.sort_indices(distinct)))
         out = {}
         for key, column in self.columns.items():
-            codes = column.codes
+            codes = column.codes[: column.filled]
             given = codes >= 0
             codes[given] = dictionary.code_of_rows(codes[given])
             for rows, values in zip(column.other_rows, column.other_values, strict=True):
@@ -451,9 +479,9 @@ class DigestCoder:
                 codes[rows] = dictionary.other_codes[at]
             if column.repeats is not None:
                 # Each repeated row takes the code of the last row before it that is no repeat.
-                heads = np.where(column.repeats, 0, np.arange(len(codes)))
+                heads = np.where(column.repeats[: column.filled], 0, np.arange(len(codes)))
                 codes = codes[np.maximum.accumulate(heads)]
-            out[key] = codes
+            out[key] = codes if len(codes) == len(column.codes) else codes.copy()
         self.columns = {}
         return dictionary, out
 
@@ -465,13 +493,18 @@ class TextCoder:
         self.parts: dict[Any, list[tuple[np.ndarray, pa.Array]]] = {}
 
     def add(self, key: Any, length: int, chunks: Iterable[pa.Array]) -> None:
-        parts = self.parts[key] = []
+        """Code a whole column of `length` rows, given in chunks."""
+        self.parts[key] = []
         for chunk in chunks:
-            encoded = pc.dictionary_encode(_string_array(chunk))
-            indices = np.asarray(pc.fill_null(encoded.indices, NULL).to_numpy(zero_copy_only=False), dtype=CODE)
-            parts.append((indices, encoded.dictionary))
-        if sum(len(i) for i, _ in parts) != length:
-            raise ValueError(f"column of {sum(len(i) for i, _ in parts)} rows, {length} expected")
+            self.extend(key, chunk)
+        if sum(len(i) for i, _ in self.parts[key]) != length:
+            raise ValueError(f"column of {sum(len(i) for i, _ in self.parts[key])} rows, {length} expected")
+
+    def extend(self, key: Any, chunk: pa.Array) -> None:
+        """Append a chunk to the column `key`."""
+        encoded = pc.dictionary_encode(_string_array(chunk))
+        indices = np.asarray(pc.fill_null(encoded.indices, NULL).to_numpy(zero_copy_only=False), dtype=CODE)
+        self.parts.setdefault(key, []).append((indices, encoded.dictionary))
 
     def finish(self) -> tuple[TextDictionary, dict[Any, np.ndarray]]:
         dictionary = TextDictionary.of(d for parts in self.parts.values() for _, d in parts)

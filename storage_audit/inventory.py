@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__
-from .codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder
+from .codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder, TextDictionary
 from .memory import release, steady_allocator
 from .schema import (
     ALIASES,
@@ -35,6 +35,7 @@ from .schema import (
     TIME,
     VIEW_FILE,
 )
+from .snapshot_writer import arrow_schema
 
 # The system allocator gives back to the system what the analyses' many short-lived Arrow arrays free;
 # Arrow's default one kept some 90 MB more at the peak of `orphans` on a tree of 600,000 blobs.
@@ -88,8 +89,10 @@ class Inventory:
     def __post_init__(self) -> None:
         if not self.coded():
             # Made from plain frames: coded here, so that every analysis meets codes.
-            arrow = {name: pa.Table.from_pandas(df, preserve_index=False) for name, df in self.tables().items()}
-            for name, df in coded_frames(Columns(tables=arrow)).items():
+            builder = FrameBuilder()
+            for name, df in self.tables().items():
+                builder.add(name, pa.Table.from_pandas(df, preserve_index=False))
+            for name, df in builder.frames().items():
                 setattr(self, name, df)
 
     def coded(self) -> bool:
@@ -201,31 +204,19 @@ READ_ROWS = 1 << 17
 
 
 class Columns:
-    """Where an inventory's tables come from: Arrow tables in memory, or a snapshot's Parquet files."""
+    """The tables of a snapshot, read from its Parquet files a row group or a column at a time."""
 
-    def __init__(self, tables: Mapping[str, pa.Table] | None = None, files: Mapping[str, list[Path]] | None = None):
-        self.tables = tables
+    def __init__(self, files: Mapping[str, list[Path]]) -> None:
         self.files = files
 
-    def rows(self, table: str) -> int:
-        if self.tables is not None:
-            return self.tables[table].num_rows
-        assert self.files is not None
-        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files[table])
-
     def batches(self, table: str, columns: list[str]) -> Iterator[list[pa.Array]]:
-        """The columns' values, a batch of rows at a time (a row group of the files)."""
-        if self.tables is not None:
-            for batch in self.tables[table].select(columns).to_batches(max_chunksize=READ_ROWS):
-                yield list(batch.columns)
-            return
-        assert self.files is not None
+        """The columns' values, a row group at a time; the next one is read (pyarrow lets go of the
+        interpreter) while this one is coded."""
         groups = [
             (source, group)
             for source in map(pq.ParquetFile, self.files[table])
             for group in range(source.num_row_groups)
         ]
-        # The next row group is read (pyarrow lets go of the interpreter) while this one is coded.
         with ThreadPoolExecutor(1) as pool:
             ahead = None
             for at, (source, group) in enumerate(groups):
@@ -235,11 +226,6 @@ class Columns:
                 yield [_one_array(read.column(c)) for c in columns]
 
     def column(self, table: str, column: str) -> pa.ChunkedArray:
-        if self.tables is not None:
-            values = self.tables[table][column]
-            # pandas' Arrow strings from an empty table have no chunks, which its merges reject.
-            return values if values.num_chunks else pa.chunked_array([pa.array([], type=values.type)])
-        assert self.files is not None
         parts = [pq.ParquetFile(path).read(columns=[column]).column(0) for path in self.files[table]]
         return pa.chunked_array([chunk for part in parts for chunk in part.chunks], type=parts[0].type)
 
@@ -248,66 +234,100 @@ def _one_array(values: pa.ChunkedArray) -> pa.Array:
     return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
 
 
-def _aliased(source: Columns, table: str, column: str, like: str, same: list[np.ndarray]) -> Iterator[Any]:
-    """The column's batches, each with the rows where it equals `like` (appended to `same`) to be skipped."""
-    for values, other in source.batches(table, [column, like]):
-        equal = np.asarray(pc.fill_null(pc.equal(values, other), False).to_numpy(zero_copy_only=False), dtype=bool)
-        same.append(equal)
-        yield values, equal
+class FrameBuilder:
+    """The frames of an inventory's tables, made from batches of rows or of columns.
+
+    The text columns of CODED are coded as their values come, digests against one dictionary and
+    repository names against another, both shared by every table, so that no table's text is ever held
+    whole and the analyses join tables on integers; the other columns are kept as they come.
+    """
+
+    def __init__(self, tables: Iterable[str] = tuple(SCHEMA)) -> None:
+        wanted = set(tables)
+        self.tables = [name for name in SCHEMA if name in wanted]
+        self.digests = DigestCoder()
+        self.names = TextCoder()
+        self.own: dict[tuple[str, str], TextCoder] = {}
+        self.same: dict[tuple[str, str], list[np.ndarray]] = {}
+        self.plain: dict[tuple[str, str], list[pa.Array]] = {}
+
+    def extend(self, table: str, column: str, values: pa.Array, like: pa.Array | None = None) -> None:
+        """Append values to one column; `like` holds, for a column of ALIASES, the other column's values."""
+        key = (table, column)
+        kind = CODED.get(table, {}).get(column)
+        if kind is None:
+            self.plain.setdefault(key, []).append(values)
+        elif kind == DIGESTS:
+            skip = None
+            if like is not None:
+                # Where it names the same digest as its alias, the row takes the alias's code at the end.
+                skip = np.asarray(pc.fill_null(pc.equal(values, like), False).to_numpy(zero_copy_only=False))
+                self.same.setdefault(key, []).append(skip)
+            self.digests.extend(key, values, skip)
+        elif kind == NAMES:
+            self.names.extend(key, values)
+        else:
+            self.own.setdefault(key, TextCoder()).extend(key, values)
+
+    def add(self, table: str, batch: pa.Table) -> None:
+        """Append a batch of rows of `table`, every column."""
+        for column in SCHEMA[table]:
+            like = ALIASES.get((table, column))
+            self.extend(table, column, _one_array(batch[column]), _one_array(batch[like]) if like else None)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Every table as a frame of the schema's dtypes; the builder is spent."""
+        digests, codes = self.digests.finish()
+        for key, same in self.same.items():
+            equal = np.concatenate(same)
+            codes[key][equal] = codes[key[0], ALIASES[key]][equal]
+        coded = {key: digests.column(values) for key, values in codes.items()}
+        names, codes = self.names.finish()
+        coded |= {key: names.column(values) for key, values in codes.items()}
+        for key, coder in self.own.items():
+            dictionary, codes = coder.finish()
+            coded[key] = dictionary.column(codes[key])
+        empty: dict[str, Dictionary] = {DIGESTS: digests, NAMES: names}
+        frames = {}
+        for table in self.tables:
+            out = {}
+            schema = arrow_schema(table)
+            for column, (dtype, _) in SCHEMA[table].items():
+                key = (table, column)
+                if key in coded:
+                    out[column] = coded.pop(key)
+                elif column in CODED.get(table, {}):
+                    nothing = empty.get(CODED[table][column]) or TextDictionary(pa.array([], type=pa.string()))
+                    out[column] = nothing.column(np.zeros(0, dtype=np.int32))
+                else:
+                    chunks = self.plain.pop(key, [])
+                    kind_of = chunks[0].type if chunks else schema.field(column).type
+                    values = pa.chunked_array([c.cast(kind_of) for c in chunks] or [pa.array([], type=kind_of)])
+                    out[column] = values.to_pandas(types_mapper=_MAPPERS.get(dtype, {}).get)
+                    del values, chunks
+            frames[table] = conform(table, pd.DataFrame(out, copy=False))
+        return frames
 
 
 def coded_frames(source: Columns, tables: Iterable[str] = tuple(SCHEMA)) -> dict[str, pd.DataFrame]:
-    """Every table as a frame of the schema's dtypes, its text columns in CODED held as codes.
+    """Every table of `source` as a frame of the schema's dtypes, its text columns in CODED coded.
 
-    Digests are coded against one dictionary, repository names against another, both shared by every
-    table, so that the analyses join tables on integers; other columns are read as they are.
+    Column by column, the blobs' digests first (most digests name a blob); the rest whole.
     """
-    digests, names = DigestCoder(), TextCoder()
-    own: dict[tuple[str, str], tuple[Any, Any]] = {}
-    aliases: dict[tuple[str, str], tuple[str, list[np.ndarray]]] = {}
-    wanted = set(tables)
-    rows = {name: source.rows(name) for name in wanted}
+    builder = FrameBuilder(tables)
     for table, kinds in CODED.items():
-        if table not in wanted:
+        if table not in builder.tables:
             continue
-        for column, kind in kinds.items():
-            if kind == DIGESTS and (table, column) in ALIASES:
-                like = ALIASES[table, column]
-                same: list[np.ndarray] = []
-                aliases[table, column] = (like, same)
-                digests.add((table, column), rows[table], _aliased(source, table, column, like, same))
-                continue
-            chunks = (batch[0] for batch in source.batches(table, [column]))
-            if kind == DIGESTS:
-                digests.add((table, column), rows[table], chunks)
-            elif kind == NAMES:
-                names.add((table, column), rows[table], chunks)
-            else:
-                coder = TextCoder()
-                coder.add((table, column), rows[table], chunks)
-                own[table, column] = coder.finish()
-    dictionary, codes = digests.finish()
-    for (table, column), (like, same) in aliases.items():
-        equal = np.concatenate([np.zeros(0, dtype=bool), *same])
-        codes[table, column][equal] = codes[table, like][equal]
-    coded = {key: dictionary.column(values) for key, values in codes.items()}
-    for dictionary, codes in (names.finish(), *own.values()):
-        for key, values in codes.items():
-            coded[key] = dictionary.column(values)
-    frames = {}
-    for table, columns in SCHEMA.items():
-        if table not in wanted:
-            continue
-        out = {}
-        for column, (dtype, _) in columns.items():
-            if (table, column) in coded:
-                out[column] = coded.pop((table, column))
-            else:
-                values = source.column(table, column)
-                out[column] = values.to_pandas(types_mapper=_MAPPERS.get(dtype, {}).get)
-                del values
-        frames[table] = conform(table, pd.DataFrame(out, copy=False))
-    return frames
+        for column in kinds:
+            like = ALIASES.get((table, column))
+            for batch in source.batches(table, [column] if like is None else [column, like]):
+                builder.extend(table, column, *batch)
+            builder.digests.settle((table, column))
+    for table in builder.tables:
+        for column in SCHEMA[table]:
+            if column not in CODED.get(table, {}):
+                builder.plain[table, column] = source.column(table, column).chunks
+    return builder.frames()
 
 
 _STRING = pd.StringDtype()
@@ -322,7 +342,7 @@ def read_snapshot(directory: Path) -> Inventory:
     meta = read_metadata(directory)
     try:
         steady_allocator()
-        tables = coded_frames(Columns(files=table_files(directory, meta)))
+        tables = coded_frames(Columns(table_files(directory, meta)))
         release()
         seconds = meta.get("scan_seconds")  # absent from snapshots of earlier versions
         return Inventory(

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from .inventory import Inventory
+    from .inventory import FrameBuilder, Inventory
     from .snapshot_writer import SnapshotWriter
 
 T = TypeVar("T")
@@ -158,20 +158,30 @@ class _Sink(_Taker, Protocol):
 S = TypeVar("S", bound=_Sink)
 
 
-class _ArrowTables:
-    """Keeps every part of every table as an Arrow table, to be joined once the scan is done."""
+class _Frames:
+    """Codes every part of every table as it comes (see inventory.FrameBuilder): no table's text is held whole."""
 
     send_rows = True
 
     def __init__(self) -> None:
-        self.parts: dict[str, list[pa.Table]] = {}
+        self._builder: FrameBuilder | None = None
+
+    @property
+    def builder(self) -> FrameBuilder:
+        if self._builder is None:
+            # Parts come once the workers run: pandas may load now.
+            from .inventory import FrameBuilder
+
+            self._builder = FrameBuilder(TABLES)
+        return self._builder
 
     def take(self, part: Columns) -> None:
         for table, columns in part.tables.items():
-            self.parts.setdefault(table, []).append(_arrow(table, columns))
+            arrow = _arrow(table, columns)
+            self.builder.add(table, _with_start_times(arrow) if table == "uploads" else arrow)
 
-    def tables(self) -> dict[str, pa.Table]:
-        return {name: concat(name, self.parts.pop(name, [])) for name in TABLES}
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return self.builder.frames()
 
 
 class _SnapshotTables:
@@ -398,16 +408,6 @@ def _with_start_times(uploads: pa.Table) -> pa.Table:
     return uploads.set_column(uploads.schema.get_field_index("started_at"), "started_at", column)
 
 
-def _frames(tables: dict[str, pa.Table]) -> dict[str, pd.DataFrame]:
-    """The scanned tables as an inventory's frames, digests and names coded once for all of them."""
-    from . import inventory as inv_mod
-
-    tables["uploads"] = _with_start_times(tables["uploads"])
-    frames = inv_mod.coded_frames(inv_mod.Columns(tables=tables), list(tables))
-    tables.clear()
-    return frames
-
-
 def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Inventory:
     """Scan a registry's storage into an Inventory: `v2` is its root or its `v2` directory (see storage_of).
 
@@ -419,11 +419,11 @@ def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Invent
     scanned_at = datetime.now(UTC)
     # The frames made at the end need pandas, which takes a CPU-second to import:
     # it loads while the workers read the tree, not before or after them.
-    sink, found = _read(storage, options, _ArrowTables, meanwhile=_load_pandas)
+    sink, found = _read(storage, options, _Frames, meanwhile=_load_pandas)
     from . import inventory as inv_mod
 
     findings = inv_mod.frame("findings", [f.row() for f in found])
-    frames = _frames(sink.tables())
+    frames = sink.frames()
     release()
     return inv_mod.Inventory(
         root=storage.location,
@@ -451,7 +451,7 @@ class Streamed:
 
         parts = self.out.close_tables()
         files = {name: [self.out.directory / p for p in names] for name, names in parts.items()}
-        frames = inv_mod.coded_frames(inv_mod.Columns(files=files))
+        frames = inv_mod.coded_frames(inv_mod.Columns(files))
         release()
         return inv_mod.Inventory(
             root=self.root, origin=self.origin, scanned_at=self.scanned_at, scan_seconds=self.scan_seconds, **frames
