@@ -8,6 +8,7 @@ canonical form `sha256:<64 lowercase hex>` are held as 32 bytes (four 64-bit wor
 from __future__ import annotations
 
 import bisect
+import builtins
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -442,7 +443,7 @@ class CodedDtype(ExtensionDtype):
         return "coded"
 
     @classmethod
-    def construct_array_type(cls) -> type[CodedArray]:
+    def construct_array_type(cls) -> builtins.type[CodedArray]:
         return CodedArray
 
     @classmethod

@@ -212,10 +212,10 @@ def coded_frames(source: Columns, tables: Iterable[str] = tuple(SCHEMA)) -> dict
     own: dict[tuple[str, str], tuple[Any, Any]] = {}
     wanted = set(tables)
     rows = {name: source.rows(name) for name in wanted}
-    for table, columns in CODED.items():
+    for table, kinds in CODED.items():
         if table not in wanted:
             continue
-        for column, kind in columns.items():
+        for column, kind in kinds.items():
             chunks = source.chunks(table, column)
             if kind == DIGESTS:
                 digests.add((table, column), rows[table], chunks)
