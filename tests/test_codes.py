@@ -161,6 +161,25 @@ def test_digests_sharing_their_first_64_bits_keep_apart_through_many_merges(monk
     check_coded(dictionary, coded, cols, absent_from(digests, cols))
 
 
+def test_many_digests_in_many_chunks_against_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codes, "LOOKUP_ROWS", 700)
+    rng = np.random.default_rng(11)
+    heads = rng.integers(0, 1 << 62, size=3000)
+    digests = [f"sha256:{h:016x}{t:048x}" for h, t in zip(heads, rng.integers(0, 1 << 62, size=3000), strict=True)]
+    digests += [f"sha256:{h:016x}{'0' * 48}" for h in heads[:500]]  # first 64 bits shared with another
+    others = ["sha256:" + d[7:].upper() for d in digests[:50]] + [d[:-1] for d in digests[50:100]] + ["", "é"]
+    everything = np.array([*digests, *others, None], dtype=object)
+    cols: list[list[Value]] = [list(everything[rng.integers(0, len(everything), size=n)]) for n in (9000, 4000, 6000)]
+    coder = DigestCoder()
+    for key, values in enumerate(cols):
+        bounds = [0, *sorted(rng.integers(0, len(values), size=len(values) // 400).tolist()), len(values)]
+        types = [pa.string(), pa.large_string()]
+        chunks = [pa.array(values[a:b], types[i % 2]) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+        coder.add(key, len(values), chunks)
+    dictionary, coded = coder.finish()
+    check_coded(dictionary, dict(enumerate(coded.values())), cols, ["sha256:" + "0" * 64, "x"])
+
+
 def test_a_null_whose_slot_holds_text_is_a_null() -> None:
     # Arrow leaves a null's bytes unspecified: a null slot may hold a digest, or text of another length.
     digest, other = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
