@@ -640,6 +640,19 @@ class CodedArray(ExtensionArray):
     def __len__(self) -> int:
         return len(self._codes)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # pandas sets values in place to fill an outer merge's keys, and for `where` and `mask`.
+        if not isinstance(key, slice) and not is_integer(key):
+            key = check_array_indexer(self, key)
+        if isinstance(value, pd.Series | pd.Index):
+            value = value.array
+        if isinstance(value, CodedArray) and value._dictionary.same(self._dictionary):
+            self._codes[key] = value._codes
+        elif is_list_like(value) and not isinstance(value, str):
+            self._codes[key] = self._from_sequence(value, dtype=self.dtype)._codes
+        else:
+            self._codes[key] = self._from_sequence([value], dtype=self.dtype)._codes[0]
+
     def __iter__(self) -> Any:
         step = 1 << 16
         for start in range(0, len(self), step):
