@@ -701,9 +701,11 @@ class CodedArray(ExtensionArray):
 
     def value_counts(self, dropna: bool = True) -> pd.Series:
         codes = self._codes[self._codes >= 0] if dropna else self._codes
-        distinct, counts = np.unique(codes, return_counts=True)
-        index = pd.Index(CodedArray(distinct, self._dictionary))
-        return pd.Series(counts, index=index, name="count").sort_values(ascending=False, kind="stable")
+        distinct, first, counts = np.unique(codes, return_index=True, return_counts=True)
+        # As pandas orders them: most frequent first, ties by first occurrence.
+        order = np.lexsort((first, -counts))
+        index = pd.Index(CodedArray(distinct[order], self._dictionary))
+        return pd.Series(counts[order], index=index, name="count")
 
     def fillna(self, value: Any = None, limit: int | None = None, copy: bool = True) -> Any:
         if isinstance(value, pd.Series | pd.Index):
@@ -722,26 +724,31 @@ class CodedArray(ExtensionArray):
     def __ne__(self, other: Any) -> Any:  # type: ignore[override]
         return self._compare(other, equal=False)
 
-    def _compare(self, other: Any, equal: bool) -> np.ndarray:
+    def _compare(self, other: Any, equal: bool) -> Any:
+        """As pandas' `string` columns compare: null (NA) where either side is null."""
         if isinstance(other, pd.Series | pd.Index | pd.DataFrame):
             return NotImplemented
+        null = self._codes < 0
+        if other is None or other is pd.NA:
+            return pd.arrays.BooleanArray(np.zeros(len(self), dtype=bool), np.ones(len(self), dtype=bool))
         if isinstance(other, str):
             codes = np.full(len(self), self._dictionary.find(pa.array([other]))[0])
-        elif other is None or other is pd.NA:
-            return np.zeros(len(self), dtype=bool) if equal else np.ones(len(self), dtype=bool)
         elif is_list_like(other):
             if len(other) != len(self):
                 raise ValueError("lengths must match to compare")
             codes = self.codes_of(other)
-            if not (isinstance(other, CodedArray) and other._dictionary.same(self._dictionary)):
-                # A string not in the dictionary equals no row: mark it apart from a null.
+            if isinstance(other, CodedArray) and other._dictionary.same(self._dictionary):
+                null = null | (codes < 0)
+            else:
+                # A string not in the dictionary equals no row: marked apart from a null.
                 strings = _as_strings(other)
                 known = np.asarray(strings.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
                 codes = np.where((codes < 0) & known, -2, codes)
+                null = null | ~known
         else:
-            return np.zeros(len(self), dtype=bool) if equal else np.ones(len(self), dtype=bool)
-        same = (self._codes == codes) & (self._codes >= 0)
-        return same if equal else ~same
+            codes = np.full(len(self), -2)
+        same = self._codes == codes
+        return pd.arrays.BooleanArray((same if equal else ~same) & ~null, null)
 
     def astype(self, dtype: Any, copy: bool = True) -> Any:
         dtype = pandas_dtype(dtype)
