@@ -215,6 +215,18 @@ def _void(words: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(words.astype(">u8")).view(f"V{8 * _WORDS}").ravel()
 
 
+def _places(table: np.ndarray, first: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """For each row of `new` (sorted, none of them in `table`), how many rows of `table` sort before it."""
+    place = np.searchsorted(first, new[:, 0], "left")
+    ties = np.flatnonzero(np.searchsorted(first, new[:, 0], "right") > place)
+    for row in ties:
+        # Rows of the table that share its first 64 bits: placed among them by all of its bits.
+        end = np.searchsorted(first, new[row, 0], "right")
+        group = _void(table[place[row] : end])
+        place[row] += int(np.searchsorted(group, _void(new[row : row + 1]))[0])
+    return place
+
+
 def _lookup(table: np.ndarray, first: np.ndarray, words: np.ndarray) -> np.ndarray:
     """The row of each of `words` in `table` (distinct, sorted rows; `first` its first column); -1 when absent.
 
@@ -446,18 +458,26 @@ class DigestCoder:
             self._merge()
 
     def _merge(self) -> None:
-        """Add the waiting digests to the dictionary and renumber every code given so far."""
+        """Add the waiting digests to the dictionary and renumber every code given so far.
+
+        The waiting digests are none of the dictionary's (they were looked up in it): they are sorted
+        among themselves and slotted in, without sorting the dictionary again.
+        """
         waiting = [w for c in self.columns.values() for w in c.waiting_words]
         if not waiting:
             return
-        merged, inverse = _sorted_distinct(np.concatenate([self.words, *waiting]))
-        renumber = inverse[: len(self.words)]
-        at = len(self.words)
+        new, new_rows = _sorted_distinct(np.concatenate(waiting))
+        place = _places(self.words, self.first, new)
+        merged = np.insert(self.words, place, new, axis=0)
+        # An entry moves down by the number of new ones slotted in before it.
+        renumber = np.arange(len(self.words)) + np.searchsorted(place, np.arange(len(self.words)), "right")
+        codes_of_new = place + np.arange(len(new))
+        at = 0
         for column in self.columns.values():
             given = column.codes[: column.filled] >= 0
             column.codes[: column.filled][given] = renumber[column.codes[: column.filled][given]]
             for rows, words in zip(column.waiting_rows, column.waiting_words, strict=True):
-                column.codes[rows] = inverse[at : at + len(words)]
+                column.codes[rows] = codes_of_new[new_rows[at : at + len(words)]]
                 at += len(words)
             column.waiting_rows, column.waiting_words = [], []
         self.words, self.first, self.waiting = merged, np.ascontiguousarray(merged[:, 0]), 0
