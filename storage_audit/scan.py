@@ -13,11 +13,13 @@ import multiprocessing
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -35,6 +37,8 @@ PARALLEL_MIN_BLOBS = 5000
 REPOSITORY_BATCHES_PER_WORKER = 16
 BLOB_BATCHES_PER_WORKER = 4
 MAX_WORKERS = 8
+JOBS_AHEAD_PER_WORKER = 3
+"""Jobs submitted per worker and not yet taken: one running, the next queued, one done and waiting its turn."""
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -241,38 +245,42 @@ class _ManifestItems:
     """
 
     def __init__(self) -> None:
-        self._revisions: list[tuple[str, str]] = []
-        self._tagged: list[tuple[str, str]] = []
+        # Deduplicated as they come: a tree of 100,000 manifests has twice as many revisions and tags,
+        # which kept as (repository, digest) pairs until the end held some 40 MB.
+        self._revisions: dict[str, str] = {}
+        self._tagged: dict[str, str] = {}
 
     def take(self, part: Columns) -> None:
         revisions = part.tables.get("revisions")
+        seen = self._revisions
         if revisions:
             repos, digests, targets = revisions[:3]
             for repo, digest, target in zip(repos, digests, targets, strict=True):
-                manifest = target if target is not None else digest
-                self._revisions.append((cast(str, repo), cast(str, manifest)))
+                seen.setdefault(cast(str, target if target is not None else digest), cast(str, repo))
         for table in ("tags", "tag_history"):
             columns = part.tables.get(table)
             if columns:
-                repos, digests = columns[0], columns[2]
-                self._tagged.extend(
-                    (cast(str, repo), cast(str, digest))
-                    for repo, digest in zip(repos, digests, strict=True)
-                    if digest is not None
-                )
+                tagged = self._tagged
+                for repo, digest in zip(columns[0], columns[2], strict=True):
+                    if digest is not None and digest not in seen:
+                        tagged.setdefault(cast(str, digest), cast(str, repo))
 
     @property
     def items(self) -> list[tuple[str, str]]:
-        items, seen = [], set()
-        for repo, manifest in self._revisions + self._tagged:
-            if manifest not in seen:
-                seen.add(manifest)
-                items.append((repo, manifest))
+        items = [(repo, manifest) for manifest, repo in self._revisions.items()]
+        items += [(repo, manifest) for manifest, repo in self._tagged.items() if manifest not in self._revisions]
         return items
+
+
+def _in_worker(fn: Callable[..., Columns], *args: Any) -> Columns:
+    """Run one job in a worker, first giving back what the previous job's rows and their pickle left in its heap."""
+    _release()
+    return fn(*args)
 
 
 def _run(
     pool: Executor | None,
+    ahead: int,
     fn: Callable[..., Columns],
     jobs: list[tuple[str, tuple[Any, ...]]],
     progress: Progress | None,
@@ -282,18 +290,37 @@ def _run(
 ) -> None:
     """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings.
 
-    With a pool, `meanwhile` runs here while the workers start on the jobs.
+    With a pool, at most `ahead` jobs are submitted and not yet taken: the results of the others,
+    done while an earlier, bigger one runs, would otherwise wait here as Python objects.
+    `meanwhile` runs here while the workers start on the first jobs.
     """
-    args = [job for _, job in jobs]
-    results = pool.map(fn, *zip(*args, strict=True)) if pool is not None and jobs else (fn(*job) for job in args)
-    if pool is not None and meanwhile is not None:
+    if pool is None:
+        for phase, args in jobs:
+            _take(phase, fn(*args), progress, sinks, findings)
+        return
+    pending = iter(jobs)
+    running: deque[tuple[str, Future[Columns]]] = deque()
+    for phase, args in islice(pending, ahead):
+        running.append((phase, pool.submit(_in_worker, fn, *args)))
+    if meanwhile is not None:
         meanwhile()
-    for (phase, _), part in zip(jobs, results, strict=True):
-        findings.extend(part.findings)
-        for sink in sinks:
-            sink.take(part)
-        if progress is not None:
-            progress.update(phase, part.rows())
+    while running:
+        phase, future = running.popleft()
+        part = future.result()
+        for next_phase, args in islice(pending, 1):
+            running.append((next_phase, pool.submit(_in_worker, fn, *args)))
+        _take(phase, part, progress, sinks, findings)
+        del part, future  # the future holds its result too: let it go before waiting on the next
+
+
+def _take(
+    phase: str, part: Columns, progress: Progress | None, sinks: Sequence[_Taker], findings: list[Finding]
+) -> None:
+    findings.extend(part.findings)
+    for sink in sinks:
+        sink.take(part)
+    if progress is not None:
+        progress.update(phase, part.rows())
 
 
 def _read(
@@ -355,10 +382,12 @@ def _walk_with(
         ("repositories", (v2, chunk, [], rows)) for chunk in _chunks(repositories, repo_batches)
     ]
     jobs += [("blobs", (v2, [], chunk, rows)) for chunk in _chunks(prefixes, blob_batches)]
+    ahead = workers * JOBS_AHEAD_PER_WORKER
     manifests = _ManifestItems()
-    _run(pool, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
+    _run(pool, ahead, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
     manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.items, repo_batches)]
-    _run(pool, read_manifest_units, manifest_jobs, progress, [sink], findings)
+    del manifests
+    _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink], findings)
     return sink, findings
 
 
