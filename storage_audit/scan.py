@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from .errors import UsageError
 from .findings import Finding
 from .paths import BlobPrefix, InvalidPath, path_for
+from .rows import SENT_AS_TEXT, Packed
 from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
 from .source import RootError, resolve
 from .storage import AccessError, LocalStorage, Storage
@@ -83,7 +84,7 @@ def _estimated_blobs(storage: Storage, prefixes: list[tuple[str, str]]) -> int:
 def _arrow_type(table: str, column: str) -> pa.DataType:
     import pyarrow as pa
 
-    if (table, column) == ("uploads", "started_at"):
+    if (table, column) in SENT_AS_TEXT:
         return pa.string()  # the text the walker read; the inventory parses it
     return {
         # pandas keeps its Arrow strings as large_string: built so, they need no cast, no copy, to become frames.
@@ -96,18 +97,48 @@ def _arrow_type(table: str, column: str) -> pa.DataType:
 
 
 def _arrow(table: str, columns: Sequence[Sequence[object]]) -> pa.Table:
-    """One inventory table's columns, as the walker sends them, as an Arrow table."""
+    """One inventory table's columns, as the walker sends them (lists, or Packed from a worker), as an Arrow table."""
     import pyarrow as pa
 
     # The system allocator gives back what the many small conversions free;
     # Arrow's default one kept about 150 MB of it on a tree of 600,000 blobs.
     pool = pa.system_memory_pool()
-    return pa.table(
-        {
-            name: pa.array(values, type=_arrow_type(table, name), memory_pool=pool)
-            for name, values in zip(SCHEMA[table], columns, strict=True)
-        }
-    )
+    made: dict[int, pa.Array] = {}
+    arrays = {}
+    for name, values in zip(SCHEMA[table], columns, strict=True):
+        wanted = _arrow_type(table, name)
+        if isinstance(values, Packed):
+            # A Packed met twice is one column sent for two: both get the same array.
+            array = made.get(id(values))
+            if array is None:
+                array = made[id(values)] = _unpacked(values, wanted, pool)
+            arrays[name] = array if array.type == wanted else array.cast(wanted, memory_pool=pool)
+        else:
+            arrays[name] = pa.array(values, type=wanted, memory_pool=pool)
+    return pa.table(arrays)
+
+
+def _unpacked(column: Packed, wanted: pa.DataType, pool: pa.MemoryPool) -> pa.Array:
+    """A worker's packed column as an Arrow array of type `wanted`, made on its very buffers where they fit."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def bits(flags: bytes) -> pa.Buffer:
+        """A byte per row, 0 or not, as the bitmap Arrow keeps."""
+        as_bytes = pa.Array.from_buffers(pa.uint8(), len(flags), [None, pa.py_buffer(flags)])
+        return pc.not_equal(as_bytes, 0, memory_pool=pool).buffers()[1]
+
+    n = len(column)
+    valid = None if column.valid is None else bits(column.valid)
+    if column.offsets is not None:
+        offsets = Packed(INT, n + 1, column.offsets).integers()
+        array = pa.Array.from_buffers(pa.large_string(), n, [valid, pa.py_buffer(offsets), pa.py_buffer(column.data)])
+    elif column.kind == BOOL:
+        array = pa.Array.from_buffers(pa.bool_(), n, [valid, bits(column.data)])
+    else:
+        array = pa.Array.from_buffers(wanted, n, [valid, pa.py_buffer(column.integers())])
+    array.validate()
+    return array if array.type == wanted else array.cast(wanted, memory_pool=pool)
 
 
 def concat(table: str, parts: list[pa.Table]) -> pa.Table:
@@ -273,9 +304,9 @@ class _ManifestItems:
 
 
 def _in_worker(fn: Callable[..., Columns], *args: Any) -> Columns:
-    """Run one job in a worker, first giving back what the previous job's rows and their pickle left in its heap."""
+    """Run one job in a worker and pack its columns to send; first give back what the previous job left in the heap."""
     _release()
-    return fn(*args)
+    return fn(*args).packed()
 
 
 def _run(
