@@ -19,7 +19,6 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -318,28 +317,36 @@ def _run(
     sinks: Sequence[_Taker],
     findings: list[Finding],
     meanwhile: Callable[[], object] | None = None,
+    last: bool = False,
 ) -> None:
     """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings.
 
     With a pool, at most `ahead` jobs are submitted and not yet taken: the results of the others,
     done while an earlier, bigger one runs, would otherwise wait here as Python objects.
-    `meanwhile` runs here while the workers start on the first jobs.
+    `meanwhile` runs here while the workers start on the first jobs. When these are the `last`
+    jobs, each worker ends once none is left for it, instead of holding its memory to the end.
     """
     if pool is None:
         for phase, args in jobs:
             _take(phase, fn(*args), progress, sinks, findings)
         return
-    pending = iter(jobs)
+    waiting = deque(jobs)
     running: deque[tuple[str, Future[Columns]]] = deque()
-    for phase, args in islice(pending, ahead):
-        running.append((phase, pool.submit(_in_worker, fn, *args)))
+
+    def submit(count: int) -> None:
+        for _ in range(min(count, len(waiting))):
+            phase, args = waiting.popleft()
+            running.append((phase, pool.submit(_in_worker, fn, *args)))
+            if last and not waiting:
+                pool.shutdown(wait=False)
+
+    submit(ahead)
     if meanwhile is not None:
         meanwhile()
     while running:
         phase, future = running.popleft()
         part = future.result()
-        for next_phase, args in islice(pending, 1):
-            running.append((next_phase, pool.submit(_in_worker, fn, *args)))
+        submit(1)
         _take(phase, part, progress, sinks, findings)
         del part, future  # the future holds its result too: let it go before waiting on the next
 
@@ -404,6 +411,8 @@ def _walk_with(
     """Read the repositories and blob prefixes `units`, found by `top`, with `workers` processes of `pool`."""
     v2, findings = top.storage, top.part.findings
     repositories, prefixes = units
+    if workers > 1:
+        repositories = top.split_namespaces(repositories)
     # Repositories vary a lot in size: many small jobs keep every worker busy to the end,
     # and the evenly sized blob prefixes, queued last, fill in behind the biggest one.
     repo_batches = workers * REPOSITORY_BATCHES_PER_WORKER if workers > 1 else 1
@@ -418,7 +427,7 @@ def _walk_with(
     _run(pool, ahead, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
     manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.items, repo_batches)]
     del manifests
-    _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink], findings)
+    _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink], findings, last=True)
     return sink, findings
 
 
