@@ -319,18 +319,21 @@ def _run(
     meanwhile: Callable[[], object] | None = None,
     last: bool = False,
 ) -> None:
-    """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings.
+    """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings; empties `jobs`.
 
     With a pool, at most `ahead` jobs are submitted and not yet taken: the results of the others,
     done while an earlier, bigger one runs, would otherwise wait here as Python objects.
     `meanwhile` runs here while the workers start on the first jobs. When these are the `last`
     jobs, each worker ends once none is left for it, instead of holding its memory to the end.
     """
+    # Each job's arguments go once it is done (100,000 manifests to read are some 20 MB), not with the last one.
+    waiting = deque(jobs)
+    jobs.clear()
     if pool is None:
-        for phase, args in jobs:
+        while waiting:
+            phase, args = waiting.popleft()
             _take(phase, fn(*args), progress, sinks, findings)
         return
-    waiting = deque(jobs)
     running: deque[tuple[str, Future[Columns]]] = deque()
 
     def submit(count: int) -> None:
