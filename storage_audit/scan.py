@@ -324,7 +324,7 @@ def _run(
     With a pool, at most `ahead` jobs are submitted and not yet taken: the results of the others,
     done while an earlier, bigger one runs, would otherwise wait here as Python objects.
     `meanwhile` runs here while the workers start on the first jobs. When these are the `last`
-    jobs, each worker ends once none is left for it, instead of holding its memory to the end.
+    jobs, the workers end as soon as they are done, not once this process has taken every result.
     """
     # Each job's arguments go once it is done (100,000 manifests to read are some 20 MB), not with the last one.
     waiting = deque(jobs)
