@@ -5,14 +5,16 @@ Nothing here imports pyarrow or pandas: a worker starts in milliseconds.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple, cast
+from itertools import accumulate, pairwise
+from typing import Any, NamedTuple, cast, overload
 
 from .findings import Finding
 from .manifest import Reference
-from .schema import SCHEMA
+from .schema import BOOL, SCHEMA, STR
 
 
 class RepositoryRow(NamedTuple):
@@ -208,7 +210,108 @@ class Columns:
     tables: dict[str, list[Sequence[object]]] = field(default_factory=dict)
     totals: Totals | None = None
 
+    def packed(self) -> Columns:
+        """These columns packed (see Packed), to cross to another process; in place.
+
+        A column equal to an earlier one of its table (a link naming its own digest) becomes
+        the very same Packed object: pickled once, and turned into one Arrow array.
+        """
+        for table, columns in self.tables.items():
+            kinds = [STR if (table, name) in SENT_AS_TEXT else kind for name, (kind, _) in SCHEMA[table].items()]
+            packed: list[Sequence[object]] = []
+            for i, (kind, values) in enumerate(zip(kinds, columns, strict=True)):
+                same = next((j for j in range(i) if kinds[j] == kind and columns[j] == values), None)
+                packed.append(packed[same] if same is not None else pack(kind, values))
+            self.tables[table] = packed
+        return self
+
     def rows(self) -> int:
         if self.totals is not None:
             return len(self.findings) + self.totals.rows.total()
         return len(self.findings) + sum(len(columns[0]) for columns in self.tables.values() if columns)
+
+
+SENT_AS_TEXT = {("uploads", "started_at")}
+"""Columns the walker sends as the text it read, whatever their dtype: the inventory parses them."""
+FILL: dict[str, object] = {STR: "", BOOL: False}
+"""What stands in a packed column's values for a null (integers: 0)."""
+
+
+class Packed(Sequence[object]):
+    """One column as Arrow lays it out, a few buffers where a list would hold a Python object per value.
+
+    `data` holds the values: UTF-8 text cut at `offsets` (8-byte integers), 8-byte integers,
+    or a byte per boolean; `valid` holds a byte per row, 0 for a null, or is None when none is.
+    A worker sends its columns so: a digest costs its 71 bytes, not a 120-byte object to pickle,
+    unpickle and convert again. Iterating gives the values back.
+    """
+
+    __slots__ = ("data", "kind", "length", "offsets", "valid")
+
+    def __init__(
+        self, kind: str, length: int, data: bytes, offsets: bytes | None = None, valid: bytes | None = None
+    ) -> None:
+        self.kind, self.length, self.data, self.offsets, self.valid = kind, length, data, offsets, valid
+
+    def __reduce__(self) -> tuple[type[Packed], tuple[str, int, bytes, bytes | None, bytes | None]]:
+        return Packed, (self.kind, self.length, self.data, self.offsets, self.valid)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[object]:
+        values = self._values()
+        if self.valid is None:
+            return iter(values)
+        return (value if ok else None for value, ok in zip(values, self.valid, strict=True))
+
+    @overload
+    def __getitem__(self, index: int) -> object: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[object]: ...
+    def __getitem__(self, index: int | slice) -> object | Sequence[object]:
+        return list(self)[index]
+
+    def integers(self) -> array[int]:
+        """The 8-byte integers of `data` (0 where null), in memory of their own, aligned as Arrow needs."""
+        values = array("q")
+        values.frombytes(self.data)
+        return values
+
+    def _values(self) -> list[Any]:
+        if self.offsets is not None:
+            offsets = array("q")
+            offsets.frombytes(self.offsets)
+            if self.data.isascii():
+                text = self.data.decode("ascii")
+                return [text[start:end] for start, end in pairwise(offsets)]
+            return [self.data[start:end].decode() for start, end in pairwise(offsets)]
+        if self.kind == BOOL:
+            return list(map(bool, self.data))
+        return self.integers().tolist()
+
+
+def pack(kind: str, values: Sequence[object]) -> Sequence[object]:
+    """One column of dtype `kind` as a Packed; `values` themselves when they do not fit one (text not UTF-8)."""
+    given, valid = values, None
+    if None in values:
+        valid = bytes(value is not None for value in values)
+        fill = FILL.get(kind, 0)
+        values = [fill if value is None else value for value in values]
+    try:
+        if kind == STR:
+            texts = cast("Sequence[str]", values)
+            joined = "".join(texts)
+            if joined.isascii():
+                data, lengths = joined.encode("ascii"), list(map(len, texts))
+            else:
+                encoded = [text.encode() for text in texts]
+                data, lengths = b"".join(encoded), list(map(len, encoded))
+            del joined
+            offsets = array("q", accumulate(lengths, initial=0)).tobytes()
+            return Packed(kind, len(values), data, offsets, valid)
+        if kind == BOOL:
+            return Packed(kind, len(values), bytes(cast("Sequence[bool]", values)), None, valid)
+        return Packed(kind, len(values), array("q", cast("Sequence[int]", values)).tobytes(), None, valid)
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+        return given

@@ -11,8 +11,9 @@ import multiprocessing
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from .errors import UsageError
 from .findings import Finding
 from .memory import release, steady_allocator
 from .paths import BlobPrefix, InvalidPath, path_for
+from .rows import SENT_AS_TEXT, Packed
 from .schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
 from .source import RootError, resolve
 from .storage import AccessError, LocalStorage, Storage
@@ -34,6 +36,8 @@ PARALLEL_MIN_BLOBS = 5000
 REPOSITORY_BATCHES_PER_WORKER = 16
 BLOB_BATCHES_PER_WORKER = 4
 MAX_WORKERS = 8
+JOBS_AHEAD_PER_WORKER = 3
+"""Jobs submitted per worker and not yet taken: one running, the next queued, one done and waiting its turn."""
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,7 +82,7 @@ def _estimated_blobs(storage: Storage, prefixes: list[tuple[str, str]]) -> int:
 def _arrow_type(table: str, column: str) -> pa.DataType:
     import pyarrow as pa
 
-    if (table, column) == ("uploads", "started_at"):
+    if (table, column) in SENT_AS_TEXT:
         return pa.string()  # the text the walker read; the inventory parses it
     return {
         # pandas keeps its Arrow strings as large_string: built so, they need no cast, no copy, to become frames.
@@ -91,18 +95,48 @@ def _arrow_type(table: str, column: str) -> pa.DataType:
 
 
 def _arrow(table: str, columns: Sequence[Sequence[object]]) -> pa.Table:
-    """One inventory table's columns, as the walker sends them, as an Arrow table."""
+    """One inventory table's columns, as the walker sends them (lists, or Packed from a worker), as an Arrow table."""
     import pyarrow as pa
 
     # The system allocator gives back what the many small conversions free;
     # Arrow's default one kept about 150 MB of it on a tree of 600,000 blobs.
     pool = pa.system_memory_pool()
-    return pa.table(
-        {
-            name: pa.array(values, type=_arrow_type(table, name), memory_pool=pool)
-            for name, values in zip(SCHEMA[table], columns, strict=True)
-        }
-    )
+    made: dict[int, pa.Array] = {}
+    arrays = {}
+    for name, values in zip(SCHEMA[table], columns, strict=True):
+        wanted = _arrow_type(table, name)
+        if isinstance(values, Packed):
+            # A Packed met twice is one column sent for two: both get the same array.
+            array = made.get(id(values))
+            if array is None:
+                array = made[id(values)] = _unpacked(values, wanted, pool)
+            arrays[name] = array if array.type == wanted else array.cast(wanted, memory_pool=pool)
+        else:
+            arrays[name] = pa.array(values, type=wanted, memory_pool=pool)
+    return pa.table(arrays)
+
+
+def _unpacked(column: Packed, wanted: pa.DataType, pool: pa.MemoryPool) -> pa.Array:
+    """A worker's packed column as an Arrow array of type `wanted`, made on its very buffers where they fit."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def bits(flags: bytes) -> pa.Buffer:
+        """A byte per row, 0 or not, as the bitmap Arrow keeps."""
+        as_bytes = pa.Array.from_buffers(pa.uint8(), len(flags), [None, pa.py_buffer(flags)])
+        return pc.not_equal(as_bytes, 0, memory_pool=pool).buffers()[1]
+
+    n = len(column)
+    valid = None if column.valid is None else bits(column.valid)
+    if column.offsets is not None:
+        offsets = Packed(INT, n + 1, column.offsets).integers()
+        array = pa.Array.from_buffers(pa.large_string(), n, [valid, pa.py_buffer(offsets), pa.py_buffer(column.data)])
+    elif column.kind == BOOL:
+        array = pa.Array.from_buffers(pa.bool_(), n, [valid, bits(column.data)])
+    else:
+        array = pa.Array.from_buffers(wanted, n, [valid, pa.py_buffer(column.integers())])
+    array.validate()
+    return array if array.type == wanted else array.cast(wanted, memory_pool=pool)
 
 
 def concat(table: str, parts: list[pa.Table]) -> pa.Table:
@@ -249,59 +283,93 @@ class _ManifestItems:
     """
 
     def __init__(self) -> None:
-        self._revisions: list[tuple[str, str]] = []
-        self._tagged: list[tuple[str, str]] = []
+        # Deduplicated as they come: a tree of 100,000 manifests has twice as many revisions and tags,
+        # which kept as (repository, digest) pairs until the end held some 40 MB.
+        self._revisions: dict[str, str] = {}
+        self._tagged: dict[str, str] = {}
 
     def take(self, part: Columns) -> None:
         revisions = part.tables.get("revisions")
+        seen = self._revisions
         if revisions:
             repos, digests, targets = revisions[:3]
             for repo, digest, target in zip(repos, digests, targets, strict=True):
-                manifest = target if target is not None else digest
-                self._revisions.append((cast(str, repo), cast(str, manifest)))
+                seen.setdefault(cast(str, target if target is not None else digest), cast(str, repo))
         for table in ("tags", "tag_history"):
             columns = part.tables.get(table)
             if columns:
-                repos, digests = columns[0], columns[2]
-                self._tagged.extend(
-                    (cast(str, repo), cast(str, digest))
-                    for repo, digest in zip(repos, digests, strict=True)
-                    if digest is not None
-                )
+                tagged = self._tagged
+                for repo, digest in zip(columns[0], columns[2], strict=True):
+                    if digest is not None and digest not in seen:
+                        tagged.setdefault(cast(str, digest), cast(str, repo))
 
     @property
     def items(self) -> list[tuple[str, str]]:
-        items, seen = [], set()
-        for repo, manifest in self._revisions + self._tagged:
-            if manifest not in seen:
-                seen.add(manifest)
-                items.append((repo, manifest))
+        items = [(repo, manifest) for manifest, repo in self._revisions.items()]
+        items += [(repo, manifest) for manifest, repo in self._tagged.items() if manifest not in self._revisions]
         return items
+
+
+def _in_worker(fn: Callable[..., Columns], *args: Any) -> Columns:
+    """Run one job in a worker and pack its columns to send; first give back what the previous job left in the heap."""
+    _release()
+    return fn(*args).packed()
 
 
 def _run(
     pool: Executor | None,
+    ahead: int,
     fn: Callable[..., Columns],
     jobs: list[tuple[str, tuple[Any, ...]]],
     progress: Progress | None,
     sinks: Sequence[_Taker],
     findings: list[Finding],
     meanwhile: Callable[[], object] | None = None,
+    last: bool = False,
 ) -> None:
-    """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings.
+    """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings; empties `jobs`.
 
-    With a pool, `meanwhile` runs here while the workers start on the jobs.
+    With a pool, at most `ahead` jobs are submitted and not yet taken: the results of the others,
+    done while an earlier, bigger one runs, would otherwise wait here as Python objects.
+    `meanwhile` runs here while the workers start on the first jobs. When these are the `last`
+    jobs, the workers end as soon as they are done, not once this process has taken every result.
     """
-    args = [job for _, job in jobs]
-    results = pool.map(fn, *zip(*args, strict=True)) if pool is not None and jobs else (fn(*job) for job in args)
-    if pool is not None and meanwhile is not None:
+    # Each job's arguments go once it is done (100,000 manifests to read are some 20 MB), not with the last one.
+    waiting = deque(jobs)
+    jobs.clear()
+    if pool is None:
+        while waiting:
+            phase, args = waiting.popleft()
+            _take(phase, fn(*args), progress, sinks, findings)
+        return
+    running: deque[tuple[str, Future[Columns]]] = deque()
+
+    def submit(count: int) -> None:
+        for _ in range(min(count, len(waiting))):
+            phase, args = waiting.popleft()
+            running.append((phase, pool.submit(_in_worker, fn, *args)))
+            if last and not waiting:
+                pool.shutdown(wait=False)
+
+    submit(ahead)
+    if meanwhile is not None:
         meanwhile()
-    for (phase, _), part in zip(jobs, results, strict=True):
-        findings.extend(part.findings)
-        for sink in sinks:
-            sink.take(part)
-        if progress is not None:
-            progress.update(phase, part.rows())
+    while running:
+        phase, future = running.popleft()
+        part = future.result()
+        submit(1)
+        _take(phase, part, progress, sinks, findings)
+        del part, future  # the future holds its result too: let it go before waiting on the next
+
+
+def _take(
+    phase: str, part: Columns, progress: Progress | None, sinks: Sequence[_Taker], findings: list[Finding]
+) -> None:
+    findings.extend(part.findings)
+    for sink in sinks:
+        sink.take(part)
+    if progress is not None:
+        progress.update(phase, part.rows())
 
 
 def _read(
@@ -354,6 +422,8 @@ def _walk_with(
     """Read the repositories and blob prefixes `units`, found by `top`, with `workers` processes of `pool`."""
     v2, findings = top.storage, top.part.findings
     repositories, prefixes = units
+    if workers > 1:
+        repositories = top.split_namespaces(repositories)
     # Repositories vary a lot in size: many small jobs keep every worker busy to the end,
     # and the evenly sized blob prefixes, queued last, fill in behind the biggest one.
     repo_batches = workers * REPOSITORY_BATCHES_PER_WORKER if workers > 1 else 1
@@ -363,10 +433,12 @@ def _walk_with(
         ("repositories", (v2, chunk, [], rows)) for chunk in _chunks(repositories, repo_batches)
     ]
     jobs += [("blobs", (v2, [], chunk, rows)) for chunk in _chunks(prefixes, blob_batches)]
+    ahead = workers * JOBS_AHEAD_PER_WORKER
     manifests = _ManifestItems()
-    _run(pool, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
+    _run(pool, ahead, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
     manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.items, repo_batches)]
-    _run(pool, read_manifest_units, manifest_jobs, progress, [sink], findings)
+    del manifests
+    _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink], findings, last=True)
     return sink, findings
 
 

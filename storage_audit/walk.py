@@ -97,6 +97,26 @@ class Walker:
                 self._find(Kind.STRAY_FILE, name, "not part of the registry's layout")
         return repos, prefixes
 
+    def split_namespaces(self, names: list[str]) -> list[str]:
+        """`names` of top-level units, each mere namespace (a directory of repository directories only) replaced by
+        its children, `<namespace>/<child>`: the same rows in the same order, in smaller units.
+
+        One organization can hold a third of a tree, and a worker holds all the rows of a unit at once.
+        Anything else in the directory (a repository's own `_manifests`, a file, a bad name) keeps it whole.
+        """
+        top = path_for(Repositories())
+        units: list[str] = []
+        for name in names:
+            try:
+                dirs, others = self.storage.subdirs(f"{top}/{name}")
+            except AccessError:
+                dirs, others = [], []
+            if others or not dirs or not all(map(valid_component, dirs)):
+                units.append(name)
+            else:
+                units += [f"{name}/{child}" for child in sorted(dirs)]
+        return units
+
     def walk_repository(self, name: str) -> None:
         """Everything below `repositories/<name>`: that repository and those nested in it."""
         self._walk_repositories(f"{path_for(Repositories())}/{name}", [name])

@@ -166,3 +166,63 @@ def test_a_worker_reads_the_tree_without_pyarrow_or_pandas(fixture_root) -> None
     blobs, references = map(int, done.stdout.split())
     inv = scan(v2, ScanOptions(workers=1))
     assert (blobs, references) == (len(inv.blobs), len(inv.references))
+
+
+def test_namespaces_are_shared_out_by_their_children(fixture_root) -> None:  # type: ignore[no-untyped-def]
+    # basic holds team/app (with team/app/server nested in it) and tools/multi, below two mere namespaces.
+    from storage_audit.walk import Walker
+
+    v2 = fixture_root("basic") / V2
+    repos, _ = Walker(v2).units()
+    assert repos == ["team", "tools"]
+    assert Walker(v2).split_namespaces(repos) == ["team/app", "tools/multi"]
+    # Anything but repository directories keeps a namespace whole: its walk reports the stray file.
+    (v2 / "repositories" / "tools" / "notes.txt").write_text("not a repository\n")
+    assert Walker(v2).split_namespaces(repos) == ["team/app", "tools"]
+    alone = scan(v2, ScanOptions(workers=1))
+    shared = scan(v2, ScanOptions(workers=2))
+    for table, df in alone.tables().items():
+        pd.testing.assert_frame_equal(getattr(shared, table), df, check_exact=True, obj=table)
+    assert "repositories/tools/notes.txt" in set(shared.findings["path"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "values"),
+    [
+        ("string", ("sha256:" + "a" * 64, "café", None, "")),
+        ("string", ()),
+        ("Int64", (1, None, -3)),
+        ("int64", (0, 2**62)),
+        ("bool", (True, False, None)),
+        ("datetime64[ns, UTC]", (1_700_000_000_123_456_789, None)),
+    ],
+)
+def test_packed_columns_give_back_their_values(kind: str, values: tuple[object, ...]) -> None:
+    import pickle
+
+    import pyarrow as pa
+
+    from storage_audit.rows import Packed, pack
+    from storage_audit.scan import _unpacked
+
+    packed = pickle.loads(pickle.dumps(pack(kind, values)))
+    assert isinstance(packed, Packed)
+    assert list(packed) == list(values) and len(packed) == len(values)
+    arrow_type = {
+        "string": pa.large_string(),
+        "Int64": pa.int64(),
+        "int64": pa.int64(),
+        "bool": pa.bool_(),
+        "datetime64[ns, UTC]": pa.timestamp("ns", tz="UTC"),
+    }[kind]
+    made = _unpacked(packed, arrow_type, pa.system_memory_pool())
+    made.validate(full=True)
+    assert made.equals(pa.array(list(values), type=arrow_type))
+
+
+def test_columns_that_do_not_pack_are_sent_as_they_are() -> None:
+    from storage_audit.rows import pack
+
+    # A lone surrogate is no UTF-8, an integer past 64 bits no int64: both stay Python values.
+    assert pack("string", ("\udcff", None)) == ("\udcff", None)
+    assert pack("int64", (2**70,)) == (2**70,)
