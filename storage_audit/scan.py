@@ -312,7 +312,7 @@ class _ManifestItems:
 
 def _in_worker(fn: Callable[..., Columns], *args: Any) -> Columns:
     """Run one job in a worker and pack its columns to send; first give back what the previous job left in the heap."""
-    _release()
+    release()
     return fn(*args).packed()
 
 
