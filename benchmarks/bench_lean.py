@@ -2,7 +2,7 @@
 
 Each size is a synthetic snapshot written once by gen_snapshot.py under the temp directory. `orphans
 --delete-untagged` and `report --by repository` run from it with this checkout and, with `--baseline DIR`,
-with the checkout at DIR (run through PYTHONPATH, reading a format-1 copy of the snapshot when it reads no
+with the checkout at DIR (imported from there first, reading a format-1 copy of the snapshot when it reads no
 other). `--tree-l` also times bench_scan.py's commands on its L tree with both. Tables are Markdown: median
 wall time, peak RSS summed over the run's processes, and both per blob; the last columns say whether the
 ten-million-blob targets (3 GB, 120 s) and the L targets (400 MB, no slower than the baseline) hold.
@@ -28,6 +28,7 @@ from bench_scan import (
     SIZES,
     Run,
     Tree,
+    baseline_argv,
     default_root,
     ensure_tree,
     markdown_table,
@@ -58,17 +59,15 @@ TARGET_L_MIB = 400
 
 @dataclass(frozen=True)
 class Build:
-    """One checkout of storage-audit to time: this one, or a baseline run through PYTHONPATH."""
+    """One checkout of storage-audit to time: this one, or a baseline imported from its directory."""
 
     label: str
     checkout: Path | None  # None: this checkout
 
     def argv(self, words: tuple[str, ...]) -> list[str]:
-        head = [sys.executable, "-m", "storage_audit"]
         if self.checkout is not None:
-            # env replaces measure()'s PYTHONPATH, which names this checkout.
-            head = ["/usr/bin/env", f"PYTHONPATH={self.checkout}", *head]
-        return [*head, *words]
+            return [*baseline_argv(self.checkout), *words]
+        return [sys.executable, "-m", "storage_audit", *words]
 
 
 def ensure_snapshot(label: str, seed: int) -> Path:

@@ -50,7 +50,7 @@ for extra in (REPO_ROOT, REPO_ROOT / "benchmarks"):
         sys.path.insert(0, str(extra))
 
 from bench_s3_listing import write_all  # noqa: E402
-from bench_scan import _storage_audit_argv, markdown_table, measure  # noqa: E402
+from bench_scan import _storage_audit_argv, baseline_argv, markdown_table, measure  # noqa: E402
 
 from tests.registry_harness import config_text, free_port, registry_binary  # noqa: E402
 from tests.s3_harness import SeaweedS3, bucket_for, registry_environment, s3_storage_block  # noqa: E402
@@ -187,15 +187,6 @@ def _median(runs: list[Row]) -> Row:
     return Row(last.name, last.command, statistics.median(walls), last.requests, last.note, walls=walls)
 
 
-def _baseline_argv(checkout: Path) -> list[str]:
-    """`python -m storage_audit` importing the package from `checkout` before any installed one."""
-    source = checkout.resolve()
-    if not (source / "storage_audit" / "__main__.py").is_file():
-        raise SystemExit(f"--baseline: {source} holds no storage_audit package")
-    code = f"import sys; sys.path.insert(0, {str(source)!r}); from storage_audit.__main__ import main; main()"
-    return [sys.executable, "-c", code]
-
-
 def _ratio(value: float | None, base: float | None, base_is_lower_bound: bool = False) -> str:
     if value is None or not base:
         return "-"
@@ -323,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             }
             if args.baseline is not None:
-                baseline = _baseline_argv(args.baseline)
+                baseline = baseline_argv(args.baseline)
                 steps["baseline"] = lambda: run_command(
                     server,
                     f"orphans --delete-untagged from {args.baseline}",

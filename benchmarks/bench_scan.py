@@ -206,6 +206,18 @@ def _storage_audit_argv() -> list[str] | None:
     return None
 
 
+def baseline_argv(checkout: Path) -> list[str]:
+    """`python -m storage_audit` importing the package from `checkout` before any other.
+
+    Not `-m` with PYTHONPATH: `-m` puts the working directory first, whose package would win.
+    """
+    source = checkout.resolve()
+    if not (source / "storage_audit" / "__main__.py").is_file():
+        raise SystemExit(f"--baseline: {source} holds no storage_audit package")
+    code = f"import sys; sys.path.insert(0, {str(source)!r}); from storage_audit.__main__ import main; main()"
+    return [sys.executable, "-c", code]
+
+
 def resolve(argv: tuple[str, ...], tokens: dict[str, str]) -> list[str] | None:
     """The argv to execute, or None when its program is not installed."""
     if not argv:

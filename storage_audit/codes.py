@@ -382,8 +382,12 @@ class _Column:
         return sum(len(r) for r in self.pending_rows)
 
 
-LOOKUP_ROWS = 1 << 20
-"""Digests looked up in the dictionary at a time: enough that searching them in sorted order pays."""
+LOOKUP_ROWS = 1 << 16
+"""The fewest digests looked up in the dictionary at a time, and the fewest new ones merged into it.
+
+A column's digests are looked up an eighth of the dictionary at a time (searched in sorted order,
+many of them pay), and new ones merged in once they are half as many as it holds (it grows by half
+at least, so merges stay few), both from LOOKUP_ROWS up: a tree scanned part by part holds little."""
 
 
 class DigestCoder:
@@ -438,7 +442,7 @@ class DigestCoder:
             column.other_rows.append(np.flatnonzero(other) + start)
             column.other_values.append(_small(chunk.filter(pa.array(other))))
         column.filled += len(chunk)
-        if column.pending >= LOOKUP_ROWS:
+        if column.pending >= max(LOOKUP_ROWS, len(self.words) // 8):
             self._flush(column)
 
     def _flush(self, column: _Column) -> None:
@@ -454,7 +458,7 @@ class DigestCoder:
             column.waiting_rows.append(rows[new])
             column.waiting_words.append(words[new])
             self.waiting += int(new.sum())
-        if self.waiting > max(LOOKUP_ROWS, len(self.words)):
+        if self.waiting >= max(LOOKUP_ROWS, len(self.words) // 2):
             self._merge()
 
     def _merge(self) -> None:
