@@ -343,15 +343,14 @@ def scan(
             inv = read_inventory(root, quiet, workers, source)
         from .graph import Graph
         from .inventory import finish_snapshot, write_snapshot
-        from .report import whole
+        from .report import WholeViews
         from .walk import Totals
 
         summary = scan_summary(inv.root, Totals.of(inv.tables()), inv.findings["severity"])
         unreadable = unreadable_paths(inv.findings)
         if output is not None:
             # The whole report views go along: a report from the snapshot then only reads one file.
-            graph = Graph(inv)
-            views = {by.value: whole(graph, by) for by in By}
+            views = WholeViews(Graph(inv))
             try:
                 if streamed is not None:
                     finish_snapshot(streamed.out, inv, views)

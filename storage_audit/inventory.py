@@ -153,6 +153,9 @@ def finish_snapshot(out: Any, inv: Inventory, views: Mapping[str, pd.DataFrame])
     """Write the views of a snapshot whose tables `out` (a SnapshotWriter) wrote, then its metadata, last."""
     for name, df in views.items():
         out.write_view(name, pa.Table.from_pandas(df, preserve_index=False))
+        del df
+        # What computing the view freed goes back to the system before the next one.
+        release()
     out.close(inv.metadata())
 
 

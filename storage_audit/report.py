@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -58,6 +59,23 @@ def whole(source: Graph | Inventory, by: By) -> pd.DataFrame:
         By.UPLOAD: uploads,
     }
     return builders[by](Graph.of(source))
+
+
+class WholeViews(Mapping[str, pd.DataFrame]):
+    """Every whole view of a graph by name, each computed when asked for and not kept: writing them one
+    after the other holds one at a time."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return whole(self.graph, By(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(by.value for by in By)
+
+    def __len__(self) -> int:
+        return len(By)
 
 
 def finish(frame: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
