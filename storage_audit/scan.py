@@ -213,6 +213,8 @@ class _Frames:
         for table, columns in part.tables.items():
             arrow = _arrow(table, columns)
             self.builder.add(table, _with_start_times(arrow) if table == "uploads" else arrow)
+        # A big repository's part is many arrays, freed once coded: given back before the next part.
+        release()
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return self.builder.frames()
