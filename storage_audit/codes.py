@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import builtins
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,13 +75,10 @@ class Dictionary:
         assert isinstance(value, str)
         return value
 
-    @property
+    @cached_property
     def dtype(self) -> CodedDtype:
         """The one dtype of the columns coded against this dictionary."""
-        dtype = self.__dict__.get("_dtype")
-        if dtype is None:
-            dtype = self.__dict__["_dtype"] = CodedDtype(self)
-        return dtype
+        return CodedDtype(self)
 
     def column(self, codes: np.ndarray) -> pd.Series:
         return pd.Series(CodedArray(codes, self))

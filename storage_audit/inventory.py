@@ -202,10 +202,6 @@ def table_files(directory: Path, meta: Mapping[str, Any]) -> dict[str, list[Path
     return files
 
 
-READ_ROWS = 1 << 17
-"""Rows of a coded column read from a snapshot's files at a time."""
-
-
 class Columns:
     """The tables of a snapshot, read from its Parquet files a row group or a column at a time."""
 

@@ -489,7 +489,6 @@ def test_a_snapshot_in_many_parts_reads_back_the_same(
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_GROUP", 2)
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_PART", 3)
     monkeypatch.setattr(inventory, "WRITE_ROWS", 5)
-    monkeypatch.setattr(inventory, "READ_ROWS", 2)
     monkeypatch.setattr(codes, "LOOKUP_ROWS", 3)
     write_snapshot(scanned, tmp_path / "snap")
     meta = inventory.read_metadata(tmp_path / "snap")
@@ -533,7 +532,6 @@ def test_random_snapshots_in_parts_read_back_value_for_value(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(snapshot_writer, "ROWS_PER_GROUP", rows)
         patch.setattr(snapshot_writer, "ROWS_PER_PART", rows * 2)
-        patch.setattr(inventory, "READ_ROWS", rows)
         patch.setattr(codes, "LOOKUP_ROWS", lookup)
         write_snapshot(inv, directory)
         read = read_snapshot(directory)
