@@ -36,7 +36,7 @@ from bench_scan import (
     warm_up,
 )
 
-from storage_audit.schema import SCHEMA
+from storage_audit.inventory.schema import SCHEMA
 
 SNAPSHOT_SIZES: dict[str, tuple[int, int, int]] = {
     # label: (repositories, manifests, blobs), the shape of bench_scan.py's trees and the 10M.

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from storage_audit.s3 import S3Bucket  # noqa: E402
+from storage_audit.storage.bucket import S3Bucket  # noqa: E402
 from tests.s3_harness import SeaweedS3, bucket_for  # noqa: E402
 
 ROOT = "bench"

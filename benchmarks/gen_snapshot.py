@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute
 
 from storage_audit import __version__
-from storage_audit.findings import SEVERITY, Kind
-from storage_audit.paths import (
+from storage_audit.core.findings import SEVERITY, Kind
+from storage_audit.core.paths import (
     BlobData,
     Digest,
     LayerLink,
@@ -46,7 +46,7 @@ from storage_audit.paths import (
     parent,
     path_for,
 )
-from storage_audit.snapshot_writer import SnapshotWriter
+from storage_audit.inventory.snapshot_writer import SnapshotWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

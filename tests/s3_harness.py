@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from storage_audit.s3 import S3Bucket, S3Location, S3Settings
+from storage_audit.storage.bucket import S3Bucket, S3Location, S3Settings
 from tests.registry_harness import (
     Ledger,
     Registry,

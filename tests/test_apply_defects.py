@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from storage_audit.apply import journal_path
+from storage_audit.cleanup.apply import journal_path
 from tests.conftest import FIXTURES, unpack
 from tests.registry_harness import Ledger, Registry, require_registry
 from tests.test_plan_apply import (

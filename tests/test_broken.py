@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.scan import scan
+from storage_audit.cli.app import app
+from storage_audit.scan.run import scan
 
 from .conftest import BROKEN, unpack
 

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from storage_audit.check import CheckOptions, check, verify_digests
-from storage_audit.cli import app
-from storage_audit.findings import Kind
-from storage_audit.inventory import SCHEMA, Inventory
-from storage_audit.scan import scan
+from storage_audit.analysis.check import CheckOptions, check, verify_digests
+from storage_audit.cli.app import app
+from storage_audit.core.findings import Kind
+from storage_audit.inventory.tables import SCHEMA, Inventory
+from storage_audit.scan.run import scan
 
 from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, unpack
 

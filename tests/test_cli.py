@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
-from storage_audit.inventory import read_snapshot
+from storage_audit.analysis.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
+from storage_audit.cli.app import app
+from storage_audit.inventory.tables import read_snapshot
 from tests.conftest import BROKEN, FIXTURES, unpack
 
 runner = CliRunner()
@@ -174,12 +174,12 @@ def test_workers_option_gives_the_same_inventory(fixture_root, tmp_path: Path) -
 
 
 def test_library_errors_share_one_base_with_their_exit_codes() -> None:
-    from storage_audit.apply import AlreadyApplied
-    from storage_audit.choices import ReportError
-    from storage_audit.errors import AuditError
-    from storage_audit.formats import FormatError
-    from storage_audit.plan import PlanError, PlanRefused
-    from storage_audit.source import RootError
+    from storage_audit.analysis.options import ReportError
+    from storage_audit.cleanup.apply import AlreadyApplied
+    from storage_audit.cleanup.plan import PlanError, PlanRefused
+    from storage_audit.core.errors import AuditError
+    from storage_audit.output.formats import FormatError
+    from storage_audit.roots.resolve import RootError
 
     codes = {RootError: 2, PlanError: 2, ReportError: 2, FormatError: 2, PlanRefused: 3, AlreadyApplied: 0}
     for error, code in codes.items():
@@ -200,7 +200,7 @@ def test_an_internal_error_is_one_line_and_its_traceback_with_debug(
     fixture_root, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     # A fault injected where ROOT is resolved: no input of ours makes the library fail this way.
-    import storage_audit.cli as cli_module
+    import storage_audit.cli.app as cli_module
 
     def broken(*args: object) -> None:
         raise KeyError("boom")
@@ -265,8 +265,8 @@ def test_names_are_escaped_in_messages(tmp_path: Path) -> None:
 def test_a_table_shows_markup_as_text() -> None:
     from rich.console import Console
 
-    from storage_audit.formats import View
-    from storage_audit.formats.table import render
+    from storage_audit.output.formats import View
+    from storage_audit.output.table import render
 
     frame = pd.DataFrame({"repository": ["[dim]secret", "[green]", "a\x07b", ":smile:"], "n": [1, 2, 3, 4]})
     console = Console(file=io.StringIO(), width=80, force_terminal=True)
@@ -278,7 +278,7 @@ def test_a_table_shows_markup_as_text() -> None:
 
 
 def test_printable_and_count() -> None:
-    from storage_audit.text import count, printable
+    from storage_audit.core.text import count, printable
 
     assert printable("team/app") == "team/app"
     assert printable("a\x1b[2Jb\tc\u202ed") == "a\\x1b[2Jb\\x09c\\u202ed"
@@ -315,8 +315,8 @@ def test_json_does_not_escape_slashes(fixture_root) -> None:  # type: ignore[no-
 
 
 def test_json_keeps_a_backslash_before_a_slash() -> None:
-    from storage_audit.formats import View
-    from storage_audit.formats.json import write
+    from storage_audit.output.formats import View
+    from storage_audit.output.json import write
 
     buffer = io.StringIO()
     frame = pd.DataFrame({"name": ["a/b", "c\\/d", "e\\\\/f"]})
@@ -436,7 +436,7 @@ def test_plan_says_what_the_grace_period_held_back(tmp_path: Path) -> None:
 def test_verify_progress_uses_binary_units_throughout() -> None:
     from rich.progress import Progress
 
-    from storage_audit.progress import BytesColumn, SpeedColumn
+    from storage_audit.cli.progress import BytesColumn, SpeedColumn
 
     clock = iter(float(t) for t in range(100))
     progress = Progress(BytesColumn(), SpeedColumn(), get_time=lambda: next(clock), disable=True)
@@ -451,7 +451,7 @@ def test_verify_progress_uses_binary_units_throughout() -> None:
 def test_scan_progress_counts_entries_in_words() -> None:
     from rich.progress import Progress
 
-    from storage_audit.progress import EntriesColumn
+    from storage_audit.cli.progress import EntriesColumn
 
     progress = Progress(EntriesColumn(), disable=True)
     task = progress.add_task("reading blobs", total=None)

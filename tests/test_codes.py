@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage_audit import codes, frames, inventory, snapshot_writer
-from storage_audit.codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder
-from storage_audit.inventory import Inventory, frame, read_snapshot, write_snapshot
-from storage_audit.scan import scan
-from storage_audit.schema import CODED, SCHEMA
+from storage_audit.inventory import codes, frames, snapshot_writer
+from storage_audit.inventory import tables as inventory
+from storage_audit.inventory.codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder
+from storage_audit.inventory.schema import CODED, SCHEMA
+from storage_audit.inventory.tables import Inventory, frame, read_snapshot, write_snapshot
+from storage_audit.scan.run import scan
 from tests.conftest import FIXTURES
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

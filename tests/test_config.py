@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from storage_audit.config import FilesystemStorage, S3Storage, read_registry_config
-from storage_audit.errors import UsageError
-from storage_audit.s3 import S3Bucket
+from storage_audit.core.errors import UsageError
+from storage_audit.roots.config import FilesystemStorage, S3Storage, read_registry_config
+from storage_audit.storage.bucket import S3Bucket
 from tests.s3_harness import SeaweedS3, bucket_for, s3_registry
 
 S3_CONFIG = """\

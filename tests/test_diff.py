@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.graph import Graph
+from storage_audit.analysis.graph import Graph
+from storage_audit.cli.app import app
 from tests.registry_harness import Ledger, ManifestPut, Registry, canonical_json, describe_manifest, require_registry
 
 runner = CliRunner()

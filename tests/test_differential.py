@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit import collect
-from storage_audit.cli import app
-from storage_audit.inventory import Inventory
-from storage_audit.reach import ReachOptions
-from storage_audit.scan import scan
+from storage_audit.analysis import collect
+from storage_audit.analysis.reach import ReachOptions
+from storage_audit.cli.app import app
+from storage_audit.inventory.tables import Inventory
+from storage_audit.scan.run import scan
 from tests.conftest import fixture_builder
 from tests.facts import Facts
 from tests.registry_harness import (

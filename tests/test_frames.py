@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage_audit import frames
+from storage_audit.inventory import frames
 
 TEXT = st.one_of(st.none(), st.sampled_from(["", "a", "ab", "sha256:0f", "sha256:f0", "é", "ba"]), st.text(max_size=6))
 

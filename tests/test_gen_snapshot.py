@@ -10,8 +10,8 @@ from types import ModuleType
 import pandas as pd
 import pytest
 
-from storage_audit.inventory import Inventory, read_snapshot
-from storage_audit.scan import scan
+from storage_audit.inventory.tables import Inventory, read_snapshot
+from storage_audit.scan.run import scan
 
 TOP = Path(__file__).resolve().parents[1]
 

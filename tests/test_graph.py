@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.graph import Graph, closure
+from storage_audit.analysis.graph import Graph, closure
+from storage_audit.cli.app import app
 from tests.conftest import unpack
 from tests.registry_harness import (
     Client,

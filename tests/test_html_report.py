@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.graph import Graph
-from storage_audit.html_report import AGE_BUCKETS, HtmlOptions, page
-from storage_audit.source import load, resolve
+from storage_audit.analysis.graph import Graph
+from storage_audit.cli.app import app
+from storage_audit.output.html import AGE_BUCKETS, HtmlOptions, page
+from storage_audit.roots.resolve import load, resolve
 
 from .browser import Page, browser, require_chromium
 from .conftest import FIXTURES

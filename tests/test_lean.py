@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from storage_audit.codes import CodedArray
-from storage_audit.frames import sorted_rows
-from storage_audit.scan import ScanOptions, scan
+from storage_audit.inventory.codes import CodedArray
+from storage_audit.inventory.frames import sorted_rows
+from storage_audit.scan.run import ScanOptions, scan
 
 from .conftest import BROKEN, FIXTURES, unpack
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from storage_audit.manifest import (
+from storage_audit.core.manifest import (
     DOCKER_LIST,
     DOCKER_V2,
     MAX_MANIFEST_BYTES,

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.findings import SEVERITY
+from storage_audit.cli.app import app
+from storage_audit.core.findings import SEVERITY
 from tests.conftest import BROKEN, FIXTURES, unpack
 from tests.registry_harness import Ledger, Registry, require_registry
 from tests.workloads import random_workload
@@ -162,8 +162,8 @@ def test_other_commands_refuse_prometheus_before_reading_anything(command: list[
 def test_label_values_are_escaped_and_read_back_as_written(tmp_path: Path) -> None:
     import pandas as pd
 
-    from storage_audit.formats import View
-    from storage_audit.formats.prometheus import write
+    from storage_audit.output.formats import View
+    from storage_audit.output.prometheus import write
 
     name = 'odd "name" with \\ and\nnewline'
     frame = pd.DataFrame(

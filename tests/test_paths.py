@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage_audit.paths import (
+from storage_audit.core.paths import (
     BlobData,
     BlobDir,
     BlobPrefix,

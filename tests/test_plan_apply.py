@@ -26,12 +26,12 @@ import pytest
 from typer.testing import CliRunner
 
 from storage_audit import __version__
-from storage_audit.apply import ApplyOptions, apply_plan, journal_path, read_plan
-from storage_audit.check import check as check_storage
-from storage_audit.cli import app
-from storage_audit.plan import OPS, Action
-from storage_audit.reach import HOLDING_REFS, ReachOptions, present_revisions, reach
-from storage_audit.scan import scan
+from storage_audit.analysis.check import check as check_storage
+from storage_audit.analysis.reach import HOLDING_REFS, ReachOptions, present_revisions, reach
+from storage_audit.cleanup.apply import ApplyOptions, apply_plan, journal_path, read_plan
+from storage_audit.cleanup.plan import OPS, Action
+from storage_audit.cli.app import app
+from storage_audit.scan.run import scan
 from tests.conftest import BROKEN, FIXTURES, unpack
 from tests.registry_harness import (
     COSIGN_SIGNATURE,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from storage_audit.paths import (
+from storage_audit.cleanup.plan import OP_SPEC, OPS, Action, Op
+from storage_audit.core.paths import (
     BlobDir,
     LayerLink,
     Repository,
@@ -14,7 +15,6 @@ from storage_audit.paths import (
     TagIndexLink,
     UploadDir,
 )
-from storage_audit.plan import OP_SPEC, OPS, Action, Op
 
 # The plan file's vocabulary, in apply order, as the README documents it.
 FILE_OPS = [

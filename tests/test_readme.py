@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.findings import Kind
-from storage_audit.inventory import SCHEMA
+from storage_audit.cli.app import app
+from storage_audit.core.findings import Kind
+from storage_audit.inventory.tables import SCHEMA
 
 TOP = Path(__file__).resolve().parents[1]
 README = (TOP / "README.md").read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
+from storage_audit.cli.app import app
 from tests.conftest import FIXTURES, unpack
 from tests.test_gen_snapshot import generator
 

@@ -35,7 +35,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 def test_scan_matches_what_the_registry_wrote(tmp_path: Path, scenario: str) -> None:
     require_registry()
     expected = fixture_builder().build_scenario(scenario, tmp_path)
-    from storage_audit.scan import scan
+    from storage_audit.scan.run import scan
 
     inv = scan(tmp_path / "docker" / "registry" / "v2")
     assert inventory_facts(inv) == expected

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.choices import ReportError
-from storage_audit.cli import app
-from storage_audit.inventory import SCHEMA, Inventory, write_snapshot
-from storage_audit.report import By, ReportOptions, report
-from storage_audit.scan import scan
+from storage_audit.analysis.options import ReportError
+from storage_audit.analysis.report import By, ReportOptions, report
+from storage_audit.cli.app import app
+from storage_audit.inventory.tables import SCHEMA, Inventory, write_snapshot
+from storage_audit.scan.run import scan
 
 from .conftest import FIXTURES, REAL_FIXTURES, unpack
 from .registry_harness import Registry, require_registry
@@ -526,8 +526,8 @@ def test_invariants_on_registry_built_workloads(case: str, tmp_path: Path) -> No
 def test_a_table_shows_its_row_limit_unless_top_asks_for_more() -> None:
     from rich.console import Console
 
-    from storage_audit.formats import View
-    from storage_audit.formats.table import MAX_ROWS, render
+    from storage_audit.output.formats import View
+    from storage_audit.output.table import MAX_ROWS, render
 
     rows = MAX_ROWS * 3
     frame = pd.DataFrame({"name": [f"repo-{i:04d}" for i in range(rows)], "count": [1] * rows})

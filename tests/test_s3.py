@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from storage_audit.errors import StorageError, UsageError
-from storage_audit.s3 import (
+from storage_audit.core.errors import StorageError, UsageError
+from storage_audit.storage.bucket import (
     DELETE_BATCH,
     RateLimiter,
     S3AccessDenied,
@@ -25,7 +25,7 @@ from storage_audit.s3 import (
     parse_s3_url,
     resolve_links_by_etag,
 )
-from storage_audit.s3storage import S3Storage
+from storage_audit.storage.s3 import S3Storage
 from tests.conftest import fixture_builder
 from tests.registry_harness import Ledger, Registry, UploadStart, parse_gc_output, require_registry
 from tests.s3_harness import (

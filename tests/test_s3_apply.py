@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from storage_audit.cli import app
+from storage_audit.cli.app import app
 from tests.conftest import fixture_builder
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (

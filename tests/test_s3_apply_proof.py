@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from storage_audit.cli import app
-from storage_audit.paths import UploadData, UploadDir, UploadStartedAt, parse_path, path_for
-from storage_audit.reach import present_revisions
-from storage_audit.scan import scan
+from storage_audit.analysis.reach import present_revisions
+from storage_audit.cli.app import app
+from storage_audit.core.paths import UploadData, UploadDir, UploadStartedAt, parse_path, path_for
+from storage_audit.scan.run import scan
 from tests.registry_harness import Ledger, ManifestPut, parse_gc_output, require_registry
 from tests.s3_harness import (
     RegistryInBucket,

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner, Result
 
-from storage_audit.choices import By
-from storage_audit.cli import app
-from storage_audit.inventory import read_snapshot
-from storage_audit.scan import scan
+from storage_audit.analysis.options import By
+from storage_audit.cli.app import app
+from storage_audit.inventory.tables import read_snapshot
+from storage_audit.scan.run import scan
 from tests.conftest import BROKEN, FIXTURES, fixture_builder, unpack
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (

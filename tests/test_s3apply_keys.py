@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from storage_audit.plan import Action, Plan, PlanError
-from storage_audit.s3apply import check_plan, owns
+from storage_audit.cleanup.plan import Action, Plan, PlanError
+from storage_audit.cleanup.s3apply import check_plan, owns
 
 HEX = "ab" * 32
 LINK = {"etag": "0" * 32, "size": 71, "last_modified": "2026-01-01T00:00:00+00:00"}

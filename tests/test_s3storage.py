@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from storage_audit.errors import StorageError, UsageError
-from storage_audit.s3 import ObjectInfo, S3Bucket, S3Location, S3Settings
-from storage_audit.s3storage import ManifestCache, S3Storage, _Index, _tree, default_cache_dir, mtime_ns
-from storage_audit.source import RemoteOptions, RootError, resolve
-from storage_audit.storage import EntryKind
+from storage_audit.core.errors import StorageError, UsageError
+from storage_audit.roots.resolve import RemoteOptions, RootError, resolve
+from storage_audit.storage.base import EntryKind
+from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
+from storage_audit.storage.s3 import ManifestCache, S3Storage, _Index, _tree, default_cache_dir, mtime_ns
 
 WHEN = datetime(2026, 11, 30, 10, 0, 1, 250000, tzinfo=UTC)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from storage_audit.codes import CodedDtype
-from storage_audit.inventory import SCHEMA, read_snapshot, write_snapshot
-from storage_audit.scan import ScanOptions, scan
-from storage_audit.schema import CODED
-from storage_audit.source import RootError, resolve
+from storage_audit.inventory.codes import CodedDtype
+from storage_audit.inventory.schema import CODED
+from storage_audit.inventory.tables import SCHEMA, read_snapshot, write_snapshot
+from storage_audit.roots.resolve import RootError, resolve
+from storage_audit.scan.run import ScanOptions, scan
 
 from .conftest import FIXTURES, REAL_FIXTURES
 from .facts import inventory_facts, load_expected
@@ -120,8 +120,8 @@ def test_forked_workers_give_the_same_inventory_and_totals(name: str, fixture_ro
     # The command line forks its workers while it has one thread, and spawns them once pandas runs threads.
     v2 = fixture_root(name) / V2
     start = (
-        "import storage_audit.cli\n"
-        "from storage_audit import scan as s\n"
+        "import storage_audit.cli.app\n"
+        "from storage_audit.scan import run as s\n"
         f"v2 = {str(v2)!r}\n"
         "assert s._start_method().get_start_method() == 'fork'\n"
         "def show(t, found):\n"
@@ -151,7 +151,7 @@ def test_a_worker_reads_the_tree_without_pyarrow_or_pandas(fixture_root) -> None
     v2 = fixture_root("multiarch") / V2
     program = (
         "import sys\n"
-        "from storage_audit.walk import Walker, read_manifest_units, walk_units\n"
+        "from storage_audit.scan.walk import Walker, read_manifest_units, walk_units\n"
         f"v2 = {str(v2)!r}\n"
         "repos, prefixes = Walker(v2).units()\n"
         "part = walk_units(v2, repos, prefixes)\n"
@@ -170,7 +170,7 @@ def test_a_worker_reads_the_tree_without_pyarrow_or_pandas(fixture_root) -> None
 
 def test_namespaces_are_shared_out_by_their_children(fixture_root) -> None:  # type: ignore[no-untyped-def]
     # basic holds team/app (with team/app/server nested in it) and tools/multi, below two mere namespaces.
-    from storage_audit.walk import Walker
+    from storage_audit.scan.walk import Walker
 
     v2 = fixture_root("basic") / V2
     repos, _ = Walker(v2).units()
@@ -202,8 +202,8 @@ def test_packed_columns_give_back_their_values(kind: str, values: tuple[object, 
 
     import pyarrow as pa
 
-    from storage_audit.rows import Packed, pack
-    from storage_audit.scan import _unpacked
+    from storage_audit.scan.rows import Packed, pack
+    from storage_audit.scan.run import _unpacked
 
     packed = pickle.loads(pickle.dumps(pack(kind, values)))
     assert isinstance(packed, Packed)
@@ -221,7 +221,7 @@ def test_packed_columns_give_back_their_values(kind: str, values: tuple[object, 
 
 
 def test_columns_that_do_not_pack_are_sent_as_they_are() -> None:
-    from storage_audit.rows import pack
+    from storage_audit.scan.rows import pack
 
     # A lone surrogate is no UTF-8, an integer past 64 bits no int64: both stay Python values.
     assert pack("string", ("\udcff", None)) == ("\udcff", None)

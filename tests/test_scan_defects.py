@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from storage_audit.manifest import DOCKER_V2, MAX_MANIFEST_BYTES, parse_manifest
-from storage_audit.paths import BlobData, Digest, path_for
-from storage_audit.scan import scan
+from storage_audit.core.manifest import DOCKER_V2, MAX_MANIFEST_BYTES, parse_manifest
+from storage_audit.core.paths import BlobData, Digest, path_for
+from storage_audit.scan.run import scan
 
 from .conftest import BROKEN, FIXTURES, unpack
 

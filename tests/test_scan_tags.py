@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
-from storage_audit.scan import ScanOptions, scan
+from storage_audit.cli.app import app
+from storage_audit.scan.run import ScanOptions, scan
 from tests.registry_harness import Ledger, Pushed, Registry, canonical_json, require_registry, sha256
 
 V2 = Path("docker/registry/v2")

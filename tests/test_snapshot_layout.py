@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from storage_audit import snapshot_writer
-from storage_audit.cli import app
-from storage_audit.inventory import read_snapshot
-from storage_audit.scan import scan
-from storage_audit.schema import SCHEMA
-from storage_audit.snapshots import foreign_content, prune
+from storage_audit.cli.app import app
+from storage_audit.inventory import snapshot_writer
+from storage_audit.inventory.retention import foreign_content, prune
+from storage_audit.inventory.schema import SCHEMA
+from storage_audit.inventory.tables import read_snapshot
+from storage_audit.scan.run import scan
 from tests.conftest import FIXTURES
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from storage_audit.cli import app
+from storage_audit.cli.app import app
 from tests.conftest import FIXTURES
 
 runner = CliRunner()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from storage_audit.errors import StorageError
-from storage_audit.paths import BlobData, BlobDir, Digest, TagCurrentLink, path_for
-from storage_audit.rows import ROW_TYPES, TABLES
-from storage_audit.scan import scan
-from storage_audit.schema import SCHEMA
-from storage_audit.storage import (
+from storage_audit.core.errors import StorageError
+from storage_audit.core.paths import BlobData, BlobDir, Digest, TagCurrentLink, path_for
+from storage_audit.inventory.schema import SCHEMA
+from storage_audit.scan.rows import ROW_TYPES, TABLES
+from storage_audit.scan.run import scan
+from storage_audit.storage.base import (
     AccessError,
     EntryKind,
     LocalStorage,

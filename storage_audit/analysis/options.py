@@ -1,0 +1,137 @@
+"""The command line's fixed choices, in a module that imports nothing heavy, so the CLI starts fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from storage_audit.core.errors import UsageError
+
+
+class By(StrEnum):
+    """What one row of a report is."""
+
+    SUMMARY = "summary"
+    REPOSITORY = "repository"
+    TAG = "tag"
+    MANIFEST = "manifest"
+    BLOB = "blob"
+    UPLOAD = "upload"
+
+
+class Format(StrEnum):
+    """How a result is written."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
+    PROMETHEUS = "prometheus"
+
+
+class DiffBy(StrEnum):
+    """What one row of a diff between two audits is."""
+
+    REPOSITORY = "repository"
+    TAG = "tag"
+    BLOB = "blob"
+
+
+class ReportFormat(StrEnum):
+    """How a report is written: the formats of every view, or one HTML page of the whole storage."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
+    PROMETHEUS = "prometheus"
+    HTML = "html"
+
+
+class PlanFormat(StrEnum):
+    """How a deletion plan is written."""
+
+    JSON = "json"
+    SH = "sh"
+    HTTP = "http"
+
+
+# The columns of every view, in output order; the README's report section repeats them.
+COLUMNS: dict[By, tuple[str, ...]] = {
+    By.SUMMARY: (
+        "repositories",
+        "tags",
+        "manifests",
+        "untagged_manifests",
+        "blobs",
+        "orphan_blobs",
+        "physical_bytes",
+        "logical_bytes",
+        "dedup_ratio",
+        "orphan_bytes",
+        "untagged_reclaimable_bytes",
+        "upload_bytes",
+        "findings_error",
+        "findings_warning",
+        "findings_info",
+    ),
+    By.REPOSITORY: (
+        "repository",
+        "tags",
+        "manifests",
+        "untagged_manifests",
+        "total_bytes",
+        "exclusive_bytes",
+        "shared_bytes",
+        "reclaimable_bytes",
+        "upload_bytes",
+        "last_push",
+    ),
+    By.TAG: (
+        "repository",
+        "tag",
+        "digest",
+        "media_type",
+        "platforms",
+        "pushed_at",
+        "image_bytes",
+        "exclusive_bytes",
+        "history",
+    ),
+    By.MANIFEST: ("repository", "digest", "media_type", "artifact_type", "tags", "reachable", "bytes"),
+    By.BLOB: ("digest", "size", "repositories", "manifests", "orphan", "kind"),
+    By.UPLOAD: ("repository", "id", "bytes", "started_at", "age"),
+}
+
+
+class ReportError(UsageError, ValueError):
+    """Report options that cannot be honoured (an unknown sort column, say)."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Which view, narrowed to repositories matching a glob, sorted by a column, cut to the top rows."""
+
+    by: By = By.SUMMARY
+    repository: str | None = None
+    sort: str | None = None
+    top: int | None = None
+
+
+def check(options: ReportOptions) -> None:
+    """Refuse options that make no sense for the view, before any work is done; raises ReportError."""
+    if options.by is By.SUMMARY:
+        for name, value in (("--repository", options.repository), ("--sort", options.sort), ("--top", options.top)):
+            if value is not None:
+                raise ReportError(f"{name} applies to row views, not to --by summary")
+        return
+    if options.sort is not None and options.sort not in COLUMNS[options.by]:
+        known = ", ".join(COLUMNS[options.by])
+        raise ReportError(f"--sort {options.sort}: no such column in --by {options.by.value}; one of: {known}")
+    if options.top is not None and options.top < 1:
+        raise ReportError(f"--top {options.top}: must be at least 1")
+
+
+def needs_inventory(options: ReportOptions) -> bool:
+    """True when the answer cannot be cut from the whole view: blobs narrowed to what some repositories reach."""
+    return options.by is By.BLOB and options.repository is not None

@@ -1,0 +1,1 @@
+"""Deletion plans and their apply: the safety rules once, a remover per backend."""

@@ -1,0 +1,555 @@
+"""Deletion plans: retention rules applied to an inventory, as an ordered, reviewable list of actions."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from storage_audit import __version__
+from storage_audit.analysis.graph import Graph
+from storage_audit.core.errors import UncertainError, UsageError
+from storage_audit.core.manifest import LIST_KINDS
+from storage_audit.core.paths import (
+    BlobDir,
+    Digest,
+    InvalidPath,
+    LayerLink,
+    PathSpec,
+    Repository,
+    RevisionLink,
+    TagDir,
+    TagIndexLink,
+    UploadDir,
+    parse_path,
+    path_for,
+)
+from storage_audit.inventory.frames import isin
+from storage_audit.inventory.tables import Inventory
+
+PLAN_FORMAT = "storage-audit-plan"
+PLAN_VERSION = 1
+
+
+class Op(StrEnum):
+    """A plan's operations, in the order they are applied.
+
+    An interruption anywhere leaves only garbage (untagged manifests,
+    unreferenced blobs), never a tag without its manifest or a manifest
+    without its blobs. Members are strings: the plan file holds their values.
+    """
+
+    REMOVE_TAG = "remove-tag"
+    REMOVE_TAG_HISTORY = "remove-tag-history"
+    REMOVE_REVISION = "remove-revision"
+    REMOVE_LAYER_LINK = "remove-layer-link"
+    REMOVE_BLOB = "remove-blob"
+    REMOVE_UPLOAD = "remove-upload"
+    REMOVE_REPOSITORY = "remove-repository"
+
+
+OPS: tuple[Op, ...] = tuple(Op)
+OP_SPEC: dict[Op, type] = {
+    Op.REMOVE_TAG: TagDir,
+    Op.REMOVE_TAG_HISTORY: TagIndexLink,
+    Op.REMOVE_REVISION: RevisionLink,
+    Op.REMOVE_LAYER_LINK: LayerLink,
+    Op.REMOVE_BLOB: BlobDir,
+    Op.REMOVE_UPLOAD: UploadDir,
+    Op.REMOVE_REPOSITORY: Repository,
+}
+# Findings that make the inventory too uncertain to delete anything from it.
+BLOCKING_KINDS = ("bad-link", "unreadable", "corrupt-manifest")
+
+
+class PlanError(UsageError, ValueError):
+    """A plan file that is malformed, tampered with, or not applicable."""
+
+
+class PlanRefused(UncertainError, RuntimeError):
+    """The storage is in a state where planning deletions could lose data."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Retention rules. Tag rules apply when keep_last or older_than is set; everything is combinable."""
+
+    delete_untagged: bool = False
+    keep_last: int | None = None
+    keep_tags: tuple[str, ...] = ()
+    only_tags: tuple[str, ...] = ()
+    older_than: timedelta | None = None
+    repositories: tuple[str, ...] = ()
+    uploads_older_than: timedelta | None = None
+    prune_empty_repositories: bool = False
+    min_age: timedelta = timedelta(hours=1)
+    keep_referrers: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        for key in ("older_than", "uploads_older_than", "min_age"):
+            value = getattr(self, key)
+            doc[key] = None if value is None else value.total_seconds()
+        doc["keep_tags"] = list(self.keep_tags)
+        doc["only_tags"] = list(self.only_tags)
+        doc["repositories"] = list(self.repositories)
+        return doc
+
+
+@dataclass(frozen=True)
+class Action:
+    """One removal: what, where (relative to `v2`), why, and what must still hold when it runs."""
+
+    op: str
+    path: str
+    reason: str
+    precondition: dict[str, Any]
+    repository: str | None = None
+    tag: str | None = None
+    digest: str | None = None
+    bytes: int = 0
+
+    def __post_init__(self) -> None:
+        # An Op whatever the caller passed (they compare equal to their strings); an unknown op is left
+        # for `spec` to refuse with a PlanError.
+        if isinstance(self.op, str) and not isinstance(self.op, Op) and self.op in OP_SPEC:
+            object.__setattr__(self, "op", Op(self.op))
+
+    def spec(self) -> PathSpec:
+        """The parsed path, checked against what the op may touch and the fields it names."""
+        if self.op not in OP_SPEC:
+            raise PlanError(f"unknown op {self.op!r}")
+        op = Op(self.op)
+        try:
+            spec = parse_path(self.path)
+        except InvalidPath as exc:
+            raise PlanError(f"{self.op} {self.path!r}: {exc}") from exc
+        if not isinstance(spec, OP_SPEC[op]):
+            raise PlanError(f"{self.op} may not touch {self.path!r}")
+        for name in ("repository", "tag", "digest"):
+            value = getattr(spec, name, None)
+            if value is not None and str(value) != getattr(self, name):
+                raise PlanError(f"{self.op} {self.path!r}: its {name} field does not match its path")
+        return spec
+
+
+@dataclass
+class Plan:
+    """The actions, in apply order; held_back counts what only the grace period kept out (per tags,
+    manifests, blobs, uploads), said on stderr, not written in the plan."""
+
+    root: str
+    created_at: datetime
+    policy: dict[str, Any]
+    actions: list[Action] = field(default_factory=list)
+    held_back: dict[str, int] = field(default_factory=dict)
+    location: dict[str, str] | None = None
+    """Where a tree in object storage is (bucket, prefix, region, endpoint; never a credential); None on disk."""
+
+    def totals(self) -> dict[str, Any]:
+        frame = self.frame()
+        by_op = frame.groupby("op")["bytes"].agg(["count", "sum"])
+        by_repo = frame.fillna({"repository": ""}).groupby("repository")["bytes"].agg(["count", "sum"])
+        return {
+            "count": len(frame),
+            "bytes": int(frame["bytes"].sum()),
+            "by_op": {op: {"count": int(r["count"]), "bytes": int(r["sum"])} for op, r in by_op.iterrows()},
+            "by_repository": {
+                (repo or "(blob store)"): {"count": int(r["count"]), "bytes": int(r["sum"])}
+                for repo, r in by_repo.iterrows()
+            },
+        }
+
+    def frame(self) -> pd.DataFrame:
+        columns = ["op", "path", "repository", "tag", "digest", "bytes", "reason"]
+        rows = [[getattr(a, c) for c in columns] for a in self.actions]
+        frame = pd.DataFrame(rows, columns=columns)
+        frame["bytes"] = frame["bytes"].astype("int64")
+        return frame
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION,
+            "tool_version": __version__,
+            "created_at": self.created_at.isoformat(),
+            "root": self.root,
+            **({"location": self.location} if self.location is not None else {}),
+            "policy": self.policy,
+            "totals": self.totals(),
+            "actions": [asdict(a) for a in self.actions],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Plan:
+        """Validate a plan document; raises PlanError naming the first problem."""
+        if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+            raise PlanError("not a storage-audit plan")
+        if doc.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {doc.get('version')!r} is not {PLAN_VERSION}")
+        root, actions = doc.get("root"), doc.get("actions")
+        location = doc.get("location")
+        if location is None and (not isinstance(root, str) or not root.startswith("/")):
+            raise PlanError("the plan's root must be an absolute path")
+        if location is not None:
+            _check_location(root, location)
+        assert isinstance(root, str)
+        if not isinstance(actions, list):
+            raise PlanError("the plan has no list of actions")
+        try:
+            created = datetime.fromisoformat(doc["created_at"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError("the plan has no valid created_at") from exc
+        policy = doc.get("policy")
+        if not isinstance(policy, dict):
+            raise PlanError("the plan's policy must be an object")
+        plan = cls(root=root, created_at=created, policy=policy, location=location)
+        fields = set(Action.__dataclass_fields__)
+        last = -1
+        for i, item in enumerate(actions):
+            if not isinstance(item, dict) or set(item) != fields:
+                raise PlanError(f"action #{i} is malformed: it needs exactly the fields {sorted(fields)}")
+            if not isinstance(item["op"], str) or item["op"] not in OP_SPEC:
+                raise PlanError(f"action #{i} has an unknown op")
+            action = Action(**item)
+            _check_types(i, action)
+            action.spec()
+            order = OPS.index(Op(action.op))
+            if order < last:
+                raise PlanError(f"action #{i} ({action.op}) is out of order")
+            last = order
+            plan.actions.append(action)
+        return plan
+
+
+LOCATION_FIELDS = {"bucket", "prefix", "region", "endpoint"}
+
+
+def _check_location(root: Any, location: Any) -> None:
+    """A plan for object storage names its bucket and prefix twice, in `root` and in `location`: they must agree."""
+    from storage_audit.storage.bucket import V2, S3Location, parse_s3_url
+
+    if not isinstance(location, dict) or not set(location) <= LOCATION_FIELDS:
+        raise PlanError("the plan's location must be an object of bucket, prefix, region and endpoint")
+    bucket, prefix = location.get("bucket", ""), location.get("prefix", "")
+    if not all(isinstance(v, str) for v in location.values()) or "region" not in location:
+        raise PlanError("the plan's location needs a bucket, a prefix and a region, as strings")
+    if not isinstance(root, str) or not root.startswith("s3://"):
+        raise PlanError("a plan with a location must have an s3:// root")
+    try:
+        parsed = parse_s3_url(root)
+        named = S3Location(bucket, prefix.removesuffix(f"{V2}/").strip("/"))
+    except UsageError as exc:
+        raise PlanError(f"the plan's location: {exc}") from exc
+    if parsed != named or named.prefix != prefix:
+        raise PlanError(f"the plan's root {root} and its location {bucket}/{prefix} disagree")
+
+
+def _check_types(i: int, action: Action) -> None:
+    if not isinstance(action.path, str) or not isinstance(action.reason, str):
+        raise PlanError(f"action #{i}: path and reason must be strings")
+    if not isinstance(action.precondition, dict):
+        raise PlanError(f"action #{i}: precondition must be an object")
+    if not isinstance(action.bytes, int) or action.bytes < 0:
+        raise PlanError(f"action #{i}: bytes must be a non-negative integer")
+    for name in ("repository", "tag", "digest"):
+        if getattr(action, name) is not None and not isinstance(getattr(action, name), str):
+            raise PlanError(f"action #{i}: {name} must be a string")
+
+
+def _matches(values: pd.Series, patterns: Iterable[str], glob: bool = False) -> pd.Series:
+    patterns = list(patterns)
+    out = pd.Series(False, index=values.index)
+    for pattern in patterns:
+        if glob:
+            out |= values.map(lambda v, p=pattern: fnmatch.fnmatchcase(v, p)).astype(bool)
+        else:
+            search = re.compile(pattern).search
+            out |= values.map(lambda v, s=search: s(v) is not None).astype(bool)
+    return out
+
+
+def _in_scope(repositories: pd.Series, policy: Policy) -> pd.Series:
+    if not policy.repositories:
+        return pd.Series(True, index=repositories.index)
+    return _matches(repositories, policy.repositories, glob=True)
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def refuse_if_uncertain(inv: Inventory) -> None:
+    """Raise PlanRefused when findings mean the inventory may not know every reference."""
+    blocking = inv.findings[isin(inv.findings["kind"], BLOCKING_KINDS)]
+    if len(blocking):
+        first = blocking.iloc[0]
+        found = "1 finding leaves" if len(blocking) == 1 else f"{len(blocking):,} findings such as this leave"
+        raise PlanRefused(
+            f"{first['kind']} at {first['path'] or '.'}: {found} references unknown; "
+            "run `storage-audit check` and repair them before planning deletions"
+        )
+
+
+def _tag_deletions(inv: Inventory, policy: Policy, now: pd.Timestamp) -> pd.DataFrame:
+    """Tags the policy deletes, with a reason each."""
+    tags = inv.tags.assign(reason=pd.Series(pd.NA, index=inv.tags.index, dtype="string"))
+    if policy.keep_last is None and policy.older_than is None:
+        return tags.iloc[0:0]
+    cand = _in_scope(tags["repository"], policy) & tags["digest"].notna() & tags["pushed_at"].notna()
+    if policy.only_tags:
+        cand &= _matches(tags["tag"], policy.only_tags)
+    if policy.keep_tags:
+        cand &= ~_matches(tags["tag"], policy.keep_tags)
+    cand &= tags["pushed_at"] < now - policy.min_age
+    reasons = pd.Series("", index=tags.index, dtype="string")
+    if policy.keep_last is not None:
+        # Rank among the tags the rules let us consider, newest first; equal push
+        # times (archives keep whole seconds) fall back to the later tag name.
+        order = tags[cand].sort_values(["pushed_at", "tag"], ascending=False)
+        rank = order.groupby("repository").cumcount()
+        beyond = pd.Series(False, index=tags.index)
+        beyond[rank.index] = rank >= policy.keep_last
+        cand &= beyond
+        reasons = "tag " + tags["tag"] + f" beyond --keep-last {policy.keep_last}"
+    if policy.older_than is not None:
+        cand &= tags["pushed_at"] < now - policy.older_than
+        older = (
+            "tag "
+            + tags["tag"]
+            + " pushed "
+            + tags["pushed_at"].dt.strftime("%Y-%m-%d %H:%M")
+            + f" UTC, before --older-than {_duration(policy.older_than)}"
+        )
+        reasons = reasons.where(reasons != "", older)
+    return tags[cand].assign(reason=reasons[cand])
+
+
+def make_plan(source: Graph | Inventory, policy: Policy, now: datetime) -> Plan:
+    """Apply `policy` to an inventory or its graph (as of `now`) and list the removals it implies, in apply order."""
+    graph = Graph.of(source)
+    inv = graph.inv
+    refuse_if_uncertain(inv)
+    ts_now = pd.Timestamp(now)
+    grace = ts_now - policy.min_age
+    present = graph.present
+    deleted_tags = _tag_deletions(inv, policy, ts_now)
+    remaining_tags = inv.tags.drop(index=deleted_tags.index)
+
+    reached_after = graph.reached(graph.tagged(remaining_tags), policy.keep_referrers)
+    if policy.delete_untagged:
+        candidate = ~reached_after
+    else:
+        reached_before = graph.reached(graph.tagged(), policy.keep_referrers)
+        candidate = reached_before & ~reached_after
+    candidate &= _in_scope(present["repository"], policy).to_numpy()
+    candidate &= (present["pushed_at"] < grace).fillna(False).to_numpy()
+    if policy.older_than is not None:
+        candidate &= (present["pushed_at"] < ts_now - policy.older_than).fillna(False).to_numpy()
+    # Whatever stays keeps its children and referrers, even when the rules named them.
+    kept = graph.reached(~candidate, policy.keep_referrers)
+    removed_revisions = present[~kept]
+
+    marked = graph.marked(kept, protect=True, tags=remaining_tags)
+    blobs = inv.blobs
+    removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
+
+    actions: list[Action] = []
+    actions += _tag_actions(deleted_tags)
+    actions += _history_actions(inv, deleted_tags, removed_revisions)
+    actions += _revision_actions(inv, removed_revisions, remaining_tags, policy)
+    actions += _layer_link_actions(inv, removed_blobs)
+    actions += _blob_actions(removed_blobs)
+    actions += _upload_actions(inv, policy, ts_now, grace)
+    if policy.prune_empty_repositories:
+        actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions, grace)
+    plan = Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions)
+    plan.held_back = _held_back(graph, policy, now, plan)
+    return plan
+
+
+HELD_BACK_OPS = {
+    "tags": "remove-tag",
+    "manifests": "remove-revision",
+    "blobs": "remove-blob",
+    "uploads": "remove-upload",
+}
+
+
+def _held_back(graph: Graph, policy: Policy, now: datetime, planned: Plan) -> dict[str, int]:
+    """What the rules would remove but the grace period keeps: the removals of the plan the same rules
+    make without a grace period, less this plan's. Planned again only when something is that new."""
+    inv = graph.inv
+    grace = pd.Timestamp(now) - policy.min_age
+    times = (inv.tags["pushed_at"], inv.revisions["pushed_at"], inv.blobs["mtime"], inv.uploads["started_at"])
+    if policy.min_age <= timedelta(0) or not any(bool((t >= grace).any()) for t in times):
+        return dict.fromkeys(HELD_BACK_OPS, 0)
+    ungraced = make_plan(graph, replace(policy, min_age=timedelta(0)), now)
+    held = {}
+    for key, op in HELD_BACK_OPS.items():
+        kept = {a.path for a in planned.actions if a.op == op}
+        held[key] = sum(1 for a in ungraced.actions if a.op == op and a.path not in kept)
+    return held
+
+
+def _tag_actions(deleted: pd.DataFrame) -> list[Action]:
+    return [
+        Action(
+            "remove-tag",
+            path_for(TagDir(r.repository, r.tag)),
+            r.reason,
+            {"current": r.digest},
+            repository=r.repository,
+            tag=r.tag,
+            digest=r.digest,
+        )
+        for r in deleted.sort_values(["repository", "tag"]).itertuples(index=False)
+    ]
+
+
+def _history_actions(inv: Inventory, deleted_tags: pd.DataFrame, removed: pd.DataFrame) -> list[Action]:
+    history = inv.tag_history.merge(removed[["repository", "digest"]], on=["repository", "digest"])
+    gone = deleted_tags[["repository", "tag"]].assign(_gone=True)
+    history = history.merge(gone, on=["repository", "tag"], how="left")
+    history = history[history["_gone"].isna()]  # a removed tag takes its history with it
+    return [
+        Action(
+            "remove-tag-history",
+            path_for(TagIndexLink(r.repository, r.tag, Digest.parse(r.digest))),
+            f"history entry of tag {r.tag} for a manifest this plan removes",
+            {"link": r.digest},
+            repository=r.repository,
+            tag=r.tag,
+            digest=r.digest,
+        )
+        for r in history.sort_values(["repository", "tag", "digest"]).itertuples(index=False)
+    ]
+
+
+def _revision_actions(
+    inv: Inventory, removed: pd.DataFrame, remaining_tags: pd.DataFrame, policy: Policy
+) -> list[Action]:
+    was_tagged = set(zip(remaining_tags["repository"], remaining_tags["digest"], strict=True))
+    # Referrers first, then indexes, then images: interrupted anywhere, no remaining
+    # index misses a child and no remaining artifact misses its subject.
+    kinds = inv.manifests.set_index("digest")
+    is_referrer = removed["target"].map(kinds["subject"]).notna()
+    is_index = isin(removed["target"].map(kinds["kind"]).fillna(""), LIST_KINDS)
+    rank = np.where(is_referrer, 0, np.where(is_index, 1, 2))
+    ordered = removed.assign(_rank=rank).sort_values(["_rank", "repository", "digest"])
+    actions = []
+    for r in ordered.itertuples(index=False):
+        if (r.repository, r.digest) in was_tagged:  # pragma: no cover - closure keeps tagged revisions
+            continue
+        reason = "untagged: no tag reaches it" if policy.delete_untagged else "no remaining tag reaches it"
+        actions.append(
+            Action(
+                "remove-revision",
+                path_for(RevisionLink(r.repository, Digest.parse(r.digest))),
+                reason,
+                {"link": r.target},
+                repository=r.repository,
+                digest=r.digest,
+            )
+        )
+    return actions
+
+
+def _layer_link_actions(inv: Inventory, removed_blobs: pd.DataFrame) -> list[Action]:
+    links = inv.layer_links.dropna(subset=["target"])
+    doomed = isin(links["target"], removed_blobs["digest"])
+    missing = ~isin(links["target"], inv.blobs["digest"])
+    rows = links[doomed | missing].assign(missing=missing[doomed | missing])
+    return [
+        Action(
+            "remove-layer-link",
+            path_for(LayerLink(r.repository, Digest.parse(r.digest))),
+            "its blob is gone" if r.missing else "its blob is removed by this plan",
+            {"link": r.target},
+            repository=r.repository,
+            digest=r.digest,
+        )
+        for r in rows.sort_values(["repository", "digest"]).itertuples(index=False)
+    ]
+
+
+def _blob_actions(removed: pd.DataFrame) -> list[Action]:
+    return [
+        Action(
+            "remove-blob",
+            path_for(BlobDir(Digest.parse(r.digest))),
+            "orphan: no kept manifest references it",
+            {"size": int(r.size), "mtime_ns": int(r.mtime.value)},
+            digest=r.digest,
+            bytes=int(r.size),
+        )
+        for r in removed.sort_values("digest").itertuples(index=False)
+    ]
+
+
+def _upload_actions(inv: Inventory, policy: Policy, now: pd.Timestamp, grace: pd.Timestamp) -> list[Action]:
+    if policy.uploads_older_than is None:
+        return []
+    uploads = inv.uploads[_in_scope(inv.uploads["repository"], policy)]
+    cutoff = min(now - policy.uploads_older_than, grace)
+    # An upload without `startedat` is never purged by the registry: it is stale by definition.
+    stale = uploads["started_at"].isna() | (uploads["started_at"] < cutoff)
+    actions = []
+    for r in uploads[stale].itertuples(index=False):
+        started = None if pd.isna(r.started_at) else r.started_at.isoformat()
+        when = "without startedat" if started is None else f"started {r.started_at:%Y-%m-%d %H:%M} UTC"
+        actions.append(
+            Action(
+                "remove-upload",
+                path_for(UploadDir(r.repository, r.id)),
+                f"upload {when}, before --uploads-older-than {_duration(policy.uploads_older_than)}",
+                {"bytes": int(r.bytes), "started_at": started},
+                repository=r.repository,
+                bytes=int(r.bytes),
+            )
+        )
+    return actions
+
+
+def _repository_actions(
+    inv: Inventory,
+    policy: Policy,
+    kept: pd.DataFrame,
+    remaining_tags: pd.DataFrame,
+    planned: list[Action],
+    grace: pd.Timestamp,
+) -> list[Action]:
+    removed_uploads = {a.path for a in planned if a.op == "remove-upload"}
+    repos = inv.repositories[_in_scope(inv.repositories["repository"], policy)]["repository"]
+    busy = set(kept["repository"]) | set(remaining_tags["repository"])
+    # Fresh layer links may be a push in progress (blobs go up before their manifest).
+    fresh = inv.repositories["layers_changed_at"] >= grace
+    busy |= set(inv.repositories[fresh.fillna(False)]["repository"])
+    for r in inv.uploads.itertuples(index=False):
+        if path_for(UploadDir(r.repository, r.id)) not in removed_uploads:
+            busy.add(r.repository)
+    changed = inv.repositories.set_index("repository")["layers_changed_at"]
+    return [
+        Action(
+            "remove-repository",
+            path_for(Repository(name)),
+            "empty: no tag, manifest or upload is left in it",
+            {"layers_changed_at": None if pd.isna(changed[name]) else int(changed[name].value)},
+            repository=name,
+        )
+        for name in sorted(set(repos) - busy)
+    ]
+
+
+__all__ = ["OPS", "Action", "Op", "Plan", "PlanError", "PlanRefused", "Policy", "make_plan"]

@@ -1,0 +1,121 @@
+"""Plan formats: the JSON plan file, a reviewable shell script, and the live registry's HTTP workflow."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+
+from storage_audit.analysis.options import PlanFormat
+from storage_audit.cleanup.plan import Action, Op, Plan
+from storage_audit.core.paths import TagCurrentLink, parent, path_for
+
+
+def render(plan: Plan, fmt: PlanFormat, registry_url: str | None = None) -> str:
+    """`plan` as text in `fmt`; every PlanFormat maps to exactly one renderer."""
+    renderers: dict[PlanFormat, Callable[[Plan, str | None], str]] = {
+        PlanFormat.JSON: _json,
+        PlanFormat.SH: _sh,
+        PlanFormat.HTTP: _http,
+    }
+    return renderers[fmt](plan, registry_url)
+
+
+def _json(plan: Plan, _url: str | None) -> str:
+    return json.dumps(plan.to_json(), indent=2) + "\n"
+
+
+def _header(plan: Plan, lines: list[str]) -> list[str]:
+    totals = plan.totals()
+    return [
+        "#!/bin/sh",
+        f"# storage-audit plan for {plan.root}, created {plan.created_at.isoformat()}",
+        f"# {totals['count']} actions, {totals['bytes']} bytes. Review it before running it.",
+        *lines,
+        "set -eu",
+    ]
+
+
+def _sh_line(action: Action) -> list[str]:
+    q = shlex.quote
+    path = q(action.path)
+
+    def current() -> str:
+        return path_for(TagCurrentLink(action.repository or "", action.tag or ""))
+
+    checks: dict[Op, Callable[[], str]] = {
+        Op.REMOVE_TAG: lambda: f"check_link {q(current())} {q(action.precondition['current'])}",
+        Op.REMOVE_TAG_HISTORY: lambda: f"check_link {path} {q(action.precondition['link'])}",
+        Op.REMOVE_REVISION: lambda: f"check_link {path} {q(action.precondition['link'])}",
+        Op.REMOVE_LAYER_LINK: lambda: f"check_link {path} {q(action.precondition['link'])}",
+        Op.REMOVE_BLOB: lambda: f"check_blob {path} {action.precondition['size']}",
+        Op.REMOVE_UPLOAD: lambda: f"[ -d {path} ] && [ ! -L {path} ]",
+        Op.REMOVE_REPOSITORY: lambda: f"check_empty_repository {path}",
+    }
+    remove = f"rm -rf -- {path}" if action.op != Op.REMOVE_REPOSITORY else f"remove_repository {path}"
+    return [
+        f"# {action.op}: {action.reason}",
+        f"if {checks[Op(action.op)]()}; then {remove}; else echo {q('skipped: ' + action.path)} >&2; fi",
+    ]
+
+
+SH_FUNCTIONS = r"""
+check_link() { [ -f "$1" ] && [ ! -L "$1" ] && [ "$(cat -- "$1")" = "$2" ]; }
+check_blob() { [ -f "$1/data" ] && [ ! -L "$1/data" ] && [ "$(stat -c %s -- "$1/data")" = "$2" ]; }
+check_empty_repository() {
+  [ -d "$1" ] && [ -z "$(find "$1/_manifests" "$1/_uploads" -type f 2>/dev/null | head -n 1)" ]
+}
+remove_repository() { rm -rf -- "$1/_manifests" "$1/_layers" "$1/_uploads"; rmdir -- "$1" 2>/dev/null || true; }
+""".strip("\n")
+
+
+def _sh(plan: Plan, _url: str | None) -> str:
+    lines = _header(
+        plan,
+        [
+            "# Each removal first checks that its target is what the plan saw. Unlike",
+            "# `storage-audit apply`, this script does not re-read every manifest before",
+            "# removing blobs: stop the registry (or make it read-only) before running it.",
+        ],
+    )
+    lines += [SH_FUNCTIONS, f"cd {shlex.quote(plan.root)}"]
+    for action in plan.actions:
+        lines += _sh_line(action)
+    # Only the directories a removal leaves behind in the registry's own layout, never a
+    # repository's `_manifests/tags` or `_uploads` (2.8's collector aborts without `tags`).
+    pruned = (Op.REMOVE_TAG_HISTORY, Op.REMOVE_REVISION, Op.REMOVE_LAYER_LINK, Op.REMOVE_BLOB)
+    empties = sorted({parent(a.path) for a in plan.actions if a.op in pruned}, reverse=True)
+    lines.append("# Directories the removals left empty (the registry never prunes them).")
+    lines += [f"rmdir -- {shlex.quote(d)} 2>/dev/null || true" for d in empties]
+    lines.append("echo 'done: restart the registry, its blob cache still believes removed blobs exist' >&2")
+    return "\n".join(lines) + "\n"
+
+
+def _http(plan: Plan, url: str | None) -> str:
+    base = (url or "").rstrip("/")
+    lines = _header(
+        plan,
+        [
+            "# The HTTP workflow for a running registry (storage.delete.enabled must be true).",
+            "# WARNING: deleting a manifest by digest also deletes EVERY tag that points at it,",
+            "# in that repository, including tags this plan keeps. Check `storage-audit report --by tag`.",
+        ],
+    )
+    lines.append(f"REGISTRY={shlex.quote(base)}")
+    revisions = {(a.repository, a.digest) for a in plan.actions if a.op == Op.REMOVE_REVISION}
+    for action in plan.actions:
+        if action.op == Op.REMOVE_REVISION:
+            lines.append(f"# {action.reason}")
+            lines.append(f'curl -fsS -X DELETE "$REGISTRY/v2/{action.repository}/manifests/{action.digest}"')
+        elif action.op == Op.REMOVE_TAG and (action.repository, action.digest) not in revisions:
+            lines.append(
+                f"# {action.repository}:{action.tag} cannot be removed through the API without deleting "
+                f"{action.digest}, which other tags still use; use `storage-audit apply` offline instead."
+            )
+    lines += [
+        "# Then, with the registry read-only or stopped, sweep what nothing references any more",
+        "# (without --delete-untagged, which also deletes multi-arch children and signatures):",
+        "#   registry garbage-collect /etc/docker/registry/config.yml",
+        "# and restart the registry: its blob cache still believes deleted blobs exist.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The tables a scan reads, their text held as codes, and their Parquet snapshots."""

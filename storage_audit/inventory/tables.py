@@ -1,0 +1,358 @@
+"""The inventory: one pandas DataFrame per kind of stored object, and its Parquet snapshots."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from storage_audit import __version__
+from storage_audit.core.memory import release, steady_allocator
+from storage_audit.inventory.codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder, TextDictionary
+from storage_audit.inventory.schema import (
+    ALIASES,
+    CODED,
+    DIGESTS,
+    METADATA_FILE,
+    NAMES,
+    OPT_INT,
+    PART_PATTERN,
+    READABLE_FORMATS,
+    SCHEMA,
+    SNAPSHOT_FORMAT,
+    STR,
+    TIME,
+    VIEW_FILE,
+)
+from storage_audit.inventory.snapshot_writer import arrow_schema
+
+# The system allocator gives back to the system what the analyses' many short-lived Arrow arrays free;
+# Arrow's default one kept some 90 MB more at the peak of `orphans` on a tree of 600,000 blobs.
+pa.set_memory_pool(pa.system_memory_pool())
+
+WRITE_ROWS = 1024 * 1024
+"""Rows of a frame converted to Arrow at a time when it is written."""
+
+
+def frame(table: str, rows: Any = None) -> pd.DataFrame:
+    """A DataFrame of `table`'s columns and dtypes, from a list of rows or a dict of columns."""
+    columns = SCHEMA[table]
+    df = pd.DataFrame(rows if rows is not None else [], columns=list(columns))
+    return conform(table, df)
+
+
+def conform(table: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Cast `df` to `table`'s schema so that scans and snapshots compare equal."""
+    columns = SCHEMA[table]
+    out = df.loc[:, list(columns)].reset_index(drop=True)
+    for name, (dtype, _) in columns.items():
+        if dtype == STR and isinstance(out[name].dtype, CodedDtype):
+            continue
+        if dtype == TIME:
+            out[name] = pd.to_datetime(out[name], utc=True).astype(TIME)
+        else:
+            out[name] = out[name].astype(dtype)
+    return out
+
+
+@dataclass
+class Inventory:
+    """Everything a scan read: one DataFrame per table, plus where, when, and how long the scan took (when known)."""
+
+    root: str
+    scanned_at: datetime
+    repositories: pd.DataFrame = field(default_factory=lambda: frame("repositories"))
+    tags: pd.DataFrame = field(default_factory=lambda: frame("tags"))
+    tag_history: pd.DataFrame = field(default_factory=lambda: frame("tag_history"))
+    revisions: pd.DataFrame = field(default_factory=lambda: frame("revisions"))
+    manifests: pd.DataFrame = field(default_factory=lambda: frame("manifests"))
+    references: pd.DataFrame = field(default_factory=lambda: frame("references"))
+    layer_links: pd.DataFrame = field(default_factory=lambda: frame("layer_links"))
+    blobs: pd.DataFrame = field(default_factory=lambda: frame("blobs"))
+    uploads: pd.DataFrame = field(default_factory=lambda: frame("uploads"))
+    findings: pd.DataFrame = field(default_factory=lambda: frame("findings"))
+    scan_seconds: float | None = None
+    origin: dict[str, str] = field(default_factory=dict)
+    """Where a tree in object storage was read (bucket, prefix, endpoint): never a credential."""
+
+    def __post_init__(self) -> None:
+        if not self.coded():
+            # Made from plain frames: coded here, so that every analysis meets codes.
+            builder = FrameBuilder()
+            for name, df in self.tables().items():
+                builder.add(name, pa.Table.from_pandas(df, preserve_index=False))
+            for name, df in builder.frames().items():
+                setattr(self, name, df)
+
+    def coded(self) -> bool:
+        """Whether every column of CODED is coded, digests against one dictionary and names against another."""
+        shared: dict[str, Any] = {}
+        for table, columns in CODED.items():
+            for column, kind in columns.items():
+                array = getattr(self, table)[column].array
+                if not isinstance(array, CodedArray):
+                    return False
+                if kind in (DIGESTS, NAMES) and shared.setdefault(kind, array.dictionary) is not array.dictionary:
+                    return False
+        return True
+
+    @property
+    def digests(self) -> Dictionary:
+        """The dictionary of every digest column."""
+        array = self.blobs["digest"].array
+        assert isinstance(array, CodedArray)
+        return array.dictionary
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in SCHEMA}
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(df) for name, df in self.tables().items()}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "tool": "storage-audit",
+            "version": __version__,
+            "root": self.root,
+            **({"origin": self.origin} if self.origin else {}),
+            "scanned_at": self.scanned_at.isoformat(),
+            "scan_seconds": self.scan_seconds,
+            "counts": self.counts(),
+            "blob_bytes": int(self.blobs["size"].sum()),
+            "upload_bytes": int(self.uploads["bytes"].sum()),
+        }
+
+
+def write_snapshot(inv: Inventory, directory: Path, views: Mapping[str, pd.DataFrame] | None = None) -> None:
+    """Write every table, and the given report views, as Parquet, then `metadata.json` last.
+
+    The metadata's presence marks a whole snapshot; it lists the tables' files and the views stored.
+    """
+    from storage_audit.inventory.snapshot_writer import SnapshotWriter
+
+    out = SnapshotWriter(directory)
+    for name, df in inv.tables().items():
+        for start in range(0, len(df), WRITE_ROWS):
+            out.write(name, pa.Table.from_pandas(df.iloc[start : start + WRITE_ROWS], preserve_index=False))
+    finish_snapshot(out, inv, views or {})
+
+
+def finish_snapshot(out: Any, inv: Inventory, views: Mapping[str, pd.DataFrame]) -> None:
+    """Write the views of a snapshot whose tables `out` (a SnapshotWriter) wrote, then its metadata, last."""
+    for name, df in views.items():
+        out.write_view(name, pa.Table.from_pandas(df, preserve_index=False))
+        del df
+        # What computing the view freed goes back to the system before the next one.
+        release()
+    out.close(inv.metadata())
+
+
+def read_view(directory: Path, name: str) -> pd.DataFrame | None:
+    """The report view `name` stored in a snapshot, or None when the snapshot holds none; ValueError when unreadable."""
+    views = read_metadata(directory).get("views")
+    if not isinstance(views, list) or name not in views:
+        return None
+    try:
+        return pd.read_parquet(directory / VIEW_FILE.format(name), engine="pyarrow")
+    except Exception as exc:  # OSError, or pyarrow's own error types for corrupt files
+        raise ValueError(f"unreadable snapshot: {exc}") from exc
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    """A snapshot's metadata.json; raises ValueError when it is unreadable or names no snapshot of a known format."""
+    try:
+        meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"unreadable snapshot: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("tool") != "storage-audit" or meta.get("format") not in READABLE_FORMATS:
+        raise ValueError("metadata.json is not a storage-audit snapshot of a known format")
+    return meta
+
+
+def table_files(directory: Path, meta: Mapping[str, Any]) -> dict[str, list[Path]]:
+    """The files of each table of a snapshot, in order; raises ValueError when the metadata lists others."""
+    if meta["format"] == 1:
+        return {name: [directory / f"{name}.parquet"] for name in SCHEMA}
+    listed = meta.get("tables")
+    if not isinstance(listed, dict) or set(listed) != set(SCHEMA):
+        raise ValueError("unreadable snapshot: metadata.json does not list the files of every table")
+    files = {}
+    for name in SCHEMA:
+        parts = listed[name]
+        # Only `<table>/part-NNNNN.parquet`: a listed path never leads out of the snapshot.
+        if (
+            not isinstance(parts, list)
+            or not parts
+            or not all(isinstance(p, str) and re.fullmatch(f"{re.escape(name)}/{PART_PATTERN}", p) for p in parts)
+        ):
+            raise ValueError(f"unreadable snapshot: metadata.json lists no valid files for {name}")
+        files[name] = [directory / p for p in parts]
+    return files
+
+
+class Columns:
+    """The tables of a snapshot, read from its Parquet files a row group or a column at a time."""
+
+    def __init__(self, files: Mapping[str, list[Path]]) -> None:
+        self.files = files
+
+    def batches(self, table: str, columns: list[str]) -> Iterator[list[pa.Array]]:
+        """The columns' values, a row group at a time; the next one is read (pyarrow lets go of the
+        interpreter) while this one is coded."""
+        groups = [
+            (source, group)
+            for source in map(pq.ParquetFile, self.files[table])
+            for group in range(source.num_row_groups)
+        ]
+        with ThreadPoolExecutor(1) as pool:
+            ahead = None
+            for at, (source, group) in enumerate(groups):
+                read = ahead.result() if ahead is not None else source.read_row_group(group, columns=columns)
+                if at + 1 < len(groups):
+                    ahead = pool.submit(groups[at + 1][0].read_row_group, groups[at + 1][1], columns=columns)
+                yield [_one_array(read.column(c)) for c in columns]
+
+    def column(self, table: str, column: str) -> pa.ChunkedArray:
+        parts = [pq.ParquetFile(path).read(columns=[column]).column(0) for path in self.files[table]]
+        return pa.chunked_array([chunk for part in parts for chunk in part.chunks], type=parts[0].type)
+
+
+def _one_array(values: pa.ChunkedArray) -> pa.Array:
+    return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+
+
+class FrameBuilder:
+    """The frames of an inventory's tables, made from batches of rows or of columns.
+
+    The text columns of CODED are coded as their values come, digests against one dictionary and
+    repository names against another, both shared by every table, so that no table's text is ever held
+    whole and the analyses join tables on integers; the other columns are kept as they come.
+    """
+
+    def __init__(self, tables: Iterable[str] = tuple(SCHEMA)) -> None:
+        wanted = set(tables)
+        self.tables = [name for name in SCHEMA if name in wanted]
+        self.digests = DigestCoder()
+        self.names = TextCoder()
+        self.own: dict[tuple[str, str], TextCoder] = {}
+        self.same: dict[tuple[str, str], list[np.ndarray]] = {}
+        self.plain: dict[tuple[str, str], list[pa.Array]] = {}
+
+    def extend(self, table: str, column: str, values: pa.Array, like: pa.Array | None = None) -> None:
+        """Append values to one column; `like` holds, for a column of ALIASES, the other column's values."""
+        key = (table, column)
+        kind = CODED.get(table, {}).get(column)
+        if kind is None:
+            self.plain.setdefault(key, []).append(values)
+        elif kind == DIGESTS:
+            skip = None
+            if like is not None:
+                # Where it names the same digest as its alias, the row takes the alias's code at the end.
+                skip = np.asarray(pc.fill_null(pc.equal(values, like), False).to_numpy(zero_copy_only=False))
+                self.same.setdefault(key, []).append(skip)
+            self.digests.extend(key, values, skip)
+        elif kind == NAMES:
+            self.names.extend(key, values)
+        else:
+            self.own.setdefault(key, TextCoder()).extend(key, values)
+
+    def add(self, table: str, batch: pa.Table) -> None:
+        """Append a batch of rows of `table`, every column."""
+        for column in SCHEMA[table]:
+            like = ALIASES.get((table, column))
+            self.extend(table, column, _one_array(batch[column]), _one_array(batch[like]) if like else None)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Every table as a frame of the schema's dtypes; the builder is spent."""
+        digests, codes = self.digests.finish()
+        for key, same in self.same.items():
+            equal = np.concatenate(same)
+            codes[key][equal] = codes[key[0], ALIASES[key]][equal]
+        coded = {key: digests.column(values) for key, values in codes.items()}
+        names, codes = self.names.finish()
+        coded |= {key: names.column(values) for key, values in codes.items()}
+        for key, coder in self.own.items():
+            dictionary, codes = coder.finish()
+            coded[key] = dictionary.column(codes[key])
+        empty: dict[str, Dictionary] = {DIGESTS: digests, NAMES: names}
+        frames = {}
+        for table in self.tables:
+            out = {}
+            schema = arrow_schema(table)
+            for column, (dtype, _) in SCHEMA[table].items():
+                key = (table, column)
+                if key in coded:
+                    out[column] = coded.pop(key)
+                elif column in CODED.get(table, {}):
+                    nothing = empty.get(CODED[table][column]) or TextDictionary(pa.array([], type=pa.string()))
+                    out[column] = nothing.column(np.zeros(0, dtype=np.int32))
+                else:
+                    chunks = self.plain.pop(key, [])
+                    kind_of = chunks[0].type if chunks else schema.field(column).type
+                    values = pa.chunked_array([c.cast(kind_of) for c in chunks] or [pa.array([], type=kind_of)])
+                    out[column] = values.to_pandas(types_mapper=_MAPPERS.get(dtype, {}).get)
+                    del values, chunks
+            frames[table] = conform(table, pd.DataFrame(out, copy=False))
+        return frames
+
+
+def coded_frames(source: Columns, tables: Iterable[str] = tuple(SCHEMA)) -> dict[str, pd.DataFrame]:
+    """Every table of `source` as a frame of the schema's dtypes, its text columns in CODED coded.
+
+    Column by column, the blobs' digests first (most digests name a blob); the rest whole.
+    """
+    builder = FrameBuilder(tables)
+    for table, kinds in CODED.items():
+        if table not in builder.tables:
+            continue
+        for column in kinds:
+            like = ALIASES.get((table, column))
+            for batch in source.batches(table, [column] if like is None else [column, like]):
+                builder.extend(table, column, *batch)
+            builder.digests.settle((table, column))
+    for table in builder.tables:
+        for column in SCHEMA[table]:
+            if column not in CODED.get(table, {}):
+                builder.plain[table, column] = source.column(table, column).chunks
+    return builder.frames()
+
+
+_STRING = pd.StringDtype()
+_MAPPERS: dict[str, dict[pa.DataType, Any]] = {
+    STR: {pa.string(): _STRING, pa.large_string(): _STRING, pa.null(): _STRING},
+    OPT_INT: {pa.int64(): pd.Int64Dtype(), pa.null(): pd.Int64Dtype()},
+}
+
+
+def read_snapshot(directory: Path) -> Inventory:
+    """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
+    meta = read_metadata(directory)
+    try:
+        steady_allocator()
+        tables = coded_frames(Columns(table_files(directory, meta)))
+        release()
+        seconds = meta.get("scan_seconds")  # absent from snapshots of earlier versions
+        return Inventory(
+            root=meta["root"],
+            scanned_at=datetime.fromisoformat(meta["scanned_at"]),
+            scan_seconds=float(seconds) if isinstance(seconds, int | float) else None,
+            **tables,
+        )
+    except (OSError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable snapshot: {exc}") from exc
+    except ValueError:
+        raise
+    except Exception as exc:  # pyarrow raises its own error types for corrupt files
+        raise ValueError(f"unreadable snapshot: {exc}") from exc

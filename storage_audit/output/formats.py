@@ -1,0 +1,63 @@
+"""Output formats behind one interface: a View (a frame plus how to show it) written to a file or stdout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from storage_audit.analysis.options import Format
+from storage_audit.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class View:
+    """Rows to output, and the hints only a table for people needs.
+
+    size_columns are shown humanized; optional_columns are dropped, in order,
+    until a table fits the terminal; total_columns are summed in a totals row;
+    duration_columns hold seconds, shown as a humanized duration; single marks
+    a one-row result written as one JSON object; table_rows caps the rows a
+    table shows (None: the table format's own limit).
+    """
+
+    frame: pd.DataFrame
+    title: str = ""
+    size_columns: tuple[str, ...] = ()
+    optional_columns: tuple[str, ...] = ()
+    total_columns: tuple[str, ...] = ()
+    single: bool = False
+    duration_columns: tuple[str, ...] = ()
+    table_rows: int | None = None
+
+
+class FormatError(UsageError, ValueError):
+    """A format that cannot be written where asked (parquet to a terminal, say)."""
+
+
+Writer = Callable[[View, "Path | None"], None]
+
+
+def writer(fmt: Format) -> Writer:
+    """The writer of `fmt`; every Format maps to exactly one module."""
+    from storage_audit.output import csv, json, parquet, prometheus, table
+
+    writers: dict[Format, Writer] = {
+        Format.TABLE: table.write,
+        Format.CSV: csv.write,
+        Format.JSON: json.write,
+        Format.PARQUET: parquet.write,
+        Format.PROMETHEUS: prometheus.write,
+    }
+    return writers[fmt]
+
+
+def write(view: View, fmt: Format, dest: Path | None) -> None:
+    """Write `view` as `fmt` to `dest`, or to stdout when dest is None."""
+    writer(fmt)(view, dest)
+
+
+def time_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]

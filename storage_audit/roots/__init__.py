@@ -1,0 +1,1 @@
+"""What ROOT designates (a local tree, a bucket, a snapshot), resolved once at the edge."""

@@ -1,0 +1,1 @@
+"""The walk of a storage tree, in worker processes, into an inventory."""

@@ -1,0 +1,801 @@
+"""Read and delete a registry's keys in an S3 bucket: sharded concurrent listings, GETs, multipart uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from storage_audit.core.errors import StorageError, UsageError
+from storage_audit.core.paths import BlobData, LayerLink, RevisionLink, TagCurrentLink, TagIndexLink, parse_path
+
+if TYPE_CHECKING:
+    from obstore.store import S3Credential, S3Store
+
+V2 = "docker/registry/v2"
+"""Where the registry keeps its tree under `rootdirectory`, in the filesystem and the s3 driver alike."""
+
+DELETE_BATCH = 1000
+"""S3's limit of keys per DeleteObjects request."""
+
+DEFAULT_CONCURRENCY = 32
+DEFAULT_REGION = "us-east-1"
+LIST_CHUNK = 1000
+"""Keys a flat listing yields at a time. obstore pages internally and shows no page, so the counters count
+these chunks as LIST requests: exact where pages hold 1,000 keys (S3's maximum, AWS's default)."""
+
+ShardPlan = Callable[[str], int]
+"""How deep to split a top-level directory of `v2/` (by name) with delimiter listings before listing flat."""
+
+
+def shard_plan(top: str) -> int:
+    """The shard plan: blobs/ -> blobs/<alg>/ -> the 256 `blobs/<alg>/<xx>/`; repositories/ -> each top-level name.
+
+    Every other top-level directory (none, in a registry's own tree) is listed flat.
+    """
+    return {"blobs": 2, "repositories": 1}.get(top, 0)
+
+
+def flat_plan(top: str) -> int:
+    """No shards: every top-level directory of `v2/` listed flat, page after page (for comparisons)."""
+    return 0
+
+
+T = TypeVar("T")
+
+
+class S3Error(StorageError):
+    """The bucket could not be reached or read (exit 2: nothing about the registry can be said)."""
+
+
+class S3AccessDenied(S3Error):
+    """The credentials were refused, or do not allow the request."""
+
+
+class S3NotFound(S3Error):
+    """The bucket, or an object that must exist, is not there."""
+
+
+# --------------------------------------------------------------------------
+# Where the registry lives
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    """A bucket and the registry's `rootdirectory` in it (no leading or trailing `/`; empty for the bucket's top)."""
+
+    bucket: str
+    rootdirectory: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.bucket or "/" in self.bucket:
+            raise UsageError(f"invalid bucket name {self.bucket!r}")
+        if self.rootdirectory != self.rootdirectory.strip("/") or "//" in self.rootdirectory:
+            raise UsageError(f"invalid rootdirectory {self.rootdirectory!r}")
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of the `v2` tree, ending in `/`."""
+        return f"{self.rootdirectory}/{V2}/" if self.rootdirectory else f"{V2}/"
+
+    def key(self, path: str) -> str:
+        """The object key of `path` (relative to `v2`, `/`-separated, as storage_audit.core.paths builds it)."""
+        parts = path.split("/")
+        if not path or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{path!r} is not a relative path inside the storage tree")
+        return self.prefix + path
+
+    def relative(self, key: str) -> str:
+        """The path relative to `v2` of a key under the prefix."""
+        if not key.startswith(self.prefix):
+            raise ValueError(f"key {key!r} is not under {self.prefix!r}")
+        return key[len(self.prefix) :]
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.rootdirectory}" if self.rootdirectory else f"s3://{self.bucket}"
+
+
+def is_s3_url(text: str) -> bool:
+    return text.startswith("s3://")
+
+
+def parse_s3_url(text: str) -> S3Location:
+    """`s3://BUCKET[/ROOTDIRECTORY][/docker/registry/v2]` -> the location; UsageError for anything else."""
+    if not is_s3_url(text):
+        raise UsageError(f"{text!r} is not an s3://BUCKET[/ROOTDIRECTORY] URL")
+    bucket, _, root = text.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise UsageError(f"{text!r} names no bucket (expected s3://BUCKET[/ROOTDIRECTORY])")
+    if "?" in text or "#" in text:
+        raise UsageError(f"{text!r}: an s3:// URL takes no query or fragment")
+    parts = [p for p in root.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise UsageError(f"{text!r}: `.` and `..` are not allowed in the rootdirectory")
+    if parts[-3:] == V2.split("/"):
+        parts = parts[:-3]
+    return S3Location(bucket, "/".join(parts))
+
+
+# --------------------------------------------------------------------------
+# How to reach it
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Endpoint, region and credentials; whatever is None comes from the standard AWS chain."""
+
+    region: str | None = None
+    endpoint: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    profile: str | None = None
+    max_requests_per_second: float | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+
+    def __post_init__(self) -> None:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise UsageError("an S3 access key needs its secret key, and a secret key its access key")
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise UsageError(f"S3 endpoint {self.endpoint!r} must start with http:// or https://")
+        if self.max_requests_per_second is not None and self.max_requests_per_second <= 0:
+            raise UsageError("--max-requests-per-second must be positive")
+        if self.concurrency < 1:
+            raise UsageError("the number of S3 requests in flight must be at least 1")
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold, to scrub from any message."""
+        return [s for s in (self.secret_key, self.session_token, self.access_key) if s]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    region: str
+    endpoint: str | None
+    provider: _CredentialProvider | None
+
+
+class _CredentialProvider:
+    """Credentials for obstore, from explicit keys or botocore's chain; refreshed when they expire."""
+
+    def __init__(self, fixed: tuple[str, str, str | None] | None, chain: Any = None) -> None:
+        self._fixed = fixed
+        self._chain = chain
+
+    def __repr__(self) -> str:
+        return "<S3 credentials>"
+
+    def frozen(self) -> tuple[str, str, str | None]:
+        if self._fixed is not None:
+            return self._fixed
+        creds = self._chain.get_frozen_credentials()
+        return creds.access_key, creds.secret_key, creds.token
+
+    def expiry(self) -> datetime | None:
+        # botocore refreshes a temporary credential some minutes before it expires; ask again well before.
+        if self._chain is not None and getattr(self._chain, "refresh_needed", None) is not None:
+            return datetime.now(UTC) + timedelta(minutes=5)
+        return None
+
+    def __call__(self) -> S3Credential:
+        access_key, secret_key, token = self.frozen()
+        return {
+            "access_key_id": access_key,
+            "secret_access_key": secret_key,
+            "token": token,
+            "expires_at": self.expiry(),
+        }
+
+    def secrets(self) -> list[str]:
+        try:
+            return [s for s in self.frozen() if s]
+        except Exception:
+            return []
+
+
+def _resolve(settings: S3Settings, env: Mapping[str, str]) -> _Resolved:
+    """Region, endpoint and credentials: the settings, else the environment, else the profile's shared files."""
+    profile = settings.profile or env.get("AWS_PROFILE") or None
+    session = None
+
+    def botocore_session() -> Any:
+        nonlocal session
+        if session is None:
+            import botocore.exceptions
+            import botocore.session
+
+            try:
+                session = botocore.session.Session(profile=profile)
+                session.get_scoped_config()
+            except botocore.exceptions.ProfileNotFound as exc:
+                raise UsageError(f"AWS profile {profile!r} is not in the shared config or credentials file") from exc
+        return session
+
+    region = settings.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if not region and profile:
+        region = botocore_session().get_scoped_config().get("region")
+    endpoint = settings.endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if not endpoint and profile:
+        endpoint = botocore_session().get_scoped_config().get("endpoint_url")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise UsageError(f"S3 endpoint {endpoint!r} must start with http:// or https://")
+
+    provider: _CredentialProvider | None
+    if settings.access_key is not None and settings.secret_key is not None:
+        provider = _CredentialProvider((settings.access_key, settings.secret_key, settings.session_token))
+    elif env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY") and not settings.profile:
+        provider = _CredentialProvider(
+            (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN") or None)
+        )
+    else:
+        chain = botocore_session().get_credentials()
+        if chain is None:
+            raise UsageError(
+                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+                "or give the registry's configuration file"
+            )
+        provider = _CredentialProvider(None, chain)
+    return _Resolved(region or DEFAULT_REGION, endpoint or None, provider)
+
+
+# --------------------------------------------------------------------------
+# Counting and pacing requests
+
+
+@dataclass
+class RequestCounters:
+    """Requests sent by kind, and bytes received in object bodies; safe to update from several threads."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    bytes_received: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, kind: str, count: int = 1, received: int = 0) -> None:
+        with self._lock:
+            self.requests[kind] += count
+            self.bytes_received += received
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+
+class RateLimiter:
+    """At most `rate` request starts per second, smoothly (no bursts); None means no limit."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def _reserve(self) -> float:
+        """Claim the next slot and return how long to wait for it."""
+        if self.rate is None:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + 1.0 / self.rate
+            return slot - now
+
+    async def wait(self) -> None:
+        delay = self._reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def wait_blocking(self) -> None:
+        delay = self._reserve()
+        if delay > 0:
+            time.sleep(delay)
+
+
+# --------------------------------------------------------------------------
+# What a listing holds
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: size, last-modified time and ETag (without quotes), as the server lists them."""
+
+    size: int
+    last_modified: datetime
+    etag: str | None
+
+
+@dataclass
+class Listing:
+    """Every key under the `v2` prefix, keyed by its path relative to `v2`; a set, in no particular order."""
+
+    objects: dict[str, ObjectInfo]
+    shards: int
+    """Listings the keys were gathered from (delimiter listings that planned the shards included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartUpload:
+    """An incomplete multipart upload under the prefix: the s3 driver keeps an upload's data as one."""
+
+    path: str
+    """The key relative to `v2`: `repositories/<name>/_uploads/<id>/data` for the registry's uploads."""
+    upload_id: str
+    initiated: datetime | None
+    parts: int
+    bytes: int
+
+
+def clean_etag(etag: str | None) -> str | None:
+    """An ETag without its quotes and weak marker, lowercase: how it compares with an MD5 in hex."""
+    if etag is None:
+        return None
+    return etag.removeprefix("W/").strip('"').lower() or None
+
+
+def link_etag(digest: str) -> str:
+    """The ETag of a link object holding exactly `digest`, as written by one PUT (the MD5 of its content)."""
+    return hashlib.md5(digest.encode("ascii"), usedforsecurity=False).hexdigest()
+
+
+def named_digests(paths: Iterable[str]) -> set[str]:
+    """Every digest a listing names in its paths: blob data, and the digest component of every link."""
+    out: set[str] = set()
+    for path in paths:
+        try:
+            spec = parse_path(path)
+        except ValueError:
+            continue
+        if isinstance(spec, BlobData | LayerLink | RevisionLink | TagIndexLink):
+            out.add(str(spec.digest))
+    return out
+
+
+def is_link(path: str) -> bool:
+    """True for a path the layout defines as a link file."""
+    try:
+        spec = parse_path(path)
+    except ValueError:
+        return False
+    return isinstance(spec, LayerLink | RevisionLink | TagCurrentLink | TagIndexLink)
+
+
+def resolve_links_by_etag(objects: Mapping[str, ObjectInfo]) -> tuple[dict[str, str], list[str]]:
+    """Link contents known from the listing alone, and the links that still need a GET.
+
+    A link written in one PUT has the MD5 of its content as ETag; when that is
+    the MD5 of `sha256:<hex>` for a digest the listing already names, the
+    link holds exactly that digest. Any other ETag (multipart, another
+    content, a server that does not use MD5) leaves the link to a GET.
+    """
+    by_etag = {link_etag(d): d for d in named_digests(objects)}
+    resolved: dict[str, str] = {}
+    unresolved: list[str] = []
+    for path, info in objects.items():
+        if not is_link(path):
+            continue
+        digest = by_etag.get(info.etag or "")
+        if digest is not None:
+            resolved[path] = digest
+        else:
+            unresolved.append(path)
+    return resolved, unresolved
+
+
+# --------------------------------------------------------------------------
+# The bucket
+
+
+_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
+_MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NoSuchUpload"})
+_STATUS = re.compile(r"status code: (\d{3})")
+_XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
+
+
+def _describe(exc: BaseException) -> tuple[int | None, str | None, str]:
+    """(HTTP status, S3 error code, a short explanation) of an obstore or botocore error."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return status, error.get("Code") or None, str(error.get("Message") or "")
+    text = str(exc)
+    status_match, code, message = _STATUS.search(text), _XML_CODE.search(text), _XML_MESSAGE.search(text)
+    if message is not None:
+        detail = message.group(1)
+    else:
+        # obstore's text continues with a multi-line debug dump; its first line says what happened.
+        detail = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return (
+        int(status_match.group(1)) if status_match else None,
+        code.group(1) if code else None,
+        detail,
+    )
+
+
+class S3Bucket:
+    """The registry's keys in one bucket: concurrent listings and GETs on obstore, counted and paced."""
+
+    def __init__(self, location: S3Location, settings: S3Settings | None = None, env: Mapping[str, str] | None = None):
+        self.location = location
+        self.settings = settings or S3Settings()
+        self._env = dict(os.environ if env is None else env)
+        self._resolved = _resolve(self.settings, self._env)
+        self.counters = RequestCounters()
+        self.limiter = RateLimiter(self.settings.max_requests_per_second)
+        self._store: S3Store | None = None
+        self._uploads_client: Any = None
+
+    def __repr__(self) -> str:
+        return f"S3Bucket({str(self.location)!r}, endpoint={self._resolved.endpoint!r}, region={self.region!r})"
+
+    @property
+    def region(self) -> str:
+        return self._resolved.region
+
+    @property
+    def endpoint(self) -> str | None:
+        return self._resolved.endpoint
+
+    # Errors
+
+    def _scrub(self, text: str) -> str:
+        secrets = self.settings.secrets()
+        if self._resolved.provider is not None:
+            secrets += self._resolved.provider.secrets()
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, what: str, exc: BaseException) -> S3Error:
+        """One line, without secrets, typed by what went wrong."""
+        from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
+
+        status, code, detail = _describe(exc)
+        reason = " ".join(str(x) for x in (f"HTTP {status}" if status else None, code) if x)
+        message = self._scrub(f"{what} in {self.location}: {reason}{': ' if reason else ''}{detail}")[:400]
+        denied = code in _DENIED_CODES or status in (401, 403)
+        if denied or isinstance(exc, PermissionDeniedError | UnauthenticatedError | PermissionError):
+            return S3AccessDenied(message)
+        if code in _MISSING_CODES or isinstance(exc, NotFoundError | FileNotFoundError):
+            return S3NotFound(message)
+        return S3Error(message)
+
+    # The obstore store
+
+    @property
+    def store(self) -> S3Store:
+        if self._store is None:
+            from obstore.store import S3Store
+
+            endpoint = self._resolved.endpoint
+            client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
+            if endpoint is not None and endpoint.startswith("http://"):
+                # The user named a plain-HTTP endpoint (an S3-compatible server); obstore refuses it otherwise.
+                client_options["allow_http"] = True
+            config: dict[str, Any] = {"region": self._resolved.region}
+            if endpoint is not None:
+                config["endpoint"] = endpoint
+            self._store = S3Store(
+                self.location.bucket,
+                config=config,  # type: ignore[arg-type]
+                client_options=client_options,  # type: ignore[arg-type]
+                retry_config={"max_retries": 8, "retry_timeout": timedelta(minutes=3)},
+                credential_provider=self._resolved.provider,
+            )
+        return self._store
+
+    # Running coroutines from plain code
+
+    @staticmethod
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` to completion on a fresh event loop (the library's callers are synchronous)."""
+        return asyncio.run(coro)
+
+    async def gather_limited(self, jobs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+        semaphore = asyncio.Semaphore(self.settings.concurrency)
+
+        async def one(job: Callable[[], Awaitable[T]]) -> T:
+            async with semaphore:
+                return await job()
+
+        return list(await asyncio.gather(*(one(job) for job in jobs)))
+
+    # Listing
+
+    async def _list_flat(
+        self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None
+    ) -> list[tuple[str, ObjectInfo]]:
+        """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives."""
+        import obstore
+
+        out: list[tuple[str, ObjectInfo]] = []
+        stream = obstore.list(self.store, prefix.rstrip("/") or None, chunk_size=LIST_CHUNK)
+        try:
+            while True:
+                await self.limiter.wait()
+                try:
+                    chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+                self.counters.add("list")
+                page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
+                out += page
+                if on_page is not None:
+                    on_page(page)
+        except Exception as exc:
+            raise self._error(f"listing {prefix!r} failed", exc) from exc
+        if not out:
+            self.counters.add("list")  # an empty listing is still one request
+        return out
+
+    async def _list_delimited(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
+        import obstore
+
+        await self.limiter.wait()
+        try:
+            result = await obstore.list_with_delimiter_async(self.store, prefix.rstrip("/") or None)
+        except Exception as exc:
+            raise self._error(f"listing {prefix!r} failed", exc) from exc
+        self.counters.add("list")
+        objects = [
+            (m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in result["objects"]
+        ]
+        prefixes = [p.rstrip("/") + "/" for p in result["common_prefixes"]]
+        return objects, prefixes
+
+    async def list_keys_async(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
+        """Every key under `prefix` (a whole key prefix, segment-wise), with one flat listing."""
+        return await self._list_flat(prefix)
+
+    def list_keys(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
+        return self.run(self.list_keys_async(prefix))
+
+    async def list_all_async(
+        self, plan: ShardPlan = shard_plan, on_keys: Callable[[dict[str, ObjectInfo]], None] | None = None
+    ) -> Listing:
+        """Every key under the `v2` prefix, from sharded flat listings run concurrently.
+
+        The shards are found with delimiter listings (`v2/`, `blobs/`,
+        `blobs/<alg>/`, `repositories/`), so a key anywhere under the prefix,
+        even one the layout does not define, lands in exactly one shard.
+        `on_keys(objects)` takes every key once, keyed by its path relative to
+        `v2`, a page at a time as the pages arrive, so that work on them can
+        start while the rest is still listed.
+        """
+        objects: dict[str, ObjectInfo] = {}
+        shards = 0
+        semaphore = asyncio.Semaphore(self.settings.concurrency)
+        relative = self.location.relative
+
+        def keep(found: list[tuple[str, ObjectInfo]]) -> None:
+            batch = {relative(key): info for key, info in found}
+            objects.update(batch)
+            if on_keys is not None:
+                on_keys(batch)
+
+        async def expand(prefix: str, depth: int) -> None:
+            """List `prefix` flat, or split it `depth` more delimiter levels into concurrent listings."""
+            nonlocal shards
+            async with semaphore:
+                shards += 1
+                if depth == 0:
+                    await self._list_flat(prefix, keep)
+                    return
+                found, prefixes = await self._list_delimited(prefix)
+            keep(found)
+            if prefix == self.location.prefix:
+                depths = [plan(relative(p).strip("/")) for p in prefixes]
+            else:
+                depths = [depth - 1] * len(prefixes)
+            await asyncio.gather(*(expand(p, d) for p, d in zip(prefixes, depths, strict=True)))
+
+        await expand(self.location.prefix, 1)
+        return Listing(objects, shards)
+
+    def list_all(self, plan: ShardPlan = shard_plan) -> Listing:
+        return self.run(self.list_all_async(plan))
+
+    # Reading
+
+    async def get_async(self, path: str, length: int | None = None) -> bytes | None:
+        """The content of `path` (relative to `v2`), or its first `length` bytes; None when there is no such key."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        await self.limiter.wait()
+        try:
+            key = self.location.key(path)
+            if length is None:
+                result = await obstore.get_async(self.store, key)
+                data = bytes(await result.bytes_async())
+            else:
+                # One call, where a whole GET takes two (the response, then its body): far less work per request.
+                data = bytes(await obstore.get_range_async(self.store, key, start=0, end=length))
+        except (NotFoundError, FileNotFoundError):
+            # obstore raises Python's FileNotFoundError for a missing key.
+            self.counters.add("get")
+            return None
+        except Exception as exc:
+            raise self._error(f"reading {path!r} failed", exc) from exc
+        self.counters.add("get", received=len(data))
+        return data
+
+    def get(self, path: str) -> bytes | None:
+        return self.run(self.get_async(path))
+
+    async def get_many_async(self, paths: Sequence[str]) -> dict[str, bytes]:
+        """The contents of `paths`, fetched concurrently; a path with no key is left out."""
+        bodies = await self.gather_limited([partial(self.get_async, p) for p in paths])
+        return {p: b for p, b in zip(paths, bodies, strict=True) if b is not None}
+
+    def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
+        return self.run(self.get_many_async(paths))
+
+    def iter_object(self, path: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
+        """Stream the content of `path` in chunks of about `chunk_size` bytes (for digest checks)."""
+        import obstore
+
+        self.limiter.wait_blocking()
+        try:
+            result = obstore.get(self.store, self.location.key(path))
+            self.counters.add("get")
+            for chunk in result.stream(min_chunk_size=chunk_size):
+                data = bytes(chunk)
+                self.counters.add("get", 0, received=len(data))
+                yield data
+        except Exception as exc:
+            raise self._error(f"reading {path!r} failed", exc) from exc
+
+    # Deleting
+
+    async def delete_async(self, paths: Sequence[str], *, attempts: int = 5, backoff: float = 0.5) -> int:
+        """Delete the keys of `paths` in DeleteObjects batches of at most 1,000, retrying a failed batch.
+
+        Deleting a key that is already gone succeeds on S3, so a batch can be
+        sent again whole. Returns how many keys were asked to go.
+        """
+        import obstore
+
+        keys = [self.location.key(p) for p in paths]
+        batches = [keys[i : i + DELETE_BATCH] for i in range(0, len(keys), DELETE_BATCH)]
+
+        async def one(batch: list[str]) -> None:
+            for attempt in range(attempts):
+                await self.limiter.wait()
+                self.counters.add("delete")
+                try:
+                    await obstore.delete_async(self.store, batch)
+                    return
+                except Exception as exc:
+                    if attempt + 1 == attempts:
+                        raise self._error(f"deleting {len(batch)} keys failed after {attempts} attempts", exc) from exc
+                # Full jitter: many failed batches must not come back all at once (503 SlowDown).
+                await asyncio.sleep(random.uniform(0, backoff * 2**attempt))
+
+        await self.gather_limited([partial(one, b) for b in batches])
+        return len(keys)
+
+    def delete(self, paths: Sequence[str]) -> int:
+        return self.run(self.delete_async(paths))
+
+    # Folder markers (obstore drops a key's trailing `/`; see `_uploads`)
+
+    def _exists(self, key: str) -> bool | None:
+        """Whether the exact key `key` is an object (HEAD), trailing `/` and all; None when the bucket will not say."""
+        self.limiter.wait_blocking()
+        self.counters.add("head")
+        try:
+            self._uploads().head_object(Bucket=self.location.bucket, Key=key)
+        except Exception as exc:
+            status, code, _ = _describe(exc)
+            return False if status == 404 or code in ("404", "NoSuchKey", "NotFound") else None
+        return True
+
+    async def folder_markers_async(self, paths: Sequence[str]) -> list[str]:
+        """Those of `paths`, listed as empty objects, that are only a folder marker `path/` (as consoles write).
+
+        A listing shows the marker `path/` as `path`; an empty object named
+        exactly `path` beside it is a file all the same, so it is no marker.
+        Where the bucket does not answer (HEAD denied), `path` stays an object.
+        """
+
+        def marker(path: str) -> bool:
+            key = self.location.key(path)
+            return self._exists(key + "/") is True and self._exists(key) is False
+
+        found = await self.gather_limited([partial(asyncio.to_thread, marker, p) for p in paths])
+        return [p for p, is_marker in zip(paths, found, strict=True) if is_marker]
+
+    # Multipart uploads (obstore has no call for them; see `_uploads`)
+
+    def _uploads(self) -> Any:
+        """A botocore S3 client for ListMultipartUploads and ListParts, which obstore does not offer.
+
+        botocore is the AWS SDK's own request layer: it signs these two calls,
+        parses their XML and pages them, with the same endpoint, region and
+        credentials as the obstore store.
+        """
+        if self._uploads_client is None:
+            import botocore.config
+            import botocore.session
+
+            access_key, secret_key, token = self._resolved.provider.frozen() if self._resolved.provider else (None,) * 3
+            session = botocore.session.Session()
+            self._uploads_client = session.create_client(
+                "s3",
+                region_name=self._resolved.region,
+                endpoint_url=self._resolved.endpoint,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                aws_session_token=token,
+                config=botocore.config.Config(
+                    s3={"addressing_style": "path"} if self._resolved.endpoint else {},
+                    retries={"mode": "standard", "max_attempts": 8},
+                    max_pool_connections=self.settings.concurrency,
+                ),
+            )
+        return self._uploads_client
+
+    def _call(self, kind: str, operation: str, **params: Any) -> dict[str, Any]:
+        self.limiter.wait_blocking()
+        self.counters.add(kind)
+        try:
+            return dict(getattr(self._uploads(), operation)(**params))
+        except Exception as exc:
+            raise self._error(f"{operation} failed", exc) from exc
+
+    def _upload_bytes(self, key: str, upload_id: str) -> tuple[int, int]:
+        parts = total = 0
+        marker: int | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key, "UploadId": upload_id}
+            if marker is not None:
+                params["PartNumberMarker"] = marker
+            page = self._call("list_parts", "list_parts", **params)
+            for part in page.get("Parts", []):
+                parts += 1
+                total += int(part.get("Size", 0))
+            if not page.get("IsTruncated"):
+                return parts, total
+            marker = int(page["NextPartNumberMarker"])
+
+    async def multipart_uploads_async(self) -> list[MultipartUpload]:
+        """Every incomplete multipart upload under the prefix, with its parts counted and their bytes summed."""
+        found: list[tuple[str, str, datetime | None]] = []
+        key_marker: str | None = None
+        id_marker: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.location.bucket, "Prefix": self.location.prefix}
+            if key_marker:
+                params["KeyMarker"] = key_marker
+            if id_marker:
+                params["UploadIdMarker"] = id_marker
+            page = await asyncio.to_thread(self._call, "list_uploads", "list_multipart_uploads", **params)
+            for upload in page.get("Uploads", []):
+                found.append((upload["Key"], upload["UploadId"], upload.get("Initiated")))
+            if not page.get("IsTruncated"):
+                break
+            key_marker, id_marker = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+            if not key_marker and not id_marker:
+                break
+        # A server may list an upload twice across pages; the pair (key, id) names it.
+        unique = list(dict.fromkeys((k, i) for k, i, _ in found))
+        initiated = {(k, i): t for k, i, t in found}
+        sizes = await self.gather_limited([partial(asyncio.to_thread, self._upload_bytes, k, i) for k, i in unique])
+        return [
+            MultipartUpload(self.location.relative(k), i, initiated[(k, i)], parts, size)
+            for (k, i), (parts, size) in zip(unique, sizes, strict=True)
+            if k.startswith(self.location.prefix)
+        ]
+
+    def multipart_uploads(self) -> list[MultipartUpload]:
+        return self.run(self.multipart_uploads_async())
