@@ -1,4 +1,4 @@
-"""The README's DuckDB recipe, run verbatim on snapshots, gives `report --by repository`'s figures."""
+"""The DuckDB recipe of docs/inventory.md, run verbatim on snapshots, gives `report --by repository`'s figures."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from tests.conftest import FIXTURES, unpack
 from tests.test_gen_snapshot import generator
 
 TOP = Path(__file__).resolve().parents[1]
-README = (TOP / "README.md").read_text(encoding="utf-8")
+INVENTORY = (TOP / "docs" / "inventory.md").read_text(encoding="utf-8")
 
 
 def recipe() -> str:
-    """The README's one SQL block."""
-    (block,) = re.findall(r"```sql\n(.*?)```", README, flags=re.S)
+    """The one SQL block of docs/inventory.md."""
+    (block,) = re.findall(r"```sql\n(.*?)```", INVENTORY, flags=re.S)
     return block
 
 
