@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import shutil
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA
+from tests.facts import Facts, load_expected
 
 TOP = Path(__file__).resolve().parents[1]
 README = TOP / "README.md"
@@ -41,15 +44,22 @@ def command_lines(page: Path) -> list[list[str]]:
     return lines
 
 
-def run_commands(page: Path, tmp_path: Path) -> int:
-    """Run the page's commands from the checkout, `/tmp/` being `tmp_path`; returns how many storage-audit ran."""
+def run_commands(page: Path, tmp_path: Path, root: Path | None = None) -> int:
+    """Run the page's commands from the checkout, `/tmp/` being `tmp_path` and `$ROOT` being `root`.
+
+    Returns how many storage-audit commands ran. `apply` without `--yes` is answered yes at its prompt.
+    """
     ran = 0
     for words in command_lines(page):
         words = [w.replace("/tmp/", f"{tmp_path}/") for w in words]
+        if root is not None:
+            words = [w.replace("$ROOT", str(root)) for w in words]
+        assert not any(re.search(r"\$[A-Za-z_{(]", w) for w in words), (page.name, words)  # no variable left
         if words[:2] == ["cp", "-r"]:
             shutil.copytree(words[2], words[3], symlinks=True)
         elif words[0] == "storage-audit":
-            result = CliRunner().invoke(app, words[1:])
+            answer = "y\n" if words[1] == "apply" and not {"--yes", "-y", "--dry-run"} & set(words) else None
+            result = CliRunner().invoke(app, words[1:], input=answer)
             assert result.exit_code == 0, (page.name, words, result.output)
             ran += 1
         else:
@@ -78,9 +88,78 @@ def test_the_first_two_commands_install_run_and_test() -> None:
     assert second.strip() in (TOP / ".ci" / "run").read_text()
 
 
-def test_readme_commands_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# The README's walkthrough reads "$ROOT": Debian's configuration file, or the container's volume directory.
+DEBIAN_CONFIG = """\
+version: 0.1
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {tree}
+  delete:
+    enabled: true
+http:
+  addr: :5000
+"""
+DAY = 86400
+
+
+def stand_in(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    """A copy of fixtures/demo whose files are 30 days older than checked out, and the ROOT naming it."""
+    tree = tmp_path / "srv" / "registry"
+    shutil.copytree(TOP / "fixtures" / "demo", tree, symlinks=True)
+    # Older than the grace period whatever today is: the walkthrough keeps `plan`'s default --min-age.
+    for path in [tree, *tree.rglob("*")]:
+        st = path.lstat()
+        os.utime(path, ns=(st.st_atime_ns - 30 * DAY * 10**9, st.st_mtime_ns - 30 * DAY * 10**9), follow_symlinks=False)
+    if kind == "directory":
+        return tree, tree
+    config = tmp_path / "etc" / "config.yml"
+    config.parent.mkdir()
+    config.write_text(DEBIAN_CONFIG.format(tree=json.dumps(str(tree))), encoding="utf-8")
+    return tree, config
+
+
+def blob_digests(tree: Path) -> set[str]:
+    return {"sha256:" + p.parent.name for p in tree.glob("docker/registry/v2/blobs/sha256/*/*/data")}
+
+
+def needed_by_tags(facts: Facts) -> set[str]:
+    """The blobs the tags need, from what the registry was sent: manifests, children, referrers, configs, layers."""
+    refs: dict[str, list[dict[str, str]]] = {}
+    for ref in facts["references"]:
+        refs.setdefault(ref["manifest"], []).append(ref)
+    referrers: dict[str, list[str]] = {}
+    for manifest in facts["manifests"]:
+        if manifest["subject"]:
+            referrers.setdefault(manifest["subject"], []).append(manifest["digest"])
+    needed: set[str] = set()
+    todo = [tag["digest"] for tag in facts["tags"]]
+    while todo:
+        digest = todo.pop()
+        if digest not in needed:
+            needed.add(digest)
+            todo += [r["digest"] for r in refs.get(digest, []) if r["ref_type"] == "child"]
+            needed |= {r["digest"] for r in refs.get(digest, []) if r["ref_type"] in ("config", "layer", "fslayer")}
+            todo += referrers.get(digest, [])
+    return needed
+
+
+@pytest.mark.parametrize("kind", ["config", "directory"])
+def test_readme_commands_run_in_order(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(TOP)  # fixtures/demo resolves from the checkout
-    assert run_commands(README, tmp_path) >= 2
+    tree, root = stand_in(tmp_path, kind)
+    facts = load_expected(TOP / "fixtures" / "basic.expected.json")  # fixtures/demo is basic's tree
+    before = blob_digests(tree)
+    assert before == {blob["digest"] for blob in facts["blobs"]}
+    ran = run_commands(README, tmp_path, root)
+    assert ran >= 12
+    # No tag loses anything, and everything else went (no tag is beyond --keep-last 10), into the quarantine.
+    after = blob_digests(tree)
+    assert after == needed_by_tags(facts) & before
+    assert len(after) < len(before)
+    quarantined = {"sha256:" + p.parent.name for p in (tmp_path / "registry-quarantine").glob("blobs/sha256/*/*/data")}
+    assert quarantined == before - after
 
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=[p.name for p in DOC_PAGES])
