@@ -1,4 +1,4 @@
-"""The README and the pages of docs/ document every inventory column and finding kind, and their commands run as written."""
+"""The README and docs/: every inventory column and finding kind documented, commands run and options exist as shown."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import re
 import shlex
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer.main
+import yaml
 from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA
+from tests import registry_harness
 from tests.facts import Facts, load_expected
+from tests.registry_harness import Registry, RegistryError
 
 TOP = Path(__file__).resolve().parents[1]
 README = TOP / "README.md"
@@ -173,3 +178,146 @@ def test_the_doc_pages_show_runnable_commands() -> None:
     # Counted, not run: the test above runs them, page by page.
     counted = sum(1 for page in DOC_PAGES for words in command_lines(page) if words[0] == "storage-audit")
     assert counted >= 30
+
+
+# Options: every storage-audit command shown anywhere (run or not, in a block or in the text) takes the options
+# it is shown with, and a choice it is given is one of its choices.
+COMMANDS = typer.main.get_command(app)
+SUBCOMMANDS = COMMANDS.commands  # type: ignore[attr-defined]
+
+
+def shown_commands(page: Path) -> list[list[str]]:
+    """Every `storage-audit ...` (or `COMMAND --option ...`) of the page, from its code blocks and code spans."""
+    body = text(page)
+    pieces = [line for block in re.findall(r"```\w*\n(.*?)```", body, flags=re.S) for line in block.splitlines()]
+    prose = re.sub(r"```\w*\n.*?```", "", body, flags=re.S)
+    pieces += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
+    shown = []
+    for piece in pieces:
+        for command in re.findall(r"(?:^|[\s(;])storage-audit\s+([^|;)]*)", piece):
+            shown.append(command.split())
+        words = piece.split()
+        if len(words) > 1 and words[0] in SUBCOMMANDS and any(w.startswith("-") for w in words[1:]):
+            shown.append(words)
+    return shown
+
+
+def check_options(command: str, words: list[str], where: str) -> int:
+    """Assert that each option in `words` is one `command` takes, with a valid choice; returns how many."""
+    sub = SUBCOMMANDS[command]
+    options = {opt: param for param in sub.params for opt in [*param.opts, *param.secondary_opts]}
+    checked = 0
+    for i, word in enumerate(words):
+        name = word.split("=", 1)[0]
+        if not re.fullmatch(r"--?[a-z][a-z0-9-]*", name):
+            continue
+        assert name in options, (where, command, name)
+        param = options[name]
+        choices = getattr(param.type, "choices", None)
+        if choices is not None and i + 1 < len(words) and re.fullmatch(r"[a-z]+", words[i + 1]):
+            assert words[i + 1] in choices, (where, command, name, words[i + 1])
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=[p.name for p in [README, *DOC_PAGES]])
+def test_every_option_shown_is_one_the_command_takes(page: Path) -> None:
+    checked = 0
+    for words in shown_commands(page):
+        words = [w.strip("\"'") for w in words]
+        while words and words[0] in ("--debug", "--version"):
+            words = words[1:]
+        if words and words[0] in SUBCOMMANDS:
+            checked += check_options(words[0], words[1:], page.name)
+    # Enough found to show the search works: the walkthrough's, and the examples of every command.
+    assert checked >= {"README.md": 12, "commands.md": 30}.get(page.name, 0), checked
+
+
+def test_the_registry_cli_table_maps_to_options_of_plan() -> None:
+    section = text(README).split("| registry-cli |", 1)[1].split("\n\n", 1)[0]
+    rows = [row.split(" | ") for row in section.splitlines()[2:]]
+    assert len(rows) >= 12
+    checked = 0
+    for row in rows:
+        for span in re.findall(r"`([^`]+)`", row[1]):
+            words = span.split()
+            command = words.pop(0) if words[0] in SUBCOMMANDS else "plan"
+            checked += check_options(command, words, "README registry-cli table")
+    assert checked >= 10
+
+
+# Links between the pages lead to a page, and to a heading of it.
+def slugs(page: Path) -> set[str]:
+    """The anchors GitHub gives the page's headings."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#+ (.*)$", re.sub(r"```.*?```", "", text(page), flags=re.S), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+        seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=[p.name for p in [README, *DOC_PAGES]])
+def test_every_link_leads_somewhere(page: Path) -> None:
+    for target in re.findall(r"\]\(([^)\s]+)\)", text(page)):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.is_file(), (page.name, target)
+        if anchor:
+            assert anchor in slugs(linked), (page.name, target, sorted(slugs(linked)))
+
+
+def test_the_python_examples_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(TOP)
+    examples = blocks(DOCS / "python.md", "python")
+    assert len(examples) >= 3
+    for example in examples:
+        exec(compile(example, "docs/python.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    # The three largest blobs of the demo, its orphan blobs, and the rows of a diff of a tree with itself.
+    assert printed[1:] == ["[3.0]", "0"]
+    assert printed[0].count("sha256:") == 3
+
+
+# Step 4 of the walkthrough: what the README says makes the registry read-only does, in the registry itself.
+def with_readme_readonly(config: dict[str, Any], snippet: dict[str, Any]) -> dict[str, Any]:
+    """`config` with `snippet` merged in, key by key, as an operator adds it to their file."""
+    merged = dict(config)
+    for key, value in snippet.items():
+        merged[key] = with_readme_readonly(merged.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+@pytest.mark.parametrize(
+    ("how", "status"), [("as-installed", 202), ("configuration", 405), ("environment", 405), ("wrong-variable", None)]
+)
+def test_the_readme_makes_the_registry_read_only(
+    how: str, status: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = dict(os.environ)
+    if how == "configuration":
+        (snippet,) = [yaml.safe_load(block) for block in blocks(README, "yaml") if "readonly" in block]
+        plain = registry_harness.config_text
+
+        def config_text(*args: Any, **kwargs: Any) -> str:
+            return yaml.safe_dump(with_readme_readonly(yaml.safe_load(plain(*args, **kwargs)), snippet))
+
+        monkeypatch.setattr(registry_harness, "config_text", config_text)
+    elif how == "environment":
+        (value,) = re.findall(r"REGISTRY_STORAGE_MAINTENANCE_READONLY='([^']+)'", text(README))
+        env["REGISTRY_STORAGE_MAINTENANCE_READONLY"] = value
+    elif how == "wrong-variable":
+        assert "refuses to start with\n`REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED=true`" in text(README)
+        env["REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED"] = "true"
+    registry = Registry(tmp_path / "root", env=env, startup_timeout=10)
+    if status is None:
+        with pytest.raises(RegistryError):
+            registry.start()
+        return
+    with registry:
+        # A push starts with an upload; pulls (here the catalog) go on.
+        assert registry.request("POST", "/v2/team/app/blobs/uploads/", headers={"Content-Length": "0"}).status == status
+        assert registry.request("GET", "/v2/_catalog").status == 200
