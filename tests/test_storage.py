@@ -165,7 +165,7 @@ def test_paths_used_by_the_layer_are_the_layouts(tmp_path: Path) -> None:
     # A table check that the tree the fixtures hold is addressed by the same paths the specs make.
     v2 = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic") / V2
     storage = LocalStorage(v2)
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     row = inv.tags.iloc[0]
     current = storage.read_small(path_for(TagCurrentLink(row["repository"], row["tag"])), 511)
     assert current is not None and current.data.decode() == row["digest"]
@@ -177,11 +177,11 @@ def test_paths_used_by_the_layer_are_the_layouts(tmp_path: Path) -> None:
 
 def test_a_blob_prefix_directory_of_another_name_is_a_finding(tmp_path: Path) -> None:
     v2 = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic") / V2
-    before = scan(v2)
+    before = scan(LocalStorage(v2))
     odd = v2 / "blobs" / "sha256" / "ZZ" / ("ff" * 32)
     odd.mkdir(parents=True)
     (odd / "data").write_bytes(b"x")
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     stray = inv.findings[inv.findings["kind"] == "stray-file"]
     assert list(stray["path"]) == ["blobs/sha256/ZZ"]
     assert len(inv.blobs) == len(before.blobs)

@@ -35,6 +35,15 @@ class EntryKind(StrEnum):
     OTHER = "other"
 
 
+class ProcessModel(StrEnum):
+    """How a scan may read a backend: shared out among worker processes, or in the command's own process."""
+
+    WORKERS = "workers"
+    """Reads that cost CPU: worth sharing out among worker processes, forked over the storage."""
+    THREADS = "threads"
+    """Reads that wait on the network: made in the command's own process, where other work runs in threads."""
+
+
 class Entry(NamedTuple):
     name: str
     kind: EntryKind
@@ -157,6 +166,17 @@ class Storage(ABC):
 
     location: str
     """Where the tree is, for messages and plans: a directory, or a URL."""
+
+    @property
+    @abstractmethod
+    def origin(self) -> dict[str, str]:
+        """Where the tree is, as a snapshot's metadata records it (a directory's path; a bucket, prefix, region,
+        endpoint); never a credential."""
+
+    @property
+    @abstractmethod
+    def process_model(self) -> ProcessModel:
+        """Whether a scan may fork worker processes over this tree, or reads it in the command's own process."""
 
     @abstractmethod
     def list_dir(self, rel: str) -> list[Entry] | None:
@@ -489,6 +509,14 @@ class LocalStorage(Storage):
         self.v2 = str(v2)
         self.location = self.v2
 
+    @property
+    def origin(self) -> dict[str, str]:
+        return {"path": self.v2}
+
+    @property
+    def process_model(self) -> ProcessModel:
+        return ProcessModel.WORKERS
+
     def full(self, rel: str) -> str:
         return f"{self.v2}/{rel}" if rel else self.v2
 
@@ -604,6 +632,7 @@ __all__ = [
     "EntryKind",
     "LocalStorage",
     "NotRegular",
+    "ProcessModel",
     "Small",
     "Stat",
     "Storage",

@@ -33,6 +33,7 @@ from storage_audit.storage.base import (
     Entry,
     EntryKind,
     NotRegular,
+    ProcessModel,
     Small,
     Stat,
     Storage,
@@ -384,6 +385,11 @@ class S3Storage(Storage):
         if self.bucket.endpoint is not None:
             out["endpoint"] = self.bucket.endpoint
         return out
+
+    @property
+    def process_model(self) -> ProcessModel:
+        # Listed and read in bulk up front, then walked in memory: nothing to share out, and it cannot be pickled.
+        return ProcessModel.THREADS
 
     def __getstate__(self) -> None:
         raise TypeError("an S3 tree is walked in one process, from its listing")
