@@ -535,6 +535,8 @@ def test_random_snapshots_in_parts_read_back_value_for_value(
         patch.setattr(snapshot_writer, "ROWS_PER_GROUP", rows)
         patch.setattr(snapshot_writer, "ROWS_PER_PART", rows * 2)
         patch.setattr(codes, "LOOKUP_ROWS", lookup)
+        # Any text round-trips, names and digests no scan writes included: the refusal of those is tested apart.
+        patch.setattr(inventory, "bad_rows", lambda tables: None)
         write_snapshot(inv, directory)
         read = read_snapshot(directory)
     same_values(inv, read, directory)

@@ -35,16 +35,9 @@ def snapshot_findings(snapshot: Snapshot) -> pd.DataFrame:
 
     None are known of a snapshot stripped down to its views (their figures then stand as they were stored).
     """
-    import pandas as pd
-
-    from storage_audit.inventory.tables import read_metadata, table_files
+    from storage_audit.inventory.tables import read_findings
 
     try:
-        paths = table_files(snapshot.path, read_metadata(snapshot.path))["findings"]
-        if not all(path.exists() for path in paths):
-            return pd.DataFrame({"kind": pd.Series(dtype="string"), "path": pd.Series(dtype="string")})
-        return pd.concat(
-            [pd.read_parquet(path, engine="pyarrow", columns=["kind", "path"]) for path in paths], ignore_index=True
-        )
-    except Exception as exc:  # ValueError, OSError, or pyarrow's own error types for corrupt files
-        raise RootError(f"{snapshot.path}: unreadable snapshot: {exc}") from exc
+        return read_findings(snapshot.path)
+    except ValueError as exc:
+        raise RootError(f"{snapshot.path}: {exc}") from exc

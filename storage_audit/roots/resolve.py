@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage_audit.core.errors import UsageError
-from storage_audit.inventory.schema import METADATA_FILE
+from storage_audit.inventory.schema import METADATA_FILE, PART_PATTERN, SCHEMA
 from storage_audit.storage.base import LocalStorage
 
 if TYPE_CHECKING:
@@ -78,11 +79,43 @@ def _reason(exc: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _is(path: Path, test: Callable[[int], bool]) -> bool:
+def _is(path: Path, test: Callable[[int], bool], follow: bool = True) -> bool:
     try:
-        return test(os.stat(path).st_mode)
+        return test(os.stat(path, follow_symlinks=follow).st_mode)
     except OSError:
         return False
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """A path as a message shows it: cut short when it is longer than any a person types."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+SNAPSHOT_ONLY = (frozenset(SCHEMA) - {"repositories", "blobs"}) | {f"{name}.parquet" for name in SCHEMA}
+"""Tables of a snapshot that no `v2` tree has a directory for, and the files of format 1."""
+
+
+def _snapshot_tables(path: Path, names: set[str]) -> str | None:
+    """What in directory `path` (holding `names`) only a snapshot writes, when something does: a snapshot's
+    table directory, a table file or a report view, or a part of its blobs or repositories."""
+    for name in sorted(names):
+        if name in SNAPSHOT_ONLY or (name.startswith("report-") and name.endswith(".parquet")):
+            return name
+    for name in ("blobs", "repositories"):
+        parts = (
+            sorted(part for part in _listing(path / name) if re.fullmatch(PART_PATTERN, part)) if name in names else []
+        )
+        if parts:
+            return f"{name}/{parts[0]}"
+    return None
+
+
+def _listing(path: Path) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return [entry.name for entry in entries]
+    except OSError:
+        return []
 
 
 def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
@@ -104,8 +137,10 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise RootError(f"{root}: {_reason(exc)}") from exc
-    if stat.S_ISREG(mode) and _is_yaml_mapping(path):
+        raise RootError(f"{_shown(text)}: {_reason(exc)}") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise RootError(f"{_shown(text)}: not a path: {exc}") from exc
+    if stat.S_ISREG(mode):
         return _configured(path, remote)
     if not stat.S_ISDIR(mode):
         raise RootError(f"{root}: not a directory, nor a registry configuration file")
@@ -114,10 +149,19 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
             names = {entry.name for entry in entries}
     except OSError as exc:
         raise RootError(f"{root}: cannot read: {_reason(exc)}") from exc
-    if METADATA_FILE in names and _is(path / METADATA_FILE, stat.S_ISREG):
+    if METADATA_FILE in names:
+        # The metadata is written last and marks a whole snapshot: it is that file, or this is no whole snapshot.
+        if not _is(path / METADATA_FILE, stat.S_ISREG, follow=False):
+            raise RootError(f"{root}: an incomplete snapshot: its {METADATA_FILE} is not a regular file")
         return Snapshot(path.resolve())
     if V2_BELOW_ROOT.parts[0] in names and _is(path / V2_BELOW_ROOT, stat.S_ISDIR):
         return _local((path / V2_BELOW_ROOT).resolve())
+    begun = _snapshot_tables(path, names)
+    if begun:
+        raise RootError(
+            f"{root}: an incomplete snapshot: it holds {begun} but no {METADATA_FILE}, which `scan -o` writes last; "
+            "the scan that wrote it did not finish"
+        )
     if path.resolve().name == "v2" or any(
         name in names and _is(path / name, stat.S_ISDIR) for name in ("repositories", "blobs")
     ):
@@ -128,28 +172,29 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
     )
 
 
-def _is_yaml_mapping(path: Path) -> bool:
-    """Whether the file `path` could be a registry configuration: YAML text whose top is a mapping."""
-    import yaml
-
-    try:
-        return isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-
-
 def _local(v2: Path) -> LocalTree:
     return LocalTree(LocalStorage(v2))
 
 
 def _configured(path: Path, remote: RemoteOptions | None) -> Tree:
     """The storage the registry configuration file `path` names."""
-    from storage_audit.roots.config import FilesystemStorage, read_registry_config
+    from storage_audit.roots.config import ConfigError, FilesystemStorage, read_document, read_registry_config
 
+    try:
+        is_config = isinstance(read_document(path), dict)
+    except ConfigError as exc:
+        raise RootError(f"{path}: not a directory, nor a registry configuration file: {exc.reason}") from exc
+    if not is_config:
+        raise RootError(f"{path}: not a directory, nor a registry configuration file")
     config = read_registry_config(path)
     if isinstance(config, FilesystemStorage):
-        if config.root.is_file():
-            raise RootError(f"{path}: its filesystem rootdirectory {config.root} is not a directory")
+        shown = _shown(str(config.root))
+        try:
+            mode = os.stat(config.root).st_mode
+        except OSError as exc:
+            raise RootError(f"{path}: its filesystem rootdirectory {shown}: {_reason(exc)}") from exc
+        if not stat.S_ISDIR(mode):
+            raise RootError(f"{path}: its filesystem rootdirectory {shown} is not a directory")
         found = resolve(config.root, remote)
         if isinstance(found, Snapshot):
             raise RootError(f"{path}: its filesystem rootdirectory {config.root} is a snapshot, not a registry root")

@@ -37,6 +37,7 @@ from storage_audit.storage.base import (
     Small,
     Stat,
     Storage,
+    read_regular,
 )
 from storage_audit.storage.bucket import MultipartUpload, ObjectInfo, S3Bucket, link_etag
 
@@ -74,8 +75,8 @@ class ManifestCache:
     def get(self, digest: str, info: ObjectInfo) -> bytes | None:
         """The cached content of blob `digest`, when it is exactly the object the listing shows."""
         try:
-            data = self._path(digest).read_bytes()
-        except OSError:
+            data = read_regular(self._path(digest), info.size)
+        except AccessError:
             return None
         algorithm, _, hexpart = digest.partition(":")
         if len(data) != info.size or hashlib.new(algorithm, data).hexdigest() != hexpart:
