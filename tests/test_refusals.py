@@ -424,3 +424,10 @@ def test_a_whole_snapshot_still_reads_as_it_was_written(snapshot: Path) -> None:
         code, out, err = run(args[0], str(snapshot), *args[1:])
         assert code == 0, err
         assert json.loads(out)
+
+
+def test_a_part_that_is_no_parquet_file_is_named(copy: Callable[[str], Path]) -> None:
+    snap = copy("garbage")
+    (snap / "blobs" / "part-00000.parquet").write_bytes(b"not parquet")
+    code, _, err = run("untagged", str(snap))
+    refused(code, err, f"{snap}: unreadable snapshot: blobs/part-00000.parquet: not a Parquet file")

@@ -251,7 +251,10 @@ def _parquet(path: Path, table: str | None = None) -> Iterator[pq.ParquetFile]:
     except AccessError as exc:
         raise SnapshotError(path, exc.reason) from exc
     with source:
-        parquet = pq.ParquetFile(source)
+        try:
+            parquet = pq.ParquetFile(source)
+        except pa.ArrowException as exc:
+            raise SnapshotError(path, f"not a Parquet file: {exc}") from exc
         problem = None if table is None else schema_problem(table, parquet.schema_arrow)
         if problem is not None:
             raise SnapshotError(path, problem)
