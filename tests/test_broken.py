@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 
 from .conftest import BROKEN, unpack
 
@@ -24,7 +25,7 @@ def test_every_bad_input_has_a_fixture() -> None:
 def test_broken_fixture_yields_its_findings(name: str, tmp_path: Path) -> None:
     expected = json.loads((BROKEN / f"{name}.json").read_text())
     root = unpack(BROKEN / f"{name}.tar.gz", tmp_path)
-    inv = scan(root / "docker/registry/v2")
+    inv = scan(LocalStorage(root / "docker/registry/v2"))
     found = set(zip(inv.findings["kind"], inv.findings["path"], strict=True))
     for finding in expected["findings"]:
         assert (finding["kind"], finding["path"]) in found, (expected["note"], inv.findings.to_string())
@@ -41,7 +42,7 @@ def test_broken_fixture_scan_command_exits_0(name: str, tmp_path: Path) -> None:
 
 def test_symlinks_are_never_followed(tmp_path: Path) -> None:
     root = unpack(BROKEN / "symlink-out-of-root.tar.gz", tmp_path)
-    inv = scan(root / "docker/registry/v2")
+    inv = scan(LocalStorage(root / "docker/registry/v2"))
     # The repository symlinked to / contributed nothing, and the blob behind a link is not counted.
     assert not inv.repositories["repository"].str.startswith("escape").any()
     assert inv.blobs["size"].sum() < 1_000_000

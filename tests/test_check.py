@@ -25,6 +25,7 @@ from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA, Inventory
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 
 from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, unpack
 
@@ -77,7 +78,7 @@ def run(*args: str) -> tuple[int, str, str]:
 def test_broken_fixture_yields_exactly_its_findings(name: str, verify: bool, tmp_path: Path) -> None:
     want = expected(name)
     root = unpack(BROKEN / f"{name}.tar.gz", tmp_path)
-    inv = as_of(scan(root / V2), want["as_of"])
+    inv = as_of(scan(LocalStorage(root / V2)), want["as_of"])
     found = check(inv, CheckOptions(verify_digests=verify, workers=2))
     key = "check_verify_digests" if verify else "check"
     assert pairs(found) == as_pairs(want[key]), (want["note"], found.to_string())
@@ -86,7 +87,7 @@ def test_broken_fixture_yields_exactly_its_findings(name: str, verify: bool, tmp
 
 def vanished_blob(v2: Path) -> tuple[pd.DataFrame, str]:
     """Check a tree, hashing blobs, after one blob vanished since its scan: unreadable even as root."""
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     data = next((v2 / "blobs/sha256").glob("*/*/data"))
     data.unlink()
     return check(inv, CheckOptions(verify_digests=True)), data.relative_to(v2).as_posix()
@@ -119,19 +120,19 @@ def test_a_file_without_read_permission_is_unreadable(fixture_root, monkeypatch:
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", deny)
-    found = check(scan(v2))
+    found = check(scan(LocalStorage(v2)))
     assert ("unreadable", link.relative_to(v2).as_posix()) in pairs(found)
 
 
 @pytest.mark.parametrize("name", REAL_FIXTURES)
 def test_clean_fixture_has_no_error_or_warning(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
-    inv = as_of(scan(fixture_root(name) / V2), built_at(FIXTURES / f"{name}.tar.gz"))
+    inv = as_of(scan(LocalStorage(fixture_root(name) / V2)), built_at(FIXTURES / f"{name}.tar.gz"))
     found = check(inv, CheckOptions(verify_digests=True))
     assert pairs(found) == set(), found.to_string()
 
 
 def test_an_abandoned_upload_goes_stale_after_upload_age(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    inv = scan(fixture_root("basic") / V2)
+    inv = scan(LocalStorage(fixture_root("basic") / V2))
     built = built_at(FIXTURES / "basic.tar.gz")
     week = CheckOptions(upload_age=timedelta(days=7))
     assert pairs(check(as_of(inv, built + timedelta(days=6)), week)) == set()
@@ -142,7 +143,7 @@ def test_an_abandoned_upload_goes_stale_after_upload_age(fixture_root) -> None: 
 
 def test_findings_have_the_inventory_columns_and_errors_come_first(tmp_path: Path) -> None:
     root = unpack(BROKEN / "dangling-tag.tar.gz", tmp_path)
-    inv = scan(root / V2)
+    inv = scan(LocalStorage(root / V2))
     found = check(inv)
     assert list(found.columns) == list(SCHEMA["findings"])
     assert found.dtypes.equals(inv.findings.dtypes)
@@ -151,14 +152,14 @@ def test_findings_have_the_inventory_columns_and_errors_come_first(tmp_path: Pat
 
 
 def test_missing_blob_names_the_tags_whose_pulls_fail(tmp_path: Path) -> None:
-    inv = scan(unpack(BROKEN / "missing-layer.tar.gz", tmp_path) / V2)
+    inv = scan(LocalStorage(unpack(BROKEN / "missing-layer.tar.gz", tmp_path) / V2))
     found = check(inv)
     (detail,) = found[found["kind"] == "missing-blob"]["detail"]
     assert "team/app:1.2" in detail and "team/app:latest" in detail and "team/app:1.0" not in detail
 
 
 def test_index_child_missing_names_the_tag(tmp_path: Path) -> None:
-    inv = scan(unpack(BROKEN / "index-child-missing.tar.gz", tmp_path) / V2)
+    inv = scan(LocalStorage(unpack(BROKEN / "index-child-missing.tar.gz", tmp_path) / V2))
     found = check(inv)
     (detail,) = found[found["kind"] == "index-child-missing"]["detail"]
     assert "tools/multi:v2" in detail and "tools/multi:v1" not in detail
@@ -166,7 +167,7 @@ def test_index_child_missing_names_the_tag(tmp_path: Path) -> None:
 
 def test_verify_never_follows_a_symlink_put_there_after_the_scan(fixture_root) -> None:  # type: ignore[no-untyped-def]
     v2 = fixture_root("basic") / V2
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     data = next((v2 / "blobs/sha256").glob("*/*/data"))
     data.unlink()
     data.symlink_to("/etc/passwd")
@@ -188,7 +189,7 @@ class Recorder:
 
 
 def test_verify_reports_every_byte_and_any_worker_count_agrees(tmp_path: Path) -> None:
-    inv = scan(unpack(BROKEN / "truncated-layer.tar.gz", tmp_path) / V2)
+    inv = scan(LocalStorage(unpack(BROKEN / "truncated-layer.tar.gz", tmp_path) / V2))
     recorder = Recorder()
     one = verify_digests(inv.root, inv.blobs, workers=1, progress=recorder)
     many = verify_digests(inv.root, inv.blobs, workers=7)
@@ -362,7 +363,7 @@ def _restore_modes(top: Path) -> None:
 @pytest.fixture(scope="module")
 def baseline(pristine: Path) -> set[tuple[str, str]]:
     options = CheckOptions(verify_digests=True, upload_age=timedelta(days=int(NEVER_STALE.removesuffix("d"))))
-    return pairs(check(scan(pristine / V2), options), ALL)
+    return pairs(check(scan(LocalStorage(pristine / V2)), options), ALL)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

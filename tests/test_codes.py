@@ -22,6 +22,7 @@ from storage_audit.inventory.codes import CodedArray, CodedDtype, Dictionary, Di
 from storage_audit.inventory.schema import CODED, SCHEMA
 from storage_audit.inventory.tables import Inventory, frame, read_snapshot, write_snapshot
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 from tests.conftest import FIXTURES
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -474,7 +475,7 @@ def same_values(written: Inventory, read: Inventory, directory: Path) -> None:
 
 @pytest.fixture(scope="module")
 def scanned() -> Inventory:
-    return scan(FIXTURES / "demo")
+    return scan(LocalStorage(FIXTURES / "demo" / "docker/registry/v2"))
 
 
 def test_a_snapshot_reads_back_the_scan_value_for_value(tmp_path: Path, scanned: Inventory) -> None:
@@ -534,6 +535,8 @@ def test_random_snapshots_in_parts_read_back_value_for_value(
         patch.setattr(snapshot_writer, "ROWS_PER_GROUP", rows)
         patch.setattr(snapshot_writer, "ROWS_PER_PART", rows * 2)
         patch.setattr(codes, "LOOKUP_ROWS", lookup)
+        # Any text round-trips, names and digests no scan writes included: the refusal of those is tested apart.
+        patch.setattr(inventory, "bad_rows", lambda tables: None)
         write_snapshot(inv, directory)
         read = read_snapshot(directory)
     same_values(inv, read, directory)

@@ -22,6 +22,7 @@ from storage_audit.analysis.reach import ReachOptions
 from storage_audit.cli.app import app
 from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 from tests.conftest import fixture_builder
 from tests.facts import Facts
 from tests.registry_harness import (
@@ -190,7 +191,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         facts=facts,
         tags={(t["repository"], t["tag"]): t["digest"] for t in facts["tags"]},
         oracle=Oracle.from_facts(facts),
-        inv=scan(root / V2),
+        inv=scan(LocalStorage(root / V2)),
         plain_blobs=plain_blobs,
         stock_manifests=stock_manifests,
         stock_blobs=stock_blobs,
@@ -294,7 +295,7 @@ def collected_copy(built: Built, delete_untagged: bool) -> Path:
 
 
 def blobs_on_disk(root: Path) -> set[str]:
-    return set(scan(root / V2).blobs["digest"])
+    return set(scan(LocalStorage(root / V2)).blobs["digest"])
 
 
 def pulls_after(copy: Path) -> dict[tuple[str, str], list[str]]:

@@ -12,6 +12,7 @@ import pytest
 
 from storage_audit.inventory.tables import Inventory, read_snapshot
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 
 TOP = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Inventory, Inve
     plan = gen.Plan(gen.Spec(blobs=700, manifests=150, repositories=12, seed=14))
     plan.write(top / "snapshot", str(top / "tree"))
     v2 = plan.write_tree(top / "tree")
-    return read_snapshot(top / "snapshot"), scan(v2)
+    return read_snapshot(top / "snapshot"), scan(LocalStorage(v2))
 
 
 @pytest.mark.parametrize(

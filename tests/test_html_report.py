@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from storage_audit.analysis.graph import Graph
 from storage_audit.cli.app import app
+from storage_audit.operations.inventory import load
 from storage_audit.output.html import AGE_BUCKETS, HtmlOptions, page
-from storage_audit.roots.resolve import load, resolve
+from storage_audit.roots.resolve import resolve
 
 from .browser import Page, browser, require_chromium
 from .conftest import FIXTURES

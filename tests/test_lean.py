@@ -9,6 +9,7 @@ import pandas as pd
 from storage_audit.inventory.codes import CodedArray
 from storage_audit.inventory.frames import sorted_rows
 from storage_audit.scan.run import ScanOptions, scan
+from storage_audit.storage.base import LocalStorage
 
 from .conftest import BROKEN, FIXTURES, unpack
 
@@ -16,7 +17,7 @@ V2 = Path("docker/registry/v2")
 
 
 def test_every_digest_column_is_coded_against_one_dictionary(tmp_path: Path) -> None:
-    inv = scan(unpack(FIXTURES / "multiarch.tar.gz", tmp_path), ScanOptions(workers=1))
+    inv = scan(LocalStorage(unpack(FIXTURES / "multiarch.tar.gz", tmp_path) / V2), ScanOptions(workers=1))
     blobs = inv.blobs["digest"].array
     assert isinstance(blobs, CodedArray)
     for table, column in (
@@ -37,7 +38,7 @@ def test_every_digest_column_is_coded_against_one_dictionary(tmp_path: Path) -> 
 
 def test_a_link_naming_another_digest_keeps_its_own_targets(tmp_path: Path) -> None:
     root = unpack(BROKEN / "layer-link-names-another.tar.gz", tmp_path)
-    links = scan(root, ScanOptions(workers=1)).layer_links
+    links = scan(LocalStorage(root / V2), ScanOptions(workers=1)).layer_links
     differ = links[links["target"] != links["digest"]]
     assert len(differ) == 1
     assert differ["target"].iloc[0] != differ["digest"].iloc[0]

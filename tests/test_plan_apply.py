@@ -32,6 +32,7 @@ from storage_audit.cleanup.apply import ApplyOptions, apply_plan, journal_path, 
 from storage_audit.cleanup.plan import OPS, Action
 from storage_audit.cli.app import app
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 from tests.conftest import BROKEN, FIXTURES, unpack
 from tests.registry_harness import (
     COSIGN_SIGNATURE,
@@ -154,7 +155,7 @@ def digests(doc: dict[str, Any], op: str) -> set[str]:
 
 def broken_invariants(v2: Path) -> list[str]:
     """What an apply must never leave: a tag without its manifest, a manifest without its blobs, check errors."""
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     present = present_revisions(inv)
     live = set(zip(present["repository"], present["digest"], strict=True))
     problems = [
@@ -260,7 +261,7 @@ def test_plan_document_fields_totals_and_order(aged: Callable[..., Path]) -> Non
         assert total == {"count": len(mine), "bytes": sum(a["bytes"] for a in mine)}
     assert sum(t["count"] for t in totals["by_repository"].values()) == len(acts)
     blob_bytes = {a["digest"]: a["bytes"] for a in actions(doc, "remove-blob")}
-    sizes = dict(zip(*[scan(root / V2).blobs[c] for c in ("digest", "size")], strict=True))
+    sizes = dict(zip(*[scan(LocalStorage(root / V2)).blobs[c] for c in ("digest", "size")], strict=True))
     assert blob_bytes == {d: sizes[d] for d in blob_bytes}
 
 
@@ -283,7 +284,7 @@ def test_keep_last_ranks_tags_by_push_time(aged: Callable[..., Path]) -> None:
     v2 = root / V2
     for tag, days in (("1.0", 10), ("1.1", 9), ("1.2", 8), ("latest", 7)):
         set_age(tag_link(v2, "team/app", tag), days * DAY)
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     tagged = dict(zip(zip(inv.tags["repository"], inv.tags["tag"], strict=True), inv.tags["digest"], strict=True))
     _, doc = make_plan(root, "--keep-last", "2", "--min-age", "0s")
     # tools/multi's two tags tie on push time: both are within the last two anyway.
@@ -322,7 +323,7 @@ def test_older_than_and_repository_glob(aged: Callable[..., Path]) -> None:
     assert {a["repository"] for a in scoped} == {"team/app"}  # not team/app/server, nested in it
 
     # A manifest pushed after the cut-off survives --older-than even when nothing tags it any more.
-    tagged = scan(v2).tags.set_index(["repository", "tag"])["digest"]
+    tagged = scan(LocalStorage(v2)).tags.set_index(["repository", "tag"])["digest"]
     revision = v2 / "repositories/team/app/_manifests/revisions" / tagged[("team/app", "1.1")].replace(":", "/")
     set_age(revision / "link", DAY)
     _, doc = make_plan(root, "--older-than", "200h", "--repository", "team/app", "--min-age", "0s")
@@ -428,7 +429,7 @@ def test_prune_empty_repositories_respects_the_grace_period(aged: Callable[..., 
 @pytest.mark.parametrize("name", ["basic", "multiarch", "referrers", "churn"])
 def test_plan_blobs_are_the_engines_orphans_after_the_policy(aged: Callable[..., Path], name: str) -> None:
     root = aged(name)
-    inv = scan(root / V2)
+    inv = scan(LocalStorage(root / V2))
     _, doc = make_plan(root, "--delete-untagged", "--min-age", "0s")
     assert not actions(doc, "remove-tag")
     orphans = set(reach(inv, ReachOptions(delete_untagged=True)).orphans["digest"])
@@ -711,7 +712,7 @@ def test_a_blob_a_present_manifest_references_is_skipped(planned: tuple[Path, Pa
     reference = copy_tree(root, root.parent / "reference")
     v2 = root / V2
     retarget(doc, reference, reference.parent / "reference.plan.json")
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     tagged = inv.tags.set_index(["repository", "tag"])["digest"]
     refs = inv.references
     layer = refs[(refs["manifest"] == tagged[("tools/multi", "v2")]) & (refs["ref_type"] == "child")]["digest"].iloc[0]
@@ -764,7 +765,7 @@ def test_layer_links_of_a_blob_used_again_are_kept(aged: Callable[..., Path]) ->
 def test_changed_targets_are_skipped_and_reported(planned: tuple[Path, Path, dict[str, Any]]) -> None:
     root, plan, doc = planned
     v2 = root / V2
-    tags = scan(v2).tags.set_index(["repository", "tag"])["digest"]
+    tags = scan(LocalStorage(v2)).tags.set_index(["repository", "tag"])["digest"]
     assert {("team/app", "1.1"), ("team/app", "1.0")} <= keys(doc, "remove-tag", "repository", "tag")
     # 1.1 is pushed again, naming 1.0's manifest (which the plan removes); a planned blob is rewritten.
     tag_link(v2, "team/app", "1.1").write_text(tags[("team/app", "1.0")])
@@ -1105,7 +1106,7 @@ def test_policy_applied_to_a_real_registry_pulls_what_remains(world: World, name
     assert code == 0, err
     assert "actions skipped" in err and "; 0 actions skipped" in err
 
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     assert set(zip(inv.tags["repository"], inv.tags["tag"], strict=True)) == expected.tags
     present = present_revisions(inv)
     assert set(zip(present["repository"], present["digest"], strict=True)) == expected.revisions
@@ -1151,7 +1152,7 @@ def test_http_workflow_against_the_registry_matches_apply(world: World) -> None:
         assert code == 0, err
         subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=120)
     garbage_collect(by_http, dry_run=False)
-    left = [scan(r / V2) for r in (by_apply, by_http)]
+    left = [scan(LocalStorage(r / V2)) for r in (by_apply, by_http)]
     kept = [present_revisions(inv) for inv in left]
     applied, collected = (set(zip(p["repository"], p["digest"], strict=True)) for p in kept)
     assert applied == collected

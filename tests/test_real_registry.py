@@ -36,8 +36,9 @@ def test_scan_matches_what_the_registry_wrote(tmp_path: Path, scenario: str) -> 
     require_registry()
     expected = fixture_builder().build_scenario(scenario, tmp_path)
     from storage_audit.scan.run import scan
+    from storage_audit.storage.base import LocalStorage
 
-    inv = scan(tmp_path / "docker" / "registry" / "v2")
+    inv = scan(LocalStorage(tmp_path / "docker" / "registry" / "v2"))
     assert inventory_facts(inv) == expected
 
 

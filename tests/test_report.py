@@ -22,6 +22,7 @@ from storage_audit.analysis.report import By, ReportOptions, report
 from storage_audit.cli.app import app
 from storage_audit.inventory.tables import SCHEMA, Inventory, write_snapshot
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 
 from .conftest import FIXTURES, REAL_FIXTURES, unpack
 from .registry_harness import Registry, require_registry
@@ -196,14 +197,14 @@ def blob_dir(v2: Path, digest: str) -> Path:
 
 def freed_by(v2: Path, repo: str, revisions: Iterable[str]) -> int:
     """Bytes of blob data on disk, before minus after collecting `revisions` by hand and rescanning."""
-    before = int(scan(v2).blobs["size"].sum())
+    before = int(scan(LocalStorage(v2)).blobs["size"].sum())
     disk = Disk.read(v2)
     held_before = disk.held()
     for digest in revisions:
         disk.revisions[repo][digest].unlink()
     for digest in held_before - Disk.read(v2).held():
         shutil.rmtree(blob_dir(v2, digest))
-    after = int(scan(v2).blobs["size"].sum())
+    after = int(scan(LocalStorage(v2)).blobs["size"].sum())
     assert after == sum(Disk.read(v2).blobs.values())
     return before - after
 
@@ -223,7 +224,7 @@ def views(inv: Inventory) -> dict[By, pd.DataFrame]:
 def check_invariants(root: Path) -> None:
     v2 = root / V2
     disk = Disk.read(v2)
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     got = views(inv)
     summary = got[By.SUMMARY].iloc[0]
     repos = got[By.REPOSITORY].set_index("repository")
@@ -264,7 +265,7 @@ def test_invariants_hold_on_fixture(name: str, fixture_root) -> None:  # type: i
 
 def check_reclaimable(root: Path, scratch: Path) -> None:
     """Per repository, collecting its untagged revisions by hand frees exactly reclaimable_bytes."""
-    repos = report(scan(root / V2), ReportOptions(by=By.REPOSITORY))
+    repos = report(scan(LocalStorage(root / V2)), ReportOptions(by=By.REPOSITORY))
     for i, row in enumerate(records(repos)):
         v2 = Path(shutil.copytree(root, scratch / f"repo-{i}", symlinks=True)) / V2
         untagged = Disk.read(v2).untagged(row["repository"])
@@ -273,7 +274,7 @@ def check_reclaimable(root: Path, scratch: Path) -> None:
 
 def check_tag_exclusive(root: Path, scratch: Path) -> None:
     """Per tag, deleting it alone and collecting what it alone kept frees exactly exclusive_bytes."""
-    tags = report(scan(root / V2), ReportOptions(by=By.TAG))
+    tags = report(scan(LocalStorage(root / V2)), ReportOptions(by=By.TAG))
     for i, row in enumerate(records(tags)):
         v2 = Path(shutil.copytree(root, scratch / f"tag-{i}", symlinks=True)) / V2
         disk = Disk.read(v2)
@@ -295,7 +296,7 @@ def test_deleting_one_tag_frees_its_exclusive_bytes(name: str, tmp_path: Path) -
 def test_summary_untagged_reclaimable_is_what_collecting_every_untagged_frees(tmp_path: Path) -> None:
     for name in REAL_FIXTURES:
         v2 = unpack(FIXTURES / f"{name}.tar.gz", tmp_path / name) / V2
-        summary = report(scan(v2), ReportOptions()).iloc[0]
+        summary = report(scan(LocalStorage(v2)), ReportOptions()).iloc[0]
         disk = Disk.read(v2)
         for digest in set(disk.blobs) - disk.held():
             shutil.rmtree(blob_dir(v2, digest))
@@ -306,7 +307,7 @@ def test_summary_untagged_reclaimable_is_what_collecting_every_untagged_frees(tm
 
 
 def test_known_numbers_of_basic(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    inv = scan(fixture_root("basic") / V2)
+    inv = scan(LocalStorage(fixture_root("basic") / V2))
     summary = report(inv, ReportOptions()).iloc[0]
     assert (summary["repositories"], summary["tags"], summary["manifests"], summary["untagged_manifests"]) == (
         3,
@@ -333,7 +334,7 @@ def test_known_numbers_of_basic(fixture_root) -> None:  # type: ignore[no-untype
 def test_empty_registry(tmp_path: Path) -> None:
     (tmp_path / V2 / "blobs").mkdir(parents=True)
     (tmp_path / V2 / "repositories").mkdir()
-    got = views(scan(tmp_path / V2))
+    got = views(scan(LocalStorage(tmp_path / V2)))
     assert got[By.SUMMARY].iloc[0]["dedup_ratio"] == 0.0
     for by in By:
         assert list(got[by].columns) == PINNED_COLUMNS[by.value]
@@ -470,7 +471,7 @@ def test_tables_fit_80_columns(fixture_root) -> None:  # type: ignore[no-untyped
 
 def test_snapshot_gives_the_same_report(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = fixture_root("multiarch")
-    write_snapshot(scan(root / V2), tmp_path / "snap")
+    write_snapshot(scan(LocalStorage(root / V2)), tmp_path / "snap")
     for by in ("summary", "repository", "tag", "manifest", "blob"):
         tree = run("report", str(root), "--by", by, "-f", "csv")
         snap = run("report", str(tmp_path / "snap"), "--by", by, "-f", "csv")

@@ -27,6 +27,7 @@ from storage_audit.analysis.reach import present_revisions
 from storage_audit.cli.app import app
 from storage_audit.core.paths import UploadData, UploadDir, UploadStartedAt, parse_path, path_for
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 from tests.registry_harness import Ledger, ManifestPut, parse_gc_output, require_registry
 from tests.s3_harness import (
     RegistryInBucket,
@@ -232,7 +233,7 @@ def assert_kept_and_removed(
     state = case.state()
     assert leftovers(state, doc) == []
     v2 = case.mirror(scratch / "mirror")
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     assert set(zip(inv.tags["repository"], inv.tags["tag"], strict=True)) == expected.tags
     present = present_revisions(inv)
     assert set(zip(present["repository"], present["digest"], strict=True)) == expected.revisions

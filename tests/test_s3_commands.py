@@ -20,7 +20,8 @@ from typer.testing import CliRunner, Result
 from storage_audit.analysis.options import By
 from storage_audit.cli.app import app
 from storage_audit.inventory.tables import read_snapshot
-from storage_audit.scan.run import scan
+from storage_audit.operations.inventory import load
+from storage_audit.roots.resolve import resolve
 from tests.conftest import BROKEN, FIXTURES, fixture_builder, unpack
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (
@@ -268,7 +269,7 @@ def test_verify_digests_streams_from_the_bucket(
     assert result.exit_code == 0, result.output
     assert not [f for f in json.loads(result.stdout) if f["kind"] == "digest-mismatch"]
     # A blob overwritten with other bytes of the same size is found.
-    inv = scan(case.url)  # the Python API takes the same ROOT
+    inv = load(resolve(case.url))  # the Python API resolves the same ROOT
     blob = inv.blobs.sort_values("size").iloc[-1]
     key = f"{v2_prefix(case.rootdirectory)}blobs/sha256/{blob['digest'][7:9]}/{blob['digest'][7:]}/data"
     client = raw_client(s3_server)

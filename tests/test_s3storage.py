@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from storage_audit.core.errors import StorageError, UsageError
-from storage_audit.roots.resolve import RemoteOptions, RootError, resolve
-from storage_audit.storage.base import EntryKind
+from storage_audit.roots.resolve import Bucket, LocalTree, RemoteOptions, RootError, resolve
+from storage_audit.storage.base import EntryKind, ProcessModel
 from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import ManifestCache, S3Storage, _Index, _tree, default_cache_dir, mtime_ns
 
@@ -115,12 +115,14 @@ def test_s3_roots_resolve_without_a_request(monkeypatch: pytest.MonkeyPatch, tmp
     for name, value in {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}.items():
         monkeypatch.setenv(name, value)
     source = resolve("s3://reg/root/docker/registry/v2", RemoteOptions(cache_dir=tmp_path, max_requests_per_second=5))
+    assert isinstance(source, Bucket)
     storage = source.storage
-    assert isinstance(storage, S3Storage) and not source.snapshot
     assert storage.location == "s3://reg/root" == source.location
+    assert storage.process_model is ProcessModel.THREADS
     assert storage.bucket.settings.max_requests_per_second == 5
     assert storage.cache is not None and storage.cache.directory == tmp_path
-    assert resolve("s3://reg", RemoteOptions(cache=False)).storage.cache is None  # type: ignore[union-attr]
+    uncached = resolve("s3://reg", RemoteOptions(cache=False))
+    assert isinstance(uncached, Bucket) and uncached.storage.cache is None
     assert "s3cr3t" not in repr(storage.bucket) and "s3cr3t" not in str(storage.origin)
     with pytest.raises(UsageError):
         resolve("s3://")
@@ -130,14 +132,17 @@ def test_configuration_files_as_roots(fixture_root, tmp_path: Path) -> None:  # 
     root = fixture_root("basic")
     local = tmp_path / "fs.yml"
     local.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete: {{enabled: true}}\n")
-    assert resolve(local).path == (root / "docker/registry/v2").resolve()
+    configured_local = resolve(local)
+    assert isinstance(configured_local, LocalTree)
+    assert configured_local.location == str((root / "docker/registry/v2").resolve())
     remote = tmp_path / "s3.yml"
     remote.write_text(
         "version: 0.1\nstorage:\n  s3:\n    bucket: reg\n    region: eu-west-1\n    accesskey: AK\n"
         "    secretkey: hidden-secret\n    regionendpoint: http://127.0.0.1:1\n    rootdirectory: /a/b\n"
     )
-    storage = resolve(remote, RemoteOptions(cache=False)).storage
-    assert isinstance(storage, S3Storage)
+    configured = resolve(remote, RemoteOptions(cache=False))
+    assert isinstance(configured, Bucket)
+    storage = configured.storage
     assert storage.origin == {
         "bucket": "reg",
         "prefix": "a/b/docker/registry/v2/",

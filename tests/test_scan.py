@@ -14,8 +14,9 @@ import pytest
 from storage_audit.inventory.codes import CodedDtype
 from storage_audit.inventory.schema import CODED
 from storage_audit.inventory.tables import SCHEMA, read_snapshot, write_snapshot
-from storage_audit.roots.resolve import RootError, resolve
+from storage_audit.roots.resolve import LocalTree, RootError, Snapshot, resolve
 from storage_audit.scan.run import ScanOptions, scan
+from storage_audit.storage.base import LocalStorage
 
 from .conftest import FIXTURES, REAL_FIXTURES
 from .facts import inventory_facts, load_expected
@@ -29,19 +30,19 @@ def test_there_are_fixtures() -> None:
 
 @pytest.mark.parametrize("name", REAL_FIXTURES)
 def test_scan_equals_expected_facts(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
-    inv = scan(fixture_root(name) / V2)
+    inv = scan(LocalStorage(fixture_root(name) / V2))
     assert inventory_facts(inv) == load_expected(FIXTURES / f"{name}.expected.json")
 
 
 @pytest.mark.parametrize("name", REAL_FIXTURES)
 def test_clean_fixtures_have_no_error_or_warning(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
-    inv = scan(fixture_root(name) / V2)
+    inv = scan(LocalStorage(fixture_root(name) / V2))
     assert set(inv.findings["severity"]) <= {"info"}, inv.findings.to_string()
 
 
 @pytest.mark.parametrize("name", REAL_FIXTURES)
 def test_dtypes_follow_the_schema(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
-    inv = scan(fixture_root(name) / V2)
+    inv = scan(LocalStorage(fixture_root(name) / V2))
     for table, df in inv.tables().items():
         assert list(df.columns) == list(SCHEMA[table]), table
         for column, (dtype, _) in SCHEMA[table].items():
@@ -57,7 +58,7 @@ def test_dtypes_follow_the_schema(name: str, fixture_root) -> None:  # type: ign
 
 @pytest.mark.parametrize("name", REAL_FIXTURES)
 def test_snapshot_round_trip_is_identical(name: str, fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    inv = scan(fixture_root(name) / V2)
+    inv = scan(LocalStorage(fixture_root(name) / V2))
     write_snapshot(inv, tmp_path / "snap")
     again = read_snapshot(tmp_path / "snap")
     assert again.root == inv.root
@@ -68,11 +69,12 @@ def test_snapshot_round_trip_is_identical(name: str, fixture_root, tmp_path: Pat
 def test_root_forms(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = fixture_root("basic")
     v2 = (root / V2).resolve()
-    assert resolve(root).path == v2
-    assert resolve(root / V2).path == v2
+    for given in (root, root / V2):
+        found = resolve(given)
+        assert isinstance(found, LocalTree) and found.storage.v2 == found.location == str(v2)
     snap = tmp_path / "snap"
-    write_snapshot(scan(v2), snap)
-    assert resolve(snap).snapshot
+    write_snapshot(scan(LocalStorage(v2)), snap)
+    assert resolve(snap) == Snapshot(snap.resolve())
     for bad in (tmp_path / "missing", FIXTURES / "basic.tar.gz", tmp_path):
         with pytest.raises(RootError):
             resolve(bad)
@@ -95,7 +97,7 @@ def test_permission_denied_is_a_finding(fixture_root, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(os, "open", deny_open)
     monkeypatch.setattr(os, "scandir", deny_scandir)
-    inv = scan(root)
+    inv = scan(LocalStorage(root))
     unreadable = inv.findings[inv.findings["kind"] == "unreadable"]
     assert "repositories/team/app/_manifests/tags/latest/current/link" in set(unreadable["path"])
     assert "repositories/tools" in set(unreadable["path"])
@@ -107,8 +109,8 @@ def test_permission_denied_is_a_finding(fixture_root, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("name", ["basic", "multiarch"])
 def test_worker_processes_give_the_same_inventory(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
     v2 = fixture_root(name) / V2
-    alone = scan(v2, ScanOptions(workers=1))
-    shared = scan(v2, ScanOptions(workers=2))
+    alone = scan(LocalStorage(v2), ScanOptions(workers=1))
+    shared = scan(LocalStorage(v2), ScanOptions(workers=2))
     for table, df in alone.tables().items():
         pd.testing.assert_frame_equal(getattr(shared, table), df, check_exact=True, obj=table)
     assert len(alone.blobs) > 0 and len(alone.revisions) > 0
@@ -122,7 +124,8 @@ def test_forked_workers_give_the_same_inventory_and_totals(name: str, fixture_ro
     start = (
         "import storage_audit.cli.app\n"
         "from storage_audit.scan import run as s\n"
-        f"v2 = {str(v2)!r}\n"
+        "from storage_audit.storage.base import LocalStorage\n"
+        f"v2 = LocalStorage({str(v2)!r})\n"
         "assert s._start_method().get_start_method() == 'fork'\n"
         "def show(t, found):\n"
         "    print(sorted((k, n) for k, n in t.rows.items() if n), t.unlinked_revisions, t.blob_bytes, found)\n"
@@ -164,7 +167,7 @@ def test_a_worker_reads_the_tree_without_pyarrow_or_pandas(fixture_root) -> None
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     blobs, references = map(int, done.stdout.split())
-    inv = scan(v2, ScanOptions(workers=1))
+    inv = scan(LocalStorage(v2), ScanOptions(workers=1))
     assert (blobs, references) == (len(inv.blobs), len(inv.references))
 
 
@@ -179,8 +182,8 @@ def test_namespaces_are_shared_out_by_their_children(fixture_root) -> None:  # t
     # Anything but repository directories keeps a namespace whole: its walk reports the stray file.
     (v2 / "repositories" / "tools" / "notes.txt").write_text("not a repository\n")
     assert Walker(v2).split_namespaces(repos) == ["team/app", "tools"]
-    alone = scan(v2, ScanOptions(workers=1))
-    shared = scan(v2, ScanOptions(workers=2))
+    alone = scan(LocalStorage(v2), ScanOptions(workers=1))
+    shared = scan(LocalStorage(v2), ScanOptions(workers=2))
     for table, df in alone.tables().items():
         pd.testing.assert_frame_equal(getattr(shared, table), df, check_exact=True, obj=table)
     assert "repositories/tools/notes.txt" in set(shared.findings["path"])

@@ -12,7 +12,10 @@ import pytest
 
 from storage_audit.core.manifest import DOCKER_V2, MAX_MANIFEST_BYTES, parse_manifest
 from storage_audit.core.paths import BlobData, Digest, path_for
+from storage_audit.operations.inventory import load
+from storage_audit.roots.resolve import LocalTree, resolve
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 
 from .conftest import BROKEN, FIXTURES, unpack
 
@@ -22,14 +25,15 @@ HEX = "ab" + "0" * 62
 
 def test_the_python_api_resolves_root_as_the_command_line_does(tmp_path: Path) -> None:
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic")
-    from_v2 = scan(root / V2)
-    from_root = scan(root)
+    from_v2 = load(resolve(root / V2))
+    from_root = load(resolve(root))
+    assert isinstance(resolve(root), LocalTree)
     assert len(from_root.blobs) == len(from_v2.blobs) > 0
     assert from_root.root == from_v2.root == str((root / V2).resolve())
     for bad in (tmp_path / "nonexistent", tmp_path):
         # The library's usage error (exit 2 on the command line), whatever its module.
         with pytest.raises(Exception) as caught:
-            scan(bad)
+            resolve(bad)
         assert getattr(caught.value, "exit_code", None) == 2, repr(caught.value)
 
 
@@ -44,7 +48,7 @@ def test_an_unreadable_v2_is_a_finding_that_names_it(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(os, "scandir", deny)
     # ROOT is the registry root, which can be read; the v2 directory below it cannot.
-    inv = scan(tmp_path / "basic")
+    inv = load(resolve(tmp_path / "basic"))
     unreadable = inv.findings[inv.findings["kind"] == "unreadable"]
     assert list(unreadable["path"]) == ["."]
     assert "Permission denied" in unreadable["detail"].iloc[0]
@@ -53,7 +57,7 @@ def test_an_unreadable_v2_is_a_finding_that_names_it(tmp_path: Path, monkeypatch
 def test_the_over_limit_finding_states_the_real_size(tmp_path: Path) -> None:
     expected = json.loads((BROKEN / "manifest-over-limit.json").read_text())
     root = unpack(BROKEN / "manifest-over-limit.tar.gz", tmp_path)
-    inv = scan(root / V2)
+    inv = scan(LocalStorage(root / V2))
     corrupt = inv.findings[inv.findings["kind"] == "corrupt-manifest"]
     assert len(corrupt) == 1, expected["note"]
     real = os.stat(root / V2 / corrupt["path"].iloc[0]).st_size
@@ -87,7 +91,7 @@ def test_sizes_the_registry_accepts_are_no_problem(size: str) -> None:
 def test_a_huge_descriptor_size_is_a_corrupt_manifest_finding(tmp_path: Path) -> None:
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic")
     v2 = root / V2
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     tagged = inv.tags.set_index(["repository", "tag"])["digest"]
     digest = tagged.iloc[0]
     blob = v2 / path_for(BlobData(Digest.parse(digest)))
@@ -95,6 +99,6 @@ def test_a_huge_descriptor_size_is_a_corrupt_manifest_finding(tmp_path: Path) ->
     assert "layers" in doc, "the first tag is an image"
     doc["layers"][0]["size"] = 99999999999999999999999999
     blob.write_text(json.dumps(doc))
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     found = inv.findings[(inv.findings["kind"] == "corrupt-manifest") & (inv.findings["digest"] == digest)]
     assert len(found) == 1 and "no 64-bit integer" in found["detail"].iloc[0]

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.scan.run import ScanOptions, scan
+from storage_audit.storage.base import LocalStorage
 from tests.registry_harness import Ledger, Pushed, Registry, canonical_json, require_registry, sha256
 
 V2 = Path("docker/registry/v2")
@@ -77,7 +78,7 @@ def _json(*args: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_scan_parses_what_tags_name_without_a_revision_directory(tree: Tree, workers: int) -> None:
-    inv = scan(tree.root, ScanOptions(workers=workers))
+    inv = scan(LocalStorage(tree.root / V2), ScanOptions(workers=workers))
     assert tree.dangling.pushed.digest not in set(inv.revisions["digest"])
     assert set(inv.manifests["digest"]) == {
         i.pushed.digest for i in (tree.kept, tree.dangling, tree.history, tree.current)

@@ -16,6 +16,7 @@ from storage_audit.inventory.retention import foreign_content, prune
 from storage_audit.inventory.schema import SCHEMA
 from storage_audit.inventory.tables import read_snapshot
 from storage_audit.scan.run import scan
+from storage_audit.storage.base import LocalStorage
 from tests.conftest import FIXTURES
 
 runner = CliRunner()
@@ -40,7 +41,7 @@ def test_scan_o_writes_each_table_as_listed_parts_and_reads_back_the_scan(tmp_pa
     blobs = pq.read_table(tmp_path / "snap" / "blobs" / "part-00000.parquet")
     assert blobs.num_rows == meta["counts"]["blobs"] > 0
     assert blobs.schema.names == list(SCHEMA["blobs"])
-    same_tables(read_snapshot(tmp_path / "snap"), scan(DEMO))
+    same_tables(read_snapshot(tmp_path / "snap"), scan(LocalStorage(DEMO / "docker/registry/v2")))
 
 
 def test_big_tables_are_split_into_parts_in_row_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +56,7 @@ def test_big_tables_are_split_into_parts_in_row_order(tmp_path: Path, monkeypatc
         p.removeprefix("blobs/") for p in meta["tables"]["blobs"]
     ]
     assert pq.ParquetFile(tmp_path / "snap" / "blobs" / "part-00000.parquet").metadata.num_row_groups == 2
-    same_tables(read_snapshot(tmp_path / "snap"), scan(DEMO))
+    same_tables(read_snapshot(tmp_path / "snap"), scan(LocalStorage(DEMO / "docker/registry/v2")))
 
 
 def test_a_snapshot_of_format_1_is_still_read(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_writing_over_a_snapshot_leaves_none_of_its_parts(tmp_path: Path, monkey
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_PART", 1 << 20)
     scan_to(tmp_path / "snap")
     assert many > 1 and [p.name for p in (tmp_path / "snap" / "blobs").iterdir()] == ["part-00000.parquet"]
-    same_tables(read_snapshot(tmp_path / "snap"), scan(DEMO))
+    same_tables(read_snapshot(tmp_path / "snap"), scan(LocalStorage(DEMO / "docker/registry/v2")))
 
 
 def test_a_table_directory_with_another_file_is_foreign_and_never_pruned(tmp_path: Path) -> None:

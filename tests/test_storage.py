@@ -20,6 +20,9 @@ from storage_audit.storage.base import (
     LocalStorage,
     NotRegular,
     SymlinkRefused,
+    TooLarge,
+    open_regular,
+    read_regular,
 )
 
 from .conftest import FIXTURES, unpack
@@ -165,7 +168,7 @@ def test_paths_used_by_the_layer_are_the_layouts(tmp_path: Path) -> None:
     # A table check that the tree the fixtures hold is addressed by the same paths the specs make.
     v2 = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic") / V2
     storage = LocalStorage(v2)
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     row = inv.tags.iloc[0]
     current = storage.read_small(path_for(TagCurrentLink(row["repository"], row["tag"])), 511)
     assert current is not None and current.data.decode() == row["digest"]
@@ -177,11 +180,35 @@ def test_paths_used_by_the_layer_are_the_layouts(tmp_path: Path) -> None:
 
 def test_a_blob_prefix_directory_of_another_name_is_a_finding(tmp_path: Path) -> None:
     v2 = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic") / V2
-    before = scan(v2)
+    before = scan(LocalStorage(v2))
     odd = v2 / "blobs" / "sha256" / "ZZ" / ("ff" * 32)
     odd.mkdir(parents=True)
     (odd / "data").write_bytes(b"x")
-    inv = scan(v2)
+    inv = scan(LocalStorage(v2))
     stray = inv.findings[inv.findings["kind"] == "stray-file"]
     assert list(stray["path"]) == ["blobs/sha256/ZZ"]
     assert len(inv.blobs) == len(before.blobs)
+
+
+def test_the_tools_own_files_are_read_regular_unfollowed_unblocked_and_capped(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 10)
+    assert read_regular(small, 10) == b"x" * 10
+    with open_regular(small) as fh:
+        assert fh.read() == b"x" * 10
+    with pytest.raises(TooLarge, match="larger than 9 bytes"):
+        read_regular(small, 9)
+    (tmp_path / "link").symlink_to(small)
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open or read would wait forever
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    refusals = {"link": SymlinkRefused, "fifo": NotRegular, "zero": SymlinkRefused}
+    for name, refusal in refusals.items():
+        for read in (lambda path: read_regular(path, 1 << 20), open_regular):
+            with pytest.raises(refusal):
+                read(tmp_path / name)
+    with pytest.raises(NotRegular):
+        read_regular("/dev/zero", 1 << 20)
+    with pytest.raises(NotRegular):
+        open_regular(tmp_path)
+    with pytest.raises(AccessError, match="No such file"):
+        read_regular(tmp_path / "absent", 1)

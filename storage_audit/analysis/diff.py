@@ -99,7 +99,8 @@ class Audit:
             stored = None
             if self._snapshot is not None:
                 try:
-                    stored = read_view(self._snapshot, by.value)
+                    # An earlier version's view may lack a column: each is then left empty, with a warning.
+                    stored = read_view(self._snapshot, by.value, every_column=False)
                 except ValueError as exc:
                     raise DiffError(f"{self._snapshot}: {exc}") from exc
             self._views[by] = stored if stored is not None else whole(self.graph, by)

@@ -36,7 +36,8 @@ from storage_audit.cli.progress import RichByteProgress, RichProgress
 from storage_audit.core.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from storage_audit.core.findings import Severity
 from storage_audit.core.text import count, printable
-from storage_audit.roots.resolve import RemoteOptions, Source, load, resolve, snapshot_findings
+from storage_audit.operations.inventory import load, snapshot_findings
+from storage_audit.roots.resolve import Bucket, RemoteOptions, Root, Snapshot, Tree, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,12 +187,12 @@ def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-def open_root(root: str) -> Source:
+def open_root(root: str) -> Root:
     """The storage tree or snapshot ROOT designates, with the object-storage options given; raises RootError."""
     return resolve(root, _remote.get() or RemoteOptions())
 
 
-def read_inventory(root: str, quiet: bool, workers: int | None = None, source: Source | None = None) -> Inventory:
+def read_inventory(root: str, quiet: bool, workers: int | None = None, source: Root | None = None) -> Inventory:
     """Resolve ROOT (unless `source` is given) and load or scan it, with a progress display on a terminal.
 
     Commands call this before importing their analysis: a process that has not
@@ -203,38 +204,36 @@ def read_inventory(root: str, quiet: bool, workers: int | None = None, source: S
     started = time.monotonic()
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
         inv = load(source, ScanOptions(progress=progress, workers=workers or 0))
-    if not source.snapshot:
+    if not isinstance(source, Snapshot):
         inv.scan_seconds = time.monotonic() - started
     return inv
 
 
-def stream_inventory(source: Source, output: Path, quiet: bool, workers: int | None) -> Streamed:
+def stream_inventory(source: Tree, output: Path, quiet: bool, workers: int | None) -> Streamed:
     """Scan a storage tree straight into the tables of a snapshot at `output`, with a progress display."""
     from storage_audit.scan.run import ScanOptions, scan_to_snapshot
 
     started = time.monotonic()
     try:
         with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-            streamed = scan_to_snapshot(source.tree(), output, ScanOptions(progress=progress, workers=workers or 0))
+            streamed = scan_to_snapshot(source.storage, output, ScanOptions(progress=progress, workers=workers or 0))
     except OSError as exc:
         fail(f"{output}: cannot write snapshot: {exc.strerror or exc}")
     streamed.scan_seconds = time.monotonic() - started
     return streamed
 
 
-def tally(source: Source, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
+def tally(source: Tree, quiet: bool, workers: int | None) -> tuple[Totals, list[Finding]]:
     """Count and sum a storage tree, with a progress display when stderr is a terminal."""
     from storage_audit.scan.run import ScanOptions, tally
 
     with RichProgress(err, enabled=not quiet and err.is_terminal) as progress:
-        return tally(source.tree(), ScanOptions(progress=progress, workers=workers or 0))
+        return tally(source.storage, ScanOptions(progress=progress, workers=workers or 0))
 
 
-def remote_summary(source: Source) -> list[tuple[str, str]]:
+def remote_summary(source: Root) -> list[tuple[str, str]]:
     """What reading a tree in object storage took: requests by kind, bytes received, cache hits."""
-    from storage_audit.storage.s3 import S3Storage
-
-    if not isinstance(source.storage, S3Storage):
+    if not isinstance(source, Bucket):
         return []
     stats = source.storage.stats()
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.requests.items()))
@@ -328,7 +327,7 @@ def scan(
     if output is not None:
         _check_snapshot_target(output)
     source = open_root(root)
-    if output is None and not source.snapshot:
+    if output is None and not isinstance(source, Snapshot):
         # Counting needs no tables: neither pandas nor pyarrow is loaded.
         totals, found = tally(source, quiet, workers)
         summary = scan_summary(source.location, totals, (f.severity.value for f in found))
@@ -336,7 +335,7 @@ def scan(
     else:
         # The analysis loads after the scan has started its workers: see read_inventory.
         streamed = None
-        if output is not None and not source.snapshot:
+        if output is not None and not isinstance(source, Snapshot):
             streamed = stream_inventory(source, output, quiet, workers)
             inv = streamed.inventory()
         else:
@@ -617,7 +616,11 @@ def report(
     # --top asks for that many rows: a table shows them all, past its usual limit.
     view = replace(reporting.view(by, frame, table=fmt is ReportFormat.TABLE), table_rows=top)
     emit(view, Format(fmt.value), output)
-    exit_if_unreadable(unreadable_paths(inv.findings if inv is not None else snapshot_findings(source)))
+    if inv is None:
+        assert isinstance(source, Snapshot)  # only a snapshot stores views
+        exit_if_unreadable(unreadable_paths(snapshot_findings(source)))
+    else:
+        exit_if_unreadable(unreadable_paths(inv.findings))
 
 
 def html_report(root: str, options: ReportOptions, output: Path | None, quiet: bool, workers: int | None) -> None:
@@ -655,11 +658,11 @@ def report_metrics(root: str, options: ReportOptions, output: Path | None, quiet
     exit_if_unreadable(unreadable_paths(inv.findings))
 
 
-def stored_report(source: Source, options: ReportOptions) -> pd.DataFrame | None:
+def stored_report(source: Root, options: ReportOptions) -> pd.DataFrame | None:
     """The report cut from the whole view a snapshot stores, or None when it must be computed."""
     from storage_audit.analysis.options import needs_inventory
 
-    if not source.snapshot or needs_inventory(options):
+    if not isinstance(source, Snapshot) or needs_inventory(options):
         return None
     from storage_audit.analysis import report as reporting
     from storage_audit.inventory.tables import read_view
@@ -696,7 +699,7 @@ def diff(
 
     audits, unreadable = [], []
     for path, source in zip((old, new), sides, strict=True):
-        if source.snapshot:
+        if isinstance(source, Snapshot):
             audits.append(diffing.Audit.of_snapshot(source.path, str(path)))
             unreadable += unreadable_paths(snapshot_findings(source))
         else:
@@ -865,9 +868,9 @@ def plan(
         keep_referrers=keep_referrers,
     )
     source = open_root(root)
-    if source.snapshot:
+    if isinstance(source, Snapshot):
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
-    if source.storage is not None and fmt is PlanFormat.SH:
+    if isinstance(source, Bucket) and fmt is PlanFormat.SH:
         fail(
             f"{root}: --format sh writes a script for a local tree; for a bucket, apply the json plan "
             "with `storage-audit apply` (or use --format http)"
@@ -876,11 +879,9 @@ def plan(
     from storage_audit.analysis.graph import Graph
 
     result = make_plan(Graph(inv), policy, datetime.now(UTC))
-    if source.storage is not None:
+    if isinstance(source, Bucket):
         from storage_audit.cleanup.s3apply import add_preconditions
-        from storage_audit.storage.s3 import S3Storage
 
-        assert isinstance(source.storage, S3Storage)
         result = add_preconditions(result, source.storage)
     text = render(result, fmt, registry_url)
     if output is None:
@@ -962,7 +963,7 @@ def apply(
         elsewhere = same_place(loaded, storage)
         if elsewhere is not None:
             fail(f"{plan_file}: refusing the plan, nothing was deleted: {elsewhere}")
-    if storage is None and root is not None and open_root(root).tree().location != loaded.root:
+    if storage is None and root is not None and open_root(root).location != loaded.root:
         fail(f"{plan_file}: refusing the plan, nothing was deleted: the plan is for {loaded.root}, not {root}")
     totals = loaded.totals()
     if not quiet:
@@ -1016,10 +1017,10 @@ def _plan_storage(plan: Plan, root: str | None) -> S3Storage:
     from storage_audit.storage.s3 import ManifestCache, S3Storage, default_cache_dir
 
     if root is not None:
-        storage = open_root(root).storage
-        if not isinstance(storage, S3Storage):
+        target = open_root(root)
+        if not isinstance(target, Bucket):
             fail(f"refusing the plan, nothing was deleted: it is for {plan.root}, not {root}")
-        return storage
+        return target.storage
     remote = _remote.get() or RemoteOptions()
     cache = ManifestCache(remote.cache_dir or default_cache_dir()) if remote.cache else None
     return S3Storage(bucket_of(plan, remote.max_requests_per_second), cache)
@@ -1108,11 +1109,12 @@ def check(
     rows_only(fmt)
     age = parse_duration(upload_age, "--upload-age")
     source = open_root(root)
-    if verify_digests and source.snapshot:
+    if verify_digests and isinstance(source, Snapshot):
         fail(f"{root}: --verify-digests reads blob content, which a snapshot does not hold; give the storage tree")
     inv = read_inventory(root, quiet, workers, source)
     with RichByteProgress(err, enabled=verify_digests and not quiet and err.is_terminal) as progress:
-        options = checking.CheckOptions(verify_digests, age, workers or 0, progress, source.storage)
+        storage = None if isinstance(source, Snapshot) else source.storage
+        options = checking.CheckOptions(verify_digests, age, workers or 0, progress, storage)
         findings = checking.check(Graph(inv), options)
     views = checking.views(findings, table=fmt is Format.TABLE)
     if fmt is Format.TABLE:

@@ -61,10 +61,12 @@ def foreign_content(directory: Path) -> bool:
 def snapshots(parent: Path) -> list[Snapshot]:
     """The storage-audit snapshots directly inside `parent`, oldest scan first.
 
-    A snapshot is a real directory (not a symbolic link) whose metadata.json names
-    storage-audit, a known format and a scan time; nothing else is one.
+    A snapshot is a real directory (not a symbolic link) whose metadata.json is a regular file that names
+    storage-audit, a known format and a scan time with its offset; nothing else is one. The metadata is read
+    as every snapshot's is (read_metadata): a FIFO or a link to /dev/zero there is no snapshot, not a wait.
     """
     from storage_audit.inventory.tables import read_metadata
+    from storage_audit.inventory.validate import scanned_at
 
     found = []
     with os.scandir(parent) as entries:
@@ -73,12 +75,11 @@ def snapshots(parent: Path) -> list[Snapshot]:
                 continue
             path = Path(entry.path)
             try:
-                scanned_at = datetime.fromisoformat(str(read_metadata(path)["scanned_at"]))
-                if scanned_at.tzinfo is None:
-                    continue  # the tool writes aware times: this one is not its own
-            except (ValueError, KeyError):
+                when = scanned_at(read_metadata(path))
+            except ValueError:
                 continue
-            found.append(Snapshot(path, scanned_at))
+            if isinstance(when, datetime):
+                found.append(Snapshot(path, when))
     return sorted(found, key=lambda s: (s.scanned_at, s.path.name))
 
 

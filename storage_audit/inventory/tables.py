@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage_audit import __version__
+from storage_audit.analysis.options import By
 from storage_audit.core.memory import release, steady_allocator
 from storage_audit.inventory.codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder, TextDictionary
 from storage_audit.inventory.schema import (
@@ -36,6 +40,16 @@ from storage_audit.inventory.schema import (
     VIEW_FILE,
 )
 from storage_audit.inventory.snapshot_writer import arrow_schema
+from storage_audit.inventory.validate import (
+    Bad,
+    SnapshotError,
+    bad_rows,
+    metadata_problem,
+    scanned_at,
+    schema_problem,
+    view_problem,
+)
+from storage_audit.storage.base import AccessError, open_regular, read_regular
 
 # The system allocator gives back to the system what the analyses' many short-lived Arrow arrays free;
 # Arrow's default one kept some 90 MB more at the peak of `orphans` on a tree of 600,000 blobs.
@@ -43,6 +57,8 @@ pa.set_memory_pool(pa.system_memory_pool())
 
 WRITE_ROWS = 1024 * 1024
 """Rows of a frame converted to Arrow at a time when it is written."""
+METADATA_LIMIT = 4 << 20
+"""Bytes a snapshot's metadata.json may take: it lists each table's parts, a few kilobytes even for a huge tree."""
 
 
 def frame(table: str, rows: Any = None) -> pd.DataFrame:
@@ -159,25 +175,40 @@ def finish_snapshot(out: Any, inv: Inventory, views: Mapping[str, pd.DataFrame])
     out.close(inv.metadata())
 
 
-def read_view(directory: Path, name: str) -> pd.DataFrame | None:
-    """The report view `name` stored in a snapshot, or None when the snapshot holds none; ValueError when unreadable."""
+def read_view(directory: Path, name: str, every_column: bool = True) -> pd.DataFrame | None:
+    """The report view `name` stored in a snapshot, or None when the snapshot holds none; ValueError when unreadable,
+    or not that view as the tool writes it (without `every_column`, a column may be missing)."""
     views = read_metadata(directory).get("views")
     if not isinstance(views, list) or name not in views:
         return None
+    path = directory / VIEW_FILE.format(name)
     try:
-        return pd.read_parquet(directory / VIEW_FILE.format(name), engine="pyarrow")
+        with _parquet(path) as parquet:
+            view = parquet.read()
+        problem = view_problem(By(name), view, every_column)
+        if problem is not None:
+            raise SnapshotError(path, problem)
+        return view.to_pandas()
+    except SnapshotError as exc:
+        raise ValueError(f"unreadable snapshot: {exc.below(directory)}") from exc
     except Exception as exc:  # OSError, or pyarrow's own error types for corrupt files
         raise ValueError(f"unreadable snapshot: {exc}") from exc
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:
-    """A snapshot's metadata.json; raises ValueError when it is unreadable or names no snapshot of a known format."""
+    """A snapshot's metadata.json; raises ValueError when it is unreadable (not a regular file, too big, not JSON),
+    names no snapshot of a known format, or holds fields the tool does not write (a scan time without its offset)."""
     try:
-        meta = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"unreadable snapshot: {exc}") from exc
+        meta = json.loads(read_regular(directory / METADATA_FILE, METADATA_LIMIT))
+    except AccessError as exc:
+        raise ValueError(f"unreadable snapshot: {METADATA_FILE}: {exc.reason}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"unreadable snapshot: {METADATA_FILE}: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("tool") != "storage-audit" or meta.get("format") not in READABLE_FORMATS:
         raise ValueError("metadata.json is not a storage-audit snapshot of a known format")
+    problem = metadata_problem(meta)
+    if problem is not None:
+        raise ValueError(f"unreadable snapshot: {METADATA_FILE}: {problem}")
     return meta
 
 
@@ -199,7 +230,61 @@ def table_files(directory: Path, meta: Mapping[str, Any]) -> dict[str, list[Path
         ):
             raise ValueError(f"unreadable snapshot: metadata.json lists no valid files for {name}")
         files[name] = [directory / p for p in parts]
+        # Parts are opened without following a link; their table's directory is no link either.
+        try:
+            mode = os.lstat(directory / name).st_mode
+        except FileNotFoundError:
+            continue  # a snapshot stripped down to its views
+        except OSError as exc:
+            raise ValueError(f"unreadable snapshot: {name}: {exc.strerror or exc}") from exc
+        if not stat.S_ISDIR(mode):
+            raise ValueError(f"unreadable snapshot: {name}: not a directory")
     return files
+
+
+@contextmanager
+def _parquet(path: Path, table: str | None = None) -> Iterator[pq.ParquetFile]:
+    """A Parquet file of a snapshot, opened as a regular file (through no symbolic link, never waiting on a FIFO);
+    with `table`, holding that table's columns. Raises SnapshotError."""
+    try:
+        source = open_regular(path)
+    except AccessError as exc:
+        raise SnapshotError(path, exc.reason) from exc
+    with source:
+        try:
+            parquet = pq.ParquetFile(source)
+        except pa.ArrowException as exc:
+            raise SnapshotError(path, f"not a Parquet file: {exc}") from exc
+        problem = None if table is None else schema_problem(table, parquet.schema_arrow)
+        if problem is not None:
+            raise SnapshotError(path, problem)
+        yield parquet
+
+
+def _holding(bad: Bad, paths: list[Path]) -> Path:
+    """The first of a table's files holding the rows `bad` describes (the table's directory, if none does)."""
+    for path in paths:
+        with _parquet(path) as parquet:
+            if bad.found_in(parquet.read(columns=[bad.column]).column(0)):
+                return path
+    return paths[0].parent
+
+
+def read_findings(directory: Path) -> pd.DataFrame:
+    """The kind and path of each finding a snapshot holds; none of a snapshot stripped down to its views."""
+    paths = table_files(directory, read_metadata(directory))["findings"]
+    if not all(os.path.lexists(path) for path in paths):
+        return pd.DataFrame({"kind": pd.Series(dtype="string"), "path": pd.Series(dtype="string")})
+    try:
+        frames = []
+        for path in paths:
+            with _parquet(path, "findings") as parquet:
+                frames.append(parquet.read(columns=["kind", "path"]).to_pandas())
+        return pd.concat(frames, ignore_index=True)
+    except SnapshotError as exc:
+        raise ValueError(f"unreadable snapshot: {exc.below(directory)}") from exc
+    except Exception as exc:  # OSError, or pyarrow's own error types for corrupt files
+        raise ValueError(f"unreadable snapshot: {exc}") from exc
 
 
 class Columns:
@@ -211,12 +296,12 @@ class Columns:
     def batches(self, table: str, columns: list[str]) -> Iterator[list[pa.Array]]:
         """The columns' values, a row group at a time; the next one is read (pyarrow lets go of the
         interpreter) while this one is coded."""
-        groups = [
-            (source, group)
-            for source in map(pq.ParquetFile, self.files[table])
-            for group in range(source.num_row_groups)
-        ]
-        with ThreadPoolExecutor(1) as pool:
+        with ExitStack() as opened, ThreadPoolExecutor(1) as pool:
+            groups = [
+                (source, group)
+                for source in (opened.enter_context(_parquet(path, table)) for path in self.files[table])
+                for group in range(source.num_row_groups)
+            ]
             ahead = None
             for at, (source, group) in enumerate(groups):
                 read = ahead.result() if ahead is not None else source.read_row_group(group, columns=columns)
@@ -225,7 +310,10 @@ class Columns:
                 yield [_one_array(read.column(c)) for c in columns]
 
     def column(self, table: str, column: str) -> pa.ChunkedArray:
-        parts = [pq.ParquetFile(path).read(columns=[column]).column(0) for path in self.files[table]]
+        parts = []
+        for path in self.files[table]:
+            with _parquet(path, table) as parquet:
+                parts.append(parquet.read(columns=[column]).column(0))
         return pa.chunked_array([chunk for part in parts for chunk in part.chunks], type=parts[0].type)
 
 
@@ -339,17 +427,25 @@ _MAPPERS: dict[str, dict[pa.DataType, Any]] = {
 def read_snapshot(directory: Path) -> Inventory:
     """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
     meta = read_metadata(directory)
+    files = table_files(directory, meta)
     try:
         steady_allocator()
-        tables = coded_frames(Columns(table_files(directory, meta)))
+        tables = coded_frames(Columns(files))
         release()
+        bad = bad_rows(tables)
+        if bad is not None:
+            raise SnapshotError(_holding(bad, files[bad.table]), bad.problem)
         seconds = meta.get("scan_seconds")  # absent from snapshots of earlier versions
+        when = scanned_at(meta)
+        assert isinstance(when, datetime)  # read_metadata refused any other
         return Inventory(
             root=meta["root"],
-            scanned_at=datetime.fromisoformat(meta["scanned_at"]),
+            scanned_at=when,
             scan_seconds=float(seconds) if isinstance(seconds, int | float) else None,
             **tables,
         )
+    except SnapshotError as exc:
+        raise ValueError(f"unreadable snapshot: {exc.below(directory)}") from exc
     except (OSError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable snapshot: {exc}") from exc
     except ValueError:

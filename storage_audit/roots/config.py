@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -9,10 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from storage_audit.core.errors import UsageError
+from storage_audit.storage.base import AccessError, read_regular
 from storage_audit.storage.bucket import S3Location, S3Settings
 
 FILESYSTEM_DEFAULT_ROOT = "/var/lib/registry"
 """The filesystem driver's rootdirectory when the configuration names none."""
+CONFIG_LIMIT = 1 << 20
+"""Bytes a registry configuration may take: a few kilobytes in practice; a bigger file is something else."""
+MAX_NODES = 100_000
+"""YAML nodes a configuration may expand to through its aliases: a few hundred in practice."""
+MAX_S3_KEY = 1024
+"""Bytes of the longest key S3 stores: a rootdirectory longer than that can hold no registry."""
 
 # Keys under `storage:` that configure the registry, not a driver (distribution's configuration.Storage.Type).
 _NOT_DRIVERS = frozenset({"maintenance", "cache", "delete", "redirect", "tag"})
@@ -37,21 +45,99 @@ class S3Storage:
 StorageConfig = FilesystemStorage | S3Storage
 
 
-def _load(path: Path) -> Any:
+class ConfigError(UsageError):
+    """A file that cannot be a registry configuration; `reason` says why, in a few words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"registry configuration {path}: {reason}")
+        self.reason = reason
+
+
+def read_document(path: Path) -> Any:
+    """The YAML document in the file `path`, read as the registry reads it; ConfigError when it cannot be one.
+
+    ROOT names the file, perhaps through a symbolic link (a mounted ConfigMap is one), which is followed;
+    the file itself is read as every file of the tool: regular, never blocking, at most CONFIG_LIMIT bytes.
+    """
     import yaml
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read registry configuration {path}: {exc.__class__.__name__}") from exc
+        data = read_regular(os.path.realpath(path), CONFIG_LIMIT)
+    except AccessError as exc:
+        raise ConfigError(path, exc.reason) from exc
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "not UTF-8 text") from exc
+    try:
+        return yaml.load(text, Loader=_loader())  # a safe loader, its aliases capped
     except yaml.YAMLError as exc:
         # The parser's own message quotes the offending lines, which may hold the secret key.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UsageError(f"registry configuration {path} is not valid YAML{where}: {problem}") from exc
+        raise ConfigError(path, f"not valid YAML{where}: {problem}") from exc
+    except _Expanding as exc:
+        raise ConfigError(path, str(exc)) from exc
+    except RecursionError as exc:
+        raise ConfigError(path, "YAML nested too deeply") from exc
+
+
+class _Expanding(Exception):
+    """YAML aliases that would make more of a document than a configuration holds."""
+
+
+def _children(node: Any) -> list[Any]:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _expanded_size(top: Any) -> int:
+    """The nodes the document `top` makes once each alias stands for a copy of what it names; _Expanding past
+    MAX_NODES, or for an alias inside what it names."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(top, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            sizes[key] = min(MAX_NODES + 1, 1 + sum(sizes[id(child)] for child in _children(node)))
+            open_.discard(key)
+            if sizes[key] > MAX_NODES:
+                raise _Expanding(f"its YAML aliases expand it to more than {MAX_NODES:,} nodes")
+        elif key not in sizes:
+            if key in open_:
+                raise _Expanding("a YAML alias inside what it names (recursive aliases)")
+            open_.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(top)]
+
+
+@functools.cache
+def _loader() -> type:
+    """The safe loader (libyaml's where built in, which also caps nesting), sizing a document before making it."""
+    import yaml
+
+    base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[valid-type, misc]
+        """Refuses a document whose aliases would make it bigger than any configuration."""
+
+        def get_single_data(self) -> Any:
+            node = self.get_single_node()
+            if node is None:
+                return None
+            _expanded_size(node)
+            return self.construct_document(node)
+
+    return Loader
 
 
 def _env_value(text: str) -> Any:
@@ -59,8 +145,8 @@ def _env_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yaml.load(text, Loader=_loader())  # a safe loader, its aliases capped
+    except (yaml.YAMLError, _Expanding, RecursionError):
         return text
 
 
@@ -88,11 +174,26 @@ def _apply_environment(storage: dict[str, Any], env: Mapping[str, str]) -> dict[
     return storage
 
 
-def _text(params: Mapping[str, Any], key: str) -> str | None:
+def _text(params: Mapping[str, Any], key: str, driver: str = "s3") -> str | None:
+    """The string `params[key]` (an integer stands for its digits), None when absent or empty; UsageError for a list,
+    a mapping or any other YAML value that no string is, and for a NUL, which no path or name holds."""
     value = params.get(key)
     if value is None or value == "":
         return None
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise UsageError(f"storage.{driver}.{key} is {_what(value)}, not a string")
+    text = str(value)
+    if "\0" in text:
+        raise UsageError(f"storage.{driver}.{key} holds a NUL character")
+    return text
+
+
+def _what(value: object) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a YAML {type(value).__name__}"
 
 
 def _flag(params: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -123,6 +224,8 @@ def _s3(params: Mapping[str, Any]) -> S3Storage:
         # The driver falls back to the standard AWS chain unless it is given both.
         access_key = secret_key = None
     root = (_text(params, "rootdirectory") or "").strip("/")
+    if len(f"{root}/docker/registry/v2/".encode()) >= MAX_S3_KEY:
+        raise UsageError(f"storage.s3.rootdirectory is longer than an S3 key can be ({MAX_S3_KEY} bytes)")
     return S3Storage(
         S3Location(bucket, root),
         S3Settings(
@@ -138,7 +241,7 @@ def _s3(params: Mapping[str, Any]) -> S3Storage:
 def read_registry_config(path: Path, env: Mapping[str, str] | None = None) -> StorageConfig:
     """Where the registry configured by `path` keeps its storage; UsageError for what it cannot be audited on."""
     env = os.environ if env is None else env
-    doc = _load(path)
+    doc = read_document(path)
     if not isinstance(doc, dict):
         raise UsageError(f"registry configuration {path} is not a YAML mapping")
     storage = doc.get("storage") or {}
@@ -155,7 +258,7 @@ def read_registry_config(path: Path, env: Mapping[str, str] | None = None) -> St
     if not isinstance(params, dict):
         raise UsageError(f"registry configuration {path}: storage.{driver} is not a mapping")
     if driver == "filesystem":
-        return FilesystemStorage(Path(_text(params, "rootdirectory") or FILESYSTEM_DEFAULT_ROOT))
+        return FilesystemStorage(Path(_text(params, "rootdirectory", driver) or FILESYSTEM_DEFAULT_ROOT))
     if driver == "s3":
         return _s3(params)
     raise UsageError(f"storage driver {driver!r} is not supported: storage-audit reads the filesystem and s3 drivers")

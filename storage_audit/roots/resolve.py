@@ -1,8 +1,9 @@
-"""Resolve the ROOT argument to a storage tree (a directory, an S3 bucket, a registry configuration) or a snapshot."""
+"""Resolve ROOT once, into what it designates: a local tree, a bucket or a snapshot (from a path, a URL or a config)."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,15 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage_audit.core.errors import UsageError
-from storage_audit.inventory.schema import METADATA_FILE
+from storage_audit.inventory.schema import METADATA_FILE, PART_PATTERN, SCHEMA
+from storage_audit.storage.base import LocalStorage
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from storage_audit.inventory.tables import Inventory
-    from storage_audit.scan.run import ScanOptions
-    from storage_audit.storage.base import Storage
     from storage_audit.storage.bucket import S3Location, S3Settings
+    from storage_audit.storage.s3 import S3Storage
 
 V2_BELOW_ROOT = Path("docker/registry/v2")
 
@@ -37,23 +35,42 @@ class RemoteOptions:
 
 
 @dataclass(frozen=True)
-class Source:
-    """Where an inventory comes from: a `v2` tree to scan (on disk, or `storage`), or a snapshot directory."""
+class LocalTree:
+    """A `v2` directory on disk, to scan: with worker processes where the tree is big enough."""
 
-    path: Path
-    snapshot: bool
-    storage: Storage | None = None
+    storage: LocalStorage
 
     @property
     def location(self) -> str:
-        """The tree or snapshot, for messages: a directory, or an s3:// URL."""
-        return self.storage.location if self.storage is not None else str(self.path)
+        return self.storage.location
 
-    def tree(self) -> Storage:
-        """The storage tree to scan."""
-        from storage_audit.storage.base import LocalStorage
 
-        return self.storage if self.storage is not None else LocalStorage(self.path)
+@dataclass(frozen=True)
+class Bucket:
+    """A `v2` tree under a prefix of an S3 bucket, to scan from its listing."""
+
+    storage: S3Storage
+
+    @property
+    def location(self) -> str:
+        return self.storage.location
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A whole snapshot directory written by `scan -o`, to read."""
+
+    path: Path
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+
+Tree = LocalTree | Bucket
+"""A storage tree: what can be scanned, and where a plan applies."""
+Root = LocalTree | Bucket | Snapshot
+"""What ROOT designates, resolved once: each command matches on it, and never looks at ROOT's text again."""
 
 
 def _reason(exc: OSError) -> str:
@@ -62,14 +79,46 @@ def _reason(exc: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _is(path: Path, test: Callable[[int], bool]) -> bool:
+def _is(path: Path, test: Callable[[int], bool], follow: bool = True) -> bool:
     try:
-        return test(os.stat(path).st_mode)
+        return test(os.stat(path, follow_symlinks=follow).st_mode)
     except OSError:
         return False
 
 
-def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Source:
+def _shown(text: str, limit: int = 200) -> str:
+    """A path as a message shows it: cut short when it is longer than any a person types."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+SNAPSHOT_ONLY = (frozenset(SCHEMA) - {"repositories", "blobs"}) | {f"{name}.parquet" for name in SCHEMA}
+"""Tables of a snapshot that no `v2` tree has a directory for, and the files of format 1."""
+
+
+def _snapshot_tables(path: Path, names: set[str]) -> str | None:
+    """What in directory `path` (holding `names`) only a snapshot writes, when something does: a snapshot's
+    table directory, a table file or a report view, or a part of its blobs or repositories."""
+    for name in sorted(names):
+        if name in SNAPSHOT_ONLY or (name.startswith("report-") and name.endswith(".parquet")):
+            return name
+    for name in ("blobs", "repositories"):
+        parts = (
+            sorted(part for part in _listing(path / name) if re.fullmatch(PART_PATTERN, part)) if name in names else []
+        )
+        if parts:
+            return f"{name}/{parts[0]}"
+    return None
+
+
+def _listing(path: Path) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return [entry.name for entry in entries]
+    except OSError:
+        return []
+
+
+def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
     """Find the tree or snapshot that `root` designates; raises RootError, or UsageError for a bad URL or config.
 
     `root` is an `s3://BUCKET[/ROOTDIRECTORY]` URL, the registry's configuration
@@ -88,8 +137,10 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Source:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise RootError(f"{root}: {_reason(exc)}") from exc
-    if stat.S_ISREG(mode) and _is_yaml_mapping(path):
+        raise RootError(f"{_shown(text)}: {_reason(exc)}") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise RootError(f"{_shown(text)}: not a path: {exc}") from exc
+    if stat.S_ISREG(mode):
         return _configured(path, remote)
     if not stat.S_ISDIR(mode):
         raise RootError(f"{root}: not a directory, nor a registry configuration file")
@@ -98,46 +149,60 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Source:
             names = {entry.name for entry in entries}
     except OSError as exc:
         raise RootError(f"{root}: cannot read: {_reason(exc)}") from exc
-    if METADATA_FILE in names and _is(path / METADATA_FILE, stat.S_ISREG):
-        return Source(path.resolve(), snapshot=True)
+    if METADATA_FILE in names:
+        # The metadata is written last and marks a whole snapshot: it is that file, or this is no whole snapshot.
+        if not _is(path / METADATA_FILE, stat.S_ISREG, follow=False):
+            raise RootError(f"{root}: an incomplete snapshot: its {METADATA_FILE} is not a regular file")
+        return Snapshot(path.resolve())
     if V2_BELOW_ROOT.parts[0] in names and _is(path / V2_BELOW_ROOT, stat.S_ISDIR):
-        return Source((path / V2_BELOW_ROOT).resolve(), snapshot=False)
+        return _local((path / V2_BELOW_ROOT).resolve())
+    begun = _snapshot_tables(path, names)
+    if begun:
+        raise RootError(
+            f"{root}: an incomplete snapshot: it holds {begun} but no {METADATA_FILE}, which `scan -o` writes last; "
+            "the scan that wrote it did not finish"
+        )
     if path.resolve().name == "v2" or any(
         name in names and _is(path / name, stat.S_ISDIR) for name in ("repositories", "blobs")
     ):
-        return Source(path.resolve(), snapshot=False)
+        return _local(path.resolve())
     raise RootError(
         f"{root}: not a registry root (no {V2_BELOW_ROOT}), not a v2 directory, "
         f"and not a snapshot written by `storage-audit scan -o`"
     )
 
 
-def _is_yaml_mapping(path: Path) -> bool:
-    """Whether the file `path` could be a registry configuration: YAML text whose top is a mapping."""
-    import yaml
+def _local(v2: Path) -> LocalTree:
+    return LocalTree(LocalStorage(v2))
+
+
+def _configured(path: Path, remote: RemoteOptions | None) -> Tree:
+    """The storage the registry configuration file `path` names."""
+    from storage_audit.roots.config import ConfigError, FilesystemStorage, read_document, read_registry_config
 
     try:
-        return isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-
-
-def _configured(path: Path, remote: RemoteOptions | None) -> Source:
-    """The storage the registry configuration file `path` names."""
-    from storage_audit.roots.config import FilesystemStorage, read_registry_config
-
+        is_config = isinstance(read_document(path), dict)
+    except ConfigError as exc:
+        raise RootError(f"{path}: not a directory, nor a registry configuration file: {exc.reason}") from exc
+    if not is_config:
+        raise RootError(f"{path}: not a directory, nor a registry configuration file")
     config = read_registry_config(path)
     if isinstance(config, FilesystemStorage):
-        if config.root.is_file():
-            raise RootError(f"{path}: its filesystem rootdirectory {config.root} is not a directory")
-        source = resolve(config.root, remote)
-        if source.snapshot:
+        shown = _shown(str(config.root))
+        try:
+            mode = os.stat(config.root).st_mode
+        except OSError as exc:
+            raise RootError(f"{path}: its filesystem rootdirectory {shown}: {_reason(exc)}") from exc
+        if not stat.S_ISDIR(mode):
+            raise RootError(f"{path}: its filesystem rootdirectory {shown} is not a directory")
+        found = resolve(config.root, remote)
+        if isinstance(found, Snapshot):
             raise RootError(f"{path}: its filesystem rootdirectory {config.root} is a snapshot, not a registry root")
-        return source
+        return found
     return _bucket(config.location, config.settings, remote)
 
 
-def _bucket(location: S3Location, settings: S3Settings, remote: RemoteOptions | None) -> Source:
+def _bucket(location: S3Location, settings: S3Settings, remote: RemoteOptions | None) -> Bucket:
     from dataclasses import replace
 
     from storage_audit.storage.bucket import S3Bucket
@@ -147,39 +212,4 @@ def _bucket(location: S3Location, settings: S3Settings, remote: RemoteOptions | 
     if remote.max_requests_per_second is not None:
         settings = replace(settings, max_requests_per_second=remote.max_requests_per_second)
     cache = ManifestCache(remote.cache_dir or default_cache_dir()) if remote.cache else None
-    return Source(Path(), snapshot=False, storage=S3Storage(S3Bucket(location, settings), cache))
-
-
-def load(source: Source, options: ScanOptions | None = None) -> Inventory:
-    """The inventory of `source`: read from the snapshot, or scanned now."""
-    if source.snapshot:
-        from storage_audit.inventory.tables import read_snapshot
-
-        try:
-            return read_snapshot(source.path)
-        except ValueError as exc:
-            raise RootError(f"{source.path}: {exc}") from exc
-    from storage_audit.scan.run import scan
-
-    # The tree was found already: an unreadable v2 is the scan's finding, not a ROOT to resolve again.
-    return scan(source.tree(), options)
-
-
-def snapshot_findings(source: Source) -> pd.DataFrame:
-    """The kind and path of each finding a snapshot holds: what a report cut from its stored views rests on.
-
-    None are known of a snapshot stripped down to its views (their figures then stand as they were stored).
-    """
-    import pandas as pd
-
-    from storage_audit.inventory.tables import read_metadata, table_files
-
-    try:
-        paths = table_files(source.path, read_metadata(source.path))["findings"]
-        if not all(path.exists() for path in paths):
-            return pd.DataFrame({"kind": pd.Series(dtype="string"), "path": pd.Series(dtype="string")})
-        return pd.concat(
-            [pd.read_parquet(path, engine="pyarrow", columns=["kind", "path"]) for path in paths], ignore_index=True
-        )
-    except Exception as exc:  # ValueError, OSError, or pyarrow's own error types for corrupt files
-        raise RootError(f"{source.path}: unreadable snapshot: {exc}") from exc
+    return Bucket(S3Storage(S3Bucket(location, settings), cache))

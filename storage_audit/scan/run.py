@@ -21,15 +21,13 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from storage_audit.core.errors import UsageError
 from storage_audit.core.findings import Finding
 from storage_audit.core.memory import release, steady_allocator
 from storage_audit.core.paths import BlobPrefix, InvalidPath, path_for
 from storage_audit.inventory.schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
-from storage_audit.roots.resolve import RootError, resolve
 from storage_audit.scan.rows import SENT_AS_TEXT, Packed
 from storage_audit.scan.walk import TABLES, Columns, Totals, Walker, read_manifest_units, walk_units
-from storage_audit.storage.base import AccessError, LocalStorage, Storage
+from storage_audit.storage.base import AccessError, ProcessModel, Storage
 
 PARALLEL_MIN_BLOBS = 5000
 """Below this many blobs (estimated) starting worker processes costs more than it saves."""
@@ -167,8 +165,8 @@ def _start_worker() -> None:
 
 
 def _workers(options: ScanOptions, storage: Storage, prefixes: list[tuple[str, str]]) -> int:
-    if not isinstance(storage, LocalStorage):
-        return 1  # a remote tree is read in bulk up front, then walked in memory: nothing to share out
+    if storage.process_model is not ProcessModel.WORKERS:
+        return 1
     if options.workers > 0:
         return options.workers
     if _estimated_blobs(storage, prefixes) < PARALLEL_MIN_BLOBS:
@@ -384,8 +382,8 @@ def _read(
     """
     options = options or ScanOptions()
     loader = None
-    if meanwhile is not None and not isinstance(storage, LocalStorage):
-        # A remote tree is read in this one process, which mostly waits on the network meanwhile;
+    if meanwhile is not None and storage.process_model is ProcessModel.THREADS:
+        # The tree is read in this one process, which mostly waits on the network meanwhile;
         # no worker is forked from it, so a thread is safe here.
         loader = threading.Thread(target=meanwhile, name="meanwhile", daemon=True)
         loader.start()
@@ -444,26 +442,9 @@ def _walk_with(
     return sink, findings
 
 
-def storage_of(root: Path | str | Storage) -> Storage:
-    """The storage tree ROOT designates, found as the command line finds it; raises UsageError.
-
-    ROOT is a registry root (holding docker/registry/v2), its `v2` directory, an
-    `s3://BUCKET[/ROOTDIRECTORY]` URL or the registry's configuration file; a snapshot is no tree to scan.
-    """
-    if isinstance(root, Storage):
-        return root
-    try:
-        source = resolve(root)
-    except RootError as exc:
-        raise UsageError(str(exc)) from exc
-    if source.snapshot:
-        raise UsageError(f"{root}: a snapshot written by `storage-audit scan -o`, not a storage tree to scan")
-    return source.tree()
-
-
-def tally(v2: Path | str | Storage, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
-    """Read the tree of ROOT `v2` only to count and sum it: neither pyarrow nor pandas is loaded."""
-    sink, findings = _read(storage_of(v2), options, _Tally, meanwhile=None)
+def tally(storage: Storage, options: ScanOptions | None = None) -> tuple[Totals, list[Finding]]:
+    """Read the tree only to count and sum it: neither pyarrow nor pandas is loaded."""
+    sink, findings = _read(storage, options, _Tally, meanwhile=None)
     return sink.totals, findings
 
 
@@ -482,14 +463,12 @@ def _with_start_times(uploads: pa.Table) -> pa.Table:
     return uploads.set_column(uploads.schema.get_field_index("started_at"), "started_at", column)
 
 
-def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Inventory:
-    """Scan a registry's storage into an Inventory: `v2` is its root or its `v2` directory (see storage_of).
+def scan(storage: Storage, options: ScanOptions | None = None) -> Inventory:
+    """Scan a registry's storage tree into an Inventory.
 
     Rows come out in path order (directories are read sorted), so two scans of
     the same tree give identical frames whatever the number of workers.
-    Raises UsageError when `v2` designates no storage tree.
     """
-    storage = storage_of(v2)
     scanned_at = datetime.now(UTC)
     # The frames made at the end need pandas, which takes a CPU-second to import:
     # it loads while the workers read the tree, not before or after them.
@@ -501,7 +480,7 @@ def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Invent
     release()
     return inv_mod.Inventory(
         root=storage.location,
-        origin=getattr(storage, "origin", None) or {},
+        origin=storage.origin,
         scanned_at=scanned_at,
         findings=findings.sort_values(["path", "kind"], kind="stable", ignore_index=True),
         **frames,
@@ -532,16 +511,15 @@ class Streamed:
         )
 
 
-def scan_to_snapshot(v2: Path | str | Storage, directory: Path, options: ScanOptions | None = None) -> Streamed:
+def scan_to_snapshot(storage: Storage, directory: Path, options: ScanOptions | None = None) -> Streamed:
     """Scan as `scan` does, writing each table to `directory` in batches as the workers deliver them.
 
     Nothing grows with the tree here but the manifests to read and the findings. Finish the
     snapshot with inventory.finish_snapshot: until then it has no metadata.json, and is no snapshot.
-    Raises UsageError when `v2` designates no storage tree, OSError when the snapshot cannot be written.
+    Raises OSError when the snapshot cannot be written.
     """
-    storage = storage_of(v2)
     scanned_at = datetime.now(UTC)
     sink, found = _read(storage, options, lambda: _SnapshotTables(directory), meanwhile=_load_pandas)
     sink.finish(found)
     release()
-    return Streamed(sink.out, storage.location, getattr(storage, "origin", None) or {}, scanned_at)
+    return Streamed(sink.out, storage.location, storage.origin, scanned_at)

@@ -3,6 +3,9 @@
 Paths are relative to the `v2` directory, with `/` separators, as paths.py
 builds them ("" is `v2` itself). `LocalStorage` serves a directory on disk; an
 object-store backend answers the same calls from a listing of keys.
+
+`read_regular` and `open_regular` are the one way the rest of the tool reads a
+file on disk (a configuration, a snapshot's files), with the same care.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from storage_audit.core.errors import StorageError
 
@@ -33,6 +36,15 @@ class EntryKind(StrEnum):
     FILE = "file"
     SYMLINK = "symlink"
     OTHER = "other"
+
+
+class ProcessModel(StrEnum):
+    """How a scan may read a backend: shared out among worker processes, or in the command's own process."""
+
+    WORKERS = "workers"
+    """Reads that cost CPU: worth sharing out among worker processes, forked over the storage."""
+    THREADS = "threads"
+    """Reads that wait on the network: made in the command's own process, where other work runs in threads."""
 
 
 class Entry(NamedTuple):
@@ -157,6 +169,17 @@ class Storage(ABC):
 
     location: str
     """Where the tree is, for messages and plans: a directory, or a URL."""
+
+    @property
+    @abstractmethod
+    def origin(self) -> dict[str, str]:
+        """Where the tree is, as a snapshot's metadata records it (a directory's path; a bucket, prefix, region,
+        endpoint); never a credential."""
+
+    @property
+    @abstractmethod
+    def process_model(self) -> ProcessModel:
+        """Whether a scan may fork worker processes over this tree, or reads it in the command's own process."""
 
     @abstractmethod
     def list_dir(self, rel: str) -> list[Entry] | None:
@@ -489,6 +512,14 @@ class LocalStorage(Storage):
         self.v2 = str(v2)
         self.location = self.v2
 
+    @property
+    def origin(self) -> dict[str, str]:
+        return {"path": self.v2}
+
+    @property
+    def process_model(self) -> ProcessModel:
+        return ProcessModel.WORKERS
+
     def full(self, rel: str) -> str:
         return f"{self.v2}/{rel}" if rel else self.v2
 
@@ -572,6 +603,69 @@ class LocalStorage(Storage):
                 return
 
 
+# -- files the tool reads for itself ----------------------------------------------
+
+
+class TooLarge(AccessError):
+    """A file bigger than what it stands for can be (a registry configuration, a snapshot's metadata)."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        super().__init__(path, f"larger than {limit:,} bytes, more than such a file holds")
+
+
+def _open_regular(path: str) -> int:
+    """A descriptor of the regular file `path`: a symbolic link (as the last component) is refused, not followed, and
+    a FIFO or device is refused before anything is read from it."""
+    try:
+        fd = os.open(path, FILE_FLAGS)
+    except OSError as exc:
+        raise _access_error(path, exc) from exc
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The bytes of the regular file `path`, which may hold at most `limit` of them.
+
+    The one way the tool reads a file it was pointed at (a configuration, a snapshot's metadata):
+    never through a symbolic link, never blocking on a FIFO, never more than `limit + 1` bytes.
+    Raises AccessError: SymlinkRefused, NotRegular, TooLarge, or another reason (absent, denied).
+    """
+    name = str(path)
+    fd = _open_regular(name)
+    try:
+        if os.fstat(fd).st_size > limit:
+            raise TooLarge(name, limit)
+        data = _read_rest(fd, b"", limit + 1)  # one more byte tells a file that grew since its stat
+    except OSError as exc:
+        raise _access_error(name, exc) from exc
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise TooLarge(name, limit)
+    return data
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """The regular file `path` opened for reading as read_regular opens it, as a file object (pyarrow reads one).
+
+    Raises AccessError: SymlinkRefused, NotRegular, or another reason (absent, denied).
+    """
+    name = str(path)
+    fd = _open_regular(name)
+    try:
+        os.set_blocking(fd, True)  # a regular file: reads may block as they please
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _raise(exc: OSError) -> None:
     raise exc
 
@@ -604,10 +698,14 @@ __all__ = [
     "EntryKind",
     "LocalStorage",
     "NotRegular",
+    "ProcessModel",
     "Small",
     "Stat",
     "Storage",
     "SymlinkRefused",
+    "TooLarge",
     "is_inside",
     "join",
+    "open_regular",
+    "read_regular",
 ]

@@ -33,9 +33,11 @@ from storage_audit.storage.base import (
     Entry,
     EntryKind,
     NotRegular,
+    ProcessModel,
     Small,
     Stat,
     Storage,
+    read_regular,
 )
 from storage_audit.storage.bucket import MultipartUpload, ObjectInfo, S3Bucket, link_etag
 
@@ -73,8 +75,8 @@ class ManifestCache:
     def get(self, digest: str, info: ObjectInfo) -> bytes | None:
         """The cached content of blob `digest`, when it is exactly the object the listing shows."""
         try:
-            data = self._path(digest).read_bytes()
-        except OSError:
+            data = read_regular(self._path(digest), info.size)
+        except AccessError:
             return None
         algorithm, _, hexpart = digest.partition(":")
         if len(data) != info.size or hashlib.new(algorithm, data).hexdigest() != hexpart:
@@ -384,6 +386,11 @@ class S3Storage(Storage):
         if self.bucket.endpoint is not None:
             out["endpoint"] = self.bucket.endpoint
         return out
+
+    @property
+    def process_model(self) -> ProcessModel:
+        # Listed and read in bulk up front, then walked in memory: nothing to share out, and it cannot be pickled.
+        return ProcessModel.THREADS
 
     def __getstate__(self) -> None:
         raise TypeError("an S3 tree is walked in one process, from its listing")
