@@ -34,6 +34,16 @@ LIST_CHUNK = 1000
 """Keys a flat listing yields at a time. obstore pages internally and shows no page, so the counters count
 these chunks as LIST requests: exact where pages hold 1,000 keys (S3's maximum, AWS's default)."""
 
+# A hung endpoint must fail in about a minute, with obstore and botocore alike: a request that gets no byte for
+# READ_TIMEOUT seconds fails, and is tried again while the time since its first attempt is under RETRY_WINDOW
+# (obstore: 15 s, 30 s, then 45 s: it stops), or up to ATTEMPTS times in all (botocore: 45 s and its backoff).
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 15
+RETRY_WINDOW = 40
+ATTEMPTS = 3
+REQUEST_TIMEOUT = 120
+"""Seconds for the whole of one obstore request, body included (a hung one fails sooner, by READ_TIMEOUT)."""
+
 ShardPlan = Callable[[str], int]
 """How deep to split a top-level directory of `v2/` (by name) with delimiter listings before listing flat."""
 
@@ -477,7 +487,11 @@ class S3Bucket:
             from obstore.store import S3Store
 
             endpoint = self._resolved.endpoint
-            client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
+            client_options: dict[str, Any] = {
+                "connect_timeout": f"{CONNECT_TIMEOUT}s",
+                "read_timeout": f"{READ_TIMEOUT}s",
+                "timeout": f"{REQUEST_TIMEOUT}s",
+            }
             if endpoint is not None and endpoint.startswith("http://"):
                 # The user named a plain-HTTP endpoint (an S3-compatible server); obstore refuses it otherwise.
                 client_options["allow_http"] = True
@@ -488,7 +502,7 @@ class S3Bucket:
                 self.location.bucket,
                 config=config,  # type: ignore[arg-type]
                 client_options=client_options,  # type: ignore[arg-type]
-                retry_config={"max_retries": 8, "retry_timeout": timedelta(minutes=3)},
+                retry_config={"max_retries": 8, "retry_timeout": timedelta(seconds=RETRY_WINDOW)},
                 credential_provider=self._resolved.provider,
             )
         return self._store
@@ -739,7 +753,9 @@ class S3Bucket:
                 aws_session_token=token,
                 config=botocore.config.Config(
                     s3={"addressing_style": "path"} if self._resolved.endpoint else {},
-                    retries={"mode": "standard", "max_attempts": 8},
+                    retries={"mode": "standard", "total_max_attempts": ATTEMPTS},
+                    connect_timeout=CONNECT_TIMEOUT,
+                    read_timeout=READ_TIMEOUT,
                     max_pool_connections=self.settings.concurrency,
                 ),
             )
