@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
-from tests.s3_harness import SilentEndpoint
+from storage_audit.cli.app import app
+from tests.conftest import FIXTURES, unpack
+from tests.s3_harness import CuttingProxy, SeaweedS3, SilentEndpoint, is_list_request
+from tests.test_s3_commands import upload_tree
 
 REPO = Path(__file__).resolve().parents[1]
 Done = subprocess.CompletedProcess[str]
@@ -30,6 +38,37 @@ def command(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple
         stdin=subprocess.DEVNULL,
     )
     return done, time.monotonic() - started
+
+
+def run(server: SeaweedS3, args: list[str], endpoint: str | None = None) -> Result:
+    """The command line in this process, with the server's credentials, at its endpoint or at `endpoint`."""
+    env = server.environment()
+    if endpoint is not None:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return CliRunner().invoke(app, args, env=env)
+
+
+def findings(result: Result) -> set[tuple[str, str]]:
+    assert result.exit_code in (0, 3), (result.output, result.exception)
+    return {(f["kind"], f["path"]) for f in json.loads(result.stdout)}
+
+
+@dataclass(frozen=True)
+class Basic:
+    """The basic fixture's keys written into the bucket under `rootdirectory`, and the fixture unpacked on disk."""
+
+    url: str
+    rootdirectory: str
+    local: Path
+
+
+@pytest.fixture(scope="module")
+def basic(s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Basic]:
+    """The basic fixture in the bucket, once for this module; tests that change keys use their own rootdirectory."""
+    local = unpack(FIXTURES / "basic.tar.gz", tmp_path_factory.mktemp("basic"))
+    rootdirectory = "/failsafe/basic"
+    assert upload_tree(s3_server, rootdirectory, local) > 0
+    yield Basic(f"s3://{s3_server.bucket}{rootdirectory}", rootdirectory, local)
 
 
 def one_line_exit_2(done: Done) -> str:
@@ -62,3 +101,35 @@ def test_a_hung_endpoint_fails_within_a_minute() -> None:
     line = one_line_exit_2(done)
     assert "s3://registry/regroot" in line
     assert elapsed < 60, f"{elapsed:.0f}s"
+
+
+# --------------------------------------------------------------------------
+# A LIST response cut short
+
+
+def _flat_list(method: str, target: str) -> bool:
+    """A LIST of every key under a prefix (no delimiter): one shard's page."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    return is_list_request(method, target) and "delimiter" not in query
+
+
+def _uploads_list(method: str, target: str) -> bool:
+    """A ListMultipartUploads request (botocore's)."""
+    return method == "GET" and "uploads" in urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, True)
+
+
+@pytest.mark.parametrize(
+    ("which", "cuts"),
+    [(is_list_request, 1), (_flat_list, 1), (is_list_request, 3), (_uploads_list, 1)],
+    ids=["first-list", "first-shard-page", "three-lists", "multipart-uploads"],
+)
+def test_a_listing_cut_short_is_listed_again(
+    which: Callable[[str, str], bool], cuts: int, basic: Basic, s3_server: SeaweedS3
+) -> None:
+    """A LIST response whose connection closes in mid-body is sent again: the answer is the whole tree's."""
+    expected = run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"])
+    with CuttingProxy(s3_server.endpoint, cuts=cuts, which=which) as proxy:
+        result = run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"], endpoint=proxy.endpoint)
+        assert proxy.cut == cuts
+    assert result.exit_code == expected.exit_code, result.output
+    assert findings(result) == findings(expected) != set()

@@ -44,6 +44,9 @@ ATTEMPTS = 3
 REQUEST_TIMEOUT = 120
 """Seconds for the whole of one obstore request, body included (a hung one fails sooner, by READ_TIMEOUT)."""
 
+LIST_ATTEMPTS = 4
+"""Times a listing is sent when its response body is cut short each time."""
+
 ShardPlan = Callable[[str], int]
 """How deep to split a top-level directory of `v2/` (by name) with delimiter listings before listing flat."""
 
@@ -410,6 +413,11 @@ _XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
 
 
+def _cut_short(exc: BaseException) -> bool:
+    """Whether obstore's listing failed while reading a response's body: the request was answered, but not whole."""
+    return "list response body" in str(exc)
+
+
 def _describe(exc: BaseException) -> tuple[int | None, str | None, str]:
     """(HTTP status, S3 error code, a short explanation) of an obstore or botocore error."""
     response = getattr(exc, "response", None)
@@ -525,41 +533,61 @@ class S3Bucket:
 
     # Listing
 
+    async def _listed_again(self, prefix: str, listing: Callable[[], Awaitable[T]]) -> T:
+        """`listing()`, sent again when its response body was cut short, up to LIST_ATTEMPTS times in all.
+
+        obstore retries a request that fails, but not the reading of a listing's
+        body once the response has begun: a connection lost then would fail the
+        whole run. Keys a page gave before the cut are given again; a listing is a set.
+        """
+        attempt = 1
+        while True:
+            try:
+                return await listing()
+            except Exception as exc:
+                if not _cut_short(exc) or attempt == LIST_ATTEMPTS:
+                    raise self._error(f"listing {prefix!r} failed", exc) from exc
+            # Full jitter, as for deletes: many shards cut at once must not come back at once.
+            await asyncio.sleep(random.uniform(0, 0.25 * 2**attempt))
+            attempt += 1
+
     async def _list_flat(
         self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None
     ) -> list[tuple[str, ObjectInfo]]:
         """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives."""
+        return await self._listed_again(prefix, partial(self._list_pages, prefix, on_page))
+
+    async def _list_pages(
+        self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None
+    ) -> list[tuple[str, ObjectInfo]]:
         import obstore
 
         out: list[tuple[str, ObjectInfo]] = []
         stream = obstore.list(self.store, prefix.rstrip("/") or None, chunk_size=LIST_CHUNK)
-        try:
-            while True:
-                await self.limiter.wait()
-                try:
-                    chunk = await stream.__anext__()
-                except StopAsyncIteration:
-                    break
-                self.counters.add("list")
-                page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
-                out += page
-                if on_page is not None:
-                    on_page(page)
-        except Exception as exc:
-            raise self._error(f"listing {prefix!r} failed", exc) from exc
+        while True:
+            await self.limiter.wait()
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            self.counters.add("list")
+            page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
+            out += page
+            if on_page is not None:
+                on_page(page)
         if not out:
             self.counters.add("list")  # an empty listing is still one request
         return out
 
     async def _list_delimited(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
+        return await self._listed_again(prefix, partial(self._list_level, prefix))
+
+    async def _list_level(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
         import obstore
 
         await self.limiter.wait()
-        try:
-            result = await obstore.list_with_delimiter_async(self.store, prefix.rstrip("/") or None)
-        except Exception as exc:
-            raise self._error(f"listing {prefix!r} failed", exc) from exc
         self.counters.add("list")
+        result = await obstore.list_with_delimiter_async(self.store, prefix.rstrip("/") or None)
         objects = [
             (m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in result["objects"]
         ]
@@ -581,9 +609,10 @@ class S3Bucket:
         The shards are found with delimiter listings (`v2/`, `blobs/`,
         `blobs/<alg>/`, `repositories/`), so a key anywhere under the prefix,
         even one the layout does not define, lands in exactly one shard.
-        `on_keys(objects)` takes every key once, keyed by its path relative to
+        `on_keys(objects)` takes every key, keyed by its path relative to
         `v2`, a page at a time as the pages arrive, so that work on them can
-        start while the rest is still listed.
+        start while the rest is still listed (a shard listed again after a
+        cut gives its keys again).
         """
         objects: dict[str, ObjectInfo] = {}
         shards = 0
