@@ -10,14 +10,19 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from storage_audit.cli.app import app
+from storage_audit.scan.run import scan
+from storage_audit.storage.base import EntryKind
+from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
+from storage_audit.storage.s3 import S3Storage, _Index
 from tests.conftest import FIXTURES, unpack
-from tests.s3_harness import CuttingProxy, SeaweedS3, SilentEndpoint, is_list_request
+from tests.s3_harness import CuttingProxy, SeaweedS3, SilentEndpoint, is_list_request, raw_client, v2_prefix
 from tests.test_s3_commands import upload_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,3 +138,78 @@ def test_a_listing_cut_short_is_listed_again(
         assert proxy.cut == cuts
     assert result.exit_code == expected.exit_code, result.output
     assert findings(result) == findings(expected) != set()
+
+
+# --------------------------------------------------------------------------
+# Keys that obstore cannot name
+
+ODD_NAMES = {
+    "x\ty": b"top",
+    "blobs/e\x7f": b"a file among the algorithms",
+    "blobs/sha256/ab\n/x": b"not a blob prefix",
+    "repositories/a\nb/_layers/x": b"x",
+    "repositories/t\tab/x": b"x",
+    "repositories/c\x01/x": b"x",  # SeaweedFS lists it as `c\ufffd` unless asked to URL-encode keys
+    "repositories/d\x7f/x": b"x",
+    "repositories/team/app/_manifests/tags/ta\x01g/current/link": b"sha256:" + b"0" * 64,
+    "repositories/team/app/_uploads/up\rload/startedat": b"2026-11-28T16:16:37Z",
+}
+
+
+def test_keys_with_control_characters_are_findings_as_on_disk(
+    basic: Basic, s3_server: SeaweedS3, s3_root: str, tmp_path: Path
+) -> None:
+    """S3 allows any character in a key; obstore refuses ASCII control characters. Such keys, anywhere under the
+    prefix, are what the same names are on disk: stray files, or an upload whose `startedat` is read."""
+    local = unpack(FIXTURES / "basic.tar.gz", tmp_path / "local")
+    v2 = local / "docker" / "registry" / "v2"
+    upload_tree(s3_server, s3_root, local)
+    client = raw_client(s3_server)
+    for name, content in ODD_NAMES.items():
+        client.put_object(Bucket=s3_server.bucket, Key=v2_prefix(s3_root) + name, Body=content)
+        path = v2.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    url = f"s3://{s3_server.bucket}{s3_root}"
+    on_bucket = findings(run(s3_server, ["check", url, "-f", "json", "-q", "--no-cache"]))
+    on_disk = findings(run(s3_server, ["check", str(local), "-f", "json", "-q"]))
+    before_bucket = findings(run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"]))
+    before_disk = findings(run(s3_server, ["check", str(basic.local), "-f", "json", "-q"]))
+    added = on_disk - before_disk
+    assert on_bucket - before_bucket == added
+    assert {path for kind, path in added if kind == "stray-file"} == {
+        "x\ty",
+        "blobs/e\x7f",
+        "blobs/sha256/ab\n",
+        "repositories/a\nb",
+        "repositories/t\tab",
+        "repositories/c\x01",
+        "repositories/d\x7f",
+        "repositories/team/app/_manifests/tags/ta\x01g",
+    }
+    # The upload's `startedat` is read from its key, control character and all.
+    uploads = json.loads(run(s3_server, ["report", url, "--by", "upload", "-f", "json", "-q", "--no-cache"]).stdout)
+    started = {row["id"]: row["started_at"] for row in uploads}
+    assert started["up\rload"] == "2026-11-28T16:16:37.000000Z"
+
+
+def test_keys_no_directory_tree_can_hold_are_stray_files() -> None:
+    """`a//b`, and `.` or `..` segments: S3 allows them in keys, obstore refuses them, and no directory tree has a
+    place for them. SeaweedFS (a filer) does not store such keys, so the listing is given here as AWS would list it:
+    each is a stray file named by its whole path, found by the walk, never read, and no directory."""
+    when = datetime(2026, 11, 30, tzinfo=UTC)
+    odd = ["repositories/a//b", "repositories/./x", "repositories/y/..", "/lead", "blobs/sha256/ab//data", ".", "z/"]
+    files = {path: ObjectInfo(1, when, None) for path in odd}
+    files["repositories/team/_layers/sha256/ab/link"] = ObjectInfo(3, when, None)
+    index = _Index()
+    assert index.add(files) == []
+    assert index.odd == set(odd) and index.markers() == []
+    tree = index.tree()
+    assert tree.children[""] == {path: EntryKind.FILE for path in odd} | {"repositories": EntryKind.DIR}
+    assert tree.children["repositories"] == {"team": EntryKind.DIR}
+    assert not tree.links
+    storage = S3Storage(S3Bucket(S3Location("registry"), S3Settings(access_key="k", secret_key="s"), env={}))
+    storage._tree_ = tree  # the listing above; nothing is read from the bucket
+    inventory = scan(storage)
+    stray = inventory.findings[inventory.findings["kind"] == "stray-file"]
+    assert set(stray["path"]) >= set(odd)

@@ -332,6 +332,8 @@ class Listing:
     objects: dict[str, ObjectInfo]
     shards: int
     """Listings the keys were gathered from (delimiter listings that planned the shards included)."""
+    marker: bool = False
+    """Whether the prefix itself is a key, `…/docker/registry/v2/`: a console's folder (left out of `objects`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +413,35 @@ _MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NoSuchUpload"})
 _STATUS = re.compile(r"status code: (\d{3})")
 _XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def plain_key(key: str) -> bool:
+    """Whether obstore names `key` exactly: no empty, `.` or `..` segment (nor so a `/` at either end), no ASCII
+    control character. S3 allows all of these; obstore's paths refuse them, or drop a `/` at either end."""
+    return not _CONTROL.search(key) and all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+def _plain_prefix(prefix: str) -> bool:
+    return prefix.endswith("/") and plain_key(prefix[:-1])
+
+
+def _as_listed(key: str) -> str:
+    """A key as obstore lists it: without a trailing `/` (a console's folder marker `name/` lists as `name`)."""
+    return key[:-1] if key.endswith("/") else key
+
+
+class _NotPlain(Exception):
+    """obstore met a key it cannot name as it is, or lists it wrong: the listing is made again with botocore."""
+
+
+def _unplain(exc: BaseException) -> bool:
+    """Whether obstore's listing failed on the keys themselves: a key its paths refuse, or XML it cannot read."""
+    from obstore.exceptions import InvalidPathError
+
+    return isinstance(exc, InvalidPathError) or "invalid list response" in str(exc)
 
 
 def _cut_short(exc: BaseException) -> bool:
@@ -539,12 +570,17 @@ class S3Bucket:
         obstore retries a request that fails, but not the reading of a listing's
         body once the response has begun: a connection lost then would fail the
         whole run. Keys a page gave before the cut are given again; a listing is a set.
+        Raises _NotPlain where obstore cannot list the keys as they are.
         """
         attempt = 1
         while True:
             try:
                 return await listing()
+            except _NotPlain:
+                raise
             except Exception as exc:
+                if _unplain(exc):
+                    raise _NotPlain(prefix) from exc
                 if not _cut_short(exc) or attempt == LIST_ATTEMPTS:
                     raise self._error(f"listing {prefix!r} failed", exc) from exc
             # Full jitter, as for deletes: many shards cut at once must not come back at once.
@@ -554,8 +590,19 @@ class S3Bucket:
     async def _list_flat(
         self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None
     ) -> list[tuple[str, ObjectInfo]]:
-        """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives."""
-        return await self._listed_again(prefix, partial(self._list_pages, prefix, on_page))
+        """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives.
+
+        obstore lists it, unless the prefix or a key under it is one obstore
+        cannot name (see `plain_key`): one such key would fail every listing
+        of the bucket. botocore then lists that prefix again, each key exact.
+        """
+        if _plain_prefix(prefix):
+            try:
+                return await self._listed_again(prefix, partial(self._list_pages, prefix, on_page))
+            except _NotPlain:
+                pass
+        objects, _ = await self._list_exact(prefix, on_page)
+        return objects
 
     async def _list_pages(
         self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None
@@ -572,6 +619,10 @@ class S3Bucket:
                 break
             self.counters.add("list")
             page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
+            if any("\ufffd" in key for key, _ in page):
+                # A character XML 1.0 cannot carry (most control characters) comes as U+FFFD from servers that
+                # do not escape it (Go's XML encoder, SeaweedFS's, MinIO's): the key would be another's.
+                raise _NotPlain(prefix)
             out += page
             if on_page is not None:
                 on_page(page)
@@ -580,7 +631,13 @@ class S3Bucket:
         return out
 
     async def _list_delimited(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
-        return await self._listed_again(prefix, partial(self._list_level, prefix))
+        """The keys right under `prefix`, and the prefixes one level down (each ending in `/`)."""
+        if _plain_prefix(prefix):
+            try:
+                return await self._listed_again(prefix, partial(self._list_level, prefix))
+            except _NotPlain:
+                pass
+        return await self._list_exact(prefix, delimiter=True)
 
     async def _list_level(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
         import obstore
@@ -591,8 +648,47 @@ class S3Bucket:
         objects = [
             (m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in result["objects"]
         ]
+        if any("\ufffd" in key for key, _ in objects) or any("\ufffd" in p for p in result["common_prefixes"]):
+            raise _NotPlain(prefix)
         prefixes = [p.rstrip("/") + "/" for p in result["common_prefixes"]]
         return objects, prefixes
+
+    async def _list_exact(
+        self,
+        prefix: str,
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None,
+        *,
+        delimiter: bool = False,
+    ) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
+        """The keys under `prefix` as botocore's ListObjectsV2 gives them, exact, and the prefixes a level down.
+
+        botocore asks for URL-encoded keys and decodes them, so that no
+        character is lost to XML; a key's trailing `/` is dropped, as obstore
+        drops it, so that both listings name a key alike.
+        """
+        out: list[tuple[str, ObjectInfo]] = []
+        prefixes: list[str] = []
+        params: dict[str, Any] = {"Bucket": self.location.bucket, "Prefix": prefix}
+        if delimiter:
+            params["Delimiter"] = "/"
+        while True:
+            page = await asyncio.to_thread(self._call, "list", "list_objects_v2", **params)
+            found = [
+                (
+                    _as_listed(entry["Key"]),
+                    ObjectInfo(int(entry["Size"]), entry["LastModified"], clean_etag(entry.get("ETag"))),
+                )
+                for entry in page.get("Contents", [])
+            ]
+            prefixes += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
+            out += found
+            if on_page is not None and found:
+                on_page(found)
+            if not page.get("IsTruncated"):
+                return out, prefixes
+            if not page.get("NextContinuationToken"):
+                raise S3Error(f"listing {prefix!r} in {self.location}: a page said more follow, but not where")
+            params["ContinuationToken"] = page["NextContinuationToken"]
 
     async def list_keys_async(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
         """Every key under `prefix` (a whole key prefix, segment-wise), with one flat listing."""
@@ -616,8 +712,10 @@ class S3Bucket:
         """
         objects: dict[str, ObjectInfo] = {}
         shards = 0
+        marker = False
         semaphore = asyncio.Semaphore(self.settings.concurrency)
         relative = self.location.relative
+        top = self.location.prefix.removesuffix("/")
 
         def keep(found: list[tuple[str, ObjectInfo]]) -> None:
             batch = {relative(key): info for key, info in found}
@@ -627,13 +725,17 @@ class S3Bucket:
 
         async def expand(prefix: str, depth: int) -> None:
             """List `prefix` flat, or split it `depth` more delimiter levels into concurrent listings."""
-            nonlocal shards
+            nonlocal shards, marker
             async with semaphore:
                 shards += 1
                 if depth == 0:
                     await self._list_flat(prefix, keep)
                     return
                 found, prefixes = await self._list_delimited(prefix)
+            if prefix == self.location.prefix:
+                # A console's folder `v2/` lists as the prefix itself, which holds no tree of its own.
+                marker = any(key == top for key, _ in found)
+                found = [(key, info) for key, info in found if key != top]
             keep(found)
             if prefix == self.location.prefix:
                 depths = [plan(relative(p).strip("/")) for p in prefixes]
@@ -642,7 +744,7 @@ class S3Bucket:
             await asyncio.gather(*(expand(p, d) for p, d in zip(prefixes, depths, strict=True)))
 
         await expand(self.location.prefix, 1)
-        return Listing(objects, shards)
+        return Listing(objects, shards, marker)
 
     def list_all(self, plan: ShardPlan = shard_plan) -> Listing:
         return self.run(self.list_all_async(plan))
@@ -654,9 +756,14 @@ class S3Bucket:
         import obstore
         from obstore.exceptions import NotFoundError
 
-        await self.limiter.wait()
         try:
             key = self.location.key(path)
+        except ValueError as exc:
+            raise self._error(f"reading {path!r} failed", exc) from exc
+        if not plain_key(key):
+            return await asyncio.to_thread(self._get_exact, path, key, length)
+        await self.limiter.wait()
+        try:
             if length is None:
                 result = await obstore.get_async(self.store, key)
                 data = bytes(await result.bytes_async())
@@ -670,6 +777,23 @@ class S3Bucket:
         except Exception as exc:
             raise self._error(f"reading {path!r} failed", exc) from exc
         self.counters.add("get", received=len(data))
+        return data
+
+    def _get_exact(self, path: str, key: str, length: int | None) -> bytes | None:
+        """`get_async` with botocore, for a key obstore cannot name (see `plain_key`)."""
+        params: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
+        if length is not None:
+            params["Range"] = f"bytes=0-{length - 1}"
+        self.limiter.wait_blocking()
+        self.counters.add("get")
+        try:
+            data = bytes(self._uploads().get_object(**params)["Body"].read())
+        except Exception as exc:
+            status, code, _ = _describe(exc)
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return None
+            raise self._error(f"reading {path!r} failed", exc) from exc
+        self.counters.add("get", 0, received=len(data))
         return data
 
     def get(self, path: str) -> bytes | None:
@@ -761,9 +885,10 @@ class S3Bucket:
     # Multipart uploads (obstore has no call for them; see `_uploads`)
 
     def _uploads(self) -> Any:
-        """A botocore S3 client for ListMultipartUploads and ListParts, which obstore does not offer.
+        """A botocore S3 client for ListMultipartUploads and ListParts, which obstore does not offer, and for the
+        keys obstore cannot name (see `plain_key`).
 
-        botocore is the AWS SDK's own request layer: it signs these two calls,
+        botocore is the AWS SDK's own request layer: it signs these calls,
         parses their XML and pages them, with the same endpoint, region and
         credentials as the obstore store.
         """

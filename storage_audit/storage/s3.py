@@ -166,6 +166,14 @@ class _Tree:
     ns: _Nanoseconds
 
 
+_ODD_NAMES = frozenset({"", ".", ".."})
+
+
+def _odd(path: str) -> bool:
+    """Whether `path` has an empty, `.` or `..` segment: S3 allows them in a key; a directory tree cannot hold them."""
+    return any(part in _ODD_NAMES for part in path.split("/"))
+
+
 _LINKS = (LayerLink, RevisionLink, TagCurrentLink, TagIndexLink)
 _LAYOUT_FILES = (BlobData, *_LINKS, UploadData, UploadStartedAt)
 
@@ -184,6 +192,8 @@ class _Index:
         """Every digest the keys name: blob data, and the digest component of every link."""
         self.links: list[str] = []
         self.blobs: dict[str, str] = {}
+        self.odd: set[str] = set()
+        """Keys with an empty, `.` or `..` segment (S3 allows them): see `_add_odd`."""
 
     def add(self, objects: dict[str, ObjectInfo]) -> list[str]:
         """Take in `objects`; the blob data paths of the manifests that their revision links name."""
@@ -197,6 +207,9 @@ class _Index:
             parent, _, name = path.rpartition("/")
             entries = children.get(parent)
             if entries is None:
+                if _odd(path):
+                    self._add_odd(path)
+                    continue
                 entries = children[parent] = {}
                 # A new directory: each ancestor holds the next, up to the first one already known.
                 below = parent
@@ -208,6 +221,9 @@ class _Index:
                         break
                     children[above] = {dirname: _DIR}
                     below = above
+            elif name in _ODD_NAMES or (not parent and path[:1] == "/"):
+                self._add_odd(path)
+                continue
             entries.setdefault(name, _FILE)
             try:
                 spec = parse_path(path)
@@ -229,15 +245,24 @@ class _Index:
                 links.append(path)
         return manifests
 
+    def _add_odd(self, path: str) -> None:
+        """A key no directory tree can hold is a file of the top directory, named by its whole path.
+
+        The walk lists the top directory, so it is always found: a stray file
+        whose path is the key's own. It is never read, nor taken for a directory.
+        """
+        self.odd.add(path)
+        self.children[""][path] = _FILE
+
     def markers(self) -> list[str]:
         """Empty keys with nothing below them where the layout has no file: maybe folder markers (`name/`).
 
         Listings drop a key's trailing `/`, so only the bucket can tell such a
         marker from an empty object `name`.
         """
-        children, out = self.children, []
+        children, odd, out = self.children, self.odd, []
         for path, info in self.files.items():
-            if info.size == 0 and path not in children:
+            if info.size == 0 and path not in children and path not in odd:
                 try:
                     if isinstance(parse_path(path), _LAYOUT_FILES):
                         continue
@@ -672,7 +697,7 @@ class _EarlyManifests:
 
 
 def _is_started_at(path: str) -> bool:
-    return path.endswith("/startedat") and "/_uploads/" in path
+    return path.endswith("/startedat") and "/_uploads/" in path and not _odd(path)
 
 
 __all__ = ["ManifestCache", "RemoteStats", "S3Storage", "default_cache_dir", "mtime_ns"]
