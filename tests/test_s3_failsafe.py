@@ -29,20 +29,41 @@ REPO = Path(__file__).resolve().parents[1]
 Done = subprocess.CompletedProcess[str]
 
 
-def command(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[Done, float]:
-    """`storage-audit ARGS` in a child process with `env` laid over this one's (AWS settings left out); its time."""
+def _child_env(env: dict[str, str]) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
+    return base | env
+
+
+def command(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple[Done, float]:
+    """`storage-audit ARGS` in a child process with `env` laid over this one's (AWS settings left out); its time."""
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "storage_audit", *args],
-        env=base | env,
+        env=_child_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     return done, time.monotonic() - started
+
+
+def peak_memory(args: list[str], env: dict[str, str], scratch: Path) -> tuple[int, str, int]:
+    """(exit code, stdout, peak resident memory in bytes) of `storage-audit ARGS` in a child process of its own."""
+    out, err = scratch / "stdout", scratch / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "storage_audit", *args],
+            env=_child_env(env),
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+        )
+        # wait4 gives this child's own resource usage (RUSAGE_CHILDREN would take in every child ever waited for).
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, out.read_text(), usage.ru_maxrss * 1024
 
 
 def run(server: SeaweedS3, args: list[str], endpoint: str | None = None) -> Result:
@@ -213,3 +234,41 @@ def test_keys_no_directory_tree_can_hold_are_stray_files() -> None:
     inventory = scan(storage)
     stray = inventory.findings[inventory.findings["kind"] == "stray-file"]
     assert set(stray["path"]) >= set(odd)
+
+
+# --------------------------------------------------------------------------
+# Objects too large for what they should be
+
+
+def test_an_oversized_link_is_read_no_further_than_on_disk(
+    basic: Basic, s3_server: SeaweedS3, s3_root: str, tmp_path: Path
+) -> None:
+    """A link or `startedat` key holding hundreds of MB: only `limit + 1` bytes are read, as from a local file, and
+    the findings are those of the same files on disk."""
+    local = unpack(FIXTURES / "basic.tar.gz", tmp_path / "local")
+    v2 = local / "docker" / "registry" / "v2"
+    layers = v2 / "repositories" / "team" / "app" / "_layers" / "sha256"
+    link = sorted(layers.iterdir())[0] / "link"
+    (started,) = v2.glob("repositories/*/*/*/_uploads/*/startedat")
+    big = {link: 300 << 20, started: 100 << 20}
+    upload_tree(s3_server, s3_root, local)
+    client = raw_client(s3_server)
+    for path, size in big.items():
+        name = path.relative_to(v2).as_posix()
+        client.put_object(Bucket=s3_server.bucket, Key=v2_prefix(s3_root) + name, Body=bytes(size))
+        with path.open("r+b") as f:
+            f.truncate(size)  # the same zeros on disk
+    url = f"s3://{s3_server.bucket}{s3_root}"
+    env = s3_server.environment()
+    code, stdout, peak = peak_memory(["check", url, "-f", "json", "-q", "--no-cache"], env, tmp_path)
+    assert code in (0, 3), stdout
+    on_bucket = {(f["kind"], f["path"]) for f in json.loads(stdout)}
+    on_disk = findings(run(s3_server, ["check", str(local), "-f", "json", "-q"]))
+    before_bucket = findings(run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"]))
+    before_disk = findings(run(s3_server, ["check", str(basic.local), "-f", "json", "-q"]))
+    assert on_bucket - before_bucket == on_disk - before_disk
+    assert link.relative_to(v2).as_posix() in {path for _, path in on_bucket - before_bucket}
+    # What was read of the 400 MB: a few hundred bytes. The command itself takes about 220 MB, as on the same
+    # tree without them; reading either object whole would take at least 100 MB more.
+    _, _, usual = peak_memory(["check", basic.url, "-f", "json", "-q", "--no-cache"], env, tmp_path)
+    assert peak < usual + (50 << 20), f"peak resident memory {peak >> 20} MiB, {usual >> 20} MiB without the big keys"

@@ -40,6 +40,9 @@ from storage_audit.storage.base import (
 from storage_audit.storage.bucket import MultipartUpload, ObjectInfo, S3Bucket, link_etag
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+READ_AHEAD = 511
+"""The most of a link or `startedat` read ahead of the walk (a link holds 71-135 bytes, a `startedat` about 35):
+the walk's own limit for links. A bigger object is left to the walk, which reads `limit + 1` bytes of it."""
 _DIR, _FILE = EntryKind.DIR, EntryKind.FILE
 _BLOBS = path_for(Blobs()) + "/"
 
@@ -338,13 +341,13 @@ class _Directory(Directory, AbstractContextManager["_Directory"]):
 
     def read_each(self, names: Sequence[str], limit: int, stat: bool = True) -> list[Small | AccessError | None]:
         storage, below = self.storage, self.below
-        tree, known = storage.tree, storage._known
+        tree, known, cut = storage.tree, storage._known, storage._cut
         children, files, ns = tree.children, tree.files, tree.ns
         out: list[Small | AccessError | None] = []
         for name in names:
             path = f"{below}{name}"
             data = known.get(path)
-            if data is None or path in children:
+            if data is None or path in children or (cut and path in cut and len(data) <= limit):
                 try:
                     out.append(storage.read_small(path, limit, stat))
                 except AccessError as exc:
@@ -399,6 +402,8 @@ class S3Storage(Storage):
         self.location = str(bucket.location)
         self._tree_: _Tree | None = None
         self._known: dict[str, bytes] = {}
+        self._cut: set[str] = set()
+        """Paths whose `_known` bytes are only the first ones: enough to answer a read of fewer."""
         self.etag_resolved = 0
 
     @property
@@ -503,7 +508,7 @@ class S3Storage(Storage):
             raise NotRegular(rel)
         info = self.tree.files[rel]
         data = self._known.get(rel)
-        if data is None:
+        if data is None or (rel in self._cut and len(data) <= limit):
             self._fetch([rel], limit)
             data = self._known.get(rel)
             if data is None:
@@ -578,7 +583,11 @@ class S3Storage(Storage):
     def _fetch(self, paths: list[str], limit: int | None) -> None:
         """Read `paths` into `_known`: from the cache for manifest blobs, else by GETs run concurrently.
 
-        A blob bigger than a caller's `limit` is only read up to `limit + 1` bytes: that says it is too big.
+        Every GET is one safe read: a range of `limit + 1` bytes, which says
+        whether the object is bigger than `limit`, as a local file's read does.
+        Without a caller's `limit` (reading ahead of the walk), a manifest blob
+        is read up to MAX_MANIFEST_BYTES, anything else up to READ_AHEAD, and
+        an object bigger than that is left for the walk to read with its own limit.
         """
         files, blobs = self.tree.files, self.tree.blobs
         todo: list[tuple[str, str | None]] = []
@@ -588,6 +597,7 @@ class S3Storage(Storage):
                 cached = self.cache.get(digest, files[path])
                 if cached is not None:
                     self._known[path] = cached
+                    self._cut.discard(path)
                     continue
             todo.append((path, digest))
         if not todo:
@@ -595,12 +605,19 @@ class S3Storage(Storage):
         from storage_audit.core.manifest import MAX_MANIFEST_BYTES
 
         async def one(path: str, digest: str | None) -> None:
-            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else None
-            part = cap + 1 if cap is not None and files[path].size > cap else None
-            whole = part is None
-            data = await self.bucket.get_async(path, part)
+            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else READ_AHEAD
+            if limit is None and files[path].size > cap:
+                return
+            data = await self.bucket.get_async(path, cap + 1)
             if data is None:
                 return
+            whole = len(data) <= cap
+            if not whole:
+                if limit is None:
+                    return  # grown since the listing
+                self._cut.add(path)
+            else:
+                self._cut.discard(path)
             self._known[path] = data
             if digest is not None and whole and self.cache is not None:
                 self.cache.put(digest, data)
@@ -677,7 +694,7 @@ class _EarlyManifests:
         async with self.semaphore:
             try:
                 # A range one byte past the listed size reads the whole object in one call, and tells if it grew.
-                data = await storage.bucket.get_async(path, info.size + 1 if info.size else None)
+                data = await storage.bucket.get_async(path, info.size + 1)
             except StorageError:
                 return
         if data is None or len(data) > info.size:
