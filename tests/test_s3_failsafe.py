@@ -22,7 +22,17 @@ from storage_audit.storage.base import EntryKind
 from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import S3Storage, _Index
 from tests.conftest import FIXTURES, unpack
-from tests.s3_harness import CuttingProxy, SeaweedS3, SilentEndpoint, is_list_request, raw_client, v2_prefix
+from tests.s3_harness import (
+    CuttingProxy,
+    SeaweedS3,
+    SilentEndpoint,
+    is_list_request,
+    raw_client,
+    raw_keys,
+    s3_registry,
+    s3_storage_block,
+    v2_prefix,
+)
 from tests.test_s3_commands import upload_tree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,3 +282,57 @@ def test_an_oversized_link_is_read_no_further_than_on_disk(
     # tree without them; reading either object whole would take at least 100 MB more.
     _, _, usual = peak_memory(["check", basic.url, "-f", "json", "-q", "--no-cache"], env, tmp_path)
     assert peak < usual + (50 << 20), f"peak resident memory {peak >> 20} MiB, {usual >> 20} MiB without the big keys"
+
+
+# --------------------------------------------------------------------------
+# A prefix with no registry under it
+
+
+def _result_one_line_exit_2(result: Result) -> str:
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("storage-audit: error: "), result.stderr
+    return lines[0]
+
+
+def test_a_prefix_with_no_key_is_no_registry(basic: Basic, s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """`s3://registry/typo` holds no key: refused, where it used to be an empty registry (0 repositories, a clean
+    check, and every repository of a snapshot "gone"), all with exit 0."""
+    typo = f"s3://{s3_server.bucket}/failsafe/typo"
+    snapshot = tmp_path / "snapshot"
+    assert run(s3_server, ["scan", basic.url, "-o", str(snapshot), "--no-cache"]).exit_code == 0
+    for args in (["report", typo], ["check", typo], ["scan", typo], ["diff", str(snapshot), typo]):
+        line = _result_one_line_exit_2(run(s3_server, [*args, "--no-cache"]))
+        assert line.startswith(f"storage-audit: error: no registry under {typo}"), line
+    # The registry's configuration file, with its rootdirectory mistyped, names the same nothing.
+    config = tmp_path / "config.yml"
+    config.write_text("version: 0.1\nstorage:\n" + "\n".join(s3_storage_block(s3_server, "/failsafe/typo")) + "\n")
+    line = _result_one_line_exit_2(CliRunner().invoke(app, ["report", str(config), "--no-cache"], env={}))
+    assert line.startswith(f"storage-audit: error: no registry under {typo}"), line
+
+
+def test_a_registry_nothing_was_pushed_to_leaves_no_key(s3_server: SeaweedS3, s3_root: str) -> None:
+    """The registry writes nothing into the bucket until the first push: started, asked for its catalog, and
+    stopped, it leaves no key under its prefix, so nothing tells it from a mistyped prefix. It is refused too."""
+    with s3_registry(s3_server, s3_root) as registry:
+        assert registry.request("GET", "/v2/").status == 200
+        assert registry.catalog() == []
+    assert raw_keys(s3_server, v2_prefix(s3_root)) == {}
+    url = f"s3://{s3_server.bucket}{s3_root}"
+    line = _result_one_line_exit_2(run(s3_server, ["report", url, "--no-cache"]))
+    assert line.startswith(f"storage-audit: error: no registry under {url}"), line
+
+
+def test_an_empty_v2_folder_is_an_empty_registry(s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
+    """A console's folder `…/docker/registry/v2/` alone is what an empty `v2` directory is on disk: a registry with
+    nothing in it, not a mistyped prefix."""
+    raw_client(s3_server).put_object(Bucket=s3_server.bucket, Key=v2_prefix(s3_root), Body=b"")
+    url = f"s3://{s3_server.bucket}{s3_root}"
+    empty = tmp_path / "empty"
+    (empty / "docker" / "registry" / "v2").mkdir(parents=True)
+    result = run(s3_server, ["report", url, "-f", "json", "-q", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary == json.loads(run(s3_server, ["report", str(empty), "-f", "json", "-q"]).stdout)
+    assert summary["repositories"] == 0
+    assert findings(run(s3_server, ["check", url, "-f", "json", "-q", "--no-cache"])) == set()

@@ -37,7 +37,7 @@ from storage_audit.storage.base import (
     Stat,
     Storage,
 )
-from storage_audit.storage.bucket import MultipartUpload, ObjectInfo, S3Bucket, link_etag
+from storage_audit.storage.bucket import Listing, MultipartUpload, ObjectInfo, S3Bucket, S3NotFound, link_etag
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 READ_AHEAD = 511
@@ -429,7 +429,7 @@ class S3Storage(Storage):
     def _load(self) -> _Tree:
         index = _Index()
 
-        async def both() -> tuple[dict[str, ObjectInfo], list[MultipartUpload]]:
+        async def both() -> tuple[Listing, list[MultipartUpload]]:
             early = _EarlyManifests(self, index)
             try:
                 listing, uploads = await asyncio.gather(
@@ -439,9 +439,17 @@ class S3Storage(Storage):
                 early.cancel()
                 raise
             await early.finish()
-            return listing.objects, uploads
+            return listing, uploads
 
-        objects, uploads = self.bucket.run(both())
+        listing, uploads = self.bucket.run(both())
+        if not listing.objects and not uploads and not listing.marker:
+            # A bucket has no directories: a registry that was never written to and a mistyped prefix are the same
+            # nothing, and an answer about nothing (no repositories, every one of a snapshot gone) would look sound.
+            raise S3NotFound(
+                f"no registry under {self.location}: no key under {self.bucket.location.prefix} "
+                "(a mistyped prefix or rootdirectory, or a registry nothing was ever pushed to)"
+            )
+        objects = listing.objects
         # Links whose ETag is the MD5 of a digest the listing names hold exactly that digest: no GET.
         by_etag = {link_etag(d): d for d in index.named}
         for path in index.links:
