@@ -336,3 +336,53 @@ def test_an_empty_v2_folder_is_an_empty_registry(s3_server: SeaweedS3, s3_root: 
     assert summary == json.loads(run(s3_server, ["report", str(empty), "-f", "json", "-q"]).stdout)
     assert summary["repositories"] == 0
     assert findings(run(s3_server, ["check", url, "-f", "json", "-q", "--no-cache"])) == set()
+
+
+# --------------------------------------------------------------------------
+# Credentials written into the endpoint URL
+
+USER, PASSWORD = "alice", "hunter2-in-the-url"
+
+
+def test_credentials_in_the_endpoint_are_never_shown_nor_stored(
+    basic: Basic, s3_server: SeaweedS3, tmp_path: Path
+) -> None:
+    """`AWS_ENDPOINT_URL=http://user:secret@host`: the requests still go there, but the endpoint every output shows
+    or stores (snapshot metadata, plans, errors, summaries) is `http://host`."""
+    with_userinfo = s3_server.endpoint.replace("http://", f"http://{USER}:{PASSWORD}@")
+    scan = run(s3_server, ["scan", basic.url, "-o", str(tmp_path / "snapshot"), "--no-cache"], endpoint=with_userinfo)
+    assert scan.exit_code == 0, scan.output
+    meta = json.loads((tmp_path / "snapshot" / "metadata.json").read_text())
+    assert meta["origin"]["endpoint"] == s3_server.endpoint
+    plan = run(s3_server, ["plan", basic.url, "-o", str(tmp_path / "plan.json"), "--no-cache"], with_userinfo)
+    assert plan.exit_code == 0, plan.output
+    assert json.loads((tmp_path / "plan.json").read_text())["location"]["endpoint"] == s3_server.endpoint
+    missing = run(s3_server, ["report", f"s3://no-such-bucket{basic.rootdirectory}", "--no-cache"], with_userinfo)
+    _result_one_line_exit_2(missing)
+    not_http = run(s3_server, ["report", basic.url, "--no-cache"], f"ftp://{USER}:{PASSWORD}@127.0.0.1:9")
+    assert "ftp://127.0.0.1:9" in _result_one_line_exit_2(not_http)
+    config = tmp_path / "config.yml"
+    block = "\n".join(s3_storage_block(s3_server, basic.rootdirectory)).replace("http://", f"http://{USER}:{PASSWORD}@")
+    config.write_text("version: 0.1\nstorage:\n" + block + "\n")
+    from_config = CliRunner().invoke(app, ["scan", str(config), "-o", str(tmp_path / "from-config"), "--no-cache"])
+    assert from_config.exit_code == 0, from_config.output
+    for result in (scan, plan, missing, not_http, from_config):
+        assert PASSWORD not in result.output and f"{USER}:" not in result.output, result.output
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != "config.yml":
+            assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+def test_errors_never_show_the_endpoint_s_credentials() -> None:
+    """obstore's and botocore's messages name the URL they requested, as they were given it."""
+    endpoint = f"http://{USER}:{PASSWORD}@127.0.0.1:9"
+    bucket = S3Bucket(
+        S3Location("registry"),
+        S3Settings(endpoint=endpoint, access_key="AKIDTEST", secret_key="test-secret-key"),
+        env={},
+    )
+    assert bucket.endpoint == "http://127.0.0.1:9"
+    error = bucket._error("listing failed", RuntimeError(f"Error performing GET {endpoint}/registry?list-type=2"))
+    assert PASSWORD not in str(error) and "http://127.0.0.1:9/registry?list-type=2" in str(error)
+    for text in (repr(bucket), repr(bucket.settings)):
+        assert PASSWORD not in text

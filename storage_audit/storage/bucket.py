@@ -9,6 +9,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,12 +144,37 @@ def parse_s3_url(text: str) -> S3Location:
 # How to reach it
 
 
+def redacted(endpoint: str) -> str:
+    """`endpoint` without the user name and password a URL may carry: `http://user:secret@host` -> `http://host`.
+
+    The form every endpoint is shown and stored in (messages, snapshots, plans).
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    if "@" not in url.netloc:
+        return endpoint
+    return urllib.parse.urlunsplit(url._replace(netloc=url.netloc.rpartition("@")[2]))
+
+
+def endpoint_secrets(endpoint: str | None) -> list[str]:
+    """What an endpoint URL carries before its host (`user:secret`, `secret`), to scrub from any message.
+
+    Taken up to the last `@` of the whole URL, so that a password holding a
+    raw `/` (which ends the URL's host part) is scrubbed whole all the same.
+    """
+    if endpoint is None or "@" not in endpoint:
+        return []
+    userinfo = endpoint.partition("://")[2].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    found = [userinfo, password, urllib.parse.unquote(userinfo), urllib.parse.unquote(password)]
+    return [s for s in found if s]
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """Endpoint, region and credentials; whatever is None comes from the standard AWS chain."""
 
     region: str | None = None
-    endpoint: str | None = None
+    endpoint: str | None = field(default=None, repr=False)  # it may carry a user and password
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -160,7 +186,7 @@ class S3Settings:
         if (self.access_key is None) != (self.secret_key is None):
             raise UsageError("an S3 access key needs its secret key, and a secret key its access key")
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise UsageError(f"S3 endpoint {self.endpoint!r} must start with http:// or https://")
+            raise UsageError(f"S3 endpoint {redacted(self.endpoint)!r} must start with http:// or https://")
         if self.max_requests_per_second is not None and self.max_requests_per_second <= 0:
             raise UsageError("--max-requests-per-second must be positive")
         if self.concurrency < 1:
@@ -168,7 +194,8 @@ class S3Settings:
 
     def secrets(self) -> list[str]:
         """Every secret these settings hold, to scrub from any message."""
-        return [s for s in (self.secret_key, self.session_token, self.access_key) if s]
+        keys = [s for s in (self.secret_key, self.session_token, self.access_key) if s]
+        return keys + endpoint_secrets(self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -241,7 +268,7 @@ def _resolve(settings: S3Settings, env: Mapping[str, str]) -> _Resolved:
     if not endpoint and profile:
         endpoint = botocore_session().get_scoped_config().get("endpoint_url")
     if endpoint and not endpoint.startswith(("http://", "https://")):
-        raise UsageError(f"S3 endpoint {endpoint!r} must start with http:// or https://")
+        raise UsageError(f"S3 endpoint {redacted(endpoint)!r} must start with http:// or https://")
 
     provider: _CredentialProvider | None
     if settings.access_key is not None and settings.secret_key is not None:
@@ -484,7 +511,7 @@ class S3Bucket:
         self._uploads_client: Any = None
 
     def __repr__(self) -> str:
-        return f"S3Bucket({str(self.location)!r}, endpoint={self._resolved.endpoint!r}, region={self.region!r})"
+        return f"S3Bucket({str(self.location)!r}, endpoint={self.endpoint!r}, region={self.region!r})"
 
     @property
     def region(self) -> str:
@@ -492,12 +519,16 @@ class S3Bucket:
 
     @property
     def endpoint(self) -> str | None:
-        return self._resolved.endpoint
+        """The endpoint, as shown and stored: without the user and password its URL may carry (see `redacted`)."""
+        return None if self._resolved.endpoint is None else redacted(self._resolved.endpoint)
 
     # Errors
 
     def _scrub(self, text: str) -> str:
-        secrets = self.settings.secrets()
+        endpoint = self._resolved.endpoint
+        if endpoint is not None:
+            text = text.replace(endpoint.rstrip("/"), redacted(endpoint).rstrip("/"))
+        secrets = self.settings.secrets() + endpoint_secrets(endpoint)
         if self._resolved.provider is not None:
             secrets += self._resolved.provider.secrets()
         for secret in sorted(set(secrets), key=len, reverse=True):
