@@ -42,8 +42,9 @@ CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 15
 RETRY_WINDOW = 40
 ATTEMPTS = 3
-REQUEST_TIMEOUT = 120
-"""Seconds for the whole of one obstore request, body included (a hung one fails sooner, by READ_TIMEOUT)."""
+REQUEST_TIMEOUT = 3600
+"""Seconds for the whole of one obstore request, body included: a blob streamed for its digest may take long while
+bytes keep coming (a hung request fails by READ_TIMEOUT)."""
 
 LIST_ATTEMPTS = 4
 """Times a listing is sent when its response body is cut short each time."""
