@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from storage_audit.storage.base import EntryKind
 from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import S3Storage, _Index
 from tests.conftest import FIXTURES, unpack
+from tests.registry_harness import Registry
 from tests.s3_harness import (
     CuttingProxy,
     SeaweedS3,
@@ -29,7 +31,6 @@ from tests.s3_harness import (
     is_list_request,
     raw_client,
     raw_keys,
-    s3_registry,
     s3_storage_block,
     v2_prefix,
 )
@@ -311,10 +312,12 @@ def test_a_prefix_with_no_key_is_no_registry(basic: Basic, s3_server: SeaweedS3,
     assert line.startswith(f"storage-audit: error: no registry under {typo}"), line
 
 
-def test_a_registry_nothing_was_pushed_to_leaves_no_key(s3_server: SeaweedS3, s3_root: str) -> None:
+def test_a_registry_nothing_was_pushed_to_leaves_no_key(
+    s3_server: SeaweedS3, s3_root: str, s3_registry_factory: Callable[[str], AbstractContextManager[Registry]]
+) -> None:
     """The registry writes nothing into the bucket until the first push: started, asked for its catalog, and
     stopped, it leaves no key under its prefix, so nothing tells it from a mistyped prefix. It is refused too."""
-    with s3_registry(s3_server, s3_root) as registry:
+    with s3_registry_factory(s3_root) as registry:
         assert registry.request("GET", "/v2/").status == 200
         assert registry.catalog() == []
     assert raw_keys(s3_server, v2_prefix(s3_root)) == {}
