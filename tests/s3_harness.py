@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +232,133 @@ class SeaweedS3:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+# --------------------------------------------------------------------------
+# Endpoints that misbehave, on loopback
+
+
+class SilentEndpoint:
+    """A TCP listener on 127.0.0.1 that accepts every connection and never answers: a hung S3 endpoint.
+
+    A context manager; its thread and sockets end when it stops.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.accepted = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(conn)  # kept open, never read from nor written to
+
+    def __enter__(self) -> SilentEndpoint:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for conn in self._held:
+            conn.close()
+
+
+def is_list_request(method: str, target: str) -> bool:
+    """Whether an S3 request line is a ListObjects(V2) call (path-style: a GET of the bucket itself)."""
+    url = urllib.parse.urlsplit(target)
+    query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+    return method == "GET" and url.path.strip("/").count("/") == 0 and not query.keys() & {"uploads", "uploadId"}
+
+
+class CuttingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 server that cuts short the body of the first `cuts` responses
+    to requests that `which(method, target)` picks (by default: LIST requests).
+
+    A cut response keeps its status and headers, `Content-Length` included, and
+    the connection closes after half its body: a network cut in mid-body. Every
+    other request passes through as it is (the `Host` header too, which the
+    request's signature covers). A context manager.
+    """
+
+    def __init__(self, upstream: str, cuts: int = 1, which: Callable[[str, str], bool] | None = None) -> None:
+        target = urllib.parse.urlsplit(upstream)
+        proxy = self
+        self.cuts = cuts
+        self.which = which or is_list_request
+        self.cut = 0
+        self.picked = 0
+        self._lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                upstream_conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=60)
+                upstream_conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    upstream_conn.putheader(name, value)
+                upstream_conn.endheaders(body)
+                response = upstream_conn.getresponse()
+                data = response.read()
+                upstream_conn.close()
+                with proxy._lock:
+                    picked = proxy.which(self.command, self.path)
+                    proxy.picked += picked
+                    cut = picked and proxy.cut < proxy.cuts and len(data) > 1
+                    proxy.cut += cut
+                self.send_response_only(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                if cut:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data[: len(data) // 2] if cut else data)
+                self.wfile.flush()
+                if cut:
+                    self.close_connection = True
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> CuttingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------

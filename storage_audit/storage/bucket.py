@@ -9,6 +9,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,20 @@ DEFAULT_REGION = "us-east-1"
 LIST_CHUNK = 1000
 """Keys a flat listing yields at a time. obstore pages internally and shows no page, so the counters count
 these chunks as LIST requests: exact where pages hold 1,000 keys (S3's maximum, AWS's default)."""
+
+# A hung endpoint must fail in about a minute, with obstore and botocore alike: a request that gets no byte for
+# READ_TIMEOUT seconds fails, and is tried again while the time since its first attempt is under RETRY_WINDOW
+# (obstore: 15 s, 30 s, then 45 s: it stops), or up to ATTEMPTS times in all (botocore: 45 s and its backoff).
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 15
+RETRY_WINDOW = 40
+ATTEMPTS = 3
+REQUEST_TIMEOUT = 3600
+"""Seconds for the whole of one obstore request, body included: a blob streamed for its digest may take long while
+bytes keep coming (a hung request fails by READ_TIMEOUT)."""
+
+LIST_ATTEMPTS = 4
+"""Times a listing is sent when its response body is cut short each time."""
 
 ShardPlan = Callable[[str], int]
 """How deep to split a top-level directory of `v2/` (by name) with delimiter listings before listing flat."""
@@ -130,12 +145,37 @@ def parse_s3_url(text: str) -> S3Location:
 # How to reach it
 
 
+def redacted(endpoint: str) -> str:
+    """`endpoint` without the user name and password a URL may carry: `http://user:secret@host` -> `http://host`.
+
+    The form every endpoint is shown and stored in (messages, snapshots, plans).
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    if "@" not in url.netloc:
+        return endpoint
+    return urllib.parse.urlunsplit(url._replace(netloc=url.netloc.rpartition("@")[2]))
+
+
+def endpoint_secrets(endpoint: str | None) -> list[str]:
+    """What an endpoint URL carries before its host (`user:secret`, `secret`), to scrub from any message.
+
+    Taken up to the last `@` of the whole URL, so that a password holding a
+    raw `/` (which ends the URL's host part) is scrubbed whole all the same.
+    """
+    if endpoint is None or "@" not in endpoint:
+        return []
+    userinfo = endpoint.partition("://")[2].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    found = [userinfo, password, urllib.parse.unquote(userinfo), urllib.parse.unquote(password)]
+    return [s for s in found if s]
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """Endpoint, region and credentials; whatever is None comes from the standard AWS chain."""
 
     region: str | None = None
-    endpoint: str | None = None
+    endpoint: str | None = field(default=None, repr=False)  # it may carry a user and password
     access_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -147,7 +187,7 @@ class S3Settings:
         if (self.access_key is None) != (self.secret_key is None):
             raise UsageError("an S3 access key needs its secret key, and a secret key its access key")
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise UsageError(f"S3 endpoint {self.endpoint!r} must start with http:// or https://")
+            raise UsageError(f"S3 endpoint {redacted(self.endpoint)!r} must start with http:// or https://")
         if self.max_requests_per_second is not None and self.max_requests_per_second <= 0:
             raise UsageError("--max-requests-per-second must be positive")
         if self.concurrency < 1:
@@ -155,7 +195,8 @@ class S3Settings:
 
     def secrets(self) -> list[str]:
         """Every secret these settings hold, to scrub from any message."""
-        return [s for s in (self.secret_key, self.session_token, self.access_key) if s]
+        keys = [s for s in (self.secret_key, self.session_token, self.access_key) if s]
+        return keys + endpoint_secrets(self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -228,7 +269,7 @@ def _resolve(settings: S3Settings, env: Mapping[str, str]) -> _Resolved:
     if not endpoint and profile:
         endpoint = botocore_session().get_scoped_config().get("endpoint_url")
     if endpoint and not endpoint.startswith(("http://", "https://")):
-        raise UsageError(f"S3 endpoint {endpoint!r} must start with http:// or https://")
+        raise UsageError(f"S3 endpoint {redacted(endpoint)!r} must start with http:// or https://")
 
     provider: _CredentialProvider | None
     if settings.access_key is not None and settings.secret_key is not None:
@@ -319,6 +360,8 @@ class Listing:
     objects: dict[str, ObjectInfo]
     shards: int
     """Listings the keys were gathered from (delimiter listings that planned the shards included)."""
+    marker: bool = False
+    """Whether the prefix itself is a key, `…/docker/registry/v2/`: a console's folder (left out of `objects`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +443,40 @@ _XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def plain_key(key: str) -> bool:
+    """Whether obstore names `key` exactly: no empty, `.` or `..` segment (nor so a `/` at either end), no ASCII
+    control character. S3 allows all of these; obstore's paths refuse them, or drop a `/` at either end."""
+    return not _CONTROL.search(key) and all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+def _plain_prefix(prefix: str) -> bool:
+    return prefix.endswith("/") and plain_key(prefix[:-1])
+
+
+def _as_listed(key: str) -> str:
+    """A key as obstore lists it: without a trailing `/` (a console's folder marker `name/` lists as `name`)."""
+    return key[:-1] if key.endswith("/") else key
+
+
+class _NotPlain(Exception):
+    """obstore met a key it cannot name as it is, or lists it wrong: the listing is made again with botocore."""
+
+
+def _unplain(exc: BaseException) -> bool:
+    """Whether obstore's listing failed on the keys themselves: a key its paths refuse, or XML it cannot read."""
+    from obstore.exceptions import InvalidPathError
+
+    return isinstance(exc, InvalidPathError) or "invalid list response" in str(exc)
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """Whether obstore's listing failed while reading a response's body: the request was answered, but not whole."""
+    return "list response body" in str(exc)
+
+
 def _describe(exc: BaseException) -> tuple[int | None, str | None, str]:
     """(HTTP status, S3 error code, a short explanation) of an obstore or botocore error."""
     response = getattr(exc, "response", None)
@@ -435,7 +512,7 @@ class S3Bucket:
         self._uploads_client: Any = None
 
     def __repr__(self) -> str:
-        return f"S3Bucket({str(self.location)!r}, endpoint={self._resolved.endpoint!r}, region={self.region!r})"
+        return f"S3Bucket({str(self.location)!r}, endpoint={self.endpoint!r}, region={self.region!r})"
 
     @property
     def region(self) -> str:
@@ -443,12 +520,16 @@ class S3Bucket:
 
     @property
     def endpoint(self) -> str | None:
-        return self._resolved.endpoint
+        """The endpoint, as shown and stored: without the user and password its URL may carry (see `redacted`)."""
+        return None if self._resolved.endpoint is None else redacted(self._resolved.endpoint)
 
     # Errors
 
     def _scrub(self, text: str) -> str:
-        secrets = self.settings.secrets()
+        endpoint = self._resolved.endpoint
+        if endpoint is not None:
+            text = text.replace(endpoint.rstrip("/"), redacted(endpoint).rstrip("/"))
+        secrets = self.settings.secrets() + endpoint_secrets(endpoint)
         if self._resolved.provider is not None:
             secrets += self._resolved.provider.secrets()
         for secret in sorted(set(secrets), key=len, reverse=True):
@@ -477,7 +558,11 @@ class S3Bucket:
             from obstore.store import S3Store
 
             endpoint = self._resolved.endpoint
-            client_options: dict[str, Any] = {"timeout": "120s", "connect_timeout": "10s"}
+            client_options: dict[str, Any] = {
+                "connect_timeout": f"{CONNECT_TIMEOUT}s",
+                "read_timeout": f"{READ_TIMEOUT}s",
+                "timeout": f"{REQUEST_TIMEOUT}s",
+            }
             if endpoint is not None and endpoint.startswith("http://"):
                 # The user named a plain-HTTP endpoint (an S3-compatible server); obstore refuses it otherwise.
                 client_options["allow_http"] = True
@@ -488,7 +573,7 @@ class S3Bucket:
                 self.location.bucket,
                 config=config,  # type: ignore[arg-type]
                 client_options=client_options,  # type: ignore[arg-type]
-                retry_config={"max_retries": 8, "retry_timeout": timedelta(minutes=3)},
+                retry_config={"max_retries": 8, "retry_timeout": timedelta(seconds=RETRY_WINDOW)},
                 credential_provider=self._resolved.provider,
             )
         return self._store
@@ -511,46 +596,131 @@ class S3Bucket:
 
     # Listing
 
+    async def _listed_again(self, prefix: str, listing: Callable[[], Awaitable[T]]) -> T:
+        """`listing()`, sent again when its response body was cut short, up to LIST_ATTEMPTS times in all.
+
+        obstore retries a request that fails, but not the reading of a listing's
+        body once the response has begun: a connection lost then would fail the
+        whole run. Keys a page gave before the cut are given again; a listing is a set.
+        Raises _NotPlain where obstore cannot list the keys as they are.
+        """
+        attempt = 1
+        while True:
+            try:
+                return await listing()
+            except _NotPlain:
+                raise
+            except Exception as exc:
+                if _unplain(exc):
+                    raise _NotPlain(prefix) from exc
+                if not _cut_short(exc) or attempt == LIST_ATTEMPTS:
+                    raise self._error(f"listing {prefix!r} failed", exc) from exc
+            # Full jitter, as for deletes: many shards cut at once must not come back at once.
+            await asyncio.sleep(random.uniform(0, 0.25 * 2**attempt))
+            attempt += 1
+
     async def _list_flat(
         self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None
     ) -> list[tuple[str, ObjectInfo]]:
-        """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives."""
+        """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives.
+
+        obstore lists it, unless the prefix or a key under it is one obstore
+        cannot name (see `plain_key`): one such key would fail every listing
+        of the bucket. botocore then lists that prefix again, each key exact.
+        """
+        if _plain_prefix(prefix):
+            try:
+                return await self._listed_again(prefix, partial(self._list_pages, prefix, on_page))
+            except _NotPlain:
+                pass
+        objects, _ = await self._list_exact(prefix, on_page)
+        return objects
+
+    async def _list_pages(
+        self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None
+    ) -> list[tuple[str, ObjectInfo]]:
         import obstore
 
         out: list[tuple[str, ObjectInfo]] = []
         stream = obstore.list(self.store, prefix.rstrip("/") or None, chunk_size=LIST_CHUNK)
-        try:
-            while True:
-                await self.limiter.wait()
-                try:
-                    chunk = await stream.__anext__()
-                except StopAsyncIteration:
-                    break
-                self.counters.add("list")
-                page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
-                out += page
-                if on_page is not None:
-                    on_page(page)
-        except Exception as exc:
-            raise self._error(f"listing {prefix!r} failed", exc) from exc
+        while True:
+            await self.limiter.wait()
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            self.counters.add("list")
+            page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
+            if any("\ufffd" in key for key, _ in page):
+                # A character XML 1.0 cannot carry (most control characters) comes as U+FFFD from servers that
+                # do not escape it (Go's XML encoder, SeaweedFS's, MinIO's): the key would be another's.
+                raise _NotPlain(prefix)
+            out += page
+            if on_page is not None:
+                on_page(page)
         if not out:
             self.counters.add("list")  # an empty listing is still one request
         return out
 
     async def _list_delimited(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
+        """The keys right under `prefix`, and the prefixes one level down (each ending in `/`)."""
+        if _plain_prefix(prefix):
+            try:
+                return await self._listed_again(prefix, partial(self._list_level, prefix))
+            except _NotPlain:
+                pass
+        return await self._list_exact(prefix, delimiter=True)
+
+    async def _list_level(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
         import obstore
 
         await self.limiter.wait()
-        try:
-            result = await obstore.list_with_delimiter_async(self.store, prefix.rstrip("/") or None)
-        except Exception as exc:
-            raise self._error(f"listing {prefix!r} failed", exc) from exc
         self.counters.add("list")
+        result = await obstore.list_with_delimiter_async(self.store, prefix.rstrip("/") or None)
         objects = [
             (m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in result["objects"]
         ]
+        if any("\ufffd" in key for key, _ in objects) or any("\ufffd" in p for p in result["common_prefixes"]):
+            raise _NotPlain(prefix)
         prefixes = [p.rstrip("/") + "/" for p in result["common_prefixes"]]
         return objects, prefixes
+
+    async def _list_exact(
+        self,
+        prefix: str,
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None,
+        *,
+        delimiter: bool = False,
+    ) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
+        """The keys under `prefix` as botocore's ListObjectsV2 gives them, exact, and the prefixes a level down.
+
+        botocore asks for URL-encoded keys and decodes them, so that no
+        character is lost to XML; a key's trailing `/` is dropped, as obstore
+        drops it, so that both listings name a key alike.
+        """
+        out: list[tuple[str, ObjectInfo]] = []
+        prefixes: list[str] = []
+        params: dict[str, Any] = {"Bucket": self.location.bucket, "Prefix": prefix}
+        if delimiter:
+            params["Delimiter"] = "/"
+        while True:
+            page = await asyncio.to_thread(self._call, "list", "list_objects_v2", **params)
+            found = [
+                (
+                    _as_listed(entry["Key"]),
+                    ObjectInfo(int(entry["Size"]), entry["LastModified"], clean_etag(entry.get("ETag"))),
+                )
+                for entry in page.get("Contents", [])
+            ]
+            prefixes += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
+            out += found
+            if on_page is not None and found:
+                on_page(found)
+            if not page.get("IsTruncated"):
+                return out, prefixes
+            if not page.get("NextContinuationToken"):
+                raise S3Error(f"listing {prefix!r} in {self.location}: a page said more follow, but not where")
+            params["ContinuationToken"] = page["NextContinuationToken"]
 
     async def list_keys_async(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
         """Every key under `prefix` (a whole key prefix, segment-wise), with one flat listing."""
@@ -567,14 +737,17 @@ class S3Bucket:
         The shards are found with delimiter listings (`v2/`, `blobs/`,
         `blobs/<alg>/`, `repositories/`), so a key anywhere under the prefix,
         even one the layout does not define, lands in exactly one shard.
-        `on_keys(objects)` takes every key once, keyed by its path relative to
+        `on_keys(objects)` takes every key, keyed by its path relative to
         `v2`, a page at a time as the pages arrive, so that work on them can
-        start while the rest is still listed.
+        start while the rest is still listed (a shard listed again after a
+        cut gives its keys again).
         """
         objects: dict[str, ObjectInfo] = {}
         shards = 0
+        marker = False
         semaphore = asyncio.Semaphore(self.settings.concurrency)
         relative = self.location.relative
+        top = self.location.prefix.removesuffix("/")
 
         def keep(found: list[tuple[str, ObjectInfo]]) -> None:
             batch = {relative(key): info for key, info in found}
@@ -584,13 +757,17 @@ class S3Bucket:
 
         async def expand(prefix: str, depth: int) -> None:
             """List `prefix` flat, or split it `depth` more delimiter levels into concurrent listings."""
-            nonlocal shards
+            nonlocal shards, marker
             async with semaphore:
                 shards += 1
                 if depth == 0:
                     await self._list_flat(prefix, keep)
                     return
                 found, prefixes = await self._list_delimited(prefix)
+            if prefix == self.location.prefix:
+                # A console's folder `v2/` lists as the prefix itself, which holds no tree of its own.
+                marker = any(key == top for key, _ in found)
+                found = [(key, info) for key, info in found if key != top]
             keep(found)
             if prefix == self.location.prefix:
                 depths = [plan(relative(p).strip("/")) for p in prefixes]
@@ -599,7 +776,7 @@ class S3Bucket:
             await asyncio.gather(*(expand(p, d) for p, d in zip(prefixes, depths, strict=True)))
 
         await expand(self.location.prefix, 1)
-        return Listing(objects, shards)
+        return Listing(objects, shards, marker)
 
     def list_all(self, plan: ShardPlan = shard_plan) -> Listing:
         return self.run(self.list_all_async(plan))
@@ -607,13 +784,22 @@ class S3Bucket:
     # Reading
 
     async def get_async(self, path: str, length: int | None = None) -> bytes | None:
-        """The content of `path` (relative to `v2`), or its first `length` bytes; None when there is no such key."""
+        """The content of `path` (relative to `v2`), or its first `length` bytes; None when there is no such key.
+
+        With `length`, one ranged GET: however big the object, no more than
+        `length` bytes are read (an empty object, which no range fits, reads as b"").
+        """
         import obstore
         from obstore.exceptions import NotFoundError
 
-        await self.limiter.wait()
         try:
             key = self.location.key(path)
+        except ValueError as exc:
+            raise self._error(f"reading {path!r} failed", exc) from exc
+        if not plain_key(key):
+            return await asyncio.to_thread(self._get_exact, path, key, length)
+        await self.limiter.wait()
+        try:
             if length is None:
                 result = await obstore.get_async(self.store, key)
                 data = bytes(await result.bytes_async())
@@ -625,8 +811,30 @@ class S3Bucket:
             self.counters.add("get")
             return None
         except Exception as exc:
+            if length is not None and _describe(exc)[0] == 416:
+                self.counters.add("get")
+                return b""
             raise self._error(f"reading {path!r} failed", exc) from exc
         self.counters.add("get", received=len(data))
+        return data
+
+    def _get_exact(self, path: str, key: str, length: int | None) -> bytes | None:
+        """`get_async` with botocore, for a key obstore cannot name (see `plain_key`)."""
+        params: dict[str, Any] = {"Bucket": self.location.bucket, "Key": key}
+        if length is not None:
+            params["Range"] = f"bytes=0-{length - 1}"
+        self.limiter.wait_blocking()
+        self.counters.add("get")
+        try:
+            data = bytes(self._uploads().get_object(**params)["Body"].read())
+        except Exception as exc:
+            status, code, _ = _describe(exc)
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return None
+            if length is not None and (status == 416 or code == "InvalidRange"):
+                return b""
+            raise self._error(f"reading {path!r} failed", exc) from exc
+        self.counters.add("get", 0, received=len(data))
         return data
 
     def get(self, path: str) -> bytes | None:
@@ -718,9 +926,10 @@ class S3Bucket:
     # Multipart uploads (obstore has no call for them; see `_uploads`)
 
     def _uploads(self) -> Any:
-        """A botocore S3 client for ListMultipartUploads and ListParts, which obstore does not offer.
+        """A botocore S3 client for ListMultipartUploads and ListParts, which obstore does not offer, and for the
+        keys obstore cannot name (see `plain_key`).
 
-        botocore is the AWS SDK's own request layer: it signs these two calls,
+        botocore is the AWS SDK's own request layer: it signs these calls,
         parses their XML and pages them, with the same endpoint, region and
         credentials as the obstore store.
         """
@@ -739,7 +948,9 @@ class S3Bucket:
                 aws_session_token=token,
                 config=botocore.config.Config(
                     s3={"addressing_style": "path"} if self._resolved.endpoint else {},
-                    retries={"mode": "standard", "max_attempts": 8},
+                    retries={"mode": "standard", "total_max_attempts": ATTEMPTS},
+                    connect_timeout=CONNECT_TIMEOUT,
+                    read_timeout=READ_TIMEOUT,
                     max_pool_connections=self.settings.concurrency,
                 ),
             )

@@ -39,9 +39,12 @@ from storage_audit.storage.base import (
     Storage,
     read_regular,
 )
-from storage_audit.storage.bucket import MultipartUpload, ObjectInfo, S3Bucket, link_etag
+from storage_audit.storage.bucket import Listing, MultipartUpload, ObjectInfo, S3Bucket, S3NotFound, link_etag
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+READ_AHEAD = 511
+"""The most of a link or `startedat` read ahead of the walk (a link holds 71-135 bytes, a `startedat` about 35):
+the walk's own limit for links. A bigger object is left to the walk, which reads `limit + 1` bytes of it."""
 _DIR, _FILE = EntryKind.DIR, EntryKind.FILE
 _BLOBS = path_for(Blobs()) + "/"
 
@@ -168,6 +171,14 @@ class _Tree:
     ns: _Nanoseconds
 
 
+_ODD_NAMES = frozenset({"", ".", ".."})
+
+
+def _odd(path: str) -> bool:
+    """Whether `path` has an empty, `.` or `..` segment: S3 allows them in a key; a directory tree cannot hold them."""
+    return any(part in _ODD_NAMES for part in path.split("/"))
+
+
 _LINKS = (LayerLink, RevisionLink, TagCurrentLink, TagIndexLink)
 _LAYOUT_FILES = (BlobData, *_LINKS, UploadData, UploadStartedAt)
 
@@ -186,6 +197,8 @@ class _Index:
         """Every digest the keys name: blob data, and the digest component of every link."""
         self.links: list[str] = []
         self.blobs: dict[str, str] = {}
+        self.odd: set[str] = set()
+        """Keys with an empty, `.` or `..` segment (S3 allows them): see `_add_odd`."""
 
     def add(self, objects: dict[str, ObjectInfo]) -> list[str]:
         """Take in `objects`; the blob data paths of the manifests that their revision links name."""
@@ -199,6 +212,9 @@ class _Index:
             parent, _, name = path.rpartition("/")
             entries = children.get(parent)
             if entries is None:
+                if _odd(path):
+                    self._add_odd(path)
+                    continue
                 entries = children[parent] = {}
                 # A new directory: each ancestor holds the next, up to the first one already known.
                 below = parent
@@ -210,6 +226,9 @@ class _Index:
                         break
                     children[above] = {dirname: _DIR}
                     below = above
+            elif name in _ODD_NAMES or (not parent and path[:1] == "/"):
+                self._add_odd(path)
+                continue
             entries.setdefault(name, _FILE)
             try:
                 spec = parse_path(path)
@@ -231,15 +250,24 @@ class _Index:
                 links.append(path)
         return manifests
 
+    def _add_odd(self, path: str) -> None:
+        """A key no directory tree can hold is a file of the top directory, named by its whole path.
+
+        The walk lists the top directory, so it is always found: a stray file
+        whose path is the key's own. It is never read, nor taken for a directory.
+        """
+        self.odd.add(path)
+        self.children[""][path] = _FILE
+
     def markers(self) -> list[str]:
         """Empty keys with nothing below them where the layout has no file: maybe folder markers (`name/`).
 
         Listings drop a key's trailing `/`, so only the bucket can tell such a
         marker from an empty object `name`.
         """
-        children, out = self.children, []
+        children, odd, out = self.children, self.odd, []
         for path, info in self.files.items():
-            if info.size == 0 and path not in children:
+            if info.size == 0 and path not in children and path not in odd:
                 try:
                     if isinstance(parse_path(path), _LAYOUT_FILES):
                         continue
@@ -315,13 +343,13 @@ class _Directory(Directory, AbstractContextManager["_Directory"]):
 
     def read_each(self, names: Sequence[str], limit: int, stat: bool = True) -> list[Small | AccessError | None]:
         storage, below = self.storage, self.below
-        tree, known = storage.tree, storage._known
+        tree, known, cut = storage.tree, storage._known, storage._cut
         children, files, ns = tree.children, tree.files, tree.ns
         out: list[Small | AccessError | None] = []
         for name in names:
             path = f"{below}{name}"
             data = known.get(path)
-            if data is None or path in children:
+            if data is None or path in children or (cut and path in cut and len(data) <= limit):
                 try:
                     out.append(storage.read_small(path, limit, stat))
                 except AccessError as exc:
@@ -376,6 +404,8 @@ class S3Storage(Storage):
         self.location = str(bucket.location)
         self._tree_: _Tree | None = None
         self._known: dict[str, bytes] = {}
+        self._cut: set[str] = set()
+        """Paths whose `_known` bytes are only the first ones: enough to answer a read of fewer."""
         self.etag_resolved = 0
 
     @property
@@ -406,7 +436,7 @@ class S3Storage(Storage):
     def _load(self) -> _Tree:
         index = _Index()
 
-        async def both() -> tuple[dict[str, ObjectInfo], list[MultipartUpload]]:
+        async def both() -> tuple[Listing, list[MultipartUpload]]:
             early = _EarlyManifests(self, index)
             try:
                 listing, uploads = await asyncio.gather(
@@ -416,9 +446,17 @@ class S3Storage(Storage):
                 early.cancel()
                 raise
             await early.finish()
-            return listing.objects, uploads
+            return listing, uploads
 
-        objects, uploads = self.bucket.run(both())
+        listing, uploads = self.bucket.run(both())
+        if not listing.objects and not uploads and not listing.marker:
+            # A bucket has no directories: a registry that was never written to and a mistyped prefix are the same
+            # nothing, and an answer about nothing (no repositories, every one of a snapshot gone) would look sound.
+            raise S3NotFound(
+                f"no registry under {self.location}: no key under {self.bucket.location.prefix} "
+                "(a mistyped prefix or rootdirectory, or a registry nothing was ever pushed to)"
+            )
+        objects = listing.objects
         # Links whose ETag is the MD5 of a digest the listing names hold exactly that digest: no GET.
         by_etag = {link_etag(d): d for d in index.named}
         for path in index.links:
@@ -485,7 +523,7 @@ class S3Storage(Storage):
             raise NotRegular(rel)
         info = self.tree.files[rel]
         data = self._known.get(rel)
-        if data is None:
+        if data is None or (rel in self._cut and len(data) <= limit):
             self._fetch([rel], limit)
             data = self._known.get(rel)
             if data is None:
@@ -560,7 +598,11 @@ class S3Storage(Storage):
     def _fetch(self, paths: list[str], limit: int | None) -> None:
         """Read `paths` into `_known`: from the cache for manifest blobs, else by GETs run concurrently.
 
-        A blob bigger than a caller's `limit` is only read up to `limit + 1` bytes: that says it is too big.
+        Every GET is one safe read: a range of `limit + 1` bytes, which says
+        whether the object is bigger than `limit`, as a local file's read does.
+        Without a caller's `limit` (reading ahead of the walk), a manifest blob
+        is read up to MAX_MANIFEST_BYTES, anything else up to READ_AHEAD, and
+        an object bigger than that is left for the walk to read with its own limit.
         """
         files, blobs = self.tree.files, self.tree.blobs
         todo: list[tuple[str, str | None]] = []
@@ -570,6 +612,7 @@ class S3Storage(Storage):
                 cached = self.cache.get(digest, files[path])
                 if cached is not None:
                     self._known[path] = cached
+                    self._cut.discard(path)
                     continue
             todo.append((path, digest))
         if not todo:
@@ -577,12 +620,19 @@ class S3Storage(Storage):
         from storage_audit.core.manifest import MAX_MANIFEST_BYTES
 
         async def one(path: str, digest: str | None) -> None:
-            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else None
-            part = cap + 1 if cap is not None and files[path].size > cap else None
-            whole = part is None
-            data = await self.bucket.get_async(path, part)
+            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else READ_AHEAD
+            if limit is None and files[path].size > cap:
+                return
+            data = await self.bucket.get_async(path, cap + 1)
             if data is None:
                 return
+            whole = len(data) <= cap
+            if not whole:
+                if limit is None:
+                    return  # grown since the listing
+                self._cut.add(path)
+            else:
+                self._cut.discard(path)
             self._known[path] = data
             if digest is not None and whole and self.cache is not None:
                 self.cache.put(digest, data)
@@ -659,7 +709,7 @@ class _EarlyManifests:
         async with self.semaphore:
             try:
                 # A range one byte past the listed size reads the whole object in one call, and tells if it grew.
-                data = await storage.bucket.get_async(path, info.size + 1 if info.size else None)
+                data = await storage.bucket.get_async(path, info.size + 1)
             except StorageError:
                 return
         if data is None or len(data) > info.size:
@@ -679,7 +729,7 @@ class _EarlyManifests:
 
 
 def _is_started_at(path: str) -> bool:
-    return path.endswith("/startedat") and "/_uploads/" in path
+    return path.endswith("/startedat") and "/_uploads/" in path and not _odd(path)
 
 
 __all__ = ["ManifestCache", "RemoteStats", "S3Storage", "default_cache_dir", "mtime_ns"]
