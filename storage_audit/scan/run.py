@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from storage_audit.core import clock
 from storage_audit.core.errors import UsageError
 from storage_audit.core.findings import Finding
 from storage_audit.core.memory import release, steady_allocator
@@ -490,7 +491,7 @@ def scan(v2: Path | str | Storage, options: ScanOptions | None = None) -> Invent
     Raises UsageError when `v2` designates no storage tree.
     """
     storage = storage_of(v2)
-    scanned_at = datetime.now(UTC)
+    scanned_at = clock.now()
     # The frames made at the end need pandas, which takes a CPU-second to import:
     # it loads while the workers read the tree, not before or after them.
     sink, found = _read(storage, options, _Frames, meanwhile=_load_pandas)
@@ -540,7 +541,7 @@ def scan_to_snapshot(v2: Path | str | Storage, directory: Path, options: ScanOpt
     Raises UsageError when `v2` designates no storage tree, OSError when the snapshot cannot be written.
     """
     storage = storage_of(v2)
-    scanned_at = datetime.now(UTC)
+    scanned_at = clock.now()
     sink, found = _read(storage, options, lambda: _SnapshotTables(directory), meanwhile=_load_pandas)
     sink.finish(found)
     release()
