@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import inspect
 import sys
 import tarfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +36,23 @@ def built_at(archive: Path) -> datetime:
     """When a fixture registry was built: the newest mtime in its archive."""
     with tarfile.open(archive) as tar:
         return datetime.fromtimestamp(max(m.mtime for m in tar.getmembers()), UTC)
+
+
+@functools.cache
+def fixtures_built() -> datetime:
+    """When the newest real-registry fixture was built: their times are all at or before it."""
+    return max(built_at(FIXTURES / f"{name}.tar.gz") for name in REAL_FIXTURES)
+
+
+@pytest.fixture
+def pin_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[datetime], datetime]:
+    """A function that sets the library's clock (STORAGE_AUDIT_NOW, inherited by subprocesses) to a time."""
+
+    def pin(when: datetime) -> datetime:
+        monkeypatch.setenv("STORAGE_AUDIT_NOW", when.isoformat())
+        return when
+
+    return pin
 
 
 def as_of(inv: Inventory, when: datetime | str) -> Inventory:
