@@ -6,10 +6,11 @@ import hashlib
 import os
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from queue import Empty, SimpleQueue
-from typing import Protocol
+from typing import Final, Protocol
 
 import humanize
 import pandas as pd
@@ -46,6 +47,11 @@ class HashProgress(Protocol):
     def advance(self, nbytes: int) -> None: ...
 
 
+UPLOAD_AGE: Final = timedelta(hours=168)
+"""The default age past which an upload is stale: the reference registry's purge age. Every view that counts
+findings (check, the report's summary, the HTML page, the metrics) judges uploads by it unless told otherwise."""
+
+
 @dataclass(frozen=True)
 class CheckOptions:
     """What to check: `verify_digests` hashes every blob with `workers` threads (0: one per CPU).
@@ -54,11 +60,16 @@ class CheckOptions:
     """
 
     verify_digests: bool = False
-    upload_age: timedelta = timedelta(hours=168)
+    upload_age: timedelta = UPLOAD_AGE
     workers: int = 0
     progress: HashProgress | None = None
     storage: Storage | None = None
     """Where blob content is read by verify_digests (default: the directory `inv.root`)."""
+
+
+# What the analyses found on a graph, per upload age: the summary, the page and the metrics of one command
+# ask for the same findings, which are then worked out once.
+_FOUND: weakref.WeakKeyDictionary[Graph, dict[timedelta, pd.DataFrame]] = weakref.WeakKeyDictionary()
 
 
 def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.DataFrame:
@@ -66,22 +77,38 @@ def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.
 
     The scan's findings, the reachability engine's, and those of the analyses
     below; with verify_digests, blob content is read (from `inv.root`) and hashed.
+    This is the one place findings are worked out: every count of findings by
+    severity (the report's summary, the HTML page, the metrics) is taken from it.
     """
     options = options or CheckOptions()
     graph = Graph.of(source)
+    found = _FOUND.setdefault(graph, {})
+    if options.upload_age not in found:
+        found[options.upload_age] = _ordered(_analyses(graph, options.upload_age))
+    if not options.verify_digests:
+        # A frame of its own: what a caller adds to it stays out of the next caller's answer.
+        return found[options.upload_age].copy(deep=False)
+    inv = graph.inv
+    hashed = _frame(verify_digests(options.storage or inv.root, inv.blobs, options.workers, options.progress))
+    return _ordered([found[options.upload_age], hashed])
+
+
+def _analyses(graph: Graph, upload_age: timedelta) -> list[pd.DataFrame]:
     inv = graph.inv
     tag_needs = tag_blobs(graph)
-    parts = [
+    return [
         inv.findings,
         _frame(reach_findings(graph, graph.reach())),
         missing_blobs(graph, tag_needs),
         index_findings(graph, tag_needs),
         size_mismatches(inv),
-        stale_uploads(inv, options.upload_age),
+        stale_uploads(inv, upload_age),
         empty_repositories(inv),
     ]
-    if options.verify_digests:
-        parts.append(_frame(verify_digests(options.storage or inv.root, inv.blobs, options.workers, options.progress)))
+
+
+def _ordered(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The findings of `parts` in the findings columns, each once, ordered by kind, then path and repository."""
     found_parts = [p for p in parts if not p.empty]
     # One cast at the end: casting each small part costs more than finding it.
     found = conform("findings", pd.concat(found_parts, ignore_index=True)) if found_parts else frame("findings")
@@ -92,9 +119,14 @@ def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.
 
 
 def severity_counts(findings: pd.DataFrame) -> dict[str, int]:
-    """Findings per severity, every severity present: {"error": n, "warning": n, "info": n}."""
+    """Findings per severity, every severity present, worst first: {"error": n, "warning": n, "info": n}."""
     counts = findings["severity"].value_counts()
     return {sev.value: int(counts.get(sev.value, 0)) for sev in Severity}
+
+
+def worst_severity(counts: dict[str, int]) -> str:
+    """The worst severity with a finding in `counts` (error, then warning, then info), or "none"."""
+    return next((sev.value for sev in Severity if counts.get(sev.value)), "none")
 
 
 def _frame(findings: list[Finding]) -> pd.DataFrame:
