@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
 import inspect
 import sys
 import tarfile
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from storage_audit.inventory.tables import Inventory
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REAL_FIXTURES = sorted(p.name.removesuffix(".tar.gz") for p in FIXTURES.glob("*.tar.gz"))
@@ -22,6 +30,35 @@ def unpack(archive: Path, into: Path) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="tar")
     return into
+
+
+def built_at(archive: Path) -> datetime:
+    """When a fixture registry was built: the newest mtime in its archive."""
+    with tarfile.open(archive) as tar:
+        return datetime.fromtimestamp(max(m.mtime for m in tar.getmembers()), UTC)
+
+
+@functools.cache
+def fixtures_built() -> datetime:
+    """When the newest real-registry fixture was built: their times are all at or before it."""
+    return max(built_at(FIXTURES / f"{name}.tar.gz") for name in REAL_FIXTURES)
+
+
+@pytest.fixture
+def pin_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[datetime], datetime]:
+    """A function that sets the library's clock (STORAGE_AUDIT_NOW, inherited by subprocesses) to a time."""
+
+    def pin(when: datetime) -> datetime:
+        monkeypatch.setenv("STORAGE_AUDIT_NOW", when.isoformat())
+        return when
+
+    return pin
+
+
+def as_of(inv: Inventory, when: datetime | str) -> Inventory:
+    """The inventory as if scanned at `when`: a fixture is judged as of its build, so that its uploads never age."""
+    moment = datetime.fromisoformat(when) if isinstance(when, str) else when
+    return dataclasses.replace(inv, scanned_at=moment)
 
 
 @pytest.fixture

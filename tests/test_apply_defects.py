@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.registry_harness import Ledger, Registry, require_registry
 from tests.test_plan_apply import (
     BROAD,
     DAY,
+    NOW,
     V2,
     actions,
     age_tree,
@@ -39,8 +41,10 @@ UNTAGGED = ("--delete-untagged", "--min-age", "0s")
 
 
 @pytest.fixture
-def aged(tmp_path: Path) -> Callable[[str], Path]:
-    """The `basic` fixture registry unpacked under `name`, every mtime 30 days ago; returns its root."""
+def aged(tmp_path: Path, pin_clock: Callable[[datetime], datetime]) -> Callable[[str], Path]:
+    """The `basic` fixture registry unpacked under `name`, every mtime 30 days before NOW, the clock's time;
+    returns its root."""
+    pin_clock(NOW)
 
     def make(name: str) -> Path:
         root = unpack(FIXTURES / "basic.tar.gz", tmp_path / name)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import io
 import json
 import os
 import shutil
 import stat
-import tarfile
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +25,7 @@ from storage_audit.inventory.tables import SCHEMA, Inventory
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
 
-from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, unpack
+from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, as_of, built_at, unpack
 
 V2 = Path("docker/registry/v2")
 CASES = sorted(p.name.removesuffix(".json") for p in BROKEN.glob("*.json"))
@@ -41,18 +39,6 @@ runner = CliRunner()
 
 def expected(name: str) -> dict:  # type: ignore[type-arg]
     return json.loads((BROKEN / f"{name}.json").read_text())
-
-
-def built_at(archive: Path) -> datetime:
-    """When a fixture registry was built: the newest mtime in its archive."""
-    with tarfile.open(archive) as tar:
-        return datetime.fromtimestamp(max(m.mtime for m in tar.getmembers()), UTC)
-
-
-def as_of(inv: Inventory, when: datetime | str) -> Inventory:
-    """The inventory judged at `when`: a fixture is checked as of its build, so that its uploads never age."""
-    moment = datetime.fromisoformat(when) if isinstance(when, str) else when
-    return dataclasses.replace(inv, scanned_at=moment)
 
 
 def pairs(findings: pd.DataFrame, severities: tuple[str, ...] = LOUD) -> set[tuple[str, str]]:
@@ -85,9 +71,14 @@ def test_broken_fixture_yields_exactly_its_findings(name: str, verify: bool, tmp
     assert as_pairs(want["check_info"]) <= pairs(found, ("info",)), (want["note"], found.to_string())
 
 
+def basic_as_built(v2: Path) -> Inventory:
+    """The scan of the `basic` fixture at `v2`, as of its build: its upload in progress is not stale yet."""
+    return as_of(scan(LocalStorage(v2)), built_at(FIXTURES / "basic.tar.gz"))
+
+
 def vanished_blob(v2: Path) -> tuple[pd.DataFrame, str]:
-    """Check a tree, hashing blobs, after one blob vanished since its scan: unreadable even as root."""
-    inv = scan(LocalStorage(v2))
+    """Check the `basic` tree, hashing blobs, after one blob vanished since its scan: unreadable even as root."""
+    inv = basic_as_built(v2)
     data = next((v2 / "blobs/sha256").glob("*/*/data"))
     data.unlink()
     return check(inv, CheckOptions(verify_digests=True)), data.relative_to(v2).as_posix()
@@ -167,7 +158,7 @@ def test_index_child_missing_names_the_tag(tmp_path: Path) -> None:
 
 def test_verify_never_follows_a_symlink_put_there_after_the_scan(fixture_root) -> None:  # type: ignore[no-untyped-def]
     v2 = fixture_root("basic") / V2
-    inv = scan(LocalStorage(v2))
+    inv = basic_as_built(v2)
     data = next((v2 / "blobs/sha256").glob("*/*/data"))
     data.unlink()
     data.symlink_to("/etc/passwd")

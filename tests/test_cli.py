@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from typer.testing import CliRunner
 from storage_audit.analysis.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
 from storage_audit.cli.app import app
 from storage_audit.inventory.tables import read_snapshot
-from tests.conftest import BROKEN, FIXTURES, unpack
+from tests.conftest import BROKEN, FIXTURES, fixtures_built, unpack
 
 runner = CliRunner()
 COMMANDS = ["scan", "untagged", "orphans"]
@@ -414,10 +416,13 @@ def test_counts_are_singular_for_one() -> None:
     assert code == 0 and "1 referrer (signatures, SBOMs)" in err and "1 referrers" not in err
 
 
-def test_plan_says_what_the_grace_period_held_back(tmp_path: Path) -> None:
+def test_plan_says_what_the_grace_period_held_back(tmp_path: Path, pin_clock: Callable[[datetime], datetime]) -> None:
+    now = pin_clock(fixtures_built() + timedelta(days=1))
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic")
+    pushed = int((now - timedelta(minutes=5)).timestamp() * 1e9)
     for path in root.rglob("*"):
-        os.utime(path, follow_symlinks=False)  # pushed just now: newer than the default grace period of 1h
+        # Pushed minutes ago: newer than the default grace period of 1h.
+        os.utime(path, ns=(pushed, pushed), follow_symlinks=False)
     args = ("plan", str(root), "--delete-untagged", "--keep-last", "1")
     code, out, _ = run(*args, "--min-age", "0s", "-q")
     ungraced = Counter(action["op"] for action in json.loads(out)["actions"])

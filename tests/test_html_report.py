@@ -8,8 +8,8 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,20 @@ from storage_audit.output.html import AGE_BUCKETS, HtmlOptions, page
 from storage_audit.roots.resolve import resolve
 
 from .browser import Page, browser, require_chromium
-from .conftest import FIXTURES
+from .conftest import FIXTURES, fixtures_built
 from .registry_harness import REQUIRE_ENV
 
 TOP = Path(__file__).resolve().parents[1]
 DEMO = FIXTURES / "demo"
 runner = CliRunner()
 CHARTS = ("treemap", "reclaimable", "actions", "largest-tags", "tag-ages")
+
+
+@pytest.fixture(autouse=True)
+def month_after_the_fixtures(pin_clock: Callable[[datetime], datetime]) -> None:
+    """Every page and every command's answer as of one time, a month after the fixtures were built: the demo's
+    upload is stale by then, and its tags' ages are the same on any day the tests run."""
+    pin_clock(fixtures_built() + timedelta(days=30))
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -172,6 +179,12 @@ def trace(tab: Page, div: str) -> dict[str, Any]:
 
 
 SCANNED_AT = "%Y-%m-%d %H:%M:%S UTC"
+SEVERITY_COLOURS = {
+    "error": "rgb(179, 38, 30)",
+    "warning": "rgb(161, 92, 0)",
+    "info": "rgb(31, 95, 168)",
+    "none": "rgb(29, 35, 48)",
+}
 STALE_SECONDS = 7 * 86400  # check's default --upload-age
 DAY = 86400
 
@@ -203,6 +216,13 @@ def check_figures(tab: Page, root: Path, options: HtmlOptions) -> dict[str, Any]
     for severity in ("error", "warning", "info"):
         assert int(shown[f"findings_{severity}"]) == sum(f["severity"] == severity for f in findings)
     assert int(shown["findings"]) == len(findings)
+    # The card is coloured by its worst finding: red for an error, amber for a warning, blue for info alone.
+    worst = next((sev for sev in ("error", "warning", "info") if any(f["severity"] == sev for f in findings)), "none")
+    card = tab.evaluate(
+        "(() => { const c = document.querySelector(\"#cards [data-key='findings']\");"
+        " return [c.dataset.severity, getComputedStyle(c.querySelector('.value')).color]; })()"
+    )
+    assert card == [worst, SEVERITY_COLOURS[worst]]
 
     repositories = as_json("report", str(root), "--by", "repository")
     by_name = {r["repository"]: r for r in repositories}

@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from storage_audit.cleanup.plan import OPS, Action
 from storage_audit.cli.app import app
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
-from tests.conftest import BROKEN, FIXTURES, unpack
+from tests.conftest import BROKEN, FIXTURES, fixtures_built, unpack
 from tests.registry_harness import (
     COSIGN_SIGNATURE,
     COSIGN_SIMPLESIGNING,
@@ -52,6 +52,11 @@ from tests.registry_harness import (
 
 V2 = Path("docker/registry/v2")
 DAY = 86400
+NOW = fixtures_built() + timedelta(minutes=1)
+"""When plans of the fixture trees are made (the clock is pinned there): the trees' times are set relative to it.
+
+It is just after the fixtures were built, so before any run of the tests: a file a test changes after
+planning has a newer mtime than the plan, as one changed by a client would."""
 ACTION_FIELDS = {"op", "path", "repository", "tag", "digest", "bytes", "reason", "precondition"}
 runner = CliRunner()
 
@@ -79,16 +84,21 @@ def directories(v2: Path) -> set[str]:
     return {os.path.relpath(os.path.join(d, n), v2) for d, names, _ in os.walk(v2) for n in names}
 
 
+def ns_before_now(seconds: float) -> int:
+    """NOW less `seconds`, in nanoseconds since the epoch."""
+    return int((NOW.timestamp() - seconds) * 1e9)
+
+
 def age_tree(root: Path, seconds: float) -> None:
-    """Set every mtime under `root` to `seconds` ago, as if the whole registry had been pushed then."""
-    when = int((time.time() - seconds) * 1e9)
+    """Set every mtime under `root` to `seconds` before NOW, as if the whole registry had been pushed then."""
+    when = ns_before_now(seconds)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + dirnames:
             os.utime(os.path.join(dirpath, name), ns=(when, when), follow_symlinks=False)
 
 
 def set_age(path: Path, seconds: float) -> None:
-    when = int((time.time() - seconds) * 1e9)
+    when = ns_before_now(seconds)
     os.utime(path, ns=(when, when))
 
 
@@ -183,8 +193,9 @@ def broken_invariants(v2: Path) -> list[str]:
 
 
 @pytest.fixture
-def aged(tmp_path: Path) -> Callable[..., Path]:
-    """Unpack a fixture registry with every mtime 30 days ago; returns its root."""
+def aged(tmp_path: Path, pin_clock: Callable[[datetime], datetime]) -> Callable[..., Path]:
+    """Unpack a fixture registry with every mtime 30 days before NOW, the time of the clock; returns its root."""
+    pin_clock(NOW)
 
     def make(name: str, where: str = "") -> Path:
         root = unpack(FIXTURES / f"{name}.tar.gz", tmp_path / (where or name))
@@ -204,7 +215,9 @@ def broad_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     """The aged `basic` tree and its BROAD plan, planned once for the module."""
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path_factory.mktemp("broad") / "basic")
     age_tree(root, 30 * DAY)
-    return root, make_plan(root, *BROAD)[1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_AUDIT_NOW", NOW.isoformat())
+        return root, make_plan(root, *BROAD)[1]
 
 
 @pytest.fixture
@@ -218,13 +231,12 @@ def planned(broad_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> tupl
 
 def test_plan_document_fields_totals_and_order(aged: Callable[..., Path]) -> None:
     root = aged("basic")
-    before = datetime.now(UTC)
     _, doc = make_plan(root, *BROAD)
     assert doc["format"] == "storage-audit-plan"
     assert doc["version"] == 1
     assert doc["tool_version"] == __version__
     created = datetime.fromisoformat(doc["created_at"])
-    assert created.tzinfo is not None and before - timedelta(seconds=1) <= created <= datetime.now(UTC)
+    assert created == NOW and created.utcoffset() == timedelta(0)
     assert doc["root"] == str((root / V2).resolve())
     assert doc["policy"] == {
         "delete_untagged": True,
@@ -265,12 +277,15 @@ def test_plan_document_fields_totals_and_order(aged: Callable[..., Path]) -> Non
     assert blob_bytes == {d: sizes[d] for d in blob_bytes}
 
 
-def test_default_grace_period_plans_nothing_in_a_fresh_tree(tmp_path: Path) -> None:
+def test_default_grace_period_plans_nothing_in_a_fresh_tree(
+    tmp_path: Path, pin_clock: Callable[[datetime], datetime]
+) -> None:
+    pin_clock(NOW)
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "fresh")
-    age_tree(root, 0)
-    # An upload's start time is in its `startedat` file, not in an mtime.
+    # Pushed a second ago; an upload's start time is in its `startedat` file, not in an mtime.
     for started in root.glob("docker/registry/v2/repositories/**/_uploads/*/startedat"):
-        started.write_text(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        started.write_text((NOW - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    age_tree(root, 1)
     everything = ("--delete-untagged", "--keep-last", "0", "--uploads-older-than", "0s", "--prune-empty-repositories")
     _, doc = make_plan(root, *everything)
     assert doc["actions"] == []
@@ -388,13 +403,13 @@ def test_grace_period_protects_recent_manifests_blobs_and_tags(aged: Callable[..
     v2 = root / V2
     untagged = "sha256:ede8c6442cf3af5adfc9813652ec30a9e17db9612f03650e69a2359602eab586"
     revision = v2 / "repositories/team/app/server/_manifests/revisions" / untagged.replace(":", "/") / "link"
-    fresh_blob = b"pushed a minute ago, its manifest is on its way"
+    fresh_blob = b"pushed 90 seconds ago, its manifest is on its way"
     data = v2 / "blobs/sha256" / sha256(fresh_blob)[7:9] / sha256(fresh_blob)[7:] / "data"
     data.parent.mkdir(parents=True)
     data.write_bytes(fresh_blob)
-    set_age(revision, 60)
-    set_age(data, 60)
-    set_age(tag_link(v2, "tools/multi", "v1"), 60)
+    set_age(revision, 90)
+    set_age(data, 90)
+    set_age(tag_link(v2, "tools/multi", "v1"), 90)
     _, doc = make_plan(root, "--delete-untagged", "--keep-last", "0")
     assert untagged not in digests(doc, "remove-revision")
     assert untagged not in digests(doc, "remove-blob")  # held by a manifest that is kept
@@ -419,6 +434,8 @@ def test_prune_empty_repositories_respects_the_grace_period(aged: Callable[..., 
     link.parent.mkdir(parents=True)
     link.write_text(digest)
     (v2 / "repositories/incoming/app/_uploads").mkdir()
+    for path in (data, link):
+        set_age(path, 5)
     plan, doc = make_plan(root, "--prune-empty-repositories")
     assert not [a for a in doc["actions"] if a["repository"] == "incoming/app"], doc["actions"]
     assert apply_cli(plan)[0] == 0
@@ -770,7 +787,7 @@ def test_changed_targets_are_skipped_and_reported(planned: tuple[Path, Path, dic
     # 1.1 is pushed again, naming 1.0's manifest (which the plan removes); a planned blob is rewritten.
     tag_link(v2, "team/app", "1.1").write_text(tags[("team/app", "1.0")])
     blob = _first(doc, "remove-blob")
-    os.utime(v2 / blob["path"] / "data", ns=(time.time_ns(), time.time_ns()))
+    os.utime(v2 / blob["path"] / "data", ns=(ns_before_now(-60), ns_before_now(-60)))
     code, _, err = apply_cli(plan)
     assert code == 0, err
     tag_path = "repositories/team/app/_manifests/tags/1.1"

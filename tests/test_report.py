@@ -10,6 +10,7 @@ import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -349,7 +350,7 @@ def test_options_are_checked() -> None:
         ReportOptions(by=By.BLOB, top=0),
     ):
         with pytest.raises(ReportError):
-            report(Inventory(root="", scanned_at=pd.Timestamp.now(tz="UTC").to_pydatetime()), options)
+            report(Inventory(root="", scanned_at=datetime(2026, 1, 1, tzinfo=UTC)), options)
 
 
 # --------------------------------------------------------------------------

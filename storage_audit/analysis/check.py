@@ -6,10 +6,11 @@ import hashlib
 import os
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from queue import Empty, SimpleQueue
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import humanize
 import pandas as pd
@@ -19,10 +20,14 @@ from storage_audit.analysis.reach import reach_findings
 from storage_audit.core.findings import SEVERITY, Finding, Kind, Severity
 from storage_audit.core.manifest import IMAGE_CONFIGS
 from storage_audit.core.paths import BlobData, Digest, InvalidPath, Repository, RevisionLink, UploadDir, path_for
-from storage_audit.inventory.frames import isin
+from storage_audit.inventory.codes import CODE, CodedArray, Dictionary, codes_of
+from storage_audit.inventory.frames import isin, pick
 from storage_audit.inventory.tables import SCHEMA, Inventory, conform, frame
 from storage_audit.output.formats import View
 from storage_audit.storage.base import AccessError, LocalStorage, NotRegular, Storage, SymlinkRefused
+
+if TYPE_CHECKING:
+    from pandas._typing import MergeHow
 
 BUFFER_BYTES = 1 << 20
 """Read size when hashing: one buffer per worker thread bounds the memory whatever the blob sizes."""
@@ -46,6 +51,11 @@ class HashProgress(Protocol):
     def advance(self, nbytes: int) -> None: ...
 
 
+UPLOAD_AGE: Final = timedelta(hours=168)
+"""The default age past which an upload is stale: the reference registry's purge age. Every view that counts
+findings (check, the report's summary, the HTML page, the metrics) judges uploads by it unless told otherwise."""
+
+
 @dataclass(frozen=True)
 class CheckOptions:
     """What to check: `verify_digests` hashes every blob with `workers` threads (0: one per CPU).
@@ -54,11 +64,16 @@ class CheckOptions:
     """
 
     verify_digests: bool = False
-    upload_age: timedelta = timedelta(hours=168)
+    upload_age: timedelta = UPLOAD_AGE
     workers: int = 0
     progress: HashProgress | None = None
     storage: Storage | None = None
     """Where blob content is read by verify_digests (default: the directory `inv.root`)."""
+
+
+# What the analyses found on a graph, per upload age: the summary, the page and the metrics of one command
+# ask for the same findings, which are then worked out once.
+_FOUND: weakref.WeakKeyDictionary[Graph, dict[timedelta, pd.DataFrame]] = weakref.WeakKeyDictionary()
 
 
 def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.DataFrame:
@@ -66,22 +81,38 @@ def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.
 
     The scan's findings, the reachability engine's, and those of the analyses
     below; with verify_digests, blob content is read (from `inv.root`) and hashed.
+    This is the one place findings are worked out: every count of findings by
+    severity (the report's summary, the HTML page, the metrics) is taken from it.
     """
     options = options or CheckOptions()
     graph = Graph.of(source)
+    found = _FOUND.setdefault(graph, {})
+    if options.upload_age not in found:
+        found[options.upload_age] = _ordered(_analyses(graph, options.upload_age))
+    if not options.verify_digests:
+        # A frame of its own: what a caller adds to it stays out of the next caller's answer.
+        return found[options.upload_age].copy(deep=False)
+    inv = graph.inv
+    hashed = _frame(verify_digests(options.storage or inv.root, inv.blobs, options.workers, options.progress))
+    return _ordered([found[options.upload_age], hashed])
+
+
+def _analyses(graph: Graph, upload_age: timedelta) -> list[pd.DataFrame]:
     inv = graph.inv
     tag_needs = tag_blobs(graph)
-    parts = [
+    return [
         inv.findings,
         _frame(reach_findings(graph, graph.reach())),
         missing_blobs(graph, tag_needs),
         index_findings(graph, tag_needs),
         size_mismatches(inv),
-        stale_uploads(inv, options.upload_age),
+        stale_uploads(inv, upload_age),
         empty_repositories(inv),
     ]
-    if options.verify_digests:
-        parts.append(_frame(verify_digests(options.storage or inv.root, inv.blobs, options.workers, options.progress)))
+
+
+def _ordered(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The findings of `parts` in the findings columns, each once, ordered by kind, then path and repository."""
     found_parts = [p for p in parts if not p.empty]
     # One cast at the end: casting each small part costs more than finding it.
     found = conform("findings", pd.concat(found_parts, ignore_index=True)) if found_parts else frame("findings")
@@ -92,9 +123,33 @@ def check(source: Graph | Inventory, options: CheckOptions | None = None) -> pd.
 
 
 def severity_counts(findings: pd.DataFrame) -> dict[str, int]:
-    """Findings per severity, every severity present: {"error": n, "warning": n, "info": n}."""
+    """Findings per severity, every severity present, worst first: {"error": n, "warning": n, "info": n}."""
     counts = findings["severity"].value_counts()
     return {sev.value: int(counts.get(sev.value, 0)) for sev in Severity}
+
+
+def worst_severity(counts: dict[str, int]) -> str:
+    """The worst severity with a finding in `counts` (error, then warning, then info), or "none"."""
+    return next((sev.value for sev in Severity if counts.get(sev.value)), "none")
+
+
+def _join(left: pd.DataFrame, right: pd.DataFrame, on: list[str], how: MergeHow = "inner", **kw: Any) -> pd.DataFrame:
+    """`left.merge(right, on=on, how=how)`, key columns coded against one dictionary joined on their codes.
+
+    pandas joins an extension column through an index of its values, which makes every digest's string:
+    seconds and hundreds of megabytes on a million blobs. A null joins a null, as in pandas' own merge.
+    """
+    coded: dict[str, Dictionary] = {}
+    for col in on:
+        a, b = codes_of(left[col]), codes_of(right[col])
+        if a is not None and b is not None and a[1].same(b[1]):
+            left = left.assign(**{col: a[0]})
+            right = right.assign(**{col: b[0]})
+            coded[col] = a[1]
+    out = left.merge(right, on=on, how=how, **kw)
+    for col, dictionary in coded.items():
+        out[col] = pd.Series(CodedArray(out[col].to_numpy().astype(CODE), dictionary), index=out.index)
+    return out
 
 
 def _frame(findings: list[Finding]) -> pd.DataFrame:
@@ -138,13 +193,10 @@ def tag_manifests(graph: Graph) -> pd.DataFrame:
     tags = graph.inv.tags.dropna(subset=["digest"])[["repository", "tag", "digest"]].drop_duplicates(ignore_index=True)
     found = graph.content_closure(tags["digest"])
     root = found["root"].to_numpy()
+    # Columns keep their dtypes (digests and names as codes): joins on them then never make a string.
     return pd.DataFrame(
-        {
-            "repository": tags["repository"].to_numpy()[root],
-            "tag": tags["tag"].to_numpy()[root],
-            "manifest": found["digest"].to_numpy(),
-        }
-    ).astype("string")
+        {"repository": pick(tags["repository"], root), "tag": pick(tags["tag"], root), "manifest": found["digest"]}
+    )
 
 
 def tag_blobs(graph: Graph) -> pd.DataFrame:
@@ -153,14 +205,14 @@ def tag_blobs(graph: Graph) -> pd.DataFrame:
     refs = graph.inv.references
     refs = refs[isin(refs["ref_type"], HOLDING_REFS)][["manifest", "digest"]].rename(columns={"digest": "blob"})
     own = manifests.assign(blob=manifests["manifest"])
-    return pd.concat([own, manifests.merge(refs, on="manifest")], ignore_index=True).drop_duplicates(ignore_index=True)
+    return pd.concat([own, _join(manifests, refs, ["manifest"])], ignore_index=True).drop_duplicates(ignore_index=True)
 
 
 def _failing_tags(tag_needs: pd.DataFrame, wanted: pd.DataFrame, on: str) -> list[list[str]]:
     """For each row of `wanted` (repository and `on` columns), the sorted tags whose pulls read that `on`."""
     pairs = tag_needs[["repository", on, "tag"]].drop_duplicates()
     keys = wanted[["repository", on]].reset_index(drop=True).reset_index()
-    hits = keys.merge(pairs, on=["repository", on]).sort_values("tag")
+    hits = _join(keys, pairs, ["repository", on]).sort_values("tag")
     tags: list[list[str]] = [[] for _ in range(len(wanted))]
     for position, tag in zip(hits["index"], hits["tag"], strict=True):
         tags[position].append(tag)
@@ -187,19 +239,17 @@ def missing_blobs(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
     tags = inv.tags.dropna(subset=["digest"])
     revs = inv.revisions[inv.revisions["linked"]].dropna(subset=["target"])
     refs = inv.references[isin(inv.references["ref_type"], HOLDING_REFS)]
-    referenced = present[["repository", "target"]].merge(
-        refs[["manifest", "ref_type", "digest"]].rename(columns={"manifest": "target", "digest": "blob"}), on="target"
+    referenced = _join(
+        present[["repository", "target"]],
+        refs[["manifest", "ref_type", "digest"]].rename(columns={"manifest": "target", "digest": "blob"}),
+        ["target"],
     )
     needed = pd.concat(
         [
             pd.DataFrame({"repository": tags["repository"], "blob": tags["digest"], "role": "manifest"}),
             pd.DataFrame({"repository": revs["repository"], "blob": revs["target"], "role": "manifest"}),
             pd.DataFrame(
-                {
-                    "repository": referenced["repository"],
-                    "blob": referenced["blob"],
-                    "role": referenced["ref_type"].map(_ROLES),
-                }
+                {"repository": referenced["repository"], "blob": referenced["blob"], "role": referenced["ref_type"]}
             ),
         ],
         ignore_index=True,
@@ -207,6 +257,8 @@ def missing_blobs(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
     gone = needed[~isin(needed["blob"], stored)]
     if gone.empty:
         return _NONE
+    # References are named by role for the few found missing, not for all of them.
+    gone = gone.assign(role=gone["role"].astype(object).map(lambda kind: _ROLES.get(kind, kind)))
     grouped = gone.groupby(["repository", "blob"], as_index=False).agg(role=("role", _roles))
     failing = _failing_tags(tag_needs, grouped, "blob")
     details = [
@@ -222,17 +274,19 @@ def index_findings(graph: Graph, tag_needs: pd.DataFrame) -> pd.DataFrame:
     inv, present = graph.inv, graph.present
     refs = inv.references
     children = refs[refs["ref_type"] == "child"][["manifest", "digest", "media_type", "platform", "position"]]
-    kids = present[["repository", "digest", "target"]].merge(
-        children.rename(columns={"manifest": "target", "digest": "child"}), on="target"
+    kids = _join(
+        present[["repository", "digest", "target"]],
+        children.rename(columns={"manifest": "target", "digest": "child"}),
+        ["target"],
     )
     if kids.empty:
         return _NONE
     linked = inv.revisions[inv.revisions["linked"]][["repository", "digest"]].rename(columns={"digest": "child"})
-    marked = kids.merge(linked.drop_duplicates(), how="left", on=["repository", "child"], indicator=True)
+    marked = _join(kids, linked.drop_duplicates(), ["repository", "child"], how="left", indicator=True)
     absent = marked[marked["_merge"] == "left_only"].reset_index(drop=True)
 
     layer_refs = refs[isin(refs["ref_type"], ("config", "layer", "fslayer"))]["digest"]
-    not_manifests = pd.Index(layer_refs.unique()).difference(pd.Index(inv.manifests["digest"]))
+    not_manifests = layer_refs[~isin(layer_refs, inv.manifests["digest"])]
     media = kids["media_type"].fillna("")
     layerish = kids[isin(media, IMAGE_CONFIGS) | media.str.contains(_LAYER_TYPE) | isin(kids["child"], not_manifests)]
     parts = [_children_missing(absent, tag_needs), _lists_layers(layerish.reset_index(drop=True))]
@@ -286,7 +340,7 @@ def _lists_layers(layerish: pd.DataFrame) -> pd.DataFrame:
 def size_mismatches(inv: Inventory) -> pd.DataFrame:
     """size-mismatch: a descriptor's size differs from the size of the blob it names; one finding per blob."""
     refs = inv.references.dropna(subset=["size"])[["manifest", "digest", "size"]]
-    sized = refs.merge(inv.blobs[["digest", "size"]], on="digest", suffixes=("_declared", "_disk"))
+    sized = _join(refs, inv.blobs[["digest", "size"]], ["digest"], suffixes=("_declared", "_disk"))
     bad = sized[sized["size_declared"] != sized["size_disk"]]
     if bad.empty:
         return _NONE

@@ -29,8 +29,8 @@ REPOSITORY_GAUGES: dict[str, str] = {
     "upload_bytes": "Bytes of the repository's uploads in progress.",
 }
 
-# Columns of `report --by summary` exported as registry totals; its findings_* columns are replaced by
-# storage_audit_findings, which counts what `check` finds rather than what the scan alone met.
+# Columns of `report --by summary` exported as registry totals; its findings_* columns are storage_audit_findings
+# summed by severity (both count what `check` finds), exported once, by kind, instead.
 SUMMARY_GAUGES: dict[str, str] = {
     "repositories": "Repositories in the registry.",
     "tags": "Tags in the registry.",

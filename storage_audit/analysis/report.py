@@ -11,9 +11,11 @@ import humanize
 import numpy as np
 import pandas as pd
 
+from storage_audit.analysis.check import check as check_findings
+from storage_audit.analysis.check import severity_counts
 from storage_audit.analysis.graph import Graph, Reachability, ReachOptions, closure, holdings
 from storage_audit.analysis.options import COLUMNS, By, ReportOptions, check, needs_inventory
-from storage_audit.analysis.reach import blob_kinds, reach_findings
+from storage_audit.analysis.reach import blob_kinds
 from storage_audit.inventory.frames import isin, join_groups, pick, positions
 from storage_audit.inventory.tables import Inventory
 from storage_audit.output.formats import View
@@ -363,17 +365,18 @@ def uploads(graph: Graph) -> pd.DataFrame:
 
 
 def summary(graph: Graph) -> pd.DataFrame:
-    """One row: counts, physical and logical bytes, what collecting would free, findings by severity."""
+    """One row: counts, physical and logical bytes, what collecting would free, findings by severity.
+
+    The findings are `check`'s with its default options, so the summary counts what `check`, the HTML
+    page and the metrics count.
+    """
     inv = graph.inv
     plain = graph.reach()
     safe = _safe(graph)
     physical = int(inv.blobs["size"].sum())
     logical = int(_sizes(graph, graph.repository_blobs()["blob"]).sum())
     orphan_bytes = int(plain.orphans["size"].sum())
-    severities = pd.concat(
-        [inv.findings["severity"], pd.Series([f.severity.value for f in reach_findings(graph, plain)], dtype=STR)],
-        ignore_index=True,
-    ).value_counts()
+    severities = severity_counts(check_findings(graph))
     row = {
         "repositories": len(inv.repositories),
         "tags": len(inv.tags),
@@ -387,9 +390,9 @@ def summary(graph: Graph) -> pd.DataFrame:
         "orphan_bytes": orphan_bytes,
         "untagged_reclaimable_bytes": int(safe.orphans["size"].sum()) - orphan_bytes,
         "upload_bytes": int(inv.uploads["bytes"].sum()),
-        "findings_error": int(severities.get("error", 0)),
-        "findings_warning": int(severities.get("warning", 0)),
-        "findings_info": int(severities.get("info", 0)),
+        "findings_error": severities["error"],
+        "findings_warning": severities["warning"],
+        "findings_info": severities["info"],
     }
     frame = pd.DataFrame([row], columns=list(COLUMNS[By.SUMMARY]))
     return frame.astype({c: INT for c in COLUMNS[By.SUMMARY] if c != "dedup_ratio"} | {"dedup_ratio": "float64"})

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -33,6 +33,7 @@ from typer.core import TyperCommand
 from storage_audit import __version__
 from storage_audit.analysis.options import By, DiffBy, Format, PlanFormat, ReportFormat
 from storage_audit.cli.progress import RichByteProgress, RichProgress
+from storage_audit.core import clock
 from storage_audit.core.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from storage_audit.core.findings import Severity
 from storage_audit.core.text import count, printable
@@ -875,10 +876,12 @@ def plan(
             f"{root}: --format sh writes a script for a local tree; for a bucket, apply the json plan "
             "with `storage-audit apply` (or use --format http)"
         )
+    # Read before the scan: a grace period measured from its start holds back what was pushed during it.
+    now = clock.now()
     inv = read_inventory(root, quiet, workers, source)
     from storage_audit.analysis.graph import Graph
 
-    result = make_plan(Graph(inv), policy, datetime.now(UTC))
+    result = make_plan(Graph(inv), policy, now)
     if isinstance(source, Bucket):
         from storage_audit.cleanup.s3apply import add_preconditions
 

@@ -12,6 +12,11 @@ PART_FILE = "part-{:05d}.parquet"
 PART_PATTERN = r"part-[0-9]{5}\.parquet"
 VIEW_FILE = "report-{}.parquet"
 """A whole report view computed when the snapshot was written, so that reports need not analyze again."""
+VIEWS_FORMAT = 2
+"""What the stored views mean, written as `views_format` (absent: 1). In 2 the summary's findings_* columns
+count every finding of `check`; in 1 only those of the scan and of the reachability engine."""
+VIEWS_SINCE = {"summary": 2}
+"""The views format from which a stored view is read as it is; one stored before is computed again."""
 
 STR = "string"
 TIME = "datetime64[ns, UTC]"

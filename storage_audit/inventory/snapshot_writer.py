@@ -23,6 +23,7 @@ from storage_audit.inventory.schema import (
     STR,
     TIME,
     VIEW_FILE,
+    VIEWS_FORMAT,
 )
 
 ROWS_PER_GROUP = 128 * 1024
@@ -153,7 +154,12 @@ class SnapshotWriter:
     def close(self, metadata: Mapping[str, Any]) -> None:
         """Finish every table, then write `metadata` with the layout and the views (which marks the snapshot whole)."""
         parts = self.close_tables()
-        meta = dict(metadata) | {"format": SNAPSHOT_FORMAT, "tables": parts, "views": sorted(self.views)}
+        meta = dict(metadata) | {
+            "format": SNAPSHOT_FORMAT,
+            "tables": parts,
+            "views": sorted(self.views),
+            "views_format": VIEWS_FORMAT,
+        }
         with open(self.directory / METADATA_FILE, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2)
             fh.write("\n")

@@ -38,6 +38,7 @@ from storage_audit.inventory.schema import (
     STR,
     TIME,
     VIEW_FILE,
+    VIEWS_SINCE,
 )
 from storage_audit.inventory.snapshot_writer import arrow_schema
 from storage_audit.inventory.validate import (
@@ -176,10 +177,15 @@ def finish_snapshot(out: Any, inv: Inventory, views: Mapping[str, pd.DataFrame])
 
 
 def read_view(directory: Path, name: str, every_column: bool = True) -> pd.DataFrame | None:
-    """The report view `name` stored in a snapshot, or None when the snapshot holds none; ValueError when unreadable,
-    or not that view as the tool writes it (without `every_column`, a column may be missing)."""
-    views = read_metadata(directory).get("views")
+    """The report view `name` stored in a snapshot, or None when the snapshot holds none, or one that an earlier
+    version computed otherwise (see VIEWS_SINCE); ValueError when unreadable, or not that view as the tool writes
+    it (without `every_column`, a column may be missing)."""
+    meta = read_metadata(directory)
+    views = meta.get("views")
     if not isinstance(views, list) or name not in views:
+        return None
+    stored_format = meta.get("views_format", 1)
+    if not isinstance(stored_format, int) or stored_format < VIEWS_SINCE.get(name, 1):
         return None
     path = directory / VIEW_FILE.format(name)
     try:

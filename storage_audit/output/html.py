@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from storage_audit import __version__
-from storage_audit.analysis.check import CheckOptions, severity_counts, stale_upload_rows
+from storage_audit.analysis.check import UPLOAD_AGE, CheckOptions, severity_counts, stale_upload_rows, worst_severity
 from storage_audit.analysis.check import check as check_findings
 from storage_audit.analysis.collect import orphan_frame, untagged_frame
 from storage_audit.analysis.graph import Graph, ReachOptions
@@ -43,6 +43,8 @@ AGE_BUCKETS: tuple[tuple[float, str], ...] = (
 )
 UNKNOWN_AGE = "unknown"
 SEVERITY_PLURALS = {"error": "errors", "warning": "warnings", "info": "info"}
+# The findings card takes the colour of its worst finding, whatever their number.
+SEVERITY_TONES = {"error": "bad", "warning": "warn", "info": "info", "none": ""}
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class HtmlOptions:
     every row read `command_root` (default: the inventory's root).
     """
 
-    upload_age: timedelta = field(default_factory=lambda: CheckOptions().upload_age)
+    upload_age: timedelta = UPLOAD_AGE
     treemap_repositories: int = 400
     bars: int = 25
     table_rows: int = 1000
@@ -457,11 +459,14 @@ class Card:
     tone: str = ""
     parts: list[tuple[str, str, str]] = field(default_factory=list)
     """Figures the note breaks the value into: key, raw value, text."""
+    severity: str = ""
+    """For the findings card, the worst severity found (error, warning, info or none)."""
 
 
 def cards(fig: Figures) -> list[Card]:
     row = fig.summary.iloc[0]
     counts = severity_counts(fig.findings)
+    worst = worst_severity(counts)
     stale = int(fig.stale_uploads["bytes"].sum())
 
     def sized(key: str, label: str, note: str = "", tone: str = "") -> Card:
@@ -486,8 +491,9 @@ def cards(fig: Figures) -> list[Card]:
             "check findings",
             str(sum(counts.values())),
             f"{sum(counts.values()):,}",
-            tone="bad" if counts.get("error") else ("warn" if counts.get("warning") else ""),
+            tone=SEVERITY_TONES[worst],
             parts=[(f"findings_{sev}", str(n), count(n, sev, SEVERITY_PLURALS[sev])) for sev, n in counts.items()],
+            severity=worst,
         ),
     ]
 

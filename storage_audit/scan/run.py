@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from storage_audit.core import clock
 from storage_audit.core.findings import Finding
 from storage_audit.core.memory import release, steady_allocator
 from storage_audit.core.paths import BlobPrefix, InvalidPath, path_for
@@ -469,7 +470,7 @@ def scan(storage: Storage, options: ScanOptions | None = None) -> Inventory:
     Rows come out in path order (directories are read sorted), so two scans of
     the same tree give identical frames whatever the number of workers.
     """
-    scanned_at = datetime.now(UTC)
+    scanned_at = clock.now()
     # The frames made at the end need pandas, which takes a CPU-second to import:
     # it loads while the workers read the tree, not before or after them.
     sink, found = _read(storage, options, _Frames, meanwhile=_load_pandas)
@@ -518,7 +519,7 @@ def scan_to_snapshot(storage: Storage, directory: Path, options: ScanOptions | N
     snapshot with inventory.finish_snapshot: until then it has no metadata.json, and is no snapshot.
     Raises OSError when the snapshot cannot be written.
     """
-    scanned_at = datetime.now(UTC)
+    scanned_at = clock.now()
     sink, found = _read(storage, options, lambda: _SnapshotTables(directory), meanwhile=_load_pandas)
     sink.finish(found)
     release()

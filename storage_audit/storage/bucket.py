@@ -13,10 +13,11 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from storage_audit.core import clock
 from storage_audit.core.errors import StorageError, UsageError
 from storage_audit.core.paths import BlobData, LayerLink, RevisionLink, TagCurrentLink, TagIndexLink, parse_path
 
@@ -225,7 +226,7 @@ class _CredentialProvider:
     def expiry(self) -> datetime | None:
         # botocore refreshes a temporary credential some minutes before it expires; ask again well before.
         if self._chain is not None and getattr(self._chain, "refresh_needed", None) is not None:
-            return datetime.now(UTC) + timedelta(minutes=5)
+            return clock.machine_now() + timedelta(minutes=5)
         return None
 
     def __call__(self) -> S3Credential:
