@@ -512,13 +512,17 @@ class S3Bucket:
     # Listing
 
     async def _list_flat(
-        self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None
+        self,
+        prefix: str,
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], bool | None] | None = None,
+        offset: str | None = None,
     ) -> list[tuple[str, ObjectInfo]]:
-        """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives."""
+        """Every key under `prefix` (after the key `offset`), page after page; `on_page` takes each page's keys as it
+        arrives, and ends the listing by returning True."""
         import obstore
 
         out: list[tuple[str, ObjectInfo]] = []
-        stream = obstore.list(self.store, prefix.rstrip("/") or None, chunk_size=LIST_CHUNK)
+        stream = obstore.list(self.store, prefix.rstrip("/") or None, offset=offset, chunk_size=LIST_CHUNK)
         try:
             while True:
                 await self.limiter.wait()
@@ -529,8 +533,8 @@ class S3Bucket:
                 self.counters.add("list")
                 page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
                 out += page
-                if on_page is not None:
-                    on_page(page)
+                if on_page is not None and on_page(page):
+                    break
         except Exception as exc:
             raise self._error(f"listing {prefix!r} failed", exc) from exc
         if not out:
@@ -603,6 +607,35 @@ class S3Bucket:
 
     def list_all(self, plan: ShardPlan = shard_plan) -> Listing:
         return self.run(self.list_all_async(plan))
+
+    async def list_range_async(
+        self, container: str, first: str, last: str, *, uniform: bool = False
+    ) -> dict[str, ObjectInfo]:
+        """Every key from `first` to `last` (paths relative to `v2`) below the directory `container`, listed now.
+
+        Servers do not agree on the order of a flat listing (SeaweedFS lists
+        `x/a/b` before `x/a-b`), so the whole container is listed, unless it
+        is `uniform`: every name below it has the same length and alphabet
+        (digests), whatever sorts them orders them alike, and the listing
+        starts just before `first` and stops after `last`.
+        """
+        relative = self.location.relative
+        found: dict[str, ObjectInfo] = {}
+
+        def keep(page: list[tuple[str, ObjectInfo]]) -> bool:
+            for key, info in page:
+                rel = relative(key)
+                if rel > last and uniform:
+                    return True
+                if first <= rel <= last:
+                    found[rel] = info
+            return False
+
+        # After `first` less its last character: a server may skip a whole "directory" named by the offset.
+        start = first.rstrip("/")[:-1]
+        offset = self.location.prefix + start if uniform and start.startswith(container + "/") else None
+        await self._list_flat(self.location.prefix + container, keep, offset)
+        return found
 
     # Reading
 
@@ -799,3 +832,24 @@ class S3Bucket:
 
     def multipart_uploads(self) -> list[MultipartUpload]:
         return self.run(self.multipart_uploads_async())
+
+    def abort_upload(self, path: str, upload_id: str) -> None:
+        """Abort the incomplete multipart upload `upload_id` to `path`; one aborted already is no error."""
+        try:
+            self._call(
+                "abort_upload",
+                "abort_multipart_upload",
+                Bucket=self.location.bucket,
+                Key=self.location.key(path),
+                UploadId=upload_id,
+            )
+        except S3NotFound:
+            return
+
+    def copy_out(self, path: str, bucket: str, key: str) -> None:
+        """Copy the object of `path` to `key` in `bucket`, server-side; a key gone meanwhile has nothing to copy."""
+        try:
+            source = {"Bucket": self.location.bucket, "Key": self.location.key(path)}
+            self._call("copy", "copy_object", Bucket=bucket, Key=key, CopySource=source)
+        except S3NotFound:
+            return
