@@ -12,13 +12,18 @@ import os
 import shutil
 import stat as stat_mod
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from storage_audit.core.errors import StorageError
+
+if TYPE_CHECKING:
+    from storage_audit.storage.bucket import ObjectInfo
 
 # Non-blocking, so that a FIFO where a file belongs can never stall a read.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -203,6 +208,28 @@ class Storage(ABC):
 
     def bytes_below(self, rel: str) -> int:
         return sum(st.size for _, st in self.files(rel))
+
+    def listing(self) -> KeyListing | None:
+        """The listing of keys the tree was read from, where it is one (object storage); None for a file system."""
+        return None
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    """Every key of a tree in object storage as listed (ETag, size, last-modified), and what listings do not show."""
+
+    origin: dict[str, str]
+    """Where the tree is: bucket, prefix, region, endpoint; never a credential."""
+    objects: Mapping[str, ObjectInfo]
+    keys: Sequence[str]
+    """The paths of `objects`, sorted."""
+    unlisted: Mapping[str, Sequence[tuple[str, int]]]
+    """Incomplete multipart uploads (the s3 driver's upload data), as (upload id, bytes), by the path of their key."""
+
+    def between(self, first: str, last: str) -> Iterator[tuple[str, ObjectInfo]]:
+        """The keys from `first` to `last`, in order, with what the listing says of each."""
+        for rel in self.keys[bisect_left(self.keys, first) : bisect_right(self.keys, last)]:
+            yield rel, self.objects[rel]
 
 
 def _split(entries: list[Entry] | None) -> tuple[list[str], list[Entry]]:
@@ -602,6 +629,7 @@ __all__ = [
     "Directory",
     "Entry",
     "EntryKind",
+    "KeyListing",
     "LocalStorage",
     "NotRegular",
     "Small",

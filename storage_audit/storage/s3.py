@@ -32,6 +32,7 @@ from storage_audit.storage.base import (
     Directory,
     Entry,
     EntryKind,
+    KeyListing,
     NotRegular,
     Small,
     Stat,
@@ -375,6 +376,7 @@ class S3Storage(Storage):
         self._tree_: _Tree | None = None
         self._known: dict[str, bytes] = {}
         self.etag_resolved = 0
+        self._unlisted: dict[str, list[tuple[str, int]]] = {}
 
     @property
     def origin(self) -> dict[str, str]:
@@ -421,6 +423,7 @@ class S3Storage(Storage):
                 self._known[path] = digest.encode()
                 self.etag_resolved += 1
         for upload in uploads:
+            self._unlisted.setdefault(upload.path, []).append((upload.upload_id, upload.bytes))
             # Several unfinished uploads to one key are one file of their bytes together.
             known = index.files.get(upload.path)
             initiated = upload.initiated or datetime.fromtimestamp(0, UTC)
@@ -525,6 +528,10 @@ class S3Storage(Storage):
     def prune_empty(self, rel: str, levels: int) -> None:
         # S3 has no directories: a prefix disappears with its last key.
         return None
+
+    def listing(self) -> KeyListing:
+        tree = self.tree
+        return KeyListing(self.origin, tree.files, tree.keys, self._unlisted)
 
     # -- bulk reads -----------------------------------------------------------
 
