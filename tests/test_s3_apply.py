@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from storage_audit.cleanup.plan import Plan
 from storage_audit.cli.app import app
 from tests.conftest import fixture_builder
 from tests.registry_harness import Client, parse_gc_output, require_registry
@@ -110,6 +111,8 @@ def test_plan_records_the_location_and_each_key_as_listed(basic: Pushed, tmp_pat
             assert want["size"] == entry["Size"]
             assert want["last_modified"] == entry["LastModified"].isoformat()
             assert rel == action["path"] or rel.startswith(action["path"] + "/")
+    # Read and written again, a plan is the same document: its typed preconditions hold exactly what it says.
+    assert json.dumps(Plan.from_json(doc).to_json(), indent=2) == json.dumps(doc, indent=2)
     uploads = multipart_uploads(server, basic.prefix)
     (upload,) = [a for a in doc["actions"] if a["op"] == "remove-upload"]
     (multipart,) = upload["precondition"]["multipart"]

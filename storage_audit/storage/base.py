@@ -1,4 +1,4 @@
-"""One storage tree behind a small path-based interface: list, read small files safely, stat, stream, remove.
+"""One storage tree behind a small path-based interface: list, read small files safely, stat, stream.
 
 Paths are relative to the `v2` directory, with `/` separators, as paths.py
 builds them ("" is `v2` itself). `LocalStorage` serves a directory on disk; an
@@ -190,14 +190,6 @@ class Storage(ABC):
     @abstractmethod
     def files(self, rel: str) -> Iterator[tuple[str, Stat]]:
         """Every file below `rel` (or `rel` itself when it is one), as (path, stat)."""
-
-    @abstractmethod
-    def remove(self, rel: str, quarantine: Path | None = None) -> None:
-        """Delete the file or the whole tree `rel` (or move it to the same path under `quarantine`)."""
-
-    @abstractmethod
-    def prune_empty(self, rel: str, levels: int) -> None:
-        """Remove up to `levels` parents of `rel` that are empty now, nearest first."""
 
     def directory(self, rel: str) -> AbstractContextManager[Directory]:
         """A view of directory `rel` for many calls below it."""
@@ -510,7 +502,7 @@ class _LocalDirectory(Directory, AbstractContextManager["_LocalDirectory"]):
 
 
 class LocalStorage(Storage):
-    """A `v2` directory on the local file system."""
+    """A `v2` directory on the local file system; files and trees in it can be removed (or moved to a quarantine)."""
 
     def __init__(self, v2: str | Path) -> None:
         self.v2 = str(v2)
@@ -570,6 +562,7 @@ class LocalStorage(Storage):
             raise _access_error(rel, exc) from exc
 
     def remove(self, rel: str, quarantine: Path | None = None) -> None:
+        """Delete the file or the whole tree `rel` (or move it to the same path under `quarantine`)."""
         target = self.full(rel)
         try:
             if quarantine is not None:
@@ -586,6 +579,7 @@ class LocalStorage(Storage):
             raise AccessError(rel, f"cannot remove: {exc.strerror or exc}") from exc
 
     def prune_empty(self, rel: str, levels: int) -> None:
+        """Remove up to `levels` parents of `rel` that are empty now, nearest first."""
         parent = rel
         for _ in range(levels):
             parent = parent.rpartition("/")[0]

@@ -522,13 +522,6 @@ class S3Storage(Storage):
                 break
             yield path
 
-    def remove(self, rel: str, quarantine: Path | None = None) -> None:
-        raise StorageError(f"{self.location}: deleting from object storage is not supported yet; nothing was removed")
-
-    def prune_empty(self, rel: str, levels: int) -> None:
-        # S3 has no directories: a prefix disappears with its last key.
-        return None
-
     def listing(self) -> KeyListing:
         tree = self.tree
         return KeyListing(self.origin, tree.files, tree.keys, self._unlisted)
