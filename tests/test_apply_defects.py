@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -259,3 +260,32 @@ def test_an_action_found_done_still_prunes_what_it_left_empty(aged: Callable[[st
     assert code == 0, err
     assert directories(v2) == directories(reference / V2)
     assert files(v2).keys() == files(reference / V2).keys()
+
+
+# --------------------------------------------------------------------------
+# What the summary says
+
+
+def test_a_dry_run_says_what_it_would_remove_in_the_table_and_the_summary(aged: Callable[[str], Path]) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    plan, doc = make_plan(root, *BROAD)
+    before = files(v2)
+    code, _, err = apply_cli(plan, "--dry-run")
+    assert code == 0, err
+    assert files(v2) == before
+    results = {cells[1] for cells in _table_rows(err)}
+    assert results == {"would remove"}, err
+    lines = err.splitlines()
+    n = len(doc["actions"])
+    assert re.fullmatch(rf"would remove {n} actions and would free [^;]+ on disk; 0 actions skipped", lines[-1]), err
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The body rows of the table on stderr, as their cells."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if line.lstrip().startswith("│") and len(cells) >= 3 and cells[0].startswith("remove-"):
+            rows.append(cells)
+    return rows

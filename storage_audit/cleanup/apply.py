@@ -58,9 +58,11 @@ class Outcome:
     failed: list[tuple[Action, str]] = field(default_factory=list)
     resumed: int = 0
     bytes: int = 0
+    dry_run: bool = False
 
     def frame(self) -> pd.DataFrame:
-        rows = [(a.op, "done") for a in self.done] + [(a.op, "skipped") for a, _ in self.skipped]
+        done = "would remove" if self.dry_run else "done"
+        rows = [(a.op, done) for a in self.done] + [(a.op, "skipped") for a, _ in self.skipped]
         rows += [(a.op, "already gone") for a in self.gone]
         rows += [(a.op, "failed") for a, _ in self.failed]
         frame = pd.DataFrame([(str(op), result) for op, result in rows], columns=["op", "result"])
@@ -103,7 +105,7 @@ class Applier(AbstractContextManager["Applier"]):
         self.journal = journal
         self.dry_run = options.dry_run
         self.log: Callable[[str], None] = lambda _line: None
-        self.outcome = Outcome(resumed=len(journal.done))
+        self.outcome = Outcome(resumed=len(journal.done), dry_run=options.dry_run)
         self.removed_tags: set[tuple[str | None, str | None]] = set()
         self.removed_revisions: set[tuple[str | None, str | None]] = set()
         self.removed_layer_links: set[tuple[str | None, str | None]] = set()

@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
     from storage_audit.analysis.graph import Graph, Reachability
     from storage_audit.analysis.options import ReportOptions
+    from storage_audit.cleanup.apply import Outcome
     from storage_audit.cleanup.plan import Plan
+    from storage_audit.cleanup.removers import Remover
     from storage_audit.core.findings import Finding
     from storage_audit.inventory.tables import Inventory
     from storage_audit.output.formats import View
@@ -974,15 +976,21 @@ def apply(
         return
     if not outcome.frame().empty:
         render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
-    verb = "would free" if dry_run else "freed"
-    say(
-        f"{verb} {size(outcome.bytes)} ({count(outcome.bytes, 'byte')}) {remover.where}; "
-        f"{count(len(outcome.skipped), 'action')} skipped"
-    )
+    say(apply_summary(outcome, remover, dry_run))
     if not dry_run and outcome.done:
         say("Restart the registry now: its blob descriptor cache still believes removed blobs exist.")
     if outcome.failed:
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def apply_summary(outcome: Outcome, remover: Remover, dry_run: bool) -> str:
+    """What an apply removed and the bytes it freed; in a dry run, what it would."""
+    amount = f"{size(outcome.bytes)} ({count(outcome.bytes, 'byte')})"
+    if dry_run:
+        head = f"would remove {count(len(outcome.done), 'action')} and would free {amount} {remover.where}"
+    else:
+        head = f"freed {amount} {remover.where}"
+    return f"{head}; {count(len(outcome.skipped), 'action')} skipped"
 
 
 def _plan_storage(plan: Plan, root: str | None) -> Storage:
