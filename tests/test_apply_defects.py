@@ -281,6 +281,22 @@ def test_a_dry_run_says_what_it_would_remove_in_the_table_and_the_summary(aged: 
     assert re.fullmatch(rf"would remove {n} actions and would free [^;]+ on disk; 0 actions skipped", lines[-1]), err
 
 
+def test_a_quarantine_says_what_it_moved_not_that_it_freed_it(aged: Callable[[str], Path]) -> None:
+    root = aged("basic")
+    plan, doc = make_plan(root, *BROAD)
+    quarantine = root.parent / "quarantine"  # the same file system: moving frees nothing
+    code, _, err = apply_cli(plan, "--quarantine", quarantine)
+    assert code == 0, err
+    assert "freed" not in err
+    # Blob and upload data count, not link files (BROAD leaves no repository of `basic` empty).
+    data = [a["path"] for a in doc["actions"] if a["op"] in ("remove-blob", "remove-upload")]
+    assert not [a for a in doc["actions"] if a["op"] == "remove-repository"]
+    moved = sum(size for rel, (size, _) in files(quarantine).items() if any(rel.startswith(p + "/") for p in data))
+    summary = rf"moved \S+ \S+ \({moved:,} bytes\) into the quarantine {re.escape(str(quarantine))}; 0 actions skipped"
+    assert re.fullmatch(summary, err.splitlines()[-2]), err
+    assert moved > 0 and "Restart the registry" in err.splitlines()[-1]
+
+
 def _table_rows(text: str) -> list[list[str]]:
     """The body rows of the table on stderr, as their cells."""
     rows = []

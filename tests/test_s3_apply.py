@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +315,15 @@ def test_quarantine_keeps_every_removed_key_and_one_command_restores_it(basic: P
         result.stderr
     )
     assert len(doc["actions"]) > 0
+    assert_copied_then_deleted(result.stderr, str(local), {k: before[k] for k in gone}, basic.prefix)
+
+
+def assert_copied_then_deleted(stderr: str, quarantine: str, gone: dict[str, bytes], prefix: str) -> None:
+    """The summary says the data was copied to the quarantine, then deleted, with the bytes of the blobs copied."""
+    copied = sum(len(body) for key, body in gone.items() if key.startswith(prefix + "blobs/"))
+    said = rf"copied \S+ \S+ \({copied:,} bytes\) to the quarantine {re.escape(quarantine)}, then deleted the originals"
+    assert copied > 0 and re.search(rf"^{said} in the bucket; 0 actions skipped$", stderr, re.MULTILINE), stderr
+    assert "freed" not in stderr
 
 
 def test_quarantine_in_a_bucket_is_a_server_side_copy(basic: Pushed, tmp_path: Path) -> None:
@@ -334,6 +344,7 @@ def test_quarantine_in_a_bucket_is_a_server_side_copy(basic: Pushed, tmp_path: P
     assert f"aws s3 cp --recursive --endpoint-url {server.endpoint} {where}/ {basic.url}/docker/registry/v2/" in (
         result.stderr
     )
+    assert_copied_then_deleted(result.stderr, where + "/", {k: before[k] for k in gone}, basic.prefix)
     # A quarantine that overlaps the registry's own keys is refused.
     refused = basic.apply(tmp_path / "plan.json", "--quarantine", f"s3://{server.bucket}")
     assert refused.exit_code == 2

@@ -48,8 +48,9 @@ class ApplyOptions:
 class Outcome:
     """What an apply did, per action: done, skipped (with why), already gone, or failed (with the error).
 
-    `bytes` are those of the blob and upload data removed; in a dry run,
-    what would be. A dry run's done actions are those it would remove.
+    `bytes` are those of the blob and upload data removed (freed, or moved to
+    a quarantine); in a dry run, what would be. A dry run's done actions are
+    those it would remove.
     """
 
     done: list[Action] = field(default_factory=list)
@@ -110,7 +111,8 @@ class Applier(AbstractContextManager["Applier"]):
         self.removed_revisions: set[tuple[str | None, str | None]] = set()
         self.removed_layer_links: set[tuple[str | None, str | None]] = set()
         self.removed_paths: set[str] = set()
-        self.verb = "would remove" if self.dry_run else "removed"
+        verb = "removed" if remover.quarantine is None else "quarantined"
+        self.verb = "would remove" if self.dry_run else verb
 
     def __exit__(self, *exc: object) -> None:
         self.close()

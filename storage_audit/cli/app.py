@@ -984,12 +984,19 @@ def apply(
 
 
 def apply_summary(outcome: Outcome, remover: Remover, dry_run: bool) -> str:
-    """What an apply removed and the bytes it freed; in a dry run, what it would."""
+    """What an apply removed and where its data went (freed, moved or copied to a quarantine); in a dry run, what
+    it would."""
     amount = f"{size(outcome.bytes)} ({count(outcome.bytes, 'byte')})"
-    if dry_run:
-        head = f"would remove {count(len(outcome.done), 'action')} and would free {amount} {remover.where}"
+    kept = remover.quarantine
+    if kept is None:
+        would, did = f"free {amount} {remover.where}", f"freed {amount} {remover.where}"
+    elif kept.copied:
+        would = f"copy {amount} to the quarantine {kept.where}, then delete the originals {remover.where}"
+        did = f"copied {amount} to the quarantine {kept.where}, then deleted the originals {remover.where}"
     else:
-        head = f"freed {amount} {remover.where}"
+        would = f"move {amount} into the quarantine {kept.where}"
+        did = f"moved {amount} into the quarantine {kept.where}"
+    head = f"would remove {count(len(outcome.done), 'action')} and would {would}" if dry_run else did
     return f"{head}; {count(len(outcome.skipped), 'action')} skipped"
 
 

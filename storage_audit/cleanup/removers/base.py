@@ -42,9 +42,10 @@ class Found:
 
 @dataclass(frozen=True)
 class Quarantined:
-    """Where removed data is kept instead of deleted."""
+    """Where removed data is kept instead of deleted: moved there, or copied there and then deleted."""
 
     where: str
+    copied: bool
     restore: str | None = None
     """A command that puts it back, where one is known."""
 

@@ -65,7 +65,7 @@ class LocalRemover(Remover):
                 raise UsageError(f"{quarantine}: not a directory")
             if is_inside(quarantine, Path(storage.location)):
                 raise UsageError(f"{quarantine}: the quarantine must lie outside the storage tree {storage.location}")
-            self.quarantine = Quarantined(str(quarantine))
+            self.quarantine = Quarantined(str(quarantine), copied=False)
 
     def _refuse(self, plan: Plan) -> None:
         if plan.location is not None or plan.root != self.storage.location:

@@ -142,7 +142,7 @@ class S3Remover(Remover):
         if quarantine is not None:
             quarantine.check(self.bucket.location)
             restore = quarantine.restore_command(self.bucket.location, self.bucket.endpoint)
-            self.quarantine = Quarantined(str(quarantine), restore=restore)
+            self.quarantine = Quarantined(str(quarantine), copied=True, restore=restore)
 
     def _refuse(self, plan: Plan) -> None:
         why = same_place(plan, self.storage.origin, self.storage.location)
