@@ -7,9 +7,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -305,3 +307,42 @@ def _table_rows(text: str) -> list[list[str]]:
         if line.lstrip().startswith("│") and len(cells) >= 3 and cells[0].startswith("remove-"):
             rows.append(cells)
     return rows
+
+
+# --------------------------------------------------------------------------
+# Two applies of one plan at once
+
+
+def test_a_second_apply_of_a_plan_while_one_runs_is_refused(aged: Callable[[str], Path]) -> None:
+    """Two processes apply the same plan: the second is refused at once, and the first ends as if alone."""
+    root = aged("basic")
+    v2 = root / V2
+    reference = copy_tree(root, root.parent / "reference")
+    plan, doc = make_plan(root, *BROAD)
+    journal = journal_path(plan)
+    command = [sys.executable, "-m", "storage_audit", "apply", str(plan), "--yes"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # Held still once it holds the journal (its first line is written under the lock).
+        deadline = time.monotonic() + 120
+        while not (journal.is_file() and journal.read_bytes().endswith(b"\n")):
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the first apply never wrote its journal"
+            time.sleep(0.001)
+        first.send_signal(signal.SIGSTOP)
+        during = files(v2)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith("storage-audit: error: ") and len(second.stderr.splitlines()) == 1
+        assert "another apply of this plan is running" in second.stderr
+        assert files(v2) == during
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=180)
+    assert first.returncode == 0, err
+    assert "; 0 actions skipped" in err
+    assert apply_cli(retarget(doc, reference, reference.parent / "reference.json"))[0] == 0
+    assert files(v2).keys() == files(reference / V2).keys()
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert sum("plan_sha256" in e for e in entries) == 1 and entries[-1] == {"finished": True}
+    assert sorted(e["index"] for e in entries if "index" in e) == list(range(len(doc["actions"])))

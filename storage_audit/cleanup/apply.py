@@ -15,7 +15,7 @@ import pandas as pd
 
 from storage_audit.analysis.graph import Graph
 from storage_audit.cleanup.action import LayerLinkPrecondition, RevisionPrecondition
-from storage_audit.cleanup.journal import AlreadyApplied, Journal, journal_path
+from storage_audit.cleanup.journal import AlreadyApplied, Journal, PlanBusy, journal_path
 from storage_audit.cleanup.plan import BLOCKING_KINDS, OPS, Action, Op, Plan, PlanError, revision_ranks
 from storage_audit.cleanup.removers.base import Found, Item, Remover
 from storage_audit.core.errors import StorageError
@@ -94,8 +94,9 @@ class Applier(AbstractContextManager["Applier"]):
     revisions and again before the layer links and blobs, vetoes what is in
     use now, and journals each result; the remover (`cleanup.removers`) says
     what each action's target is now, whether that is what the plan saw, and
-    removes what the applier approves. Made by `prepare`; closed at the end
-    of `run` (or used as a context manager). What this run removed is remembered, so that the later
+    removes what the applier approves. Made by `prepare`, which holds the
+    plan against a second apply until the applier is closed (or used as a
+    context manager). What this run removed is remembered, so that the later
     checks of a dry run, which removes nothing, see the tree as a real run
     would.
     """
@@ -118,7 +119,7 @@ class Applier(AbstractContextManager["Applier"]):
         self.close()
 
     def close(self) -> None:
-        """Close the journal."""
+        """Release the plan (and its journal)."""
         self.journal.close()
 
     # -- the phases -------------------------------------------------------------
@@ -323,15 +324,18 @@ def _by_rank(inv: Inventory | None, items: list[Item]) -> list[list[Item]]:
 
 
 def prepare(plan: Plan, plan_hash: str, plan_path: Path, remover: Remover, options: ApplyOptions) -> Applier:
-    """Everything that refuses an apply, before anything is removed: the remover's check of the plan, its journal read.
+    """Everything that refuses an apply, before anything is removed: the remover's check of the plan, the plan held
+    against a second apply (not in a dry run), its journal read.
 
     Raises PlanError for a plan the remover refuses (nothing is deleted, no
-    journal is written), AlreadyApplied when the journal says it was applied
-    to the end.
+    journal is written), PlanBusy while another apply of the plan runs,
+    AlreadyApplied when the journal says it was applied to the end.
     """
     remover.check(plan)
     journal = Journal(plan_path, plan_hash, len(plan.actions))
     try:
+        if not options.dry_run:
+            journal.lock()
         journal.read()
     except BaseException:
         journal.close()
@@ -357,6 +361,7 @@ __all__ = [
     "Applier",
     "ApplyOptions",
     "Outcome",
+    "PlanBusy",
     "apply_plan",
     "journal_path",
     "prepare",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +23,10 @@ class AlreadyApplied(AuditError):
     exit_code = EXIT_OK
 
 
+class PlanBusy(PlanError):
+    """Another apply of the same plan is running: two at once would each find the other's removals."""
+
+
 def journal_path(plan_path: Path, plan_hash: str | None = None) -> Path:
     """Where the journal of the plan in `plan_path` (with sha256 `plan_hash`, else of its bytes now) is kept."""
     if plan_hash is None:
@@ -34,7 +39,10 @@ class Journal:
 
     Its name carries the plan's hash, so a plan written again over the same
     file starts a journal of its own; what a crash tore or garbled is checked
-    again. A dry run only reads it.
+    again. An apply holds the plan file locked from before it reads the
+    journal until it closes it, so a second apply of the plan meanwhile is
+    refused; the lock creates nothing, so a refused or declined apply leaves
+    no journal. A dry run only reads it.
     """
 
     def __init__(self, plan_path: Path, plan_hash: str, actions: int) -> None:
@@ -45,6 +53,22 @@ class Journal:
         self.done: set[int] = set()
         self._fresh = True
         self._fh: IO[bytes] | None = None
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold the plan against any other apply until `close`; raises PlanBusy while another holds it."""
+        try:
+            fd = os.open(self.plan_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PlanError(f"{self.plan_path}: cannot open: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                raise PlanBusy("another apply of this plan is running; run it again once that one has ended") from exc
+            raise PlanError(f"{self.plan_path}: cannot lock it against a second apply: {exc.strerror or exc}") from exc
+        self._lock = fd
 
     def read(self) -> None:
         """Learn what an earlier apply settled; raises PlanError, or AlreadyApplied when it was applied to the end."""
@@ -75,7 +99,8 @@ class Journal:
         }
 
     def open(self) -> None:
-        """Open the journal for writing (once it was read)."""
+        """Open the journal for writing (the plan locked and the journal read first)."""
+        assert self._lock is not None, "a journal is written only under the plan's lock"
         try:
             if self._fresh:
                 self._fh = open(self.path, "wb")  # noqa: SIM115 - held for the whole apply
@@ -110,10 +135,13 @@ class Journal:
         self.close()
 
     def close(self) -> None:
-        """Close the journal (an apply that was interrupted leaves it to be resumed)."""
+        """Close the journal and release the plan (an apply that was interrupted leaves it to be resumed)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
-__all__ = ["AlreadyApplied", "Journal", "journal_path"]
+__all__ = ["AlreadyApplied", "Journal", "PlanBusy", "journal_path"]

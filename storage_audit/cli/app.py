@@ -932,8 +932,8 @@ def apply(
     """Apply a deletion plan: validate it, re-check each action right before it, never remove what is in use.
 
     A journal beside the plan (PLAN.<hash>.journal) lets an interrupted apply resume, and stops a plan from
-    being applied twice. Restart the registry afterwards: its blob cache still believes removed blobs exist.
-    Answering no at the prompt exits 2, deleting nothing.
+    being applied twice; a second apply of a plan while one runs is refused. Restart the registry afterwards:
+    its blob cache still believes removed blobs exist. Answering no at the prompt exits 2, deleting nothing.
     """
     from storage_audit.cleanup.apply import AlreadyApplied, ApplyOptions, prepare, read_plan
     from storage_audit.cleanup.plan import PlanError
