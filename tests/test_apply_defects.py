@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -263,3 +266,87 @@ def test_an_action_found_done_still_prunes_what_it_left_empty(aged: Callable[[st
     assert code == 0, err
     assert directories(v2) == directories(reference / V2)
     assert files(v2).keys() == files(reference / V2).keys()
+
+
+# --------------------------------------------------------------------------
+# What the summary says
+
+
+def test_a_dry_run_says_what_it_would_remove_in_the_table_and_the_summary(aged: Callable[[str], Path]) -> None:
+    root = aged("basic")
+    v2 = root / V2
+    plan, doc = make_plan(root, *BROAD)
+    before = files(v2)
+    code, _, err = apply_cli(plan, "--dry-run")
+    assert code == 0, err
+    assert files(v2) == before
+    results = {cells[1] for cells in _table_rows(err)}
+    assert results == {"would remove"}, err
+    lines = err.splitlines()
+    n = len(doc["actions"])
+    assert re.fullmatch(rf"would remove {n} actions and would free [^;]+ on disk; 0 actions skipped", lines[-1]), err
+
+
+def test_a_quarantine_says_what_it_moved_not_that_it_freed_it(aged: Callable[[str], Path]) -> None:
+    root = aged("basic")
+    plan, doc = make_plan(root, *BROAD)
+    quarantine = root.parent / "quarantine"  # the same file system: moving frees nothing
+    code, _, err = apply_cli(plan, "--quarantine", quarantine)
+    assert code == 0, err
+    assert "freed" not in err
+    # Blob and upload data count, not link files (BROAD leaves no repository of `basic` empty).
+    data = [a["path"] for a in doc["actions"] if a["op"] in ("remove-blob", "remove-upload")]
+    assert not [a for a in doc["actions"] if a["op"] == "remove-repository"]
+    moved = sum(size for rel, (size, _) in files(quarantine).items() if any(rel.startswith(p + "/") for p in data))
+    summary = rf"moved \S+ \S+ \({moved:,} bytes\) into the quarantine {re.escape(str(quarantine))}; 0 actions skipped"
+    assert re.fullmatch(summary, err.splitlines()[-2]), err
+    assert moved > 0 and "Restart the registry" in err.splitlines()[-1]
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """The body rows of the table on stderr, as their cells."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if line.lstrip().startswith("│") and len(cells) >= 3 and cells[0].startswith("remove-"):
+            rows.append(cells)
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Two applies of one plan at once
+
+
+def test_a_second_apply_of_a_plan_while_one_runs_is_refused(aged: Callable[[str], Path]) -> None:
+    """Two processes apply the same plan: the second is refused at once, and the first ends as if alone."""
+    root = aged("basic")
+    v2 = root / V2
+    reference = copy_tree(root, root.parent / "reference")
+    plan, doc = make_plan(root, *BROAD)
+    journal = journal_path(plan)
+    command = [sys.executable, "-m", "storage_audit", "apply", str(plan), "--yes"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # Held still once it holds the journal (its first line is written under the lock).
+        deadline = time.monotonic() + 120
+        while not (journal.is_file() and journal.read_bytes().endswith(b"\n")):
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the first apply never wrote its journal"
+            time.sleep(0.001)
+        first.send_signal(signal.SIGSTOP)
+        during = files(v2)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith("storage-audit: error: ") and len(second.stderr.splitlines()) == 1
+        assert "another apply of this plan is running" in second.stderr
+        assert files(v2) == during
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=180)
+    assert first.returncode == 0, err
+    assert "; 0 actions skipped" in err
+    assert apply_cli(retarget(doc, reference, reference.parent / "reference.json"))[0] == 0
+    assert files(v2).keys() == files(reference / V2).keys()
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert sum("plan_sha256" in e for e in entries) == 1 and entries[-1] == {"finished": True}
+    assert sorted(e["index"] for e in entries if "index" in e) == list(range(len(doc["actions"])))

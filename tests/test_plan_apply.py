@@ -28,8 +28,9 @@ from typer.testing import CliRunner
 from storage_audit import __version__
 from storage_audit.analysis.check import check as check_storage
 from storage_audit.analysis.reach import HOLDING_REFS, ReachOptions, present_revisions, reach
-from storage_audit.cleanup.apply import ApplyOptions, apply_plan, journal_path, read_plan
-from storage_audit.cleanup.plan import OPS, Action
+from storage_audit.cleanup.apply import apply_plan, journal_path, read_plan
+from storage_audit.cleanup.plan import OPS, Action, Plan
+from storage_audit.cleanup.removers import plan_storage, remover_for
 from storage_audit.cli.app import app
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
@@ -255,9 +256,11 @@ def test_plan_document_fields_totals_and_order(aged: Callable[..., Path]) -> Non
     for a in acts:
         assert set(a) == ACTION_FIELDS
         assert a["reason"] and isinstance(a["precondition"], dict) and a["precondition"]
-        Action(**a).spec()  # the path is of the kind its op allows, and names what its fields say
+        Action.from_json(a, 0).spec()  # the path is of the kind its op allows, and names what its fields say
     order = [OPS.index(a["op"]) for a in acts]
     assert order == sorted(order)
+    # Read and written again, a plan is the same document: its typed preconditions hold exactly what it says.
+    assert json.dumps(Plan.from_json(doc).to_json(), indent=2) == json.dumps(doc, indent=2)
     # Within an op, a stable order: the plan is reviewed and diffed by people.
     for op in OPS:
         paths = [a["path"] for a in actions(doc, op)]
@@ -533,7 +536,8 @@ def test_dry_run_changes_nothing(planned: tuple[Path, Path, dict[str, Any]]) -> 
     assert code == 0, err
     assert files(v2) == before and directories(v2) == dirs
     assert not journal_path(plan).exists()
-    assert err.count("would remove ") == len(doc["actions"])
+    said = [line.removeprefix("would remove ") for line in err.splitlines() if line.startswith("would remove ")]
+    assert [a["path"] for a in doc["actions"]] == said[: len(doc["actions"])]
     assert "would free" in err and "Restart the registry" not in err
     # A dry run does not count as having applied the plan.
     assert apply_cli(plan)[0] == 0
@@ -848,7 +852,7 @@ def interrupted(plan: Path, after: int) -> int:
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        apply_plan(loaded, digest, plan, ApplyOptions(), log)
+        apply_plan(loaded, digest, plan, remover_for(plan_storage(loaded)), log=log)
     return count
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
+from storage_audit.cleanup.action import TagPrecondition
 from storage_audit.cleanup.plan import OP_SPEC, OPS, Action, Op
 from storage_audit.core.paths import (
     BlobDir,
@@ -49,9 +49,10 @@ def test_each_op_touches_one_kind_of_path() -> None:
 
 
 def test_an_action_holds_an_op_and_writes_the_same_json() -> None:
-    action = Action("remove-tag", "repositories/a/_manifests/tags/t", "why", {"current": None}, "a", "t")
+    digest = "sha256:" + "ab" * 32
+    action = Action("remove-tag", "repositories/a/_manifests/tags/t", "why", TagPrecondition(current=digest), "a", "t")
     assert action.op is Op.REMOVE_TAG
-    assert json.loads(json.dumps(asdict(action)))["op"] == "remove-tag"
+    assert json.loads(json.dumps(action.to_json()))["op"] == "remove-tag"
     assert Action.__dataclass_fields__.keys() == {
         "op",
         "path",

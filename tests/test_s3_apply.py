@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from storage_audit.cleanup.plan import Plan
 from storage_audit.cli.app import app
 from tests.conftest import fixture_builder
 from tests.registry_harness import Client, parse_gc_output, require_registry
@@ -110,6 +112,8 @@ def test_plan_records_the_location_and_each_key_as_listed(basic: Pushed, tmp_pat
             assert want["size"] == entry["Size"]
             assert want["last_modified"] == entry["LastModified"].isoformat()
             assert rel == action["path"] or rel.startswith(action["path"] + "/")
+    # Read and written again, a plan is the same document: its typed preconditions hold exactly what it says.
+    assert json.dumps(Plan.from_json(doc).to_json(), indent=2) == json.dumps(doc, indent=2)
     uploads = multipart_uploads(server, basic.prefix)
     (upload,) = [a for a in doc["actions"] if a["op"] == "remove-upload"]
     (multipart,) = upload["precondition"]["multipart"]
@@ -311,6 +315,15 @@ def test_quarantine_keeps_every_removed_key_and_one_command_restores_it(basic: P
         result.stderr
     )
     assert len(doc["actions"]) > 0
+    assert_copied_then_deleted(result.stderr, str(local), {k: before[k] for k in gone}, basic.prefix)
+
+
+def assert_copied_then_deleted(stderr: str, quarantine: str, gone: dict[str, bytes], prefix: str) -> None:
+    """The summary says the data was copied to the quarantine, then deleted, with the bytes of the blobs copied."""
+    copied = sum(len(body) for key, body in gone.items() if key.startswith(prefix + "blobs/"))
+    said = rf"copied \S+ \S+ \({copied:,} bytes\) to the quarantine {re.escape(quarantine)}, then deleted the originals"
+    assert copied > 0 and re.search(rf"^{said} in the bucket; 0 actions skipped$", stderr, re.MULTILINE), stderr
+    assert "freed" not in stderr
 
 
 def test_quarantine_in_a_bucket_is_a_server_side_copy(basic: Pushed, tmp_path: Path) -> None:
@@ -331,6 +344,7 @@ def test_quarantine_in_a_bucket_is_a_server_side_copy(basic: Pushed, tmp_path: P
     assert f"aws s3 cp --recursive --endpoint-url {server.endpoint} {where}/ {basic.url}/docker/registry/v2/" in (
         result.stderr
     )
+    assert_copied_then_deleted(result.stderr, where + "/", {k: before[k] for k in gone}, basic.prefix)
     # A quarantine that overlaps the registry's own keys is refused.
     refused = basic.apply(tmp_path / "plan.json", "--quarantine", f"s3://{server.bucket}")
     assert refused.exit_code == 2

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from storage_audit.core.errors import StorageError, UsageError
+from storage_audit.core.errors import UsageError
 from storage_audit.roots.resolve import Bucket, LocalTree, RemoteOptions, RootError, resolve
 from storage_audit.storage.base import EntryKind, ProcessModel
-from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
-from storage_audit.storage.s3 import ManifestCache, S3Storage, _Index, _tree, default_cache_dir, mtime_ns
+from storage_audit.storage.bucket import ObjectInfo
+from storage_audit.storage.s3 import ManifestCache, _Index, _tree, default_cache_dir, mtime_ns
 
 WHEN = datetime(2026, 11, 30, 10, 0, 1, 250000, tzinfo=UTC)
 
@@ -161,9 +161,3 @@ def test_configuration_files_as_roots(fixture_root, tmp_path: Path) -> None:  # 
     (tmp_path / "notes.txt").write_text("just text\n")
     with pytest.raises(RootError):
         resolve(tmp_path / "notes.txt")
-
-
-def test_nothing_is_removed_from_a_bucket() -> None:
-    storage = S3Storage(S3Bucket(S3Location("reg"), S3Settings(access_key="a", secret_key="b"), env={}))
-    with pytest.raises(StorageError, match="not supported"):
-        storage.remove("blobs/sha256/ab")

@@ -7,70 +7,54 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from storage_audit import __version__
 from storage_audit.analysis.graph import Graph
+from storage_audit.cleanup.action import (
+    OP_SPEC,
+    OPS,
+    Action,
+    BlobPrecondition,
+    HistoryPrecondition,
+    KeyState,
+    LayerLinkPrecondition,
+    Op,
+    PendingUpload,
+    PlanError,
+    Precondition,
+    RepositoryPrecondition,
+    RevisionPrecondition,
+    TagPrecondition,
+    UploadPrecondition,
+)
 from storage_audit.core.errors import UncertainError, UsageError
 from storage_audit.core.manifest import LIST_KINDS
 from storage_audit.core.paths import (
     BlobDir,
     Digest,
-    InvalidPath,
     LayerLink,
-    PathSpec,
     Repository,
     RevisionLink,
     TagDir,
     TagIndexLink,
     UploadDir,
-    parse_path,
     path_for,
 )
 from storage_audit.inventory.frames import isin
 from storage_audit.inventory.tables import Inventory
 
+if TYPE_CHECKING:
+    from storage_audit.storage.base import KeyListing, Storage
+
 PLAN_FORMAT = "storage-audit-plan"
 PLAN_VERSION = 1
 
-
-class Op(StrEnum):
-    """A plan's operations, in the order they are applied.
-
-    An interruption anywhere leaves only garbage (untagged manifests,
-    unreferenced blobs), never a tag without its manifest or a manifest
-    without its blobs. Members are strings: the plan file holds their values.
-    """
-
-    REMOVE_TAG = "remove-tag"
-    REMOVE_TAG_HISTORY = "remove-tag-history"
-    REMOVE_REVISION = "remove-revision"
-    REMOVE_LAYER_LINK = "remove-layer-link"
-    REMOVE_BLOB = "remove-blob"
-    REMOVE_UPLOAD = "remove-upload"
-    REMOVE_REPOSITORY = "remove-repository"
-
-
-OPS: tuple[Op, ...] = tuple(Op)
-OP_SPEC: dict[Op, type] = {
-    Op.REMOVE_TAG: TagDir,
-    Op.REMOVE_TAG_HISTORY: TagIndexLink,
-    Op.REMOVE_REVISION: RevisionLink,
-    Op.REMOVE_LAYER_LINK: LayerLink,
-    Op.REMOVE_BLOB: BlobDir,
-    Op.REMOVE_UPLOAD: UploadDir,
-    Op.REMOVE_REPOSITORY: Repository,
-}
 # Findings that make the inventory too uncertain to delete anything from it.
 BLOCKING_KINDS = ("bad-link", "unreadable", "corrupt-manifest")
-
-
-class PlanError(UsageError, ValueError):
-    """A plan file that is malformed, tampered with, or not applicable."""
 
 
 class PlanRefused(UncertainError, RuntimeError):
@@ -101,43 +85,6 @@ class Policy:
         doc["only_tags"] = list(self.only_tags)
         doc["repositories"] = list(self.repositories)
         return doc
-
-
-@dataclass(frozen=True)
-class Action:
-    """One removal: what, where (relative to `v2`), why, and what must still hold when it runs."""
-
-    op: str
-    path: str
-    reason: str
-    precondition: dict[str, Any]
-    repository: str | None = None
-    tag: str | None = None
-    digest: str | None = None
-    bytes: int = 0
-
-    def __post_init__(self) -> None:
-        # An Op whatever the caller passed (they compare equal to their strings); an unknown op is left
-        # for `spec` to refuse with a PlanError.
-        if isinstance(self.op, str) and not isinstance(self.op, Op) and self.op in OP_SPEC:
-            object.__setattr__(self, "op", Op(self.op))
-
-    def spec(self) -> PathSpec:
-        """The parsed path, checked against what the op may touch and the fields it names."""
-        if self.op not in OP_SPEC:
-            raise PlanError(f"unknown op {self.op!r}")
-        op = Op(self.op)
-        try:
-            spec = parse_path(self.path)
-        except InvalidPath as exc:
-            raise PlanError(f"{self.op} {self.path!r}: {exc}") from exc
-        if not isinstance(spec, OP_SPEC[op]):
-            raise PlanError(f"{self.op} may not touch {self.path!r}")
-        for name in ("repository", "tag", "digest"):
-            value = getattr(spec, name, None)
-            if value is not None and str(value) != getattr(self, name):
-                raise PlanError(f"{self.op} {self.path!r}: its {name} field does not match its path")
-        return spec
 
 
 @dataclass
@@ -184,7 +131,7 @@ class Plan:
             **({"location": self.location} if self.location is not None else {}),
             "policy": self.policy,
             "totals": self.totals(),
-            "actions": [asdict(a) for a in self.actions],
+            "actions": [a.to_json() for a in self.actions],
         }
 
     @classmethod
@@ -211,16 +158,9 @@ class Plan:
         if not isinstance(policy, dict):
             raise PlanError("the plan's policy must be an object")
         plan = cls(root=root, created_at=created, policy=policy, location=location)
-        fields = set(Action.__dataclass_fields__)
         last = -1
         for i, item in enumerate(actions):
-            if not isinstance(item, dict) or set(item) != fields:
-                raise PlanError(f"action #{i} is malformed: it needs exactly the fields {sorted(fields)}")
-            if not isinstance(item["op"], str) or item["op"] not in OP_SPEC:
-                raise PlanError(f"action #{i} has an unknown op")
-            action = Action(**item)
-            _check_types(i, action)
-            action.spec()
+            action = Action.from_json(item, i)
             order = OPS.index(Op(action.op))
             if order < last:
                 raise PlanError(f"action #{i} ({action.op}) is out of order")
@@ -250,18 +190,6 @@ def _check_location(root: Any, location: Any) -> None:
         raise PlanError(f"the plan's location: {exc}") from exc
     if parsed != named or named.prefix != prefix:
         raise PlanError(f"the plan's root {root} and its location {bucket}/{prefix} disagree")
-
-
-def _check_types(i: int, action: Action) -> None:
-    if not isinstance(action.path, str) or not isinstance(action.reason, str):
-        raise PlanError(f"action #{i}: path and reason must be strings")
-    if not isinstance(action.precondition, dict):
-        raise PlanError(f"action #{i}: precondition must be an object")
-    if not isinstance(action.bytes, int) or action.bytes < 0:
-        raise PlanError(f"action #{i}: bytes must be a non-negative integer")
-    for name in ("repository", "tag", "digest"):
-        if getattr(action, name) is not None and not isinstance(getattr(action, name), str):
-            raise PlanError(f"action #{i}: {name} must be a string")
 
 
 def _matches(values: pd.Series, patterns: Iterable[str], glob: bool = False) -> pd.Series:
@@ -336,11 +264,31 @@ def _tag_deletions(inv: Inventory, policy: Policy, now: pd.Timestamp) -> pd.Data
     return tags[cand].assign(reason=reasons[cand])
 
 
-def make_plan(source: Graph | Inventory, policy: Policy, now: datetime) -> Plan:
-    """Apply `policy` to an inventory or its graph (as of `now`) and list the removals it implies, in apply order."""
+def make_plan(source: Graph | Inventory, policy: Policy, now: datetime, storage: Storage | None = None) -> Plan:
+    """Apply `policy` to an inventory or its graph (as of `now`) and list the removals it implies, in apply order.
+
+    `storage` is the tree the inventory was scanned from: where that is read
+    from a listing (a bucket), the plan records where it is, and each action's
+    keys as listed become part of its precondition.
+    """
     graph = Graph.of(source)
     inv = graph.inv
     refuse_if_uncertain(inv)
+    listing = None if storage is None else storage.listing()
+    if "bucket" in inv.origin and listing is None:
+        raise ValueError("a plan for a tree in object storage needs the listing it was scanned from")
+    actions = _actions(graph, policy, now)
+    if listing is not None:
+        actions = [_with_keys(action, listing) for action in actions]
+    location = None if listing is None else dict(listing.origin)
+    plan = Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions, location=location)
+    plan.held_back = _held_back(graph, policy, now, actions)
+    return plan
+
+
+def _actions(graph: Graph, policy: Policy, now: datetime) -> list[Action]:
+    """The removals `policy` implies, in apply order, with what the inventory saw of each as its precondition."""
+    inv = graph.inv
     ts_now = pd.Timestamp(now)
     grace = ts_now - policy.min_age
     present = graph.present
@@ -374,9 +322,22 @@ def make_plan(source: Graph | Inventory, policy: Policy, now: datetime) -> Plan:
     actions += _upload_actions(inv, policy, ts_now, grace)
     if policy.prune_empty_repositories:
         actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions, grace)
-    plan = Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions)
-    plan.held_back = _held_back(graph, policy, now, plan)
-    return plan
+    return actions
+
+
+def _with_keys(action: Action, listing: KeyListing) -> Action:
+    """`action` with its keys as listed (ETag, size, last-modified) in its precondition; for an upload, also its
+    data's incomplete multipart uploads, which listings do not show."""
+    objects = {}
+    for _, first, last in action.spans():
+        for rel, info in listing.between(first, last):
+            if info.etag is not None:  # not the stand-in for a multipart upload's data
+                objects[rel] = KeyState(info.etag, info.size, info.last_modified)
+    pre: Precondition = replace(action.precondition, objects=objects)
+    if isinstance(pre, UploadPrecondition):
+        pending = listing.unlisted.get(f"{action.path}/data", ())
+        pre = replace(pre, multipart=tuple(PendingUpload(upload_id, size) for upload_id, size in pending))
+    return replace(action, precondition=pre)
 
 
 HELD_BACK_OPS = {
@@ -387,7 +348,7 @@ HELD_BACK_OPS = {
 }
 
 
-def _held_back(graph: Graph, policy: Policy, now: datetime, planned: Plan) -> dict[str, int]:
+def _held_back(graph: Graph, policy: Policy, now: datetime, planned: list[Action]) -> dict[str, int]:
     """What the rules would remove but the grace period keeps: the removals of the plan the same rules
     make without a grace period, less this plan's. Planned again only when something is that new."""
     inv = graph.inv
@@ -395,21 +356,21 @@ def _held_back(graph: Graph, policy: Policy, now: datetime, planned: Plan) -> di
     times = (inv.tags["pushed_at"], inv.revisions["pushed_at"], inv.blobs["mtime"], inv.uploads["started_at"])
     if policy.min_age <= timedelta(0) or not any(bool((t >= grace).any()) for t in times):
         return dict.fromkeys(HELD_BACK_OPS, 0)
-    ungraced = make_plan(graph, replace(policy, min_age=timedelta(0)), now)
+    ungraced = _actions(graph, replace(policy, min_age=timedelta(0)), now)
     held = {}
     for key, op in HELD_BACK_OPS.items():
-        kept = {a.path for a in planned.actions if a.op == op}
-        held[key] = sum(1 for a in ungraced.actions if a.op == op and a.path not in kept)
+        kept = {a.path for a in planned if a.op == op}
+        held[key] = sum(1 for a in ungraced if a.op == op and a.path not in kept)
     return held
 
 
 def _tag_actions(deleted: pd.DataFrame) -> list[Action]:
     return [
         Action(
-            "remove-tag",
+            Op.REMOVE_TAG,
             path_for(TagDir(r.repository, r.tag)),
             r.reason,
-            {"current": r.digest},
+            TagPrecondition(current=r.digest),
             repository=r.repository,
             tag=r.tag,
             digest=r.digest,
@@ -425,10 +386,10 @@ def _history_actions(inv: Inventory, deleted_tags: pd.DataFrame, removed: pd.Dat
     history = history[history["_gone"].isna()]  # a removed tag takes its history with it
     return [
         Action(
-            "remove-tag-history",
+            Op.REMOVE_TAG_HISTORY,
             path_for(TagIndexLink(r.repository, r.tag, Digest.parse(r.digest))),
             f"history entry of tag {r.tag} for a manifest this plan removes",
-            {"link": r.digest},
+            HistoryPrecondition(link=r.digest),
             repository=r.repository,
             tag=r.tag,
             digest=r.digest,
@@ -437,17 +398,24 @@ def _history_actions(inv: Inventory, deleted_tags: pd.DataFrame, removed: pd.Dat
     ]
 
 
+def revision_ranks(inv: Inventory, targets: pd.Series) -> np.ndarray:
+    """The rank in which revisions naming `targets` are removed: 0 for a referrer, 1 for an index, 2 for an image.
+
+    Referrers first, then indexes, then images: interrupted anywhere, no
+    remaining index misses a child and no remaining artifact misses its subject.
+    """
+    kinds = inv.manifests.set_index("digest")
+    is_referrer = targets.map(kinds["subject"]).notna()
+    is_index = isin(targets.map(kinds["kind"]).fillna(""), LIST_KINDS)
+    return np.where(is_referrer, 0, np.where(is_index, 1, 2))
+
+
 def _revision_actions(
     inv: Inventory, removed: pd.DataFrame, remaining_tags: pd.DataFrame, policy: Policy
 ) -> list[Action]:
     was_tagged = set(zip(remaining_tags["repository"], remaining_tags["digest"], strict=True))
-    # Referrers first, then indexes, then images: interrupted anywhere, no remaining
-    # index misses a child and no remaining artifact misses its subject.
-    kinds = inv.manifests.set_index("digest")
-    is_referrer = removed["target"].map(kinds["subject"]).notna()
-    is_index = isin(removed["target"].map(kinds["kind"]).fillna(""), LIST_KINDS)
-    rank = np.where(is_referrer, 0, np.where(is_index, 1, 2))
-    ordered = removed.assign(_rank=rank).sort_values(["_rank", "repository", "digest"])
+    ranked = removed.assign(_rank=revision_ranks(inv, removed["target"]))
+    ordered = ranked.sort_values(["_rank", "repository", "digest"])
     actions = []
     for r in ordered.itertuples(index=False):
         if (r.repository, r.digest) in was_tagged:  # pragma: no cover - closure keeps tagged revisions
@@ -455,10 +423,10 @@ def _revision_actions(
         reason = "untagged: no tag reaches it" if policy.delete_untagged else "no remaining tag reaches it"
         actions.append(
             Action(
-                "remove-revision",
+                Op.REMOVE_REVISION,
                 path_for(RevisionLink(r.repository, Digest.parse(r.digest))),
                 reason,
-                {"link": r.target},
+                RevisionPrecondition(link=r.target),
                 repository=r.repository,
                 digest=r.digest,
             )
@@ -473,10 +441,10 @@ def _layer_link_actions(inv: Inventory, removed_blobs: pd.DataFrame) -> list[Act
     rows = links[doomed | missing].assign(missing=missing[doomed | missing])
     return [
         Action(
-            "remove-layer-link",
+            Op.REMOVE_LAYER_LINK,
             path_for(LayerLink(r.repository, Digest.parse(r.digest))),
             "its blob is gone" if r.missing else "its blob is removed by this plan",
-            {"link": r.target},
+            LayerLinkPrecondition(link=r.target),
             repository=r.repository,
             digest=r.digest,
         )
@@ -487,10 +455,10 @@ def _layer_link_actions(inv: Inventory, removed_blobs: pd.DataFrame) -> list[Act
 def _blob_actions(removed: pd.DataFrame) -> list[Action]:
     return [
         Action(
-            "remove-blob",
+            Op.REMOVE_BLOB,
             path_for(BlobDir(Digest.parse(r.digest))),
             "orphan: no kept manifest references it",
-            {"size": int(r.size), "mtime_ns": int(r.mtime.value)},
+            BlobPrecondition(size=int(r.size), mtime_ns=int(r.mtime.value)),
             digest=r.digest,
             bytes=int(r.size),
         )
@@ -511,10 +479,10 @@ def _upload_actions(inv: Inventory, policy: Policy, now: pd.Timestamp, grace: pd
         when = "without startedat" if started is None else f"started {r.started_at:%Y-%m-%d %H:%M} UTC"
         actions.append(
             Action(
-                "remove-upload",
+                Op.REMOVE_UPLOAD,
                 path_for(UploadDir(r.repository, r.id)),
                 f"upload {when}, before --uploads-older-than {_duration(policy.uploads_older_than)}",
-                {"bytes": int(r.bytes), "started_at": started},
+                UploadPrecondition(bytes=int(r.bytes), started_at=started),
                 repository=r.repository,
                 bytes=int(r.bytes),
             )
@@ -530,7 +498,7 @@ def _repository_actions(
     planned: list[Action],
     grace: pd.Timestamp,
 ) -> list[Action]:
-    removed_uploads = {a.path for a in planned if a.op == "remove-upload"}
+    removed_uploads = {a.path for a in planned if a.op == Op.REMOVE_UPLOAD}
     repos = inv.repositories[_in_scope(inv.repositories["repository"], policy)]["repository"]
     busy = set(kept["repository"]) | set(remaining_tags["repository"])
     # Fresh layer links may be a push in progress (blobs go up before their manifest).
@@ -542,14 +510,25 @@ def _repository_actions(
     changed = inv.repositories.set_index("repository")["layers_changed_at"]
     return [
         Action(
-            "remove-repository",
+            Op.REMOVE_REPOSITORY,
             path_for(Repository(name)),
             "empty: no tag, manifest or upload is left in it",
-            {"layers_changed_at": None if pd.isna(changed[name]) else int(changed[name].value)},
+            RepositoryPrecondition(layers_changed_at=None if pd.isna(changed[name]) else int(changed[name].value)),
             repository=name,
         )
         for name in sorted(set(repos) - busy)
     ]
 
 
-__all__ = ["OPS", "Action", "Op", "Plan", "PlanError", "PlanRefused", "Policy", "make_plan"]
+__all__ = [
+    "OPS",
+    "OP_SPEC",
+    "Action",
+    "Op",
+    "Plan",
+    "PlanError",
+    "PlanRefused",
+    "Policy",
+    "make_plan",
+    "revision_ranks",
+]

@@ -7,8 +7,20 @@ import shlex
 from collections.abc import Callable
 
 from storage_audit.analysis.options import PlanFormat
+from storage_audit.cleanup.action import BlobPrecondition, LinkPrecondition, TagPrecondition, UploadPrecondition
 from storage_audit.cleanup.plan import Action, Op, Plan
 from storage_audit.core.paths import TagCurrentLink, parent, path_for
+from storage_audit.storage.base import LocalStorage, Storage
+
+
+def refusal(fmt: PlanFormat, storage: Storage) -> str | None:
+    """Why a plan for `storage` cannot be written in `fmt`, or None: a shell script removes files, not keys."""
+    if fmt is PlanFormat.SH and not isinstance(storage, LocalStorage):
+        return (
+            "--format sh writes a script for a local tree; for a bucket, apply the json plan "
+            "with `storage-audit apply` (or use --format http)"
+        )
+    return None
 
 
 def render(plan: Plan, fmt: PlanFormat, registry_url: str | None = None) -> str:
@@ -43,19 +55,21 @@ def _sh_line(action: Action) -> list[str]:
     def current() -> str:
         return path_for(TagCurrentLink(action.repository or "", action.tag or ""))
 
-    checks: dict[Op, Callable[[], str]] = {
-        Op.REMOVE_TAG: lambda: f"check_link {q(current())} {q(action.precondition['current'])}",
-        Op.REMOVE_TAG_HISTORY: lambda: f"check_link {path} {q(action.precondition['link'])}",
-        Op.REMOVE_REVISION: lambda: f"check_link {path} {q(action.precondition['link'])}",
-        Op.REMOVE_LAYER_LINK: lambda: f"check_link {path} {q(action.precondition['link'])}",
-        Op.REMOVE_BLOB: lambda: f"check_blob {path} {action.precondition['size']}",
-        Op.REMOVE_UPLOAD: lambda: f"[ -d {path} ] && [ ! -L {path} ]",
-        Op.REMOVE_REPOSITORY: lambda: f"check_empty_repository {path}",
-    }
+    pre = action.precondition
+    if isinstance(pre, TagPrecondition):
+        check = f"check_link {q(current())} {q(pre.current)}"
+    elif isinstance(pre, LinkPrecondition):
+        check = f"check_link {path} {q(pre.link)}"
+    elif isinstance(pre, BlobPrecondition):
+        check = f"check_blob {path} {pre.size}"
+    elif isinstance(pre, UploadPrecondition):
+        check = f"[ -d {path} ] && [ ! -L {path} ]"
+    else:
+        check = f"check_empty_repository {path}"
     remove = f"rm -rf -- {path}" if action.op != Op.REMOVE_REPOSITORY else f"remove_repository {path}"
     return [
         f"# {action.op}: {action.reason}",
-        f"if {checks[Op(action.op)]()}; then {remove}; else echo {q('skipped: ' + action.path)} >&2; fi",
+        f"if {check}; then {remove}; else echo {q('skipped: ' + action.path)} >&2; fi",
     ]
 
 

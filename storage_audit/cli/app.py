@@ -45,13 +45,15 @@ if TYPE_CHECKING:
 
     from storage_audit.analysis.graph import Graph, Reachability
     from storage_audit.analysis.options import ReportOptions
+    from storage_audit.cleanup.apply import Outcome
     from storage_audit.cleanup.plan import Plan
+    from storage_audit.cleanup.removers import Remover
     from storage_audit.core.findings import Finding
     from storage_audit.inventory.tables import Inventory
     from storage_audit.output.formats import View
     from storage_audit.scan.run import Streamed
     from storage_audit.scan.walk import Totals
-    from storage_audit.storage.s3 import S3Storage
+    from storage_audit.storage.base import Storage
 
 __all__ = ["EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "app", "main"]
 
@@ -849,7 +851,7 @@ def plan(
     Orphan blobs are always included. Nothing is deleted here: review the plan, then `storage-audit apply` it.
     """
     from storage_audit.cleanup.plan import Policy, make_plan
-    from storage_audit.cleanup.plan_formats import render
+    from storage_audit.cleanup.plan_formats import refusal, render
     from storage_audit.output.table import render as render_table
 
     if fmt is PlanFormat.HTTP and not registry_url:
@@ -871,21 +873,16 @@ def plan(
     source = open_root(root)
     if isinstance(source, Snapshot):
         fail(f"{root}: plan from the storage itself, not a snapshot: apply re-checks the live files")
-    if isinstance(source, Bucket) and fmt is PlanFormat.SH:
-        fail(
-            f"{root}: --format sh writes a script for a local tree; for a bucket, apply the json plan "
-            "with `storage-audit apply` (or use --format http)"
-        )
+    storage = source.storage
+    refused = refusal(fmt, storage)
+    if refused is not None:
+        fail(f"{root}: {refused}")
     # Read before the scan: a grace period measured from its start holds back what was pushed during it.
     now = clock.now()
     inv = read_inventory(root, quiet, workers, source)
     from storage_audit.analysis.graph import Graph
 
-    result = make_plan(Graph(inv), policy, now)
-    if isinstance(source, Bucket):
-        from storage_audit.cleanup.s3apply import add_preconditions
-
-        result = add_preconditions(result, source.storage)
+    result = make_plan(Graph(inv), policy, now, storage)
     text = render(result, fmt, registry_url)
     if output is None:
         sys.stdout.write(text)
@@ -941,56 +938,39 @@ def apply(
     """Apply a deletion plan: validate it, re-check each action right before it, never remove what is in use.
 
     A journal beside the plan (PLAN.<hash>.journal) lets an interrupted apply resume, and stops a plan from
-    being applied twice. Restart the registry afterwards: its blob cache still believes removed blobs exist.
-    Answering no at the prompt exits 2, deleting nothing.
+    being applied twice; a second apply of a plan while one runs is refused. Restart the registry afterwards:
+    its blob cache still believes removed blobs exist. Answering no at the prompt exits 2, deleting nothing.
     """
-    from storage_audit.cleanup.apply import AlreadyApplied, ApplyOptions, apply_plan, read_plan
+    from storage_audit.cleanup.apply import AlreadyApplied, ApplyOptions, prepare, read_plan
     from storage_audit.cleanup.plan import PlanError
+    from storage_audit.cleanup.removers import remover_for
     from storage_audit.output.formats import View
     from storage_audit.output.table import render as render_table
 
+    refusing = f"{plan_file}: refusing the plan, nothing was deleted"
     try:
         loaded, digest = read_plan(plan_file)
-    except PlanError as exc:
-        fail(f"{plan_file}: refusing the plan, nothing was deleted: {exc}")
-    on_bucket = loaded.location is not None
-    if quarantine_to is not None and quarantine_to.startswith("s3://") and not on_bucket:
-        fail(f"--quarantine {quarantine_to}: a plan for a local tree quarantines into a local directory")
-    quarantine = None if quarantine_to is None or quarantine_to.startswith("s3://") else Path(quarantine_to)
-    if quarantine is not None and _exists_not_dir(quarantine):
-        fail(f"{quarantine}: not a directory")
-    storage = _plan_storage(loaded, root) if on_bucket else None
-    if storage is not None:
-        from storage_audit.cleanup.s3apply import same_place
-
-        elsewhere = same_place(loaded, storage)
-        if elsewhere is not None:
-            fail(f"{plan_file}: refusing the plan, nothing was deleted: {elsewhere}")
-    if storage is None and root is not None and open_root(root).location != loaded.root:
-        fail(f"{plan_file}: refusing the plan, nothing was deleted: the plan is for {loaded.root}, not {root}")
-    totals = loaded.totals()
-    if not quiet:
-        say(f"plan: {count(totals['count'], 'action')}, {size(totals['bytes'])} of blobs and uploads, on {loaded.root}")
-    if not dry_run and not yes and not _confirmed("Apply this plan?"):
-        fail("not confirmed; nothing was deleted")
-    log = (lambda line: None) if quiet else say
-    options = ApplyOptions(dry_run=dry_run, quarantine=None if on_bucket else quarantine)
-    try:
-        if storage is not None:
-            from storage_audit.cleanup.s3apply import Quarantine, apply_s3_plan
-
-            where = None if quarantine_to is None else Quarantine.parse(quarantine_to)
-            outcome = apply_s3_plan(loaded, digest, plan_file, options, storage, where, log)
-            if where is not None and outcome.done and not dry_run and not quiet:
-                bucket = storage.bucket
-                say(f"quarantined in {where}; to restore: {where.restore_command(bucket.location, bucket.endpoint)}")
-        else:
-            outcome = apply_plan(loaded, digest, plan_file, options, log)
+        remover = remover_for(_plan_storage(loaded, root), quarantine_to)
+        applier = prepare(loaded, digest, plan_file, remover, ApplyOptions(dry_run))
     except AlreadyApplied as exc:
         say(f"storage-audit: {exc}")
         raise typer.Exit(exc.exit_code) from exc
     except PlanError as exc:
-        fail(f"{plan_file}: refusing the plan, nothing was deleted: {exc}")
+        fail(f"{refusing}: {exc}")
+    with applier:
+        totals = loaded.totals()
+        if not quiet:
+            planned = f"{count(totals['count'], 'action')}, {size(totals['bytes'])} of blobs and uploads"
+            say(f"plan: {planned}, on {loaded.root}")
+        if not dry_run and not yes and not _confirmed("Apply this plan?"):
+            fail("not confirmed; nothing was deleted")
+        try:
+            outcome = applier.run(None if quiet else say)
+        except PlanError as exc:  # the journal could not be written: nothing was removed
+            fail(f"{refusing}: {exc}")
+    kept = remover.quarantine
+    if kept is not None and kept.restore and outcome.done and not dry_run and not quiet:
+        say(f"quarantined in {kept.where}; to restore: {kept.restore}")
     if outcome.failed:
         say(
             f"storage-audit: {count(len(outcome.failed), 'action')} failed and were left for the next run "
@@ -1002,38 +982,40 @@ def apply(
         return
     if not outcome.frame().empty:
         render_table(View(outcome.frame(), title="apply", total_columns=("count",)), err)
-    verb = "would free" if dry_run else "freed"
-    say(
-        f"{verb} {size(outcome.bytes_freed)} ({count(outcome.bytes_freed, 'byte')}) "
-        f"{'in the bucket' if on_bucket else 'on disk'}; "
-        f"{count(len(outcome.skipped), 'action')} skipped"
-    )
+    say(apply_summary(outcome, remover, dry_run))
     if not dry_run and outcome.done:
         say("Restart the registry now: its blob descriptor cache still believes removed blobs exist.")
     if outcome.failed:
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def _plan_storage(plan: Plan, root: str | None) -> S3Storage:
-    """The bucket a plan for object storage goes to: ROOT's when given (refused unless the plan's), else its own."""
-    from storage_audit.cleanup.s3apply import bucket_of
-    from storage_audit.storage.s3 import ManifestCache, S3Storage, default_cache_dir
+def apply_summary(outcome: Outcome, remover: Remover, dry_run: bool) -> str:
+    """What an apply removed and where its data went (freed, moved or copied to a quarantine); in a dry run, what
+    it would."""
+    amount = f"{size(outcome.bytes)} ({count(outcome.bytes, 'byte')})"
+    kept = remover.quarantine
+    if kept is None:
+        would, did = f"free {amount} {remover.where}", f"freed {amount} {remover.where}"
+    elif kept.copied:
+        would = f"copy {amount} to the quarantine {kept.where}, then delete the originals {remover.where}"
+        did = f"copied {amount} to the quarantine {kept.where}, then deleted the originals {remover.where}"
+    else:
+        would = f"move {amount} into the quarantine {kept.where}"
+        did = f"moved {amount} into the quarantine {kept.where}"
+    head = f"would remove {count(len(outcome.done), 'action')} and would {would}" if dry_run else did
+    return f"{head}; {count(len(outcome.skipped), 'action')} skipped"
+
+
+def _plan_storage(plan: Plan, root: str | None) -> Storage:
+    """Where a plan goes: ROOT's storage when given (refused unless the plan's), else the plan's own."""
+    from storage_audit.cleanup.removers import plan_storage
 
     if root is not None:
         target = open_root(root)
-        if not isinstance(target, Bucket):
-            fail(f"refusing the plan, nothing was deleted: it is for {plan.root}, not {root}")
+        if isinstance(target, Snapshot):
+            fail(f"refusing the plan, nothing was deleted: it is for {plan.root}, not the snapshot {root}")
         return target.storage
-    remote = _remote.get() or RemoteOptions()
-    cache = ManifestCache(remote.cache_dir or default_cache_dir()) if remote.cache else None
-    return S3Storage(bucket_of(plan, remote.max_requests_per_second), cache)
-
-
-def _exists_not_dir(path: Path) -> bool:
-    try:
-        return path.exists() and not path.is_dir()
-    except OSError as exc:
-        fail(f"{path}: {exc.strerror or exc}")
+    return plan_storage(plan, _remote.get() or RemoteOptions())
 
 
 def _confirmed(question: str) -> bool:

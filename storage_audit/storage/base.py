@@ -1,4 +1,4 @@
-"""One storage tree behind a small path-based interface: list, read small files safely, stat, stream, remove.
+"""One storage tree behind a small path-based interface: list, read small files safely, stat, stream.
 
 Paths are relative to the `v2` directory, with `/` separators, as paths.py
 builds them ("" is `v2` itself). `LocalStorage` serves a directory on disk; an
@@ -15,13 +15,18 @@ import os
 import shutil
 import stat as stat_mod
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from storage_audit.core.errors import StorageError
+
+if TYPE_CHECKING:
+    from storage_audit.storage.bucket import ObjectInfo
 
 # Non-blocking, so that a FIFO where a file belongs can never stall a read.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -209,14 +214,6 @@ class Storage(ABC):
     def files(self, rel: str) -> Iterator[tuple[str, Stat]]:
         """Every file below `rel` (or `rel` itself when it is one), as (path, stat)."""
 
-    @abstractmethod
-    def remove(self, rel: str, quarantine: Path | None = None) -> None:
-        """Delete the file or the whole tree `rel` (or move it to the same path under `quarantine`)."""
-
-    @abstractmethod
-    def prune_empty(self, rel: str, levels: int) -> None:
-        """Remove up to `levels` parents of `rel` that are empty now, nearest first."""
-
     def directory(self, rel: str) -> AbstractContextManager[Directory]:
         """A view of directory `rel` for many calls below it."""
         return _Prefixed(self, rel)
@@ -226,6 +223,28 @@ class Storage(ABC):
 
     def bytes_below(self, rel: str) -> int:
         return sum(st.size for _, st in self.files(rel))
+
+    def listing(self) -> KeyListing | None:
+        """The listing of keys the tree was read from, where it is one (object storage); None for a file system."""
+        return None
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    """Every key of a tree in object storage as listed (ETag, size, last-modified), and what listings do not show."""
+
+    origin: dict[str, str]
+    """Where the tree is: bucket, prefix, region, endpoint; never a credential."""
+    objects: Mapping[str, ObjectInfo]
+    keys: Sequence[str]
+    """The paths of `objects`, sorted."""
+    unlisted: Mapping[str, Sequence[tuple[str, int]]]
+    """Incomplete multipart uploads (the s3 driver's upload data), as (upload id, bytes), by the path of their key."""
+
+    def between(self, first: str, last: str) -> Iterator[tuple[str, ObjectInfo]]:
+        """The keys from `first` to `last`, in order, with what the listing says of each."""
+        for rel in self.keys[bisect_left(self.keys, first) : bisect_right(self.keys, last)]:
+            yield rel, self.objects[rel]
 
 
 def _split(entries: list[Entry] | None) -> tuple[list[str], list[Entry]]:
@@ -506,7 +525,7 @@ class _LocalDirectory(Directory, AbstractContextManager["_LocalDirectory"]):
 
 
 class LocalStorage(Storage):
-    """A `v2` directory on the local file system."""
+    """A `v2` directory on the local file system; files and trees in it can be removed (or moved to a quarantine)."""
 
     def __init__(self, v2: str | Path) -> None:
         self.v2 = str(v2)
@@ -574,6 +593,7 @@ class LocalStorage(Storage):
             raise _access_error(rel, exc) from exc
 
     def remove(self, rel: str, quarantine: Path | None = None) -> None:
+        """Delete the file or the whole tree `rel` (or move it to the same path under `quarantine`)."""
         target = self.full(rel)
         try:
             if quarantine is not None:
@@ -590,6 +610,7 @@ class LocalStorage(Storage):
             raise AccessError(rel, f"cannot remove: {exc.strerror or exc}") from exc
 
     def prune_empty(self, rel: str, levels: int) -> None:
+        """Remove up to `levels` parents of `rel` that are empty now, nearest first."""
         parent = rel
         for _ in range(levels):
             parent = parent.rpartition("/")[0]
@@ -696,6 +717,7 @@ __all__ = [
     "Directory",
     "Entry",
     "EntryKind",
+    "KeyListing",
     "LocalStorage",
     "NotRegular",
     "ProcessModel",

@@ -621,9 +621,13 @@ class S3Bucket:
             attempt += 1
 
     async def _list_flat(
-        self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None
+        self,
+        prefix: str,
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], bool | None] | None = None,
+        offset: str | None = None,
     ) -> list[tuple[str, ObjectInfo]]:
-        """Every key under `prefix`, page after page; `on_page` takes each page's keys as it arrives.
+        """Every key under `prefix` (after the key `offset`), page after page; `on_page` takes each page's keys as it
+        arrives, and ends the listing by returning True.
 
         obstore lists it, unless the prefix or a key under it is one obstore
         cannot name (see `plain_key`): one such key would fail every listing
@@ -631,19 +635,22 @@ class S3Bucket:
         """
         if _plain_prefix(prefix):
             try:
-                return await self._listed_again(prefix, partial(self._list_pages, prefix, on_page))
+                return await self._listed_again(prefix, partial(self._list_pages, prefix, on_page, offset))
             except _NotPlain:
                 pass
-        objects, _ = await self._list_exact(prefix, on_page)
+        objects, _ = await self._list_exact(prefix, on_page, offset=offset)
         return objects
 
     async def _list_pages(
-        self, prefix: str, on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None
+        self,
+        prefix: str,
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], bool | None] | None,
+        offset: str | None = None,
     ) -> list[tuple[str, ObjectInfo]]:
         import obstore
 
         out: list[tuple[str, ObjectInfo]] = []
-        stream = obstore.list(self.store, prefix.rstrip("/") or None, chunk_size=LIST_CHUNK)
+        stream = obstore.list(self.store, prefix.rstrip("/") or None, offset=offset, chunk_size=LIST_CHUNK)
         while True:
             await self.limiter.wait()
             try:
@@ -657,8 +664,8 @@ class S3Bucket:
                 # do not escape it (Go's XML encoder, SeaweedFS's, MinIO's): the key would be another's.
                 raise _NotPlain(prefix)
             out += page
-            if on_page is not None:
-                on_page(page)
+            if on_page is not None and on_page(page):
+                break
         if not out:
             self.counters.add("list")  # an empty listing is still one request
         return out
@@ -689,9 +696,10 @@ class S3Bucket:
     async def _list_exact(
         self,
         prefix: str,
-        on_page: Callable[[list[tuple[str, ObjectInfo]]], None] | None = None,
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], bool | None] | None = None,
         *,
         delimiter: bool = False,
+        offset: str | None = None,
     ) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
         """The keys under `prefix` as botocore's ListObjectsV2 gives them, exact, and the prefixes a level down.
 
@@ -704,6 +712,8 @@ class S3Bucket:
         params: dict[str, Any] = {"Bucket": self.location.bucket, "Prefix": prefix}
         if delimiter:
             params["Delimiter"] = "/"
+        if offset is not None:
+            params["StartAfter"] = offset
         while True:
             page = await asyncio.to_thread(self._call, "list", "list_objects_v2", **params)
             found = [
@@ -715,8 +725,8 @@ class S3Bucket:
             ]
             prefixes += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
             out += found
-            if on_page is not None and found:
-                on_page(found)
+            if on_page is not None and found and on_page(found):
+                return out, prefixes
             if not page.get("IsTruncated"):
                 return out, prefixes
             if not page.get("NextContinuationToken"):
@@ -781,6 +791,35 @@ class S3Bucket:
 
     def list_all(self, plan: ShardPlan = shard_plan) -> Listing:
         return self.run(self.list_all_async(plan))
+
+    async def list_range_async(
+        self, container: str, first: str, last: str, *, uniform: bool = False
+    ) -> dict[str, ObjectInfo]:
+        """Every key from `first` to `last` (paths relative to `v2`) below the directory `container`, listed now.
+
+        Servers do not agree on the order of a flat listing (SeaweedFS lists
+        `x/a/b` before `x/a-b`), so the whole container is listed, unless it
+        is `uniform`: every name below it has the same length and alphabet
+        (digests), whatever sorts them orders them alike, and the listing
+        starts just before `first` and stops after `last`.
+        """
+        relative = self.location.relative
+        found: dict[str, ObjectInfo] = {}
+
+        def keep(page: list[tuple[str, ObjectInfo]]) -> bool:
+            for key, info in page:
+                rel = relative(key)
+                if rel > last and uniform:
+                    return True
+                if first <= rel <= last:
+                    found[rel] = info
+            return False
+
+        # After `first` less its last character: a server may skip a whole "directory" named by the offset.
+        start = first.rstrip("/")[:-1]
+        offset = self.location.prefix + start if uniform and start.startswith(container + "/") else None
+        await self._list_flat(self.location.prefix + container, keep, offset)
+        return found
 
     # Reading
 
@@ -1011,3 +1050,24 @@ class S3Bucket:
 
     def multipart_uploads(self) -> list[MultipartUpload]:
         return self.run(self.multipart_uploads_async())
+
+    def abort_upload(self, path: str, upload_id: str) -> None:
+        """Abort the incomplete multipart upload `upload_id` to `path`; one aborted already is no error."""
+        try:
+            self._call(
+                "abort_upload",
+                "abort_multipart_upload",
+                Bucket=self.location.bucket,
+                Key=self.location.key(path),
+                UploadId=upload_id,
+            )
+        except S3NotFound:
+            return
+
+    def copy_out(self, path: str, bucket: str, key: str) -> None:
+        """Copy the object of `path` to `key` in `bucket`, server-side; a key gone meanwhile has nothing to copy."""
+        try:
+            source = {"Bucket": self.location.bucket, "Key": self.location.key(path)}
+            self._call("copy", "copy_object", Bucket=bucket, Key=key, CopySource=source)
+        except S3NotFound:
+            return

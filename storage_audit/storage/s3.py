@@ -32,6 +32,7 @@ from storage_audit.storage.base import (
     Directory,
     Entry,
     EntryKind,
+    KeyListing,
     NotRegular,
     ProcessModel,
     Small,
@@ -407,6 +408,7 @@ class S3Storage(Storage):
         self._cut: set[str] = set()
         """Paths whose `_known` bytes are only the first ones: enough to answer a read of fewer."""
         self.etag_resolved = 0
+        self._unlisted: dict[str, list[tuple[str, int]]] = {}
 
     @property
     def origin(self) -> dict[str, str]:
@@ -466,6 +468,7 @@ class S3Storage(Storage):
                 self._known[path] = digest.encode()
                 self.etag_resolved += 1
         for upload in uploads:
+            self._unlisted.setdefault(upload.path, []).append((upload.upload_id, upload.bytes))
             # Several unfinished uploads to one key are one file of their bytes together.
             known = index.files.get(upload.path)
             initiated = upload.initiated or datetime.fromtimestamp(0, UTC)
@@ -564,12 +567,9 @@ class S3Storage(Storage):
                 break
             yield path
 
-    def remove(self, rel: str, quarantine: Path | None = None) -> None:
-        raise StorageError(f"{self.location}: deleting from object storage is not supported yet; nothing was removed")
-
-    def prune_empty(self, rel: str, levels: int) -> None:
-        # S3 has no directories: a prefix disappears with its last key.
-        return None
+    def listing(self) -> KeyListing:
+        tree = self.tree
+        return KeyListing(self.origin, tree.files, tree.keys, self._unlisted)
 
     # -- bulk reads -----------------------------------------------------------
 
