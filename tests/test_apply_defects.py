@@ -350,3 +350,45 @@ def test_a_second_apply_of_a_plan_while_one_runs_is_refused(aged: Callable[[str]
     entries = [json.loads(line) for line in journal.read_text().splitlines()]
     assert sum("plan_sha256" in e for e in entries) == 1 and entries[-1] == {"finished": True}
     assert sorted(e["index"] for e in entries if "index" in e) == list(range(len(doc["actions"])))
+
+
+def test_a_plan_made_ahead_of_this_machines_clock_is_refused(
+    aged: Callable[[str], Path], pin_clock: Callable[[datetime], datetime]
+) -> None:
+    # A plan's re-checks compare what changed since it was made: made "later" than now, they would miss a push since.
+    root = aged("basic")
+    pin_clock(datetime.fromisoformat("2261-06-01T00:00:00+00:00"))  # ahead of any machine's clock for centuries
+    plan, _ = make_plan(root, *UNTAGGED)
+    before = files(root / V2)
+    os.environ.pop("STORAGE_AUDIT_NOW")  # applied by the machine's own clock
+    code, out, err = apply_cli(plan)
+    assert code == 2 and out == ""
+    assert err.startswith(
+        f"storage-audit: error: {plan}: refusing the plan, nothing was deleted: it was created at 2261"
+    )
+    assert "later than this machine's clock" in err and err.count("\n") == 1
+    assert files(root / V2) == before
+    assert not journal_path(plan).exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-dev-zero", "directory"])
+def test_a_plan_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    plan = tmp_path / "plan.json"
+    if kind == "fifo":
+        os.mkfifo(plan)
+    elif kind == "directory":
+        plan.mkdir()
+    else:
+        plan.symlink_to("/dev/zero")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "storage_audit", "apply", str(plan), "--yes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"storage-audit: error: {plan}: refusing the plan, nothing was deleted: cannot read")
+    assert proc.stderr.count("\n") == 1
+    assert time.monotonic() - started < 30

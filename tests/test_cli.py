@@ -357,8 +357,11 @@ def test_the_longest_duration_is_accepted(fixture_root) -> None:  # type: ignore
     assert code == 0 and json.loads(out)["policy"]["older_than"] == 100000 * 86400
 
 
-def test_no_at_the_prompt_exits_2_and_deletes_nothing(tmp_path: Path) -> None:
+def test_no_at_the_prompt_exits_2_and_deletes_nothing(
+    tmp_path: Path, pin_clock: Callable[[datetime], datetime]
+) -> None:
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic")
+    pin_clock(fixtures_built() + timedelta(minutes=1))  # the plan's time, past whatever today is
     plan = tmp_path / "plan.json"
     assert run("plan", str(root), "--delete-untagged", "--min-age", "0s", "-o", str(plan), "-q")[0] == 0
     before = sorted(p for p in root.rglob("*"))

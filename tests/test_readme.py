@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA
 from tests import registry_harness
+from tests.conftest import fixtures_built
 from tests.facts import Facts, load_expected
 from tests.registry_harness import Registry, RegistryError
 
@@ -106,17 +108,25 @@ storage:
 http:
   addr: :5000
 """
-DAY = 86400
+
+
+NOW = fixtures_built() + timedelta(minutes=1)
+"""The time the documentation's commands run at: past, whatever today is, for a plan made then may be applied now."""
+
+
+def demo_copy(into: Path) -> Path:
+    """A copy of fixtures/demo at `into` whose files all date from 30 days before NOW."""
+    shutil.copytree(TOP / "fixtures" / "demo", into, symlinks=True)
+    # Older than the grace period as of NOW: the walkthrough keeps `plan`'s default --min-age.
+    then = int((NOW - timedelta(days=30)).timestamp()) * 10**9
+    for path in [into, *into.rglob("*")]:
+        os.utime(path, ns=(then, then), follow_symlinks=False)
+    return into
 
 
 def stand_in(tmp_path: Path, kind: str) -> tuple[Path, Path]:
-    """A copy of fixtures/demo whose files are 30 days older than checked out, and the ROOT naming it."""
-    tree = tmp_path / "srv" / "registry"
-    shutil.copytree(TOP / "fixtures" / "demo", tree, symlinks=True)
-    # Older than the grace period whatever today is: the walkthrough keeps `plan`'s default --min-age.
-    for path in [tree, *tree.rglob("*")]:
-        st = path.lstat()
-        os.utime(path, ns=(st.st_atime_ns - 30 * DAY * 10**9, st.st_mtime_ns - 30 * DAY * 10**9), follow_symlinks=False)
+    """A copy of fixtures/demo 30 days old as of NOW, and the ROOT naming it."""
+    tree = demo_copy(tmp_path / "srv" / "registry")
     if kind == "directory":
         return tree, tree
     config = tmp_path / "etc" / "config.yml"
@@ -153,6 +163,7 @@ def needed_by_tags(facts: Facts) -> set[str]:
 @pytest.mark.parametrize("kind", ["config", "directory"])
 def test_readme_commands_run_in_order(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(TOP)  # fixtures/demo resolves from the checkout
+    monkeypatch.setenv("STORAGE_AUDIT_NOW", NOW.isoformat())
     tree, root = stand_in(tmp_path, kind)
     facts = load_expected(TOP / "fixtures" / "basic.expected.json")  # fixtures/demo is basic's tree
     before = blob_digests(tree)
@@ -169,7 +180,11 @@ def test_readme_commands_run_in_order(kind: str, tmp_path: Path, monkeypatch: py
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=[p.name for p in DOC_PAGES])
 def test_doc_page_commands_run_in_order(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(TOP)
+    # From a copy of the checkout's fixtures/demo, dated as of NOW, at the same relative path.
+    top = tmp_path / "checkout"
+    demo_copy(top / "fixtures" / "demo")
+    monkeypatch.chdir(top)
+    monkeypatch.setenv("STORAGE_AUDIT_NOW", NOW.isoformat())
     ran = run_commands(page, tmp_path)
     assert ran == sum(1 for words in command_lines(page) if words[0] == "storage-audit")
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -18,10 +19,17 @@ from storage_audit.cleanup.action import LayerLinkPrecondition, RevisionPrecondi
 from storage_audit.cleanup.journal import AlreadyApplied, Journal, PlanBusy, journal_path
 from storage_audit.cleanup.plan import BLOCKING_KINDS, OPS, Action, Op, Plan, PlanError, revision_ranks
 from storage_audit.cleanup.removers.base import Found, Item, Remover
+from storage_audit.core import clock
 from storage_audit.core.errors import StorageError
 from storage_audit.inventory.frames import isin
 from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.run import ScanOptions, scan
+from storage_audit.storage.base import AccessError, read_regular
+
+PLAN_LIMIT = 1 << 36
+"""64 GiB: far more than a plan of a hundred million actions takes; what is bigger is no plan."""
+CLOCK_SKEW = timedelta(minutes=1)
+"""How far ahead of this machine's clock a plan's creation may lie (the clocks of two hosts differ)."""
 
 DATA_OPS = (Op.REMOVE_BLOB, Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
 """Ops whose bytes count as freed: blob and upload data (link files are a few bytes each)."""
@@ -71,11 +79,14 @@ class Outcome:
 
 
 def read_plan(path: Path) -> tuple[Plan, str]:
-    """The validated plan in `path` and the sha256 of its bytes; raises PlanError."""
+    """The validated plan in `path` and the sha256 of its bytes; raises PlanError.
+
+    A plan is a regular file, read without following a symbolic link or waiting on a FIFO.
+    """
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PlanError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raw = read_regular(path, PLAN_LIMIT)
+    except AccessError as exc:
+        raise PlanError(f"cannot read: {exc.reason}") from exc
     try:
         doc = json.loads(raw)
     except ValueError as exc:
@@ -328,9 +339,18 @@ def prepare(plan: Plan, plan_hash: str, plan_path: Path, remover: Remover, optio
     against a second apply (not in a dry run), its journal read.
 
     Raises PlanError for a plan the remover refuses (nothing is deleted, no
-    journal is written), PlanBusy while another apply of the plan runs,
-    AlreadyApplied when the journal says it was applied to the end.
+    journal is written) or one created later than this machine's clock says
+    it is now, PlanBusy while another apply of the plan runs, AlreadyApplied
+    when the journal says it was applied to the end.
     """
+    machine = clock.machine_now()
+    if plan.created_at > machine + CLOCK_SKEW:
+        # Its re-checks compare what changed since its creation: a future creation would hide a push since.
+        raise PlanError(
+            f"it was created at {plan.created_at.isoformat()}, later than this machine's clock "
+            f"({machine.isoformat(timespec='seconds')}); made with STORAGE_AUDIT_NOW set, or on a host whose "
+            "clock runs ahead? Plan again without it"
+        )
     remover.check(plan)
     journal = Journal(plan_path, plan_hash, len(plan.actions))
     try:

@@ -11,6 +11,10 @@ from typing import IO, Any
 
 from storage_audit.cleanup.action import PlanError
 from storage_audit.core.errors import EXIT_OK, AuditError
+from storage_audit.storage.base import AccessError, read_regular
+
+JOURNAL_LIMIT = 1 << 36
+"""As a plan's limit: a journal holds a short line per action of its plan."""
 
 JOURNAL_SUFFIX = ".journal"
 JOURNAL_HASH_CHARS = 16
@@ -73,11 +77,11 @@ class Journal:
     def read(self) -> None:
         """Learn what an earlier apply settled; raises PlanError, or AlreadyApplied when it was applied to the end."""
         try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise PlanError(f"{self.path}: cannot read the journal: {exc.strerror or exc}") from exc
+            raw = read_regular(self.path, JOURNAL_LIMIT)
+        except AccessError as exc:
+            if not os.path.lexists(self.path):
+                return
+            raise PlanError(f"{self.path}: cannot read the journal: {exc.reason}") from exc
         entries = []
         for line in raw.splitlines():
             try:

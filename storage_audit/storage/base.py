@@ -361,6 +361,18 @@ def _read_fd(path: str, dir_fd: int | None, base: str, limit: int, stat: bool) -
     return _new(Small, (data, size, mtime))
 
 
+def _chunks(fd: int, data: bytes, want: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """`data`, then what follows it in `fd`, a chunk at a time, up to `want` bytes in all."""
+    yield data
+    want -= len(data)
+    while want > 0:
+        piece = os.read(fd, min(want, chunk))
+        if not piece:
+            return
+        yield piece
+        want -= len(piece)
+
+
 def _read_rest(fd: int, data: bytes, want: int) -> bytes:
     chunks = [data]
     want -= len(data)
@@ -660,9 +672,13 @@ def read_regular(path: str | Path, limit: int) -> bytes:
     name = str(path)
     fd = _open_regular(name)
     try:
-        if os.fstat(fd).st_size > limit:
+        size = os.fstat(fd).st_size
+        if size > limit:
             raise TooLarge(name, limit)
-        data = _read_rest(fd, b"", limit + 1)  # one more byte tells a file that grew since its stat
+        # One more byte than its size tells a file that grew since its stat; then the rest, to the limit.
+        data = _read_rest(fd, b"", size + 1)
+        if len(data) > size:
+            data = b"".join(_chunks(fd, data, limit + 1))
     except OSError as exc:
         raise _access_error(name, exc) from exc
     finally:
