@@ -24,7 +24,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import humanize
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -36,7 +35,7 @@ from storage_audit.cli.progress import RichByteProgress, RichProgress
 from storage_audit.core import clock
 from storage_audit.core.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError, UsageError
 from storage_audit.core.findings import Severity
-from storage_audit.core.text import count, printable
+from storage_audit.core.text import count, printable, size
 from storage_audit.operations.inventory import load, snapshot_findings
 from storage_audit.roots.resolve import Bucket, RemoteOptions, Root, Snapshot, Tree, resolve
 
@@ -246,10 +245,6 @@ def remote_summary(source: Root) -> list[tuple[str, str]]:
         ("links-by-etag", f"{stats.links_by_etag}"),
         ("cache-hits", "off" if stats.cache_hits is None else f"{stats.cache_hits}"),
     ]
-
-
-def size(n: int) -> str:
-    return humanize.naturalsize(n, binary=True)
 
 
 def unreadable_paths(findings: pd.DataFrame) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-import humanize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,11 +19,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from storage_audit.core.text import count
-
-
-def _size(n: float) -> str:
-    return humanize.naturalsize(n, binary=True)
+from storage_audit.core.text import count, size
 
 
 class EntriesColumn(ProgressColumn):
@@ -38,8 +33,8 @@ class BytesColumn(ProgressColumn):
     """`1.2 GiB / 3.4 GiB`, in the binary units of every other size the tool shows."""
 
     def render(self, task: Task) -> Text:
-        total = "?" if task.total is None else _size(task.total)
-        return Text(f"{_size(task.completed)} / {total}", style="progress.download")
+        total = "?" if task.total is None else size(task.total)
+        return Text(f"{size(task.completed)} / {total}", style="progress.download")
 
 
 class SpeedColumn(ProgressColumn):
@@ -47,7 +42,7 @@ class SpeedColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("?" if speed is None else f"{_size(speed)}/s", style="progress.data.speed")
+        return Text("?" if speed is None else f"{size(speed)}/s", style="progress.data.speed")
 
 
 class _Display:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from storage_audit.core.text import printable
+from storage_audit.core.text import printable, size
 from storage_audit.output.formats import View, time_columns
 
 SHORT_DIGEST = len("sha256:") + 12
@@ -23,7 +23,7 @@ MAX_ROWS = 100
 
 
 def _size(value: object) -> str:
-    return "" if pd.isna(value) else humanize.naturalsize(int(value), binary=True)  # type: ignore[call-overload]
+    return "" if pd.isna(value) else size(int(value))  # type: ignore[call-overload]
 
 
 def _duration(value: object) -> str:
