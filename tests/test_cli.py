@@ -202,12 +202,12 @@ def test_an_internal_error_is_one_line_and_its_traceback_with_debug(
     fixture_root, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     # A fault injected where ROOT is resolved: no input of ours makes the library fail this way.
-    import storage_audit.cli.app as cli_module
+    import storage_audit.cli.options as cli_options
 
     def broken(*args: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(cli_module, "resolve", broken)
+    monkeypatch.setattr(cli_options, "resolve", broken)
     root = str(fixture_root("basic"))
     code, out, err = run("orphans", root)
     assert (code, out, err) == (1, "", "storage-audit: internal error: KeyError: 'boom'\n")

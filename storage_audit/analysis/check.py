@@ -10,12 +10,13 @@ import weakref
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import humanize
 import pandas as pd
 
 from storage_audit.analysis.graph import HOLDING_REFS, Graph
+from storage_audit.analysis.options import UPLOAD_AGE
 from storage_audit.analysis.reach import reach_findings
 from storage_audit.core.findings import SEVERITY, Finding, Kind, Severity
 from storage_audit.core.manifest import IMAGE_CONFIGS
@@ -50,11 +51,6 @@ class HashProgress(Protocol):
     def start(self, total_bytes: int) -> None: ...
 
     def advance(self, nbytes: int) -> None: ...
-
-
-UPLOAD_AGE: Final = timedelta(hours=168)
-"""The default age past which an upload is stale: the reference registry's purge age. Every view that counts
-findings (check, the report's summary, the HTML page, the metrics) judges uploads by it unless told otherwise."""
 
 
 @dataclass(frozen=True)
