@@ -331,6 +331,56 @@ def test_json_keeps_a_backslash_before_a_slash() -> None:
     assert "\\/" not in buffer.getvalue().replace("\\\\", "")
 
 
+DEMO = str(Path(__file__).resolve().parents[1] / "fixtures" / "demo")
+DASH_COMMANDS = [
+    ["report", DEMO, "--by", "repository"],
+    ["report", DEMO, "--by", "blob", "-f", "csv"],
+    ["report", DEMO, "-f", "json"],
+    ["report", DEMO, "-f", "prometheus"],
+    ["untagged", DEMO, "-f", "json"],
+    ["orphans", DEMO, "-f", "csv"],
+    ["check", DEMO],
+    ["check", DEMO, "-f", "json"],
+    ["diff", DEMO, DEMO, "-f", "csv"],
+    ["plan", DEMO, "--delete-untagged", "--min-age", "0s"],
+    ["plan", DEMO, "--delete-untagged", "--min-age", "0s", "-f", "sh"],
+]
+
+
+@pytest.mark.parametrize("args", DASH_COMMANDS, ids=[" ".join(a[:1] + a[2:]) for a in DASH_COMMANDS])
+def test_output_dash_is_stdout(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pin_clock: Callable[[datetime], datetime]
+) -> None:
+    pin_clock(fixtures_built() + timedelta(days=1))  # a plan says when it was made
+    monkeypatch.chdir(tmp_path)
+
+    def answer(*extra: str) -> tuple[int, str, str]:
+        code, out, err = run(*args, "-q", *extra)
+        # How long a scan took is the one figure that changes from one run to the next.
+        return code, re.sub(r"(?m)^storage_audit_scan_duration_seconds .*$", "", out), err
+
+    expected = answer()
+    assert expected[0] in (0, 3) and expected[1]
+    assert answer("-o", "-") == expected
+    assert answer("--output=-") == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "html"])
+def test_output_dash_is_no_file_for_parquet_or_html(fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("report", DEMO, "-f", fmt, "-o", "-")
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "add -o FILE" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_snapshot_is_not_written_to_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("scan", DEMO, "-o", "-")
+    assert (code, out) == (2, "") and err == "storage-audit: error: -o -: a snapshot is a directory, not stdout\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------
 # Durations, the prompt, help
 

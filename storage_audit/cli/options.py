@@ -61,6 +61,11 @@ RateOpt = Annotated[
 ]
 
 
+def stdout_dash(value: Path | None) -> Path | None:
+    """`-o -` is stdout, as for most tools: never a file named `-`."""
+    return None if value is not None and str(value) == "-" else value
+
+
 FormatOpt = Annotated[
     ViewFormat,
     typer.Option("--format", "-f", help="Output: a table for people, or csv, json, parquet (needs -o)."),
@@ -72,7 +77,8 @@ OutputOpt = Annotated[
         "-o",
         metavar="FILE",
         readable=False,
-        help="Write the result to this file instead of stdout.",
+        callback=stdout_dash,
+        help="Write the result to this file instead of stdout (- is stdout).",
     ),
 ]
 GcCompatibleOpt = Annotated[

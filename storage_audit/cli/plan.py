@@ -22,6 +22,7 @@ from storage_audit.cli.options import (
     parse_duration,
     parse_regexes,
     remote,
+    stdout_dash,
 )
 from storage_audit.cli.output import emit_text
 from storage_audit.cli.progress import reading
@@ -33,7 +34,14 @@ def plan(
     root: RootArg = DEFAULT_ROOT,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", metavar="FILE", readable=False, help="Write the plan here (default: stdout)."),
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            readable=False,
+            callback=stdout_dash,
+            help="Write the plan here (default, or -: stdout).",
+        ),
     ] = None,
     delete_untagged: Annotated[
         bool,

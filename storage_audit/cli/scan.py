@@ -58,6 +58,8 @@ def scan(
     """
     if keep is not None and output is None:
         fail("--keep needs -o DIR: it keeps the newest snapshots beside DIR")
+    if output is not None and str(output) == "-":
+        fail("-o -: a snapshot is a directory, not stdout")
     if output is not None:
         scanning.check_target(output)
     source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
