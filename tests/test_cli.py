@@ -382,6 +382,62 @@ def test_a_snapshot_is_not_written_to_stdout(tmp_path: Path, monkeypatch: pytest
 
 
 # --------------------------------------------------------------------------
+# A reader that leaves (`| head -1`): the command ends quietly, as SIGPIPE would end it
+
+
+def through_head(args: list[str]) -> tuple[int, str, str]:
+    """Run the command line in a process whose stdout is a pipe into `head -n 1`: its exit code and stderr, and the
+    line head printed."""
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "storage_audit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert writer.stdout is not None and writer.stderr is not None
+    reader = subprocess.Popen(["head", "-n", "1"], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer.stdout.close()  # head alone reads the pipe: once it has gone, a write finds no reader
+    line = reader.communicate(timeout=300)[0].decode()
+    err = writer.stderr.read().decode()
+    writer.stderr.close()
+    return writer.wait(timeout=300), err, line
+
+
+@pytest.fixture(scope="module")
+def big_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated snapshot whose views are far bigger than what a pipe holds (64 KiB)."""
+    from tests.test_gen_snapshot import generator
+
+    gen = generator()
+    path = tmp_path_factory.mktemp("big") / "snapshot"
+    gen.Plan(gen.Spec(blobs=12_000, manifests=2_000, repositories=10, seed=3)).write(path, "/srv/registry")
+    return path
+
+
+PIPED = {
+    "csv": (["report", "{snap}", "--by", "blob", "-f", "csv"], "digest,size,repositories,manifests,orphan,kind\n"),
+    "json": (["report", "{snap}", "--by", "blob", "-f", "json"], "[\n"),
+    "table": (["report", "{snap}", "--by", "blob", "--top", "2000"], "blobs"),
+    "untagged": (["untagged", "{snap}", "-f", "json"], "[\n"),
+    "orphans": (["orphans", "{snap}", "-f", "csv"], "digest,size,"),
+    "check": (["check", "{snap}", "-f", "json"], "[\n"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(PIPED))
+def test_a_reader_that_leaves_ends_a_large_output_quietly_with_141(case: str, big_snapshot: Path) -> None:
+    args, first = PIPED[case]
+    code, err, line = through_head([a.format(snap=big_snapshot) for a in args] + ["-q"])
+    assert (code, err) == (141, "")
+    assert line.startswith(first.strip(" ")) if case != "table" else first in line
+
+
+@pytest.mark.parametrize("args", [["report", "--by", "blob", "-f", "csv"], ["report", "-f", "json"], ["report"]])
+def test_a_reader_that_leaves_a_small_output_is_no_error(args: list[str]) -> None:
+    # All of it may fit in the pipe before head leaves: then it was written, and the command ends well.
+    code, err, line = through_head([args[0], DEMO, *args[1:]])
+    assert code in (0, 141) and err == "" and line
+
+
+# --------------------------------------------------------------------------
 # Durations, the prompt, help
 
 

@@ -9,7 +9,6 @@ spends loading them while its workers already read the tree.
 
 from __future__ import annotations
 
-import errno
 import gc
 import sys
 import traceback
@@ -24,6 +23,7 @@ from storage_audit.cli.apply import apply
 from storage_audit.cli.check import check
 from storage_audit.cli.collect import orphans, untagged
 from storage_audit.cli.diff import diff
+from storage_audit.cli.output import buffered_stdout, closed_pipe, end_on_closed_pipe
 from storage_audit.cli.plan import plan
 from storage_audit.cli.render import err, say
 from storage_audit.cli.report import report
@@ -49,13 +49,17 @@ class AuditCommand(TyperCommand):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                # What stdout still holds goes now, where a reader that went away is caught below.
+                sys.stdout.flush()
+        except OSError as exc:
+            if closed_pipe(exc):
+                end_on_closed_pipe()
+            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
         except (typer.Exit, typer.Abort):
             raise
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                raise  # a reader that went away: the command line exits quietly
-            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
         except Exception as exc:
             raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
 
@@ -110,6 +114,7 @@ def _main(
 
 def main() -> None:
     """Entry point: run the app; an exception that escapes it (none should) is one line and exit 1."""
+    buffered_stdout()
     try:
         app()
     except Exception as exc:

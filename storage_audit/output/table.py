@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from dataclasses import replace
 from datetime import timedelta
@@ -103,9 +105,16 @@ def render(view: View, console: Console) -> None:
     console.print(table)
 
 
+class _Stdout(Console):
+    """A console on stdout that leaves a reader that went away to its caller: rich's own exits the process."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def write(view: View, dest: Path | None) -> None:
     if dest is None:
-        render(view, Console(file=sys.stdout, width=None if sys.stdout.isatty() else MIN_WIDTH))
+        render(view, _Stdout(file=sys.stdout, width=None if sys.stdout.isatty() else MIN_WIDTH))
         return
     with open(dest, "w", encoding="utf-8") as fh:
         render(view, Console(file=fh, width=MIN_WIDTH, no_color=True))
