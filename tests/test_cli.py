@@ -496,6 +496,15 @@ def test_help_at_80_columns_shows_every_option_whole(name: str) -> None:
                 assert option in words, (name, option)
 
 
+@pytest.mark.parametrize("name", sorted(all_commands()))
+def test_help_points_into_the_docs_not_the_readme(name: str) -> None:
+    # What a command's help refers to moved from the README to docs/.
+    out = " ".join(runner.invoke(app, [name, "--help"]).stdout.split())
+    assert "README" not in out
+    if name == "check":
+        assert "every finding (docs/findings.md)" in out
+
+
 def test_apply_usage_names_its_plan_argument() -> None:
     out = runner.invoke(app, ["apply", "--help"]).stdout
     assert out.splitlines()[0] == "Usage: storage-audit apply [OPTIONS] PLAN"

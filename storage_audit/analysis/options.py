@@ -72,7 +72,7 @@ class PlanFormat(StrEnum):
     HTTP = "http"
 
 
-# The columns of every view, in output order; the README's report section repeats them.
+# The columns of every view, in output order; docs/reports.md repeats them.
 COLUMNS: dict[By, tuple[str, ...]] = {
     By.SUMMARY: (
         "repositories",
