@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from storage_audit.cleanup.apply import Outcome
     from storage_audit.cleanup.removers import Remover
     from storage_audit.inventory.retention import Pruned
-    from storage_audit.operations.scan import Scanned
+    from storage_audit.operations.scan import Survey
     from storage_audit.output.formats import View
     from storage_audit.storage.s3 import RemoteStats
 
@@ -55,14 +55,14 @@ def exit_if_unreadable(paths: list[str]) -> None:
 # -- scan ---------------------------------------------------------------------------------
 
 
-def scan_summary(scanned: Scanned) -> list[tuple[str, str]]:
+def scan_summary(survey: Survey) -> list[tuple[str, str]]:
     """`git count-objects -v`-style lines, and what reading a bucket took."""
-    totals = scanned.totals
+    totals = survey.totals
     rows = totals.rows
-    counts: Counter[str] = scanned.severities
+    counts: Counter[str] = survey.severities
     by_severity = ", ".join(f"{counts[sev]} {sev}" for sev in Severity if counts[sev])
     lines = [
-        ("root", scanned.root),
+        ("root", survey.root),
         ("repositories", f"{rows['repositories']}"),
         ("tags", f"{rows['tags']}"),
         ("tag-history", f"{rows['tag_history']}"),
@@ -76,7 +76,7 @@ def scan_summary(scanned: Scanned) -> list[tuple[str, str]]:
         ("upload-bytes", size(totals.upload_bytes)),
         ("findings", f"{counts.total()}" + (f" ({by_severity})" if by_severity else "")),
     ]
-    return lines + remote_summary(scanned.remote)
+    return lines + remote_summary(survey.remote)
 
 
 def remote_summary(stats: RemoteStats | None) -> list[tuple[str, str]]:

@@ -65,10 +65,10 @@ def scan(
     source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
     snapshot = None if output is None else scanning.SnapshotOptions(output, keep)
     with reading(quiet, workers) as options:
-        scanned = scanning.scan(source, options, snapshot)
-    if scanned.pruned is not None:
-        say_pruned(scanned.pruned, quiet)
+        survey = scanning.survey(source, options, snapshot)
+    if survey.pruned is not None:
+        say_pruned(survey.pruned, quiet)
     if not quiet:
-        for key, value in scan_summary(scanned):
+        for key, value in scan_summary(survey):
             say(f"{key}: {value}")
-    exit_if_unreadable(scanned.unreadable)
+    exit_if_unreadable(survey.unreadable)

@@ -1,4 +1,9 @@
-"""Scan ROOT: count and sum it, or write it as a snapshot beside which older ones are pruned, into a summary."""
+"""The `scan` command's operation, `survey`: count and sum ROOT, or write it as a snapshot beside which older ones are
+pruned, and sum it up.
+
+Not named `scan`: `storage_audit.scan` is the package of the tree walk, which a
+function of that name at the package's top would be hidden by (or hide).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ class SnapshotOptions:
 
 
 @dataclass(frozen=True)
-class Scanned:
+class Survey:
     """What a scan read, as `git count-objects -v` states it: rows per table and bytes, findings per severity.
 
     `unreadable` are the paths that could not be read (the answer leaves out
@@ -50,7 +55,7 @@ class Scanned:
 def check_target(output: Path) -> None:
     """Refuse a snapshot directory that would overwrite something else; raises UsageError.
 
-    Cheap, and called again by `scan`: a caller may refuse before it even resolves ROOT.
+    Cheap, and called again by `survey`: a caller may refuse before it even resolves ROOT.
     """
     try:
         if not output.exists():
@@ -64,7 +69,7 @@ def check_target(output: Path) -> None:
     raise UsageError(f"{output}: exists and is not an empty directory or an earlier snapshot")
 
 
-def scan(root: Root, options: ScanOptions | None = None, snapshot: SnapshotOptions | None = None) -> Scanned:
+def survey(root: Root, options: ScanOptions | None = None, snapshot: SnapshotOptions | None = None) -> Survey:
     """Read `root` and sum it up; with `snapshot`, write its inventory and every whole report view there.
 
     Without a snapshot to write, a storage tree is only counted: neither pandas
@@ -75,7 +80,7 @@ def scan(root: Root, options: ScanOptions | None = None, snapshot: SnapshotOptio
         from storage_audit.scan.run import tally
 
         totals, found = tally(root.storage, options)
-        return Scanned(
+        return Survey(
             root.location,
             totals,
             Counter(f.severity.value for f in found),
@@ -92,7 +97,7 @@ def scan(root: Root, options: ScanOptions | None = None, snapshot: SnapshotOptio
     pruned = None
     if snapshot is not None and snapshot.keep is not None:
         pruned = _prune(snapshot.output, snapshot.keep)
-    return Scanned(
+    return Survey(
         inv.root,
         Totals.of(inv.tables()),
         Counter(inv.findings["severity"]),
