@@ -217,7 +217,7 @@ class SeaweedS3:
             if self._proc.poll() is not None:
                 return False
             with contextlib.suppress(Exception):
-                probe.list_keys("")
+                probe.run(probe.list_all_async())
                 return True
             time.sleep(0.25)
         return False

@@ -202,12 +202,12 @@ def test_an_internal_error_is_one_line_and_its_traceback_with_debug(
     fixture_root, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     # A fault injected where ROOT is resolved: no input of ours makes the library fail this way.
-    import storage_audit.cli.app as cli_module
+    import storage_audit.cli.options as cli_options
 
     def broken(*args: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(cli_module, "resolve", broken)
+    monkeypatch.setattr(cli_options, "resolve", broken)
     root = str(fixture_root("basic"))
     code, out, err = run("orphans", root)
     assert (code, out, err) == (1, "", "storage-audit: internal error: KeyError: 'boom'\n")
@@ -331,6 +331,112 @@ def test_json_keeps_a_backslash_before_a_slash() -> None:
     assert "\\/" not in buffer.getvalue().replace("\\\\", "")
 
 
+DEMO = str(Path(__file__).resolve().parents[1] / "fixtures" / "demo")
+DASH_COMMANDS = [
+    ["report", DEMO, "--by", "repository"],
+    ["report", DEMO, "--by", "blob", "-f", "csv"],
+    ["report", DEMO, "-f", "json"],
+    ["report", DEMO, "-f", "prometheus"],
+    ["untagged", DEMO, "-f", "json"],
+    ["orphans", DEMO, "-f", "csv"],
+    ["check", DEMO],
+    ["check", DEMO, "-f", "json"],
+    ["diff", DEMO, DEMO, "-f", "csv"],
+    ["plan", DEMO, "--delete-untagged", "--min-age", "0s"],
+    ["plan", DEMO, "--delete-untagged", "--min-age", "0s", "-f", "sh"],
+]
+
+
+@pytest.mark.parametrize("args", DASH_COMMANDS, ids=[" ".join(a[:1] + a[2:]) for a in DASH_COMMANDS])
+def test_output_dash_is_stdout(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pin_clock: Callable[[datetime], datetime]
+) -> None:
+    pin_clock(fixtures_built() + timedelta(days=1))  # a plan says when it was made
+    monkeypatch.chdir(tmp_path)
+
+    def answer(*extra: str) -> tuple[int, str, str]:
+        code, out, err = run(*args, "-q", *extra)
+        # How long a scan took is the one figure that changes from one run to the next.
+        return code, re.sub(r"(?m)^storage_audit_scan_duration_seconds .*$", "", out), err
+
+    expected = answer()
+    assert expected[0] in (0, 3) and expected[1]
+    assert answer("-o", "-") == expected
+    assert answer("--output=-") == expected
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "html"])
+def test_output_dash_is_no_file_for_parquet_or_html(fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("report", DEMO, "-f", fmt, "-o", "-")
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "add -o FILE" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_snapshot_is_not_written_to_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("scan", DEMO, "-o", "-")
+    assert (code, out) == (2, "") and err == "storage-audit: error: -o -: a snapshot is a directory, not stdout\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------
+# A reader that leaves (`| head -1`): the command ends quietly, as SIGPIPE would end it
+
+
+def through_head(args: list[str]) -> tuple[int, str, str]:
+    """Run the command line in a process whose stdout is a pipe into `head -n 1`: its exit code and stderr, and the
+    line head printed."""
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "storage_audit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert writer.stdout is not None and writer.stderr is not None
+    reader = subprocess.Popen(["head", "-n", "1"], stdin=writer.stdout, stdout=subprocess.PIPE)
+    writer.stdout.close()  # head alone reads the pipe: once it has gone, a write finds no reader
+    line = reader.communicate(timeout=300)[0].decode()
+    err = writer.stderr.read().decode()
+    writer.stderr.close()
+    return writer.wait(timeout=300), err, line
+
+
+@pytest.fixture(scope="module")
+def big_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated snapshot whose views are far bigger than what a pipe holds (64 KiB)."""
+    from tests.test_gen_snapshot import generator
+
+    gen = generator()
+    path = tmp_path_factory.mktemp("big") / "snapshot"
+    gen.Plan(gen.Spec(blobs=12_000, manifests=2_000, repositories=10, seed=3)).write(path, "/srv/registry")
+    return path
+
+
+PIPED = {
+    "csv": (["report", "{snap}", "--by", "blob", "-f", "csv"], "digest,size,repositories,manifests,orphan,kind\n"),
+    "json": (["report", "{snap}", "--by", "blob", "-f", "json"], "[\n"),
+    "table": (["report", "{snap}", "--by", "blob", "--top", "2000"], "blobs"),
+    "untagged": (["untagged", "{snap}", "-f", "json"], "[\n"),
+    "orphans": (["orphans", "{snap}", "-f", "csv"], "digest,size,"),
+    "check": (["check", "{snap}", "-f", "json"], "[\n"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(PIPED))
+def test_a_reader_that_leaves_ends_a_large_output_quietly_with_141(case: str, big_snapshot: Path) -> None:
+    args, first = PIPED[case]
+    code, err, line = through_head([a.format(snap=big_snapshot) for a in args] + ["-q"])
+    assert (code, err) == (141, "")
+    assert line.startswith(first.strip(" ")) if case != "table" else first in line
+
+
+@pytest.mark.parametrize("args", [["report", "--by", "blob", "-f", "csv"], ["report", "-f", "json"], ["report"]])
+def test_a_reader_that_leaves_a_small_output_is_no_error(args: list[str]) -> None:
+    # All of it may fit in the pipe before head leaves: then it was written, and the command ends well.
+    code, err, line = through_head([args[0], DEMO, *args[1:]])
+    assert code in (0, 141) and err == "" and line
+
+
 # --------------------------------------------------------------------------
 # Durations, the prompt, help
 
@@ -391,6 +497,15 @@ def test_help_at_80_columns_shows_every_option_whole(name: str) -> None:
         for option in (*param.opts, *param.secondary_opts):
             if option.startswith("-"):
                 assert option in words, (name, option)
+
+
+@pytest.mark.parametrize("name", sorted(all_commands()))
+def test_help_points_into_the_docs_not_the_readme(name: str) -> None:
+    # What a command's help refers to moved from the README to docs/.
+    out = " ".join(runner.invoke(app, [name, "--help"]).stdout.split())
+    assert "README" not in out
+    if name == "check":
+        assert "every finding (docs/findings.md)" in out
 
 
 def test_apply_usage_names_its_plan_argument() -> None:

@@ -139,7 +139,8 @@ def test_the_registrys_s3_config_resolves_to_the_bucket_it_writes(s3_server: Sea
         config = read_registry_config(reg.config_path, {})
     assert isinstance(config, S3Storage)
     assert config.location == bucket_for(s3_server, s3_root).location
-    listing = S3Bucket(config.location, config.settings, env={}).list_all()
+    bucket = S3Bucket(config.location, config.settings, env={})
+    listing = bucket.run(bucket.list_all_async())
     hexpart = digest.removeprefix("sha256:")
     assert set(listing.objects) >= {
         f"blobs/sha256/{hexpart[:2]}/{hexpart}/data",

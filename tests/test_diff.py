@@ -312,4 +312,4 @@ def test_diff_writes_every_format(snapshots: tuple[Path, Path], tmp_path: Path) 
     assert code == 0, err
     assert list(pd.read_parquet(tmp_path / "d.parquet").columns)[:2] == ["repository", "change"]
     code, _, err = run("diff", str(old), str(new), "-f", "prometheus")
-    assert code == 2 and "--format prometheus is for `report`" in err
+    assert code == 2 and "'prometheus' is not one of 'table', 'csv', 'json', 'parquet'" in err

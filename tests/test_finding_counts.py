@@ -22,7 +22,8 @@ from storage_audit.analysis.check import UPLOAD_AGE, CheckOptions, check
 from storage_audit.analysis.graph import Graph
 from storage_audit.analysis.metrics import metrics
 from storage_audit.analysis.report import WholeViews, summary
-from storage_audit.cli.app import app, parse_duration
+from storage_audit.cli.app import app
+from storage_audit.cli.options import parse_duration
 from storage_audit.inventory.tables import read_view, write_snapshot
 from storage_audit.operations.inventory import load
 from storage_audit.output.html import HtmlOptions, cards, figures

@@ -16,7 +16,7 @@ from storage_audit.core.paths import (
     UploadDir,
 )
 
-# The plan file's vocabulary, in apply order, as the README documents it.
+# The plan file's vocabulary, in apply order, as docs/commands.md documents it.
 FILE_OPS = [
     "remove-tag",
     "remove-tag-history",

@@ -288,13 +288,15 @@ def test_every_link_leads_somewhere(page: Path) -> None:
 def test_the_python_examples_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(TOP)
     examples = blocks(DOCS / "python.md", "python")
-    assert len(examples) >= 3
+    assert len(examples) >= 4
     for example in examples:
         exec(compile(example, "docs/python.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    # The three largest blobs of the demo, its orphan blobs, and the rows of a diff of a tree with itself.
-    assert printed[1:] == ["[3.0]", "0"]
-    assert printed[0].count("sha256:") == 3
+    # The demo's largest repository, how many orphan blobs it has and whether check fails (exit 3) on it;
+    # its three largest blobs, its orphan blobs, and the rows of a diff of a tree with itself.
+    assert printed[:2] == ["['tools/multi'] []", "3 False"]
+    assert printed[3:] == ["[3.0]", "0"]
+    assert printed[2].count("sha256:") == 3
 
 
 # Step 4 of the walkthrough: what the README says makes the registry read-only does, in the registry itself.

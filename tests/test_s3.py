@@ -13,6 +13,7 @@ import pytest
 from storage_audit.core.errors import StorageError, UsageError
 from storage_audit.storage.bucket import (
     DELETE_BATCH,
+    Listing,
     RateLimiter,
     S3AccessDenied,
     S3Bucket,
@@ -20,10 +21,8 @@ from storage_audit.storage.bucket import (
     S3NotFound,
     S3Settings,
     clean_etag,
-    is_link,
     link_etag,
     parse_s3_url,
-    resolve_links_by_etag,
 )
 from storage_audit.storage.s3 import S3Storage
 from tests.conftest import fixture_builder
@@ -140,6 +139,33 @@ def test_rate_limiter_spaces_requests() -> None:
 # Against SeaweedFS (and the registry's s3 driver)
 
 
+def listed(bucket: S3Bucket) -> Listing:
+    """Every key under the bucket's `v2` prefix, from the sharded listing an S3Storage reads the tree from."""
+    return bucket.run(bucket.list_all_async())
+
+
+LINK_BYTES = 1024
+"""More than any link holds."""
+
+
+def links_told_by_etag(storage: S3Storage) -> tuple[dict[str, str], list[str]]:
+    """The links of the tree whose content the listing told (read without a GET, by their ETag), and those that
+    took a GET to read: each link read in turn as the walk reads it."""
+    counters = storage.bucket.counters
+    told: dict[str, str] = {}
+    fetched: list[str] = []
+    for path in sorted(storage.tree.links):
+        gets = counters.requests["get"]
+        small = storage.read_small(path, LINK_BYTES)
+        assert small is not None, path
+        if counters.requests["get"] == gets:
+            told[path] = small.data.decode()
+        else:
+            fetched.append(path)
+    assert storage.etag_resolved == len(told)
+    return told, fetched
+
+
 def push_scenario(name: str, s3_server: SeaweedS3, rootdirectory: str, local_root: Path) -> tuple[Ledger, Ledger]:
     """Push scenario `name` into the bucket under `rootdirectory` and, the same, into a local registry."""
     from tests.s3_harness import s3_registry
@@ -189,7 +215,7 @@ def test_listing_equals_the_keys_in_the_bucket(name: str, s3_server: SeaweedS3, 
     require_registry()
     push_scenario(name, s3_server, s3_root, tmp_path / "local")
     bucket = bucket_for(s3_server, s3_root)
-    listing = bucket.list_all()
+    listing = listed(bucket)
     mirrored = local_files(mirror(s3_server, s3_root, tmp_path / "mirror"))
     assert set(listing.objects) == mirrored
     # Sizes and ETags as the raw API lists them, one key at a time a page.
@@ -212,18 +238,12 @@ def test_listing_equals_the_keys_in_the_bucket(name: str, s3_server: SeaweedS3, 
 def test_etag_shortcut_agrees_with_gets(name: str, s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
     require_registry()
     push_scenario(name, s3_server, s3_root, tmp_path / "local")
-    bucket = bucket_for(s3_server, s3_root)
-    objects = bucket.list_all().objects
-    resolved, unresolved = resolve_links_by_etag(objects)
-    links = [p for p in objects if is_link(p)]
-    assert links and sorted(resolved) + sorted(unresolved) == sorted(resolved) + sorted(set(links) - set(resolved))
-    contents = bucket.get_many(links)
-    assert bucket.counters.requests["get"] == len(links)
-    for path in links:
-        if path in resolved:
-            assert contents[path].decode() == resolved[path], path
+    told, fetched = links_told_by_etag(S3Storage(bucket_for(s3_server, s3_root)))
     # The registry writes every link in one PUT, so none needs a GET here.
-    assert unresolved == []
+    assert told and fetched == []
+    bucket = bucket_for(s3_server, s3_root)
+    assert bucket.run(bucket.get_many_async(list(told))) == {path: text.encode() for path, text in told.items()}
+    assert bucket.counters.requests["get"] == len(told)
 
 
 def test_etag_shortcut_leaves_other_contents_to_a_get(s3_server: SeaweedS3, s3_root: str) -> None:
@@ -241,9 +261,9 @@ def test_etag_shortcut_leaves_other_contents_to_a_get(s3_server: SeaweedS3, s3_r
     }
     for path, data in writes.items():
         client.put_object(Bucket=s3_server.bucket, Key=prefix + path, Body=data)
-    resolved, unresolved = resolve_links_by_etag(bucket_for(s3_server, s3_root).list_all().objects)
-    assert resolved == {f"repositories/a/_layers/sha256/{digest[7:]}/link": digest}
-    assert sorted(unresolved) == sorted(
+    told, fetched = links_told_by_etag(S3Storage(bucket_for(s3_server, s3_root)))
+    assert told == {f"repositories/a/_layers/sha256/{digest[7:]}/link": digest}
+    assert fetched == sorted(
         [
             f"repositories/a/_manifests/revisions/sha256/{digest[7:]}/link",
             "repositories/a/_manifests/tags/t/current/link",
@@ -266,7 +286,7 @@ def test_nested_and_sibling_keys_across_pages(s3_server: SeaweedS3, s3_root: str
         for key in [k for k in written if k.startswith(shard + "/")]:
             client.put_object(Bucket=s3_server.bucket, Key=prefix + key, Body=b"")
     bucket = bucket_for(s3_server, s3_root)
-    listing = bucket.list_all()
+    listing = listed(bucket)
     assert set(listing.objects) == written
     assert bucket.counters.requests["list"] >= listing.shards + 1  # `x/` took two pages at least
     # The raw API, one key a page, agrees: pagination by continuation token loses nothing here.
@@ -291,7 +311,7 @@ def test_multipart_uploads_of_unfinished_uploads(s3_server: SeaweedS3, s3_root: 
     }
     assert all(u.upload_id and u.initiated is not None for u in uploads)
     # Their data is invisible to the listing; their start times are objects beside it.
-    objects = bucket.list_all().objects
+    objects = listed(bucket).objects
     assert not [p for p in objects if p.endswith("/data") and "/_uploads/" in p]
     assert f"repositories/team/app/_uploads/{first}/startedat" in objects
     assert bucket.counters.requests["list_uploads"] == 1 and bucket.counters.requests["list_parts"] == 2
@@ -329,8 +349,8 @@ def test_gets_and_streams(s3_server: SeaweedS3, s3_root: str) -> None:
     data = random.Random(7).randbytes(3 << 20)
     raw_client(s3_server).put_object(Bucket=s3_server.bucket, Key=prefix + "blobs/big", Body=data)
     bucket = bucket_for(s3_server, s3_root)
-    assert bucket.get("blobs/big") == data
-    assert bucket.get("blobs/missing") is None
+    assert bucket.run(bucket.get_async("blobs/big")) == data
+    assert bucket.run(bucket.get_async("blobs/missing")) is None
     assert b"".join(bucket.iter_object("blobs/big", chunk_size=1 << 20)) == data
     assert bucket.counters.bytes_received == 2 * len(data)
     assert bucket.counters.requests["get"] == 3
@@ -342,7 +362,7 @@ def test_rate_limit_slows_a_listing(s3_server: SeaweedS3, s3_root: str) -> None:
         client.put_object(Bucket=s3_server.bucket, Key=v2_prefix(s3_root) + f"repositories/r{i}/x", Body=b"")
     bucket = bucket_for(s3_server, s3_root, max_requests_per_second=10)
     start = time.monotonic()
-    listing = bucket.list_all()
+    listing = listed(bucket)
     elapsed = time.monotonic() - start
     # v2/, repositories/ and 8 names: 10 requests at 10 a second.
     assert bucket.counters.requests["list"] == listing.shards == 10
@@ -357,7 +377,7 @@ def test_wrong_secret_is_refused_without_showing_it(s3_server: SeaweedS3, s3_roo
         env={},
     )
     with pytest.raises(StorageError) as caught:
-        bucket.list_all()
+        listed(bucket)
     assert isinstance(caught.value, S3AccessDenied)
     message = str(caught.value)
     assert "\n" not in message and secret not in message and s3_server.secret_key not in message
@@ -367,7 +387,7 @@ def test_wrong_secret_is_refused_without_showing_it(s3_server: SeaweedS3, s3_roo
 def test_missing_bucket(s3_server: SeaweedS3) -> None:
     bucket = bucket_for(s3_server, "", bucket="no-such-bucket")
     with pytest.raises(S3NotFound):
-        bucket.list_all()
+        listed(bucket)
 
 
 def test_credentials_from_a_profile(
@@ -388,7 +408,7 @@ def test_credentials_from_a_profile(
     monkeypatch.setenv("AWS_PROFILE", "audit")
     bucket = S3Bucket(parse_s3_url(f"s3://{s3_server.bucket}{s3_root}"))
     assert bucket.endpoint == s3_server.endpoint
-    assert bucket.get("repositories/p/x") == b"hello"
+    assert bucket.run(bucket.get_async("repositories/p/x")) == b"hello"
     monkeypatch.setenv("AWS_PROFILE", "nobody")
     with pytest.raises(UsageError, match="nobody"):
         S3Bucket(parse_s3_url(f"s3://{s3_server.bucket}{s3_root}"))
@@ -423,7 +443,7 @@ def test_missing_server_fails_when_required(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_random_workloads_list_and_resolve_like_the_raw_api(seed: int, s3_server: SeaweedS3, s3_root: str) -> None:
-    """Seeded random pushes: the sharded listing is the raw API's set of keys; every ETag-resolved link agrees."""
+    """Seeded random pushes: the sharded listing is the raw API's set of keys; every link told by its ETag agrees."""
     from tests.s3_harness import s3_registry
     from tests.workloads import random_workload
 
@@ -431,15 +451,14 @@ def test_random_workloads_list_and_resolve_like_the_raw_api(seed: int, s3_server
     with s3_registry(s3_server, s3_root) as reg:
         random_workload(reg, seed)
     bucket = bucket_for(s3_server, s3_root)
-    objects = bucket.list_all().objects
+    objects = listed(bucket).objects
     prefix = v2_prefix(s3_root)
     raw = raw_keys(s3_server, prefix, page_size=7)
     assert set(objects) == {k[len(prefix) :] for k in raw}
-    resolved, unresolved = resolve_links_by_etag(objects)
-    links = [p for p in objects if is_link(p)]
-    assert resolved and unresolved == []
-    contents = bucket.get_many(links)
-    assert {p: contents[p].decode() for p in resolved} == resolved
+    told, fetched = links_told_by_etag(S3Storage(bucket_for(s3_server, s3_root)))
+    assert told and fetched == []
+    contents = bucket.run(bucket.get_many_async(list(told)))
+    assert {p: contents[p].decode() for p in told} == told
 
 
 def test_manifests_named_by_revisions_are_fetched_while_listing(s3_server: SeaweedS3, s3_root: str) -> None:

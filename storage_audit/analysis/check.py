@@ -10,16 +10,18 @@ import weakref
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import humanize
 import pandas as pd
 
 from storage_audit.analysis.graph import HOLDING_REFS, Graph
+from storage_audit.analysis.options import UPLOAD_AGE
 from storage_audit.analysis.reach import reach_findings
 from storage_audit.core.findings import SEVERITY, Finding, Kind, Severity
 from storage_audit.core.manifest import IMAGE_CONFIGS
 from storage_audit.core.paths import BlobData, Digest, InvalidPath, Repository, RevisionLink, UploadDir, path_for
+from storage_audit.core.text import size
 from storage_audit.inventory.codes import CODE, CodedArray, Dictionary, codes_of
 from storage_audit.inventory.frames import isin, pick
 from storage_audit.inventory.tables import SCHEMA, Inventory, conform, frame
@@ -49,11 +51,6 @@ class HashProgress(Protocol):
     def start(self, total_bytes: int) -> None: ...
 
     def advance(self, nbytes: int) -> None: ...
-
-
-UPLOAD_AGE: Final = timedelta(hours=168)
-"""The default age past which an upload is stale: the reference registry's purge age. Every view that counts
-findings (check, the report's summary, the HTML page, the metrics) judges uploads by it unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -397,10 +394,10 @@ def stale_uploads(inv: Inventory, upload_age: timedelta) -> pd.DataFrame:
         return _NONE
     details = [
         (
-            f"upload without a readable startedat, never purged by the registry; {_size(n)}"
+            f"upload without a readable startedat, never purged by the registry; {size(n)}"
             if pd.isna(started)
             else f"upload started {humanize.naturaldelta(scanned - started)} before the scan "
-            f"({started:%Y-%m-%d %H:%M} UTC); {_size(n)}"
+            f"({started:%Y-%m-%d %H:%M} UTC); {size(n)}"
         )
         for started, n in zip(stale["started_at"], stale["bytes"], strict=True)
     ]
@@ -413,10 +410,6 @@ def stale_uploads(inv: Inventory, upload_age: timedelta) -> pd.DataFrame:
         }
     )
     return _rows(Kind.STALE_UPLOAD, rows)
-
-
-def _size(n: int) -> str:
-    return humanize.naturalsize(int(n), binary=True)
 
 
 def empty_repositories(inv: Inventory) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from storage_audit.analysis.graph import Graph
 from storage_audit.analysis.options import By, DiffBy
 from storage_audit.analysis.report import whole
 from storage_audit.core.errors import UsageError
-from storage_audit.core.text import count
+from storage_audit.core.text import count, size
 from storage_audit.inventory.frames import isin
 from storage_audit.inventory.tables import Inventory, read_metadata, read_snapshot, read_view
 from storage_audit.output.formats import View
@@ -343,11 +343,7 @@ def _blobs(old: Audit, new: Audit, notes: list[str]) -> tuple[pd.DataFrame, Chan
 
 
 def _signed(n: int) -> str:
-    return ("+" if n >= 0 else "-") + humanize.naturalsize(abs(n), binary=True)
-
-
-def _size(n: int) -> str:
-    return humanize.naturalsize(n, binary=True)
+    return ("+" if n >= 0 else "-") + size(abs(n))
 
 
 def summary_line(result: Diff) -> str:
@@ -358,8 +354,8 @@ def summary_line(result: Diff) -> str:
     when = humanize.naturaldelta(timedelta(seconds=abs(c.seconds)))
     if result.by is DiffBy.BLOB:
         parts = [
-            f"{count(c.blobs_added, 'blob')} added ({_size(c.bytes_added)})",
-            f"{count(c.blobs_removed, 'blob')} removed ({_size(c.bytes_removed)})",
+            f"{count(c.blobs_added, 'blob')} added ({size(c.bytes_added)})",
+            f"{count(c.blobs_removed, 'blob')} removed ({size(c.bytes_removed)})",
         ]
         return f"{_signed(c.net_bytes)} physical in {when}: {', '.join(parts)}"
     pushed = c.tags_added + c.tags_moved

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
+from typing import Final
 
 from storage_audit.core.errors import UsageError
+
+UPLOAD_AGE: Final = timedelta(hours=168)
+"""The default age past which an upload is stale: the reference registry's purge age. Every view that counts
+findings (check, the report's summary, the HTML page, the metrics) judges uploads by it unless told otherwise."""
 
 
 class By(StrEnum):
@@ -20,13 +26,23 @@ class By(StrEnum):
 
 
 class Format(StrEnum):
-    """How a result is written."""
+    """How a result is written: each has its writer (`output.formats`)."""
 
     TABLE = "table"
     CSV = "csv"
     JSON = "json"
     PARQUET = "parquet"
     PROMETHEUS = "prometheus"
+
+
+class ViewFormat(StrEnum):
+    """How rows are written where neither metrics nor a page are: the formats untagged, orphans, check and diff
+    take."""
+
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    PARQUET = "parquet"
 
 
 class DiffBy(StrEnum):
@@ -56,7 +72,7 @@ class PlanFormat(StrEnum):
     HTTP = "http"
 
 
-# The columns of every view, in output order; the README's report section repeats them.
+# The columns of every view, in output order; docs/reports.md repeats them.
 COLUMNS: dict[By, tuple[str, ...]] = {
     By.SUMMARY: (
         "repositories",

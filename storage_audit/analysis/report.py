@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import humanize
 import numpy as np
 import pandas as pd
 
@@ -16,6 +15,7 @@ from storage_audit.analysis.check import severity_counts
 from storage_audit.analysis.graph import Graph, Reachability, ReachOptions, closure, holdings
 from storage_audit.analysis.options import COLUMNS, By, ReportOptions, check, needs_inventory
 from storage_audit.analysis.reach import blob_kinds
+from storage_audit.core.text import size
 from storage_audit.inventory.frames import isin, join_groups, pick, positions
 from storage_audit.inventory.tables import Inventory
 from storage_audit.output.formats import View
@@ -409,7 +409,7 @@ def summary_pairs(frame: pd.DataFrame) -> pd.DataFrame:
     for key in frame.columns:
         value = row[key]
         if key.endswith("_bytes"):
-            values.append(humanize.naturalsize(int(value), binary=True))
+            values.append(size(int(value)))
         elif key == "dedup_ratio":
             values.append(f"{float(value):.2f}")
         else:

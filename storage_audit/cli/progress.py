@@ -1,11 +1,12 @@
-"""Rich progress displays on stderr, implementing the scanner's and the digest check's progress protocols."""
+"""A rich progress display on stderr, implementing the scanner's and the digest check's progress protocols."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import humanize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,11 +21,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from storage_audit.core.text import count
+from storage_audit.core.text import count, size
 
-
-def _size(n: float) -> str:
-    return humanize.naturalsize(n, binary=True)
+if TYPE_CHECKING:
+    from storage_audit.scan.run import ScanOptions
 
 
 class EntriesColumn(ProgressColumn):
@@ -38,8 +38,8 @@ class BytesColumn(ProgressColumn):
     """`1.2 GiB / 3.4 GiB`, in the binary units of every other size the tool shows."""
 
     def render(self, task: Task) -> Text:
-        total = "?" if task.total is None else _size(task.total)
-        return Text(f"{_size(task.completed)} / {total}", style="progress.download")
+        total = "?" if task.total is None else size(task.total)
+        return Text(f"{size(task.completed)} / {total}", style="progress.download")
 
 
 class SpeedColumn(ProgressColumn):
@@ -47,84 +47,79 @@ class SpeedColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("?" if speed is None else f"{_size(speed)}/s", style="progress.data.speed")
+        return Text("?" if speed is None else f"{size(speed)}/s", style="progress.data.speed")
 
 
-class _Display:
-    """A rich Progress started and stopped as a context manager; None when disabled."""
+class Reporter:
+    """A command's progress on a transient stderr line; a no-op when disabled.
 
-    _progress: Progress | None
-
-    def __enter__(self) -> Self:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-class RichProgress(_Display):
-    """Counts items per phase on a transient stderr line; a no-op when disabled."""
+    It takes a scan's progress (entries read per phase) and then, for
+    `check --verify-digests`, the bytes hashed out of a total, with throughput:
+    one display at a time, the scan's ending where the hashing starts.
+    """
 
     def __init__(self, console: Console, enabled: bool) -> None:
-        self._progress = (
-            Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                EntriesColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            )
-            if enabled
-            else None
-        )
-        self._tasks: dict[str, TaskID] = {}
+        self._console = console
+        self._enabled = enabled
+        self._live: Progress | None = None
+        self._phases: dict[str, TaskID] = {}
+        self._hashing: TaskID | None = None
 
     def __enter__(self) -> Self:
         # The display starts with the first update: its refresh thread would
         # otherwise keep the scan from forking its workers.
         return self
 
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _show(self, *columns: ProgressColumn) -> Progress:
+        self._stop()
+        self._live = Progress(*columns, console=self._console, transient=True)
+        self._live.start()
+        return self._live
+
+    # The scan's protocol.
+
     def update(self, phase: str, advance: int) -> None:
-        if self._progress is None:
+        if not self._enabled:
             return
-        if not self._tasks:
-            self._progress.start()
-        task = self._tasks.get(phase)
+        if self._live is None or self._hashing is not None:
+            self._phases, self._hashing = {}, None
+            self._show(SpinnerColumn(), TextColumn("{task.description}"), EntriesColumn(), TimeElapsedColumn())
+        assert self._live is not None
+        task = self._phases.get(phase)
         if task is None:
-            task = self._tasks[phase] = self._progress.add_task(f"reading {phase}", total=None)
-        self._progress.advance(task, advance)
+            task = self._phases[phase] = self._live.add_task(f"reading {phase}", total=None)
+        self._live.advance(task, advance)
 
-
-class RichByteProgress(_Display):
-    """Bytes read out of a total, with throughput, on a transient stderr line; a no-op when disabled."""
-
-    def __init__(self, console: Console, enabled: bool, description: str = "hashing blobs") -> None:
-        self._description = description
-        self._progress = (
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                BytesColumn(),
-                SpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            if enabled
-            else None
-        )
-        self._task: TaskID | None = None
+    # The digest check's protocol.
 
     def start(self, total_bytes: int) -> None:
-        if self._progress is not None:
-            self._task = self._progress.add_task(self._description, total=total_bytes)
+        if not self._enabled:
+            return
+        live = self._show(
+            TextColumn("{task.description}"), BarColumn(), BytesColumn(), SpeedColumn(), TimeRemainingColumn()
+        )
+        self._hashing = live.add_task("hashing blobs", total=total_bytes)
 
     def advance(self, nbytes: int) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task, nbytes)
+        if self._live is not None and self._hashing is not None:
+            self._live.advance(self._hashing, nbytes)
+
+
+@contextmanager
+def reading(quiet: bool, workers: int | None = None) -> Iterator[ScanOptions]:
+    """A scan's options: `workers` processes (None: chosen), and the progress shown on stderr when it is a terminal."""
+    from storage_audit.cli.render import err
+    from storage_audit.scan.run import ScanOptions
+
+    with Reporter(err, enabled=not quiet and err.is_terminal) as reporter:
+        yield ScanOptions(progress=reporter, workers=workers or 0)

@@ -6,6 +6,8 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_FINDINGS = 3
+EXIT_CLOSED_PIPE = 141
+"""The reader of stdout went away (`| head`): 128 + SIGPIPE, as a shell reports a process that signal ended."""
 
 
 class AuditError(Exception):

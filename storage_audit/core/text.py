@@ -1,8 +1,10 @@
-"""Words for people: names read from the storage made inert on a terminal, and counted nouns."""
+"""Words for people: names read from the storage made inert on a terminal, counted nouns, and sizes in bytes."""
 
 from __future__ import annotations
 
 import unicodedata
+
+import humanize
 
 # Control and format characters (ESC, newline, bidirectional overrides) and the
 # surrogates that stand for bytes of a name that is not UTF-8.
@@ -31,3 +33,8 @@ def printable(text: str, keep: str = "") -> str:
 def count(n: int, singular: str, plural: str | None = None) -> str:
     """`1 blob`, `2 blobs`, `1,024 entries` (with `plural` for nouns that do not just take an s)."""
     return f"{n:,} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def size(n: float) -> str:
+    """A number of bytes in binary units, as every table, message and page shows sizes: `1.5 GiB`, `512 Bytes`."""
+    return humanize.naturalsize(n, binary=True)

@@ -24,7 +24,7 @@ INT = "int64"
 OPT_INT = "Int64"
 BOOL = "bool"
 
-# Every table's columns: name -> (dtype, meaning). The README repeats these.
+# Every table's columns: name -> (dtype, meaning). docs/inventory.md repeats these.
 SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "repositories": {
         "repository": (STR, "repository name, `org/team/app`"),
@@ -92,7 +92,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "started_at": (TIME, "time in `startedat`; null when absent or unreadable"),
     },
     "findings": {
-        "kind": (STR, "finding kind (see the README's vocabulary)"),
+        "kind": (STR, "finding kind (see docs/findings.md, its vocabulary)"),
         "severity": (STR, "error, warning or info"),
         "repository": (STR, "repository concerned, else null"),
         "path": (STR, "path relative to the `v2` directory"),

@@ -1,1 +1,2 @@
-"""What each command does, as library calls: resolve ROOT, load or scan, report, check, plan, apply, diff."""
+"""What each command does, as library calls on a resolved ROOT: load, survey (scan), untagged, orphans, report,
+check, plan, apply, diff; each returns data, prints nothing and raises AuditErrors."""

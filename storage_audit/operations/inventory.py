@@ -1,7 +1,8 @@
-"""The inventory of what ROOT designates: a snapshot read, or a storage tree scanned now."""
+"""The inventory of what ROOT designates: a snapshot read, or a storage tree scanned now (and how long that took)."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from storage_audit.roots.resolve import Bucket, LocalTree, Root, RootError, Snapshot
@@ -14,7 +15,12 @@ if TYPE_CHECKING:
 
 
 def load(root: Root, options: ScanOptions | None = None) -> Inventory:
-    """The inventory of `root`: read from the snapshot, or scanned now; raises RootError for an unreadable snapshot."""
+    """The inventory of `root`: read from the snapshot, or scanned now; raises RootError for an unreadable snapshot.
+
+    A scan records its duration (`scan_seconds`); a snapshot keeps the one it stored.
+    Operations call this before importing their analysis: a process that has not
+    loaded pandas yet has one thread, and starts its scan workers by forking.
+    """
     match root:
         case Snapshot(path):
             from storage_audit.inventory.tables import read_snapshot
@@ -26,8 +32,11 @@ def load(root: Root, options: ScanOptions | None = None) -> Inventory:
         case LocalTree(storage) | Bucket(storage):
             from storage_audit.scan.run import scan
 
+            started = time.monotonic()
             # The tree was found already: an unreadable v2 is the scan's finding, not a ROOT to resolve again.
-            return scan(storage, options)
+            inv = scan(storage, options)
+            inv.scan_seconds = time.monotonic() - started
+            return inv
 
 
 def snapshot_findings(snapshot: Snapshot) -> pd.DataFrame:
@@ -41,3 +50,8 @@ def snapshot_findings(snapshot: Snapshot) -> pd.DataFrame:
         return read_findings(snapshot.path)
     except ValueError as exc:
         raise RootError(f"{snapshot.path}: {exc}") from exc
+
+
+def unreadable_paths(findings: pd.DataFrame) -> list[str]:
+    """The paths of the `unreadable` findings, in their order: what an answer leaves out (relative to `v2`)."""
+    return [str(path) for path in findings.loc[findings["kind"] == "unreadable", "path"]]

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import humanize
 import numpy as np
 import pandas as pd
 
@@ -27,7 +26,7 @@ from storage_audit.analysis.collect import orphan_frame, untagged_frame
 from storage_audit.analysis.graph import Graph, ReachOptions
 from storage_audit.analysis.options import By
 from storage_audit.analysis.report import whole
-from storage_audit.core.text import count
+from storage_audit.core.text import count, size
 
 TEMPLATE = "report.html.j2"
 
@@ -92,10 +91,6 @@ def figures(graph: Graph, options: HtmlOptions) -> Figures:
         findings=check_findings(graph, CheckOptions(upload_age=options.upload_age)),
         stale_uploads=stale_upload_rows(inv, options.upload_age),
     )
-
-
-def size(n: int | float) -> str:
-    return humanize.naturalsize(int(n), binary=True)
 
 
 # --------------------------------------------------------------------------

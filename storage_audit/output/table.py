@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from dataclasses import replace
 from datetime import timedelta
@@ -13,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from storage_audit.core.text import printable
+from storage_audit.core.text import printable, size
 from storage_audit.output.formats import View, time_columns
 
 SHORT_DIGEST = len("sha256:") + 12
@@ -23,7 +25,7 @@ MAX_ROWS = 100
 
 
 def _size(value: object) -> str:
-    return "" if pd.isna(value) else humanize.naturalsize(int(value), binary=True)  # type: ignore[call-overload]
+    return "" if pd.isna(value) else size(int(value))  # type: ignore[call-overload]
 
 
 def _duration(value: object) -> str:
@@ -103,9 +105,16 @@ def render(view: View, console: Console) -> None:
     console.print(table)
 
 
+class _Stdout(Console):
+    """A console on stdout that leaves a reader that went away to its caller: rich's own exits the process."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 def write(view: View, dest: Path | None) -> None:
     if dest is None:
-        render(view, Console(file=sys.stdout, width=None if sys.stdout.isatty() else MIN_WIDTH))
+        render(view, _Stdout(file=sys.stdout, width=None if sys.stdout.isatty() else MIN_WIDTH))
         return
     with open(dest, "w", encoding="utf-8") as fh:
         render(view, Console(file=fh, width=MIN_WIDTH, no_color=True))

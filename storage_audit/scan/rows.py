@@ -13,7 +13,6 @@ from itertools import accumulate, pairwise
 from typing import Any, NamedTuple, cast, overload
 
 from storage_audit.core.findings import Finding
-from storage_audit.core.manifest import Reference
 from storage_audit.inventory.schema import BOOL, SCHEMA, STR
 
 
@@ -99,10 +98,6 @@ ROW_TYPES: dict[str, type[tuple[Any, ...]]] = {
     "references": ReferenceRow,
 }
 """The row type of every table a scan reads; its fields are the table's SCHEMA columns, in order."""
-
-
-def reference_row(manifest: str, ref: Reference) -> ReferenceRow:
-    return ReferenceRow(manifest, *ref)
 
 
 @dataclass

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from storage_audit.core import clock
 from storage_audit.core.errors import StorageError, UsageError
-from storage_audit.core.paths import BlobData, LayerLink, RevisionLink, TagCurrentLink, TagIndexLink, parse_path
 
 if TYPE_CHECKING:
     from obstore.store import S3Credential, S3Store
@@ -60,11 +59,6 @@ def shard_plan(top: str) -> int:
     Every other top-level directory (none, in a registry's own tree) is listed flat.
     """
     return {"blobs": 2, "repositories": 1}.get(top, 0)
-
-
-def flat_plan(top: str) -> int:
-    """No shards: every top-level directory of `v2/` listed flat, page after page (for comparisons)."""
-    return 0
 
 
 T = TypeVar("T")
@@ -389,50 +383,6 @@ def link_etag(digest: str) -> str:
     return hashlib.md5(digest.encode("ascii"), usedforsecurity=False).hexdigest()
 
 
-def named_digests(paths: Iterable[str]) -> set[str]:
-    """Every digest a listing names in its paths: blob data, and the digest component of every link."""
-    out: set[str] = set()
-    for path in paths:
-        try:
-            spec = parse_path(path)
-        except ValueError:
-            continue
-        if isinstance(spec, BlobData | LayerLink | RevisionLink | TagIndexLink):
-            out.add(str(spec.digest))
-    return out
-
-
-def is_link(path: str) -> bool:
-    """True for a path the layout defines as a link file."""
-    try:
-        spec = parse_path(path)
-    except ValueError:
-        return False
-    return isinstance(spec, LayerLink | RevisionLink | TagCurrentLink | TagIndexLink)
-
-
-def resolve_links_by_etag(objects: Mapping[str, ObjectInfo]) -> tuple[dict[str, str], list[str]]:
-    """Link contents known from the listing alone, and the links that still need a GET.
-
-    A link written in one PUT has the MD5 of its content as ETag; when that is
-    the MD5 of `sha256:<hex>` for a digest the listing already names, the
-    link holds exactly that digest. Any other ETag (multipart, another
-    content, a server that does not use MD5) leaves the link to a GET.
-    """
-    by_etag = {link_etag(d): d for d in named_digests(objects)}
-    resolved: dict[str, str] = {}
-    unresolved: list[str] = []
-    for path, info in objects.items():
-        if not is_link(path):
-            continue
-        digest = by_etag.get(info.etag or "")
-        if digest is not None:
-            resolved[path] = digest
-        else:
-            unresolved.append(path)
-    return resolved, unresolved
-
-
 # --------------------------------------------------------------------------
 # The bucket
 
@@ -733,13 +683,6 @@ class S3Bucket:
                 raise S3Error(f"listing {prefix!r} in {self.location}: a page said more follow, but not where")
             params["ContinuationToken"] = page["NextContinuationToken"]
 
-    async def list_keys_async(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
-        """Every key under `prefix` (a whole key prefix, segment-wise), with one flat listing."""
-        return await self._list_flat(prefix)
-
-    def list_keys(self, prefix: str) -> list[tuple[str, ObjectInfo]]:
-        return self.run(self.list_keys_async(prefix))
-
     async def list_all_async(
         self, plan: ShardPlan = shard_plan, on_keys: Callable[[dict[str, ObjectInfo]], None] | None = None
     ) -> Listing:
@@ -788,9 +731,6 @@ class S3Bucket:
 
         await expand(self.location.prefix, 1)
         return Listing(objects, shards, marker)
-
-    def list_all(self, plan: ShardPlan = shard_plan) -> Listing:
-        return self.run(self.list_all_async(plan))
 
     async def list_range_async(
         self, container: str, first: str, last: str, *, uniform: bool = False
@@ -877,16 +817,10 @@ class S3Bucket:
         self.counters.add("get", 0, received=len(data))
         return data
 
-    def get(self, path: str) -> bytes | None:
-        return self.run(self.get_async(path))
-
     async def get_many_async(self, paths: Sequence[str]) -> dict[str, bytes]:
         """The contents of `paths`, fetched concurrently; a path with no key is left out."""
         bodies = await self.gather_limited([partial(self.get_async, p) for p in paths])
         return {p: b for p, b in zip(paths, bodies, strict=True) if b is not None}
-
-    def get_many(self, paths: Sequence[str]) -> dict[str, bytes]:
-        return self.run(self.get_many_async(paths))
 
     def iter_object(self, path: str, chunk_size: int = 8 << 20) -> Iterator[bytes]:
         """Stream the content of `path` in chunks of about `chunk_size` bytes (for digest checks)."""

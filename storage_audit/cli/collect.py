@@ -1,0 +1,84 @@
+"""`untagged` and `orphans`: what a collector would remove, and what the stock one would remove beyond it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from storage_audit.analysis.options import Format, ViewFormat
+from storage_audit.cli.options import (
+    DEFAULT_ROOT,
+    CacheDirOpt,
+    FormatOpt,
+    GcCompatibleOpt,
+    KeepReferrersOpt,
+    NoCacheOpt,
+    OutputOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    open_root,
+    remote,
+)
+from storage_audit.cli.output import emit
+from storage_audit.cli.progress import reading
+from storage_audit.cli.render import exit_if_unreadable, warn_gc_difference, warn_plain_gc_difference
+from storage_audit.operations import collect
+
+
+def untagged(
+    root: RootArg = DEFAULT_ROOT,
+    fmt: FormatOpt = ViewFormat.TABLE,
+    output: OutputOpt = None,
+    gc_compatible: GcCompatibleOpt = False,
+    keep_referrers: KeepReferrersOpt = True,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
+) -> None:
+    """List manifest revisions no tag reaches, per repository, with the bytes each would free alone.
+
+    Reached: a tag's current target, the children of a reached index (same
+    repository), and artifacts whose subject is reached.
+    """
+    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    options = collect.CollectOptions(keep_referrers=keep_referrers, gc_compatible=gc_compatible, compare_gc=not quiet)
+    with reading(quiet, workers) as scan:
+        found = collect.untagged(source, options, scan)
+    if found.gc_difference is not None:
+        warn_gc_difference(found.gc_difference)
+    emit(found.view, Format(fmt), output)
+    exit_if_unreadable(found.unreadable)
+
+
+def orphans(
+    root: RootArg = DEFAULT_ROOT,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option("--delete-untagged", "-m", help="Keep only manifests a tag reaches (as garbage-collect -m)."),
+    ] = False,
+    fmt: FormatOpt = ViewFormat.TABLE,
+    output: OutputOpt = None,
+    gc_compatible: GcCompatibleOpt = False,
+    keep_referrers: KeepReferrersOpt = True,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
+) -> None:
+    """List the blobs a sweep would remove: no kept manifest in any repository references them."""
+    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    options = collect.CollectOptions(delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet)
+    with reading(quiet, workers) as scan:
+        found = collect.orphans(source, options, scan)
+    if found.gc_difference is not None and delete_untagged:
+        warn_gc_difference(found.gc_difference)
+    elif found.gc_difference is not None:
+        warn_plain_gc_difference(found.gc_difference)
+    emit(found.view, Format(fmt), output)
+    exit_if_unreadable(found.unreadable)

@@ -1,0 +1,165 @@
+"""`plan`: write a reviewable deletion plan from retention rules, and say on stderr what it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from storage_audit.analysis.options import PlanFormat
+from storage_audit.cli.options import (
+    DEFAULT_ROOT,
+    CacheDirOpt,
+    KeepReferrersOpt,
+    NoCacheOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    fail,
+    open_root,
+    parse_duration,
+    parse_regexes,
+    remote,
+    stdout_dash,
+)
+from storage_audit.cli.output import emit_text
+from storage_audit.cli.progress import reading
+from storage_audit.cli.render import table, warn_held_back
+from storage_audit.operations import plan as planning
+
+
+def plan(
+    root: RootArg = DEFAULT_ROOT,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            readable=False,
+            callback=stdout_dash,
+            help="Write the plan here (default, or -: stdout).",
+        ),
+    ] = None,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option(
+            "--delete-untagged",
+            help="Delete manifests no tag reaches (index children and referrers of kept images are kept).",
+        ),
+    ] = False,
+    keep_last: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-last",
+            min=0,
+            metavar="N",
+            help="Per repository, keep the N most recently pushed tags; "
+            "delete the other tags, then their manifests if nothing else reaches them.",
+        ),
+    ] = None,
+    keep_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-tag", metavar="REGEX", help="Never delete a tag matching this regular expression (repeatable)."
+        ),
+    ] = None,
+    only_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only-tag",
+            metavar="REGEX",
+            help="Consider only tags matching this regular expression for deletion (repeatable).",
+        ),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Delete every tag pushed before this long ago (30d, 12h, 0s), then the manifests only such tags "
+            "reach: alone, a rule that deletes, not a filter. With --keep-last, only tags beyond the last N that "
+            "are also this old; with --delete-untagged, only untagged manifests this old.",
+        ),
+    ] = None,
+    repository: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--repository",
+            metavar="GLOB",
+            help="Limit the policy to repositories matching this glob (repeatable).",
+        ),
+    ] = None,
+    uploads_older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--uploads-older-than",
+            metavar="DURATION",
+            help="Also delete uploads started before this long ago, and those without startedat.",
+        ),
+    ] = None,
+    prune_empty_repositories: Annotated[
+        bool, typer.Option("--prune-empty-repositories", help="Also remove repositories the plan leaves with nothing.")
+    ] = False,
+    min_age: Annotated[
+        str,
+        typer.Option(
+            "--min-age",
+            metavar="DURATION",
+            help="Grace period: nothing newer is ever planned for deletion (protects a push in progress); "
+            "what it holds back is counted on stderr.",
+        ),
+    ] = "1h",
+    keep_referrers: KeepReferrersOpt = True,
+    fmt: Annotated[
+        PlanFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="json: the plan `apply` reads; sh: a reviewable shell script; http: curl DELETEs for a live registry.",
+        ),
+    ] = PlanFormat.JSON,
+    registry_url: Annotated[
+        str | None, typer.Option("--registry-url", metavar="URL", help="Registry URL for --format http.")
+    ] = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
+) -> None:
+    """Write a reviewable deletion plan: what the retention rules remove, in a safe order, with reasons.
+
+    Orphan blobs are always included. Nothing is deleted here: review the plan, then `storage-audit apply` it.
+    """
+    from storage_audit.cleanup.plan import Policy
+
+    if fmt is PlanFormat.HTTP and not registry_url:
+        fail("--format http needs --registry-url")
+    policy = Policy(
+        delete_untagged=delete_untagged,
+        keep_last=keep_last,
+        keep_tags=parse_regexes(keep_tag, "--keep-tag"),
+        only_tags=parse_regexes(only_tag, "--only-tag"),
+        older_than=None if older_than is None else parse_duration(older_than, "--older-than"),
+        repositories=tuple(repository or []),
+        uploads_older_than=None
+        if uploads_older_than is None
+        else parse_duration(uploads_older_than, "--uploads-older-than"),
+        prune_empty_repositories=prune_empty_repositories,
+        min_age=parse_duration(min_age, "--min-age"),
+        keep_referrers=keep_referrers,
+    )
+    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    options = planning.PlanOptions(fmt, registry_url)
+    refused = planning.refusal(source, options)
+    if refused is not None:
+        fail(refused)
+    with reading(quiet, workers) as scan:
+        planned = planning.plan(source, policy, options, scan)
+    emit_text(planned.text, output)
+    if not quiet:
+        table(planned.stats())
+        warn_held_back(planned.plan.held_back, min_age)

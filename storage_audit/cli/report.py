@@ -1,0 +1,109 @@
+"""`report`: where the space goes, as a view in any format, the audit's metrics, or one HTML page."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+
+from storage_audit.analysis.options import By, Format, ReportFormat, ReportOptions
+from storage_audit.analysis.options import check as check_options
+from storage_audit.cli.options import (
+    DEFAULT_ROOT,
+    CacheDirOpt,
+    NoCacheOpt,
+    OutputOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    fail,
+    open_root,
+    remote,
+)
+from storage_audit.cli.output import emit, emit_text
+from storage_audit.cli.progress import reading
+from storage_audit.cli.render import exit_if_unreadable, say
+from storage_audit.core.text import size
+from storage_audit.operations import report as reporting
+
+
+def report(
+    root: RootArg = DEFAULT_ROOT,
+    by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output: a table for people, or csv, json, parquet (needs -o), "
+            "prometheus: every metric, for node_exporter's textfile collector, "
+            "or html: one page of charts and tables of the whole storage (needs -o).",
+        ),
+    ] = ReportFormat.TABLE,
+    output: OutputOpt = None,
+    top: Annotated[
+        int | None, typer.Option("--top", "-n", min=1, metavar="N", help="Keep only the first N rows.")
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            "-s",
+            metavar="COLUMN",
+            help="Sort by this column: numbers and times largest first, text A to Z. "
+            "Default: the view's bytes column, largest first.",
+        ),
+    ] = None,
+    repository: Annotated[
+        str | None,
+        typer.Option(
+            "--repository",
+            "-r",
+            metavar="GLOB",
+            help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
+) -> None:
+    """Show where the space goes: a summary, one row per repository, tag, manifest, blob or upload, or a page.
+
+    --format html -o FILE writes one self-contained page of charts and tables of the whole storage;
+    --format prometheus writes every metric of the audit instead, for monitoring.
+    """
+    options = ReportOptions(by=by, repository=repository, sort=sort, top=top)
+    if fmt is ReportFormat.HTML:
+        # A page of several megabytes is for a browser, not a terminal; as for parquet, -o names its file.
+        if output is None:
+            fail("--format html writes a page for a browser: add -o FILE")
+        if options != ReportOptions(by=By.SUMMARY):
+            fail("--format html reports the whole storage: --by, --repository, --sort and --top do not apply")
+    check_options(options)
+    if fmt is ReportFormat.PROMETHEUS and options != ReportOptions():
+        fail("--format prometheus writes every metric: it takes no --by, --repository, --sort or --top")
+    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    if fmt is ReportFormat.HTML:
+        with reading(quiet, workers) as scan:
+            # The commands the page names for the rows it leaves out read the ROOT given here, a snapshot's included.
+            text = reporting.page(source, command_root=root, scan=scan)
+        emit_text(text, output)
+        if not quiet:
+            say(f"wrote {output} ({size(len(text.encode()))}); open it in a browser")
+        return
+    if fmt is ReportFormat.PROMETHEUS:
+        with reading(quiet, workers) as scan:
+            metrics = reporting.metrics(source, scan)
+        emit(metrics.view, Format.PROMETHEUS, output)
+        exit_if_unreadable(metrics.unreadable)
+        return
+    with reading(quiet, workers) as scan:
+        found = reporting.report(source, options, scan)
+    # --top asks for that many rows: a table shows them all, past its usual limit.
+    view = replace(found.view(table=fmt is ReportFormat.TABLE), table_rows=top)
+    emit(view, Format(fmt), output)
+    exit_if_unreadable(found.unreadable)

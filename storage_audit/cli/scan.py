@@ -1,0 +1,74 @@
+"""`scan`: read the storage into an inventory, summarize it on stderr, and write it as a snapshot with -o."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from storage_audit.cli.options import (
+    DEFAULT_ROOT,
+    CacheDirOpt,
+    NoCacheOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    fail,
+    open_root,
+    remote,
+)
+from storage_audit.cli.progress import reading
+from storage_audit.cli.render import exit_if_unreadable, say, say_pruned, scan_summary
+from storage_audit.operations import scan as scanning
+
+
+def scan(
+    root: RootArg = DEFAULT_ROOT,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            readable=False,
+            help="Write the inventory here as Parquet tables plus metadata.json.",
+        ),
+    ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            min=1,
+            metavar="N",
+            help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
+            "older ones; only storage-audit snapshots are ever removed.",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
+) -> None:
+    """Read the storage into an inventory and summarize it on stderr (like `git count-objects -v`).
+
+    Exits 3, saying so, when part of the tree could not be read.
+    """
+    if keep is not None and output is None:
+        fail("--keep needs -o DIR: it keeps the newest snapshots beside DIR")
+    if output is not None and str(output) == "-":
+        fail("-o -: a snapshot is a directory, not stdout")
+    if output is not None:
+        scanning.check_target(output)
+    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    snapshot = None if output is None else scanning.SnapshotOptions(output, keep)
+    with reading(quiet, workers) as options:
+        survey = scanning.survey(source, options, snapshot)
+    if survey.pruned is not None:
+        say_pruned(survey.pruned, quiet)
+    if not quiet:
+        for key, value in scan_summary(survey):
+            say(f"{key}: {value}")
+    exit_if_unreadable(survey.unreadable)

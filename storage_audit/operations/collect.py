@@ -1,0 +1,89 @@
+"""What a collector would remove from ROOT: the manifests no tag reaches, the blobs nothing kept references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from storage_audit.operations.inventory import load, unreadable_paths
+from storage_audit.roots.resolve import Root
+
+if TYPE_CHECKING:
+    from storage_audit.analysis.collect import GcDifference
+    from storage_audit.output.formats import View
+    from storage_audit.scan.run import ScanOptions
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """What is kept, as `ReachOptions` says; `compare_gc` also works out what the stock collector would remove
+    beyond that (not with gc_compatible, which is its answer)."""
+
+    delete_untagged: bool = False
+    keep_referrers: bool = True
+    gc_compatible: bool = False
+    compare_gc: bool = True
+
+
+@dataclass(frozen=True)
+class Collected:
+    """The rows to show, what the stock collector would remove beyond them (None when not compared), and the paths
+    that could not be read, whose content the answer leaves out."""
+
+    view: View
+    gc_difference: GcDifference | None
+    unreadable: list[str]
+
+
+def untagged(root: Root, options: CollectOptions | None = None, scan: ScanOptions | None = None) -> Collected:
+    """The manifest revisions no tag reaches, per repository, with the bytes each would free alone.
+
+    `options.delete_untagged` is implied: it is what makes a revision untagged.
+    """
+    options = options or CollectOptions()
+    inv = load(root, scan)
+    from storage_audit.analysis.collect import gc_difference, untagged_frame
+    from storage_audit.analysis.graph import Graph, ReachOptions
+    from storage_audit.output.formats import View
+
+    graph = Graph(inv)
+    result = graph.reach(ReachOptions(True, options.keep_referrers, options.gc_compatible))
+    view = View(
+        untagged_frame(graph, result),
+        title="untagged manifests",
+        size_columns=("manifest_bytes", "reclaimable_bytes"),
+        optional_columns=("artifact_type", "subject", "media_type", "manifest_bytes", "pushed_at"),
+        total_columns=("manifest_bytes", "reclaimable_bytes"),
+    )
+    compared = gc_difference(graph, safe=result) if options.compare_gc and not options.gc_compatible else None
+    return Collected(view, compared, unreadable_paths(inv.findings))
+
+
+def orphans(root: Root, options: CollectOptions | None = None, scan: ScanOptions | None = None) -> Collected:
+    """The blobs a sweep would remove: no kept manifest in any repository references them.
+
+    The stock collector is compared in the same mode: with `--delete-untagged` or plain.
+    """
+    options = options or CollectOptions()
+    inv = load(root, scan)
+    from storage_audit.analysis.collect import gc_difference, orphan_frame
+    from storage_audit.analysis.graph import Graph, ReachOptions
+    from storage_audit.output.formats import View
+
+    graph = Graph(inv)
+    result = graph.reach(
+        ReachOptions(
+            options.delete_untagged, keep_referrers=options.keep_referrers, gc_compatible=options.gc_compatible
+        )
+    )
+    view = View(
+        orphan_frame(inv, result),
+        title="orphan blobs",
+        size_columns=("size",),
+        optional_columns=("linked_from", "mtime"),
+        total_columns=("size",),
+    )
+    compared = None
+    if options.compare_gc and not options.gc_compatible:
+        compared = gc_difference(graph, safe=result, delete_untagged=options.delete_untagged)
+    return Collected(view, compared, unreadable_paths(inv.findings))

@@ -1,0 +1,78 @@
+"""Plan deletions in ROOT: what the retention rules remove, in a safe order, written as text for review."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from storage_audit.analysis.options import PlanFormat
+from storage_audit.core import clock
+from storage_audit.core.errors import UsageError
+from storage_audit.operations.inventory import load
+from storage_audit.roots.resolve import Root, Snapshot
+
+if TYPE_CHECKING:
+    from storage_audit.cleanup.plan import Plan, Policy
+    from storage_audit.output.formats import View
+    from storage_audit.scan.run import ScanOptions
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How the plan is written: the JSON `apply` reads, a shell script, or curl DELETEs to `registry_url`."""
+
+    format: PlanFormat = PlanFormat.JSON
+    registry_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The plan, and its text in the format asked for."""
+
+    plan: Plan
+    text: str
+
+    def stats(self) -> View:
+        """The actions and bytes per repository, with totals."""
+        import pandas as pd
+
+        from storage_audit.output.formats import View
+
+        totals = self.plan.totals()["by_repository"]
+        rows = [(repo, t["count"], t["bytes"]) for repo, t in sorted(totals.items())]
+        frame = pd.DataFrame(rows, columns=["repository", "actions", "bytes"])
+        return View(frame, title="deletion plan", size_columns=("bytes",), total_columns=("actions", "bytes"))
+
+
+def refusal(root: Root, options: PlanOptions) -> str | None:
+    """Why no plan of `root` can be written as `options` ask, or None: checked before any scan."""
+    if options.format is PlanFormat.HTTP and not options.registry_url:
+        return "--format http needs --registry-url"
+    if isinstance(root, Snapshot):
+        return f"{root.location}: plan from the storage itself, not a snapshot: apply re-checks the live files"
+    from storage_audit.cleanup.plan_formats import refusal as format_refusal
+
+    refused = format_refusal(options.format, root.storage)
+    return None if refused is None else f"{root.location}: {refused}"
+
+
+def plan(root: Root, policy: Policy, options: PlanOptions | None = None, scan: ScanOptions | None = None) -> Planned:
+    """The deletions `policy` implies in `root`'s storage, made from a scan of it now.
+
+    Raises UsageError for a snapshot (apply re-checks the live files) or a
+    format `root` cannot take, PlanRefused when its findings make deleting unsafe.
+    """
+    options = options or PlanOptions()
+    refused = refusal(root, options)
+    if refused is not None:
+        raise UsageError(refused)
+    assert not isinstance(root, Snapshot)  # refused above
+    # Read before the scan: a grace period measured from its start holds back what was pushed during it.
+    now = clock.now()
+    inv = load(root, scan)
+    from storage_audit.analysis.graph import Graph
+    from storage_audit.cleanup.plan import make_plan
+    from storage_audit.cleanup.plan_formats import render
+
+    made = make_plan(Graph(inv), policy, now, root.storage)
+    return Planned(made, render(made, options.format, options.registry_url))
