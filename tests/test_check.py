@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -61,9 +62,11 @@ def run(*args: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("verify", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "verify-digests"])
 @pytest.mark.parametrize("name", CASES)
-def test_broken_fixture_yields_exactly_its_findings(name: str, verify: bool, tmp_path: Path) -> None:
+def test_broken_fixture_yields_exactly_its_findings(
+    name: str, verify: bool, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     want = expected(name)
-    root = unpack(BROKEN / f"{name}.tar.gz", tmp_path)
+    root = shared_root(BROKEN / f"{name}.tar.gz")
     inv = as_of(scan(LocalStorage(root / V2)), want["as_of"])
     found = check(inv, CheckOptions(verify_digests=verify, workers=2))
     key = "check_verify_digests" if verify else "check"
@@ -84,18 +87,18 @@ def vanished_blob(v2: Path) -> tuple[pd.DataFrame, str]:
     return check(inv, CheckOptions(verify_digests=True)), data.relative_to(v2).as_posix()
 
 
-def test_every_kind_is_produced_by_a_fixture_or_a_test(fixture_root) -> None:  # type: ignore[no-untyped-def]
+def test_every_kind_is_produced_by_a_fixture_or_a_test(fixture_copy) -> None:  # type: ignore[no-untyped-def]
     produced = set()
     for name in CASES:
         want = expected(name)
         produced |= {f["kind"] for f in want["check_verify_digests"] + want["check_info"]}
-    found, _ = vanished_blob(fixture_root("basic") / V2)
+    found, _ = vanished_blob(fixture_copy("basic") / V2)
     produced |= set(found["kind"])
     assert produced == {kind.value for kind in Kind}
 
 
-def test_a_blob_gone_since_the_scan_is_unreadable(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    found, rel = vanished_blob(fixture_root("basic") / V2)
+def test_a_blob_gone_since_the_scan_is_unreadable(fixture_copy) -> None:  # type: ignore[no-untyped-def]
+    found, rel = vanished_blob(fixture_copy("basic") / V2)
     assert pairs(found) == {("unreadable", rel)}
 
 
@@ -132,8 +135,10 @@ def test_an_abandoned_upload_goes_stale_after_upload_age(fixture_root) -> None: 
     assert pairs(check(as_of(inv, built + timedelta(days=8)), CheckOptions(upload_age=timedelta(days=9)))) == set()
 
 
-def test_findings_have_the_inventory_columns_and_errors_come_first(tmp_path: Path) -> None:
-    root = unpack(BROKEN / "dangling-tag.tar.gz", tmp_path)
+def test_findings_have_the_inventory_columns_and_errors_come_first(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    root = shared_root(BROKEN / "dangling-tag.tar.gz")
     inv = scan(LocalStorage(root / V2))
     found = check(inv)
     assert list(found.columns) == list(SCHEMA["findings"])
@@ -142,22 +147,22 @@ def test_findings_have_the_inventory_columns_and_errors_come_first(tmp_path: Pat
     assert ranks.is_monotonic_increasing and found["severity"].iloc[-1] == "info"
 
 
-def test_missing_blob_names_the_tags_whose_pulls_fail(tmp_path: Path) -> None:
-    inv = scan(LocalStorage(unpack(BROKEN / "missing-layer.tar.gz", tmp_path) / V2))
+def test_missing_blob_names_the_tags_whose_pulls_fail(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    inv = scan(LocalStorage(shared_root(BROKEN / "missing-layer.tar.gz") / V2))
     found = check(inv)
     (detail,) = found[found["kind"] == "missing-blob"]["detail"]
     assert "team/app:1.2" in detail and "team/app:latest" in detail and "team/app:1.0" not in detail
 
 
-def test_index_child_missing_names_the_tag(tmp_path: Path) -> None:
-    inv = scan(LocalStorage(unpack(BROKEN / "index-child-missing.tar.gz", tmp_path) / V2))
+def test_index_child_missing_names_the_tag(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    inv = scan(LocalStorage(shared_root(BROKEN / "index-child-missing.tar.gz") / V2))
     found = check(inv)
     (detail,) = found[found["kind"] == "index-child-missing"]["detail"]
     assert "tools/multi:v2" in detail and "tools/multi:v1" not in detail
 
 
-def test_verify_never_follows_a_symlink_put_there_after_the_scan(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    v2 = fixture_root("basic") / V2
+def test_verify_never_follows_a_symlink_put_there_after_the_scan(fixture_copy) -> None:  # type: ignore[no-untyped-def]
+    v2 = fixture_copy("basic") / V2
     inv = basic_as_built(v2)
     data = next((v2 / "blobs/sha256").glob("*/*/data"))
     data.unlink()
@@ -179,8 +184,10 @@ class Recorder:
         self.done += nbytes
 
 
-def test_verify_reports_every_byte_and_any_worker_count_agrees(tmp_path: Path) -> None:
-    inv = scan(LocalStorage(unpack(BROKEN / "truncated-layer.tar.gz", tmp_path) / V2))
+def test_verify_reports_every_byte_and_any_worker_count_agrees(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    inv = scan(LocalStorage(shared_root(BROKEN / "truncated-layer.tar.gz") / V2))
     recorder = Recorder()
     one = verify_digests(inv.root, inv.blobs, workers=1, progress=recorder)
     many = verify_digests(inv.root, inv.blobs, workers=7)
@@ -198,8 +205,8 @@ def test_clean_tree_exits_0_with_a_table_and_a_summary(fixture_root) -> None:  #
     assert err.startswith("check: 0 errors") and err.count("\n") == 1
 
 
-def test_errors_exit_3(tmp_path: Path) -> None:
-    root = unpack(BROKEN / "missing-layer.tar.gz", tmp_path)
+def test_errors_exit_3(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = shared_root(BROKEN / "missing-layer.tar.gz")
     code, out, err = run("check", str(root), "-f", "json")
     rows = json.loads(out)
     assert code == 3 and "1 error" in err
@@ -207,14 +214,14 @@ def test_errors_exit_3(tmp_path: Path) -> None:
     assert [r["kind"] for r in rows if r["severity"] == "error"] == ["missing-blob"]
 
 
-def test_strict_makes_warnings_exit_3(tmp_path: Path) -> None:
-    root = str(unpack(BROKEN / "stray-file.tar.gz", tmp_path))
+def test_strict_makes_warnings_exit_3(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = str(shared_root(BROKEN / "stray-file.tar.gz"))
     assert run("check", root, "-q", "--upload-age", NEVER_STALE)[0] == 0
     assert run("check", root, "-q", "--upload-age", NEVER_STALE, "--strict")[0] == 3
 
 
-def test_digest_mismatch_only_with_verify_digests(tmp_path: Path) -> None:
-    root = str(unpack(BROKEN / "flipped-byte.tar.gz", tmp_path))
+def test_digest_mismatch_only_with_verify_digests(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = str(shared_root(BROKEN / "flipped-byte.tar.gz"))
     assert run("check", root, "-q")[0] == 0
     code, out, _ = run("check", root, "-q", "--verify-digests", "--workers", "3", "-f", "csv")
     frame = pd.read_csv(io.StringIO(out))
@@ -248,8 +255,8 @@ def test_verify_digests_needs_the_tree_not_a_snapshot(fixture_root, tmp_path: Pa
     assert code == 2 and "snapshot" in err
 
 
-def test_output_file_is_written_after_the_work(tmp_path: Path) -> None:
-    root = str(unpack(BROKEN / "dangling-tag.tar.gz", tmp_path / "tree"))
+def test_output_file_is_written_after_the_work(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = str(shared_root(BROKEN / "dangling-tag.tar.gz"))
     target = tmp_path / "findings.json"
     code, out, _ = run("check", root, "-f", "json", "-o", str(target), "-q")
     assert code == 3 and out == ""
@@ -259,8 +266,8 @@ def test_output_file_is_written_after_the_work(tmp_path: Path) -> None:
     assert not refused.exists()
 
 
-def test_table_fits_80_columns(tmp_path: Path) -> None:
-    root = str(unpack(BROKEN / "index-child-missing.tar.gz", tmp_path))
+def test_table_fits_80_columns(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = str(shared_root(BROKEN / "index-child-missing.tar.gz"))
     code, out, _ = run("check", root, "-q")
     assert code == 3 and "index-child-missing (error, 1)" in out
     assert max(len(line) for line in out.splitlines()) <= 80

@@ -66,9 +66,11 @@ def test_scan_summary_on_stderr(fixture_root) -> None:  # type: ignore[no-untype
 
 
 @pytest.mark.parametrize("name", ["stray-file", "non-hex-link", "deleted-revision", "stale-upload"])
-def test_scan_summary_is_the_same_from_tables_inventory_and_snapshot(name: str, tmp_path: Path) -> None:
+def test_scan_summary_is_the_same_from_tables_inventory_and_snapshot(
+    name: str, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     # A plain scan counts Arrow tables; with -o, and from a snapshot, it counts DataFrames.
-    root = unpack(BROKEN / f"{name}.tar.gz", tmp_path / name)
+    root = shared_root(BROKEN / f"{name}.tar.gz")
     snap = tmp_path / "snap"
     plain = run("scan", str(root))
     written = run("scan", str(root), "-o", str(snap))

@@ -29,7 +29,7 @@ from storage_audit.operations.inventory import load
 from storage_audit.output.html import HtmlOptions, cards, figures
 from storage_audit.roots.resolve import resolve
 
-from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, fixtures_built, unpack
+from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, fixtures_built
 
 TOP = Path(__file__).resolve().parents[1]
 SEVERITIES = ("error", "warning", "info")
@@ -184,8 +184,10 @@ DAMAGED = [
 
 
 @pytest.mark.parametrize("name", DAMAGED)
-def test_a_damaged_fixture_counts_alike_in_every_view(name: str, later: datetime, tmp_path: Path) -> None:
-    views = library_counts(unpack(BROKEN / f"{name}.tar.gz", tmp_path / name), tmp_path)
+def test_a_damaged_fixture_counts_alike_in_every_view(
+    name: str, later: datetime, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    views = library_counts(shared_root(BROKEN / f"{name}.tar.gz"), tmp_path)
     assert views == {view: views["check"] for view in views}
     assert sum(views["check"].values()) > 0, "each damaged fixture has a finding"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +63,8 @@ COMMANDS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a[:1] + a[2:4]) for a in COMMANDS])
-def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path) -> None:
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
+def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
     args = [a.format(root=root, snapshot=tmp_path / "snap") for a in argv]
     if "{snapshot}" in argv[1]:
         assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
@@ -75,8 +75,10 @@ def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path) -> None:
     assert Graph.builds - before == 1
 
 
-def test_a_diff_builds_one_graph_per_tree_and_none_for_snapshots(tmp_path: Path) -> None:
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
+def test_a_diff_builds_one_graph_per_tree_and_none_for_snapshots(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
     assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     for sides, builds in (((root, root), 2), ((tmp_path / "snap", tmp_path / "snap"), 0)):
         for by in ("repository", "tag", "blob"):
@@ -86,8 +88,8 @@ def test_a_diff_builds_one_graph_per_tree_and_none_for_snapshots(tmp_path: Path)
             assert Graph.builds - before == builds
 
 
-def test_a_report_from_a_snapshot_builds_none(tmp_path: Path) -> None:
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
+def test_a_report_from_a_snapshot_builds_none(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
     assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     before = Graph.builds
     code, out, _ = run("report", str(tmp_path / "snap"), "--by", "repository", "-f", "json")
@@ -95,9 +97,9 @@ def test_a_report_from_a_snapshot_builds_none(tmp_path: Path) -> None:
     assert Graph.builds == before
 
 
-def test_an_html_report_from_a_snapshot_builds_one(tmp_path: Path) -> None:
+def test_an_html_report_from_a_snapshot_builds_one(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     # The page needs untagged, orphans and check besides the stored views: one graph of the snapshot's tables.
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
     assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     before = Graph.builds
     code, _, err = run("report", str(tmp_path / "snap"), "--format", "html", "-o", str(tmp_path / "r.html"), "-q")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.core.findings import SEVERITY
-from tests.conftest import BROKEN, FIXTURES, unpack
+from tests.conftest import BROKEN, FIXTURES
 from tests.registry_harness import Ledger, Registry, require_registry
 from tests.workloads import random_workload
 
@@ -115,9 +116,11 @@ def test_every_metric_is_the_json_reports_figure_on_a_pushed_tree(workload_tree:
 @pytest.mark.parametrize(
     "name", [*sorted(p.name.removesuffix(".tar.gz") for p in BROKEN.glob("*.tar.gz")), "multiarch", "referrers"]
 )
-def test_every_metric_is_the_json_reports_figure_on_fixtures(name: str, tmp_path: Path) -> None:
+def test_every_metric_is_the_json_reports_figure_on_fixtures(
+    name: str, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     archive = BROKEN / f"{name}.tar.gz" if (BROKEN / f"{name}.tar.gz").exists() else FIXTURES / f"{name}.tar.gz"
-    check_metrics(str(unpack(archive, tmp_path / name)))
+    check_metrics(str(shared_root(archive)))
 
 
 def test_a_snapshot_of_an_earlier_version_has_no_duration(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -11,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
-from tests.conftest import FIXTURES, unpack
+from tests.conftest import FIXTURES
 from tests.test_gen_snapshot import generator
 
 TOP = Path(__file__).resolve().parents[1]
@@ -44,9 +45,12 @@ CASES = ["basic", "churn", "multiarch", "referrers", "broken/dangling-tag", "bro
 
 @pytest.mark.parametrize("fixture", CASES)
 def test_the_recipe_gives_reports_orphan_bytes_per_repository(
-    fixture: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fixture: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_root: Callable[[Path], Path],
 ) -> None:
-    root = unpack(FIXTURES / f"{fixture}.tar.gz", tmp_path / "root")
+    root = shared_root(FIXTURES / f"{fixture}.tar.gz")
     result = CliRunner().invoke(app, ["scan", str(root), "-o", str(tmp_path / "snapshot"), "-q"])
     assert result.exit_code == 0, result.output
     expected = reclaimable(tmp_path / "snapshot")
