@@ -15,7 +15,7 @@ import stat
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -37,18 +37,28 @@ BROKEN = FIXTURES / "broken"
 # The command line, in this process
 
 
-@dataclasses.dataclass(frozen=True)
-class Ran:
-    """What one run of the command line gave; unpacks as `code, out, err`."""
+class Ran(tuple[int, str, str]):
+    """What one run of the command line gave: `(exit_code, stdout, stderr)`, and `output`, both as a terminal
+    shows them interleaved."""
 
-    exit_code: int
-    stdout: str
-    stderr: str
     output: str
-    """stdout and stderr interleaved, as a terminal shows them."""
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.exit_code, self.stdout, self.stderr))
+    def __new__(cls, exit_code: int, stdout: str, stderr: str, output: str) -> Ran:
+        ran = super().__new__(cls, (exit_code, stdout, stderr))
+        ran.output = output
+        return ran
+
+    @property
+    def exit_code(self) -> int:
+        return self[0]
+
+    @property
+    def stdout(self) -> str:
+        return self[1]
+
+    @property
+    def stderr(self) -> str:
+        return self[2]
 
 
 @functools.cache
@@ -61,18 +71,27 @@ def _command() -> click.Command:
     return typer.main.get_command(app)
 
 
-def cli(*args: str | Path, env: Mapping[str, str] | None = None, input: str | None = None) -> Ran:
-    """Run `storage-audit ARGS...` in this process, with `env` laid over the environment and `input` as stdin.
+def cli(
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    expect: Collection[int] | None = None,
+) -> Ran:
+    """Run `storage-audit ARGS...` in this process, with `env` laid over the environment and `input` as stdin;
+    with `expect`, the exit code must be one of those.
 
     The tool turns every failure into an exit code and a line on stderr: an
     exception that escapes it is a bug, and fails the calling test with its traceback.
     """
     from typer.testing import CliRunner
 
+    def text(stream: Any) -> str:
+        return str(stream.getvalue().decode("utf-8", "replace").replace("\r\n", "\n"))
+
     runner = CliRunner()
     command = _command()
     code: int | str | None = 0
-    with runner.isolation(input=input, env=env) as (stdout, stderr, output):
+    with runner.isolation(input=input, env=env) as streams:
         try:
             command.main(args=[str(a) for a in args], prog_name=runner.get_default_prog_name(command))
         except SystemExit as exc:
@@ -80,12 +99,11 @@ def cli(*args: str | Path, env: Mapping[str, str] | None = None, input: str | No
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
+        stdout, stderr, output = map(text, streams)
     assert code is None or isinstance(code, int), f"exit with {code!r}"
-
-    def text(stream: Any) -> str:
-        return str(stream.getvalue().decode("utf-8", "replace").replace("\r\n", "\n"))
-
-    return Ran(code or 0, text(stdout), text(stderr), text(output))
+    ran = Ran(code or 0, stdout, stderr, output)
+    assert expect is None or ran.exit_code in expect, (args, ran.exit_code, ran.stderr)
+    return ran
 
 
 # --------------------------------------------------------------------------

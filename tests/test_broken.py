@@ -7,13 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
 
-from .conftest import BROKEN
+from .conftest import BROKEN, cli
 
 CASES = sorted(p.name.removesuffix(".json") for p in BROKEN.glob("*.json"))
 
@@ -37,8 +35,8 @@ def test_broken_fixture_yields_its_findings(name: str, tmp_path: Path, shared_ro
 def test_broken_fixture_scan_command_exits_0(name: str, tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     root = shared_root(BROKEN / f"{name}.tar.gz")
     for args in (["scan", str(root)], ["untagged", str(root), "-q"], ["orphans", str(root), "-m", "-q"]):
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, (args, result.output, result.exception)
+        result = cli(*args)
+        assert result.exit_code == 0, (args, result.output)
 
 
 def test_symlinks_are_never_followed(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:

@@ -17,16 +17,14 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from storage_audit.analysis.check import CheckOptions, check, verify_digests
-from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA, Inventory
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
 
-from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, as_of, built_at, unpack
+from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, as_of, built_at, cli, unpack
 
 V2 = Path("docker/registry/v2")
 CASES = sorted(p.name.removesuffix(".json") for p in BROKEN.glob("*.json"))
@@ -34,8 +32,6 @@ LOUD = ("error", "warning")
 ALL = ("error", "warning", "info")
 # Far beyond any fixture's age: CLI runs judge uploads as of today, not as of the fixture's build.
 NEVER_STALE = "100000d"
-
-runner = CliRunner()
 
 
 def expected(name: str) -> dict:  # type: ignore[type-arg]
@@ -49,12 +45,6 @@ def pairs(findings: pd.DataFrame, severities: tuple[str, ...] = LOUD) -> set[tup
 
 def as_pairs(items: list[dict[str, str]]) -> set[tuple[str, str]]:
     return {(f["kind"], f["path"]) for f in items}
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # -- the library ----------------------------------------------------------------
@@ -199,7 +189,7 @@ def test_verify_reports_every_byte_and_any_worker_count_agrees(
 
 
 def test_clean_tree_exits_0_with_a_table_and_a_summary(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("check", str(fixture_root("basic")))
+    code, out, err = cli("check", str(fixture_root("basic")))
     assert code == 0
     assert "findings by kind" in out and "deleted-revision" in out
     assert err.startswith("check: 0 errors") and err.count("\n") == 1
@@ -207,7 +197,7 @@ def test_clean_tree_exits_0_with_a_table_and_a_summary(fixture_root) -> None:  #
 
 def test_errors_exit_3(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     root = shared_root(BROKEN / "missing-layer.tar.gz")
-    code, out, err = run("check", str(root), "-f", "json")
+    code, out, err = cli("check", str(root), "-f", "json")
     rows = json.loads(out)
     assert code == 3 and "1 error" in err
     assert all(list(row) == list(SCHEMA["findings"]) for row in rows)
@@ -216,14 +206,14 @@ def test_errors_exit_3(tmp_path: Path, shared_root: Callable[[Path], Path]) -> N
 
 def test_strict_makes_warnings_exit_3(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     root = str(shared_root(BROKEN / "stray-file.tar.gz"))
-    assert run("check", root, "-q", "--upload-age", NEVER_STALE)[0] == 0
-    assert run("check", root, "-q", "--upload-age", NEVER_STALE, "--strict")[0] == 3
+    assert cli("check", root, "-q", "--upload-age", NEVER_STALE)[0] == 0
+    assert cli("check", root, "-q", "--upload-age", NEVER_STALE, "--strict")[0] == 3
 
 
 def test_digest_mismatch_only_with_verify_digests(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     root = str(shared_root(BROKEN / "flipped-byte.tar.gz"))
-    assert run("check", root, "-q")[0] == 0
-    code, out, _ = run("check", root, "-q", "--verify-digests", "--workers", "3", "-f", "csv")
+    assert cli("check", root, "-q")[0] == 0
+    code, out, _ = cli("check", root, "-q", "--verify-digests", "--workers", "3", "-f", "csv")
     frame = pd.read_csv(io.StringIO(out))
     assert code == 3 and list(frame.columns) == list(SCHEMA["findings"])
     assert list(frame[frame["severity"] == "error"]["kind"]) == ["digest-mismatch"]
@@ -238,54 +228,54 @@ def test_digest_mismatch_only_with_verify_digests(tmp_path: Path, shared_root: C
     ],
 )
 def test_unusable_arguments_exit_2(args: list[str], words: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("check", str(fixture_root("basic")), *args)
+    code, out, err = cli("check", str(fixture_root("basic")), *args)
     assert code == 2 and out == "" and words in err
 
 
 def test_unusable_root_exits_2(tmp_path: Path) -> None:
-    assert run("check", str(tmp_path / "nope"))[0] == 2
-    assert run("check", str(tmp_path))[0] == 2
+    assert cli("check", str(tmp_path / "nope"))[0] == 2
+    assert cli("check", str(tmp_path))[0] == 2
 
 
 def test_verify_digests_needs_the_tree_not_a_snapshot(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     snap = tmp_path / "snap"
-    assert run("scan", str(fixture_root("basic")), "-o", str(snap), "-q")[0] == 0
-    assert run("check", str(snap), "-q")[0] == 0
-    code, _, err = run("check", str(snap), "--verify-digests")
+    assert cli("scan", str(fixture_root("basic")), "-o", str(snap), "-q")[0] == 0
+    assert cli("check", str(snap), "-q")[0] == 0
+    code, _, err = cli("check", str(snap), "--verify-digests")
     assert code == 2 and "snapshot" in err
 
 
 def test_output_file_is_written_after_the_work(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     root = str(shared_root(BROKEN / "dangling-tag.tar.gz"))
     target = tmp_path / "findings.json"
-    code, out, _ = run("check", root, "-f", "json", "-o", str(target), "-q")
+    code, out, _ = cli("check", root, "-f", "json", "-o", str(target), "-q")
     assert code == 3 and out == ""
     assert {r["kind"] for r in json.loads(target.read_text())} >= {"dangling-tag", "deleted-revision"}
     refused = tmp_path / "refused.json"
-    assert run("check", root, "--upload-age", "soon", "-o", str(refused))[0] == 2
+    assert cli("check", root, "--upload-age", "soon", "-o", str(refused))[0] == 2
     assert not refused.exists()
 
 
 def test_table_fits_80_columns(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     root = str(shared_root(BROKEN / "index-child-missing.tar.gz"))
-    code, out, _ = run("check", root, "-q")
+    code, out, _ = cli("check", root, "-q")
     assert code == 3 and "index-child-missing (error, 1)" in out
     assert max(len(line) for line in out.splitlines()) <= 80
     target = tmp_path / "findings.txt"
-    assert run("check", root, "-q", "-o", str(target))[0] == 3
+    assert cli("check", root, "-q", "-o", str(target))[0] == 3
     text = target.read_text()
     assert "findings by kind" in text and max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_help_names_the_exit_codes() -> None:
-    code, out, _ = run("check", "--help")
+    code, out, _ = cli("check", "--help")
     assert code == 0
     text = " ".join(out.split())
     assert "Exit codes: 0 no error findings; 3 error findings" in text and "2 unusable" in text and "1 internal" in text
 
 
 def test_quiet_prints_nothing_on_stderr(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, _, err = run("check", str(fixture_root("multiarch")), "-q", "--verify-digests")
+    code, _, err = cli("check", str(fixture_root("multiarch")), "-q", "--verify-digests")
     assert (code, err) == (0, "")
 
 
@@ -377,8 +367,8 @@ def test_random_damage_never_crashes_and_is_reported(
         shutil.copytree(pristine, root, symlinks=True)
         try:
             breaking = damage(root / V2 / rel, operation, fraction) and not _inside_upload(rel)
-            # The command scans and checks: an exception in either is caught by run() or is exit 1.
-            code, out, _ = run("check", str(root), "-q", "--verify-digests", "-f", "json", "--upload-age", NEVER_STALE)
+            # The command scans and checks: an exception in either is caught by cli() or is exit 1.
+            code, out, _ = cli("check", str(root), "-q", "--verify-digests", "-f", "json", "--upload-age", NEVER_STALE)
             assert code in (0, 3)
             if breaking:
                 found = {(f["kind"], f["path"]) for f in json.loads(out)}

@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
-from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA
 from tests import registry_harness
-from tests.conftest import fixtures_built
+from tests.conftest import cli, fixtures_built
 from tests.facts import Facts, load_expected
 from tests.registry_harness import Registry, RegistryError
 
@@ -66,7 +65,7 @@ def run_commands(page: Path, tmp_path: Path, root: Path | None = None) -> int:
             shutil.copytree(words[2], words[3], symlinks=True)
         elif words[0] == "storage-audit":
             answer = "y\n" if words[1] == "apply" and not {"--yes", "-y", "--dry-run"} & set(words) else None
-            result = CliRunner().invoke(app, words[1:], input=answer)
+            result = cli(*words[1:], input=answer)
             assert result.exit_code == 0, (page.name, words, result.output)
             ran += 1
         else:
