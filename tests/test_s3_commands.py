@@ -19,8 +19,8 @@ import pytest
 from storage_audit.analysis.options import By
 from storage_audit.inventory.tables import read_snapshot
 from storage_audit.operations.inventory import load
-from storage_audit.roots.resolve import resolve
-from tests.conftest import BROKEN, FIXTURES, Ran, cli, fixture_builder, unpack
+from storage_audit.roots.resolve import RemoteOptions, resolve
+from tests.conftest import BROKEN, FIXTURES, Ran, cli, fixture_builder
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (
     REGION,
@@ -101,8 +101,22 @@ def same_answer(on_bucket: str, on_disk: str) -> None:
     assert a == b
 
 
-def assert_same_answers(server: SeaweedS3, url: str, rootdirectory: str, copy: Path, scratch: Path) -> None:
-    """`scan -o` tables, the scan summary and every command's output are the same on `url` and on `copy`."""
+def direct_command(name: str) -> list[str]:
+    """The command a case also runs straight on the bucket: each in turn, so that every one runs so on several."""
+    return COMMANDS[(CASES + BROKEN_FIXTURES).index(name) % len(COMMANDS)]
+
+
+def assert_same_answers(
+    server: SeaweedS3, url: str, rootdirectory: str, copy: Path, scratch: Path, direct: list[str]
+) -> None:
+    """`scan -o` tables, the scan summary, the inventory each command answers from and every command's output are
+    the same on `url` and on `copy`.
+
+    A command reads a bucket as it reads a tree (`operations.inventory.load`),
+    then answers from the inventory alone. So each command answers on the
+    bucket's snapshot as on the copy itself, and `direct` straight on the
+    bucket too: one full read of the bucket per answer is only needed once.
+    """
     # Snapshots: every table the same, row for row; only the metadata says where each came from.
     run_bucket = cli("scan", url, "-o", str(scratch / "bucket"), "--no-cache", env=server.environment())
     assert run_bucket.exit_code == 0, run_bucket.output
@@ -124,11 +138,24 @@ def assert_same_answers(server: SeaweedS3, url: str, rootdirectory: str, copy: P
     # The summaries agree too, but for where the tree is and what reading the bucket took.
     summary = [line for line in run_local.stderr.splitlines() if not line.startswith("root:")]
     assert run_bucket.stderr.splitlines()[1 : 1 + len(summary)] == summary
+    # The inventory the commands answer from, read as they read it (without a snapshot between): the same too.
+    with pytest.MonkeyPatch.context() as env:
+        for variable, value in server.environment().items():
+            env.setenv(variable, value)
+        from_bucket = load(resolve(url, RemoteOptions(cache=False)))
+    from_disk = load(resolve(copy))
+    for table, frame in from_disk.tables().items():
+        pd.testing.assert_frame_equal(from_bucket.tables()[table], frame, obj=table)
+    # Every command: on the bucket's snapshot as on the copy; and one of them straight on the bucket.
     for args in COMMANDS:
         same_answer(
-            answer(server, [args[0], url, *args[1:], "-q", "--no-cache"]),
+            answer(server, [args[0], str(scratch / "bucket"), *args[1:], "-q"]),
             answer(server, [args[0], str(copy), *args[1:], "-q"]),
         )
+    same_answer(
+        answer(server, [direct[0], url, *direct[1:], "-q", "--no-cache"]),
+        answer(server, [direct[0], str(copy), *direct[1:], "-q"]),
+    )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -136,7 +163,7 @@ def test_every_command_answers_as_on_the_local_copy(
     name: str, pushed: Callable[[str], InBucket], s3_server: SeaweedS3, tmp_path: Path
 ) -> None:
     case = pushed(name)
-    assert_same_answers(s3_server, case.url, case.rootdirectory, case.mirror, tmp_path)
+    assert_same_answers(s3_server, case.url, case.rootdirectory, case.mirror, tmp_path, direct_command(name))
 
 
 def upload_tree(server: SeaweedS3, rootdirectory: str, root: Path) -> int:
@@ -165,18 +192,23 @@ def _utf8(text: str) -> bool:
 
 
 @pytest.mark.parametrize("name", BROKEN_FIXTURES)
-def test_damaged_trees_answer_as_on_the_local_copy(name: str, s3_server: SeaweedS3, tmp_path: Path) -> None:
+def test_damaged_trees_answer_as_on_the_local_copy(
+    name: str, s3_server: SeaweedS3, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     """The damaged fixture trees, keys written directly: the bucket answers as a local copy of what it holds."""
     rootdirectory = f"/broken/{name}"
-    original = unpack(BROKEN / f"{name}.tar.gz", tmp_path / "original")
+    original = shared_root(BROKEN / f"{name}.tar.gz")
     assert upload_tree(s3_server, rootdirectory, original) > 0
     copy = mirror_as_listed(s3_server, rootdirectory, tmp_path / "copy")
-    assert_same_answers(s3_server, f"s3://{s3_server.bucket}{rootdirectory}", rootdirectory, copy, tmp_path)
+    url = f"s3://{s3_server.bucket}{rootdirectory}"
+    assert_same_answers(s3_server, url, rootdirectory, copy, tmp_path, direct_command(name))
 
 
-def test_a_key_that_is_also_a_prefix_is_a_stray_file(s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
+def test_a_key_that_is_also_a_prefix_is_a_stray_file(
+    s3_server: SeaweedS3, s3_root: str, shared_root: Callable[[Path], Path]
+) -> None:
     """Only S3 holds `x` and `x/y` at once: the walk goes into `x/`, and the object `x` is a finding."""
-    original = unpack(FIXTURES / "basic.tar.gz", tmp_path / "original")
+    original = shared_root(FIXTURES / "basic.tar.gz")
     upload_tree(s3_server, s3_root, original)
     client = raw_client(s3_server)
     prefix = v2_prefix(s3_root)
@@ -197,12 +229,14 @@ def test_a_key_that_is_also_a_prefix_is_a_stray_file(s3_server: SeaweedS3, s3_ro
     assert [r["digest"] for r in remote] == [r["digest"] for r in local]
 
 
-def test_a_folder_marker_alone_is_an_empty_directory(s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
+def test_a_folder_marker_alone_is_an_empty_directory(
+    s3_server: SeaweedS3, s3_root: str, shared_root: Callable[[Path], Path]
+) -> None:
     """A key `name/` of no bytes with nothing below it is a console's folder, as an empty directory is on disk.
 
     Listings show it as `name`, like an empty object `name`, which stays a stray file.
     """
-    original = unpack(FIXTURES / "basic.tar.gz", tmp_path / "original")
+    original = shared_root(FIXTURES / "basic.tar.gz")
     upload_tree(s3_server, s3_root, original)
     url = f"s3://{s3_server.bucket}{s3_root}"
 
