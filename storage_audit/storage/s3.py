@@ -15,6 +15,7 @@ from pathlib import Path
 
 from storage_audit.core.errors import StorageError
 from storage_audit.core.paths import (
+    LINK_READ,
     BlobData,
     Blobs,
     LayerLink,
@@ -43,9 +44,6 @@ from storage_audit.storage.base import (
 from storage_audit.storage.bucket import Listing, MultipartUpload, ObjectInfo, S3Bucket, S3NotFound, link_etag
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-READ_AHEAD = 511
-"""The most of a link or `startedat` read ahead of the walk (a link holds 71-135 bytes, a `startedat` about 35):
-the walk's own limit for links. A bigger object is left to the walk, which reads `limit + 1` bytes of it."""
 _DIR, _FILE = EntryKind.DIR, EntryKind.FILE
 _BLOBS = path_for(Blobs()) + "/"
 
@@ -601,7 +599,7 @@ class S3Storage(Storage):
         Every GET is one safe read: a range of `limit + 1` bytes, which says
         whether the object is bigger than `limit`, as a local file's read does.
         Without a caller's `limit` (reading ahead of the walk), a manifest blob
-        is read up to MAX_MANIFEST_BYTES, anything else up to READ_AHEAD, and
+        is read up to MAX_MANIFEST_BYTES, anything else up to LINK_READ, and
         an object bigger than that is left for the walk to read with its own limit.
         """
         files, blobs = self.tree.files, self.tree.blobs
@@ -620,7 +618,7 @@ class S3Storage(Storage):
         from storage_audit.core.manifest import MAX_MANIFEST_BYTES
 
         async def one(path: str, digest: str | None) -> None:
-            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else READ_AHEAD
+            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else LINK_READ
             if limit is None and files[path].size > cap:
                 return
             data = await self.bucket.get_async(path, cap + 1)
