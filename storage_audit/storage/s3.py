@@ -17,6 +17,7 @@ from storage_audit.core.errors import StorageError
 from storage_audit.core.paths import (
     BlobData,
     Blobs,
+    Digest,
     LayerLink,
     RevisionLink,
     TagCurrentLink,
@@ -717,6 +718,22 @@ class _EarlyManifests:
         storage._known[path] = data
         if storage.cache is not None:
             storage.cache.put(digest, data)
+        self._children(data)
+
+    def _children(self, data: bytes) -> None:
+        """Start the GETs of the manifests that the list or index `data` names: a child whose revision link
+        was deleted is read by the scan too, and no revision link asks for it here."""
+        if b'"manifests"' not in data:
+            return  # no list or index: spares parsing every image manifest
+        from storage_audit.core.manifest import parse_manifest
+
+        for ref in parse_manifest(data).references:
+            if ref.ref_type == "child":
+                blob = path_for(BlobData(Digest.parse(ref.digest)))
+                if blob in self.index.files:
+                    self._start(blob)
+                else:
+                    self.wanted.add(blob)
 
     async def finish(self) -> None:
         """Wait for every GET started."""
