@@ -706,6 +706,7 @@ class _EarlyManifests:
             cached = storage.cache.get(digest, info)
             if cached is not None:
                 storage._known[path] = cached
+                self._children(cached)
                 return
         async with self.semaphore:
             try:
