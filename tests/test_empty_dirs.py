@@ -235,6 +235,24 @@ def test_a_child_without_its_revision_directory_is_read_and_protected(tmp_path: 
         )
 
 
+def test_a_listed_blob_that_is_no_manifest_is_no_manifest_row(tmp_path: Path) -> None:
+    """An index that lists a layer (edited in place): the layer is read as a child, found to be none, and left out."""
+    v2 = unpack(FIXTURES / "basic.tar.gz", tmp_path) / V2
+    target = (v2 / "repositories/tools/multi/_manifests/tags/v2/current/link").read_text()
+    index = v2 / "blobs/sha256" / target[7:9] / target[7:] / "data"
+    doc = json.loads(index.read_bytes())
+    child = doc["manifests"][0]["digest"]
+    child_doc = json.loads((v2 / "blobs/sha256" / child[7:9] / child[7:] / "data").read_bytes())
+    layer = child_doc["layers"][-1]["digest"]
+    doc["manifests"].append({**doc["manifests"][0], "digest": layer})
+    index.write_bytes(json.dumps(doc).encode())
+    inv = scan(v2)
+    assert layer not in set(inv.manifests["digest"])
+    assert not (inv.findings["kind"] == "corrupt-manifest").any()
+    found = check(inv)
+    assert set(found[found["kind"] == "index-child-missing"]["digest"]) == {layer}
+
+
 # --------------------------------------------------------------------------
 # Registries whose index children were deleted through the API, on disk and in S3, built once
 
@@ -339,6 +357,20 @@ def test_the_same_registry_on_disk_and_in_s3_answers_alike(name: str, worlds: Ca
     # The bucket has no empty directory: what is said about them on disk is all that differs.
     assert {f["kind"] for f in on_disk["check"] if f["path"] in removed} <= {"deleted-revision"}
     assert_same_but_empty_directories(_timeless(on_disk), _timeless(in_bucket), removed)
+
+
+def test_a_bucket_fetches_every_manifest_while_it_is_listed(worlds: Callable[[str], World]) -> None:
+    """Children known only from an index are fetched as soon as the index is, like those a revision link names."""
+    world = worlds("deleted-children")
+    storage = S3Storage(world.bucket.bucket)
+    assert storage.tree.files  # listed, and the manifests fetched meanwhile
+    listed = storage.stats().requests["get"]
+    inv = scan(storage)
+    linked = set(inv.revisions["target"][inv.revisions["linked"]].dropna())
+    assert len(linked) < len(inv.manifests)  # some manifests are only listed by an index
+    assert listed == len(inv.manifests)
+    # The walk reads only what no listing tells: each upload's start time.
+    assert storage.stats().requests["get"] - listed == len(inv.uploads)
 
 
 # --------------------------------------------------------------------------
