@@ -737,8 +737,11 @@ class _EarlyManifests:
                     self.wanted.add(blob)
 
     async def finish(self) -> None:
-        """Wait for every GET started."""
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        """Wait for every GET started, those that a list's GET starts while this waits included."""
+        waited = 0
+        while waited < len(self.tasks):
+            started, waited = self.tasks[waited:], len(self.tasks)
+            await asyncio.gather(*started, return_exceptions=True)
 
     def cancel(self) -> None:
         """Drop the GETs still running: the listing failed, so nothing will be read."""
