@@ -9,6 +9,7 @@ Only the findings about the empty directories themselves may differ (and what co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -35,7 +36,8 @@ from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.listing import printable
 from storage_audit.scan.run import ScanOptions, scan
 from storage_audit.storage.base import LocalStorage, Storage
-from storage_audit.storage.s3 import S3Storage
+from storage_audit.storage.bucket import S3Bucket, S3Location, S3Settings
+from storage_audit.storage.s3 import S3Storage, _EarlyManifests, _Index
 from tests.conftest import BROKEN, FIXTURES, REAL_FIXTURES, unpack
 from tests.facts import Facts
 from tests.registry_harness import Client, Ledger, Registry, garbage_collect, parse_gc_output, require_registry
@@ -357,10 +359,40 @@ def test_the_same_registry_on_disk_and_in_s3_answers_alike(name: str, worlds: Ca
     assert_same_but_empty_directories(_timeless(on_disk), _timeless(in_bucket), removed)
 
 
-def test_a_bucket_fetches_every_manifest_while_it_is_listed(worlds: Callable[[str], World]) -> None:
-    """Children known only from an index are fetched as soon as the index is, like those a revision link names."""
+def test_the_listing_waits_for_the_gets_that_lists_start_meanwhile() -> None:
+    """A list's GET starts its children's GETs: reading the listing ends once those are done too."""
+    settings = S3Settings(region="us-east-1", endpoint="http://127.0.0.1:9", access_key="k", secret_key="s")
+    early = _EarlyManifests(S3Storage(S3Bucket(S3Location("registry", ""), settings, env={})), _Index())
+    done: list[str] = []
+
+    async def child() -> None:
+        await asyncio.sleep(0.01)
+        done.append("child")
+
+    async def index() -> None:
+        await asyncio.sleep(0)
+        early.tasks.append(asyncio.create_task(child()))
+        done.append("index")
+
+    async def listing() -> list[str]:
+        early.tasks.append(asyncio.create_task(index()))
+        await early.finish()
+        return list(done)
+
+    assert asyncio.run(listing()) == ["index", "child"]
+
+
+@pytest.mark.parametrize("concurrency", [1, None])
+def test_a_bucket_fetches_every_manifest_while_it_is_listed(
+    concurrency: int | None, worlds: Callable[[str], World], s3_server: SeaweedS3
+) -> None:
+    """Children known only from an index are fetched as soon as the index is, like those a revision link names.
+
+    One GET at a time, most of them run after the listing: the index's among them, which starts its children's.
+    """
     world = worlds("deleted-children")
-    storage = S3Storage(world.bucket.bucket)
+    settings = {} if concurrency is None else {"concurrency": concurrency}
+    storage = S3Storage(bucket_for(s3_server, world.rootdirectory, **settings))
     assert storage.tree.files  # listed, and the manifests fetched meanwhile
     fetched = set(storage._known)
     inv = scan(storage)
