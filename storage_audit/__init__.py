@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from storage_audit.core.version import __version__
 
 _FROM: dict[str, str] = {
     # ROOT, and its inventory
@@ -139,6 +139,7 @@ if TYPE_CHECKING:
     from storage_audit.cleanup.journal import AlreadyApplied
     from storage_audit.cleanup.plan import Plan, Policy
     from storage_audit.core.errors import AuditError, StorageError, UncertainError, UsageError
+    from storage_audit.core.view import View
     from storage_audit.inventory.tables import Inventory
     from storage_audit.operations.apply import Application, ApplyOptions, apply, open_plan
     from storage_audit.operations.check import Checked, CheckOptions, check
@@ -148,6 +149,6 @@ if TYPE_CHECKING:
     from storage_audit.operations.plan import Planned, PlanOptions, plan
     from storage_audit.operations.report import Metrics, Report, metrics, page, report
     from storage_audit.operations.scan import SnapshotOptions, Survey, survey
-    from storage_audit.output.formats import View
-    from storage_audit.roots.resolve import Bucket, LocalTree, RemoteOptions, Root, Snapshot, resolve
+    from storage_audit.roots.resolve import Bucket, LocalTree, Root, Snapshot, resolve
     from storage_audit.scan.run import ScanOptions
+    from storage_audit.storage.base import RemoteOptions

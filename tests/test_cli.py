@@ -261,7 +261,7 @@ def test_names_are_escaped_in_messages(tmp_path: Path) -> None:
 def test_a_table_shows_markup_as_text() -> None:
     from rich.console import Console
 
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.output.table import render
 
     frame = pd.DataFrame({"repository": ["[dim]secret", "[green]", "a\x07b", ":smile:"], "n": [1, 2, 3, 4]})
@@ -311,7 +311,7 @@ def test_json_does_not_escape_slashes(fixture_root) -> None:  # type: ignore[no-
 
 
 def test_json_keeps_a_backslash_before_a_slash() -> None:
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.output.json import write
 
     buffer = io.StringIO()

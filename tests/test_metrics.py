@@ -165,7 +165,7 @@ def test_report_offers_every_format() -> None:
 def test_label_values_are_escaped_and_read_back_as_written(tmp_path: Path) -> None:
     import pandas as pd
 
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.output.prometheus import write
 
     name = 'odd "name" with \\ and\nnewline'

@@ -519,7 +519,7 @@ def test_invariants_on_registry_built_workloads(case: str, tmp_path: Path) -> No
 def test_a_table_shows_its_row_limit_unless_top_asks_for_more() -> None:
     from rich.console import Console
 
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.output.table import MAX_ROWS, render
 
     rows = MAX_ROWS * 3

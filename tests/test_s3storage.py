@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from storage_audit.core.errors import UsageError
-from storage_audit.roots.resolve import Bucket, LocalTree, RemoteOptions, RootError, resolve
-from storage_audit.storage.base import EntryKind, ProcessModel
+from storage_audit.roots.resolve import Bucket, LocalTree, RootError, resolve
+from storage_audit.storage.base import EntryKind, ProcessModel, RemoteOptions
 from storage_audit.storage.bucket import ObjectInfo
 from storage_audit.storage.s3 import ManifestCache, _Index, _tree, default_cache_dir, mtime_ns
 

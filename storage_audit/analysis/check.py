@@ -22,10 +22,10 @@ from storage_audit.core.findings import SEVERITY, Finding, Kind, Severity
 from storage_audit.core.manifest import IMAGE_CONFIGS
 from storage_audit.core.paths import BlobData, Digest, InvalidPath, Repository, RevisionLink, UploadDir, path_for
 from storage_audit.core.text import size
+from storage_audit.core.view import View
 from storage_audit.inventory.codes import CODE, CodedArray, Dictionary, codes_of
 from storage_audit.inventory.frames import isin, pick
 from storage_audit.inventory.tables import SCHEMA, Inventory, conform, frame
-from storage_audit.output.formats import View
 from storage_audit.storage.base import AccessError, LocalStorage, NotRegular, Storage, SymlinkRefused
 
 if TYPE_CHECKING:

@@ -11,15 +11,15 @@ from typing import Final
 import humanize
 import pandas as pd
 
-from storage_audit import __version__
 from storage_audit.analysis.graph import Graph
 from storage_audit.analysis.options import By, DiffBy
 from storage_audit.analysis.report import whole
 from storage_audit.core.errors import UsageError
 from storage_audit.core.text import count, size
+from storage_audit.core.version import __version__
+from storage_audit.core.view import View
 from storage_audit.inventory.frames import isin
 from storage_audit.inventory.tables import Inventory, read_metadata, read_snapshot, read_view
-from storage_audit.output.formats import View
 
 INT: Final = "Int64"  # nullable: a column one side's version did not write stays empty
 STR: Final = "string"

@@ -13,7 +13,7 @@ from storage_audit.analysis.graph import Graph
 from storage_audit.analysis.options import By
 from storage_audit.analysis.report import whole
 from storage_audit.core.findings import SEVERITY
-from storage_audit.output.formats import View
+from storage_audit.core.view import View
 
 PREFIX: Final = "storage_audit_"
 

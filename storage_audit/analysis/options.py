@@ -1,4 +1,7 @@
-"""The command line's fixed choices, in a module that imports nothing heavy, so the CLI starts fast."""
+"""The command line's fixed choices, in a module that imports nothing heavy, so the CLI starts fast.
+
+The report views (`By`) and their columns are the stored views' schema, defined with the inventory's tables.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +11,26 @@ from enum import StrEnum
 from typing import Final
 
 from storage_audit.core.errors import UsageError
+from storage_audit.inventory.schema import COLUMNS, By
+
+__all__ = [
+    "COLUMNS",
+    "UPLOAD_AGE",
+    "By",
+    "DiffBy",
+    "Format",
+    "PlanFormat",
+    "ReportError",
+    "ReportFormat",
+    "ReportOptions",
+    "ViewFormat",
+    "check",
+    "needs_inventory",
+]
 
 UPLOAD_AGE: Final = timedelta(hours=168)
 """The default age past which an upload is stale: the reference registry's purge age. Every view that counts
 findings (check, the report's summary, the HTML page, the metrics) judges uploads by it unless told otherwise."""
-
-
-class By(StrEnum):
-    """What one row of a report is."""
-
-    SUMMARY = "summary"
-    REPOSITORY = "repository"
-    TAG = "tag"
-    MANIFEST = "manifest"
-    BLOB = "blob"
-    UPLOAD = "upload"
 
 
 class Format(StrEnum):
@@ -70,54 +78,6 @@ class PlanFormat(StrEnum):
     JSON = "json"
     SH = "sh"
     HTTP = "http"
-
-
-# The columns of every view, in output order; docs/reports.md repeats them.
-COLUMNS: dict[By, tuple[str, ...]] = {
-    By.SUMMARY: (
-        "repositories",
-        "tags",
-        "manifests",
-        "untagged_manifests",
-        "blobs",
-        "orphan_blobs",
-        "physical_bytes",
-        "logical_bytes",
-        "dedup_ratio",
-        "orphan_bytes",
-        "untagged_reclaimable_bytes",
-        "upload_bytes",
-        "findings_error",
-        "findings_warning",
-        "findings_info",
-    ),
-    By.REPOSITORY: (
-        "repository",
-        "tags",
-        "manifests",
-        "untagged_manifests",
-        "total_bytes",
-        "exclusive_bytes",
-        "shared_bytes",
-        "reclaimable_bytes",
-        "upload_bytes",
-        "last_push",
-    ),
-    By.TAG: (
-        "repository",
-        "tag",
-        "digest",
-        "media_type",
-        "platforms",
-        "pushed_at",
-        "image_bytes",
-        "exclusive_bytes",
-        "history",
-    ),
-    By.MANIFEST: ("repository", "digest", "media_type", "artifact_type", "tags", "reachable", "bytes"),
-    By.BLOB: ("digest", "size", "repositories", "manifests", "orphan", "kind"),
-    By.UPLOAD: ("repository", "id", "bytes", "started_at", "age"),
-}
 
 
 class ReportError(UsageError, ValueError):

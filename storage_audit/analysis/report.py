@@ -16,9 +16,9 @@ from storage_audit.analysis.graph import Graph, Reachability, ReachOptions, clos
 from storage_audit.analysis.options import COLUMNS, By, ReportOptions, check, needs_inventory
 from storage_audit.analysis.reach import blob_kinds
 from storage_audit.core.text import size
+from storage_audit.core.view import View
 from storage_audit.inventory.frames import isin, join_groups, pick, positions
 from storage_audit.inventory.tables import Inventory
-from storage_audit.output.formats import View
 
 STR: Final = "string"
 INT: Final = "int64"

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from storage_audit import __version__
 from storage_audit.analysis.graph import Graph
 from storage_audit.cleanup.action import (
     OP_SPEC,
@@ -44,6 +43,7 @@ from storage_audit.core.paths import (
     UploadDir,
     path_for,
 )
+from storage_audit.core.version import __version__
 from storage_audit.inventory.frames import isin
 from storage_audit.inventory.tables import Inventory
 

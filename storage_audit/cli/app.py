@@ -18,7 +18,6 @@ import typer
 from rich.text import Text
 from typer.core import TyperCommand
 
-from storage_audit import __version__
 from storage_audit.cli.apply import apply
 from storage_audit.cli.check import check
 from storage_audit.cli.collect import orphans, untagged
@@ -29,6 +28,7 @@ from storage_audit.cli.render import err, say
 from storage_audit.cli.report import report
 from storage_audit.cli.scan import scan
 from storage_audit.core.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError
+from storage_audit.core.version import __version__
 
 __all__ = ["EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "app", "main"]
 

@@ -78,7 +78,7 @@ def apply(
         if outcome.failed:
             raise typer.Exit(EXIT_FINDINGS)
         return
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
 
     if not outcome.frame().empty:
         table(View(outcome.frame(), title="apply", total_columns=("count",)))

@@ -12,7 +12,8 @@ import typer
 
 from storage_audit.analysis.options import ViewFormat
 from storage_audit.core.errors import UsageError
-from storage_audit.roots.resolve import RemoteOptions, Root, resolve
+from storage_audit.roots.resolve import Root, resolve
+from storage_audit.storage.base import RemoteOptions
 
 DEFAULT_ROOT = "/var/lib/registry"
 

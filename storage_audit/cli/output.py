@@ -23,7 +23,7 @@ from storage_audit.cli.options import fail
 from storage_audit.core.errors import EXIT_CLOSED_PIPE
 
 if TYPE_CHECKING:
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
 
 
 def emit(view: View, fmt: Format, output: Path | None) -> None:

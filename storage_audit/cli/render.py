@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from storage_audit.analysis.collect import GcDifference
     from storage_audit.cleanup.apply import Outcome
     from storage_audit.cleanup.removers import Remover
+    from storage_audit.core.view import View
     from storage_audit.inventory.retention import Pruned
     from storage_audit.operations.scan import Survey
-    from storage_audit.output.formats import View
     from storage_audit.storage.s3 import RemoteStats
 
 err = Console(stderr=True, highlight=False)

@@ -18,6 +18,8 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}")
 MAX_REPOSITORY_LENGTH = 255
 LINK = "link"
+LINK_READ = 511
+"""The most of a link file read (a link holds 71-135 bytes; reading more only exposes garbage), and of a `startedat`."""
 """The name of every link file."""
 
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from storage_audit.analysis.options import By
-from storage_audit.inventory.schema import METADATA_FILE, PART_PATTERN, SCHEMA, VIEW_FILE
+from storage_audit.inventory.schema import METADATA_FILE, PART_PATTERN, SCHEMA, VIEW_FILE, By
 
 # Every file a snapshot directory may hold (format 1 kept a table in one file): anything else makes it
 # someone else's directory.

@@ -1,6 +1,9 @@
-"""The inventory's tables: every column with its dtype and meaning, free of pandas so scan workers can use it."""
+"""The inventory's tables and the report views a snapshot stores: every column, free of pandas so scan workers can use
+it."""
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 METADATA_FILE = "metadata.json"
 """Marks a whole snapshot directory written by `scan -o`; written last, it lists every table's files."""
@@ -55,8 +58,8 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "manifests": {
         "digest": (
             STR,
-            "manifest digest; one row per distinct revision (linked or not) or tag (current or history) target"
-            " whose blob exists",
+            "manifest digest; one row per distinct manifest whose blob exists that a revision link or tag"
+            " (current or history) names, or that such a list or index lists (recursively)",
         ),
         "size": (INT, "bytes of the manifest blob"),
         "kind": (STR, "docker-v2, docker-list, oci-manifest, oci-index, oci-artifact, schema1, invalid"),
@@ -131,3 +134,62 @@ ALIASES: dict[tuple[str, str], str] = {
 }
 """Digest columns that almost always hold, row for row, the digest of another column of their table (a
 link names its own path): only the rows where they differ are read."""
+
+
+class By(StrEnum):
+    """What one row of a report is."""
+
+    SUMMARY = "summary"
+    REPOSITORY = "repository"
+    TAG = "tag"
+    MANIFEST = "manifest"
+    BLOB = "blob"
+    UPLOAD = "upload"
+
+
+# The columns of every view, in output order; docs/reports.md repeats them.
+COLUMNS: dict[By, tuple[str, ...]] = {
+    By.SUMMARY: (
+        "repositories",
+        "tags",
+        "manifests",
+        "untagged_manifests",
+        "blobs",
+        "orphan_blobs",
+        "physical_bytes",
+        "logical_bytes",
+        "dedup_ratio",
+        "orphan_bytes",
+        "untagged_reclaimable_bytes",
+        "upload_bytes",
+        "findings_error",
+        "findings_warning",
+        "findings_info",
+    ),
+    By.REPOSITORY: (
+        "repository",
+        "tags",
+        "manifests",
+        "untagged_manifests",
+        "total_bytes",
+        "exclusive_bytes",
+        "shared_bytes",
+        "reclaimable_bytes",
+        "upload_bytes",
+        "last_push",
+    ),
+    By.TAG: (
+        "repository",
+        "tag",
+        "digest",
+        "media_type",
+        "platforms",
+        "pushed_at",
+        "image_bytes",
+        "exclusive_bytes",
+        "history",
+    ),
+    By.MANIFEST: ("repository", "digest", "media_type", "artifact_type", "tags", "reachable", "bytes"),
+    By.BLOB: ("digest", "size", "repositories", "manifests", "orphan", "kind"),
+    By.UPLOAD: ("repository", "id", "bytes", "started_at", "age"),
+}

@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from storage_audit import __version__
-from storage_audit.analysis.options import By
 from storage_audit.core.memory import release, steady_allocator
+from storage_audit.core.version import __version__
 from storage_audit.inventory.codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder, TextDictionary
 from storage_audit.inventory.schema import (
     ALIASES,
@@ -39,6 +38,7 @@ from storage_audit.inventory.schema import (
     TIME,
     VIEW_FILE,
     VIEWS_SINCE,
+    By,
 )
 from storage_audit.inventory.snapshot_writer import arrow_schema
 from storage_audit.inventory.validate import (

@@ -11,11 +11,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage_audit.analysis.options import COLUMNS, By
 from storage_audit.core.findings import Kind, Severity
 from storage_audit.core.paths import is_digest, valid_repository, valid_tag
 from storage_audit.inventory.codes import CodedArray, DigestDictionary, TextDictionary
-from storage_audit.inventory.schema import BOOL, CODED, DIGESTS, INT, NAMES, OPT_INT, SCHEMA, STR, TIME
+from storage_audit.inventory.schema import BOOL, CODED, COLUMNS, DIGESTS, INT, NAMES, OPT_INT, SCHEMA, STR, TIME, By
 
 
 class SnapshotError(ValueError):

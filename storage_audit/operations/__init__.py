@@ -1,2 +1,1 @@
-"""What each command does, as library calls on a resolved ROOT: load, survey (scan), untagged, orphans, report,
-check, plan, apply, diff; each returns data, prints nothing and raises AuditErrors."""
+"""What each command does, as a library call on a resolved ROOT: it returns data, prints nothing, raises AuditErrors."""

@@ -9,7 +9,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from storage_audit.core.errors import UsageError
-from storage_audit.roots.resolve import RemoteOptions, Root, Snapshot
+from storage_audit.roots.resolve import Root, Snapshot
+from storage_audit.storage.base import RemoteOptions
 
 if TYPE_CHECKING:
     from storage_audit.cleanup.apply import Applier, Outcome

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from storage_audit.analysis.check import HashProgress
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
 

@@ -10,7 +10,7 @@ from storage_audit.roots.resolve import Root
 
 if TYPE_CHECKING:
     from storage_audit.analysis.collect import GcDifference
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
 
@@ -44,7 +44,7 @@ def untagged(root: Root, options: CollectOptions | None = None, scan: ScanOption
     inv = load(root, scan)
     from storage_audit.analysis.collect import gc_difference, untagged_frame
     from storage_audit.analysis.graph import Graph, ReachOptions
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
 
     graph = Graph(inv)
     result = graph.reach(ReachOptions(True, options.keep_referrers, options.gc_compatible))
@@ -68,7 +68,7 @@ def orphans(root: Root, options: CollectOptions | None = None, scan: ScanOptions
     inv = load(root, scan)
     from storage_audit.analysis.collect import gc_difference, orphan_frame
     from storage_audit.analysis.graph import Graph, ReachOptions
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
 
     graph = Graph(inv)
     result = graph.reach(

@@ -11,7 +11,7 @@ from storage_audit.roots.resolve import Root, Snapshot
 
 if TYPE_CHECKING:
     from storage_audit.analysis.diff import Audit, Diff
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
 

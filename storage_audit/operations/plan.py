@@ -13,7 +13,7 @@ from storage_audit.roots.resolve import Root, Snapshot
 
 if TYPE_CHECKING:
     from storage_audit.cleanup.plan import Plan, Policy
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
 
@@ -36,7 +36,7 @@ class Planned:
         """The actions and bytes per repository, with totals."""
         import pandas as pd
 
-        from storage_audit.output.formats import View
+        from storage_audit.core.view import View
 
         totals = self.plan.totals()["by_repository"]
         rows = [(repo, t["count"], t["bytes"]) for repo, t in sorted(totals.items())]

@@ -14,7 +14,7 @@ from storage_audit.roots.resolve import Root, RootError, Snapshot
 if TYPE_CHECKING:
     import pandas as pd
 
-    from storage_audit.output.formats import View
+    from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
 

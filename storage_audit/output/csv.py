@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from storage_audit.output.formats import View
+from storage_audit.core.view import View
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 BOOLEAN_WORDS = {True: "true", False: "false"}

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storage_audit import __version__
 from storage_audit.analysis.check import UPLOAD_AGE, CheckOptions, severity_counts, stale_upload_rows, worst_severity
 from storage_audit.analysis.check import check as check_findings
 from storage_audit.analysis.collect import orphan_frame, untagged_frame
@@ -27,6 +26,7 @@ from storage_audit.analysis.graph import Graph, ReachOptions
 from storage_audit.analysis.options import By
 from storage_audit.analysis.report import whole
 from storage_audit.core.text import count, size
+from storage_audit.core.version import __version__
 
 TEMPLATE = "report.html.j2"
 

@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from storage_audit.output.formats import View
+from storage_audit.core.view import View
 
 # pandas writes `/` as `\/`; a `\/` preceded by an even run of backslashes is that escape.
 _ESCAPED_SLASH = re.compile(r"(?<!\\)((?:\\\\)*)\\/")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage_audit.output.formats import FormatError, View
+from storage_audit.core.view import View
+from storage_audit.output.formats import FormatError
 
 
 def write(view: View, dest: Path | None) -> None:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from storage_audit.output.formats import FormatError, View
+from storage_audit.core.view import View
+from storage_audit.output.formats import FormatError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from storage_audit.core.text import printable, size
-from storage_audit.output.formats import View, time_columns
+from storage_audit.core.view import View
+from storage_audit.output.formats import time_columns
 
 SHORT_DIGEST = len("sha256:") + 12
 MIN_WIDTH = 80

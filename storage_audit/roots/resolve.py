@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from storage_audit.core.errors import UsageError
 from storage_audit.inventory.schema import METADATA_FILE, PART_PATTERN, SCHEMA
-from storage_audit.storage.base import LocalStorage
+from storage_audit.storage.base import LocalStorage, RemoteOptions
 
 if TYPE_CHECKING:
     from storage_audit.storage.bucket import S3Location, S3Settings
@@ -23,15 +23,6 @@ V2_BELOW_ROOT = Path("docker/registry/v2")
 
 class RootError(UsageError):
     """ROOT is neither a registry root, its `v2` directory, nor a snapshot, or cannot be read."""
-
-
-@dataclass(frozen=True)
-class RemoteOptions:
-    """How to read a tree in object storage: the manifest cache (default directory: None) and a request rate limit."""
-
-    cache: bool = True
-    cache_dir: Path | None = None
-    max_requests_per_second: float | None = None
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from storage_audit.core.findings import Kind
-from storage_audit.core.paths import Digest, InvalidDigest, is_digest
-from storage_audit.scan.listing import LINK_READ, Recorder, Unreadable
+from storage_audit.core.paths import LINK_READ, Digest, InvalidDigest, is_digest
+from storage_audit.scan.listing import Recorder, Unreadable
 from storage_audit.storage.base import AccessError, NotRegular, Small
 
 

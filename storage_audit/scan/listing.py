@@ -6,11 +6,9 @@ import os
 from collections.abc import Iterator
 
 from storage_audit.core.findings import Finding, Kind
-from storage_audit.core.paths import ALGORITHMS, LINK, all_hex_of, is_hex_of
+from storage_audit.core.paths import ALGORITHMS, LINK, LINK_READ, all_hex_of, is_hex_of
 from storage_audit.scan.rows import Part
 from storage_audit.storage.base import AccessError, Directory, Entry, EntryKind, Small, Storage, SymlinkRefused
-
-LINK_READ = 511  # a link holds ~71-135 bytes; reading more only exposes garbage
 
 
 class Unreadable(Exception):

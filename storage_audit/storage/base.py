@@ -34,6 +34,15 @@ BLOB_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How to read a tree in object storage: the manifest cache (default directory: None) and a request rate limit."""
+
+    cache: bool = True
+    cache_dir: Path | None = None
+    max_requests_per_second: float | None = None
+
+
 class EntryKind(StrEnum):
     """What a name in a listing is; an object store has only directories (prefixes) and files."""
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from storage_audit.core.errors import StorageError
 from storage_audit.core.paths import (
+    LINK_READ,
     BlobData,
     Blobs,
+    Digest,
     LayerLink,
     RevisionLink,
     TagCurrentLink,
@@ -43,9 +45,6 @@ from storage_audit.storage.base import (
 from storage_audit.storage.bucket import Listing, MultipartUpload, ObjectInfo, S3Bucket, S3NotFound, link_etag
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-READ_AHEAD = 511
-"""The most of a link or `startedat` read ahead of the walk (a link holds 71-135 bytes, a `startedat` about 35):
-the walk's own limit for links. A bigger object is left to the walk, which reads `limit + 1` bytes of it."""
 _DIR, _FILE = EntryKind.DIR, EntryKind.FILE
 _BLOBS = path_for(Blobs()) + "/"
 
@@ -601,7 +600,7 @@ class S3Storage(Storage):
         Every GET is one safe read: a range of `limit + 1` bytes, which says
         whether the object is bigger than `limit`, as a local file's read does.
         Without a caller's `limit` (reading ahead of the walk), a manifest blob
-        is read up to MAX_MANIFEST_BYTES, anything else up to READ_AHEAD, and
+        is read up to MAX_MANIFEST_BYTES, anything else up to LINK_READ, and
         an object bigger than that is left for the walk to read with its own limit.
         """
         files, blobs = self.tree.files, self.tree.blobs
@@ -620,7 +619,7 @@ class S3Storage(Storage):
         from storage_audit.core.manifest import MAX_MANIFEST_BYTES
 
         async def one(path: str, digest: str | None) -> None:
-            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else READ_AHEAD
+            cap = limit if limit is not None else MAX_MANIFEST_BYTES if digest is not None else LINK_READ
             if limit is None and files[path].size > cap:
                 return
             data = await self.bucket.get_async(path, cap + 1)
@@ -705,6 +704,7 @@ class _EarlyManifests:
             cached = storage.cache.get(digest, info)
             if cached is not None:
                 storage._known[path] = cached
+                self._children(cached)
                 return
         async with self.semaphore:
             try:
@@ -717,10 +717,29 @@ class _EarlyManifests:
         storage._known[path] = data
         if storage.cache is not None:
             storage.cache.put(digest, data)
+        self._children(data)
+
+    def _children(self, data: bytes) -> None:
+        """Start the GETs of the manifests that the list or index `data` names: a child whose revision link
+        was deleted is read by the scan too, and no revision link asks for it here."""
+        if b'"manifests"' not in data:
+            return  # no list or index: spares parsing every image manifest
+        from storage_audit.core.manifest import parse_manifest
+
+        for ref in parse_manifest(data).references:
+            if ref.ref_type == "child":
+                blob = path_for(BlobData(Digest.parse(ref.digest)))
+                if blob in self.index.files:
+                    self._start(blob)
+                else:
+                    self.wanted.add(blob)
 
     async def finish(self) -> None:
-        """Wait for every GET started."""
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        """Wait for every GET started, those that a list's GET starts while this waits included."""
+        waited = 0
+        while waited < len(self.tasks):
+            started, waited = self.tasks[waited:], len(self.tasks)
+            await asyncio.gather(*started, return_exceptions=True)
 
     def cancel(self) -> None:
         """Drop the GETs still running: the listing failed, so nothing will be read."""

@@ -9,8 +9,7 @@ from storage_audit.cleanup.removers.base import Found, Quarantined, Remover, Unl
 from storage_audit.cleanup.removers.local import LocalRemover
 from storage_audit.cleanup.removers.s3 import Quarantine, S3Remover, bucket_of
 from storage_audit.core.errors import UsageError
-from storage_audit.roots.resolve import RemoteOptions
-from storage_audit.storage.base import LocalStorage, Storage
+from storage_audit.storage.base import LocalStorage, RemoteOptions, Storage
 from storage_audit.storage.s3 import ManifestCache, S3Storage, default_cache_dir
 
 

@@ -22,6 +22,7 @@ from storage_audit.cleanup.plan import Plan
 from storage_audit.cleanup.removers.base import Found, Item, Quarantined, Remover
 from storage_audit.core.errors import UsageError
 from storage_audit.core.paths import (
+    LINK_READ,
     REPOSITORY_PARTS,
     BlobData,
     Digest,
@@ -32,7 +33,6 @@ from storage_audit.core.paths import (
     UploadStartedAt,
     path_for,
 )
-from storage_audit.scan.listing import LINK_READ
 from storage_audit.storage.base import AccessError, EntryKind, LocalStorage, Stat, is_inside
 
 PRUNED = {Op.REMOVE_TAG_HISTORY: 1, Op.REMOVE_REVISION: 1, Op.REMOVE_LAYER_LINK: 1, Op.REMOVE_BLOB: 1}
