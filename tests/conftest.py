@@ -272,14 +272,17 @@ def _drives_the_registry(item: pytest.Item) -> bool:
     if fixture_info is not None:
         for name in item.fixturenames:  # type: ignore[attr-defined]
             functions += [definition.func for definition in fixture_info.name2fixturedefs.get(name, ())]
-    for function in functions:
-        try:
-            source = inspect.getsource(function)  # type: ignore[arg-type]
-        except (OSError, TypeError):
-            continue
-        if any(call in source for call in REGISTRY_CALLS):
-            return True
-    return False
+    return any(_calls_the_registry(function) for function in functions)
+
+
+@functools.cache
+def _calls_the_registry(function: Callable[..., Any] | None) -> bool:
+    # Once per function: a parametrized test and a shared fixture would otherwise be read and tokenized per item.
+    try:
+        source = inspect.getsource(function)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in REGISTRY_CALLS)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
