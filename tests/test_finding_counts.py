@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
 from storage_audit.analysis.check import UPLOAD_AGE, CheckOptions, check
 from storage_audit.analysis.graph import Graph

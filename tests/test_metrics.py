@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.core.findings import SEVERITY

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.main
 import yaml
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
@@ -197,8 +196,8 @@ def test_the_doc_pages_show_runnable_commands() -> None:
 
 # Options: every storage-audit command shown anywhere (run or not, in a block or in the text) takes the options
 # it is shown with, and a choice it is given is one of its choices.
-COMMANDS = typer.main.get_command(app)
-SUBCOMMANDS = COMMANDS.commands  # type: ignore[attr-defined]
+COMMANDS = app
+SUBCOMMANDS = COMMANDS.commands
 
 
 def shown_commands(page: Path) -> list[list[str]]:

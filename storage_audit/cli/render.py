@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.console import Console
 from rich.text import Text
 
@@ -32,9 +32,9 @@ def say(message: str) -> None:
 
 def table(view: View) -> None:
     """A table for people on stderr."""
-    from storage_audit.output.table import render
+    from storage_audit.output.table import columns_wanted, render
 
-    render(view, err)
+    render(view, err, err.width if err.is_terminal else columns_wanted())
 
 
 def exit_if_unreadable(paths: list[str]) -> None:
@@ -49,7 +49,7 @@ def exit_if_unreadable(paths: list[str]) -> None:
         f"(relative to v2); this answer leaves out whatever {'it holds' if len(paths) == 1 else 'they hold'}; "
         "see `storage-audit check`"
     )
-    raise typer.Exit(EXIT_FINDINGS)
+    raise click.exceptions.Exit(EXIT_FINDINGS)
 
 
 # -- scan ---------------------------------------------------------------------------------

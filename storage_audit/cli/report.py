@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from pathlib import Path
 
-import typer
+import click
 
 from storage_audit.analysis.options import By, Format, ReportFormat, ReportOptions
 from storage_audit.analysis.options import check as check_options
 from storage_audit.cli.options import (
-    DEFAULT_ROOT,
-    CacheDirOpt,
-    NoCacheOpt,
-    OutputOpt,
-    QuietOpt,
-    RateOpt,
-    RootArg,
-    ScanWorkersOpt,
+    AtLeast,
+    AuditCommand,
+    EnumChoice,
     fail,
+    format_option,
     open_root,
+    output_option,
+    quiet_option,
     remote,
+    remote_options,
+    root_argument,
+    root_text,
+    wide_option,
+    workers_option,
 )
 from storage_audit.cli.output import emit, emit_text
 from storage_audit.cli.progress import reading
@@ -29,47 +32,66 @@ from storage_audit.core.text import size
 from storage_audit.operations import report as reporting
 
 
+@click.command(
+    "report",
+    cls=AuditCommand,
+    short_help="Show where the space goes: totals, or a row per repository, tag, manifest, blob or upload, "
+    "as a table, CSV, JSON, Parquet, Prometheus metrics or one HTML page.",
+    examples=[
+        ("The 20 repositories that keep the most bytes:", "/var/lib/registry --by repository --top 20"),
+        ("The tags of one team, as CSV:", "--by tag --repository 'team/*' -f csv"),
+        ("One page of charts and tables to open in a browser:", "/var/lib/registry -f html -o report.html"),
+    ],
+)
+@root_argument
+@click.option(
+    "--by",
+    "-b",
+    type=EnumChoice(By),
+    default=By.SUMMARY.value,
+    show_default=True,
+    help="What each row is; summary is one set of totals.",
+)
+@format_option(
+    ReportFormat,
+    ReportFormat.TABLE,
+    "Output: a table for people, or csv, json, parquet (needs -o), "
+    "prometheus: every metric, for node_exporter's textfile collector, "
+    "or html: one page of charts and tables of the whole storage (needs -o).",
+)
+@output_option
+@wide_option
+@click.option("--top", "-n", type=AtLeast(1), metavar="N", help="Keep only the first N rows.")
+@click.option(
+    "--sort",
+    "-s",
+    metavar="COLUMN",
+    help="Sort by this column: numbers and times largest first, text A to Z. "
+    "Default: the view's bytes column, largest first.",
+)
+@click.option(
+    "--repository",
+    "-r",
+    metavar="GLOB",
+    help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
+)
+@quiet_option
+@workers_option
+@remote_options
 def report(
-    root: RootArg = DEFAULT_ROOT,
-    by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
-    fmt: Annotated[
-        ReportFormat,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Output: a table for people, or csv, json, parquet (needs -o), "
-            "prometheus: every metric, for node_exporter's textfile collector, "
-            "or html: one page of charts and tables of the whole storage (needs -o).",
-        ),
-    ] = ReportFormat.TABLE,
-    output: OutputOpt = None,
-    top: Annotated[
-        int | None, typer.Option("--top", "-n", min=1, metavar="N", help="Keep only the first N rows.")
-    ] = None,
-    sort: Annotated[
-        str | None,
-        typer.Option(
-            "--sort",
-            "-s",
-            metavar="COLUMN",
-            help="Sort by this column: numbers and times largest first, text A to Z. "
-            "Default: the view's bytes column, largest first.",
-        ),
-    ] = None,
-    repository: Annotated[
-        str | None,
-        typer.Option(
-            "--repository",
-            "-r",
-            metavar="GLOB",
-            help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
-        ),
-    ] = None,
-    quiet: QuietOpt = False,
-    workers: ScanWorkersOpt = None,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_requests_per_second: RateOpt = None,
+    root: str | None,
+    by: By,
+    fmt: ReportFormat,
+    output: Path | None,
+    wide: bool,
+    top: int | None,
+    sort: str | None,
+    repository: str | None,
+    quiet: bool,
+    workers: int | None,
+    cache_dir: Path | None,
+    no_cache: bool,
+    max_requests_per_second: float | None,
 ) -> None:
     """Show where the space goes: a summary, one row per repository, tag, manifest, blob or upload, or a page.
 
@@ -86,6 +108,7 @@ def report(
     check_options(options)
     if fmt is ReportFormat.PROMETHEUS and options != ReportOptions():
         fail("--format prometheus writes every metric: it takes no --by, --repository, --sort or --top")
+    root = root_text(root, quiet)
     source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
     if fmt is ReportFormat.HTML:
         with reading(quiet, workers) as scan:
@@ -105,5 +128,5 @@ def report(
         found = reporting.report(source, options, scan)
     # --top asks for that many rows: a table shows them all, past its usual limit.
     view = replace(found.view(table=fmt is ReportFormat.TABLE), table_rows=top)
-    emit(view, Format(fmt), output)
+    emit(view, Format(fmt), output, wide)
     exit_if_unreadable(found.unreadable)

@@ -3,54 +3,67 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
 from storage_audit.cli.options import (
-    DEFAULT_ROOT,
-    CacheDirOpt,
-    NoCacheOpt,
-    QuietOpt,
-    RateOpt,
-    RootArg,
-    ScanWorkersOpt,
+    AtLeast,
+    AuditCommand,
+    PathText,
     fail,
     open_root,
+    quiet_option,
     remote,
+    remote_options,
+    root_argument,
+    root_text,
+    workers_option,
 )
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import exit_if_unreadable, say, say_pruned, scan_summary
 from storage_audit.operations import scan as scanning
 
 
+@click.command(
+    "scan",
+    cls=AuditCommand,
+    short_help="Read the whole storage once and count what it holds; -o DIR keeps it as a snapshot.",
+    examples=[
+        ("Count what the registry found by default holds:", ""),
+        (
+            "Keep a snapshot, which every other command reads as it reads the tree:",
+            "/var/lib/registry -o /srv/audit/w49",
+        ),
+        ("Keep the 30 newest snapshots in /srv/audit, quietly:", "-o /srv/audit/w49 --keep 30 --quiet"),
+    ],
+)
+@root_argument
+@click.option(
+    "--output",
+    "-o",
+    type=PathText(directory=True),
+    metavar="DIR",
+    help="Write the inventory here as Parquet tables plus metadata.json.",
+)
+@click.option(
+    "--keep",
+    type=AtLeast(1),
+    metavar="N",
+    help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
+    "older ones; only storage-audit snapshots are ever removed.",
+)
+@quiet_option
+@workers_option
+@remote_options
 def scan(
-    root: RootArg = DEFAULT_ROOT,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            metavar="DIR",
-            readable=False,
-            help="Write the inventory here as Parquet tables plus metadata.json.",
-        ),
-    ] = None,
-    keep: Annotated[
-        int | None,
-        typer.Option(
-            "--keep",
-            min=1,
-            metavar="N",
-            help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
-            "older ones; only storage-audit snapshots are ever removed.",
-        ),
-    ] = None,
-    quiet: QuietOpt = False,
-    workers: ScanWorkersOpt = None,
-    cache_dir: CacheDirOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_requests_per_second: RateOpt = None,
+    root: str | None,
+    output: Path | None,
+    keep: int | None,
+    quiet: bool,
+    workers: int | None,
+    cache_dir: Path | None,
+    no_cache: bool,
+    max_requests_per_second: float | None,
 ) -> None:
     """Read the storage into an inventory and summarize it on stderr (like `git count-objects -v`).
 
@@ -62,7 +75,7 @@ def scan(
         fail("-o -: a snapshot is a directory, not stdout")
     if output is not None:
         scanning.check_target(output)
-    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     snapshot = None if output is None else scanning.SnapshotOptions(output, keep)
     with reading(quiet, workers) as options:
         survey = scanning.survey(source, options, snapshot)
