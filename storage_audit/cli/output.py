@@ -42,7 +42,7 @@ def emit(view: View, fmt: Format, output: Path | None, wide: bool = False) -> No
         from storage_audit.cli.render import say
 
         say(
-            f"storage-audit: the table leaves out {', '.join(shown.left_out)} to fit {shown.width} columns; "
+            f"storage-audit: the table leaves out {', '.join(shown.left_out)} to fit {shown.given} columns; "
             "--wide (-w) keeps every column"
         )
 

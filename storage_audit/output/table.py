@@ -12,6 +12,7 @@ from pathlib import Path
 import humanize
 import pandas as pd
 from rich.console import Console
+from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
@@ -103,10 +104,11 @@ def _allot(least: list[int], natural: list[int], width: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Shown:
-    """How a table came out: its width, and the columns it left out to fit it."""
+    """How a table came out: its width, and the columns it left out to fit the width it was given."""
 
     width: int
     left_out: tuple[str, ...] = ()
+    given: int | None = None
 
 
 def render(view: View, console: Console, width: int | None = None, fit: bool = False) -> Shown:
@@ -141,9 +143,10 @@ def render(view: View, console: Console, width: int | None = None, fit: bool = F
         table.add_column(col, footer=total, justify="right" if numeric else "left", overflow="fold", width=column_width)
     for row in table_cells[columns].itertuples(index=False):
         table.add_row(*(Text(cell) for cell in row))
-    # Not cropped: a table wider than the terminal (its headers would not fit) wraps there instead.
-    console.print(table, width=_framed(widths), crop=False)
-    return Shown(_framed(widths), tuple(left_out))
+    # Laid out at its own width, not the console's, and not cropped: a table wider than a terminal (whose
+    # headers would not fit it) wraps there, whole, rather than lose its headers' ends.
+    console.print(Segments(console.render(table, console.options.update_width(_framed(widths)))), crop=False)
+    return Shown(_framed(widths), tuple(left_out), width)
 
 
 def columns_wanted() -> int | None:
