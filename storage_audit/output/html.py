@@ -252,9 +252,9 @@ def _bars(labels: list[str], values: list[int], hover: list[str], color: str, he
         )
     )
     fig.update_yaxes(autorange="reversed", automargin=True)
-    ticks, labels = binary_ticks(max(values, default=0))
+    ticks, ticktext = binary_ticks(max(values, default=0))
     # plotly's own ticks are SI (GB for 10^9 bytes): these are the binary units of every size on the page.
-    fig.update_xaxes(tickvals=ticks, ticktext=labels, title_text="bytes", range=[0, max(ticks[-1], 1) * 1.02])
+    fig.update_xaxes(tickvals=ticks, ticktext=ticktext, title_text="bytes", range=[0, max(ticks[-1], 1) * 1.02])
     return _layout(fig, height or max(160, 60 + 22 * len(labels)))
 
 
