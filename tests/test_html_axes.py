@@ -50,3 +50,6 @@ def test_bar_axes_tick_in_binary_units(chromium: Page, tmp_path: Path, monkeypat
     for chart in ("reclaimable", "largest-tags"):
         for label in axis(chromium, chart)[0]:
             assert BINARY.fullmatch(label), (chart, label)
+    # A chart is as high as its bars need: 22 pixels a bar, 60 for the axis, 160 at least.
+    height = chromium.evaluate("document.getElementById('largest-tags').layout.height")
+    assert height == max(160, 60 + 22 * len(values))
