@@ -198,6 +198,7 @@ def test_the_doc_pages_show_runnable_commands() -> None:
 # it is shown with, and a choice it is given is one of its choices.
 COMMANDS = app
 SUBCOMMANDS = COMMANDS.commands
+TOP_LEVEL = {opt: param for param in COMMANDS.params for opt in param.opts}
 
 
 def shown_commands(page: Path) -> list[list[str]]:
@@ -239,8 +240,10 @@ def test_every_option_shown_is_one_the_command_takes(page: Path) -> None:
     checked = 0
     for words in shown_commands(page):
         words = [w.strip("\"'") for w in words]
-        while words and words[0] in ("--debug", "--version"):
-            words = words[1:]
+        while words and words[0].startswith("-"):
+            # The global options before the command: --debug, --version, --show-completion SHELL.
+            assert words[0] in TOP_LEVEL, (page.name, words)
+            words = words[2:] if TOP_LEVEL[words[0]].type.name == "choice" else words[1:]
         if words and words[0] in SUBCOMMANDS:
             checked += check_options(words[0], words[1:], page.name)
     # Enough found to show the search works: the walkthrough's, and the examples of every command.
