@@ -3,7 +3,6 @@ from the storage tree and from its snapshot, on every fixture and on a synthetic
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -192,9 +191,7 @@ def test_a_damaged_fixture_counts_alike_in_every_view(name: str, later: datetime
 
 def test_the_default_upload_age_is_the_same_everywhere() -> None:
     assert CheckOptions().upload_age == HtmlOptions().upload_age == UPLOAD_AGE == timedelta(hours=168)
-    command = next(c.callback for c in app.registered_commands if getattr(c.callback, "__name__", "") == "check")
-    assert command is not None
-    default = inspect.signature(command).parameters["upload_age"].default
+    default = next(param.default for param in app.commands["check"].params if param.name == "upload_age")
     assert parse_duration(default, "--upload-age") == UPLOAD_AGE
 
 

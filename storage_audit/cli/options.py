@@ -139,6 +139,9 @@ class EnumChoice(click.Choice):  # type: ignore[type-arg]
         super().__init__([member.value for member in enum])
         self.enum = enum
 
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"[{'|'.join(str(choice) for choice in self.choices)}]"
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, self.enum):
             return value
