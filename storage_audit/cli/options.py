@@ -129,9 +129,6 @@ class PathText(click.ParamType):
         return [CompletionItem(incomplete, type="dir" if self.directory else "file")]
 
 
-E = TypeVar("E", bound=StrEnum)
-
-
 class EnumChoice(click.Choice):  # type: ignore[type-arg]
     """One of an enum's values, given as its value (`--by repository`), handed over as the enum's member."""
 
