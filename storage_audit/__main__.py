@@ -3,7 +3,7 @@
 
 def main() -> None:
     # Imported here, not at the top: scan workers are spawned processes that import the main
-    # module again, and they need none of the command line's pandas, click and rich.
+    # module again, and they need none of the command line's pandas, typer and rich.
     from storage_audit.cli.app import main as run
 
     run()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit.analysis.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
 from storage_audit.cli.app import app
@@ -481,7 +481,9 @@ def test_no_at_the_prompt_exits_2_and_deletes_nothing(
 
 
 def all_commands() -> dict[str, Any]:
-    return dict(app.commands)
+    import typer.main
+
+    return dict(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("name", sorted(all_commands()))

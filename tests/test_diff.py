@@ -13,7 +13,7 @@ from typing import Any
 import humanize
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit.analysis.graph import Graph
 from storage_audit.cli.app import app

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit.analysis import collect
 from storage_audit.analysis.reach import ReachOptions

@@ -3,6 +3,7 @@ from the storage tree and from its snapshot, on every fixture and on a synthetic
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from storage_audit.analysis.check import UPLOAD_AGE, CheckOptions, check
 from storage_audit.analysis.graph import Graph
@@ -191,7 +192,9 @@ def test_a_damaged_fixture_counts_alike_in_every_view(name: str, later: datetime
 
 def test_the_default_upload_age_is_the_same_everywhere() -> None:
     assert CheckOptions().upload_age == HtmlOptions().upload_age == UPLOAD_AGE == timedelta(hours=168)
-    default = next(param.default for param in app.commands["check"].params if param.name == "upload_age")
+    command = next(c.callback for c in app.registered_commands if getattr(c.callback, "__name__", "") == "check")
+    assert command is not None
+    default = inspect.signature(command).parameters["upload_age"].default
     assert parse_duration(default, "--upload-age") == UPLOAD_AGE
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit.analysis.graph import Graph, closure
 from storage_audit.cli.app import app

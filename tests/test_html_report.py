@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
+from typer.testing import CliRunner
 
 from storage_audit.analysis.graph import Graph
 from storage_audit.cli.app import app

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 import storage_audit
 from storage_audit import (

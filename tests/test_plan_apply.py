@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit import __version__
 from storage_audit.analysis.check import check as check_storage

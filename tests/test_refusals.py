@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.inventory.schema import METADATA_FILE

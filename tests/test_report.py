@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit.analysis.options import ReportError
 from storage_audit.analysis.report import By, ReportOptions, report

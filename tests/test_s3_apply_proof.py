@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from typer.testing import CliRunner, Result
 
 from storage_audit.analysis.reach import present_revisions
 from storage_audit.cli.app import app

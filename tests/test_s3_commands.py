@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner, Result
+from typer.testing import CliRunner, Result
 
 from storage_audit.analysis.options import By
 from storage_audit.cli.app import app

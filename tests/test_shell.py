@@ -13,12 +13,13 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
-from click.testing import CliRunner
+import typer.main
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.cli.options import parse_duration
@@ -171,19 +172,18 @@ def test_fish_completes_commands_and_choices(on_path: dict[str, str]) -> None:
 
 
 def test_zsh_is_answered_with_descriptions(on_path: dict[str, str]) -> None:
-    # What the zsh script asks (its words, the index of the current one) and reads: type, key, description.
-    env = dict(on_path, COMP_WORDS="storage-audit ch", COMP_CWORD="1", _STORAGE_AUDIT_COMPLETE="zsh_complete")
+    # What typer's zsh script asks (the words so far) and evaluates: an _arguments spec of each value and its help.
+    env = dict(on_path, _TYPER_COMPLETE_ARGS="storage-audit ch", _STORAGE_AUDIT_COMPLETE="complete_zsh")
     done = subprocess.run(["storage-audit"], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.splitlines()[:2] == ["plain", "check"]
-    assert done.stdout.splitlines()[2].startswith("Check the storage for damage")
+    assert done.stdout.startswith("""_arguments '*: :(("check":"Check the storage for damage""")
 
 
 # --------------------------------------------------------------------------
 # Help
 
 
-def commands() -> dict[str, click.Command]:
-    return dict(app.commands)
+def commands() -> dict[str, Any]:
+    return dict(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("name", sorted(commands()))
@@ -195,7 +195,7 @@ def test_every_help_ends_with_examples_that_parse(name: str) -> None:
     examples = [line for line in lines if line.startswith(f"storage-audit {name}")]
     assert 2 <= len(examples) <= 3 and len(lines) == 2 * len(examples), section
     for example in examples:
-        # Every example's options exist and its values are valid: click parses it as the command would.
+        # Every example's options exist and its values are valid: typer parses it as the command would.
         command = commands()[name]
         with command.make_context(name, shlex.split(example)[2:]) as ctx:
             assert ctx.params

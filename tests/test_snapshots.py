@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from click.testing import CliRunner
+from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from tests.conftest import FIXTURES

@@ -1,4 +1,4 @@
-"""The command line: the click group of every command, the global options, and shell completion.
+"""The command line: the typer app of every command, the global options, and shell completion.
 
 Each command lives in a module of its own, parses its arguments, calls one
 operation of `storage_audit.operations` and renders what it returns. They
@@ -7,90 +7,129 @@ about a second to load, which `--help` and the shell's completion need not
 wait for, and which a scan spends loading them while its workers already read
 the tree.
 
-Plain click, not typer: typer from 0.29 on loads pydantic to check every
-argument (60 to 70 ms more for each command, measured), and its rich help cuts
-long option names at 80 columns; with those off, as they were, it was click
-behind a pinned dependency. click gives the completion of bash, zsh and fish.
+The completion scripts and the protocol between them and the command
+(`_STORAGE_AUDIT_COMPLETE=complete_bash` and the like) are typer's. Its own
+`--show-completion` names no shell: it prints the script of the shell it
+detects, whatever word follows. Here `--show-completion SHELL` names the shell,
+and `--install-completion` installs the script of the shell it runs in.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
-import click
-from click.shell_completion import get_completion_class
+import typer
+import typer.completion
 
-from storage_audit.cli.apply import apply
-from storage_audit.cli.check import check
-from storage_audit.cli.collect import orphans, untagged
-from storage_audit.cli.diff import diff
-from storage_audit.cli.options import PROG, AuditCommand, report_failure
+from storage_audit.cli import apply, check, collect, diff, plan, report, scan
+from storage_audit.cli.options import PROG, AuditCommand, choices, report_failure
 from storage_audit.cli.output import buffered_stdout
-from storage_audit.cli.plan import plan
-from storage_audit.cli.report import report
-from storage_audit.cli.scan import scan
 from storage_audit.core.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 from storage_audit.core.version import __version__
 
-__all__ = ["COMPLETE_VAR", "EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "SHELLS", "app", "main"]
+__all__ = ["COMPLETE_VAR", "EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "Shell", "app", "main"]
 
 COMPLETE_VAR = "_STORAGE_AUDIT_COMPLETE"
-"""The variable through which a shell's completion script asks the command for completions."""
-SHELLS = ("bash", "zsh", "fish")
+"""The variable through which a shell's completion script asks the command for completions (typer's name for it)."""
 
 
-def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(f"{PROG} {__version__}")
-        ctx.exit()
+class Shell(StrEnum):
+    """The shells whose completion the command line writes."""
+
+    BASH = "bash"
+    ZSH = "zsh"
+    FISH = "fish"
 
 
-def _show_completion(ctx: click.Context, param: click.Parameter, shell: str | None) -> None:
-    if shell is None or ctx.resilient_parsing:
-        return
-    complete = get_completion_class(shell)
-    assert complete is not None  # one of SHELLS, each of which click completes
-    click.echo(complete(app, {}, PROG, COMPLETE_VAR).source())
-    ctx.exit()
-
-
-class AuditGroup(click.Group):
-    """The group of commands, listed in the order a session uses them."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
-
-
-@click.group(
-    PROG,
-    cls=AuditGroup,
+app = typer.Typer(
+    name=PROG,
+    help="Audit a Docker/OCI registry's storage offline, straight from its volume.",
+    epilog="`storage-audit COMMAND --help` says what each command takes, with examples; the documentation is in docs/.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["--help", "-h"]},
-    epilog="`storage-audit COMMAND --help` says what each command takes, with examples; the documentation is in docs/.",
+    # The completion options are declared below, where --show-completion takes the shell's name.
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # click's plain help: rich's panels cut long option names at 80 columns.
+    rich_markup_mode=None,
 )
-@click.option(
-    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_version, help="Show the version and exit."
-)
-@click.option(
-    "--debug", is_flag=True, help="On an error, show its traceback before its one line. Give it before the command."
-)
-@click.option(
-    "--show-completion",
-    type=click.Choice(SHELLS),
-    expose_value=False,
-    is_eager=True,
-    callback=_show_completion,
-    help="Print the completion script of this shell and exit; docs/commands.md says where to put it.",
-)
-def app(debug: bool) -> None:
+
+# In the order a session uses them, which is the order `--help` lists them in.
+for command, about in (
+    (scan.scan, scan.HELP),
+    (collect.untagged, collect.UNTAGGED_HELP),
+    (collect.orphans, collect.ORPHANS_HELP),
+    (report.report, report.HELP),
+    (check.check, check.HELP),
+    (diff.diff, diff.HELP),
+    (plan.plan, plan.HELP),
+    (apply.apply, apply.HELP),
+):
+    app.command(cls=AuditCommand, short_help=about.short, epilog=about.epilog(command.__name__))(command)
+
+# typer's completion classes answer `_STORAGE_AUDIT_COMPLETE=complete_bash` and the like (typer registers them
+# itself only with its own completion options).
+typer.completion.completion_init()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {__version__}")
+        raise typer.Exit()
+
+
+def _install_completion(ctx: typer.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    shell, path = typer.completion.install(prog_name=PROG, complete_var=COMPLETE_VAR)
+    typer.echo(f"{shell} completion installed in {path}; it takes effect in the next shell started")
+    raise typer.Exit()
+
+
+def _show_completion(ctx: typer.Context, shell: Shell | None) -> None:
+    if shell is None or ctx.resilient_parsing:
+        return
+    typer.echo(typer.completion.get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=shell.value))
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="On an error, show its traceback before its one line. Give it before the command."
+        ),
+    ] = False,
+    install_completion: Annotated[
+        bool,
+        typer.Option(
+            "--install-completion",
+            callback=_install_completion,
+            is_eager=True,
+            expose_value=False,
+            help="Install the completion of the shell this runs in (bash, zsh or fish) and exit.",
+        ),
+    ] = False,
+    show_completion: Annotated[
+        Shell | None,
+        typer.Option(
+            "--show-completion",
+            metavar=choices(Shell),
+            callback=_show_completion,
+            is_eager=True,
+            expose_value=False,
+            help="Print the completion script of this shell and exit; docs/commands.md says where to put it.",
+        ),
+    ] = None,
+) -> None:
     """Audit a Docker/OCI registry's storage offline, straight from its volume."""
-
-
-for command in (scan, untagged, orphans, report, check, diff, plan, apply):
-    assert isinstance(command, AuditCommand)
-    app.add_command(command)
 
 
 def main(args: list[str] | None = None) -> Any:
@@ -98,7 +137,7 @@ def main(args: list[str] | None = None) -> Any:
     buffered_stdout()
     try:
         # The name and the variable fixed, whatever started the process (`python -m storage_audit` included).
-        app.main(args, prog_name=PROG, complete_var=COMPLETE_VAR)
+        app(args, prog_name=PROG, complete_var=COMPLETE_VAR)
     except Exception as exc:
         sys.exit(report_failure(exc, debug="--debug" in sys.argv[1:2]))
     finally:

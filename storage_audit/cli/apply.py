@@ -3,63 +3,54 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-import click
+import typer
 
-from storage_audit.cli.options import (
-    AuditCommand,
-    PathText,
-    argument,
-    fail,
-    open_root,
-    quiet_option,
-    remote,
-    remote_options,
-)
+from storage_audit.cli.options import CacheDirOpt, Help, NoCacheOpt, QuietOpt, RateOpt, fail, open_root, remote
 from storage_audit.cli.render import apply_summary, err, planned, say, table
 from storage_audit.core.errors import EXIT_FINDINGS
 from storage_audit.core.text import count
 from storage_audit.operations import apply as applying
 
-
-@click.command(
-    "apply",
-    cls=AuditCommand,
-    short_help="Carry out a reviewed plan: re-check each removal right before it, never remove what is in use.",
-    examples=[
+HELP = Help(
+    "Carry out a reviewed plan: re-check each removal right before it, never remove what is in use.",
+    (
         ("Say what the plan would remove, and free:", "plan.json --dry-run"),
         ("Apply it, keeping what it removes to restore:", "plan.json --quarantine /srv/quarantine"),
         ("Without asking, in a script:", "plan.json --yes --quiet"),
-    ],
+    ),
 )
-@argument("plan_file", "A plan written by `storage-audit plan`.", metavar="PLAN", type=PathText())
-@click.option("--dry-run", is_flag=True, help="Only say what would be done.")
-@click.option(
-    "--quarantine",
-    "quarantine_to",
-    metavar="DIR|s3://BUCKET/PREFIX",
-    help="Move what is removed into this directory (same layout), restorable, instead of deleting. "
-    "For a bucket: a local directory, or an s3:// location (server-side copies).",
-)
-@click.option(
-    "--root",
-    metavar="ROOT",
-    help="Where to apply the plan (a bucket's plan: its s3:// URL or the registry's configuration file, "
-    "for the credentials); refused unless it is where the plan was made. Default: the plan's own root.",
-)
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@quiet_option
-@remote_options
+
+
 def apply(
-    plan_file: Path,
-    dry_run: bool,
-    quarantine_to: str | None,
-    root: str | None,
-    yes: bool,
-    quiet: bool,
-    cache_dir: Path | None,
-    no_cache: bool,
-    max_requests_per_second: float | None,
+    plan_file: Annotated[
+        Path, typer.Argument(metavar="PLAN", readable=False, help="A plan written by `storage-audit plan`.")
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be done.")] = False,
+    quarantine_to: Annotated[
+        str | None,
+        typer.Option(
+            "--quarantine",
+            metavar="DIR|s3://BUCKET/PREFIX",
+            help="Move what is removed into this directory (same layout), restorable, instead of deleting. "
+            "For a bucket: a local directory, or an s3:// location (server-side copies).",
+        ),
+    ] = None,
+    root: Annotated[
+        str | None,
+        typer.Option(
+            "--root",
+            metavar="ROOT",
+            help="Where to apply the plan (a bucket's plan: its s3:// URL or the registry's configuration file, "
+            "for the credentials); refused unless it is where the plan was made. Default: the plan's own root.",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    quiet: QuietOpt = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
 ) -> None:
     """Apply a deletion plan: validate it, re-check each action right before it, never remove what is in use.
 
@@ -76,7 +67,7 @@ def apply(
         application = applying.open_plan(plan_file, options)
     except AlreadyApplied as exc:
         say(f"storage-audit: {exc}")
-        raise click.exceptions.Exit(exc.exit_code) from exc
+        raise typer.Exit(exc.exit_code) from exc
     with application:
         if not quiet:
             say(planned(application.plan.totals(), application.plan.root))
@@ -94,7 +85,7 @@ def apply(
         )
     if quiet:
         if outcome.failed:
-            raise click.exceptions.Exit(EXIT_FINDINGS)
+            raise typer.Exit(EXIT_FINDINGS)
         return
     from storage_audit.core.view import View
 
@@ -104,13 +95,13 @@ def apply(
     if not dry_run and outcome.done:
         say("Restart the registry now: its blob descriptor cache still believes removed blobs exist.")
     if outcome.failed:
-        raise click.exceptions.Exit(EXIT_FINDINGS)
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 def _confirmed(question: str) -> bool:
     """The answer at a yes/no prompt on stderr; no when input ends (a closed stdin, Ctrl-D)."""
     try:
-        return click.confirm(question, err=True)
-    except click.exceptions.Abort:
+        return typer.confirm(question, err=True)
+    except typer.Abort:
         err.print()
         return False

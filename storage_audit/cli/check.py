@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-import click
+import typer
 
 from storage_audit.analysis.options import Format, ViewFormat
 from storage_audit.cli.options import (
-    AtLeast,
-    AuditCommand,
-    duration_option,
+    CacheDirOpt,
+    FormatOpt,
+    Help,
+    NoCacheOpt,
+    OutputOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    WideOpt,
+    at_least,
     open_root,
-    output_option,
     parse_duration,
-    quiet_option,
     remote,
-    remote_options,
-    root_argument,
     root_text,
-    view_format_option,
-    wide_option,
 )
 from storage_audit.cli.output import emit, emit_tables
 from storage_audit.cli.progress import Reporter
@@ -28,51 +29,50 @@ from storage_audit.cli.render import check_summary, err
 from storage_audit.core.errors import EXIT_FINDINGS
 from storage_audit.operations import check as checking
 
-
-@click.command(
-    "check",
-    cls=AuditCommand,
-    short_help="Check the storage for damage: missing blobs, dangling tags, corrupt manifests and links, "
+HELP = Help(
+    "Check the storage for damage: missing blobs, dangling tags, corrupt manifests and links, "
     "stale uploads; exits 3 on errors.",
-    examples=[
+    (
         ("Every finding, errors first:", "/var/lib/registry"),
         ("Also hash every blob, four at a time:", "/var/lib/registry --verify-digests --workers 4"),
         ("In a nightly job, failing on warnings too:", "--strict --quiet -f json -o findings.json"),
-    ],
+    ),
 )
-@root_argument
-@click.option(
-    "--verify-digests", is_flag=True, help="Also hash every blob and compare it with its name: reads all data."
-)
-@duration_option(
-    "--upload-age", "An upload started this long before the scan is stale: 168h, 7d, 1d12h, 90m.", default="168h"
-)
-@view_format_option
-@output_option
-@wide_option
-@click.option("--strict", is_flag=True, help="Exit 3 on warnings too, not only on errors.")
-@click.option(
-    "--workers",
-    "-j",
-    type=AtLeast(1),
-    metavar="N",
-    help="Processes that read the tree, and blobs hashed at once by --verify-digests (default: one per CPU).",
-)
-@quiet_option
-@remote_options
+
+
 def check(
-    root: str | None,
-    verify_digests: bool,
-    upload_age: str,
-    fmt: ViewFormat,
-    output: Path | None,
-    wide: bool,
-    strict: bool,
-    workers: int | None,
-    quiet: bool,
-    cache_dir: Path | None,
-    no_cache: bool,
-    max_requests_per_second: float | None,
+    root: RootArg = None,
+    verify_digests: Annotated[
+        bool,
+        typer.Option("--verify-digests", help="Also hash every blob and compare it with its name: reads all data."),
+    ] = False,
+    upload_age: Annotated[
+        str,
+        typer.Option(
+            "--upload-age",
+            metavar="DURATION",
+            help="An upload started this long before the scan is stale: 168h, 7d, 1d12h, 90m.",
+        ),
+    ] = "168h",
+    fmt: FormatOpt = ViewFormat.TABLE,
+    output: OutputOpt = None,
+    wide: WideOpt = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 on warnings too, not only on errors.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-j",
+            metavar="N",
+            callback=at_least(1),
+            help="Processes that read the tree, and blobs hashed at once by --verify-digests (default: one per "
+            "CPU).  [at least 1]",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
 ) -> None:
     """Check the storage for damage: every finding (docs/findings.md), with a count per kind.
 
@@ -96,4 +96,4 @@ def check(
     if not quiet:
         err.print(check_summary(checked.counts, verify_digests), markup=False, soft_wrap=True)
     if checked.failed(strict):
-        raise click.exceptions.Exit(EXIT_FINDINGS)
+        raise typer.Exit(EXIT_FINDINGS)

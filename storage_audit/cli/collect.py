@@ -2,63 +2,63 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-import click
+import typer
 
 from storage_audit.analysis.options import Format, ViewFormat
 from storage_audit.cli.options import (
-    AuditCommand,
-    gc_compatible_option,
-    keep_referrers_option,
+    CacheDirOpt,
+    FormatOpt,
+    GcCompatibleOpt,
+    Help,
+    KeepReferrersOpt,
+    NoCacheOpt,
+    OutputOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    WideOpt,
     open_root,
-    output_option,
-    quiet_option,
     remote,
-    remote_options,
-    root_argument,
     root_text,
-    view_format_option,
-    wide_option,
-    workers_option,
 )
 from storage_audit.cli.output import emit
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import exit_if_unreadable, warn_gc_difference, warn_plain_gc_difference
 from storage_audit.operations import collect
 
-
-@click.command(
-    "untagged",
-    cls=AuditCommand,
-    short_help="List the manifests no tag needs, and what deleting each would free.",
-    examples=[
+UNTAGGED_HELP = Help(
+    "List the manifests no tag needs, and what deleting each would free.",
+    (
         ("The untagged manifests of the registry found by default:", ""),
         ("Exactly those `registry garbage-collect --delete-untagged` deletes:", "/var/lib/registry --gc-compatible"),
         ("Every row, for a spreadsheet:", "/var/lib/registry --format csv -o untagged.csv"),
-    ],
+    ),
 )
-@root_argument
-@view_format_option
-@output_option
-@wide_option
-@gc_compatible_option
-@keep_referrers_option
-@quiet_option
-@workers_option
-@remote_options
+ORPHANS_HELP = Help(
+    "List the blobs nothing references, which a garbage collection removes.",
+    (
+        ("The blobs `registry garbage-collect` would remove:", ""),
+        ("And those that deleting untagged manifests would leave:", "/var/lib/registry --delete-untagged"),
+        ("Every row as JSON:", "/var/lib/registry -m --format json -o orphans.json"),
+    ),
+)
+
+
 def untagged(
-    root: str | None,
-    fmt: ViewFormat,
-    output: Path | None,
-    wide: bool,
-    gc_compatible: bool,
-    keep_referrers: bool,
-    quiet: bool,
-    workers: int | None,
-    cache_dir: Path | None,
-    no_cache: bool,
-    max_requests_per_second: float | None,
+    root: RootArg = None,
+    fmt: FormatOpt = ViewFormat.TABLE,
+    output: OutputOpt = None,
+    wide: WideOpt = False,
+    gc_compatible: GcCompatibleOpt = False,
+    keep_referrers: KeepReferrersOpt = True,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
 ) -> None:
     """List manifest revisions no tag reaches, per repository, with the bytes each would free alone.
 
@@ -75,41 +75,22 @@ def untagged(
     exit_if_unreadable(found.unreadable)
 
 
-@click.command(
-    "orphans",
-    cls=AuditCommand,
-    short_help="List the blobs nothing references, which a garbage collection removes.",
-    examples=[
-        ("The blobs `registry garbage-collect` would remove:", ""),
-        ("And those that deleting untagged manifests would leave:", "/var/lib/registry --delete-untagged"),
-        ("Every row as JSON:", "/var/lib/registry -m --format json -o orphans.json"),
-    ],
-)
-@root_argument
-@click.option(
-    "--delete-untagged", "-m", is_flag=True, help="Keep only manifests a tag reaches (as garbage-collect -m)."
-)
-@view_format_option
-@output_option
-@wide_option
-@gc_compatible_option
-@keep_referrers_option
-@quiet_option
-@workers_option
-@remote_options
 def orphans(
-    root: str | None,
-    delete_untagged: bool,
-    fmt: ViewFormat,
-    output: Path | None,
-    wide: bool,
-    gc_compatible: bool,
-    keep_referrers: bool,
-    quiet: bool,
-    workers: int | None,
-    cache_dir: Path | None,
-    no_cache: bool,
-    max_requests_per_second: float | None,
+    root: RootArg = None,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option("--delete-untagged", "-m", help="Keep only manifests a tag reaches (as garbage-collect -m)."),
+    ] = False,
+    fmt: FormatOpt = ViewFormat.TABLE,
+    output: OutputOpt = None,
+    wide: WideOpt = False,
+    gc_compatible: GcCompatibleOpt = False,
+    keep_referrers: KeepReferrersOpt = True,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))

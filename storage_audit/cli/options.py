@@ -1,6 +1,6 @@
-"""The click command every storage-audit command is (failures mapped to one line and an exit code, a help that
-lists its arguments and ends with examples), the options the commands share, as click decorators, and the parsing
-of what the library takes typed: ROOT with its object-storage options and its default, durations, regular
+"""The typer command every storage-audit command is (failures mapped to one line and an exit code, its examples
+last), the options the commands share as `Annotated` types, and the parsing of what the library takes typed: ROOT
+with its object-storage options and its default, whole numbers and rates in their ranges, durations, regular
 expressions, `-o -`."""
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NamedTuple, NoReturn, TypeVar
 
-import click
-from click.shell_completion import CompletionItem
+import typer
 from rich.text import Text
+from typer.core import TyperCommand
 
 from storage_audit.analysis.options import ViewFormat
 from storage_audit.core.errors import EXIT_INTERNAL, AuditError, UsageError
 from storage_audit.roots.resolve import Root, find_default, resolve
 from storage_audit.storage.base import RemoteOptions
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 PROG = "storage-audit"
 
@@ -41,15 +39,11 @@ def report_failure(exc: Exception, debug: bool) -> int:
     return EXIT_INTERNAL
 
 
-class AuditCommand(click.Command):
-    """A command that maps failures to one line and an exit code, and whose help ends with `examples`: pairs of
-    what an example does and its arguments after `storage-audit COMMAND`."""
+class AuditCommand(TyperCommand):
+    """A command that maps failures to one line and an exit code, names a required argument `PLAN`, and ends its
+    help with its examples (its epilog, written by `Help.epilog`) under their own heading, as its options are."""
 
-    def __init__(self, *args: Any, examples: Sequence[tuple[str, str]] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.examples = tuple(examples)
-
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         from storage_audit.cli.output import closed_pipe, end_on_closed_pipe
 
         try:
@@ -61,45 +55,78 @@ class AuditCommand(click.Command):
         except OSError as exc:
             if closed_pipe(exc):
                 end_on_closed_pipe()
-            raise click.exceptions.Exit(report_failure(exc, _debug(ctx))) from exc
-        except (click.exceptions.Exit, click.exceptions.Abort, click.exceptions.ClickException):
+            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
+        except (typer.Exit, typer.Abort, typer.BadParameter):
             raise
         except Exception as exc:
-            raise click.exceptions.Exit(report_failure(exc, _debug(ctx))) from exc
+            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # As click 8.5 does; the releases before it list no arguments.
-        self.format_usage(ctx, formatter)
-        self.format_help_text(ctx, formatter)
-        self.format_arguments(ctx, formatter)
-        self.format_options(ctx, formatter)
-        self.format_epilog(ctx, formatter)
-
-    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        arguments = [
-            (param.metavar or (param.name or "").upper(), param.help)
-            for param in self.get_params(ctx)
-            if isinstance(param, Argument) and param.help
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # typer writes a required argument as `{PLAN}`.
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
         ]
-        if arguments:
-            with formatter.section("Arguments"):
-                formatter.write_dl(arguments)
 
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        super().format_epilog(ctx, formatter)
-        if not self.examples:
-            return
-        with formatter.section("Examples"):
-            for what, args in self.examples:
-                formatter.write_text(what)
-                # A command line is copied, not read: it is never wrapped.
-                formatter.write(f"{'':>{formatter.current_indent + 2}}{PROG} {self.name} {args}".rstrip() + "\n")
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        # As typer does, but an argument is named by its metavar alone: typer 0.29 adds its type (`ROOT <str>`).
+        sections: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                sections["Arguments"].append((param.metavar or record[0], record[1]))
+            else:
+                sections["Options"].append(record)
+        for title, records in sections.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        # At the margin, as "Options:" is: typer would indent it as a paragraph of the description.
+        if self.epilog:
+            formatter.write_paragraph()
+            formatter.write_text(self.epilog)
 
 
-def _debug(ctx: click.Context) -> bool:
+def _debug(ctx: Any) -> bool:
     """Whether the global --debug was given (it belongs to the parent context, the command group's)."""
     parent = ctx.parent
     return bool(parent is not None and parent.params.get("debug"))
+
+
+class Help(NamedTuple):
+    """What the list of commands says of a command, in a whole sentence, and the examples its help ends with: what
+    each does, and its arguments after `storage-audit COMMAND`."""
+
+    short: str
+    examples: tuple[tuple[str, str], ...]
+
+    def epilog(self, command: str) -> str:
+        """The examples as the command's epilog; `\\b` keeps a command line whole: it is copied, not read."""
+        lines = [f"  {what}\n    {PROG} {command} {args}".rstrip() for what, args in self.examples]
+        return "\b\nExamples:\n" + "\n".join(lines)
+
+
+def choices(enum: type[StrEnum]) -> str:
+    """The metavar of an option that takes one of an enum's values: `[table|csv|json]`, as click writes choices."""
+    return f"[{'|'.join(member.value for member in enum)}]"
+
+
+N = TypeVar("N", int, float)
+
+
+def at_least(minimum: N) -> Callable[[N | None], N | None]:
+    """A callback that refuses a number below `minimum`, in words (typer's `min=` writes `x>=1` in the help)."""
+
+    def check(value: N | None) -> N | None:
+        if value is not None and value < minimum:
+            raise typer.BadParameter(f"{value:g} is less than {minimum:g}, the least accepted")
+        return value
+
+    return check
 
 
 ROOT_HELP = (
@@ -109,168 +136,95 @@ ROOT_HELP = (
     "/var/lib/docker-registry that holds docker/registry/v2."
 )
 
+# ROOT is text: a path, an s3:// URL or a configuration file, which roots.resolve tells apart. A path option is
+# `readable=False`: the commands check what they open, in one line, where typer's refusal is a box of lines.
+RootArg = Annotated[str | None, typer.Argument(metavar="ROOT", help=ROOT_HELP, show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary on stderr.")]
+WideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        "-w",
+        help="A table keeps every column, wrapping cells, where a terminal too narrow for it would see the least "
+        "needed ones left out (stderr names them). Piped or written to a file, a table always keeps every column.",
+    ),
+]
+ScanWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-j",
+        metavar="N",
+        callback=at_least(1),
+        help="Processes that read the tree (default: one per CPU, up to 8, once it holds about 5,000 blobs; "
+        "1 below that). More than the CPUs can pay off on a slow network volume.  [at least 1]",
+    ),
+]
 
-class PathText(click.ParamType):
-    """A path as given, stat()ed by the commands, not by click (whose checks end in a box of lines, and whose
-    stat of a path holding a NUL raises); the shell completes it as a file or a directory."""
-
-    name = "path"
-
-    def __init__(self, as_path: bool = True, directory: bool = False) -> None:
-        self.as_path = as_path
-        self.directory = directory
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, Path) or not self.as_path:
-            return value
-        return Path(value)
-
-    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-        return [CompletionItem(incomplete, type="dir" if self.directory else "file")]
-
-
-class EnumChoice(click.Choice):  # type: ignore[type-arg]
-    """One of an enum's values, given as its value (`--by repository`), handed over as the enum's member."""
-
-    def __init__(self, enum: type[StrEnum]) -> None:
-        super().__init__([member.value for member in enum])
-        self.enum = enum
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return f"[{'|'.join(str(choice) for choice in self.choices)}]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, self.enum):
-            return value
-        return self.enum(super().convert(value, param, ctx))
-
-
-class AtLeast(click.IntRange):
-    """A whole number from `min` up, its range said in words in the help and in a refusal."""
-
-    def __init__(self, min: int) -> None:
-        super().__init__(min=min)
-
-    def _describe_range(self) -> str:
-        return f"at least {self.min}"
-
-
-class RateRange(click.FloatRange):
-    """A positive rate, its range said in words."""
-
-    def __init__(self, min: float) -> None:
-        super().__init__(min=min)
-
-    def _describe_range(self) -> str:
-        return f"at least {self.min:g}"
+# The options of a ROOT in object storage, which every command that takes ROOT declares, and `apply`.
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        metavar="DIR",
+        readable=False,
+        help="Object storage: where manifests are cached by digest "
+        "(default: $XDG_CACHE_HOME/storage-audit, else ~/.cache/storage-audit).",
+    ),
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Object storage: neither read nor write the cache.")]
+RateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-requests-per-second",
+        metavar="RATE",
+        callback=at_least(0.001),
+        help="Object storage: start at most this many requests a second (AWS answers 503 SlowDown to bursts).  "
+        "[at least 0.001]",
+    ),
+]
 
 
-class Argument(click.Argument):
-    """A positional argument with a help text, which the command's help lists under "Arguments"."""
-
-    def __init__(self, param_decls: Sequence[str], help: str = "", **attrs: Any) -> None:
-        super().__init__(param_decls, **attrs)
-        self.help = help
-
-
-def argument(name: str, help: str, **attrs: Any) -> Callable[[F], F]:
-    """A positional argument with `help`, completed by the shell as a path; its name, in capitals, is its metavar
-    unless `metavar` says otherwise."""
-    attrs.setdefault("type", PathText(as_path=False))
-    return click.argument(name, cls=Argument, help=help, **attrs)
-
-
-def root_argument(function: F) -> F:
-    """ROOT, optional: without it a command reads the registry found where one is kept by default."""
-    return argument("root", ROOT_HELP, required=False, default=None)(function)
-
-
-def compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
-    """Several option decorators as one, applied in the order written (so the help lists them so)."""
-
-    def apply(function: F) -> F:
-        for decorator in reversed(decorators):
-            function = decorator(function)
-        return function
-
-    return apply
-
-
-def stdout_dash(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+def stdout_dash(value: Path | None) -> Path | None:
     """`-o -` is stdout, as for most tools: never a file named `-`."""
     return None if value is not None and str(value) == "-" else value
 
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress display and no summary on stderr.")
-workers_option = click.option(
-    "--workers",
-    "-j",
-    type=AtLeast(1),
-    metavar="N",
-    help="Processes that read the tree (default: one per CPU, up to 8, once it holds about 5,000 blobs; "
-    "1 below that). More than the CPUs can pay off on a slow network volume.",
-)
-
-# The options of a ROOT in object storage, which every command that takes ROOT declares, and `apply`.
-remote_options = compose(
-    click.option(
-        "--cache-dir",
-        type=PathText(directory=True),
-        metavar="DIR",
-        help="Object storage: where manifests are cached by digest "
-        "(default: $XDG_CACHE_HOME/storage-audit, else ~/.cache/storage-audit).",
+FormatOpt = Annotated[
+    ViewFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        metavar=choices(ViewFormat),
+        help="Output: a table for people, or csv, json, parquet (needs -o).",
     ),
-    click.option("--no-cache", is_flag=True, help="Object storage: neither read nor write the cache."),
-    click.option(
-        "--max-requests-per-second",
-        type=RateRange(0.001),
-        metavar="RATE",
-        help="Object storage: start at most this many requests a second (AWS answers 503 SlowDown to bursts).",
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        readable=False,
+        callback=stdout_dash,
+        help="Write the result to this file instead of stdout (- is stdout).",
     ),
-)
-
-
-def format_option(enum: type[StrEnum], default: StrEnum, help: str) -> Callable[[F], F]:
-    return click.option(
-        "--format", "-f", "fmt", type=EnumChoice(enum), default=default.value, show_default=True, help=help
-    )
-
-
-view_format_option = format_option(
-    ViewFormat, ViewFormat.TABLE, "Output: a table for people, or csv, json, parquet (needs -o)."
-)
-output_option = click.option(
-    "--output",
-    "-o",
-    type=PathText(),
-    metavar="FILE",
-    callback=stdout_dash,
-    help="Write the result to this file instead of stdout (- is stdout).",
-)
-wide_option = click.option(
-    "--wide",
-    "-w",
-    is_flag=True,
-    help="A table keeps every column, wrapping cells, where a terminal too narrow for it would see the least "
-    "needed ones left out (stderr names them). Piped or written to a file, a table always keeps every column.",
-)
-gc_compatible_option = click.option(
-    "--gc-compatible",
-    is_flag=True,
-    help="Answer exactly as the reference registry 2.8's garbage-collect would, "
-    "unsafe deletions of index children and referrers included.",
-)
-keep_referrers_option = click.option(
-    "--keep-referrers/--no-keep-referrers",
-    default=True,
-    show_default=True,
-    help="Keep artifacts (signatures, SBOMs) whose subject is kept.",
-)
-
-
-def duration_option(name: str, help: str, default: str | None = None) -> Callable[[F], F]:
-    """An option taking a DURATION, parsed by parse_duration when the command runs (its error is one line)."""
-    return click.option(name, metavar="DURATION", default=default, show_default=default is not None, help=help)
+]
+GcCompatibleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--gc-compatible",
+        help="Answer exactly as the reference registry 2.8's garbage-collect would, "
+        "unsafe deletions of index children and referrers included.",
+    ),
+]
+KeepReferrersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-referrers/--no-keep-referrers",
+        help="Keep artifacts (signatures, SBOMs) whose subject is kept.",
+    ),
+]
 
 
 def fail(message: str) -> NoReturn:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-import click
+import typer
 
 from storage_audit.analysis.options import Format
 from storage_audit.cli.options import fail
@@ -100,7 +100,7 @@ def end_on_closed_pipe() -> NoReturn:
         os.close(devnull)
     except (OSError, ValueError, io.UnsupportedOperation):
         pass  # a stdout that is no file (a test's), which no flush at exit writes
-    raise click.exceptions.Exit(EXIT_CLOSED_PIPE)
+    raise typer.Exit(EXIT_CLOSED_PIPE)
 
 
 def buffered_stdout() -> None:

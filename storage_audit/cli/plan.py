@@ -3,137 +3,148 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-import click
+import typer
 
 from storage_audit.analysis.options import PlanFormat
 from storage_audit.cli.options import (
-    AtLeast,
-    AuditCommand,
-    PathText,
-    duration_option,
+    CacheDirOpt,
+    Help,
+    KeepReferrersOpt,
+    NoCacheOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    at_least,
+    choices,
     fail,
-    format_option,
-    keep_referrers_option,
     open_root,
     parse_duration,
     parse_regexes,
-    quiet_option,
     remote,
-    remote_options,
-    root_argument,
     root_text,
     stdout_dash,
-    workers_option,
 )
 from storage_audit.cli.output import emit_text
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import table, warn_held_back
 from storage_audit.operations import plan as planning
 
-
-@click.command(
-    "plan",
-    cls=AuditCommand,
-    short_help="Write a deletion plan to review, from retention rules; it deletes nothing itself.",
-    examples=[
+HELP = Help(
+    "Write a deletion plan to review, from retention rules; it deletes nothing itself.",
+    (
         ("Untagged manifests and orphan blobs, for `apply`:", "/var/lib/registry --delete-untagged -o plan.json"),
         (
             "Keep the last 10 tags per repository, and uploads abandoned for a week:",
             "--keep-last 10 --uploads-older-than 7d -o plan.json",
         ),
-        (
-            "The tags of team/* pushed over 90 days ago, as a script:",
-            "--older-than 90d --repository 'team/*' -f sh",
-        ),
-    ],
+        ("The tags of team/* pushed over 90 days ago, as a script:", "--older-than 90d --repository 'team/*' -f sh"),
+    ),
 )
-@root_argument
-@click.option(
-    "--output",
-    "-o",
-    type=PathText(),
-    metavar="FILE",
-    callback=stdout_dash,
-    help="Write the plan here (default, or -: stdout).",
-)
-@click.option(
-    "--delete-untagged",
-    is_flag=True,
-    help="Delete manifests no tag reaches (index children and referrers of kept images are kept).",
-)
-@click.option(
-    "--keep-last",
-    type=AtLeast(0),
-    metavar="N",
-    help="Per repository, keep the N most recently pushed tags; "
-    "delete the other tags, then their manifests if nothing else reaches them.",
-)
-@click.option(
-    "--keep-tag",
-    multiple=True,
-    metavar="REGEX",
-    help="Never delete a tag matching this regular expression (repeatable).",
-)
-@click.option(
-    "--only-tag",
-    multiple=True,
-    metavar="REGEX",
-    help="Consider only tags matching this regular expression for deletion (repeatable).",
-)
-@duration_option(
-    "--older-than",
-    "Delete every tag pushed before this long ago (30d, 1d12h, 0s), then the manifests only such tags "
-    "reach: alone, a rule that deletes, not a filter. With --keep-last, only tags beyond the last N that "
-    "are also this old; with --delete-untagged, only untagged manifests this old.",
-)
-@click.option(
-    "--repository",
-    multiple=True,
-    metavar="GLOB",
-    help="Limit the policy to repositories matching this glob (repeatable).",
-)
-@duration_option(
-    "--uploads-older-than",
-    "Also delete uploads started before this long ago, and those without startedat.",
-)
-@click.option("--prune-empty-repositories", is_flag=True, help="Also remove repositories the plan leaves with nothing.")
-@duration_option(
-    "--min-age",
-    "Grace period: nothing newer is ever planned for deletion (protects a push in progress); "
-    "what it holds back is counted on stderr.",
-    default="1h",
-)
-@keep_referrers_option
-@format_option(
-    PlanFormat,
-    PlanFormat.JSON,
-    "json: the plan `apply` reads; sh: a reviewable shell script; http: curl DELETEs for a live registry.",
-)
-@click.option("--registry-url", metavar="URL", help="Registry URL for --format http.")
-@quiet_option
-@workers_option
-@remote_options
+
+
 def plan(
-    root: str | None,
-    output: Path | None,
-    delete_untagged: bool,
-    keep_last: int | None,
-    keep_tag: tuple[str, ...],
-    only_tag: tuple[str, ...],
-    older_than: str | None,
-    repository: tuple[str, ...],
-    uploads_older_than: str | None,
-    prune_empty_repositories: bool,
-    min_age: str,
-    keep_referrers: bool,
-    fmt: PlanFormat,
-    registry_url: str | None,
-    quiet: bool,
-    workers: int | None,
-    cache_dir: Path | None,
-    no_cache: bool,
-    max_requests_per_second: float | None,
+    root: RootArg = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            readable=False,
+            callback=stdout_dash,
+            help="Write the plan here (default, or -: stdout).",
+        ),
+    ] = None,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option(
+            "--delete-untagged",
+            help="Delete manifests no tag reaches (index children and referrers of kept images are kept).",
+        ),
+    ] = False,
+    keep_last: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-last",
+            metavar="N",
+            callback=at_least(0),
+            help="Per repository, keep the N most recently pushed tags; "
+            "delete the other tags, then their manifests if nothing else reaches them.  [at least 0]",
+        ),
+    ] = None,
+    keep_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-tag", metavar="REGEX", help="Never delete a tag matching this regular expression (repeatable)."
+        ),
+    ] = None,
+    only_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only-tag",
+            metavar="REGEX",
+            help="Consider only tags matching this regular expression for deletion (repeatable).",
+        ),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            metavar="DURATION",
+            help="Delete every tag pushed before this long ago (30d, 1d12h, 0s), then the manifests only such tags "
+            "reach: alone, a rule that deletes, not a filter. With --keep-last, only tags beyond the last N that "
+            "are also this old; with --delete-untagged, only untagged manifests this old.",
+        ),
+    ] = None,
+    repository: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--repository",
+            metavar="GLOB",
+            help="Limit the policy to repositories matching this glob (repeatable).",
+        ),
+    ] = None,
+    uploads_older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--uploads-older-than",
+            metavar="DURATION",
+            help="Also delete uploads started before this long ago, and those without startedat.",
+        ),
+    ] = None,
+    prune_empty_repositories: Annotated[
+        bool, typer.Option("--prune-empty-repositories", help="Also remove repositories the plan leaves with nothing.")
+    ] = False,
+    min_age: Annotated[
+        str,
+        typer.Option(
+            "--min-age",
+            metavar="DURATION",
+            help="Grace period: nothing newer is ever planned for deletion (protects a push in progress); "
+            "what it holds back is counted on stderr.",
+        ),
+    ] = "1h",
+    keep_referrers: KeepReferrersOpt = True,
+    fmt: Annotated[
+        PlanFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar=choices(PlanFormat),
+            help="json: the plan `apply` reads; sh: a reviewable shell script; http: curl DELETEs for a live registry.",
+        ),
+    ] = PlanFormat.JSON,
+    registry_url: Annotated[
+        str | None, typer.Option("--registry-url", metavar="URL", help="Registry URL for --format http.")
+    ] = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
 ) -> None:
     """Write a reviewable deletion plan: what the retention rules remove, in a safe order, with reasons.
 
@@ -149,7 +160,7 @@ def plan(
         keep_tags=parse_regexes(keep_tag, "--keep-tag"),
         only_tags=parse_regexes(only_tag, "--only-tag"),
         older_than=None if older_than is None else parse_duration(older_than, "--older-than"),
-        repositories=tuple(repository),
+        repositories=tuple(repository or ()),
         uploads_older_than=None
         if uploads_older_than is None
         else parse_duration(uploads_older_than, "--uploads-older-than"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-import click
+import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -49,7 +49,7 @@ def exit_if_unreadable(paths: list[str]) -> None:
         f"(relative to v2); this answer leaves out whatever {'it holds' if len(paths) == 1 else 'they hold'}; "
         "see `storage-audit check`"
     )
-    raise click.exceptions.Exit(EXIT_FINDINGS)
+    raise typer.Exit(EXIT_FINDINGS)
 
 
 # -- scan ---------------------------------------------------------------------------------

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
+from typing import Annotated
 
-import click
+import typer
 
 from storage_audit.analysis.options import By, Format, ReportFormat, ReportOptions
 from storage_audit.analysis.options import check as check_options
 from storage_audit.cli.options import (
-    AtLeast,
-    AuditCommand,
-    EnumChoice,
+    CacheDirOpt,
+    Help,
+    NoCacheOpt,
+    OutputOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    WideOpt,
+    at_least,
+    choices,
     fail,
-    format_option,
     open_root,
-    output_option,
-    quiet_option,
     remote,
-    remote_options,
-    root_argument,
     root_text,
-    wide_option,
-    workers_option,
 )
 from storage_audit.cli.output import emit, emit_text
 from storage_audit.cli.progress import reading
@@ -31,67 +32,65 @@ from storage_audit.cli.render import exit_if_unreadable, say
 from storage_audit.core.text import size
 from storage_audit.operations import report as reporting
 
-
-@click.command(
-    "report",
-    cls=AuditCommand,
-    short_help="Show where the space goes: totals, or a row per repository, tag, manifest, blob or upload, "
+HELP = Help(
+    "Show where the space goes: totals, or a row per repository, tag, manifest, blob or upload, "
     "as a table, CSV, JSON, Parquet, Prometheus metrics or one HTML page.",
-    examples=[
+    (
         ("The 20 repositories that keep the most bytes:", "/var/lib/registry --by repository --top 20"),
         ("The tags of one team, as CSV:", "--by tag --repository 'team/*' -f csv"),
         ("One page of charts and tables to open in a browser:", "/var/lib/registry -f html -o report.html"),
-    ],
+    ),
 )
-@root_argument
-@click.option(
-    "--by",
-    "-b",
-    type=EnumChoice(By),
-    default=By.SUMMARY.value,
-    show_default=True,
-    help="What each row is; summary is one set of totals.",
-)
-@format_option(
-    ReportFormat,
-    ReportFormat.TABLE,
-    "Output: a table for people, or csv, json, parquet (needs -o), "
-    "prometheus: every metric, for node_exporter's textfile collector, "
-    "or html: one page of charts and tables of the whole storage (needs -o).",
-)
-@output_option
-@wide_option
-@click.option("--top", "-n", type=AtLeast(1), metavar="N", help="Keep only the first N rows.")
-@click.option(
-    "--sort",
-    "-s",
-    metavar="COLUMN",
-    help="Sort by this column: numbers and times largest first, text A to Z. "
-    "Default: the view's bytes column, largest first.",
-)
-@click.option(
-    "--repository",
-    "-r",
-    metavar="GLOB",
-    help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
-)
-@quiet_option
-@workers_option
-@remote_options
+
+
 def report(
-    root: str | None,
-    by: By,
-    fmt: ReportFormat,
-    output: Path | None,
-    wide: bool,
-    top: int | None,
-    sort: str | None,
-    repository: str | None,
-    quiet: bool,
-    workers: int | None,
-    cache_dir: Path | None,
-    no_cache: bool,
-    max_requests_per_second: float | None,
+    root: RootArg = None,
+    by: Annotated[
+        By, typer.Option("--by", "-b", metavar=choices(By), help="What each row is; summary is one set of totals.")
+    ] = By.SUMMARY,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            metavar=choices(ReportFormat),
+            help="Output: a table for people, or csv, json, parquet (needs -o), "
+            "prometheus: every metric, for node_exporter's textfile collector, "
+            "or html: one page of charts and tables of the whole storage (needs -o).",
+        ),
+    ] = ReportFormat.TABLE,
+    output: OutputOpt = None,
+    wide: WideOpt = False,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top", "-n", metavar="N", callback=at_least(1), help="Keep only the first N rows.  [at least 1]"
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            "-s",
+            metavar="COLUMN",
+            help="Sort by this column: numbers and times largest first, text A to Z. "
+            "Default: the view's bytes column, largest first.",
+        ),
+    ] = None,
+    repository: Annotated[
+        str | None,
+        typer.Option(
+            "--repository",
+            "-r",
+            metavar="GLOB",
+            help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
 ) -> None:
     """Show where the space goes: a summary, one row per repository, tag, manifest, blob or upload, or a page.
 

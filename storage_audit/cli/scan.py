@@ -3,67 +3,68 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-import click
+import typer
 
 from storage_audit.cli.options import (
-    AtLeast,
-    AuditCommand,
-    PathText,
+    CacheDirOpt,
+    Help,
+    NoCacheOpt,
+    QuietOpt,
+    RateOpt,
+    RootArg,
+    ScanWorkersOpt,
+    at_least,
     fail,
     open_root,
-    quiet_option,
     remote,
-    remote_options,
-    root_argument,
     root_text,
-    workers_option,
 )
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import exit_if_unreadable, say, say_pruned, scan_summary
 from storage_audit.operations import scan as scanning
 
-
-@click.command(
-    "scan",
-    cls=AuditCommand,
-    short_help="Read the whole storage once and count what it holds; -o DIR keeps it as a snapshot.",
-    examples=[
+HELP = Help(
+    "Read the whole storage once and count what it holds; -o DIR keeps it as a snapshot.",
+    (
         ("Count what the registry found by default holds:", ""),
         (
             "Keep a snapshot, which every other command reads as it reads the tree:",
             "/var/lib/registry -o /srv/audit/w49",
         ),
         ("Keep the 30 newest snapshots in /srv/audit, quietly:", "-o /srv/audit/w49 --keep 30 --quiet"),
-    ],
+    ),
 )
-@root_argument
-@click.option(
-    "--output",
-    "-o",
-    type=PathText(directory=True),
-    metavar="DIR",
-    help="Write the inventory here as Parquet tables plus metadata.json.",
-)
-@click.option(
-    "--keep",
-    type=AtLeast(1),
-    metavar="N",
-    help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
-    "older ones; only storage-audit snapshots are ever removed.",
-)
-@quiet_option
-@workers_option
-@remote_options
+
+
 def scan(
-    root: str | None,
-    output: Path | None,
-    keep: int | None,
-    quiet: bool,
-    workers: int | None,
-    cache_dir: Path | None,
-    no_cache: bool,
-    max_requests_per_second: float | None,
+    root: RootArg = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            readable=False,
+            help="Write the inventory here as Parquet tables plus metadata.json.",
+        ),
+    ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option(
+            "--keep",
+            metavar="N",
+            callback=at_least(1),
+            help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
+            "older ones; only storage-audit snapshots are ever removed.  [at least 1]",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    workers: ScanWorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_requests_per_second: RateOpt = None,
 ) -> None:
     """Read the storage into an inventory and summarize it on stderr (like `git count-objects -v`).
 
