@@ -59,6 +59,10 @@ class Pod:
         (found,) = [m for m in self.mounts if m.volume == volume]
         return found
 
+    def mount_at(self, path: str) -> Mount:
+        (found,) = [m for m in self.mounts if m.path == path]
+        return found
+
     @property
     def script(self) -> str:
         """What the container runs: its `sh -c` script (every manifest here runs one)."""

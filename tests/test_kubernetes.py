@@ -114,7 +114,9 @@ def run(job: Pod, paths: dict[str, Path], shim: Path, now: str) -> str:
 
 
 # basic has something of every kind to delete; the other trees take seconds more each.
-@pytest.mark.parametrize("name", [n if n == "basic" else pytest.param(n, marks=pytest.mark.slow) for n in REAL_FIXTURES])
+@pytest.mark.parametrize(
+    "name", [n if n == "basic" else pytest.param(n, marks=pytest.mark.slow) for n in REAL_FIXTURES]
+)
 def test_the_jobs_commands_run_on_a_real_registry_tree(name: str, tmp_path: Path) -> None:
     # The mount paths stand for directories here; the tree is one the real registry wrote.
     tree = unpack(FIXTURES / f"{name}.tar.gz", tmp_path / "registry")
