@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from tests.s3_harness import SeaweedS3, raw_keys, s3_storage_block, v2_prefix
+
 TOP = Path(__file__).resolve().parents[1]
 DEPLOY = TOP / "deploy" / "kubernetes"
 MANIFESTS = sorted(DEPLOY.glob("*.yaml"))
@@ -165,3 +167,22 @@ def run_on_host(
         timeout=600,
         check=False,
     )
+
+
+def bucket_configmap(server: SeaweedS3, rootdirectory: str, directory: Path) -> Path:
+    """A directory holding the registry's config.yml for its bucket, as its ConfigMap would: no keys in it."""
+    directory.mkdir(parents=True)
+    lines = [line for line in s3_storage_block(server, rootdirectory) if not re.match(r"\s+(access|secret)key:", line)]
+    (directory / "config.yml").write_text("version: 0.1\nstorage:\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    return directory
+
+
+def aws_secret(server: SeaweedS3) -> dict[str, str]:
+    """What the optional Secret `storage-audit-aws` holds, for the server: a key and its secret."""
+    return {k: v for k, v in server.environment().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+
+def bucket_blobs(server: SeaweedS3, rootdirectory: str) -> dict[str, int]:
+    """The blob data keys of the registry in the bucket and their sizes, as botocore lists them."""
+    keys = raw_keys(server, v2_prefix(rootdirectory))
+    return {k: int(e["Size"]) for k, e in keys.items() if re.search(r"/blobs/sha256/../[0-9a-f]{64}/data$", k)}

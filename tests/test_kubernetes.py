@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,21 +14,43 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURES, REAL_FIXTURES, fixtures_built, unpack
 from tests.facts import load_expected
-from tests.manifests import MANIFESTS, TOP, Pod, documents, lay_out_volumes, pod, pods, run_on_host, storage_audit_shim
+from tests.manifests import (
+    DEPLOY,
+    MANIFESTS,
+    TOP,
+    Pod,
+    aws_secret,
+    bucket_blobs,
+    bucket_configmap,
+    documents,
+    lay_out_volumes,
+    pod,
+    run_on_host,
+    storage_audit_shim,
+)
+from tests.registry_harness import Registry
+from tests.s3_harness import SeaweedS3
 from tests.test_readme import blob_digests, needed_by_tags
+from tests.workloads import random_workload
 
 # The oldest Kubernetes with CronJob's timeZone, and the newest the schemas know.
 KUBERNETES = ("1.27.0", kubernetes_validate.utils.latest_version())
 READING = {"scan", "report", "check", "untagged", "orphans", "diff"}
+NOW = (fixtures_built() + timedelta(days=1)).isoformat()
+"""The time the commands run at: past, whatever today is, and the fixtures' grace period over."""
 
 
-def test_the_manifests_are_the_cronjob_the_plan_job_and_the_apply_job() -> None:
+def test_the_manifests_are_the_cronjobs_the_plan_job_and_the_apply_job() -> None:
     kinds = {path.name: [(d["apiVersion"], d["kind"]) for d in documents(path)] for path in MANIFESTS}
     assert kinds == {
         "cronjob.yaml": [("v1", "PersistentVolumeClaim"), ("batch/v1", "CronJob")],
+        "cronjob-s3.yaml": [("v1", "ServiceAccount"), ("v1", "PersistentVolumeClaim"), ("batch/v1", "CronJob")],
         "plan-job.yaml": [("batch/v1", "Job")],
         "apply-job.yaml": [("batch/v1", "Job")],
     }
+    # Both CronJobs write to the one claim: either file may be applied first, or both.
+    claims = [d for path in MANIFESTS for d in documents(path) if d["kind"] == "PersistentVolumeClaim"]
+    assert len(claims) == 2 and claims[0] == claims[1]
 
 
 @pytest.mark.parametrize("version", KUBERNETES)
@@ -39,7 +63,7 @@ def test_every_manifest_is_valid_for_kubernetes(path: Path, version: str) -> Non
 
 def test_the_schemas_refuse_a_misplaced_field() -> None:
     # The validation above can fail: readOnly belongs to the mount, not to the container.
-    (_, cronjob) = documents(MANIFESTS[[p.name for p in MANIFESTS].index("cronjob.yaml")])
+    (_, cronjob) = documents(DEPLOY / "cronjob.yaml")
     cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["readOnly"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(cronjob, KUBERNETES[-1], strict=True)
@@ -67,15 +91,35 @@ def test_the_audit_and_the_plan_read_the_registry_read_only_as_the_image_user(na
     assert job.mount("audit").read_only is False  # where snapshots, metrics and plans go
 
 
-def test_the_cronjob_never_deletes() -> None:
-    (cronjob,) = [p for p in pods() if p.kind == "CronJob"]
+def test_the_s3_cronjob_reads_the_registry_configuration_read_only_with_the_aws_chain() -> None:
+    cronjob = pod("storage-audit-s3")
+    config = cronjob.mount("registry-config")
+    assert (config.path, config.read_only) == ("/etc/docker/registry", True)
+    assert cronjob.storage_audit_lines()[0][2] == "/etc/docker/registry/config.yml"
+    # Credentials: the ServiceAccount's role (IRSA), or an optional Secret; none written in the manifest.
+    (account,) = [d for d in documents(DEPLOY / "cronjob-s3.yaml") if d["kind"] == "ServiceAccount"]
+    assert cronjob.spec["serviceAccountName"] == account["metadata"]["name"]
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    assert cronjob.container["envFrom"] == [{"secretRef": {"name": "storage-audit-aws", "optional": True}}]
+    assert "env" not in cronjob.container
+    context = cronjob.spec["securityContext"]
+    assert context["runAsNonRoot"] is True and (context["runAsUser"], context["runAsGroup"]) == image_user()
+    assert cronjob.container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize("name", ["storage-audit", "storage-audit-s3"])
+def test_the_cronjob_never_deletes(name: str) -> None:
+    cronjob = pod(name)
     lines = cronjob.storage_audit_lines()
     assert [words[1] for words in lines] == ["scan", "report", "report"]
     assert {words[1] for words in lines} <= READING
     assert not re.search(r"\b(rm|rmdir|unlink|mv|apply|plan)\b", cronjob.script)
     # Snapshots with --keep, the Prometheus textfile and the HTML page, on the audit volume.
     scan, metrics, page = lines
-    assert scan[2:4] == ["/var/lib/registry", "-o"] and "--keep" in scan
+    assert (
+        scan[2] == {"storage-audit": "/var/lib/registry", "storage-audit-s3": "/etc/docker/registry/config.yml"}[name]
+    )
+    assert "-o" in scan and "--keep" in scan
     assert metrics[metrics.index("--format") + 1] == "prometheus" and "-o" in metrics
     assert page[page.index("--format") + 1] == "html" and "-o" in page
     outputs = [words[words.index("-o") + 1] for words in lines]
@@ -121,7 +165,7 @@ def test_the_jobs_commands_run_on_a_real_registry_tree(name: str, tmp_path: Path
     # The mount paths stand for directories here; the tree is one the real registry wrote.
     tree = unpack(FIXTURES / f"{name}.tar.gz", tmp_path / "registry")
     shim = storage_audit_shim(tmp_path / "bin")
-    now = (fixtures_built() + timedelta(days=1)).isoformat()  # past, whatever today is; the grace period over
+    now = NOW
     facts = load_expected(FIXTURES / f"{name}.expected.json")
     before, untouched = blob_digests(tree), tree_state(tree)
 
@@ -154,3 +198,31 @@ def test_the_jobs_commands_run_on_a_real_registry_tree(name: str, tmp_path: Path
     assert after < before or name == "referrers"  # every blob of that tree is a tag's
     quarantined = {"sha256:" + p.parent.name for p in (tree / "storage-audit-quarantine").glob("blobs/*/*/*/data")}
     assert quarantined == before - after
+
+
+def test_the_s3_cronjob_runs_on_a_registry_in_a_bucket(
+    s3_server: SeaweedS3,
+    s3_registry_factory: Callable[[str], AbstractContextManager[Registry]],
+    s3_root: str,
+    tmp_path: Path,
+) -> None:
+    with s3_registry_factory(s3_root) as registry:
+        random_workload(registry, 3)
+    # The registry's ConfigMap, with no keys: the credentials come from the chain, here the optional Secret's.
+    etc = bucket_configmap(s3_server, s3_root, tmp_path / "etc")
+
+    cronjob = pod("storage-audit-s3")
+    paths = lay_out_volumes(cronjob, tmp_path / "volumes", {"registry-config": etc})
+    done = run_on_host(
+        cronjob, paths, storage_audit_shim(tmp_path / "bin"), {"STORAGE_AUDIT_NOW": NOW, **aws_secret(s3_server)}
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+
+    audit = paths["/var/lib/storage-audit"]
+    prom = (audit / "metrics" / "storage_audit.prom").read_text(encoding="utf-8")
+    metrics = {s.name: s.value for family in text_string_to_metric_families(prom) for s in family.samples}
+    blobs = bucket_blobs(s3_server, s3_root)
+    assert blobs and metrics["storage_audit_blobs"] == len(blobs)
+    assert metrics["storage_audit_physical_bytes"] == sum(blobs.values())
+    assert (audit / "report.html").is_file()
+    assert list((audit / "cache").rglob("*"))  # the manifests, for tomorrow night
