@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,9 +21,11 @@ from storage_audit.core.version import __version__
 from tests.conftest import FIXTURES, fixtures_built, unpack
 from tests.facts import load_expected
 from tests.image_harness import Buildah, build_base, build_image, directory_bytes, require_image_tools
-from tests.manifests import TOP, lay_out_volumes, pod
+from tests.manifests import TOP, Pod, aws_secret, bucket_blobs, bucket_configmap, lay_out_volumes, pod
 from tests.registry_harness import OCI_MANIFEST, Registry, require_registry
+from tests.s3_harness import SeaweedS3
 from tests.test_readme import blob_digests, needed_by_tags
+from tests.workloads import random_workload
 
 pytestmark = [pytest.mark.registry, pytest.mark.image]
 
@@ -136,8 +139,21 @@ def test_the_image_reads_the_registry_configuration_mounted_beside_its_volume(im
     assert json.loads(inside.stdout)["repositories"] == 3
 
 
+def run_pod(image: Built, job: Pod, paths: dict[str, Path], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a pod's container in the image as the cluster would: its command and arguments, its user, its
+    capabilities (none), its volumes (at `paths`) mounted read-only where the manifest says so."""
+    uid, gid = job.user
+    return image.buildah.run(
+        image.container,
+        [*job.container["command"], *job.container["args"]],
+        volumes={host: (path, job.mount_at(path).read_only) for path, host in paths.items()},
+        user=f"{uid}:{gid}",
+        env=env,
+        drop_capabilities=job.container["securityContext"]["capabilities"]["drop"] == ["ALL"],
+    )
+
+
 def test_the_kubernetes_pods_run_in_the_image(image: Built, tmp_path: Path) -> None:
-    # Each pod as the cluster runs it: its command and arguments, its user, no capability, its mounts.
     tree = unpack(FIXTURES / "basic.tar.gz", tmp_path / "registry")
     facts = load_expected(FIXTURES / "basic.expected.json")
     before = blob_digests(tree)
@@ -147,15 +163,7 @@ def test_the_kubernetes_pods_run_in_the_image(image: Built, tmp_path: Path) -> N
         given = {"registry": tree, **({"audit": audit} if audit else {})}
         paths = lay_out_volumes(job, tmp_path / "volumes", given)
         audit = paths["/var/lib/storage-audit"]
-        uid, gid = job.user
-        done = image.buildah.run(
-            image.container,
-            [*job.container["command"], *job.container["args"]],
-            volumes={host: (path, job.mount_at(path).read_only) for path, host in paths.items()},
-            user=f"{uid}:{gid}",
-            env={"STORAGE_AUDIT_NOW": NOW},
-            drop_capabilities=job.container["securityContext"]["capabilities"]["drop"] == ["ALL"],
-        )
+        done = run_pod(image, job, paths, {"STORAGE_AUDIT_NOW": NOW})
         assert done.returncode == 0, (name, done.stdout, done.stderr)
         if name == "storage-audit":
             (snapshot,) = (audit / "snapshots").iterdir()
@@ -168,6 +176,26 @@ def test_the_kubernetes_pods_run_in_the_image(image: Built, tmp_path: Path) -> N
             assert "would remove" in done.stdout + done.stderr
             assert blob_digests(tree) == before
     assert blob_digests(tree) == needed_by_tags(facts) & before < before
+
+
+def test_the_s3_cronjob_runs_in_the_image(
+    image: Built,
+    s3_server: SeaweedS3,
+    s3_registry_factory: Callable[[str], AbstractContextManager[Registry]],
+    s3_root: str,
+    tmp_path: Path,
+) -> None:
+    # obstore and botocore in the image, reaching the bucket with the credentials the optional Secret gives.
+    with s3_registry_factory(s3_root) as registry:
+        random_workload(registry, 3)
+    job = pod("storage-audit-s3")
+    config = bucket_configmap(s3_server, s3_root, tmp_path / "etc")
+    paths = lay_out_volumes(job, tmp_path / "volumes", {"registry-config": config})
+    done = run_pod(image, job, paths, {"STORAGE_AUDIT_NOW": NOW, **aws_secret(s3_server)})
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    prom = (paths["/var/lib/storage-audit"] / "metrics" / "storage_audit.prom").read_text(encoding="utf-8")
+    samples = {s.name: s.value for f in text_string_to_metric_families(prom) for s in f.samples}
+    assert samples["storage_audit_blobs"] == len(bucket_blobs(s3_server, s3_root)) > 0
 
 
 def test_a_read_only_volume_stays_read_only(image: Built, tmp_path: Path) -> None:
