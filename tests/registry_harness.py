@@ -456,10 +456,21 @@ class Ledger:
             else:
                 uploads.append(e)
 
-        # A deleted revision keeps its directory and its blob, so it still describes a manifest.
+        # What the links name (revision links, tags' current and history), then what the lists among
+        # those name, recursively: a deleted revision's blob stays, but its empty directory (gone on S3,
+        # or after a copy) names nothing, unless an index still lists that manifest.
+        named = {d for (_, d), linked in revisions.items() if linked}
+        named |= set(current.values()) | {d for ds in history.values() for d in ds}
+        todo = sorted(named)
+        while todo:
+            info = describe_manifest(bodies[todo.pop()])
+            for ref_type, digest, _ in info.references:
+                if ref_type == "child" and digest in bodies and digest not in named:
+                    named.add(digest)
+                    todo.append(digest)
         manifests = []
         references = []
-        for digest in sorted({d for _, d in revisions}):
+        for digest in sorted(named):
             info = describe_manifest(bodies[digest])
             manifests.append(
                 {

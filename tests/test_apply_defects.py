@@ -392,3 +392,25 @@ def test_a_plan_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind:
     assert proc.stderr.startswith(f"storage-audit: error: {plan}: refusing the plan, nothing was deleted: cannot read")
     assert proc.stderr.count("\n") == 1
     assert time.monotonic() - started < 30
+
+
+def test_the_blobs_of_a_child_an_index_pushed_since_planning_lists_are_kept(tmp_path: Path) -> None:
+    """A manifest planned away with its blobs becomes the child of an index pushed since, then its revision link
+    is deleted through the API: the index still lists it, so its config and layers stay, as planning would keep
+    them (the fresh look before the blobs follows what indexes list, revision link or not)."""
+    require_registry()
+    root = tmp_path / "root"
+    layer, config = os.urandom(400), b'{"architecture":"arm64","os":"linux","rootfs":{"type":"layers"}}'
+    with Registry(root, Ledger()) as reg:
+        child = reg.image("app", [layer], config)  # untagged: planned away
+    plan, doc = make_plan(root, *UNTAGGED)
+    child_blobs = {f"sha256:{hashlib.sha256(b).hexdigest()}" for b in (layer, config)}
+    assert child_blobs | {child.digest} <= digests(doc, "remove-blob")
+    with Registry(root) as reg:
+        reg.index("app", [(child, "linux/arm64")], tags=["multi"])
+        reg.delete_manifest("app", child.digest)  # its revision link goes; the index lists it still
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    v2 = root / V2
+    for digest in child_blobs | {child.digest}:
+        assert (v2 / f"blobs/sha256/{digest[7:9]}/{digest[7:]}/data").is_file(), digest

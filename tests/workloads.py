@@ -65,9 +65,10 @@ def _is_index(pushed: Pushed) -> bool:
 class Workload:
     """Random pushes, tags, deletes, mounts, indexes, referrers and abandoned uploads, reproducible from a seed."""
 
-    def __init__(self, client: Client, rng: random.Random) -> None:
+    def __init__(self, client: Client, rng: random.Random, delete_children: bool = False) -> None:
         self.client = client
         self.rng = rng
+        self.delete_children = delete_children
         self.repos = {name: RepoState(name) for name in rng.sample(REPOSITORIES, rng.randint(3, len(REPOSITORIES)))}
         # A few base layers that images in several repositories share.
         self.base_layers = [blob_bytes(rng) for _ in range(3)]
@@ -172,7 +173,11 @@ class Workload:
         repo = self._repo(needs_manifest=True)
         if repo is None:
             return
-        target = repo.manifests[self.rng.choice(sorted(repo.manifests))]
+        # The registry refuses an index one of whose children was deleted.
+        whole = [d for d, p in repo.manifests.items() if set(_child_digests(p)) <= set(repo.manifests)]
+        if not whole:
+            return
+        target = repo.manifests[self.rng.choice(sorted(whole))]
         self._put(repo, target, [self.rng.choice(TAGS)])
 
     def delete(self) -> None:
@@ -183,6 +188,22 @@ class Workload:
         if not candidates:
             return
         digest = self.rng.choice(candidates)
+        self.client.delete_manifest(repo.name, digest)
+        del repo.manifests[digest]
+        repo.tags = {t: d for t, d in repo.tags.items() if d != digest}
+
+    def delete_child(self) -> None:
+        """Delete by digest a manifest that an index lists: the index still names it, its revision link goes.
+
+        The registry allows it, and pulls of the index then fail for that platform; what the child held
+        stays protected while the index is kept. An index listed by another may go too (nested).
+        """
+        rng = self.rng
+        repos = [r for r in self.repos.values() if _listed_now(r)]
+        if not repos:
+            return
+        repo = rng.choice(sorted(repos, key=lambda r: r.name))
+        digest = rng.choice(sorted(_listed_now(repo)))
         self.client.delete_manifest(repo.name, digest)
         del repo.manifests[digest]
         repo.tags = {t: d for t, d in repo.tags.items() if d != digest}
@@ -226,12 +247,28 @@ class Workload:
             (self.copy, 12),
             (self.abandon_upload, 4),
         ]
+        if self.delete_children:
+            operations.append((self.delete_child, 12))
         funcs, weights = zip(*operations, strict=True)
         # Start with something tagged so early referrers and deletes have targets.
         self.push_image()
         for _ in range(steps):
             self.rng.choices(funcs, weights)[0]()
+        if self.delete_children:
+            # At least one, whatever the draws were.
+            if not any(map(_listed_now, self.repos.values())):
+                self.push_multiarch()
+            self.delete_child()
         self.finish()
+
+
+def _listed_now(repo: RepoState) -> set[str]:
+    """The manifests of `repo` that an index still in `repo` lists."""
+    return {c for p in repo.manifests.values() for c in _child_digests(p)} & set(repo.manifests)
+
+
+def _child_digests(pushed: Pushed) -> list[str]:
+    return [child["digest"] for child in json.loads(pushed.body).get("manifests", [])]
 
 
 def _blob_refs(pushed: Pushed) -> list[str]:
@@ -239,10 +276,17 @@ def _blob_refs(pushed: Pushed) -> list[str]:
     return [doc["config"]["digest"], *(layer["digest"] for layer in doc.get("layers", []))]
 
 
-def random_workload(client: Client, seed: int) -> None:
-    """Push seed `seed`'s workload into the registry behind `client`."""
-    rng = random.Random(f"storage-audit-differential:{seed}")
-    Workload(client, rng).run(rng.randint(12, 24))
+def random_workload(client: Client, seed: int, delete_children: bool = False) -> None:
+    """Push seed `seed`'s workload into the registry behind `client`; with `delete_children`, another family of
+    workloads, which also deletes manifests that indexes list (by digest, through the API)."""
+    family = "deleted-children" if delete_children else "differential"
+    rng = random.Random(f"storage-audit-{family}:{seed}")
+    workload = Workload(client, rng, delete_children)
+    if delete_children:
+        # Multi-platform images first, so that there are children to delete.
+        for _ in range(2):
+            workload.push_multiarch()
+    workload.run(rng.randint(12, 24))
 
 
 # --------------------------------------------------------------------------
@@ -321,6 +365,43 @@ def listed_referrer(client: Client, rng: random.Random) -> None:
     sbom = client.artifact(repo, img, SPDX_SBOM, b'{"sbom":"listed"}', SPDX_SBOM)
     other = _plain_image(client, repo, True, "arm64", rng)
     client.index(repo, [(sbom, "linux/amd64"), (other, "linux/arm64/v8")])
+
+
+def deleted_children(client: Client, rng: random.Random) -> None:
+    """Index children deleted by digest through the API: of a tagged index, of an untagged one, of a Docker list,
+    an index listed by another (nested, with one of its own children gone too), and a child kept in another
+    repository. Only the revision links go; the blobs and, on disk, the empty revision directories stay."""
+    repo = "gone/app"
+    amd = _plain_image(client, repo, True, "amd64", rng)
+    arm = _plain_image(client, repo, True, "arm64", rng)
+    client.index(repo, [(amd, "linux/amd64"), (arm, "linux/arm64/v8")], tags=["v1"])
+    client.delete_manifest(repo, arm.digest)
+    # An untagged index: nothing keeps it under --delete-untagged, so nothing keeps its lost child either.
+    loose = _plain_image(client, repo, True, "s390x", rng)
+    client.index(repo, [(loose, "linux/s390x")])
+    client.delete_manifest(repo, loose.digest)
+    # A Docker list whose children both went.
+    docker = [_plain_image(client, repo, False, arch, rng) for arch in ("amd64", "arm64")]
+    client.manifest_list(repo, [(docker[0], "linux/amd64"), (docker[1], "linux/arm64/v8")], tags=["docker"])
+    for child in docker:
+        client.delete_manifest(repo, child.digest)
+
+    nested = "gone/nested"
+    leaves = [_plain_image(client, nested, True, arch, rng) for arch in ("amd64", "arm64", "ppc64le")]
+    inner = client.index(nested, [(leaves[0], "linux/amd64"), (leaves[1], "linux/arm64/v8")])
+    client.index(nested, [(inner, "linux/amd64"), (leaves[2], "linux/ppc64le")], tags=["latest"])
+    # The inner index goes, and one of its children: that one is known only through two lists now.
+    client.delete_manifest(nested, inner.digest)
+    client.delete_manifest(nested, leaves[1].digest)
+
+    # The same image in two repositories: a deleted child in one, a tagged image in the other.
+    src, dst = "gone/src", "gone/dst"
+    shared = _plain_image(client, src, False, "amd64", rng)
+    client.manifest_list(src, [(shared, "linux/amd64")], tags=["latest"])
+    for digest in _blob_refs(shared):
+        client.mount_blob(dst, digest, from_repo=src)
+    client.put_manifest(dst, "mirror", shared.body, shared.media_type)
+    client.delete_manifest(src, shared.digest)
 
 
 EDGE_CASES: dict[str, Callable[[Client, random.Random], None]] = {

@@ -272,13 +272,20 @@ class Applier(AbstractContextManager["Applier"]):
         return {k for k, r in zip(keys, reached, strict=True) if r}
 
     def _held_now(self, inv: Inventory) -> set[str]:
-        """Every blob a revision present now (any repository) or a tag names, and what those reference."""
+        """Every blob a revision present now (any repository) or a tag names, what those reference, and what the
+        children their lists and indexes name reference in turn, revision link or not (as planning keeps it)."""
         revisions = inv.revisions[inv.revisions["linked"]]
         gone = [k in self.removed_revisions for k in zip(revisions["repository"], revisions["digest"], strict=True)]
         tags = self._remaining_tags(inv)
-        own = set(revisions[~np.array(gone, dtype=bool)]["target"].dropna()) | set(tags["digest"].dropna())
-        referenced = set(inv.references[isin(inv.references["manifest"], own)]["digest"])
-        return own | referenced
+        held = set(revisions[~np.array(gone, dtype=bool)]["target"].dropna()) | set(tags["digest"].dropna())
+        refs = inv.references
+        frontier = set(held)
+        while frontier:
+            named = refs[isin(refs["manifest"], frontier)]
+            children = set(named["digest"][(named["ref_type"] == "child").to_numpy()])
+            frontier = children - held
+            held |= set(named["digest"])
+        return held
 
     def _layer_linked_now(self, inv: Inventory) -> set[str]:
         """Every blob a layer link of the fresh scan names, but those this run removed since: links a push added

@@ -58,8 +58,8 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "manifests": {
         "digest": (
             STR,
-            "manifest digest; one row per distinct revision (linked or not) or tag (current or history) target"
-            " whose blob exists",
+            "manifest digest; one row per distinct manifest whose blob exists that a revision link or tag"
+            " (current or history) names, or that such a list or index lists (recursively)",
         ),
         "size": (INT, "bytes of the manifest blob"),
         "kind": (STR, "docker-v2, docker-list, oci-manifest, oci-index, oci-artifact, schema1, invalid"),

@@ -114,6 +114,8 @@ class Part:
     uploads: list[UploadRow] = field(default_factory=list)
     manifests: list[ManifestRow] = field(default_factory=list)
     references: list[ReferenceRow] = field(default_factory=list)
+    listed: list[tuple[str, str]] = field(default_factory=list)
+    """(repository, digest) of the manifests that lists and indexes read here name, and that were not read here."""
 
     def columns(self, rows: bool = True) -> Columns:
         """The rows as one sequence per column, in the inventory's column order: quick to send from a worker.
@@ -123,7 +125,7 @@ class Part:
         tables: dict[str, list[Sequence[object]]] = {}
         totals = None if rows else Totals()
         for f in fields(self):
-            if f.name == "findings":
+            if f.name in NOT_TABLES:
                 continue
             table = TABLE_OF_PART.get(f.name, f.name)
             part_rows = getattr(self, f.name)
@@ -136,14 +138,16 @@ class Part:
                 if table not in SENT_WITH_TOTALS:
                     continue
             tables[table] = columns
-        return Columns(self.findings, tables, totals)
+        return Columns(self.findings, tables, totals, self.listed)
 
 
+NOT_TABLES = ("findings", "listed")
+"""The fields of a Part that are no inventory table."""
 SENT_WITH_TOTALS = ("revisions", "tags", "tag_history")
 """Tables sent whole even when only totals are asked for: the manifests to read come from them."""
 TABLE_OF_PART = {"history": "tag_history"}
 """Inventory table of each Part field whose name differs."""
-TABLES = tuple(TABLE_OF_PART.get(f.name, f.name) for f in fields(Part) if f.name != "findings")
+TABLES = tuple(TABLE_OF_PART.get(f.name, f.name) for f in fields(Part) if f.name not in NOT_TABLES)
 """The inventory's tables that a scan reads, in the order it reads them."""
 
 
@@ -198,12 +202,14 @@ class Columns:
     """What part of a scan found, as columns per inventory table, plus its findings.
 
     Columns hold mtimes as integer nanoseconds and `startedat` as the text read.
-    `totals` are there when only they were asked for.
+    `totals` are there when only they were asked for. `listed` are the manifests still to read that
+    the lists and indexes read here name (see Part.listed), sent whatever else is.
     """
 
     findings: list[Finding] = field(default_factory=list)
     tables: dict[str, list[Sequence[object]]] = field(default_factory=dict)
     totals: Totals | None = None
+    listed: list[tuple[str, str]] = field(default_factory=list)
 
     def packed(self) -> Columns:
         """These columns packed (see Packed), to cross to another process; in place.

@@ -274,13 +274,17 @@ class _Tally:
 
 
 class _ManifestItems:
-    """The distinct manifests to parse, (repository, digest), first seen first, from the revisions and tags read.
+    """The distinct manifests to parse, (repository, digest), first seen first, read once each.
 
-    Unlinked (deleted) revisions count too: their blobs are still manifests.
-    So do the digests that tags (current or history) name without any revision
-    directory: the engine protects what such a dangling tag names, and needs
-    that manifest's contents to know what it holds. They come after every
-    revision's, so the order does not depend on how the jobs were split.
+    First what the revision links and tags (current or history) name: a
+    dangling tag's target too, since the engine protects what it names and
+    needs that manifest's contents to know what it holds. Those of tags come
+    after every revision's, so the order does not depend on how the jobs were
+    split. A revision directory without its link names nothing: whether it is
+    there at all (an empty directory, gone on S3 or after a copy) must change
+    no answer. Then, round after round, the children that the lists and
+    indexes read name and that were not read yet: a child whose revision link
+    was deleted is protected by the index that lists it, through its content.
     """
 
     def __init__(self) -> None:
@@ -288,14 +292,18 @@ class _ManifestItems:
         # which kept as (repository, digest) pairs until the end held some 40 MB.
         self._revisions: dict[str, str] = {}
         self._tagged: dict[str, str] = {}
+        self._listed: dict[str, str] = {}
+        self._read: set[str] = set()
 
     def take(self, part: Columns) -> None:
         revisions = part.tables.get("revisions")
         seen = self._revisions
         if revisions:
-            repos, digests, targets = revisions[:3]
-            for repo, digest, target in zip(repos, digests, targets, strict=True):
-                seen.setdefault(cast(str, target if target is not None else digest), cast(str, repo))
+            repos, digests, targets, linked = revisions[:4]
+            for repo, digest, target, is_linked in zip(repos, digests, targets, linked, strict=True):
+                if is_linked:
+                    # A link whose content is unusable still names its own digest.
+                    seen.setdefault(cast(str, target if target is not None else digest), cast(str, repo))
         for table in ("tags", "tag_history"):
             columns = part.tables.get(table)
             if columns:
@@ -303,11 +311,25 @@ class _ManifestItems:
                 for repo, digest in zip(columns[0], columns[2], strict=True):
                     if digest is not None and digest not in seen:
                         tagged.setdefault(cast(str, digest), cast(str, repo))
+        if part.listed:
+            read, listed = self._read, self._listed
+            for repo, digest in part.listed:
+                if digest not in read:
+                    listed.setdefault(digest, repo)
 
-    @property
-    def items(self) -> list[tuple[str, str]]:
+    def first(self) -> list[tuple[str, str]]:
+        """What the revisions and tags name; marked read."""
         items = [(repo, manifest) for manifest, repo in self._revisions.items()]
         items += [(repo, manifest) for manifest, repo in self._tagged.items() if manifest not in self._revisions]
+        self._read.update(manifest for _, manifest in items)
+        self._revisions, self._tagged = {}, {}
+        return items
+
+    def next(self) -> list[tuple[str, str]]:
+        """What the lists and indexes read since the last call name and nothing read yet was; marked read."""
+        items = [(repo, manifest) for manifest, repo in self._listed.items()]
+        self._read.update(self._listed)
+        self._listed = {}
         return items
 
 
@@ -437,9 +459,13 @@ def _walk_with(
     ahead = workers * JOBS_AHEAD_PER_WORKER
     manifests = _ManifestItems()
     _run(pool, ahead, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
-    manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.items, repo_batches)]
-    del manifests
-    _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink], findings, last=True)
+    manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.first(), repo_batches)]
+    _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink, manifests], findings, last=True)
+    # The children only a list names (their revision links deleted) are few: read here, not by the
+    # workers, which are gone by now; an index may list an index, hence the rounds.
+    while listed := manifests.next():
+        jobs = [("manifests", (v2, listed, rows, True))]
+        _run(None, 0, read_manifest_units, jobs, progress, [sink, manifests], findings)
     return sink, findings
 
 

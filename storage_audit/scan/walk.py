@@ -308,9 +308,10 @@ class Walker:
 
     # -- manifests ----------------------------------------------------------
 
-    def read_manifests(self, items: list[tuple[str, str]]) -> None:
-        """Parse the manifest blob of each (repository, digest) given, when it is a regular file."""
-        read_manifests(self.rec, items)
+    def read_manifests(self, items: list[tuple[str, str]], listed: bool = False) -> None:
+        """Parse the manifest blob of each (repository, digest) given, when it is a regular file (see
+        manifest_files.read_manifests)."""
+        read_manifests(self.rec, items, listed)
 
 
 def walk_units(
@@ -330,10 +331,12 @@ def walk_units(
     return walker.part.columns(rows)
 
 
-def read_manifest_units(v2: Storage | str, items: list[tuple[str, str]], rows: bool = True) -> Columns:
-    """Parse the given manifests (a worker's share of a scan); see Part.columns."""
+def read_manifest_units(
+    v2: Storage | str, items: list[tuple[str, str]], rows: bool = True, listed: bool = False
+) -> Columns:
+    """Parse the given manifests (a worker's share of a scan; `listed`: known only from lists); see Part.columns."""
     walker = Walker(v2)
-    walker.read_manifests(items)
+    walker.read_manifests(items, listed)
     return walker.part.columns(rows)
 
 

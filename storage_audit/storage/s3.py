@@ -18,6 +18,7 @@ from storage_audit.core.paths import (
     LINK_READ,
     BlobData,
     Blobs,
+    Digest,
     LayerLink,
     RevisionLink,
     TagCurrentLink,
@@ -703,6 +704,7 @@ class _EarlyManifests:
             cached = storage.cache.get(digest, info)
             if cached is not None:
                 storage._known[path] = cached
+                self._children(cached)
                 return
         async with self.semaphore:
             try:
@@ -715,10 +717,29 @@ class _EarlyManifests:
         storage._known[path] = data
         if storage.cache is not None:
             storage.cache.put(digest, data)
+        self._children(data)
+
+    def _children(self, data: bytes) -> None:
+        """Start the GETs of the manifests that the list or index `data` names: a child whose revision link
+        was deleted is read by the scan too, and no revision link asks for it here."""
+        if b'"manifests"' not in data:
+            return  # no list or index: spares parsing every image manifest
+        from storage_audit.core.manifest import parse_manifest
+
+        for ref in parse_manifest(data).references:
+            if ref.ref_type == "child":
+                blob = path_for(BlobData(Digest.parse(ref.digest)))
+                if blob in self.index.files:
+                    self._start(blob)
+                else:
+                    self.wanted.add(blob)
 
     async def finish(self) -> None:
-        """Wait for every GET started."""
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        """Wait for every GET started, those that a list's GET starts while this waits included."""
+        waited = 0
+        while waited < len(self.tasks):
+            started, waited = self.tasks[waited:], len(self.tasks)
+            await asyncio.gather(*started, return_exceptions=True)
 
     def cancel(self) -> None:
         """Drop the GETs still running: the listing failed, so nothing will be read."""
