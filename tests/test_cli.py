@@ -140,8 +140,9 @@ def test_safe_mode_warns_where_the_stock_collector_differs(fixture_root) -> None
 
 
 def test_table_fits_80_columns(fixture_root) -> None:  # type: ignore[no-untyped-def]
+    # Piped, a table takes COLUMNS and keeps every column, wrapping cells to fit.
     for command in (["untagged", "--gc-compatible"], ["orphans", "-m"]):
-        _, out, _ = cli(command[0], str(fixture_root("basic")), *command[1:], "-q")
+        _, out, _ = cli(command[0], str(fixture_root("basic")), *command[1:], "-q", env={"COLUMNS": "80"})
         assert max(len(line) for line in out.splitlines()) <= 80
 
 

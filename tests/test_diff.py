@@ -211,7 +211,7 @@ def test_diff_by_blob_lists_the_blobs_pushed_and_in_reverse_removed(history: His
     }
     total = humanize.naturalsize(sum(pushed.values()), binary=True)
     assert f"+{total} physical in " in err
-    assert f": {len(pushed)} blobs added ({total}), 0 blobs removed (0 Bytes)" in err
+    assert f": {len(pushed)} blobs added ({total}), 0 blobs removed (0 B)" in err
 
     rows, err = diff_json(str(history.new), str(history.old), "--by", "blob")
     assert {r["digest"]: (r["change"], r["size"], r["delta_bytes"]) for r in rows} == {
@@ -259,9 +259,9 @@ def test_the_same_tree_twice_changes_nothing(snapshots: tuple[Path, Path]) -> No
         rows, err = diff_json(*map(str, snapshots), "--by", by)
         assert rows == []
         assert "warning" not in err
-    assert err.strip().endswith("0 blobs added (0 Bytes), 0 blobs removed (0 Bytes)")
+    assert err.strip().endswith("0 blobs added (0 B), 0 blobs removed (0 B)")
     _, err = diff_json(*map(str, snapshots))
-    assert err.strip().startswith("+0 Bytes in ") and err.strip().endswith(": no tag, repository or manifest changed")
+    assert err.strip().startswith("+0 B in ") and err.strip().endswith(": no tag, repository or manifest changed")
 
 
 def test_other_versions_and_roots_warn_and_still_diff(snapshots: tuple[Path, Path]) -> None:

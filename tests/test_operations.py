@@ -171,7 +171,7 @@ def test_diff_is_the_commands(by: DiffBy, basic: Path, snapshot: Path, tmp_path:
     found = diff(resolve(snapshot), resolve(basic), DiffOptions(by, names=(str(snapshot), str(basic))))
     assert found.unreadable == [] and found.result.frame.empty  # the same tree, before and after
     assert as_json(found.view(), tmp_path) == cli("diff", snapshot, basic, "--by", by.value, "-f", "json", "-q")[1]
-    assert found.summary().startswith("+0 Bytes ")
+    assert found.summary().startswith("+0 B ")
 
 
 def test_plan_and_apply_are_the_commands(

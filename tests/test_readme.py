@@ -198,6 +198,7 @@ def test_the_doc_pages_show_runnable_commands() -> None:
 # it is shown with, and a choice it is given is one of its choices.
 COMMANDS = typer.main.get_command(app)
 SUBCOMMANDS = COMMANDS.commands  # type: ignore[attr-defined]
+TOP_LEVEL = {opt: param for param in COMMANDS.params for opt in param.opts}
 
 
 def shown_commands(page: Path) -> list[list[str]]:
@@ -227,7 +228,9 @@ def check_options(command: str, words: list[str], where: str) -> int:
             continue
         assert name in options, (where, command, name)
         param = options[name]
-        choices = getattr(param.type, "choices", None)
+        # An option that takes one of a few values names them in its metavar, `[table|csv|json]`.
+        named = re.fullmatch(r"\[([\w|]+)\]", param.metavar or "")
+        choices = None if named is None else named.group(1).split("|")
         if choices is not None and i + 1 < len(words) and re.fullmatch(r"[a-z]+", words[i + 1]):
             assert words[i + 1] in choices, (where, command, name, words[i + 1])
         checked += 1
@@ -239,8 +242,10 @@ def test_every_option_shown_is_one_the_command_takes(page: Path) -> None:
     checked = 0
     for words in shown_commands(page):
         words = [w.strip("\"'") for w in words]
-        while words and words[0] in ("--debug", "--version"):
-            words = words[1:]
+        while words and words[0].startswith("-"):
+            # The global options before the command: --debug, --version, --show-completion SHELL.
+            assert words[0] in TOP_LEVEL, (page.name, words)
+            words = words[1:] if TOP_LEVEL[words[0]].is_flag else words[2:]
         if words and words[0] in SUBCOMMANDS:
             checked += check_options(words[0], words[1:], page.name)
     # Enough found to show the search works: the walkthrough's, and the examples of every command.

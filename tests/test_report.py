@@ -450,7 +450,8 @@ def test_repository_filter(fixture_root) -> None:  # type: ignore[no-untyped-def
 def test_tables_fit_80_columns(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
     for by in PINNED_COLUMNS:
-        code, out, _ = cli("report", root, "--by", by)
+        # Piped, a table takes the width COLUMNS says.
+        code, out, _ = cli("report", root, "--by", by, env={"COLUMNS": "80"})
         assert code == 0
         assert max(len(line) for line in out.splitlines()) <= 80, out
         assert by == "summary" or "total (" in out

@@ -1,100 +1,99 @@
-"""The command line: the typer app of every command, the global options, and failures mapped to exit codes.
+"""The command line: the typer app of every command, the global options, and shell completion.
 
 Each command lives in a module of its own, parses its arguments, calls one
 operation of `storage_audit.operations` and renders what it returns. They
 import the library's analysis when they run: pandas and the analysis take
-about a second to load, which `--help` need not wait for, and which a scan
-spends loading them while its workers already read the tree.
+about a second to load, which `--help` and the shell's completion need not
+wait for, and which a scan spends loading them while its workers already read
+the tree.
+
+The completion scripts and the protocol between them and the command
+(`_STORAGE_AUDIT_COMPLETE=complete_bash` and the like) are typer's. Its own
+`--show-completion` names no shell: it prints the script of the shell it
+detects, whatever word follows. Here `--show-completion SHELL` names the shell,
+and `--install-completion` installs the script of the shell it runs in.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-import traceback
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
-from typer.core import TyperCommand
+import typer.completion
 
-from storage_audit.cli.apply import apply
-from storage_audit.cli.check import check
-from storage_audit.cli.collect import orphans, untagged
-from storage_audit.cli.diff import diff
-from storage_audit.cli.output import buffered_stdout, closed_pipe, end_on_closed_pipe
-from storage_audit.cli.plan import plan
-from storage_audit.cli.render import err, say
-from storage_audit.cli.report import report
-from storage_audit.cli.scan import scan
-from storage_audit.core.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, AuditError
+from storage_audit.cli import apply, check, collect, diff, plan, report, scan
+from storage_audit.cli.options import PROG, AuditCommand, choices, report_failure
+from storage_audit.cli.output import buffered_stdout
+from storage_audit.core.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 from storage_audit.core.version import __version__
 
-__all__ = ["EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "app", "main"]
+__all__ = ["COMPLETE_VAR", "EXIT_FINDINGS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "Shell", "app", "main"]
+
+COMPLETE_VAR = "_STORAGE_AUDIT_COMPLETE"
+"""The variable through which a shell's completion script asks the command for completions (typer's name for it)."""
 
 
-def report_failure(exc: Exception, debug: bool) -> int:
-    """Say what went wrong in one line (after the traceback with --debug) and return the exit code."""
-    if debug:
-        err.print(Text("".join(traceback.format_exception(exc))), soft_wrap=True, end="")
-    if isinstance(exc, AuditError):
-        say(f"storage-audit: error: {exc}")
-        return exc.exit_code
-    say(f"storage-audit: internal error: {exc.__class__.__name__}: {exc}")
-    return EXIT_INTERNAL
+class Shell(StrEnum):
+    """The shells whose completion the command line writes."""
 
-
-class AuditCommand(TyperCommand):
-    """A command that maps failures to one line and an exit code, and names a required argument `PLAN`."""
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            try:
-                return super().invoke(ctx)
-            finally:
-                # What stdout still holds goes now, where a reader that went away is caught below.
-                sys.stdout.flush()
-        except OSError as exc:
-            if closed_pipe(exc):
-                end_on_closed_pipe()
-            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as exc:
-            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        # typer writes a required argument as `{PLAN}`.
-        return [
-            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
-            for piece in super().collect_usage_pieces(ctx)
-        ]
-
-
-def _debug(ctx: Any) -> bool:
-    """Whether the global --debug was given (it belongs to the parent context, the command group's)."""
-    parent = ctx.parent
-    return bool(parent is not None and parent.params.get("debug"))
+    BASH = "bash"
+    ZSH = "zsh"
+    FISH = "fish"
 
 
 app = typer.Typer(
-    name="storage-audit",
+    name=PROG,
     help="Audit a Docker/OCI registry's storage offline, straight from its volume.",
+    epilog="`storage-audit COMMAND --help` says what each command takes, with examples; the documentation is in docs/.",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["--help", "-h"]},
+    # The completion options are declared below, where --show-completion takes the shell's name.
     add_completion=False,
     pretty_exceptions_enable=False,
-    # click's plain help: rich's boxes cut option names at 80 columns.
+    # click's plain help: rich's panels cut long option names at 80 columns.
     rich_markup_mode=None,
 )
 
-for command in (scan, untagged, orphans, report, diff, plan, apply, check):
-    app.command(cls=AuditCommand)(command)
+# In the order a session uses them, which is the order `--help` lists them in.
+for command, about in (
+    (scan.scan, scan.HELP),
+    (collect.untagged, collect.UNTAGGED_HELP),
+    (collect.orphans, collect.ORPHANS_HELP),
+    (report.report, report.HELP),
+    (check.check, check.HELP),
+    (diff.diff, diff.HELP),
+    (plan.plan, plan.HELP),
+    (apply.apply, apply.HELP),
+):
+    app.command(cls=AuditCommand, short_help=about.short, epilog=about.epilog(command.__name__))(command)
+
+# typer's completion classes answer `_STORAGE_AUDIT_COMPLETE=complete_bash` and the like (typer registers them
+# itself only with its own completion options).
+typer.completion.completion_init()
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"storage-audit {__version__}")
+        typer.echo(f"{PROG} {__version__}")
         raise typer.Exit()
+
+
+def _install_completion(ctx: typer.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    shell, path = typer.completion.install(prog_name=PROG, complete_var=COMPLETE_VAR)
+    typer.echo(f"{shell} completion installed in {path}; it takes effect in the next shell started")
+    raise typer.Exit()
+
+
+def _show_completion(ctx: typer.Context, shell: Shell | None) -> None:
+    if shell is None or ctx.resilient_parsing:
+        return
+    typer.echo(typer.completion.get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=shell.value))
+    raise typer.Exit()
 
 
 @app.callback()
@@ -108,15 +107,37 @@ def _main(
             "--debug", help="On an error, show its traceback before its one line. Give it before the command."
         ),
     ] = False,
+    install_completion: Annotated[
+        bool,
+        typer.Option(
+            "--install-completion",
+            callback=_install_completion,
+            is_eager=True,
+            expose_value=False,
+            help="Install the completion of the shell this runs in (bash, zsh or fish) and exit.",
+        ),
+    ] = False,
+    show_completion: Annotated[
+        Shell | None,
+        typer.Option(
+            "--show-completion",
+            metavar=choices(Shell),
+            callback=_show_completion,
+            is_eager=True,
+            expose_value=False,
+            help="Print the completion script of this shell and exit; docs/commands.md says where to put it.",
+        ),
+    ] = None,
 ) -> None:
     """Audit a Docker/OCI registry's storage offline, straight from its volume."""
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> Any:
     """Entry point: run the app; an exception that escapes it (none should) is one line and exit 1."""
     buffered_stdout()
     try:
-        app()
+        # The name and the variable fixed, whatever started the process (`python -m storage_audit` included).
+        app(args, prog_name=PROG, complete_var=COMPLETE_VAR)
     except Exception as exc:
         sys.exit(report_failure(exc, debug="--debug" in sys.argv[1:2]))
     finally:

@@ -7,11 +7,20 @@ from typing import Annotated
 
 import typer
 
-from storage_audit.cli.options import CacheDirOpt, NoCacheOpt, QuietOpt, RateOpt, fail, open_root, remote
+from storage_audit.cli.options import CacheDirOpt, Help, NoCacheOpt, QuietOpt, RateOpt, fail, open_root, remote
 from storage_audit.cli.render import apply_summary, err, planned, say, table
 from storage_audit.core.errors import EXIT_FINDINGS
 from storage_audit.core.text import count
 from storage_audit.operations import apply as applying
+
+HELP = Help(
+    "Carry out a reviewed plan: re-check each removal right before it, never remove what is in use.",
+    (
+        ("Say what the plan would remove, and free:", "plan.json --dry-run"),
+        ("Apply it, keeping what it removes to restore:", "plan.json --quarantine /srv/quarantine"),
+        ("Without asking, in a script:", "plan.json --yes --quiet"),
+    ),
+)
 
 
 def apply(

@@ -8,10 +8,10 @@ import typer
 
 from storage_audit.analysis.options import Format, ViewFormat
 from storage_audit.cli.options import (
-    DEFAULT_ROOT,
     CacheDirOpt,
     FormatOpt,
     GcCompatibleOpt,
+    Help,
     KeepReferrersOpt,
     NoCacheOpt,
     OutputOpt,
@@ -19,19 +19,39 @@ from storage_audit.cli.options import (
     RateOpt,
     RootArg,
     ScanWorkersOpt,
+    WideOpt,
     open_root,
     remote,
+    root_text,
 )
 from storage_audit.cli.output import emit
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import exit_if_unreadable, warn_gc_difference, warn_plain_gc_difference
 from storage_audit.operations import collect
 
+UNTAGGED_HELP = Help(
+    "List the manifests no tag needs, and what deleting each would free.",
+    (
+        ("The untagged manifests of the registry found by default:", ""),
+        ("Exactly those `registry garbage-collect --delete-untagged` deletes:", "/var/lib/registry --gc-compatible"),
+        ("Every row, for a spreadsheet:", "/var/lib/registry --format csv -o untagged.csv"),
+    ),
+)
+ORPHANS_HELP = Help(
+    "List the blobs nothing references, which a garbage collection removes.",
+    (
+        ("The blobs `registry garbage-collect` would remove:", ""),
+        ("And those that deleting untagged manifests would leave:", "/var/lib/registry --delete-untagged"),
+        ("Every row as JSON:", "/var/lib/registry -m --format json -o orphans.json"),
+    ),
+)
+
 
 def untagged(
-    root: RootArg = DEFAULT_ROOT,
+    root: RootArg = None,
     fmt: FormatOpt = ViewFormat.TABLE,
     output: OutputOpt = None,
+    wide: WideOpt = False,
     gc_compatible: GcCompatibleOpt = False,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
@@ -45,24 +65,25 @@ def untagged(
     Reached: a tag's current target, the children of a reached index (same
     repository), and artifacts whose subject is reached.
     """
-    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     options = collect.CollectOptions(keep_referrers=keep_referrers, gc_compatible=gc_compatible, compare_gc=not quiet)
     with reading(quiet, workers) as scan:
         found = collect.untagged(source, options, scan)
     if found.gc_difference is not None:
         warn_gc_difference(found.gc_difference)
-    emit(found.view, Format(fmt), output)
+    emit(found.view, Format(fmt), output, wide)
     exit_if_unreadable(found.unreadable)
 
 
 def orphans(
-    root: RootArg = DEFAULT_ROOT,
+    root: RootArg = None,
     delete_untagged: Annotated[
         bool,
         typer.Option("--delete-untagged", "-m", help="Keep only manifests a tag reaches (as garbage-collect -m)."),
     ] = False,
     fmt: FormatOpt = ViewFormat.TABLE,
     output: OutputOpt = None,
+    wide: WideOpt = False,
     gc_compatible: GcCompatibleOpt = False,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
@@ -72,7 +93,7 @@ def orphans(
     max_requests_per_second: RateOpt = None,
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
-    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     options = collect.CollectOptions(delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet)
     with reading(quiet, workers) as scan:
         found = collect.orphans(source, options, scan)
@@ -80,5 +101,5 @@ def orphans(
         warn_gc_difference(found.gc_difference)
     elif found.gc_difference is not None:
         warn_plain_gc_difference(found.gc_difference)
-    emit(found.view, Format(fmt), output)
+    emit(found.view, Format(fmt), output, wide)
     exit_if_unreadable(found.unreadable)

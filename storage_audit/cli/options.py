@@ -1,44 +1,163 @@
-"""The options the commands share, as `Annotated` types, and the parsing of what the library takes typed: ROOT with
-its object-storage options, durations, regular expressions, `-o -`."""
+"""The typer command every storage-audit command is (failures mapped to one line and an exit code, its examples
+last), the options the commands share as `Annotated` types, and the parsing of what the library takes typed: ROOT
+with its object-storage options and its default, whole numbers and rates in their ranges, durations, regular
+expressions, `-o -`."""
 
 from __future__ import annotations
 
 import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn, TypeVar
 
 import typer
+from rich.text import Text
+from typer.core import TyperCommand
 
 from storage_audit.analysis.options import ViewFormat
-from storage_audit.core.errors import UsageError
-from storage_audit.roots.resolve import Root, resolve
+from storage_audit.core.errors import EXIT_INTERNAL, AuditError, UsageError
+from storage_audit.roots.resolve import Root, find_default, resolve
 from storage_audit.storage.base import RemoteOptions
 
-DEFAULT_ROOT = "/var/lib/registry"
+PROG = "storage-audit"
 
-# Paths are checked by the commands, not by click, whose checks end in a box of five lines.
-RootArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="ROOT",
-        help="Registry root (holding docker/registry/v2), the v2 directory itself, "
-        "a snapshot directory written by `scan -o`, s3://BUCKET or s3://BUCKET/ROOTDIRECTORY, "
-        "or the registry's configuration file.",
-        show_default=True,
-        readable=False,
+
+def report_failure(exc: Exception, debug: bool) -> int:
+    """Say what went wrong in one line (after the traceback with --debug) and return the exit code."""
+    from storage_audit.cli.render import err, say
+
+    if debug:
+        err.print(Text("".join(traceback.format_exception(exc))), soft_wrap=True, end="")
+    if isinstance(exc, AuditError):
+        say(f"{PROG}: error: {exc}")
+        return exc.exit_code
+    say(f"{PROG}: internal error: {exc.__class__.__name__}: {exc}")
+    return EXIT_INTERNAL
+
+
+class AuditCommand(TyperCommand):
+    """A command that maps failures to one line and an exit code, names a required argument `PLAN`, and ends its
+    help with its examples (its epilog, written by `Help.epilog`) under their own heading, as its options are."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from storage_audit.cli.output import closed_pipe, end_on_closed_pipe
+
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                # What stdout still holds goes now, where a reader that went away is caught below.
+                sys.stdout.flush()
+        except OSError as exc:
+            if closed_pipe(exc):
+                end_on_closed_pipe()
+            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except Exception as exc:
+            raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        # typer writes a required argument as `{PLAN}`.
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        # As typer does, but an argument is named by its metavar alone: typer 0.29 adds its type (`ROOT <str>`).
+        sections: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                sections["Arguments"].append((param.metavar or record[0], record[1]))
+            else:
+                sections["Options"].append(record)
+        for title, records in sections.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        # At the margin, as "Options:" is: typer would indent it as a paragraph of the description.
+        if self.epilog:
+            formatter.write_paragraph()
+            formatter.write_text(self.epilog)
+
+
+def _debug(ctx: Any) -> bool:
+    """Whether the global --debug was given (it belongs to the parent context, the command group's)."""
+    parent = ctx.parent
+    return bool(parent is not None and parent.params.get("debug"))
+
+
+class Help(NamedTuple):
+    """What the list of commands says of a command, in a whole sentence, and the examples its help ends with: what
+    each does, and its arguments after `storage-audit COMMAND`."""
+
+    short: str
+    examples: tuple[tuple[str, str], ...]
+
+    def epilog(self, command: str) -> str:
+        """The examples as the command's epilog; `\\b` keeps a command line whole: it is copied, not read."""
+        lines = [f"  {what}\n    {PROG} {command} {args}".rstrip() for what, args in self.examples]
+        return "\b\nExamples:\n" + "\n".join(lines)
+
+
+def choices(enum: type[StrEnum]) -> str:
+    """The metavar of an option that takes one of an enum's values: `[table|csv|json]`, as click writes choices."""
+    return f"[{'|'.join(member.value for member in enum)}]"
+
+
+N = TypeVar("N", int, float)
+
+
+def at_least(minimum: N) -> Callable[[N | None], N | None]:
+    """A callback that refuses a number below `minimum`, in words (typer's `min=` writes `x>=1` in the help)."""
+
+    def check(value: N | None) -> N | None:
+        if value is not None and value < minimum:
+            raise typer.BadParameter(f"{value:g} is less than {minimum:g}, the least accepted")
+        return value
+
+    return check
+
+
+ROOT_HELP = (
+    "Registry root (holding docker/registry/v2), the v2 directory itself, a snapshot directory written by "
+    "`scan -o`, s3://BUCKET or s3://BUCKET/ROOTDIRECTORY, or the registry's configuration file. "
+    "Default: /etc/docker/registry/config.yml if it exists, else the first of /var/lib/registry and "
+    "/var/lib/docker-registry that holds docker/registry/v2."
+)
+
+# ROOT is text: a path, an s3:// URL or a configuration file, which roots.resolve tells apart. A path option is
+# `readable=False`: the commands check what they open, in one line, where typer's refusal is a box of lines.
+RootArg = Annotated[str | None, typer.Argument(metavar="ROOT", help=ROOT_HELP, show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary on stderr.")]
+WideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        "-w",
+        help="A table keeps every column, wrapping cells, where a terminal too narrow for it would see the least "
+        "needed ones left out (stderr names them). Piped or written to a file, a table always keeps every column.",
     ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary on stderr.")]
 ScanWorkersOpt = Annotated[
     int | None,
     typer.Option(
         "--workers",
         "-j",
-        min=1,
         metavar="N",
+        callback=at_least(1),
         help="Processes that read the tree (default: one per CPU, up to 8, once it holds about 5,000 blobs; "
-        "1 below that). More than the CPUs can pay off on a slow network volume.",
+        "1 below that). More than the CPUs can pay off on a slow network volume.  [at least 1]",
     ),
 ]
 
@@ -47,6 +166,8 @@ CacheDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--cache-dir",
+        metavar="DIR",
+        readable=False,
         help="Object storage: where manifests are cached by digest "
         "(default: $XDG_CACHE_HOME/storage-audit, else ~/.cache/storage-audit).",
     ),
@@ -56,8 +177,10 @@ RateOpt = Annotated[
     float | None,
     typer.Option(
         "--max-requests-per-second",
-        min=0.001,
-        help="Object storage: start at most this many requests a second (AWS answers 503 SlowDown to bursts).",
+        metavar="RATE",
+        callback=at_least(0.001),
+        help="Object storage: start at most this many requests a second (AWS answers 503 SlowDown to bursts).  "
+        "[at least 0.001]",
     ),
 ]
 
@@ -69,7 +192,12 @@ def stdout_dash(value: Path | None) -> Path | None:
 
 FormatOpt = Annotated[
     ViewFormat,
-    typer.Option("--format", "-f", help="Output: a table for people, or csv, json, parquet (needs -o)."),
+    typer.Option(
+        "--format",
+        "-f",
+        metavar=choices(ViewFormat),
+        help="Output: a table for people, or csv, json, parquet (needs -o).",
+    ),
 ]
 OutputOpt = Annotated[
     Path | None,
@@ -109,28 +237,47 @@ def remote(cache_dir: Path | None, no_cache: bool, max_requests_per_second: floa
     return RemoteOptions(cache=not no_cache, cache_dir=cache_dir, max_requests_per_second=max_requests_per_second)
 
 
+def root_text(root: str | None, quiet: bool) -> str:
+    """ROOT as given, or, when none was, the registry found where one is kept by default, said on stderr once
+    (not with --quiet); raises RootError naming every place looked at when there is none."""
+    if root is not None:
+        return root
+    from storage_audit.cli.render import say
+
+    found = find_default()
+    if not quiet:
+        say(f"ROOT: {found}, found by default")
+    return str(found.path)
+
+
 def open_root(root: str, options: RemoteOptions) -> Root:
     """The storage tree or snapshot ROOT designates; raises RootError."""
     return resolve(root, options)
 
 
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 # Times are pandas timestamps, which begin in 1677: 100,000 days (274 years) back from now stays inside.
 MAX_DURATION_DAYS = 100_000
+_DURATION = re.compile(r"(?:\d+[wdhms])+")
+_DURATION_PART = re.compile(r"(\d+)([wdhms])")
 
 
 def parse_duration(text: str, option: str) -> timedelta:
-    """`30d`, `12h`, `90m`, `0s`, `2w` -> timedelta; anything else, or over MAX_DURATION_DAYS, is a usage error."""
-    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if match is None:
-        fail(f"{option}: {text!r} is not a duration such as 30d, 12h, 90m or 0s")
-    seconds = int(match.group(1)) * DURATION_UNITS[match.group(2)]
+    """`30d`, `1d12h`, `1h30m` (as the registry's own Go durations), `90m`, `0s`, `2w` -> timedelta.
+
+    A duration is whole numbers of weeks, days, hours, minutes and seconds written one after another, in any
+    order, as Go's time.ParseDuration reads them. Anything else, or over MAX_DURATION_DAYS, is a usage error.
+    """
+    written = text.strip()
+    if _DURATION.fullmatch(written) is None:
+        fail(f"{option}: {text!r} is not a duration such as 30d, 1d12h, 1h30m, 90m or 0s")
+    seconds = sum(int(n) * DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(written))
     if seconds > MAX_DURATION_DAYS * DURATION_UNITS["d"]:
         fail(f"{option}: {text!r} is longer than {MAX_DURATION_DAYS}d, the longest duration accepted")
     return timedelta(seconds=seconds)
 
 
-def parse_regexes(patterns: list[str] | None, option: str) -> tuple[str, ...]:
+def parse_regexes(patterns: Sequence[str] | None, option: str) -> tuple[str, ...]:
     """The patterns, each checked to be a regular expression; a usage error names the first that is not."""
     for pattern in patterns or []:
         try:

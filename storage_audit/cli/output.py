@@ -26,29 +26,42 @@ if TYPE_CHECKING:
     from storage_audit.core.view import View
 
 
-def emit(view: View, fmt: Format, output: Path | None) -> None:
-    """Write a result to `output`, or to stdout when None."""
+def emit(view: View, fmt: Format, output: Path | None, wide: bool = False) -> None:
+    """Write a result to `output`, or to stdout when None; a table for people says on stderr which of its columns
+    it left out to fit the terminal, and how to see them."""
     from storage_audit.output.formats import write
 
     with _writing(output):
-        write(view, fmt, output)
+        if fmt is not Format.TABLE:
+            write(view, fmt, output)
+            return
+        from storage_audit.output.table import show
+
+        shown = show(view, output, wide)
+    if shown.left_out:
+        from storage_audit.cli.render import say
+
+        say(
+            f"storage-audit: the table leaves out {', '.join(shown.left_out)} to fit {shown.given} columns; "
+            "--wide (-w) keeps every column"
+        )
 
 
-def emit_tables(views: list[View], output: Path | None) -> None:
+def emit_tables(views: list[View], output: Path | None, wide: bool = False) -> None:
     """Write tables one after another, to stdout or to one file."""
     from rich.console import Console
 
-    from storage_audit.output.table import MIN_WIDTH
+    from storage_audit.output.table import columns_wanted
     from storage_audit.output.table import render as render_table
 
     if output is None:
         for view in views:
-            emit(view, Format.TABLE, None)
+            emit(view, Format.TABLE, None, wide)
         return
     with _writing(output), open(output, "w", encoding="utf-8") as fh:
-        console = Console(file=fh, width=MIN_WIDTH, no_color=True)
+        console = Console(file=fh, width=1 << 16, no_color=True)
         for view in views:
-            render_table(view, console)
+            render_table(view, console, columns_wanted(), fit=not wide)
 
 
 def emit_text(text: str, output: Path | None) -> None:

@@ -9,19 +9,22 @@ import typer
 
 from storage_audit.analysis.options import PlanFormat
 from storage_audit.cli.options import (
-    DEFAULT_ROOT,
     CacheDirOpt,
+    Help,
     KeepReferrersOpt,
     NoCacheOpt,
     QuietOpt,
     RateOpt,
     RootArg,
     ScanWorkersOpt,
+    at_least,
+    choices,
     fail,
     open_root,
     parse_duration,
     parse_regexes,
     remote,
+    root_text,
     stdout_dash,
 )
 from storage_audit.cli.output import emit_text
@@ -29,9 +32,21 @@ from storage_audit.cli.progress import reading
 from storage_audit.cli.render import table, warn_held_back
 from storage_audit.operations import plan as planning
 
+HELP = Help(
+    "Write a deletion plan to review, from retention rules; it deletes nothing itself.",
+    (
+        ("Untagged manifests and orphan blobs, for `apply`:", "/var/lib/registry --delete-untagged -o plan.json"),
+        (
+            "Keep the last 10 tags per repository, and uploads abandoned for a week:",
+            "--keep-last 10 --uploads-older-than 7d -o plan.json",
+        ),
+        ("The tags of team/* pushed over 90 days ago, as a script:", "--older-than 90d --repository 'team/*' -f sh"),
+    ),
+)
+
 
 def plan(
-    root: RootArg = DEFAULT_ROOT,
+    root: RootArg = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -54,10 +69,10 @@ def plan(
         int | None,
         typer.Option(
             "--keep-last",
-            min=0,
             metavar="N",
+            callback=at_least(0),
             help="Per repository, keep the N most recently pushed tags; "
-            "delete the other tags, then their manifests if nothing else reaches them.",
+            "delete the other tags, then their manifests if nothing else reaches them.  [at least 0]",
         ),
     ] = None,
     keep_tag: Annotated[
@@ -79,7 +94,7 @@ def plan(
         typer.Option(
             "--older-than",
             metavar="DURATION",
-            help="Delete every tag pushed before this long ago (30d, 12h, 0s), then the manifests only such tags "
+            help="Delete every tag pushed before this long ago (30d, 1d12h, 0s), then the manifests only such tags "
             "reach: alone, a rule that deletes, not a filter. With --keep-last, only tags beyond the last N that "
             "are also this old; with --delete-untagged, only untagged manifests this old.",
         ),
@@ -118,6 +133,7 @@ def plan(
         typer.Option(
             "--format",
             "-f",
+            metavar=choices(PlanFormat),
             help="json: the plan `apply` reads; sh: a reviewable shell script; http: curl DELETEs for a live registry.",
         ),
     ] = PlanFormat.JSON,
@@ -144,7 +160,7 @@ def plan(
         keep_tags=parse_regexes(keep_tag, "--keep-tag"),
         only_tags=parse_regexes(only_tag, "--only-tag"),
         older_than=None if older_than is None else parse_duration(older_than, "--older-than"),
-        repositories=tuple(repository or []),
+        repositories=tuple(repository or ()),
         uploads_older_than=None
         if uploads_older_than is None
         else parse_duration(uploads_older_than, "--uploads-older-than"),
@@ -152,7 +168,7 @@ def plan(
         min_age=parse_duration(min_age, "--min-age"),
         keep_referrers=keep_referrers,
     )
-    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     options = planning.PlanOptions(fmt, registry_url)
     refused = planning.refusal(source, options)
     if refused is not None:

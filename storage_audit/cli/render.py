@@ -32,9 +32,9 @@ def say(message: str) -> None:
 
 def table(view: View) -> None:
     """A table for people on stderr."""
-    from storage_audit.output.table import render
+    from storage_audit.output.table import columns_wanted, render
 
-    render(view, err)
+    render(view, err, err.width if err.is_terminal else columns_wanted())
 
 
 def exit_if_unreadable(paths: list[str]) -> None:

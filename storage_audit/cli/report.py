@@ -10,17 +10,21 @@ import typer
 from storage_audit.analysis.options import By, Format, ReportFormat, ReportOptions
 from storage_audit.analysis.options import check as check_options
 from storage_audit.cli.options import (
-    DEFAULT_ROOT,
     CacheDirOpt,
+    Help,
     NoCacheOpt,
     OutputOpt,
     QuietOpt,
     RateOpt,
     RootArg,
     ScanWorkersOpt,
+    WideOpt,
+    at_least,
+    choices,
     fail,
     open_root,
     remote,
+    root_text,
 )
 from storage_audit.cli.output import emit, emit_text
 from storage_audit.cli.progress import reading
@@ -28,23 +32,40 @@ from storage_audit.cli.render import exit_if_unreadable, say
 from storage_audit.core.text import size
 from storage_audit.operations import report as reporting
 
+HELP = Help(
+    "Show where the space goes: totals, or a row per repository, tag, manifest, blob or upload, "
+    "as a table, CSV, JSON, Parquet, Prometheus metrics or one HTML page.",
+    (
+        ("The 20 repositories that keep the most bytes:", "/var/lib/registry --by repository --top 20"),
+        ("The tags of one team, as CSV:", "--by tag --repository 'team/*' -f csv"),
+        ("One page of charts and tables to open in a browser:", "/var/lib/registry -f html -o report.html"),
+    ),
+)
+
 
 def report(
-    root: RootArg = DEFAULT_ROOT,
-    by: Annotated[By, typer.Option("--by", "-b", help="What each row is; summary is one set of totals.")] = By.SUMMARY,
+    root: RootArg = None,
+    by: Annotated[
+        By, typer.Option("--by", "-b", metavar=choices(By), help="What each row is; summary is one set of totals.")
+    ] = By.SUMMARY,
     fmt: Annotated[
         ReportFormat,
         typer.Option(
             "--format",
             "-f",
+            metavar=choices(ReportFormat),
             help="Output: a table for people, or csv, json, parquet (needs -o), "
             "prometheus: every metric, for node_exporter's textfile collector, "
             "or html: one page of charts and tables of the whole storage (needs -o).",
         ),
     ] = ReportFormat.TABLE,
     output: OutputOpt = None,
+    wide: WideOpt = False,
     top: Annotated[
-        int | None, typer.Option("--top", "-n", min=1, metavar="N", help="Keep only the first N rows.")
+        int | None,
+        typer.Option(
+            "--top", "-n", metavar="N", callback=at_least(1), help="Keep only the first N rows.  [at least 1]"
+        ),
     ] = None,
     sort: Annotated[
         str | None,
@@ -86,6 +107,7 @@ def report(
     check_options(options)
     if fmt is ReportFormat.PROMETHEUS and options != ReportOptions():
         fail("--format prometheus writes every metric: it takes no --by, --repository, --sort or --top")
+    root = root_text(root, quiet)
     source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
     if fmt is ReportFormat.HTML:
         with reading(quiet, workers) as scan:
@@ -105,5 +127,5 @@ def report(
         found = reporting.report(source, options, scan)
     # --top asks for that many rows: a table shows them all, past its usual limit.
     view = replace(found.view(table=fmt is ReportFormat.TABLE), table_rows=top)
-    emit(view, Format(fmt), output)
+    emit(view, Format(fmt), output, wide)
     exit_if_unreadable(found.unreadable)

@@ -8,24 +8,38 @@ from typing import Annotated
 import typer
 
 from storage_audit.cli.options import (
-    DEFAULT_ROOT,
     CacheDirOpt,
+    Help,
     NoCacheOpt,
     QuietOpt,
     RateOpt,
     RootArg,
     ScanWorkersOpt,
+    at_least,
     fail,
     open_root,
     remote,
+    root_text,
 )
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import exit_if_unreadable, say, say_pruned, scan_summary
 from storage_audit.operations import scan as scanning
 
+HELP = Help(
+    "Read the whole storage once and count what it holds; -o DIR keeps it as a snapshot.",
+    (
+        ("Count what the registry found by default holds:", ""),
+        (
+            "Keep a snapshot, which every other command reads as it reads the tree:",
+            "/var/lib/registry -o /srv/audit/w49",
+        ),
+        ("Keep the 30 newest snapshots in /srv/audit, quietly:", "-o /srv/audit/w49 --keep 30 --quiet"),
+    ),
+)
+
 
 def scan(
-    root: RootArg = DEFAULT_ROOT,
+    root: RootArg = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -40,10 +54,10 @@ def scan(
         int | None,
         typer.Option(
             "--keep",
-            min=1,
             metavar="N",
+            callback=at_least(1),
             help="With -o DIR: keep the N newest snapshots in DIR's parent directory (DIR included) and remove "
-            "older ones; only storage-audit snapshots are ever removed.",
+            "older ones; only storage-audit snapshots are ever removed.  [at least 1]",
         ),
     ] = None,
     quiet: QuietOpt = False,
@@ -62,7 +76,7 @@ def scan(
         fail("-o -: a snapshot is a directory, not stdout")
     if output is not None:
         scanning.check_target(output)
-    source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
+    source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     snapshot = None if output is None else scanning.SnapshotOptions(output, keep)
     with reading(quiet, workers) as options:
         survey = scanning.survey(source, options, snapshot)

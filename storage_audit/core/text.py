@@ -36,5 +36,11 @@ def count(n: int, singular: str, plural: str | None = None) -> str:
 
 
 def size(n: float) -> str:
-    """A number of bytes in binary units, as every table, message and page shows sizes: `1.5 GiB`, `512 Bytes`."""
+    """A number of bytes in binary units, as every table, message and page shows sizes: `913 B`, `11.4 KiB`,
+    `1.5 GiB`.
+
+    humanize's binary sizes, but for its "913 Bytes" and "1 Byte": a byte is `B` beside `KiB` as in them.
+    """
+    if abs(n) < 1024:
+        return f"{round(n)} B"
     return humanize.naturalsize(n, binary=True)

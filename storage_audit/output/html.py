@@ -11,6 +11,7 @@ The page is a jinja2 template in the package (templates/report.html.j2).
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -216,6 +217,25 @@ def treemap(repositories: pd.DataFrame, limit: int) -> Any:
     return _layout(fig, 560)
 
 
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def binary_ticks(top: int, most: int = 6) -> tuple[list[int], list[str]]:
+    """Ticks of a bytes axis from 0 past `top`: round numbers of one binary unit (0, 256 MiB, 512 MiB, ...),
+    at most `most` + 1 of them, each labelled in that unit."""
+    power = 0
+    while power < len(UNITS) - 1 and top >= 1024 ** (power + 1):
+        power += 1
+    unit = 1024**power
+    # A step of 1, 2 or 5 times a power of ten, of 256 or 512 (a quarter and a half of the next unit), or of a
+    # quarter or a half of the unit itself, for an axis that ends below 3 of them.
+    steps = ([0.25, 0.5] if power else []) + sorted({m * 10**e for e in range(4) for m in (1, 2, 5)} | {256, 512})
+    step = next((s for s in steps if top / unit / s <= most), steps[-1])
+    count = max(1, math.ceil(top / (step * unit)))
+    ticks = [round(i * step * unit) for i in range(count + 1)]
+    return ticks, ["0 B" if i == 0 else f"{i * step:,g} {UNITS[power]}" for i in range(count + 1)]
+
+
 def _bars(labels: list[str], values: list[int], hover: list[str], color: str, height: int | None = None) -> Any:
     import plotly.graph_objects as go
 
@@ -232,7 +252,9 @@ def _bars(labels: list[str], values: list[int], hover: list[str], color: str, he
         )
     )
     fig.update_yaxes(autorange="reversed", automargin=True)
-    fig.update_xaxes(tickformat=".2s", ticksuffix="B", title_text="bytes")
+    ticks, ticktext = binary_ticks(max(values, default=0))
+    # plotly's own ticks are SI (GB for 10^9 bytes): these are the binary units of every size on the page.
+    fig.update_xaxes(tickvals=ticks, ticktext=ticktext, title_text="bytes", range=[0, max(ticks[-1], 1) * 1.02])
     return _layout(fig, height or max(160, 60 + 22 * len(labels)))
 
 

@@ -1,11 +1,12 @@
-"""Resolve ROOT once, into what it designates: a local tree, a bucket or a snapshot (from a path, a URL or a config)."""
+"""Resolve ROOT once, into what it designates: a local tree, a bucket or a snapshot (from a path, a URL or a config);
+and where to look for a registry when no ROOT is given."""
 
 from __future__ import annotations
 
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,6 +161,67 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
     raise RootError(
         f"{root}: not a registry root (no {V2_BELOW_ROOT}), not a v2 directory, "
         f"and not a snapshot written by `storage-audit scan -o`"
+    )
+
+
+# -- ROOT when none is given ---------------------------------------------------------------------
+
+CONFIG = Path("/etc/docker/registry/config.yml")
+"""The configuration Debian's `docker-registry` package and the `registry:2` image both keep."""
+
+CANDIDATES: tuple[Path, ...] = (CONFIG, Path("/var/lib/registry"), Path("/var/lib/docker-registry"))
+"""Looked at in this order: the configuration (which names the tree, wherever it is), the tree of the
+`registry:2` image (`/var/lib/registry`), then the tree of Debian's package (`/var/lib/docker-registry`)."""
+
+
+@dataclass(frozen=True)
+class DefaultRoot:
+    """The ROOT chosen for a command given none, and what it is."""
+
+    path: Path
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.what})"
+
+
+def _why_not(path: Path) -> str | None:
+    """Why `path` is no registry to read by default, or None when it is one: a configuration file, or a
+    directory holding docker/registry/v2."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not there"
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    if stat.S_ISREG(mode):
+        return None
+    if not stat.S_ISDIR(mode):
+        return "neither a file nor a directory"
+    try:
+        tree = os.stat(path / V2_BELOW_ROOT).st_mode
+    except OSError:
+        return f"no {V2_BELOW_ROOT} in it"
+    return None if stat.S_ISDIR(tree) else f"no {V2_BELOW_ROOT} in it"
+
+
+def find_default(candidates: Sequence[Path] | None = None) -> DefaultRoot:
+    """The first of `candidates` (default: CANDIDATES, in their order) that is a regular file, taken for the
+    registry's configuration, or a directory holding docker/registry/v2.
+
+    Raises RootError naming every place looked at, and why each was passed over, when none is.
+    """
+    tried = []
+    for path in CANDIDATES if candidates is None else candidates:
+        why = _why_not(path)
+        if why is None:
+            regular = os.path.isfile(path)
+            return DefaultRoot(path, "the registry's configuration" if regular else "a registry's storage tree")
+        tried.append(f"{path} ({why})")
+    raise RootError(
+        f"no ROOT given, and no registry where one is kept by default: {', '.join(tried)}; "
+        f"give ROOT: the directory holding {V2_BELOW_ROOT}, the registry's configuration file, "
+        "s3://BUCKET[/ROOTDIRECTORY] or a snapshot"
     )
 
 
