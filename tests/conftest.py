@@ -73,12 +73,12 @@ def _command() -> click.Command:
 
 def cli(
     *args: str | Path,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     input: str | None = None,
     expect: Collection[int] | None = None,
 ) -> Ran:
-    """Run `storage-audit ARGS...` in this process, with `env` laid over the environment and `input` as stdin;
-    with `expect`, the exit code must be one of those.
+    """Run `storage-audit ARGS...` in this process, with `env` laid over the environment (None unsets a
+    variable) and `input` as stdin; with `expect`, the exit code must be one of those.
 
     The tool turns every failure into an exit code and a line on stderr: an
     exception that escapes it is a bug, and fails the calling test with its traceback.
