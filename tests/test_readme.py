@@ -209,7 +209,8 @@ def shown_commands(page: Path) -> list[list[str]]:
     pieces += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
     shown = []
     for piece in pieces:
-        for command in re.findall(r"(?:^|[\s(;])storage-audit\s+([^|;)]*)", piece):
+        # storage-audit as a command, not as the name an image is tagged with (`podman build -t storage-audit`).
+        for command in re.findall(r"(?:^|[\s(;])(?<!-t )storage-audit\s+([^|;)]*)", piece):
             shown.append(command.split())
         words = piece.split()
         if len(words) > 1 and words[0] in SUBCOMMANDS and any(w.startswith("-") for w in words[1:]):
