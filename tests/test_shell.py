@@ -91,7 +91,8 @@ def test_without_root_a_debian_host_reads_its_configuration_and_says_so(
     assert code == 0, err
     assert err == f"ROOT: {config} (the registry's configuration), found by default\n"
     assert out == cli("report", str(debian), "-f", "json")[1]
-    code, _, err = cli("untagged", "-q")
+    # Wide enough for every column: a narrower table would say on stderr which it left out.
+    code, _, err = cli("untagged", "-q", env={"COLUMNS": "200"})
     assert (code, err) == (0, "")
 
 
