@@ -397,12 +397,13 @@ def through_head(args: list[str]) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def big_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generated snapshot whose views are far bigger than what a pipe holds (64 KiB)."""
+    """A generated snapshot whose views are far bigger than what a pipe holds (64 KiB): the smallest, orphans as CSV,
+    is some 160 KiB (at 12,000 blobs it was 66 KB, which a pipe and head's first read could take whole)."""
     from tests.test_gen_snapshot import generator
 
     gen = generator()
     path = tmp_path_factory.mktemp("big") / "snapshot"
-    gen.Plan(gen.Spec(blobs=12_000, manifests=2_000, repositories=10, seed=3)).write(path, "/srv/registry")
+    gen.Plan(gen.Spec(blobs=30_000, manifests=2_000, repositories=10, seed=3)).write(path, "/srv/registry")
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -430,7 +431,9 @@ def test_gc_dry_run_on_the_bucket_equals_the_one_on_its_mirror(
 def test_missing_server_fails_when_required(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.s3_harness import require_weed
 
+    # Neither on PATH nor beside the running Python.
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/bin/python3")
     monkeypatch.setenv("STORAGE_AUDIT_REQUIRE_REGISTRY", "1")
     with pytest.raises(pytest.fail.Exception, match="weed"):
         require_weed()
