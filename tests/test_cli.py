@@ -16,26 +16,18 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from storage_audit.analysis.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
 from storage_audit.cli.app import app
 from storage_audit.inventory.tables import read_snapshot
-from tests.conftest import BROKEN, FIXTURES, fixtures_built, unpack
+from tests.conftest import BROKEN, FIXTURES, cli, fixtures_built, unpack
 
-runner = CliRunner()
 COMMANDS = ["scan", "untagged", "orphans"]
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
-    code, out, _ = run(command, "--help")
+    code, out, _ = cli(command, "--help")
     assert code == 0
     assert "ROOT" in out.upper() and len(out) > 200
 
@@ -43,7 +35,7 @@ def test_every_command_has_help(command: str) -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_bad_root_is_one_line_and_exit_2(command: str, tmp_path: Path) -> None:
     for bad, words in ((tmp_path / "nope", "no such file"), (tmp_path, "not a registry root")):
-        code, out, err = run(command, str(bad))
+        code, out, err = cli(command, str(bad))
         assert code == 2
         assert out == ""
         assert err.count("\n") == 1 and err.startswith("storage-audit: error: ") and words in err
@@ -51,12 +43,12 @@ def test_bad_root_is_one_line_and_exit_2(command: str, tmp_path: Path) -> None:
 
 def test_corrupt_snapshot_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "metadata.json").write_text("{not json")
-    code, _, err = run("scan", str(tmp_path))
+    code, _, err = cli("scan", str(tmp_path))
     assert code == 2 and "snapshot" in err
 
 
 def test_scan_summary_on_stderr(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("scan", str(fixture_root("basic")))
+    code, out, err = cli("scan", str(fixture_root("basic")))
     assert code == 0 and out == ""
     lines = dict(line.split(": ", 1) for line in err.splitlines())
     assert lines["repositories"] == "3"
@@ -66,13 +58,15 @@ def test_scan_summary_on_stderr(fixture_root) -> None:  # type: ignore[no-untype
 
 
 @pytest.mark.parametrize("name", ["stray-file", "non-hex-link", "deleted-revision", "stale-upload"])
-def test_scan_summary_is_the_same_from_tables_inventory_and_snapshot(name: str, tmp_path: Path) -> None:
+def test_scan_summary_is_the_same_from_tables_inventory_and_snapshot(
+    name: str, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     # A plain scan counts Arrow tables; with -o, and from a snapshot, it counts DataFrames.
-    root = unpack(BROKEN / f"{name}.tar.gz", tmp_path / name)
+    root = shared_root(BROKEN / f"{name}.tar.gz")
     snap = tmp_path / "snap"
-    plain = run("scan", str(root))
-    written = run("scan", str(root), "-o", str(snap))
-    loaded = run("scan", str(snap))
+    plain = cli("scan", str(root))
+    written = cli("scan", str(root), "-o", str(snap))
+    loaded = cli("scan", str(snap))
     assert plain[0] == written[0] == loaded[0] == 0
     assert plain[2] == written[2]
     # A snapshot reports the path it was taken of.
@@ -82,74 +76,74 @@ def test_scan_summary_is_the_same_from_tables_inventory_and_snapshot(name: str, 
 
 
 def test_quiet_scan_prints_nothing(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("scan", str(fixture_root("basic")), "--quiet")
+    code, out, err = cli("scan", str(fixture_root("basic")), "--quiet")
     assert (code, out, err) == (0, "", "")
 
 
 def test_snapshot_gives_identical_results(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = fixture_root("multiarch")
     snap = tmp_path / "snap"
-    assert run("scan", str(root), "-o", str(snap), "-q")[0] == 0
+    assert cli("scan", str(root), "-o", str(snap), "-q")[0] == 0
     assert (snap / "metadata.json").is_file() and (snap / "blobs" / "part-00000.parquet").is_file()
     meta = json.loads((snap / "metadata.json").read_text())
     assert meta["counts"]["blobs"] > 0 and meta["version"]
     for args in (["untagged", "-f", "json"], ["orphans", "-m", "-f", "csv"], ["untagged", "--gc-compatible"]):
-        assert run(args[0], str(root), *args[1:]) == run(args[0], str(snap), *args[1:])
+        assert cli(args[0], str(root), *args[1:]) == cli(args[0], str(snap), *args[1:])
 
 
 def test_scan_refuses_to_overwrite_a_foreign_directory(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "precious.txt").write_text("keep me")
-    code, _, err = run("scan", str(fixture_root("basic")), "-o", str(tmp_path))
+    code, _, err = cli("scan", str(fixture_root("basic")), "-o", str(tmp_path))
     assert code == 2 and "not an empty directory" in err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 def test_json_and_csv_columns_are_pinned(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
-    code, out, _ = run("untagged", root, "-f", "json", "--gc-compatible", "-q")
+    code, out, _ = cli("untagged", root, "-f", "json", "--gc-compatible", "-q")
     rows = json.loads(out)
     assert code == 0 and rows and all(list(r) == UNTAGGED_COLUMNS for r in rows)
     assert all(isinstance(r["manifest_bytes"], int) and r["pushed_at"].endswith("Z") for r in rows)
-    code, out, _ = run("orphans", root, "-m", "--gc-compatible", "-f", "csv", "-q")
+    code, out, _ = cli("orphans", root, "-m", "--gc-compatible", "-f", "csv", "-q")
     frame = pd.read_csv(io.StringIO(out))
     assert code == 0 and list(frame.columns) == ORPHAN_COLUMNS and len(frame) > 0
     assert frame["size"].dtype.kind == "i"
 
 
 def test_empty_result_is_an_empty_array(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, _ = run("orphans", str(fixture_root("referrers")), "-f", "json", "-q")
+    code, out, _ = cli("orphans", str(fixture_root("referrers")), "-f", "json", "-q")
     assert code == 0 and json.loads(out) == []
-    code, out, _ = run("orphans", str(fixture_root("referrers")), "-q")
+    code, out, _ = cli("orphans", str(fixture_root("referrers")), "-q")
     assert code == 0 and "total (0)" in out
 
 
 def test_output_file(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "out.json"
-    code, out, _ = run("untagged", str(fixture_root("churn")), "-f", "json", "-o", str(target), "-q")
+    code, out, _ = cli("untagged", str(fixture_root("churn")), "-f", "json", "-o", str(target), "-q")
     assert code == 0 and out == ""
     assert isinstance(json.loads(target.read_text()), list)
 
 
 def test_unwritable_output_is_exit_2(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    code, _, err = run("orphans", str(fixture_root("basic")), "-o", str(tmp_path / "no" / "such" / "dir.csv"))
+    code, _, err = cli("orphans", str(fixture_root("basic")), "-o", str(tmp_path / "no" / "such" / "dir.csv"))
     assert code == 2 and "cannot write" in err
 
 
 def test_safe_mode_warns_where_the_stock_collector_differs(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("multiarch"))
-    _, _, err = run("untagged", root)
+    _, _, err = cli("untagged", root)
     assert "garbage-collect --delete-untagged` would also delete" in err and "children of tagged indexes" in err
-    _, _, err = run("untagged", root, "--gc-compatible")
+    _, _, err = cli("untagged", root, "--gc-compatible")
     assert "would also delete" not in err
-    _, _, err = run("untagged", str(fixture_root("referrers")))
+    _, _, err = cli("untagged", str(fixture_root("referrers")))
     assert "referrers" in err
 
 
 def test_table_fits_80_columns(fixture_root) -> None:  # type: ignore[no-untyped-def]
     # Piped, a table takes COLUMNS and keeps every column, wrapping cells to fit.
     for command in (["untagged", "--gc-compatible"], ["orphans", "-m"]):
-        result = runner.invoke(app, [command[0], str(fixture_root("basic")), *command[1:], "-q"], env={"COLUMNS": "80"})
-        assert max(len(line) for line in result.stdout.splitlines()) <= 80
+        _, out, _ = cli(command[0], str(fixture_root("basic")), *command[1:], "-q", env={"COLUMNS": "80"})
+        assert max(len(line) for line in out.splitlines()) <= 80
 
 
 def test_console_script_module_entry_point(tmp_path: Path) -> None:
@@ -163,12 +157,12 @@ def test_console_script_module_entry_point(tmp_path: Path) -> None:
 def test_workers_option_gives_the_same_inventory(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("multiarch"))
     for workers in ("1", "3"):
-        assert run("scan", root, "--workers", workers, "-o", str(tmp_path / workers), "-q")[0] == 0
+        assert cli("scan", root, "--workers", workers, "-o", str(tmp_path / workers), "-q")[0] == 0
     one, three = (read_snapshot(tmp_path / w) for w in ("1", "3"))
     for name, frame in one.tables().items():
         pd.testing.assert_frame_equal(frame, three.tables()[name], obj=name)
-    assert run("orphans", root, "-j", "2", "-m", "-f", "csv") == run("orphans", root, "-j", "1", "-m", "-f", "csv")
-    code, _, err = run("scan", root, "--workers", "0")
+    assert cli("orphans", root, "-j", "2", "-m", "-f", "csv") == cli("orphans", root, "-j", "1", "-m", "-f", "csv")
+    code, _, err = cli("scan", root, "--workers", "0")
     assert code == 2 and "--workers" in err
 
 
@@ -191,11 +185,11 @@ def test_library_errors_share_one_base_with_their_exit_codes() -> None:
 
 def test_debug_shows_the_traceback_of_an_audit_error(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope")
-    code, out, err = run("--debug", "report", missing)
+    code, out, err = cli("--debug", "report", missing)
     assert code == 2 and out == ""
     assert err.startswith("Traceback (most recent call last):") and "RootError" in err
     assert err.endswith(f"storage-audit: error: {missing}: no such file or directory\n")
-    code, _, err = run("report", missing)
+    code, _, err = cli("report", missing)
     assert (code, err) == (2, f"storage-audit: error: {missing}: no such file or directory\n")
 
 
@@ -210,9 +204,9 @@ def test_an_internal_error_is_one_line_and_its_traceback_with_debug(
 
     monkeypatch.setattr(cli_options, "resolve", broken)
     root = str(fixture_root("basic"))
-    code, out, err = run("orphans", root)
+    code, out, err = cli("orphans", root)
     assert (code, out, err) == (1, "", "storage-audit: internal error: KeyError: 'boom'\n")
-    code, _, err = run("--debug", "orphans", root)
+    code, _, err = cli("--debug", "orphans", root)
     assert code == 1 and "Traceback (most recent call last):" in err and 'raise KeyError("boom")' in err
     assert err.endswith("storage-audit: internal error: KeyError: 'boom'\n")
 
@@ -224,7 +218,7 @@ def test_an_internal_error_is_one_line_and_its_traceback_with_debug(
 def test_a_symlink_loop_root_is_called_what_it_is(tmp_path: Path) -> None:
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
-    code, out, err = run("report", str(tmp_path / "a"))
+    code, out, err = cli("report", str(tmp_path / "a"))
     assert (code, out) == (2, "")
     assert err == f"storage-audit: error: {tmp_path / 'a'}: too many levels of symbolic links\n"
 
@@ -244,7 +238,7 @@ def hostile_tree(tmp_path: Path) -> Path:
 
 
 def test_names_are_escaped_in_tables(tmp_path: Path) -> None:
-    code, out, _ = run("check", str(hostile_tree(tmp_path)), "-q")
+    code, out, _ = cli("check", str(hostile_tree(tmp_path)), "-q")
     assert code == 0
     for shown in ("repositories/[dim]secret", "repositories/[green]", "repositories/\\x1b[2Jevil"):
         assert shown in out, shown
@@ -253,14 +247,14 @@ def test_names_are_escaped_in_tables(tmp_path: Path) -> None:
 
 
 def test_names_are_kept_whole_in_json(tmp_path: Path) -> None:
-    code, out, _ = run("check", str(hostile_tree(tmp_path)), "-q", "-f", "json")
+    code, out, _ = cli("check", str(hostile_tree(tmp_path)), "-q", "-f", "json")
     paths = {row["path"] for row in json.loads(out)}
     assert code == 0 and {"repositories/[dim]secret", "repositories/\x1b[2Jevil"} <= paths
 
 
 def test_names_are_escaped_in_messages(tmp_path: Path) -> None:
     bad = tmp_path / "\x1b[2J[red]gone"
-    code, _, err = run("scan", str(bad))
+    code, _, err = cli("scan", str(bad))
     assert code == 2
     assert err == f"storage-audit: error: {tmp_path}/\\x1b[2J[red]gone: no such file or directory\n"
 
@@ -302,17 +296,17 @@ def test_printable_and_count() -> None:
 
 def test_csv_booleans_are_true_and_false(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
-    code, out, _ = run("report", root, "--by", "blob", "-f", "csv", "-q")
+    code, out, _ = cli("report", root, "--by", "blob", "-f", "csv", "-q")
     frame = pd.read_csv(io.StringIO(out), dtype=str)
     assert code == 0 and set(frame["orphan"]) == {"true", "false"}
-    code, out, _ = run("report", root, "--by", "manifest", "-f", "csv", "-q")
+    code, out, _ = cli("report", root, "--by", "manifest", "-f", "csv", "-q")
     frame = pd.read_csv(io.StringIO(out), dtype=str)
     assert code == 0 and set(frame["reachable"]) == {"true", "false"}
     assert "True" not in out and "False" not in out
 
 
 def test_json_does_not_escape_slashes(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, _ = run("report", str(fixture_root("basic")), "--by", "repository", "-f", "json", "-q")
+    code, out, _ = cli("report", str(fixture_root("basic")), "--by", "repository", "-f", "json", "-q")
     assert code == 0 and '"repository":"team/app"' in out.replace(" ", "") and "\\/" not in out
     assert "team/app" in {row["repository"] for row in json.loads(out)}
 
@@ -356,7 +350,7 @@ def test_output_dash_is_stdout(
     monkeypatch.chdir(tmp_path)
 
     def answer(*extra: str) -> tuple[int, str, str]:
-        code, out, err = run(*args, "-q", *extra)
+        code, out, err = cli(*args, "-q", *extra)
         # How long a scan took is the one figure that changes from one run to the next.
         return code, re.sub(r"(?m)^storage_audit_scan_duration_seconds .*$", "", out), err
 
@@ -370,14 +364,14 @@ def test_output_dash_is_stdout(
 @pytest.mark.parametrize("fmt", ["parquet", "html"])
 def test_output_dash_is_no_file_for_parquet_or_html(fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = run("report", DEMO, "-f", fmt, "-o", "-")
+    code, out, err = cli("report", DEMO, "-f", fmt, "-o", "-")
     assert (code, out) == (2, "") and err.count("\n") == 1 and "add -o FILE" in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_snapshot_is_not_written_to_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = run("scan", DEMO, "-o", "-")
+    code, out, err = cli("scan", DEMO, "-o", "-")
     assert (code, out) == (2, "") and err == "storage-audit: error: -o -: a snapshot is a directory, not stdout\n"
     assert list(tmp_path.iterdir()) == []
 
@@ -403,12 +397,13 @@ def through_head(args: list[str]) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def big_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generated snapshot whose views are far bigger than what a pipe holds (64 KiB)."""
+    """A generated snapshot whose views are far bigger than what a pipe holds (64 KiB): the smallest, orphans as CSV,
+    is some 160 KiB (at 12,000 blobs it was 66 KB, which a pipe and head's first read could take whole)."""
     from tests.test_gen_snapshot import generator
 
     gen = generator()
     path = tmp_path_factory.mktemp("big") / "snapshot"
-    gen.Plan(gen.Spec(blobs=12_000, manifests=2_000, repositories=10, seed=3)).write(path, "/srv/registry")
+    gen.Plan(gen.Spec(blobs=30_000, manifests=2_000, repositories=10, seed=3)).write(path, "/srv/registry")
     return path
 
 
@@ -452,7 +447,7 @@ def test_a_reader_that_leaves_a_small_output_is_no_error(args: list[str]) -> Non
     ],
 )
 def test_huge_durations_are_refused(args: list[str], fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run(args[0], str(fixture_root("basic")), *args[1:])
+    code, out, err = cli(args[0], str(fixture_root("basic")), *args[1:])
     assert (code, out) == (2, "")
     assert (
         err == f"storage-audit: error: {args[1]}: {args[2]!r} is longer than 100000d, the longest duration accepted\n"
@@ -460,7 +455,7 @@ def test_huge_durations_are_refused(args: list[str], fixture_root) -> None:  # t
 
 
 def test_the_longest_duration_is_accepted(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, _ = run("plan", str(fixture_root("basic")), "--older-than", "100000d", "--min-age", "0s", "-q")
+    code, out, _ = cli("plan", str(fixture_root("basic")), "--older-than", "100000d", "--min-age", "0s", "-q")
     assert code == 0 and json.loads(out)["policy"]["older_than"] == 100000 * 86400
 
 
@@ -470,10 +465,10 @@ def test_no_at_the_prompt_exits_2_and_deletes_nothing(
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "basic")
     pin_clock(fixtures_built() + timedelta(minutes=1))  # the plan's time, past whatever today is
     plan = tmp_path / "plan.json"
-    assert run("plan", str(root), "--delete-untagged", "--min-age", "0s", "-o", str(plan), "-q")[0] == 0
+    assert cli("plan", str(root), "--delete-untagged", "--min-age", "0s", "-o", str(plan), "-q")[0] == 0
     before = sorted(p for p in root.rglob("*"))
     for answer in ("n\n", ""):  # no, and input that ends before an answer
-        result = runner.invoke(app, ["apply", str(plan)], input=answer)
+        result = cli("apply", str(plan), input=answer)
         assert result.exit_code == 2, result.stderr
         assert result.stderr.startswith("plan: ") and "Apply this plan?" in result.stderr
         assert result.stderr.endswith("storage-audit: error: not confirmed; nothing was deleted\n")
@@ -488,7 +483,7 @@ def all_commands() -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(all_commands()))
 def test_help_at_80_columns_shows_every_option_whole(name: str) -> None:
-    result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"})
+    result = cli(name, "--help", env={"COLUMNS": "80"})
     out = result.stdout
     assert result.exit_code == 0 and out.startswith(f"Usage: storage-audit {name} [OPTIONS]")
     assert max(len(line) for line in out.splitlines()) <= 80
@@ -503,24 +498,24 @@ def test_help_at_80_columns_shows_every_option_whole(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(all_commands()))
 def test_help_points_into_the_docs_not_the_readme(name: str) -> None:
     # What a command's help refers to moved from the README to docs/.
-    out = " ".join(runner.invoke(app, [name, "--help"]).stdout.split())
+    out = " ".join(cli(name, "--help").stdout.split())
     assert "README" not in out
     if name == "check":
         assert "every finding (docs/findings.md)" in out
 
 
 def test_apply_usage_names_its_plan_argument() -> None:
-    out = runner.invoke(app, ["apply", "--help"]).stdout
+    out = cli("apply", "--help").stdout
     assert out.splitlines()[0] == "Usage: storage-audit apply [OPTIONS] PLAN"
 
 
 def test_older_than_help_says_it_deletes_alone() -> None:
-    out = " ".join(runner.invoke(app, ["plan", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    out = " ".join(cli("plan", "--help", env={"COLUMNS": "200"}).stdout.split())
     assert "Delete every tag pushed before this long ago" in out and "alone, a rule that deletes, not a filter" in out
 
 
 def test_top_level_help_lists_debug() -> None:
-    out = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    out = cli("--help", env={"COLUMNS": "80"}).stdout
     assert "--debug" in out and "--version" in out
 
 
@@ -531,7 +526,7 @@ def test_top_level_help_lists_debug() -> None:
 def test_counts_are_singular_for_one() -> None:
     # The demo tree has exactly one referrer the stock collector would delete.
     top = Path(__file__).resolve().parents[1]
-    code, _, err = run("untagged", str(top / "fixtures" / "demo"))
+    code, _, err = cli("untagged", str(top / "fixtures" / "demo"))
     assert code == 0 and "1 referrer (signatures, SBOMs)" in err and "1 referrers" not in err
 
 
@@ -543,17 +538,17 @@ def test_plan_says_what_the_grace_period_held_back(tmp_path: Path, pin_clock: Ca
         # Pushed minutes ago: newer than the default grace period of 1h.
         os.utime(path, ns=(pushed, pushed), follow_symlinks=False)
     args = ("plan", str(root), "--delete-untagged", "--keep-last", "1")
-    code, out, _ = run(*args, "--min-age", "0s", "-q")
+    code, out, _ = cli(*args, "--min-age", "0s", "-q")
     ungraced = Counter(action["op"] for action in json.loads(out)["actions"])
     assert code == 0 and all(ungraced[op] for op in ("remove-tag", "remove-revision", "remove-blob"))
-    code, out, err = run(*args)
+    code, out, err = cli(*args)
     assert code == 0 and json.loads(out)["actions"] == []
     expected = (
         f"held back by the grace period (--min-age 1h), as newer: {ungraced['remove-tag']} tags, "
         f"{ungraced['remove-revision']} manifests, {ungraced['remove-blob']} blobs; they are planned once older\n"
     )
     assert err.endswith(expected), err
-    code, _, err = run(*args, "--min-age", "0s")
+    code, _, err = cli(*args, "--min-age", "0s")
     assert code == 0 and "held back" not in err
 
 

@@ -8,19 +8,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
 from storage_audit.core import clock
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
-from tests.conftest import FIXTURES, built_at
+from tests.conftest import FIXTURES, built_at, cli
 
 PACKAGE = Path(__file__).resolve().parents[1] / "storage_audit"
 CLOCK = PACKAGE / "core" / "clock.py"
 V2 = Path("docker/registry/v2")
 
-runner = CliRunner()
 
 # Calls that answer the current date whatever object they are called on (datetime, date, pandas' Timestamp).
 NOW_METHODS = frozenset({"now", "utcnow", "today", "naturaltime", "naturalday", "naturaldate"})
@@ -123,7 +120,7 @@ def test_the_command_line_refuses_a_bad_clock_in_one_line(
     root = fixture_root("basic")
     monkeypatch.setenv(clock.ENV, "next tuesday")
     args = [command[0], str(root), *(a.replace("{out}", str(tmp_path / "snap")) for a in command[1:])]
-    result = runner.invoke(app, args)
+    result = cli(*args)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert result.stderr == (
@@ -137,11 +134,11 @@ def test_a_pinned_clock_dates_the_scan_and_judges_uploads(fixture_root, monkeypa
     built = built_at(FIXTURES / "basic.tar.gz")
     monkeypatch.setenv(clock.ENV, built.isoformat())
     assert scan(LocalStorage(root / V2)).scanned_at == built
-    fresh = runner.invoke(app, ["check", str(root), "-f", "json", "-q", "--strict"])
+    fresh = cli("check", str(root), "-f", "json", "-q", "--strict")
     assert fresh.exit_code == 0 and loud(fresh.stdout) == []
     # Years later the fixture's one upload is abandoned: a warning, not an error.
     monkeypatch.setenv(clock.ENV, "2036-12-07T00:00:00Z")
-    later = runner.invoke(app, ["check", str(root), "-f", "json", "-q"])
+    later = cli("check", str(root), "-f", "json", "-q")
     assert later.exit_code == 0
     assert loud(later.stdout) == [("stale-upload", "warning")]
 

@@ -13,24 +13,16 @@ from typing import Any
 import humanize
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from storage_audit.analysis.graph import Graph
-from storage_audit.cli.app import app
+from tests.conftest import cli
 from tests.registry_harness import Ledger, ManifestPut, Registry, canonical_json, describe_manifest, require_registry
 
-runner = CliRunner()
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def diff_json(*args: str) -> tuple[list[dict[str, Any]], str]:
-    code, out, err = run("diff", *args, "-f", "json")
+    code, out, err = cli("diff", *args, "-f", "json")
     assert code == 0, err
     return json.loads(out), err
 
@@ -109,7 +101,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         images.push("tools/ci", "stable")
         f = images.push("tools/ci", "old")
         first = len(ledger.events)
-        assert run("scan", str(root), "-o", str(base / "old"), "-q")[0] == 0
+        assert cli("scan", str(root), "-o", str(base / "old"), "-q")[0] == 0
 
         images.push("app", "latest", shared=shared)  # latest moves off a
         reg.put_manifest("app", "v3", _body(ledger, b), _media(ledger, b))
@@ -119,7 +111,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         images.push("tools/ci", "stable")  # moves to a new image
         images.push("team/new", "v1", shared=shared)
         images.push("team/new", "v2")
-        assert run("scan", str(root), "-o", str(base / "new"), "-q")[0] == 0
+        assert cli("scan", str(root), "-o", str(base / "new"), "-q")[0] == 0
     yield History(root, base / "old", base / "new", State.of(ledger.events[:first]), State.of(ledger.events))
     shutil.rmtree(base, ignore_errors=True)
 
@@ -253,7 +245,7 @@ def test_two_snapshots_diff_from_their_stored_views_without_analysis(history: Hi
 def snapshots(tmp_path: Path) -> tuple[Path, Path]:
     old, new = tmp_path / "old", tmp_path / "new"
     for target in (old, new):
-        assert run("scan", str(FIXTURES / "demo"), "-o", str(target), "-q")[0] == 0
+        assert cli("scan", str(FIXTURES / "demo"), "-o", str(target), "-q")[0] == 0
     return old, new
 
 
@@ -293,23 +285,23 @@ def test_a_column_an_older_version_did_not_write_is_left_empty(snapshots: tuple[
 def test_an_unreadable_snapshot_exits_2_in_one_line(snapshots: tuple[Path, Path]) -> None:
     old, new = snapshots
     (old / "report-repository.parquet").write_bytes(b"not parquet")
-    code, out, err = run("diff", str(old), str(new))
+    code, out, err = cli("diff", str(old), str(new))
     assert code == 2 and out == ""
     assert err.startswith(f"storage-audit: error: {old}: unreadable snapshot") and err.count("\n") == 1
     (new / "metadata.json").write_text("{")
-    code, out, err = run("diff", str(FIXTURES / "demo"), str(new), "--by", "blob")
+    code, out, err = cli("diff", str(FIXTURES / "demo"), str(new), "--by", "blob")
     assert code == 2 and out == ""
     assert err.startswith("storage-audit: error: ") and "unreadable snapshot" in err and err.count("\n") == 1
 
 
 def test_diff_writes_every_format(snapshots: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = snapshots
-    code, out, _ = run("diff", str(old), str(new), "-f", "csv")
+    code, out, _ = cli("diff", str(old), str(new), "-f", "csv")
     assert code == 0 and out.startswith("repository,change,total_bytes_old,total_bytes_new,total_bytes_delta,")
-    code, out, _ = run("diff", str(old), str(new), "--by", "tag")
+    code, out, _ = cli("diff", str(old), str(new), "--by", "tag")
     assert code == 0 and "changes per tag" in out
-    code, _, err = run("diff", str(old), str(new), "-f", "parquet", "-o", str(tmp_path / "d.parquet"))
+    code, _, err = cli("diff", str(old), str(new), "-f", "parquet", "-o", str(tmp_path / "d.parquet"))
     assert code == 0, err
     assert list(pd.read_parquet(tmp_path / "d.parquet").columns)[:2] == ["repository", "change"]
-    code, _, err = run("diff", str(old), str(new), "-f", "prometheus")
+    code, _, err = cli("diff", str(old), str(new), "-f", "prometheus")
     assert code == 2 and "'prometheus' is not one of 'table', 'csv', 'json', 'parquet'" in err

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from storage_audit.analysis import collect
 from storage_audit.analysis.reach import ReachOptions
-from storage_audit.cli.app import app
 from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
-from tests.conftest import fixture_builder
+from tests.conftest import cli, fixture_builder
 from tests.facts import Facts
 from tests.registry_harness import (
     Client,
@@ -248,25 +246,24 @@ def test_gc_difference_counts_children_and_referrers(built: Built) -> None:
 # Every CLI call scans again; the named cases and a few seeds cover its paths.
 @pytest.mark.parametrize("built", [name for name in CASES if not name.startswith("seed-")] + CLI_SEEDS, indirect=True)
 def test_cli_agrees_with_the_collector(built: Built) -> None:
-    runner = CliRunner()
     root = str(built.root)
 
-    result = runner.invoke(app, ["orphans", root, "-f", "json", "-q"])
+    result = cli("orphans", root, "-f", "json", "-q")
     assert result.exit_code == 0, result.output
     assert {row["digest"] for row in json.loads(result.stdout)} == built.plain_blobs
 
-    result = runner.invoke(app, ["orphans", root, "-m", "--gc-compatible", "-f", "json", "-q"])
+    result = cli("orphans", root, "-m", "--gc-compatible", "-f", "json", "-q")
     assert result.exit_code == 0, result.output
     assert {row["digest"] for row in json.loads(result.stdout)} == built.stock_blobs
 
-    result = runner.invoke(app, ["untagged", root, "--gc-compatible", "-f", "csv", "-q"])
+    result = cli("untagged", root, "--gc-compatible", "-f", "csv", "-q")
     assert result.exit_code == 0, result.output
     rows = csv.DictReader(io.StringIO(result.stdout))
     assert {(row["repository"], row["digest"]) for row in rows} == built.stock_manifests
     assert result.stderr == ""
 
     # Without -q the safe mode says on stderr, and only there, what the stock collector would also delete.
-    result = runner.invoke(app, ["untagged", root, "-f", "csv"])
+    result = cli("untagged", root, "-f", "csv")
     assert result.exit_code == 0, result.output
     extra = built.oracle.safe_kept() - built.oracle.tagged
     extra_blobs = built.stock_blobs - built.orphans(SAFE)

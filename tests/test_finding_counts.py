@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
 from storage_audit.analysis.check import UPLOAD_AGE, CheckOptions, check
 from storage_audit.analysis.graph import Graph
@@ -29,7 +28,7 @@ from storage_audit.operations.inventory import load
 from storage_audit.output.html import HtmlOptions, cards, figures
 from storage_audit.roots.resolve import resolve
 
-from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, fixtures_built, unpack
+from .conftest import BROKEN, FIXTURES, REAL_FIXTURES, cli, fixtures_built
 
 TOP = Path(__file__).resolve().parents[1]
 SEVERITIES = ("error", "warning", "info")
@@ -38,15 +37,6 @@ LATER = timedelta(days=30)
 # Snapshots are given to every view but the page, which is read from one snapshot: its figures come from the same
 # graph as the other views' (what the page draws is tests/test_html_report.py's matter).
 PAGE_FROM_SNAPSHOT = ("demo", "synthetic")
-
-runner = CliRunner()
-
-
-def run(*args: str | Path) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code in (0, 3), result.stderr
-    return result.exit_code, result.stdout
 
 
 class Cards(HTMLParser):
@@ -68,7 +58,7 @@ class Cards(HTMLParser):
 
 def page_counts(root: Path, out: Path) -> tuple[dict[str, int], str | None, str | None]:
     """The counts per severity the page's findings card shows, its worst severity and its colour."""
-    run("report", root, "-f", "html", "-o", out, "-q")
+    cli("report", root, "-f", "html", "-o", out, "-q", expect=(0, 3))
     cards = Cards()
     cards.feed(out.read_text(encoding="utf-8"))
     assert cards.card and int(cards.card["data-value"] or -1) == sum(cards.counts.values())
@@ -77,12 +67,12 @@ def page_counts(root: Path, out: Path) -> tuple[dict[str, int], str | None, str 
 
 def counts_of(root: Path) -> dict[str, dict[str, int]]:
     """Findings per severity as each view gives them for `root`, a storage tree or a snapshot."""
-    code, out = run("check", root, "-f", "json", "-q")
+    code, out, _ = cli("check", root, "-f", "json", "-q", expect=(0, 3))
     found = Counter(f["severity"] for f in json.loads(out))
     assert code == (3 if found["error"] else 0)
-    summary = json.loads(run("report", root, "-f", "json", "-q")[1])
+    summary = json.loads(cli("report", root, "-f", "json", "-q", expect=(0, 3)).stdout)
     metrics = Counter[str]()
-    text = run("report", root, "-f", "prometheus", "-q")[1]
+    text = cli("report", root, "-f", "prometheus", "-q", expect=(0, 3)).stdout
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "storage_audit_findings":
@@ -105,7 +95,7 @@ def assert_one_count(name: str, root: Path, tmp_path: Path) -> dict[str, int]:
     shown, severity, classes = page_counts(root, tmp_path / "page.html")
     views["page"] = shown
     snapshot = tmp_path / "snapshot"
-    run("scan", root, "-o", snapshot, "-q")
+    cli("scan", root, "-o", snapshot, "-q", expect=(0, 3))
     views |= {f"snapshot {view}": counts for view, counts in counts_of(snapshot).items()}
     if name in PAGE_FROM_SNAPSHOT:
         views["snapshot page"] = page_counts(snapshot, tmp_path / "snapshot.html")[0]
@@ -141,7 +131,10 @@ def test_a_synthetic_tree_counts_its_broken_indexes_everywhere(
     later: datetime, synthetic: Path, tmp_path: Path
 ) -> None:
     counts = assert_one_count("synthetic", synthetic, tmp_path)
-    kinds = Counter((f["kind"], f["severity"]) for f in json.loads(run("check", synthetic, "-f", "json", "-q")[1]))
+    kinds = Counter(
+        (f["kind"], f["severity"])
+        for f in json.loads(cli("check", synthetic, "-f", "json", "-q", expect=(0, 3)).stdout)
+    )
     assert kinds[("index-child-missing", "error")] >= 1
     assert counts["error"] == sum(n for (_, sev), n in kinds.items() if sev == "error")
 
@@ -184,8 +177,10 @@ DAMAGED = [
 
 
 @pytest.mark.parametrize("name", DAMAGED)
-def test_a_damaged_fixture_counts_alike_in_every_view(name: str, later: datetime, tmp_path: Path) -> None:
-    views = library_counts(unpack(BROKEN / f"{name}.tar.gz", tmp_path / name), tmp_path)
+def test_a_damaged_fixture_counts_alike_in_every_view(
+    name: str, later: datetime, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    views = library_counts(shared_root(BROKEN / f"{name}.tar.gz"), tmp_path)
     assert views == {view: views["check"] for view in views}
     assert sum(views["check"].values()) > 0, "each damaged fixture has a finding"
 
@@ -210,18 +205,18 @@ def test_the_summary_and_the_check_of_one_graph_share_one_answer(later: datetime
 
 def test_a_summary_stored_before_it_counted_every_finding_is_computed_again(later: datetime, tmp_path: Path) -> None:
     snapshot = tmp_path / "snapshot"
-    run("scan", FIXTURES / "demo", "-o", snapshot, "-q")
+    cli("scan", FIXTURES / "demo", "-o", snapshot, "-q", expect=(0, 3))
     stored = snapshot / "report-summary.parquet"
     summary = pd.read_parquet(stored)
     summary[[f"findings_{sev}" for sev in SEVERITIES]] = 99
     summary.to_parquet(stored, index=False)
     # The snapshot's own stored summary is what a report of it says.
-    assert json.loads(run("report", snapshot, "-f", "json", "-q")[1])["findings_warning"] == 99
+    assert json.loads(cli("report", snapshot, "-f", "json", "-q", expect=(0, 3)).stdout)["findings_warning"] == 99
     # One written before the views' format was recorded counted the findings otherwise: it is computed again.
     meta = json.loads((snapshot / "metadata.json").read_text())
     assert meta.pop("views_format") == 2
     (snapshot / "metadata.json").write_text(json.dumps(meta))
-    again = json.loads(run("report", snapshot, "-f", "json", "-q")[1])
+    again = json.loads(cli("report", snapshot, "-f", "json", "-q", expect=(0, 3)).stdout)
     assert {sev: again[f"findings_{sev}"] for sev in SEVERITIES} == {"error": 0, "warning": 1, "info": 2}
     # Its other views are still read as they are stored.
     assert read_view(snapshot, "repository") is not None

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from storage_audit.analysis.graph import Graph, closure
-from storage_audit.cli.app import app
-from tests.conftest import unpack
+from tests.conftest import cli, unpack
 from tests.registry_harness import (
     Client,
     Ledger,
@@ -30,13 +28,6 @@ from tests.registry_harness import (
 
 V2 = Path("docker/registry/v2")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-runner = CliRunner()
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # --------------------------------------------------------------------------
@@ -63,44 +54,46 @@ COMMANDS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a[:1] + a[2:4]) for a in COMMANDS])
-def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path) -> None:
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
+def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
     args = [a.format(root=root, snapshot=tmp_path / "snap") for a in argv]
     if "{snapshot}" in argv[1]:
-        assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
+        assert cli("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     before = Graph.builds
-    code, out, err = run(*args)
+    code, out, err = cli(*args)
     assert code in (0, 3), err
     assert out or argv[0] == "scan" or Path(f"{tmp_path / 'snap'}.html").stat().st_size
     assert Graph.builds - before == 1
 
 
-def test_a_diff_builds_one_graph_per_tree_and_none_for_snapshots(tmp_path: Path) -> None:
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
-    assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
+def test_a_diff_builds_one_graph_per_tree_and_none_for_snapshots(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
+    assert cli("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     for sides, builds in (((root, root), 2), ((tmp_path / "snap", tmp_path / "snap"), 0)):
         for by in ("repository", "tag", "blob"):
             before = Graph.builds
-            code, out, err = run("diff", *map(str, sides), "--by", by, "-f", "json", "-q")
+            code, out, err = cli("diff", *map(str, sides), "--by", by, "-f", "json", "-q")
             assert code == 0 and json.loads(out) == [], err
             assert Graph.builds - before == builds
 
 
-def test_a_report_from_a_snapshot_builds_none(tmp_path: Path) -> None:
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
-    assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
+def test_a_report_from_a_snapshot_builds_none(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
+    assert cli("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     before = Graph.builds
-    code, out, _ = run("report", str(tmp_path / "snap"), "--by", "repository", "-f", "json")
+    code, out, _ = cli("report", str(tmp_path / "snap"), "--by", "repository", "-f", "json")
     assert code == 0 and json.loads(out)
     assert Graph.builds == before
 
 
-def test_an_html_report_from_a_snapshot_builds_one(tmp_path: Path) -> None:
+def test_an_html_report_from_a_snapshot_builds_one(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     # The page needs untagged, orphans and check besides the stored views: one graph of the snapshot's tables.
-    root = unpack(FIXTURES / "multiarch.tar.gz", tmp_path / "tree")
-    assert run("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
+    root = shared_root(FIXTURES / "multiarch.tar.gz")
+    assert cli("scan", str(root), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     before = Graph.builds
-    code, _, err = run("report", str(tmp_path / "snap"), "--format", "html", "-o", str(tmp_path / "r.html"), "-q")
+    code, _, err = cli("report", str(tmp_path / "snap"), "--format", "html", "-o", str(tmp_path / "r.html"), "-q")
     assert code == 0, err
     assert (tmp_path / "r.html").stat().st_size > 0
     assert Graph.builds - before == 1
@@ -225,7 +218,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
 
 
 def _json(*args: str) -> object:
-    code, out, err = run(*args, "-f", "json", "-q")
+    code, out, err = cli(*args, "-f", "json", "-q")
     assert code == 0, err
     return json.loads(out)
 
@@ -284,19 +277,19 @@ def test_plain_orphans_say_what_the_plain_collector_also_deletes(tree: Tree) -> 
     ours = {r["digest"] for r in _json("orphans", str(tree.root))}  # type: ignore[union-attr]
     assert ours == tree.orphans
     assert stock - ours == tree.stock_plain_extra
-    code, out, err = run("orphans", str(tree.root), "-f", "json")
+    code, out, err = cli("orphans", str(tree.root), "-f", "json")
     assert code == 0 and {r["digest"] for r in json.loads(out)} == ours
     warning = re.search(r"`registry garbage-collect` would also delete (\d+) blobs \(([^)]+)\)", err)
     assert warning is not None, err
     assert int(warning[1]) == len(stock - ours)
     gc_compatible = {r["digest"] for r in _json("orphans", str(tree.root), "--gc-compatible")}  # type: ignore[union-attr]
     assert gc_compatible == stock
-    assert "warning" not in run("orphans", str(tree.root), "--gc-compatible", "-f", "json")[2]
+    assert "warning" not in cli("orphans", str(tree.root), "--gc-compatible", "-f", "json")[2]
 
 
 def test_plain_orphans_stay_silent_when_they_match_the_collector(tmp_path: Path) -> None:
     root = unpack(FIXTURES / "basic.tar.gz", tmp_path / "tree")
     _, stock, _ = parse_gc_output(garbage_collect(root, dry_run=True))
-    code, out, err = run("orphans", str(root), "-f", "json")
+    code, out, err = cli("orphans", str(root), "-f", "json")
     assert code == 0 and {r["digest"] for r in json.loads(out)} == stock
     assert "warning" not in err

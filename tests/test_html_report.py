@@ -15,21 +15,18 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from storage_audit.analysis.graph import Graph
-from storage_audit.cli.app import app
 from storage_audit.operations.inventory import load
 from storage_audit.output.html import AGE_BUCKETS, HtmlOptions, page
 from storage_audit.roots.resolve import resolve
 
 from .browser import Page, browser, require_chromium
-from .conftest import FIXTURES, fixtures_built
+from .conftest import FIXTURES, cli, fixtures_built
 from .registry_harness import REQUIRE_ENV
 
 TOP = Path(__file__).resolve().parents[1]
 DEMO = FIXTURES / "demo"
-runner = CliRunner()
 CHARTS = ("treemap", "reclaimable", "actions", "largest-tags", "tag-ages")
 
 
@@ -40,14 +37,8 @@ def month_after_the_fixtures(pin_clock: Callable[[datetime], datetime]) -> None:
     pin_clock(fixtures_built() + timedelta(days=30))
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def as_json(*args: str) -> Any:
-    code, out, err = run(*args, "-f", "json")
+    code, out, err = cli(*args, "-f", "json")
     assert code in (0, 3), err
     return json.loads(out)
 
@@ -57,7 +48,7 @@ def as_json(*args: str) -> Any:
 
 
 def test_html_without_output_is_refused_in_one_line() -> None:
-    code, out, err = run("report", str(DEMO), "--format", "html")
+    code, out, err = cli("report", str(DEMO), "--format", "html")
     assert code == 2
     assert out == ""
     assert err.strip() == "storage-audit: error: --format html writes a page for a browser: add -o FILE"
@@ -65,22 +56,22 @@ def test_html_without_output_is_refused_in_one_line() -> None:
 
 @pytest.mark.parametrize("extra", [["--by", "tag"], ["--top", "3"], ["--sort", "tags"], ["--repository", "team/*"]])
 def test_html_refuses_the_options_of_row_views(extra: list[str], tmp_path: Path) -> None:
-    code, _, err = run("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "r.html"), *extra)
+    code, _, err = cli("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "r.html"), *extra)
     assert code == 2
     assert "--format html reports the whole storage" in err
     assert not (tmp_path / "r.html").exists()
 
 
 def test_html_to_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
-    code, _, err = run("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "missing" / "r.html"), "-q")
+    code, _, err = cli("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "missing" / "r.html"), "-q")
     assert code == 2
     assert err.startswith("storage-audit: error: ") and err.count("\n") == 1
 
 
 def test_a_snapshot_gives_the_same_page_as_its_tree(tmp_path: Path) -> None:
-    assert run("scan", str(DEMO), "-o", str(tmp_path / "snap"), "-q")[0] == 0
-    assert run("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "tree.html"), "-q")[0] == 0
-    assert run("report", str(tmp_path / "snap"), "-f", "html", "-o", str(tmp_path / "snap.html"), "-q")[0] == 0
+    assert cli("scan", str(DEMO), "-o", str(tmp_path / "snap"), "-q")[0] == 0
+    assert cli("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "tree.html"), "-q")[0] == 0
+    assert cli("report", str(tmp_path / "snap"), "-f", "html", "-o", str(tmp_path / "snap.html"), "-q")[0] == 0
     tree, snap = ((tmp_path / n).read_text() for n in ("tree.html", "snap.html"))
     # Every figure the page holds for a program: cards, action shares, tag ages, table cells, rows left out.
     figures = re.compile(r'data-(?:key|value|bytes|left-out|total)="[^"]*"')
@@ -91,7 +82,7 @@ def test_a_snapshot_gives_the_same_page_as_its_tree(tmp_path: Path) -> None:
 
 def test_the_page_references_nothing_outside_itself(tmp_path: Path) -> None:
     out = tmp_path / "r.html"
-    assert run("report", str(DEMO), "-f", "html", "-o", str(out), "-q")[0] == 0
+    assert cli("report", str(DEMO), "-f", "html", "-o", str(out), "-q")[0] == 0
     text = out.read_text()
     for needle in ("<script src", "<link", "<img", "@import", "url(http", "<iframe"):
         assert needle not in text.lower(), needle
@@ -119,7 +110,7 @@ def chromium() -> Iterator[Page]:
 
 
 def demo_page(out: Path) -> Path:
-    code, _, err = run("report", str(DEMO), "--format", "html", "-o", str(out))
+    code, _, err = cli("report", str(DEMO), "--format", "html", "-o", str(out))
     assert code == 0, err
     assert f"wrote {out}" in err
     return out
@@ -369,7 +360,7 @@ def test_the_command_writes_a_page_of_a_synthetic_tree_the_browser_draws(
     chromium: Page, synthetic: Path, tmp_path: Path
 ) -> None:
     path = tmp_path / "synthetic.html"
-    code, _, err = run("report", str(synthetic), "-f", "html", "-o", str(path), "-q")
+    code, _, err = cli("report", str(synthetic), "-f", "html", "-o", str(path), "-q")
     assert code == 0, err
     assert path.stat().st_size < 10 * 1024 * 1024
     open_page(chromium, path, tmp_path / "synthetic.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -11,13 +12,15 @@ from storage_audit.inventory.frames import sorted_rows
 from storage_audit.scan.run import ScanOptions, scan
 from storage_audit.storage.base import LocalStorage
 
-from .conftest import BROKEN, FIXTURES, unpack
+from .conftest import BROKEN, FIXTURES
 
 V2 = Path("docker/registry/v2")
 
 
-def test_every_digest_column_is_coded_against_one_dictionary(tmp_path: Path) -> None:
-    inv = scan(LocalStorage(unpack(FIXTURES / "multiarch.tar.gz", tmp_path) / V2), ScanOptions(workers=1))
+def test_every_digest_column_is_coded_against_one_dictionary(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    inv = scan(LocalStorage(shared_root(FIXTURES / "multiarch.tar.gz") / V2), ScanOptions(workers=1))
     blobs = inv.blobs["digest"].array
     assert isinstance(blobs, CodedArray)
     for table, column in (
@@ -36,8 +39,10 @@ def test_every_digest_column_is_coded_against_one_dictionary(tmp_path: Path) -> 
     assert inv.layer_links["target"].tolist() == inv.layer_links["digest"].tolist()
 
 
-def test_a_link_naming_another_digest_keeps_its_own_targets(tmp_path: Path) -> None:
-    root = unpack(BROKEN / "layer-link-names-another.tar.gz", tmp_path)
+def test_a_link_naming_another_digest_keeps_its_own_targets(
+    tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    root = shared_root(BROKEN / "layer-link-names-another.tar.gz")
     links = scan(LocalStorage(root / V2), ScanOptions(workers=1)).layer_links
     differ = links[links["target"] != links["digest"]]
     assert len(differ) == 1

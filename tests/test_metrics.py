@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
 from storage_audit.core.findings import SEVERITY
-from tests.conftest import BROKEN, FIXTURES, unpack
+from tests.conftest import BROKEN, FIXTURES, cli
 from tests.registry_harness import Ledger, Registry, require_registry
 from tests.workloads import random_workload
-
-runner = CliRunner()
 
 REPOSITORY_COLUMNS = (
     "total_bytes",
@@ -32,14 +29,8 @@ REPOSITORY_COLUMNS = (
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def as_json(*args: str) -> object:
-    code, out, err = run(*args, "-f", "json", "-q")
+    code, out, err = cli(*args, "-f", "json", "-q")
     assert code in (0, 3), err
     return json.loads(out)
 
@@ -77,7 +68,7 @@ def expected(root: str) -> dict[Key, float]:
 
 
 def check_metrics(root: str) -> dict[Key, float]:
-    code, text, err = run("report", root, "-f", "prometheus", "-q")
+    code, text, err = cli("report", root, "-f", "prometheus", "-q")
     assert code in (0, 3), err
     samples = parse(text)
     scan = {k: samples.pop(k) for k in list(samples) if k[0].startswith("storage_audit_scan_")}
@@ -104,7 +95,7 @@ def test_every_metric_is_the_json_reports_figure_on_a_pushed_tree(workload_tree:
     assert 0 < scan[("storage_audit_scan_duration_seconds", ())] < 600
     # From a snapshot: the same figures, and the scan's time and duration as its metadata records them.
     snapshot = tmp_path / "snap"
-    assert run("scan", str(workload_tree), "-o", str(snapshot), "-q")[0] == 0
+    assert cli("scan", str(workload_tree), "-o", str(snapshot), "-q")[0] == 0
     scan = check_metrics(str(snapshot))
     meta = json.loads((snapshot / "metadata.json").read_text())
     assert scan[("storage_audit_scan_timestamp_seconds", ())] == datetime.fromisoformat(meta["scanned_at"]).timestamp()
@@ -115,14 +106,16 @@ def test_every_metric_is_the_json_reports_figure_on_a_pushed_tree(workload_tree:
 @pytest.mark.parametrize(
     "name", [*sorted(p.name.removesuffix(".tar.gz") for p in BROKEN.glob("*.tar.gz")), "multiarch", "referrers"]
 )
-def test_every_metric_is_the_json_reports_figure_on_fixtures(name: str, tmp_path: Path) -> None:
+def test_every_metric_is_the_json_reports_figure_on_fixtures(
+    name: str, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     archive = BROKEN / f"{name}.tar.gz" if (BROKEN / f"{name}.tar.gz").exists() else FIXTURES / f"{name}.tar.gz"
-    check_metrics(str(unpack(archive, tmp_path / name)))
+    check_metrics(str(shared_root(archive)))
 
 
 def test_a_snapshot_of_an_earlier_version_has_no_duration(tmp_path: Path) -> None:
     snapshot = tmp_path / "snap"
-    assert run("scan", str(FIXTURES / "demo"), "-o", str(snapshot), "-q")[0] == 0
+    assert cli("scan", str(FIXTURES / "demo"), "-o", str(snapshot), "-q")[0] == 0
     meta = json.loads((snapshot / "metadata.json").read_text())
     del meta["scan_seconds"]
     (snapshot / "metadata.json").write_text(json.dumps(meta))
@@ -133,18 +126,18 @@ def test_the_metrics_file_is_replaced_whole_and_nothing_is_left_beside_it(tmp_pa
     out = tmp_path / "textfile" / "storage_audit.prom"
     out.parent.mkdir()
     out.write_text("# an older file\n")
-    code, stdout, err = run("report", str(FIXTURES / "demo"), "-f", "prometheus", "-o", str(out))
+    code, stdout, err = cli("report", str(FIXTURES / "demo"), "-f", "prometheus", "-o", str(out))
     assert code == 0 and stdout == "", err
     assert [p.name for p in out.parent.iterdir()] == ["storage_audit.prom"]
     assert parse(out.read_text())[("storage_audit_repositories", ())] == 3
     missing = tmp_path / "nowhere" / "storage_audit.prom"
-    code, _, err = run("report", str(FIXTURES / "demo"), "-f", "prometheus", "-o", str(missing))
+    code, _, err = cli("report", str(FIXTURES / "demo"), "-f", "prometheus", "-o", str(missing))
     assert code == 2 and err.startswith(f"storage-audit: error: {missing}: cannot write") and err.count("\n") == 1
     assert not missing.parent.exists()
 
 
 def test_prometheus_takes_no_row_options() -> None:
-    code, out, err = run("report", str(FIXTURES / "demo"), "-f", "prometheus", "--by", "repository")
+    code, out, err = cli("report", str(FIXTURES / "demo"), "-f", "prometheus", "--by", "repository")
     assert code == 2 and out == ""
     assert err == (
         "storage-audit: error: --format prometheus writes every metric: it takes no --by, --repository, "
@@ -155,9 +148,9 @@ def test_prometheus_takes_no_row_options() -> None:
 @pytest.mark.parametrize("command", [["untagged"], ["orphans"], ["check"], ["diff", "/nonexistent/old"]])
 def test_other_commands_neither_offer_nor_take_prometheus(command: list[str]) -> None:
     # Their help lists the formats they write, and a format they do not is refused as any bad choice, unread.
-    code, out, _ = run(command[0], "--help")
+    code, out, _ = cli(command[0], "--help")
     assert code == 0 and "-f, --format [table|csv|json|parquet]" in out and "prometheus" not in out
-    code, out, err = run(*command, "/nonexistent/root", "-f", "prometheus")
+    code, out, err = cli(*command, "/nonexistent/root", "-f", "prometheus")
     assert (code, out) == (2, "")
     # typer 0.29 words it through pydantic: "Invalid value for '--format' / '-f': Value error, 'prometheus' is ...".
     error = err.splitlines()[-1]
@@ -166,7 +159,7 @@ def test_other_commands_neither_offer_nor_take_prometheus(command: list[str]) ->
 
 
 def test_report_offers_every_format() -> None:
-    code, out, _ = run("report", "--help")
+    code, out, _ = cli("report", "--help")
     assert code == 0 and "-f, --format [table|csv|json|parquet|prometheus|html]" in out
 
 

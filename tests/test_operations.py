@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import storage_audit
 from storage_audit import (
@@ -43,20 +42,13 @@ from storage_audit import (
     untagged,
 )
 from storage_audit.analysis.options import Format
-from storage_audit.cli.app import app
 from storage_audit.core.view import View
 from storage_audit.output.formats import write
-from tests.conftest import FIXTURES, fixtures_built, unpack
+from tests.conftest import FIXTURES, cli, fixtures_built, unpack
 from tests.facts import load_expected
 
 V2 = Path("docker/registry/v2")
 BASIC = load_expected(FIXTURES / "basic.expected.json")
-
-
-def cli(*args: str | Path) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout
 
 
 def as_json(view: View, tmp_path: Path) -> str:
@@ -104,7 +96,7 @@ def test_survey_counts_what_scan_says(basic: Path) -> None:
     assert found.totals.unlinked_revisions == sum(not r["linked"] for r in BASIC["revisions"]) == 1
     assert found.totals.blob_bytes == sum(b["size"] for b in BASIC["blobs"])
     assert found.unreadable == [] and found.pruned is None and found.remote is None
-    code, _ = cli("scan", basic)
+    code, _, _ = cli("scan", basic)
     assert code == 0
 
 
@@ -136,11 +128,11 @@ def test_metrics_and_page_are_the_commands(basic: Path, tmp_path: Path) -> None:
     samples = metrics(resolve(basic)).view.frame
     orphan_blobs = samples.loc[samples["metric"] == "storage_audit_orphan_blobs", "value"].tolist()
     assert orphan_blobs == [float(len(orphans(resolve(basic)).view.frame))]
-    code, out = cli("report", basic, "-f", "prometheus", "-q")
+    code, out, _ = cli("report", basic, "-f", "prometheus", "-q")
     assert code == 0 and f"\nstorage_audit_orphan_blobs {orphan_blobs[0]}\n" in out
     text = page(resolve(basic), command_root="ROOT")
     assert text.lstrip().lower().startswith("<!doctype html>") and "storage-audit orphans ROOT" in text
-    code, _ = cli("report", basic, "-f", "html", "-o", tmp_path / "page.html", "-q")
+    code, _, _ = cli("report", basic, "-f", "html", "-o", tmp_path / "page.html", "-q")
     assert code == 0 and f"storage-audit orphans {basic}" in (tmp_path / "page.html").read_text(encoding="utf-8")
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from storage_audit import __version__
 from storage_audit.analysis.check import check as check_storage
@@ -31,10 +30,9 @@ from storage_audit.analysis.reach import HOLDING_REFS, ReachOptions, present_rev
 from storage_audit.cleanup.apply import apply_plan, journal_path, read_plan
 from storage_audit.cleanup.plan import OPS, Action, Plan
 from storage_audit.cleanup.removers import plan_storage, remover_for
-from storage_audit.cli.app import app
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
-from tests.conftest import BROKEN, FIXTURES, fixtures_built, unpack
+from tests.conftest import BROKEN, FIXTURES, cli, fixtures_built, unpack
 from tests.registry_harness import (
     COSIGN_SIGNATURE,
     COSIGN_SIMPLESIGNING,
@@ -59,7 +57,6 @@ NOW = fixtures_built() + timedelta(minutes=1)
 It is just after the fixtures were built, so before any run of the tests: a file a test changes after
 planning has a newer mtime than the plan, as one changed by a client would."""
 ACTION_FIELDS = {"op", "path", "repository", "tag", "digest", "bytes", "reason", "precondition"}
-runner = CliRunner()
 
 
 # --------------------------------------------------------------------------
@@ -115,14 +112,6 @@ def tag_link(v2: Path, repo: str, tag: str) -> Path:
 
 # --------------------------------------------------------------------------
 # Running the command line
-
-
-def cli(*args: str | Path, stdin: str | None = None) -> tuple[int, str, str]:
-    """Run the CLI in-process; an exception other than an exit is a failure of the test (no tracebacks)."""
-    result = runner.invoke(app, [str(a) for a in args], input=stdin)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"storage-audit {' '.join(map(str, args))} raised {result.exception!r}")
-    return result.exit_code, result.stdout, result.stderr
 
 
 def make_plan(root: Path, *policy: str, out: Path | None = None) -> tuple[Path, dict[str, Any]]:
@@ -877,11 +866,11 @@ def test_confirmation_prompt(planned: tuple[Path, Path, dict[str, Any]]) -> None
     root, plan, doc = planned
     v2 = root / V2
     before = files(v2)
-    code, _, err = cli("apply", plan, stdin="n\n")
+    code, _, err = cli("apply", plan, input="n\n")
     assert code == 2
     assert "Apply this plan?" in err and "not confirmed; nothing was deleted" in err
     assert files(v2) == before and not journal_path(plan).exists()
-    code, _, err = cli("apply", plan, stdin="y\n")
+    code, _, err = cli("apply", plan, input="y\n")
     assert code == 0, err
     assert f"plan: {len(doc['actions'])} actions" in err
     assert "Restart the registry" in err

@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
-from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.core.findings import Kind
 from storage_audit.inventory.tables import SCHEMA
 from tests import registry_harness
-from tests.conftest import fixtures_built
+from tests.conftest import cli, fixtures_built
 from tests.facts import Facts, load_expected
 from tests.registry_harness import Registry, RegistryError
 
@@ -66,7 +65,7 @@ def run_commands(page: Path, tmp_path: Path, root: Path | None = None) -> int:
             shutil.copytree(words[2], words[3], symlinks=True)
         elif words[0] == "storage-audit":
             answer = "y\n" if words[1] == "apply" and not {"--yes", "-y", "--dry-run"} & set(words) else None
-            result = CliRunner().invoke(app, words[1:], input=answer)
+            result = cli(*words[1:], input=answer)
             assert result.exit_code == 0, (page.name, words, result.output)
             ran += 1
         else:
@@ -210,7 +209,8 @@ def shown_commands(page: Path) -> list[list[str]]:
     pieces += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", prose)]
     shown = []
     for piece in pieces:
-        for command in re.findall(r"(?:^|[\s(;])storage-audit\s+([^|;)]*)", piece):
+        # storage-audit as a command, not as the name an image is tagged with (`podman build -t storage-audit`).
+        for command in re.findall(r"(?:^|[\s(;])(?<!-t )storage-audit\s+([^|;)]*)", piece):
             shown.append(command.split())
         words = piece.split()
         if len(words) > 1 and words[0] in SUBCOMMANDS and any(w.startswith("-") for w in words[1:]):

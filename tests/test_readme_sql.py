@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pytest
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
-from tests.conftest import FIXTURES, unpack
+from tests.conftest import FIXTURES, cli
 from tests.test_gen_snapshot import generator
 
 TOP = Path(__file__).resolve().parents[1]
@@ -26,7 +25,7 @@ def recipe() -> str:
 
 def reclaimable(snapshot: Path) -> dict[str, int]:
     """`reclaimable_bytes` per repository, as `report` gives it."""
-    result = CliRunner().invoke(app, ["report", str(snapshot), "--by", "repository", "--format", "json"])
+    result = cli("report", str(snapshot), "--by", "repository", "--format", "json")
     assert result.exit_code == 0, result.output
     return {row["repository"]: row["reclaimable_bytes"] for row in json.loads(result.stdout)}
 
@@ -44,10 +43,13 @@ CASES = ["basic", "churn", "multiarch", "referrers", "broken/dangling-tag", "bro
 
 @pytest.mark.parametrize("fixture", CASES)
 def test_the_recipe_gives_reports_orphan_bytes_per_repository(
-    fixture: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fixture: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_root: Callable[[Path], Path],
 ) -> None:
-    root = unpack(FIXTURES / f"{fixture}.tar.gz", tmp_path / "root")
-    result = CliRunner().invoke(app, ["scan", str(root), "-o", str(tmp_path / "snapshot"), "-q"])
+    root = shared_root(FIXTURES / f"{fixture}.tar.gz")
+    result = cli("scan", str(root), "-o", str(tmp_path / "snapshot"), "-q")
     assert result.exit_code == 0, result.output
     expected = reclaimable(tmp_path / "snapshot")
     assert run_recipe(tmp_path, monkeypatch) == expected

@@ -19,11 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
 from storage_audit.inventory.schema import METADATA_FILE
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, cli
 from tests.s3_harness import SeaweedS3, s3_storage_block
 
 DEMO = FIXTURES / "demo"
@@ -32,14 +30,6 @@ SECONDS = 60
 """Long enough for a command on a busy machine; a command that hangs on a FIFO never ends within it."""
 MEMORY = 2 << 30
 """Address space a command may take: a read of /dev/zero ends here, not in the machine's swap."""
-
-runner = CliRunner()
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _limited() -> None:
@@ -77,7 +67,7 @@ def refused(code: int, err: str, *words: str) -> None:
 def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A whole snapshot of the demo registry, to copy and break."""
     path = tmp_path_factory.mktemp("whole") / "snap"
-    code, _, err = run("scan", str(DEMO), "-o", str(path), "-q")
+    code, _, err = cli("scan", str(DEMO), "-o", str(path), "-q")
     assert code == 0, err
     return path
 
@@ -98,7 +88,7 @@ def test_a_snapshot_without_its_metadata_is_an_incomplete_snapshot(snapshot: Pat
     half = copy("half")
     (half / METADATA_FILE).unlink()
     for args in (["report", str(half)], ["diff", str(snapshot), str(half)], ["plan", str(half)], ["check", str(half)]):
-        code, out, err = run(*args)
+        code, out, err = cli(*args)
         assert out == ""
         refused(code, err, f"{half}: an incomplete snapshot", "metadata.json")
 
@@ -109,7 +99,7 @@ def test_a_scan_killed_early_left_an_incomplete_snapshot(copy: Callable[[str], P
     for entry in early.iterdir():
         if entry.name not in ("blobs", "repositories"):
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    code, out, err = run("report", str(early))
+    code, out, err = cli("report", str(early))
     assert out == ""
     refused(code, err, "an incomplete snapshot")
 
@@ -180,7 +170,7 @@ def test_a_part_behind_a_symbolic_link_is_refused(copy: Callable[[str], Path]) -
     part = snap / "blobs" / "part-00000.parquet"
     part.rename(snap.parent / "elsewhere.parquet")
     part.symlink_to(snap.parent / "elsewhere.parquet")
-    code, _, err = run("untagged", str(snap))
+    code, _, err = cli("untagged", str(snap))
     refused(code, err, "blobs/part-00000.parquet: symbolic link, not followed")
 
 
@@ -210,7 +200,7 @@ def test_nested_yaml_aliases_are_refused_before_they_expand(tmp_path: Path) -> N
 
 def test_a_recursive_yaml_alias_is_refused(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     text = f"version: 0.1\nloop: &l [*l]\nstorage:\n  filesystem:\n    rootdirectory: {fixture_root('basic')}\n"
-    code, _, err = run("report", str(config(tmp_path, "loop.yml", text)))
+    code, _, err = cli("report", str(config(tmp_path, "loop.yml", text)))
     refused(code, err, "aliases")
 
 
@@ -234,7 +224,7 @@ def test_a_rootdirectory_that_cannot_be_one_is_refused(
         monkeypatch.setenv(name, fake)  # credentials are not what is wrong here
     extra = "    bucket: reg\n    region: us-east-1\n    regionendpoint: http://127.0.0.1:1\n" if driver == "s3" else ""
     path = config(tmp_path, "c.yml", f"version: 0.1\nstorage:\n  {driver}:\n{extra}    rootdirectory: {value}\n")
-    code, out, err = run("report", str(path), "--no-cache")
+    code, out, err = cli("report", str(path), "--no-cache")
     assert out == ""
     refused(code, err, *words)
     assert len(err) < 500
@@ -249,7 +239,7 @@ def test_a_bucket_that_is_not_a_string_is_refused(value: str, tmp_path: Path, mo
         "c.yml",
         f"version: 0.1\nstorage:\n  s3:\n    bucket: {value}\n    region: us-east-1\n    regionendpoint: http://127.0.0.1:1\n",
     )
-    code, _, err = run("report", str(path), "--no-cache")
+    code, _, err = cli("report", str(path), "--no-cache")
     refused(code, err, "storage.s3.bucket", "not a string")
 
 
@@ -257,7 +247,7 @@ def test_a_list_rootdirectory_is_refused_not_read_as_an_empty_bucket(s3_server: 
     # Once the text of the list, "['a', 'b']", became the prefix: no keys below it, so an empty registry, exit 0.
     lines = ["    rootdirectory: [a, b]" if "rootdirectory" in line else line for line in s3_storage_block(s3_server)]
     path = config(tmp_path, "s3.yml", "\n".join(["version: 0.1", "storage:", *lines, ""]))
-    result = runner.invoke(app, ["report", str(path), "--no-cache"], env=s3_server.environment())
+    result = cli("report", str(path), "--no-cache", env=s3_server.environment())
     assert result.stdout == ""
     refused(result.exit_code, result.stderr, "storage.s3.rootdirectory is a list, not a string")
 
@@ -295,7 +285,7 @@ def test_a_configuration_through_a_symbolic_link_is_still_read(fixture_root, tmp
     )
     link = tmp_path / "config.yml"
     link.symlink_to(real)
-    code, out, err = run("report", str(link), "-f", "json", "-q")
+    code, out, err = cli("report", str(link), "-f", "json", "-q")
     assert code == 0, err
     assert json.loads(out)["repositories"] == 3
 
@@ -354,7 +344,7 @@ def test_a_table_holding_what_no_scan_writes_is_refused(
         pq.write_table(pa.Table.from_pylist([row | {"detail": "d"}], schema=data.schema), path)
     rewrite(snap, table, column, first(value))
     command, *rest = (a.format(out=snap.parent) for a in args)
-    code, out, err = run(command, str(snap), *rest)
+    code, out, err = cli(command, str(snap), *rest)
     assert out == ""
     refused(code, err, f"{snap}: unreadable snapshot", *words)
 
@@ -365,7 +355,7 @@ def test_a_part_with_a_column_of_another_type_is_refused(copy: Callable[[str], P
     data = pq.read_table(path)
     at = data.schema.get_field_index("size")
     pq.write_table(data.set_column(at, "size", data.column("size").cast(pa.string())), path)
-    code, _, err = run("untagged", str(snap))
+    code, _, err = cli("untagged", str(snap))
     refused(code, err, "blobs/part-00000.parquet: column size holds string, not integers")
 
 
@@ -375,14 +365,14 @@ def test_naive_times_in_a_part_are_refused(copy: Callable[[str], Path]) -> None:
     data = pq.read_table(path)
     at = data.schema.get_field_index("mtime")
     pq.write_table(data.set_column(at, "mtime", data.column("mtime").cast(pa.timestamp("ns"))), path)
-    code, _, err = run("untagged", str(snap))
+    code, _, err = cli("untagged", str(snap))
     refused(code, err, "blobs/part-00000.parquet: column mtime holds timestamp[ns], not times with a time zone")
 
 
 def test_a_view_of_another_schema_is_refused(copy: Callable[[str], Path]) -> None:
     snap = copy("view")
     pq.write_table(pa.table({"repository": ["a"], "bytes": [1]}), snap / "report-repository.parquet")
-    code, out, err = run("report", str(snap), "--by", "repository")
+    code, out, err = cli("report", str(snap), "--by", "repository")
     assert out == ""
     refused(code, err, "report-repository.parquet: not the repository view this version reads: no column tags")
 
@@ -394,7 +384,7 @@ def test_a_view_with_negative_sizes_is_refused(copy: Callable[[str], Path]) -> N
     data = pq.read_table(path)
     at = data.schema.get_field_index("physical_bytes")
     pq.write_table(data.set_column(at, "physical_bytes", pa.array([-(1 << 50)], type=pa.int64())), path)
-    code, out, err = run("report", str(snap))
+    code, out, err = cli("report", str(snap))
     assert out == ""
     refused(code, err, "report-summary.parquet: column physical_bytes holds negative values")
 
@@ -405,7 +395,7 @@ def test_a_scan_time_without_its_offset_is_refused(value: object, snapshot: Path
     meta = json.loads((snap / METADATA_FILE).read_text())
     (snap / METADATA_FILE).write_text(json.dumps(meta | {"scanned_at": value}))
     for args in (["diff", str(snap), str(snapshot)], ["report", str(snap)], ["untagged", str(snap)]):
-        code, out, err = run(*args)
+        code, out, err = cli(*args)
         assert out == ""
         refused(code, err, "metadata.json: scanned_at", "not a time with its UTC offset")
 
@@ -414,14 +404,14 @@ def test_metadata_bigger_than_any_snapshot_writes_is_refused(copy: Callable[[str
     snap = copy("big-meta")
     meta = json.loads((snap / METADATA_FILE).read_text())
     (snap / METADATA_FILE).write_text(json.dumps(meta | {"padding": "x" * (5 << 20)}))
-    code, _, err = run("report", str(snap))
+    code, _, err = cli("report", str(snap))
     refused(code, err, "metadata.json: larger than")
 
 
 def test_a_whole_snapshot_still_reads_as_it_was_written(snapshot: Path) -> None:
     # Everything refused above is refused for what it is: the snapshot they were made from reads as ever.
     for args in (["untagged", "-f", "json"], ["report", "--by", "repository", "-f", "json"], ["check", "-f", "json"]):
-        code, out, err = run(args[0], str(snapshot), *args[1:])
+        code, out, err = cli(args[0], str(snapshot), *args[1:])
         assert code == 0, err
         assert json.loads(out)
 
@@ -429,5 +419,5 @@ def test_a_whole_snapshot_still_reads_as_it_was_written(snapshot: Path) -> None:
 def test_a_part_that_is_no_parquet_file_is_named(copy: Callable[[str], Path]) -> None:
     snap = copy("garbage")
     (snap / "blobs" / "part-00000.parquet").write_bytes(b"not parquet")
-    code, _, err = run("untagged", str(snap))
+    code, _, err = cli("untagged", str(snap))
     refused(code, err, f"{snap}: unreadable snapshot: blobs/part-00000.parquet: not a Parquet file")

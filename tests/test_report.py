@@ -16,21 +16,18 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from storage_audit.analysis.options import ReportError
 from storage_audit.analysis.report import By, ReportOptions, report
-from storage_audit.cli.app import app
 from storage_audit.inventory.tables import SCHEMA, Inventory, write_snapshot
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
 
-from .conftest import FIXTURES, REAL_FIXTURES, unpack
+from .conftest import FIXTURES, REAL_FIXTURES, cli, unpack
 from .registry_harness import Registry, require_registry
 from .workloads import EDGE_CASES, random_workload
 
 V2 = Path("docker/registry/v2")
-runner = CliRunner()
 
 # Pinned: scripts read these names, so a change here is a breaking change.
 PINNED_COLUMNS: dict[str, list[str]] = {
@@ -357,24 +354,18 @@ def test_options_are_checked() -> None:
 # The command
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
 def test_report_has_help() -> None:
-    code, out, _ = run("report", "--help")
+    code, out, _ = cli("report", "--help")
     assert code == 0 and "--by" in out and "--sort" in out
 
 
 @pytest.mark.parametrize("by", list(PINNED_COLUMNS))
 def test_columns_are_pinned_in_csv_and_json(by: str, fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
-    code, out, _ = run("report", root, "--by", by, "-f", "csv", "-q")
+    code, out, _ = cli("report", root, "--by", by, "-f", "csv", "-q")
     assert code == 0
     assert out.splitlines()[0].split(",") == PINNED_COLUMNS[by]
-    code, out, _ = run("report", root, "--by", by, "-f", "json", "-q")
+    code, out, _ = cli("report", root, "--by", by, "-f", "json", "-q")
     assert code == 0
     data = json.loads(out)
     rows = [data] if by == "summary" else data
@@ -383,12 +374,12 @@ def test_columns_are_pinned_in_csv_and_json(by: str, fixture_root) -> None:  # t
 
 def test_json_holds_raw_integers_and_iso_times(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
-    summary = json.loads(run("report", root, "-f", "json")[1])
+    summary = json.loads(cli("report", root, "-f", "json")[1])
     assert isinstance(summary["physical_bytes"], int) and isinstance(summary["dedup_ratio"], float)
-    repos = json.loads(run("report", root, "--by", "repository", "-f", "json")[1])
+    repos = json.loads(cli("report", root, "--by", "repository", "-f", "json")[1])
     assert all(isinstance(r["total_bytes"], int) for r in repos)
     assert all(r["last_push"].endswith("Z") for r in repos)
-    (upload,) = json.loads(run("report", root, "--by", "upload", "-f", "json")[1])
+    (upload,) = json.loads(cli("report", root, "--by", "upload", "-f", "json")[1])
     assert isinstance(upload["age"], int) and upload["started_at"].endswith("Z")
 
 
@@ -396,7 +387,7 @@ def test_parquet_keeps_dtypes(fixture_root, tmp_path: Path) -> None:  # type: ig
     root = str(fixture_root("basic"))
     for by in PINNED_COLUMNS:
         out = tmp_path / f"{by}.parquet"
-        assert run("report", root, "--by", by, "-f", "parquet", "-o", str(out))[0] == 0
+        assert cli("report", root, "--by", by, "-f", "parquet", "-o", str(out))[0] == 0
         frame = pd.read_parquet(out)
         assert list(frame.columns) == PINNED_COLUMNS[by]
     repos = pd.read_parquet(tmp_path / "repository.parquet")
@@ -407,31 +398,31 @@ def test_parquet_keeps_dtypes(fixture_root, tmp_path: Path) -> None:  # type: ig
 
 
 def test_parquet_without_output_is_a_usage_error(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("report", str(fixture_root("basic")), "--by", "tag", "-f", "parquet")
+    code, out, err = cli("report", str(fixture_root("basic")), "--by", "tag", "-f", "parquet")
     assert code == 2 and out == ""
     assert err == "storage-audit: error: parquet needs an output file: add -o FILE\n"
 
 
 def test_unknown_sort_column_is_a_usage_error(fixture_root) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = run("report", str(fixture_root("basic")), "--by", "tag", "--sort", "bytes")
+    code, out, err = cli("report", str(fixture_root("basic")), "--by", "tag", "--sort", "bytes")
     assert code == 2 and out == ""
     assert err.startswith("storage-audit: error: --sort bytes: no such column in --by tag; one of: repository, tag")
-    assert run("report", str(fixture_root("basic")), "--top", "3")[0] == 2
+    assert cli("report", str(fixture_root("basic")), "--top", "3")[0] == 2
 
 
 def test_bad_root_is_a_usage_error(tmp_path: Path) -> None:
-    code, out, err = run("report", str(tmp_path / "nope"))
+    code, out, err = cli("report", str(tmp_path / "nope"))
     assert code == 2 and out == "" and "no such file" in err
 
 
 def test_top_and_sort(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
-    everything = pd.read_csv(io.StringIO(run("report", root, "--by", "blob", "-f", "csv")[1]))
+    everything = pd.read_csv(io.StringIO(cli("report", root, "--by", "blob", "-f", "csv")[1]))
     assert everything["size"].is_monotonic_decreasing
-    top = pd.read_csv(io.StringIO(run("report", root, "--by", "blob", "-f", "csv", "--top", "4")[1]))
+    top = pd.read_csv(io.StringIO(cli("report", root, "--by", "blob", "-f", "csv", "--top", "4")[1]))
     assert top.equals(everything.head(4))
     by_name = pd.read_csv(
-        io.StringIO(run("report", root, "--by", "repository", "-f", "csv", "--sort", "repository")[1])
+        io.StringIO(cli("report", root, "--by", "repository", "-f", "csv", "--sort", "repository")[1])
     )
     assert list(by_name["repository"]) == sorted(by_name["repository"])
 
@@ -440,7 +431,7 @@ def test_repository_filter(fixture_root) -> None:  # type: ignore[no-untyped-def
     root = str(fixture_root("basic"))
 
     def csv(*args: str) -> pd.DataFrame:
-        code, out, _ = run("report", root, "-f", "csv", *args)
+        code, out, _ = cli("report", root, "-f", "csv", *args)
         assert code == 0
         return pd.read_csv(io.StringIO(out), keep_default_na=False)
 
@@ -460,15 +451,14 @@ def test_tables_fit_80_columns(fixture_root) -> None:  # type: ignore[no-untyped
     root = str(fixture_root("basic"))
     for by in PINNED_COLUMNS:
         # Piped, a table takes the width COLUMNS says.
-        result = runner.invoke(app, ["report", root, "--by", by], env={"COLUMNS": "80"})
-        code, out = result.exit_code, result.stdout
+        code, out, _ = cli("report", root, "--by", by, env={"COLUMNS": "80"})
         assert code == 0
         assert max(len(line) for line in out.splitlines()) <= 80, out
         assert by == "summary" or "total (" in out
-    summary = run("report", root)[1]
+    summary = cli("report", root)[1]
     assert "physical_bytes" in summary and "KiB" in summary
     # The fixture's upload is as old as the fixture: its age reads in words, whatever the unit.
-    uploads = run("report", root, "--by", "upload")[1]
+    uploads = cli("report", root, "--by", "upload")[1]
     assert re.search(r"\b(a|an|\d+) (second|minute|hour|day|month|year)s?\b", uploads), uploads
 
 
@@ -476,15 +466,15 @@ def test_snapshot_gives_the_same_report(fixture_root, tmp_path: Path) -> None:  
     root = fixture_root("multiarch")
     write_snapshot(scan(LocalStorage(root / V2)), tmp_path / "snap")
     for by in ("summary", "repository", "tag", "manifest", "blob"):
-        tree = run("report", str(root), "--by", by, "-f", "csv")
-        snap = run("report", str(tmp_path / "snap"), "--by", by, "-f", "csv")
+        tree = cli("report", str(root), "--by", by, "-f", "csv")
+        snap = cli("report", str(tmp_path / "snap"), "--by", by, "-f", "csv")
         assert tree == snap
 
 
 def test_a_snapshot_stores_whole_views_and_reports_cut_them(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = fixture_root("multiarch")
     snap = tmp_path / "snap"
-    assert run("scan", str(root), "-o", str(snap), "-q")[0] == 0
+    assert cli("scan", str(root), "-o", str(snap), "-q")[0] == 0
     views = json.loads((snap / "metadata.json").read_text())["views"]
     assert sorted(views) == sorted(b.value for b in By)
     cases = [("--by", by.value, "-f", fmt) for by in By for fmt in ("csv", "json")] + [
@@ -493,13 +483,13 @@ def test_a_snapshot_stores_whole_views_and_reports_cut_them(fixture_root, tmp_pa
         ("--by", "repository", "--repository", "no-such-*", "-f", "csv"),
         ("--by", "blob", "--repository", "*", "-f", "csv"),
     ]
-    expected = {case: run("report", str(root), *case) for case in cases}
+    expected = {case: cli("report", str(root), *case) for case in cases}
     # Without its inventory tables the snapshot still answers every report but one:
     # blobs narrowed to some repositories are computed from the inventory.
     for table in SCHEMA:
         shutil.rmtree(snap / table)
     for case, answer in expected.items():
-        got = run("report", str(snap), *case)
+        got = cli("report", str(snap), *case)
         if "blob" in case and "--repository" in case:
             assert got[0] == 2 and "unreadable snapshot" in got[2]
         else:

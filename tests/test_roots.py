@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import storage_audit
-from storage_audit.cli.app import app
 from storage_audit.operations.inventory import load
 from storage_audit.roots.resolve import LocalTree, Snapshot, resolve
 from storage_audit.storage.base import LocalStorage, ProcessModel
+from tests.conftest import cli
 
 V2 = Path("docker/registry/v2")
 PACKAGE = Path(storage_audit.__file__).parent
@@ -45,7 +44,7 @@ def test_a_local_tree_is_scanned_by_workers_and_recorded_by_its_path(fixture_roo
     assert root.storage.process_model is ProcessModel.WORKERS
     assert root.storage.origin == {"path": v2}
     assert load(root).origin == {"path": v2}
-    result = CliRunner().invoke(app, ["scan", str(fixture_root("basic")), "-o", str(tmp_path / "snap"), "-q"])
+    result = cli("scan", str(fixture_root("basic")), "-o", str(tmp_path / "snap"), "-q")
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "snap" / "metadata.json").read_text())
     assert (meta["root"], meta["origin"]) == (v2, {"path": v2})
@@ -53,13 +52,12 @@ def test_a_local_tree_is_scanned_by_workers_and_recorded_by_its_path(fixture_roo
 
 
 def test_a_snapshot_is_no_tree_to_plan_or_verify(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    runner = CliRunner()
-    assert runner.invoke(app, ["scan", str(fixture_root("basic")), "-o", str(tmp_path / "snap"), "-q"]).exit_code == 0
+    assert cli("scan", str(fixture_root("basic")), "-o", str(tmp_path / "snap"), "-q").exit_code == 0
     snap = str(tmp_path / "snap")
-    planned = runner.invoke(app, ["plan", snap])
+    planned = cli("plan", snap)
     assert planned.exit_code == 2
     assert planned.stderr.startswith(f"storage-audit: error: {snap}: plan from the storage itself, not a snapshot")
-    checked = runner.invoke(app, ["check", snap, "--verify-digests"])
+    checked = cli("check", snap, "--verify-digests")
     assert checked.exit_code == 2 and "a snapshot does not hold" in checked.stderr
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tests.s3_harness import (
     bucket_for,
     local_files,
     mirror,
+    put_objects,
     raw_client,
     raw_keys,
     s3_garbage_collect,
@@ -274,7 +276,6 @@ def test_etag_shortcut_leaves_other_contents_to_a_get(s3_server: SeaweedS3, s3_r
 def test_nested_and_sibling_keys_across_pages(s3_server: SeaweedS3, s3_root: str) -> None:
     """`x/a/b` and `x/a-b` on both sides of page boundaries: the listing is the set written, whatever the order."""
     prefix = v2_prefix(s3_root)
-    client = raw_client(s3_server)
     names = ["a/b", "a-b", "a.b", "a/b/c", "a0", "a/b-c", "a/b.c", "a", "b"]
     written: set[str] = set()
     # Past one page of 1,000 keys, in three places: obstore pages with S3's default size and no way to set it.
@@ -283,8 +284,7 @@ def test_nested_and_sibling_keys_across_pages(s3_server: SeaweedS3, s3_root: str
             for name in names if i % 101 == 0 else names[:1]:
                 key = f"{shard}/k{i:04d}/{name}"
                 written.add(key)
-        for key in [k for k in written if k.startswith(shard + "/")]:
-            client.put_object(Bucket=s3_server.bucket, Key=prefix + key, Body=b"")
+        put_objects(s3_server, [(prefix + k, b"") for k in written if k.startswith(shard + "/")])
     bucket = bucket_for(s3_server, s3_root)
     listing = listed(bucket)
     assert set(listing.objects) == written
@@ -332,8 +332,7 @@ def test_batched_delete(s3_server: SeaweedS3, s3_root: str) -> None:
     prefix = v2_prefix(s3_root)
     client = raw_client(s3_server)
     paths = [f"blobs/sha256/{i % 256:02x}/k{i}/data" for i in range(DELETE_BATCH * 2 + 5)]
-    for path in paths:
-        client.put_object(Bucket=s3_server.bucket, Key=prefix + path, Body=b"1")
+    put_objects(s3_server, [(prefix + path, b"1") for path in paths])
     keep = "repositories/a/_layers/sha256/k/link"
     client.put_object(Bucket=s3_server.bucket, Key=prefix + keep, Body=b"1")
     bucket = bucket_for(s3_server, s3_root)
@@ -432,7 +431,9 @@ def test_gc_dry_run_on_the_bucket_equals_the_one_on_its_mirror(
 def test_missing_server_fails_when_required(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.s3_harness import require_weed
 
+    # Neither on PATH nor beside the running Python.
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/bin/python3")
     monkeypatch.setenv("STORAGE_AUDIT_REQUIRE_REGISTRY", "1")
     with pytest.raises(pytest.fail.Exception, match="weed"):
         require_weed()

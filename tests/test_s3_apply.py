@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from storage_audit.cleanup.plan import Plan
-from storage_audit.cli.app import app
-from tests.conftest import fixture_builder
+from tests.conftest import Ran, cli, fixture_builder
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (
     RegistryInBucket,
@@ -40,22 +38,20 @@ POLICIES = {
 }
 
 
-def run(server: SeaweedS3, args: list[str], env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(app, args, env=server.environment() if env is None else env)
-
-
 class Pushed(RegistryInBucket):
     def etags(self) -> dict[str, str]:
         """Every key under the registry's prefix, with its ETag."""
         return {key: entry["ETag"] for key, entry in raw_keys(self.server, self.prefix).items()}
 
     def plan(self, path: Path, *args: str, fmt: str = "json") -> dict[str, Any]:
-        result = run(self.server, ["plan", self.url, *args, "--min-age", "0s", "-o", str(path), "-f", fmt, "-q"])
+        result = cli(
+            "plan", self.url, *args, "--min-age", "0s", "-o", str(path), "-f", fmt, "-q", env=self.server.environment()
+        )
         assert result.exit_code == 0, result.output
         return json.loads(path.read_text()) if fmt == "json" else {}
 
-    def apply(self, plan: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-        return run(self.server, ["apply", str(plan), "-y", "--no-cache", *args], env)
+    def apply(self, plan: Path, *args: str, env: dict[str, str] | None = None) -> Ran:
+        return cli("apply", str(plan), "-y", "--no-cache", *args, env=self.server.environment() if env is None else env)
 
 
 def manifest_rank(server: SeaweedS3, prefix: str, digest: str) -> int:
@@ -121,12 +117,12 @@ def test_plan_records_the_location_and_each_key_as_listed(basic: Pushed, tmp_pat
 
 
 def test_format_sh_is_refused_on_a_bucket_and_http_is_written(basic: Pushed, tmp_path: Path) -> None:
-    result = run(basic.server, ["plan", basic.url, "--delete-untagged", "-f", "sh", "--no-cache"])
+    result = cli("plan", basic.url, "--delete-untagged", "-f", "sh", "--no-cache", env=basic.server.environment())
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("storage-audit: error: ") and "--format sh" in lines[0]
     args = ["plan", basic.url, "--delete-untagged", "--min-age", "0s", "-f", "http", "--registry-url", "http://r:5000"]
-    http = run(basic.server, [*args, "-q"])
+    http = cli(*args, "-q", env=basic.server.environment())
     assert http.exit_code == 0, http.output
     assert 'curl -fsS -X DELETE "$REGISTRY/v2/team/app/server/manifests/sha256:' in http.stdout
     assert "registry garbage-collect" in http.stdout
@@ -142,13 +138,22 @@ def test_apply_removes_what_the_local_apply_removes_and_the_registry_still_serve
     server = basic.server
     # The yardstick: the same plan applied by the local apply to a copy of the bucket's keys.
     copy = mirror_as_listed(server, basic.rootdirectory, tmp_path / "copy")
-    local = run(server, ["plan", str(copy), *POLICIES[policy], "--min-age", "0s", "-o", str(tmp_path / "local.json")])
+    local = cli(
+        "plan",
+        str(copy),
+        *POLICIES[policy],
+        "--min-age",
+        "0s",
+        "-o",
+        str(tmp_path / "local.json"),
+        env=server.environment(),
+    )
     assert local.exit_code == 0, local.output
     doc = basic.plan(tmp_path / "plan.json", *POLICIES[policy])
     local_doc = json.loads((tmp_path / "local.json").read_text())
     assert [(a["op"], a["path"]) for a in doc["actions"]] == [(a["op"], a["path"]) for a in local_doc["actions"]]
     assert doc["actions"]
-    applied = run(server, ["apply", str(tmp_path / "local.json"), "-y"])
+    applied = cli("apply", str(tmp_path / "local.json"), "-y", env=server.environment())
     assert applied.exit_code == 0, applied.output
 
     # One DeleteObjects per phase that removes keys, and one abort per upload: never a DELETE per key. Referrers,
@@ -185,7 +190,7 @@ def test_apply_removes_what_the_local_apply_removes_and_the_registry_still_serve
             assert reg.request("GET", f"/v2/{repo}/manifests/{digest}").status == 404
     eligible, blobs, _ = parse_gc_output(s3_garbage_collect(server, basic.rootdirectory))
     assert eligible == set() and blobs == set()
-    check = run(server, ["check", basic.url, "-f", "json", "-q", "--no-cache"])
+    check = cli("check", basic.url, "-f", "json", "-q", "--no-cache", env=server.environment())
     assert check.exit_code == 0, check.output
     assert [f for f in json.loads(check.stdout) if f["severity"] == "error"] == []
 
@@ -409,7 +414,7 @@ def test_a_registry_configuration_file_plans_and_applies_with_its_own_credential
     config.write_text("version: 0.1\nstorage:\n" + "\n".join(s3_storage_block(server, basic.rootdirectory)) + "\n")
     plan = tmp_path / "plan.json"
     args = ["plan", str(config), "--delete-untagged", "--min-age", "0s", "-o", str(plan), "-q", "--no-cache"]
-    result = run(server, args, env={})
+    result = cli(*args, env={})
     assert result.exit_code == 0, result.output
     doc = json.loads(plan.read_text())
     assert doc["root"] == basic.url and doc["location"]["endpoint"] == server.endpoint

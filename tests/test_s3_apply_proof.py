@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from storage_audit.analysis.reach import present_revisions
-from storage_audit.cli.app import app
 from storage_audit.core.paths import UploadData, UploadDir, UploadStartedAt, parse_path, path_for
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
+from tests.conftest import Ran, cli
 from tests.registry_harness import Ledger, ManifestPut, parse_gc_output, require_registry
 from tests.s3_harness import (
     RegistryInBucket,
@@ -122,23 +121,15 @@ def bucket_snapshot(server: SeaweedS3, *buckets: str) -> dict[tuple[str, str], s
 # Running the command line
 
 
-def run(server: SeaweedS3, *args: str | Path) -> Result:
-    """The command line in this process, with the server's endpoint and credentials in the environment."""
-    result = CliRunner().invoke(app, [str(a) for a in args], env=server.environment())
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"storage-audit {' '.join(map(str, args))} raised {result.exception!r}")
-    return result
-
-
 def make_plan(case: InBucket, out: Path, *policy: str) -> dict[str, Any]:
-    result = run(case.server, "plan", case.url, *policy, "--no-cache", "-q", "-o", out)
+    result = cli("plan", case.url, *policy, "--no-cache", "-q", "-o", out, env=case.server.environment())
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     return json.loads(out.read_text())
 
 
-def apply(case: InBucket, plan: Path, *extra: str) -> Result:
-    return run(case.server, "apply", plan, "--yes", "--no-cache", *extra)
+def apply(case: InBucket, plan: Path, *extra: str) -> Ran:
+    return cli("apply", plan, "--yes", "--no-cache", *extra, env=case.server.environment())
 
 
 def apply_process(server: SeaweedS3, plan: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -269,7 +260,7 @@ def assert_kept_and_removed(
     # Nothing left for the collector, and `check` finds no error on the bucket.
     _, eligible, _ = parse_gc_output(s3_garbage_collect(s3_server, case.rootdirectory))
     assert eligible == set()
-    checked = run(s3_server, "check", case.url, "--no-cache", "-q")
+    checked = cli("check", case.url, "--no-cache", "-q", env=s3_server.environment())
     assert checked.exit_code == 0, checked.output
 
 

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner, Result
 
 from storage_audit.analysis.options import By
-from storage_audit.cli.app import app
 from storage_audit.inventory.tables import read_snapshot
 from storage_audit.operations.inventory import load
-from storage_audit.roots.resolve import resolve
-from tests.conftest import BROKEN, FIXTURES, fixture_builder, unpack
+from storage_audit.roots.resolve import RemoteOptions, resolve
+from tests.conftest import BROKEN, FIXTURES, Ran, cli, fixture_builder
 from tests.registry_harness import Client, parse_gc_output, require_registry
 from tests.s3_harness import (
     REGION,
@@ -87,14 +85,9 @@ def pushed(s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> It
     yield get
 
 
-def run(server: SeaweedS3, args: list[str]) -> Result:
-    """The command line, in this process, with the server's endpoint and credentials in the environment."""
-    return CliRunner().invoke(app, args, env=server.environment())
-
-
 def answer(server: SeaweedS3, args: list[str]) -> str:
-    result = run(server, args)
-    assert result.exit_code in (0, 3), (args, result.output, result.exception)
+    result = cli(*args, env=server.environment())
+    assert result.exit_code in (0, 3), (args, result.output)
     return result.stdout
 
 
@@ -108,12 +101,26 @@ def same_answer(on_bucket: str, on_disk: str) -> None:
     assert a == b
 
 
-def assert_same_answers(server: SeaweedS3, url: str, rootdirectory: str, copy: Path, scratch: Path) -> None:
-    """`scan -o` tables, the scan summary and every command's output are the same on `url` and on `copy`."""
+def direct_command(name: str) -> list[str]:
+    """The command a case also runs straight on the bucket: each in turn, so that every one runs so on several."""
+    return COMMANDS[(CASES + BROKEN_FIXTURES).index(name) % len(COMMANDS)]
+
+
+def assert_same_answers(
+    server: SeaweedS3, url: str, rootdirectory: str, copy: Path, scratch: Path, direct: list[str]
+) -> None:
+    """`scan -o` tables, the scan summary, the inventory each command answers from and every command's output are
+    the same on `url` and on `copy`.
+
+    A command reads a bucket as it reads a tree (`operations.inventory.load`),
+    then answers from the inventory alone. So each command answers on the
+    bucket's snapshot as on the copy itself, and `direct` straight on the
+    bucket too: one full read of the bucket per answer is only needed once.
+    """
     # Snapshots: every table the same, row for row; only the metadata says where each came from.
-    run_bucket = run(server, ["scan", url, "-o", str(scratch / "bucket"), "--no-cache"])
+    run_bucket = cli("scan", url, "-o", str(scratch / "bucket"), "--no-cache", env=server.environment())
     assert run_bucket.exit_code == 0, run_bucket.output
-    run_local = run(server, ["scan", str(copy), "-o", str(scratch / "local")])
+    run_local = cli("scan", str(copy), "-o", str(scratch / "local"), env=server.environment())
     assert run_local.exit_code == 0, run_local.output
     on_bucket, on_disk = read_snapshot(scratch / "bucket"), read_snapshot(scratch / "local")
     assert sum(on_bucket.counts().values()) > 0
@@ -131,11 +138,24 @@ def assert_same_answers(server: SeaweedS3, url: str, rootdirectory: str, copy: P
     # The summaries agree too, but for where the tree is and what reading the bucket took.
     summary = [line for line in run_local.stderr.splitlines() if not line.startswith("root:")]
     assert run_bucket.stderr.splitlines()[1 : 1 + len(summary)] == summary
+    # The inventory the commands answer from, read as they read it (without a snapshot between): the same too.
+    with pytest.MonkeyPatch.context() as env:
+        for variable, value in server.environment().items():
+            env.setenv(variable, value)
+        from_bucket = load(resolve(url, RemoteOptions(cache=False)))
+    from_disk = load(resolve(copy))
+    for table, frame in from_disk.tables().items():
+        pd.testing.assert_frame_equal(from_bucket.tables()[table], frame, obj=table)
+    # Every command: on the bucket's snapshot as on the copy; and one of them straight on the bucket.
     for args in COMMANDS:
         same_answer(
-            answer(server, [args[0], url, *args[1:], "-q", "--no-cache"]),
+            answer(server, [args[0], str(scratch / "bucket"), *args[1:], "-q"]),
             answer(server, [args[0], str(copy), *args[1:], "-q"]),
         )
+    same_answer(
+        answer(server, [direct[0], url, *direct[1:], "-q", "--no-cache"]),
+        answer(server, [direct[0], str(copy), *direct[1:], "-q"]),
+    )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -143,7 +163,7 @@ def test_every_command_answers_as_on_the_local_copy(
     name: str, pushed: Callable[[str], InBucket], s3_server: SeaweedS3, tmp_path: Path
 ) -> None:
     case = pushed(name)
-    assert_same_answers(s3_server, case.url, case.rootdirectory, case.mirror, tmp_path)
+    assert_same_answers(s3_server, case.url, case.rootdirectory, case.mirror, tmp_path, direct_command(name))
 
 
 def upload_tree(server: SeaweedS3, rootdirectory: str, root: Path) -> int:
@@ -172,18 +192,23 @@ def _utf8(text: str) -> bool:
 
 
 @pytest.mark.parametrize("name", BROKEN_FIXTURES)
-def test_damaged_trees_answer_as_on_the_local_copy(name: str, s3_server: SeaweedS3, tmp_path: Path) -> None:
+def test_damaged_trees_answer_as_on_the_local_copy(
+    name: str, s3_server: SeaweedS3, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
     """The damaged fixture trees, keys written directly: the bucket answers as a local copy of what it holds."""
     rootdirectory = f"/broken/{name}"
-    original = unpack(BROKEN / f"{name}.tar.gz", tmp_path / "original")
+    original = shared_root(BROKEN / f"{name}.tar.gz")
     assert upload_tree(s3_server, rootdirectory, original) > 0
     copy = mirror_as_listed(s3_server, rootdirectory, tmp_path / "copy")
-    assert_same_answers(s3_server, f"s3://{s3_server.bucket}{rootdirectory}", rootdirectory, copy, tmp_path)
+    url = f"s3://{s3_server.bucket}{rootdirectory}"
+    assert_same_answers(s3_server, url, rootdirectory, copy, tmp_path, direct_command(name))
 
 
-def test_a_key_that_is_also_a_prefix_is_a_stray_file(s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
+def test_a_key_that_is_also_a_prefix_is_a_stray_file(
+    s3_server: SeaweedS3, s3_root: str, shared_root: Callable[[Path], Path]
+) -> None:
     """Only S3 holds `x` and `x/y` at once: the walk goes into `x/`, and the object `x` is a finding."""
-    original = unpack(FIXTURES / "basic.tar.gz", tmp_path / "original")
+    original = shared_root(FIXTURES / "basic.tar.gz")
     upload_tree(s3_server, s3_root, original)
     client = raw_client(s3_server)
     prefix = v2_prefix(s3_root)
@@ -193,7 +218,9 @@ def test_a_key_that_is_also_a_prefix_is_a_stray_file(s3_server: SeaweedS3, s3_ro
     some_prefix = sorted((original / "docker/registry/v2/blobs/sha256").iterdir())[0].name
     for key in ("repositories/", f"blobs/sha256/{some_prefix}/"):
         client.put_object(Bucket=s3_server.bucket, Key=prefix + key, Body=b"")
-    result = run(s3_server, ["check", f"s3://{s3_server.bucket}{s3_root}", "-f", "json", "-q", "--no-cache"])
+    result = cli(
+        "check", f"s3://{s3_server.bucket}{s3_root}", "-f", "json", "-q", "--no-cache", env=s3_server.environment()
+    )
     stray = {f["path"] for f in json.loads(result.stdout) if f["kind"] == "stray-file"}
     assert stray == {"repositories/team/app", "blobs/sha256"}
     # Everything else reads as before.
@@ -202,12 +229,14 @@ def test_a_key_that_is_also_a_prefix_is_a_stray_file(s3_server: SeaweedS3, s3_ro
     assert [r["digest"] for r in remote] == [r["digest"] for r in local]
 
 
-def test_a_folder_marker_alone_is_an_empty_directory(s3_server: SeaweedS3, s3_root: str, tmp_path: Path) -> None:
+def test_a_folder_marker_alone_is_an_empty_directory(
+    s3_server: SeaweedS3, s3_root: str, shared_root: Callable[[Path], Path]
+) -> None:
     """A key `name/` of no bytes with nothing below it is a console's folder, as an empty directory is on disk.
 
     Listings show it as `name`, like an empty object `name`, which stays a stray file.
     """
-    original = unpack(FIXTURES / "basic.tar.gz", tmp_path / "original")
+    original = shared_root(FIXTURES / "basic.tar.gz")
     upload_tree(s3_server, s3_root, original)
     url = f"s3://{s3_server.bucket}{s3_root}"
 
@@ -265,7 +294,7 @@ def test_verify_digests_streams_from_the_bucket(
     case = pushed("basic")
     for name, value in s3_server.environment().items():
         monkeypatch.setenv(name, value)
-    result = run(s3_server, ["check", case.url, "--verify-digests", "-f", "json", "-q", "--no-cache"])
+    result = cli("check", case.url, "--verify-digests", "-f", "json", "-q", "--no-cache", env=s3_server.environment())
     assert result.exit_code == 0, result.output
     assert not [f for f in json.loads(result.stdout) if f["kind"] == "digest-mismatch"]
     # A blob overwritten with other bytes of the same size is found.
@@ -276,7 +305,9 @@ def test_verify_digests_streams_from_the_bucket(
     original = client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
     client.put_object(Bucket=s3_server.bucket, Key=key, Body=bytes(len(original)))
     try:
-        result = run(s3_server, ["check", case.url, "--verify-digests", "-f", "json", "-q", "--no-cache"])
+        result = cli(
+            "check", case.url, "--verify-digests", "-f", "json", "-q", "--no-cache", env=s3_server.environment()
+        )
         assert result.exit_code == 3, result.output
         found = [f for f in json.loads(result.stdout) if f["kind"] == "digest-mismatch"]
         assert [f["digest"] for f in found] == [blob["digest"]]
@@ -289,11 +320,11 @@ def test_cache_serves_manifests_on_the_second_scan(
 ) -> None:
     case = pushed("multiarch")
     cache = tmp_path / "cache"
-    first = run(s3_server, ["scan", case.url, "--cache-dir", str(cache)])
-    second = run(s3_server, ["scan", case.url, "--cache-dir", str(cache)])
+    first = cli("scan", case.url, "--cache-dir", str(cache), env=s3_server.environment())
+    second = cli("scan", case.url, "--cache-dir", str(cache), env=s3_server.environment())
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
 
-    def summary(result: Result) -> dict[str, str]:
+    def summary(result: Ran) -> dict[str, str]:
         return dict(line.split(": ", 1) for line in result.stderr.splitlines())
 
     manifests = int(summary(first)["manifests"])
@@ -307,9 +338,9 @@ def test_cache_serves_manifests_on_the_second_scan(
     for path in cache.rglob("*"):
         if path.is_file():
             path.write_bytes(b"{}")
-    third = run(s3_server, ["scan", case.url, "--cache-dir", str(cache)])
+    third = cli("scan", case.url, "--cache-dir", str(cache), env=s3_server.environment())
     assert summary(third)["cache-hits"] == "0" and summary(third)["manifests"] == str(manifests)
-    no_cache = run(s3_server, ["scan", case.url, "--no-cache"])
+    no_cache = cli("scan", case.url, "--no-cache", env=s3_server.environment())
     assert summary(no_cache)["cache-hits"] == "off"
 
 
@@ -320,19 +351,19 @@ def test_a_registry_configuration_file_is_a_root(
     config = tmp_path / "config.yml"
     config.write_text("version: 0.1\nstorage:\n" + "\n".join(s3_storage_block(s3_server, case.rootdirectory)) + "\n")
     # The file alone says where and how: no AWS variables at all.
-    result = CliRunner().invoke(app, ["orphans", str(config), "-m", "-f", "json", "-q", "--no-cache"], env={})
+    result = cli("orphans", str(config), "-m", "-f", "json", "-q", "--no-cache", env={})
     assert result.exit_code == 0, result.output
     assert result.stdout == answer(s3_server, ["orphans", str(case.mirror), "-m", "-f", "json", "-q"])
     # The filesystem driver's rootdirectory is a local ROOT.
     local = tmp_path / "local.yml"
     local.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {json.dumps(str(case.mirror))}\n")
-    result = CliRunner().invoke(app, ["orphans", str(local), "-m", "-f", "json", "-q"])
+    result = cli("orphans", str(local), "-m", "-f", "json", "-q")
     assert result.exit_code == 0, result.output
     assert result.stdout == answer(s3_server, ["orphans", str(case.mirror), "-m", "-f", "json", "-q"])
 
 
-def _one_line_exit_2(result: Result, *secrets: str) -> str:
-    assert result.exit_code == 2, (result.output, result.exception)
+def _one_line_exit_2(result: Ran, *secrets: str) -> str:
+    assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("storage-audit: error: "), result.stderr
     for secret in secrets:
@@ -345,15 +376,15 @@ def test_bad_roots_are_one_line_and_exit_2(
 ) -> None:
     case = pushed("basic")
     for url in ("s3://", "s3:///regroot", "s3://b/a/../c"):
-        _one_line_exit_2(run(s3_server, ["scan", url]))
+        _one_line_exit_2(cli("scan", url, env=s3_server.environment()))
     other = tmp_path / "azure.yml"
     other.write_text("version: 0.1\nstorage:\n  azure:\n    accountname: a\n    accountkey: hush-hush-key\n")
-    line = _one_line_exit_2(CliRunner().invoke(app, ["orphans", str(other)]), "hush-hush-key")
+    line = _one_line_exit_2(cli("orphans", str(other)), "hush-hush-key")
     assert "azure" in line
     wrong = "wrong-secret-never-shown-0123"
     env = s3_server.environment() | {"AWS_SECRET_ACCESS_KEY": wrong}
     for command in (["scan", case.url], ["orphans", case.url, "-f", "json"], ["check", case.url]):
-        result = CliRunner().invoke(app, [*command, "--no-cache"], env=env)
+        result = cli(*command, "--no-cache", env=env)
         _one_line_exit_2(result, wrong)
     bad = tmp_path / "bad.yml"
     bad.write_text(
@@ -361,15 +392,15 @@ def test_bad_roots_are_one_line_and_exit_2(
         + "\n".join(s3_storage_block(s3_server, case.rootdirectory, access_key="nobody", secret_key=wrong))
         + "\n"
     )
-    _one_line_exit_2(CliRunner().invoke(app, ["report", str(bad), "--no-cache"], env={}), wrong)
+    _one_line_exit_2(cli("report", str(bad), "--no-cache", env={}), wrong)
     # No shell script for a bucket.
-    _one_line_exit_2(run(s3_server, ["plan", case.url, "-f", "sh", "--no-cache"]))
+    _one_line_exit_2(cli("plan", case.url, "-f", "sh", "--no-cache", env=s3_server.environment()))
 
 
 def test_rate_limit_spaces_the_requests(pushed: Callable[[str], InBucket], s3_server: SeaweedS3) -> None:
     case = pushed("basic")
     started = time.monotonic()
-    result = run(s3_server, ["scan", case.url, "--no-cache", "--max-requests-per-second", "25"])
+    result = cli("scan", case.url, "--no-cache", "--max-requests-per-second", "25", env=s3_server.environment())
     elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output
     requests = int(re.search(r"^requests: (\d+)", result.stderr, re.M)[1])  # type: ignore[index]

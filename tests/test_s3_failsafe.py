@@ -15,14 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from storage_audit.cli.app import app
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import EntryKind
 from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import S3Storage, _Index
-from tests.conftest import FIXTURES, unpack
+from tests.conftest import FIXTURES, Ran, cli, unpack
 from tests.registry_harness import Registry
 from tests.s3_harness import (
     CuttingProxy,
@@ -77,16 +75,8 @@ def peak_memory(args: list[str], env: dict[str, str], scratch: Path) -> tuple[in
     return child.returncode, out.read_text(), usage.ru_maxrss * 1024
 
 
-def run(server: SeaweedS3, args: list[str], endpoint: str | None = None) -> Result:
-    """The command line in this process, with the server's credentials, at its endpoint or at `endpoint`."""
-    env = server.environment()
-    if endpoint is not None:
-        env["AWS_ENDPOINT_URL"] = endpoint
-    return CliRunner().invoke(app, args, env=env)
-
-
-def findings(result: Result) -> set[tuple[str, str]]:
-    assert result.exit_code in (0, 3), (result.output, result.exception)
+def findings(result: Ran) -> set[tuple[str, str]]:
+    assert result.exit_code in (0, 3), result.output
     return {(f["kind"], f["path"]) for f in json.loads(result.stdout)}
 
 
@@ -164,9 +154,17 @@ def test_a_listing_cut_short_is_listed_again(
     which: Callable[[str, str], bool], cuts: int, basic: Basic, s3_server: SeaweedS3
 ) -> None:
     """A LIST response whose connection closes in mid-body is sent again: the answer is the whole tree's."""
-    expected = run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"])
+    expected = cli("check", basic.url, "-f", "json", "-q", "--no-cache", env=s3_server.environment())
     with CuttingProxy(s3_server.endpoint, cuts=cuts, which=which) as proxy:
-        result = run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"], endpoint=proxy.endpoint)
+        result = cli(
+            "check",
+            basic.url,
+            "-f",
+            "json",
+            "-q",
+            "--no-cache",
+            env=s3_server.environment() | {"AWS_ENDPOINT_URL": proxy.endpoint},
+        )
         assert proxy.cut == cuts
     assert result.exit_code == expected.exit_code, result.output
     assert findings(result) == findings(expected) != set()
@@ -203,10 +201,10 @@ def test_keys_with_control_characters_are_findings_as_on_disk(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     url = f"s3://{s3_server.bucket}{s3_root}"
-    on_bucket = findings(run(s3_server, ["check", url, "-f", "json", "-q", "--no-cache"]))
-    on_disk = findings(run(s3_server, ["check", str(local), "-f", "json", "-q"]))
-    before_bucket = findings(run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"]))
-    before_disk = findings(run(s3_server, ["check", str(basic.local), "-f", "json", "-q"]))
+    on_bucket = findings(cli("check", url, "-f", "json", "-q", "--no-cache", env=s3_server.environment()))
+    on_disk = findings(cli("check", str(local), "-f", "json", "-q", env=s3_server.environment()))
+    before_bucket = findings(cli("check", basic.url, "-f", "json", "-q", "--no-cache", env=s3_server.environment()))
+    before_disk = findings(cli("check", str(basic.local), "-f", "json", "-q", env=s3_server.environment()))
     added = on_disk - before_disk
     assert on_bucket - before_bucket == added
     assert {path for kind, path in added if kind == "stray-file"} == {
@@ -220,7 +218,9 @@ def test_keys_with_control_characters_are_findings_as_on_disk(
         "repositories/team/app/_manifests/tags/ta\x01g",
     }
     # The upload's `startedat` is read from its key, control character and all.
-    uploads = json.loads(run(s3_server, ["report", url, "--by", "upload", "-f", "json", "-q", "--no-cache"]).stdout)
+    uploads = json.loads(
+        cli("report", url, "--by", "upload", "-f", "json", "-q", "--no-cache", env=s3_server.environment()).stdout
+    )
     started = {row["id"]: row["started_at"] for row in uploads}
     assert started["up\rload"] == "2026-11-28T16:16:37.000000Z"
 
@@ -274,9 +274,9 @@ def test_an_oversized_link_is_read_no_further_than_on_disk(
     code, stdout, peak = peak_memory(["check", url, "-f", "json", "-q", "--no-cache"], env, tmp_path)
     assert code in (0, 3), stdout
     on_bucket = {(f["kind"], f["path"]) for f in json.loads(stdout)}
-    on_disk = findings(run(s3_server, ["check", str(local), "-f", "json", "-q"]))
-    before_bucket = findings(run(s3_server, ["check", basic.url, "-f", "json", "-q", "--no-cache"]))
-    before_disk = findings(run(s3_server, ["check", str(basic.local), "-f", "json", "-q"]))
+    on_disk = findings(cli("check", str(local), "-f", "json", "-q", env=s3_server.environment()))
+    before_bucket = findings(cli("check", basic.url, "-f", "json", "-q", "--no-cache", env=s3_server.environment()))
+    before_disk = findings(cli("check", str(basic.local), "-f", "json", "-q", env=s3_server.environment()))
     assert on_bucket - before_bucket == on_disk - before_disk
     assert link.relative_to(v2).as_posix() in {path for _, path in on_bucket - before_bucket}
     # What was read of the 400 MB: a few hundred bytes. The command itself takes about 220 MB, as on the same
@@ -289,8 +289,8 @@ def test_an_oversized_link_is_read_no_further_than_on_disk(
 # A prefix with no registry under it
 
 
-def _result_one_line_exit_2(result: Result) -> str:
-    assert result.exit_code == 2, (result.output, result.exception)
+def _result_one_line_exit_2(result: Ran) -> str:
+    assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("storage-audit: error: "), result.stderr
     return lines[0]
@@ -301,14 +301,14 @@ def test_a_prefix_with_no_key_is_no_registry(basic: Basic, s3_server: SeaweedS3,
     check, and every repository of a snapshot "gone"), all with exit 0."""
     typo = f"s3://{s3_server.bucket}/failsafe/typo"
     snapshot = tmp_path / "snapshot"
-    assert run(s3_server, ["scan", basic.url, "-o", str(snapshot), "--no-cache"]).exit_code == 0
+    assert cli("scan", basic.url, "-o", str(snapshot), "--no-cache", env=s3_server.environment()).exit_code == 0
     for args in (["report", typo], ["check", typo], ["scan", typo], ["diff", str(snapshot), typo]):
-        line = _result_one_line_exit_2(run(s3_server, [*args, "--no-cache"]))
+        line = _result_one_line_exit_2(cli(*args, "--no-cache", env=s3_server.environment()))
         assert line.startswith(f"storage-audit: error: no registry under {typo}"), line
     # The registry's configuration file, with its rootdirectory mistyped, names the same nothing.
     config = tmp_path / "config.yml"
     config.write_text("version: 0.1\nstorage:\n" + "\n".join(s3_storage_block(s3_server, "/failsafe/typo")) + "\n")
-    line = _result_one_line_exit_2(CliRunner().invoke(app, ["report", str(config), "--no-cache"], env={}))
+    line = _result_one_line_exit_2(cli("report", str(config), "--no-cache", env={}))
     assert line.startswith(f"storage-audit: error: no registry under {typo}"), line
 
 
@@ -322,7 +322,7 @@ def test_a_registry_nothing_was_pushed_to_leaves_no_key(
         assert registry.catalog() == []
     assert raw_keys(s3_server, v2_prefix(s3_root)) == {}
     url = f"s3://{s3_server.bucket}{s3_root}"
-    line = _result_one_line_exit_2(run(s3_server, ["report", url, "--no-cache"]))
+    line = _result_one_line_exit_2(cli("report", url, "--no-cache", env=s3_server.environment()))
     assert line.startswith(f"storage-audit: error: no registry under {url}"), line
 
 
@@ -333,12 +333,12 @@ def test_an_empty_v2_folder_is_an_empty_registry(s3_server: SeaweedS3, s3_root: 
     url = f"s3://{s3_server.bucket}{s3_root}"
     empty = tmp_path / "empty"
     (empty / "docker" / "registry" / "v2").mkdir(parents=True)
-    result = run(s3_server, ["report", url, "-f", "json", "-q", "--no-cache"])
+    result = cli("report", url, "-f", "json", "-q", "--no-cache", env=s3_server.environment())
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary == json.loads(run(s3_server, ["report", str(empty), "-f", "json", "-q"]).stdout)
+    assert summary == json.loads(cli("report", str(empty), "-f", "json", "-q", env=s3_server.environment()).stdout)
     assert summary["repositories"] == 0
-    assert findings(run(s3_server, ["check", url, "-f", "json", "-q", "--no-cache"])) == set()
+    assert findings(cli("check", url, "-f", "json", "-q", "--no-cache", env=s3_server.environment())) == set()
 
 
 # --------------------------------------------------------------------------
@@ -353,21 +353,45 @@ def test_credentials_in_the_endpoint_are_never_shown_nor_stored(
     """`AWS_ENDPOINT_URL=http://user:secret@host`: the requests still go there, but the endpoint every output shows
     or stores (snapshot metadata, plans, errors, summaries) is `http://host`."""
     with_userinfo = s3_server.endpoint.replace("http://", f"http://{USER}:{PASSWORD}@")
-    scan = run(s3_server, ["scan", basic.url, "-o", str(tmp_path / "snapshot"), "--no-cache"], endpoint=with_userinfo)
+    scan = cli(
+        "scan",
+        basic.url,
+        "-o",
+        str(tmp_path / "snapshot"),
+        "--no-cache",
+        env=s3_server.environment() | {"AWS_ENDPOINT_URL": with_userinfo},
+    )
     assert scan.exit_code == 0, scan.output
     meta = json.loads((tmp_path / "snapshot" / "metadata.json").read_text())
     assert meta["origin"]["endpoint"] == s3_server.endpoint
-    plan = run(s3_server, ["plan", basic.url, "-o", str(tmp_path / "plan.json"), "--no-cache"], with_userinfo)
+    plan = cli(
+        "plan",
+        basic.url,
+        "-o",
+        str(tmp_path / "plan.json"),
+        "--no-cache",
+        env=s3_server.environment() | {"AWS_ENDPOINT_URL": with_userinfo},
+    )
     assert plan.exit_code == 0, plan.output
     assert json.loads((tmp_path / "plan.json").read_text())["location"]["endpoint"] == s3_server.endpoint
-    missing = run(s3_server, ["report", f"s3://no-such-bucket{basic.rootdirectory}", "--no-cache"], with_userinfo)
+    missing = cli(
+        "report",
+        f"s3://no-such-bucket{basic.rootdirectory}",
+        "--no-cache",
+        env=s3_server.environment() | {"AWS_ENDPOINT_URL": with_userinfo},
+    )
     _result_one_line_exit_2(missing)
-    not_http = run(s3_server, ["report", basic.url, "--no-cache"], f"ftp://{USER}:{PASSWORD}@127.0.0.1:9")
+    not_http = cli(
+        "report",
+        basic.url,
+        "--no-cache",
+        env=s3_server.environment() | {"AWS_ENDPOINT_URL": f"ftp://{USER}:{PASSWORD}@127.0.0.1:9"},
+    )
     assert "ftp://127.0.0.1:9" in _result_one_line_exit_2(not_http)
     config = tmp_path / "config.yml"
     block = "\n".join(s3_storage_block(s3_server, basic.rootdirectory)).replace("http://", f"http://{USER}:{PASSWORD}@")
     config.write_text("version: 0.1\nstorage:\n" + block + "\n")
-    from_config = CliRunner().invoke(app, ["scan", str(config), "-o", str(tmp_path / "from-config"), "--no-cache"])
+    from_config = cli("scan", str(config), "-o", str(tmp_path / "from-config"), "--no-cache")
     assert from_config.exit_code == 0, from_config.output
     for result in (scan, plan, missing, not_http, from_config):
         assert PASSWORD not in result.output and f"{USER}:" not in result.output, result.output

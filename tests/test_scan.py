@@ -171,11 +171,11 @@ def test_a_worker_reads_the_tree_without_pyarrow_or_pandas(fixture_root) -> None
     assert (blobs, references) == (len(inv.blobs), len(inv.references))
 
 
-def test_namespaces_are_shared_out_by_their_children(fixture_root) -> None:  # type: ignore[no-untyped-def]
+def test_namespaces_are_shared_out_by_their_children(fixture_copy) -> None:  # type: ignore[no-untyped-def]
     # basic holds team/app (with team/app/server nested in it) and tools/multi, below two mere namespaces.
     from storage_audit.scan.walk import Walker
 
-    v2 = fixture_root("basic") / V2
+    v2 = fixture_copy("basic") / V2
     repos, _ = Walker(v2).units()
     assert repos == ["team", "tools"]
     assert Walker(v2).split_namespaces(repos) == ["team/app", "tools/multi"]

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
 from storage_audit.scan.run import ScanOptions, scan
 from storage_audit.storage.base import LocalStorage
+from tests.conftest import cli
 from tests.registry_harness import Ledger, Pushed, Registry, canonical_json, require_registry, sha256
 
 V2 = Path("docker/registry/v2")
-runner = CliRunner()
 
 
 @dataclass
@@ -69,7 +67,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
 
 
 def _json(*args: str) -> list[dict[str, object]]:
-    result = runner.invoke(app, [*args, "-f", "json", "-q"])
+    result = cli(*args, "-f", "json", "-q")
     assert result.exit_code in (0, 3), result.stderr
     rows = json.loads(result.stdout)
     assert isinstance(rows, list)

@@ -19,7 +19,6 @@ import pytest
 import typer.main
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from storage_audit.cli.app import app
 from storage_audit.cli.options import parse_duration
@@ -27,17 +26,11 @@ from storage_audit.core.errors import UsageError
 from storage_audit.core.text import size
 from storage_audit.roots import resolve as roots
 from storage_audit.roots.resolve import RootError, find_default
+from tests.conftest import cli
 from tests.registry_harness import required
 
 TOP = Path(__file__).resolve().parents[1]
 DEMO = TOP / "fixtures" / "demo"
-runner = CliRunner()
-
-
-def run(*args: str, env: dict[str, str | None] | None = None) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), env=env)
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # --------------------------------------------------------------------------
@@ -94,11 +87,12 @@ def test_without_root_a_debian_host_reads_its_configuration_and_says_so(
     config.parent.mkdir(parents=True)
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {debian}\nhttp:\n  addr: :5000\n")
     monkeypatch.setattr(roots, "CANDIDATES", (config, *rerooted(tmp_path)[1:]))
-    code, out, err = run("report", "-f", "json")
+    code, out, err = cli("report", "-f", "json")
     assert code == 0, err
     assert err == f"ROOT: {config} (the registry's configuration), found by default\n"
-    assert out == run("report", str(debian), "-f", "json")[1]
-    code, _, err = run("untagged", "-q")
+    assert out == cli("report", str(debian), "-f", "json")[1]
+    # Wide enough for every column: a narrower table would say on stderr which it left out.
+    code, _, err = cli("untagged", "-q", env={"COLUMNS": "200"})
     assert (code, err) == (0, "")
 
 
@@ -108,7 +102,7 @@ def test_without_root_and_no_registry_the_error_names_every_place_looked_at(
     places = rerooted(tmp_path)
     monkeypatch.setattr(roots, "CANDIDATES", tuple(places))
     for command in ("scan", "untagged", "orphans", "report", "check", "plan"):
-        code, out, err = run(command)
+        code, out, err = cli(command)
         assert (code, out) == (2, ""), command
         assert err.count("\n") == 1 and err.startswith("storage-audit: error: no ROOT given, and no registry where")
         for path in places:
@@ -136,7 +130,7 @@ def shell(name: str) -> str:
 
 @pytest.mark.parametrize("name", ["bash", "zsh", "fish"])
 def test_completion_script_of_each_shell_is_valid_in_it(name: str, tmp_path: Path) -> None:
-    code, out, _ = run("--show-completion", name)
+    code, out, _ = cli("--show-completion", name)
     assert code == 0 and "_STORAGE_AUDIT_COMPLETE" in out and "storage-audit" in out
     script = tmp_path / f"completion.{name}"
     script.write_text(out)
@@ -188,7 +182,7 @@ def commands() -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(commands()))
 def test_every_help_ends_with_examples_that_parse(name: str) -> None:
-    code, out, _ = run(name, "--help", env={"COLUMNS": "80"})
+    code, out, _ = cli(name, "--help", env={"COLUMNS": "80"})
     assert code == 0
     section = out.split("\nExamples:\n", 1)[1]
     lines = [line.strip() for line in section.splitlines() if line.strip()]
@@ -202,7 +196,7 @@ def test_every_help_ends_with_examples_that_parse(name: str) -> None:
 
 
 def test_the_command_list_says_each_command_in_a_whole_sentence() -> None:
-    code, out, _ = run("--help", env={"COLUMNS": "80"})
+    code, out, _ = cli("--help", env={"COLUMNS": "80"})
     assert code == 0
     listed = " ".join(out.split("\nCommands:\n", 1)[1].split())
     for name, command in commands().items():
@@ -213,7 +207,7 @@ def test_the_command_list_says_each_command_in_a_whole_sentence() -> None:
 
 @pytest.mark.parametrize("name", sorted(commands()))
 def test_no_metavar_names_an_implementation_type(name: str) -> None:
-    out = run(name, "--help", env={"COLUMNS": "200"})[1]
+    out = cli(name, "--help", env={"COLUMNS": "200"})[1]
     for option in re.findall(r"^\s+(?:-\w, )?(--[\w-]+.*?)(?:\s{2,}|$)", out, flags=re.M):
         assert not re.search(r"INTEGER|FLOAT|TEXT|PATH|RANGE|BOOLEAN|<", option), (name, option)
     assert "x>=" not in out
@@ -233,17 +227,17 @@ TAG_COLUMNS = ["repository", "tag", "digest", "media_type", "platforms", "pushed
 
 
 def test_a_piped_table_takes_columns_and_keeps_every_column() -> None:
-    code, out, err = run("report", str(DEMO), "--by", "tag", "-q", env={"COLUMNS": "200"})
+    code, out, err = cli("report", str(DEMO), "--by", "tag", "-q", env={"COLUMNS": "200"})
     assert code == 0 and err == ""
     assert header(out) == [*TAG_COLUMNS, "exclusive_bytes", "history"]
     assert max(len(line) for line in out.splitlines()) <= 200
     # Without COLUMNS: as wide as its cells, every column.
-    code, out, err = run("report", str(DEMO), "--by", "tag", "-q", env={"COLUMNS": None})
+    code, out, err = cli("report", str(DEMO), "--by", "tag", "-q", env={"COLUMNS": None})
     assert code == 0 and err == "" and header(out) == [*TAG_COLUMNS, "exclusive_bytes", "history"]
 
 
 def test_a_table_narrower_than_its_columns_says_which_it_left_out() -> None:
-    code, out, err = run("report", str(DEMO), "--by", "tag", "-q", env={"COLUMNS": "80"})
+    code, out, err = cli("report", str(DEMO), "--by", "tag", "-q", env={"COLUMNS": "80"})
     assert code == 0 and max(len(line) for line in out.splitlines()) <= 80
     kept = header(out)
     left = [c for c in [*TAG_COLUMNS, "exclusive_bytes", "history"] if c not in kept]
@@ -252,7 +246,7 @@ def test_a_table_narrower_than_its_columns_says_which_it_left_out() -> None:
         r"storage-audit: the table leaves out (.+) to fit 80 columns; --wide \(-w\) keeps every column\n", err
     )
     assert said is not None and sorted(said.group(1).split(", ")) == sorted(left), err
-    code, out, err = run("report", str(DEMO), "--by", "tag", "-q", "--wide", env={"COLUMNS": "80"})
+    code, out, err = cli("report", str(DEMO), "--by", "tag", "-q", "--wide", env={"COLUMNS": "80"})
     assert code == 0 and err == "" and header(out) == [*TAG_COLUMNS, "exclusive_bytes", "history"]
 
 
@@ -289,11 +283,11 @@ def test_on_a_terminal_a_table_fits_it_and_says_what_it_left_out() -> None:
 @pytest.mark.parametrize("columns", ["80", "60", None])
 def test_diff_never_breaks_a_header(columns: str | None, tmp_path: Path) -> None:
     snapshot = tmp_path / "snap"
-    assert run("scan", str(DEMO), "-o", str(snapshot), "-q")[0] == 0
+    assert cli("scan", str(DEMO), "-o", str(snapshot), "-q")[0] == 0
     for by in ("repository", "tag", "blob"):
-        code, out, _ = run("diff", str(snapshot), str(DEMO), "--by", by, "-q", env={"COLUMNS": columns})
+        code, out, _ = cli("diff", str(snapshot), str(DEMO), "--by", by, "-q", env={"COLUMNS": columns})
         assert code == 0
-        csv_columns = run("diff", str(snapshot), str(DEMO), "--by", by, "-q", "-f", "csv")[1].splitlines()[0]
+        csv_columns = cli("diff", str(snapshot), str(DEMO), "--by", by, "-q", "-f", "csv")[1].splitlines()[0]
         assert set(header(out)) <= set(csv_columns.split(",")), (by, header(out))
 
 
@@ -331,14 +325,14 @@ def test_what_is_no_duration_is_refused(text: str) -> None:
 
 def test_every_option_taking_a_duration_takes_a_compound_one(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
-    code, out, err = run(
+    code, out, err = cli(
         "plan", root, "--older-than", "1d12h", "--uploads-older-than", "1w1d", "--min-age", "1h30m", "-q"
     )
     assert code == 0, err
     policy = json.loads(out)["policy"]
     assert (policy["older_than"], policy["uploads_older_than"], policy["min_age"]) == (129600, 691200, 5400)
-    assert run("check", root, "--upload-age", "6d23h59m", "-q")[0] in (0, 3)
-    code, _, err = run("check", root, "--upload-age", "1.5d")
+    assert cli("check", root, "--upload-age", "6d23h59m", "-q")[0] in (0, 3)
+    code, _, err = cli("check", root, "--upload-age", "1.5d")
     assert code == 2 and "not a duration" in err
 
 
@@ -352,9 +346,9 @@ def test_sizes_are_in_one_style() -> None:
 
 
 def test_no_table_or_message_says_bytes_in_words() -> None:
-    code, out, err = run("report", str(DEMO), "--by", "repository", env={"COLUMNS": None})
+    code, out, err = cli("report", str(DEMO), "--by", "repository", env={"COLUMNS": None})
     assert code == 0 and "Bytes" not in out and " B " in out
-    code, _, err = run("scan", str(DEMO))
+    code, _, err = cli("scan", str(DEMO))
     assert code == 0 and "Byte" not in err and re.search(r"upload-bytes: \d+ B\n", err)
 
 

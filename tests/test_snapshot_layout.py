@@ -8,23 +8,20 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
 from storage_audit.inventory import snapshot_writer
 from storage_audit.inventory.retention import foreign_content, prune
 from storage_audit.inventory.schema import SCHEMA
 from storage_audit.inventory.tables import read_snapshot
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, cli
 
-runner = CliRunner()
 DEMO = FIXTURES / "demo"
 
 
 def scan_to(directory: Path, *extra: str) -> None:
-    result = runner.invoke(app, ["scan", str(DEMO), "-o", str(directory), "-q", *extra])
+    result = cli("scan", str(DEMO), "-o", str(directory), "-q", *extra)
     assert result.exit_code == 0, result.output
 
 
@@ -102,6 +99,6 @@ def test_metadata_listing_a_file_outside_its_table_is_refused(tmp_path: Path) ->
     meta = json.loads(meta_path.read_text())
     meta["tables"]["blobs"] = ["../elsewhere/part-00000.parquet"]
     meta_path.write_text(json.dumps(meta))
-    result = runner.invoke(app, ["orphans", str(tmp_path / "snap")])
+    result = cli("orphans", str(tmp_path / "snap"))
     assert result.exit_code == 2
     assert "storage-audit: error:" in result.stderr and "blobs" in result.stderr

@@ -6,24 +6,14 @@ import json
 import os
 from pathlib import Path
 
-from typer.testing import CliRunner
+from tests.conftest import FIXTURES, cli
 
-from storage_audit.cli.app import app
-from tests.conftest import FIXTURES
-
-runner = CliRunner()
 DEMO = str(FIXTURES / "demo")
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def snapshot(path: Path, scanned_at: str, *extra: str) -> None:
     """A snapshot at `path` whose metadata says it was scanned at `scanned_at`."""
-    code, _, err = run("scan", DEMO, "-o", str(path), "-q", *extra)
+    code, _, err = cli("scan", DEMO, "-o", str(path), "-q", *extra)
     assert code == 0, err
     meta = path / "metadata.json"
     meta.write_text(json.dumps(json.loads(meta.read_text()) | {"scanned_at": scanned_at}))
@@ -35,7 +25,7 @@ def test_keep_removes_the_oldest_snapshots_by_scan_time_not_by_name(tmp_path: Pa
     snapshot(parent / "c", "2026-01-01T00:00:00+00:00")
     snapshot(parent / "b", "2026-01-02T00:00:00+00:00")
     snapshot(parent / "a", "2026-01-03T00:00:00+00:00")
-    code, _, err = run("scan", DEMO, "-o", str(parent / "today"), "--keep", "2")
+    code, _, err = cli("scan", DEMO, "-o", str(parent / "today"), "--keep", "2")
     assert code == 0, err
     assert sorted(p.name for p in parent.iterdir()) == ["a", "today"]
     assert "removed 2 older snapshots: c, b" in err
@@ -54,7 +44,7 @@ def test_keep_never_touches_what_is_not_a_whole_snapshot(tmp_path: Path) -> None
     (parent / "a-file").write_text("not a directory")
     snapshot(tmp_path / "elsewhere", "2019-01-01T00:00:00+00:00")
     os.symlink(tmp_path / "elsewhere", parent / "link")
-    code, _, err = run("scan", DEMO, "-o", str(parent / "new"), "--keep", "1", "-q")
+    code, _, err = cli("scan", DEMO, "-o", str(parent / "new"), "--keep", "1", "-q")
     assert code == 0, err
     assert sorted(p.name for p in parent.iterdir()) == [
         "a-file",
@@ -75,11 +65,11 @@ def test_keep_counts_the_snapshot_just_written_and_needs_an_output(tmp_path: Pat
     parent = tmp_path / "snapshots"
     snapshot(parent / "old", "2020-01-01T00:00:00+00:00")
     # A rescan into the same directory keeps the older one: two snapshots, two kept.
-    code, _, err = run("scan", DEMO, "-o", str(parent / "today"), "--keep", "2", "-q")
+    code, _, err = cli("scan", DEMO, "-o", str(parent / "today"), "--keep", "2", "-q")
     assert code == 0 and err == ""
-    code, _, err = run("scan", DEMO, "-o", str(parent / "today"), "--keep", "2", "-q")
+    code, _, err = cli("scan", DEMO, "-o", str(parent / "today"), "--keep", "2", "-q")
     assert code == 0 and sorted(p.name for p in parent.iterdir()) == ["old", "today"]
-    code, _, err = run("scan", DEMO, "--keep", "2")
+    code, _, err = cli("scan", DEMO, "--keep", "2")
     assert code == 2 and err == "storage-audit: error: --keep needs -o DIR: it keeps the newest snapshots beside DIR\n"
-    code, _, err = run("scan", DEMO, "-o", str(parent / "x"), "--keep", "0")
+    code, _, err = cli("scan", DEMO, "-o", str(parent / "x"), "--keep", "0")
     assert code == 2 and not (parent / "x").exists()
