@@ -37,6 +37,7 @@ def small_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return work / "registry", page
 
 
+@pytest.mark.slow
 def test_the_page_is_of_the_synthetic_tree_as_of_the_pinned_time(small_page: tuple[Path, Path]) -> None:
     root, page = small_page
     text = page.read_text(encoding="utf-8")
