@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from storage_audit.analysis import collect
+from storage_audit.analysis.options import Collector
 from storage_audit.analysis.reach import ReachOptions
 from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.run import scan
@@ -198,7 +199,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     shutil.rmtree(base, ignore_errors=True)
 
 
-STOCK = ReachOptions(delete_untagged=True, gc_compatible=True)
+STOCK = ReachOptions(delete_untagged=True, collector=Collector.V2_8)
 SAFE = ReachOptions(delete_untagged=True)
 
 

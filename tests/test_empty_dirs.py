@@ -27,7 +27,7 @@ from storage_audit.analysis import report
 from storage_audit.analysis.check import check
 from storage_audit.analysis.collect import gc_difference, orphan_frame, untagged_frame
 from storage_audit.analysis.graph import Graph, ReachOptions
-from storage_audit.analysis.options import By, ReportOptions
+from storage_audit.analysis.options import By, Collector, ReportOptions
 from storage_audit.cleanup.plan import PlanRefused, Policy, make_plan
 from storage_audit.core.paths import BlobData, Digest, path_for
 from storage_audit.inventory.tables import Inventory
@@ -67,14 +67,16 @@ WORLDS = ["deleted-children", *(f"children-seed-{n}" for n in range(DELETED_CHIL
 UNTAGGED = {
     "safe": ReachOptions(delete_untagged=True),
     "no-referrers": ReachOptions(delete_untagged=True, keep_referrers=False),
-    "gc-compatible": ReachOptions(delete_untagged=True, gc_compatible=True),
+    "gc-compatible": ReachOptions(delete_untagged=True, collector=Collector.V2_8),
+    "gc-compatible=3": ReachOptions(delete_untagged=True, collector=Collector.V3),
 }
 ORPHANS = {
     "plain": ReachOptions(),
-    "plain gc-compatible": ReachOptions(gc_compatible=True),
+    "plain gc-compatible": ReachOptions(collector=Collector.V2_8),
     "-m": ReachOptions(delete_untagged=True),
     "-m no-referrers": ReachOptions(delete_untagged=True, keep_referrers=False),
-    "-m gc-compatible": ReachOptions(delete_untagged=True, gc_compatible=True),
+    "-m gc-compatible": ReachOptions(delete_untagged=True, collector=Collector.V2_8),
+    "-m gc-compatible=3": ReachOptions(delete_untagged=True, collector=Collector.V3),
 }
 POLICIES = {
     "delete-untagged": Policy(delete_untagged=True, min_age=timedelta(0)),
@@ -141,11 +143,15 @@ def _plan(graph: Graph, policy: Policy, now: datetime, storage: Storage | None) 
 
 
 def _difference(graph: Graph, delete_untagged: bool) -> dict[str, Any]:
-    """What the warnings about the stock collector say (cli.app.warn_gc_difference, warn_plain_gc_difference)."""
-    diff = gc_difference(graph, delete_untagged=delete_untagged)
-    fields = asdict(diff)
-    fields["manifest_rows"] = sorted(zip(diff.manifest_rows["repository"], diff.manifest_rows["digest"], strict=True))
-    return fields
+    """What the warnings about the stock collectors say (cli.render.warn_gc_differences), per version."""
+    out: dict[str, Any] = {}
+    for collector in Collector:
+        diff = gc_difference(graph, delete_untagged=delete_untagged, collector=collector)
+        fields = asdict(diff)
+        rows = diff.manifest_rows
+        fields["manifest_rows"] = sorted(zip(rows["repository"], rows["digest"], strict=True))
+        out[collector.value] = fields
+    return out
 
 
 def answers(inv: Inventory, when: datetime, storage: Storage | None = None) -> dict[str, Any]:
@@ -250,7 +256,7 @@ def test_a_child_without_its_revision_directory_is_read_and_protected(tmp_path: 
         assert held.isdisjoint(orphan_frame(alone, graph.reach(ReachOptions()))["digest"])
         # The stock collector marks the child's manifest blob, not what it holds: its own config is swept.
         assert doc["config"]["digest"] in set(
-            orphan_frame(alone, graph.reach(ReachOptions(gc_compatible=True)))["digest"]
+            orphan_frame(alone, graph.reach(ReachOptions(collector=Collector.V2_8)))["digest"]
         )
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "COLUMNS",
     "UPLOAD_AGE",
     "By",
+    "Collector",
     "DiffBy",
     "Format",
     "PlanFormat",
@@ -41,6 +42,13 @@ class Format(StrEnum):
     JSON = "json"
     PARQUET = "parquet"
     PROMETHEUS = "prometheus"
+
+
+class Collector(StrEnum):
+    """A version of the reference registry's `garbage-collect` whose answer `--gc-compatible` reproduces."""
+
+    V2_8 = "2.8"
+    V3 = "3"
 
 
 class ViewFormat(StrEnum):
