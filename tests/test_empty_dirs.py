@@ -38,6 +38,7 @@ from storage_audit.storage.bucket import S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import S3Storage, _EarlyManifests, _Index
 from tests.conftest import BROKEN, FIXTURES, REAL_FIXTURES, cli, unpack
 from tests.facts import Facts
+from tests.gc3_model import mark_and_sweep
 from tests.registry_harness import Client, Ledger, Registry, garbage_collect, parse_gc_output, require_registry
 from tests.s3_harness import SeaweedS3, bucket_for, s3_registry
 from tests.workloads import deleted_children, random_workload
@@ -73,6 +74,7 @@ UNTAGGED = {
 ORPHANS = {
     "plain": ReachOptions(),
     "plain gc-compatible": ReachOptions(collector=Collector.V2_8),
+    "plain gc-compatible=3": ReachOptions(collector=Collector.V3),
     "-m": ReachOptions(delete_untagged=True),
     "-m no-referrers": ReachOptions(delete_untagged=True, keep_referrers=False),
     "-m gc-compatible": ReachOptions(delete_untagged=True, collector=Collector.V2_8),
@@ -493,6 +495,7 @@ def test_deleted_children_keep_their_blobs_and_gc_compatible_is_the_collector(
     want = expected(world.facts)
     _, plain_gc, _ = parse_gc_output(garbage_collect(world.root, dry_run=True))
     stock_manifests, stock_gc, _ = parse_gc_output(garbage_collect(world.root, dry_run=True, delete_untagged=True))
+    registry_3 = mark_and_sweep(world.root / V2, remove_untagged=True)
     for which in ("disk", "pruned", "s3"):
         got = world.answers(which)
         assert {row["digest"] for row in got["orphans plain"]} == want.plain, which
@@ -503,7 +506,12 @@ def test_deleted_children_keep_their_blobs_and_gc_compatible_is_the_collector(
         assert {(r["repository"], r["digest"]) for r in got["untagged gc-compatible"]} == stock_manifests, which
         # Plain garbage-collect sweeps what the deleted children held; the warning counts exactly that.
         assert plain_gc - want.plain == want.protected_plain, which
-        assert got["warning plain"]["blobs"] == len(want.protected_plain), which
+        assert got["warning plain"]["2.8"]["blobs"] == len(want.protected_plain), which
+        # Registry 3, as its model reads the tree on disk: the same on every copy.
+        assert {row["digest"] for row in got["orphans plain gc-compatible=3"]} == plain_gc, which
+        assert {row["digest"] for row in got["orphans -m gc-compatible=3"]} == registry_3.blobs, which
+        assert {(r["repository"], r["digest"]) for r in got["untagged gc-compatible=3"]} == registry_3.manifests
+        assert got["warning plain"]["3"]["blobs"] == len(want.protected_plain), which
     # Every world has children deleted that plain garbage-collect would break further.
     assert len(want.protected_plain) >= (10 if name == "deleted-children" else 1)
 
