@@ -157,6 +157,23 @@ def test_gc_compatible_alone_is_2_8_and_takes_no_next_word(fixture_root) -> None
     assert code == 2 and "'2.8', '3'" in err
 
 
+def test_report_gc_compatible_from_a_snapshot_is_the_trees(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = str(fixture_root("multiarch"))
+    snapshot = str(tmp_path / "snapshot")
+    assert cli("scan", root, "-o", snapshot, "-q").exit_code == 0
+    for flag in ("--gc-compatible", "--gc-compatible=3"):
+        for by in ("summary", "repository", "manifest", "blob"):
+            from_tree = cli("report", root, flag, "-b", by, "-f", "json", "-q")
+            assert from_tree.exit_code == 0, from_tree.output
+            # The snapshot stores the safe views: a collector's answer is computed from its tables.
+            assert cli("report", snapshot, flag, "-b", by, "-f", "json", "-q").stdout == from_tree.stdout
+    safe = cli("report", snapshot, "-f", "json", "-q").stdout
+    assert json.loads(cli("report", snapshot, "--gc-compatible", "-f", "json", "-q").stdout) != json.loads(safe)
+    for fmt in ("prometheus", "html"):
+        code, _, err = cli("report", root, "-f", fmt, "-o", str(tmp_path / "out"), "--gc-compatible=3")
+        assert code == 2 and "--gc-compatible" in err
+
+
 def test_table_fits_80_columns(fixture_root) -> None:  # type: ignore[no-untyped-def]
     # Piped, a table takes COLUMNS and keeps every column, wrapping cells to fit.
     for command in (["untagged", "--gc-compatible"], ["orphans", "-m"]):

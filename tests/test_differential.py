@@ -268,6 +268,7 @@ def test_cli_agrees_with_the_collector(built: Built) -> None:
     rows = csv.DictReader(io.StringIO(result.stdout))
     assert {(row["repository"], row["digest"]) for row in rows} == built.stock_manifests
     assert result.stderr == ""
+    report_agrees(built.root, "--gc-compatible", built.stock_manifests, built.plain_blobs, built.stock_blobs)
 
     # Without -q the safe mode says on stderr, and only there, what the stock collector would also delete.
     result = cli("untagged", root, "-f", "csv")
@@ -372,6 +373,8 @@ def test_cli_answers_as_registry_3(built: Built) -> None:
     result = cli("orphans", root, "-m", "--gc-compatible=3", "-f", "json", "-q")
     assert result.exit_code == 0, result.output
     assert {row["digest"] for row in json.loads(result.stdout)} == model.blobs
+    plain = mark_and_sweep(built.root / V2, remove_untagged=False)
+    report_agrees(built.root, "--gc-compatible=3", model.manifests, plain.blobs, model.blobs)
 
     # The safe answer's warning about registry 3 counts what it alone would delete, and names no index child.
     result = cli("untagged", root, "-f", "csv")
@@ -394,6 +397,26 @@ def test_cli_answers_as_registry_3(built: Built) -> None:
 
 # --------------------------------------------------------------------------
 # Real collections on copies, then pulls
+
+
+def report_agrees(root: Path, flag: str, manifests: set[tuple[str, str]], plain: set[str], swept: set[str]) -> None:
+    """`report FLAG` counts what a collector's dry runs list: `manifests` and `swept` with --delete-untagged,
+    `plain` without; sizes are read from the tree."""
+
+    def size(digests: set[str]) -> int:
+        return sum((root / V2 / "blobs/sha256" / d[7:9] / d[7:] / "data").stat().st_size for d in digests)
+
+    def rows(*args: str) -> Any:
+        result = cli("report", str(root), flag, "-f", "json", "-q", *args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    summary = rows()
+    assert (summary["untagged_manifests"], summary["orphan_blobs"]) == (len(manifests), len(plain))
+    assert (summary["orphan_bytes"], summary["untagged_reclaimable_bytes"]) == (size(plain), size(swept - plain))
+    assert {(r["repository"], r["digest"]) for r in rows("--by", "manifest") if not r["reachable"]} == manifests
+    assert sum(r["untagged_manifests"] for r in rows("--by", "repository")) == len(manifests)
+    assert {r["digest"] for r in rows("--by", "blob") if r["orphan"]} == plain
 
 
 def collected_copy(built: Built, delete_untagged: bool) -> Path:

@@ -94,12 +94,14 @@ class ReportError(UsageError, ValueError):
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """Which view, narrowed to repositories matching a glob, sorted by a column, cut to the top rows."""
+    """Which view, narrowed to repositories matching a glob, sorted by a column, cut to the top rows; with a
+    collector, what is untagged, orphan and reclaimable is that version of the stock collector's answer."""
 
     by: By = By.SUMMARY
     repository: str | None = None
     sort: str | None = None
     top: int | None = None
+    collector: Collector | None = None
 
 
 def check(options: ReportOptions) -> None:
@@ -117,5 +119,6 @@ def check(options: ReportOptions) -> None:
 
 
 def needs_inventory(options: ReportOptions) -> bool:
-    """True when the answer cannot be cut from the whole view: blobs narrowed to what some repositories reach."""
-    return options.by is By.BLOB and options.repository is not None
+    """True when the answer cannot be cut from the whole view a snapshot stores: blobs narrowed to what some
+    repositories reach, or a stock collector's answer (the stored views are the safe one)."""
+    return (options.by is By.BLOB and options.repository is not None) or options.collector is not None
