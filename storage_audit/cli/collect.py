@@ -34,7 +34,7 @@ UNTAGGED_HELP = Help(
     (
         ("The untagged manifests of the registry found by default:", ""),
         ("Exactly those registry 2.8's `garbage-collect -m` deletes:", "/var/lib/registry --gc-compatible"),
-        ("Those registry 3's, for a spreadsheet:", "/var/lib/registry --gc-compatible=3 -f csv -o untagged.csv"),
+        ("Those registry 3's, for a spreadsheet:", "/var/lib/registry --gc-compatible=3 -f csv -o u.csv"),
     ),
 )
 ORPHANS_HELP = Help(
