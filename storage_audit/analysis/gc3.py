@@ -67,7 +67,7 @@ def _descend(graph: Graph, roots: np.ndarray, rank: np.ndarray, holding: tuple[s
     followed one by one; every root is descended into whatever was marked before.
     """
     inv, present, index = graph.inv, graph.present, graph.index
-    repository, digest, target = index.repositories, index.digests, graph._target_codes
+    repository, digest, target = index.repositories, index.digests, graph.target_codes
     refs = inv.references
     held = isin(refs["ref_type"], holding).to_numpy()
     parents = positions(refs["manifest"][held], present["target"])

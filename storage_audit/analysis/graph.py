@@ -268,7 +268,7 @@ class Graph:
         """Pairs of positions in `present`: a revision whose target is one of `manifests`, and the revision
         of its repository whose digest is the matching one of `digests`, when there is one."""
         present, index = self.present, self.index
-        targets = pd.DataFrame({"node": np.arange(len(present)), "first": self._target_codes})
+        targets = pd.DataFrame({"node": np.arange(len(present)), "first": self.target_codes})
         names = pd.DataFrame(
             {"first": positions(manifests, present["target"]), "digest": positions(digests, present["digest"])}
         )
@@ -278,7 +278,8 @@ class Graph:
         return node[named >= 0], named[named >= 0]
 
     @cached_property
-    def _target_codes(self) -> np.ndarray:
+    def target_codes(self) -> np.ndarray:
+        """For each row of `present`, the first row with the same target (its blob): one code per manifest blob."""
         return positions(self.present["target"], self.present["target"])
 
     def reached(self, roots: np.ndarray, keep_referrers: bool = True) -> np.ndarray:
