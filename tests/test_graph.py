@@ -279,7 +279,9 @@ def test_plain_orphans_say_what_the_plain_collector_also_deletes(tree: Tree) -> 
     assert stock - ours == tree.stock_plain_extra
     code, out, err = cli("orphans", str(tree.root), "-f", "json")
     assert code == 0 and {r["digest"] for r in json.loads(out)} == ours
-    warning = re.search(r"`registry garbage-collect` would also delete (\d+) blobs \(([^)]+)\)", err)
+    warning = re.search(
+        r"registry 2\.8's (?:and 3's )?`garbage-collect` would also delete (\d+) blobs \(([^)]+)\)", err
+    )
     assert warning is not None, err
     assert int(warning[1]) == len(stock - ours)
     gc_compatible = {r["digest"] for r in _json("orphans", str(tree.root), "--gc-compatible")}  # type: ignore[union-attr]
