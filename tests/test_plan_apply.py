@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.version import InvalidVersion, Version
 
 from storage_audit import __version__
 from storage_audit.analysis.check import check as check_storage
@@ -238,6 +239,8 @@ def test_plan_document_fields_totals_and_order(aged: Callable[..., Path]) -> Non
         "uploads_older_than": 0.0,
         "prune_empty_repositories": True,
         "min_age": 0.0,
+        "keep_latest": True,
+        "age_from": "push",
         "keep_referrers": True,
     }
     acts = doc["actions"]
@@ -293,28 +296,30 @@ def test_keep_last_ranks_tags_by_push_time(aged: Callable[..., Path]) -> None:
         set_age(tag_link(v2, "team/app", tag), days * DAY)
     inv = scan(LocalStorage(v2))
     tagged = dict(zip(zip(inv.tags["repository"], inv.tags["tag"], strict=True), inv.tags["digest"], strict=True))
-    _, doc = make_plan(root, "--keep-last", "2", "--min-age", "0s")
-    # tools/multi's two tags tie on push time: both are within the last two anyway.
-    assert keys(doc, "remove-tag", "repository", "tag") == {("team/app", "1.0"), ("team/app", "1.1")}
+    _, doc = make_plan(root, "--keep-last", "1", "--min-age", "0s")
+    # `latest` is kept aside, so the last one is 1.2; tools/multi's two tags tie on push time: v2 is the higher.
+    assert keys(doc, "remove-tag", "repository", "tag") == {
+        ("team/app", "1.0"),
+        ("team/app", "1.1"),
+        ("tools/multi", "v1"),
+    }
     assert all(
         a["precondition"] == {"current": tagged[(a["repository"], a["tag"])]} for a in actions(doc, "remove-tag")
     )
     gone = {tagged[("team/app", "1.0")], tagged[("team/app", "1.1")]}
-    assert keys(doc, "remove-revision", "repository", "digest") == {("team/app", d) for d in gone}
+    assert keys(doc, "remove-revision", "repository", "digest") >= {("team/app", d) for d in gone}
     # `latest` stays, but its history entries of removed manifests go.
     assert keys(doc, "remove-tag-history", "repository", "tag", "digest") == {("team/app", "latest", d) for d in gone}
     # Without --delete-untagged, manifests that were untagged before are left alone.
-    assert {a["repository"] for a in actions(doc, "remove-revision")} == {"team/app"}
+    _, doc = make_plan(root, "--keep-last", "2", "--min-age", "0s")
+    assert keys(doc, "remove-tag", "repository", "tag") == {("team/app", "1.0")}
+    assert keys(doc, "remove-revision", "repository", "digest") == {("team/app", tagged[("team/app", "1.0")])}
 
     _, doc = make_plan(root, "--keep-last", "1", "--keep-tag", r"^1\.0$", "--min-age", "0s")
-    assert keys(doc, "remove-tag", "repository", "tag") == {
-        ("team/app", "1.1"),
-        ("team/app", "1.2"),
-        ("tools/multi", "v1"),
-    }
+    assert keys(doc, "remove-tag", "repository", "tag") == {("team/app", "1.1"), ("tools/multi", "v1")}
     _, doc = make_plan(root, "--keep-last", "0", "--only-tag", r"^1\.", "--min-age", "0s")
-    assert keys(doc, "remove-tag", "repository", "tag") == {("team/app", t) for t in ("1.0", "1.1", "1.2")}
-    # 1.2's manifest is still `latest`.
+    # 1.2 names `latest`'s manifest: it stays with it.
+    assert keys(doc, "remove-tag", "repository", "tag") == {("team/app", t) for t in ("1.0", "1.1")}
     assert keys(doc, "remove-revision", "digest") == {(d,) for d in gone}
 
 
@@ -910,7 +915,8 @@ def test_tag_patterns_with_groups_plan_without_warnings(planned: tuple[Path, Pat
             "plan", root, "--keep-last", "0", "--keep-tag", "^(latest|v[12])$", "--min-age", "0s", "-q"
         )
     assert code == 0 and "Warning" not in err
-    assert {a["tag"] for a in actions(json.loads(out), "remove-tag")} == {"1.0", "1.1", "1.2", "stable"}
+    # 1.2 names `latest`'s manifest: it stays with it.
+    assert {a["tag"] for a in actions(json.loads(out), "remove-tag")} == {"1.0", "1.1", "stable"}
 
 
 def test_uncertain_storage_is_refused_with_exit_3(tmp_path: Path) -> None:
@@ -1083,13 +1089,32 @@ def pull_verified(client: Client, repo: str, reference: str) -> list[str]:
     return problems
 
 
+def release_order(tag: str) -> tuple[Any, ...]:
+    """Where a tag goes among tags pushed at the same time: versions (PEP 440's) above other names, then by name."""
+    try:
+        return (1, Version(tag), tag)
+    except InvalidVersion:
+        return (0, tag)
+
+
+def with_safe_defaults(tags: list[dict[str, Any]], kept: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """`kept`, and what the rules never take from it: every `latest`, every tag naming a kept tag's manifest."""
+    kept = kept | {(t["repository"], t["tag"]) for t in tags if t["tag"] == "latest"}
+    manifests = {(t["repository"], t["digest"]) for t in tags if (t["repository"], t["tag"]) in kept}
+    return kept | {(t["repository"], t["tag"]) for t in tags if (t["repository"], t["digest"]) in manifests}
+
+
 def keep_last(world: World, n: int) -> set[tuple[str, str]]:
-    """The n most recently pushed tags of each repository, by their `current/link` mtimes."""
-    by_repo: dict[str, list[tuple[int, str]]] = {}
+    """The n most recently pushed tags of each repository, by their `current/link` mtimes (ties: by version, then
+    name), `latest` aside, with the safe defaults."""
+    by_repo: dict[str, list[tuple[int, tuple[Any, ...], str]]] = {}
     for t in world.facts["tags"]:
+        if t["tag"] == "latest":
+            continue
         mtime = tag_link(world.root / V2, t["repository"], t["tag"]).stat().st_mtime_ns
-        by_repo.setdefault(t["repository"], []).append((mtime, t["tag"]))
-    return {(repo, tag) for repo, tags in by_repo.items() for _, tag in sorted(tags, reverse=True)[:n]}
+        by_repo.setdefault(t["repository"], []).append((mtime, release_order(t["tag"]), t["tag"]))
+    newest = {(repo, tag) for repo, tags in by_repo.items() for _, _, tag in sorted(tags, reverse=True)[:n]}
+    return with_safe_defaults(world.facts["tags"], newest)
 
 
 POLICIES: dict[str, tuple[tuple[str, ...], Callable[[World], set[tuple[str, str]]], bool]] = {
@@ -1101,7 +1126,9 @@ POLICIES: dict[str, tuple[tuple[str, ...], Callable[[World], set[tuple[str, str]
     "keep-last-2": (("--keep-last", "2"), lambda w: keep_last(w, 2), False),
     "keep-tag-v1": (
         ("--keep-tag", r"^v1\.", "--older-than", "0s"),
-        lambda w: {(t["repository"], t["tag"]) for t in w.facts["tags"] if re.search(r"^v1\.", t["tag"])},
+        lambda w: with_safe_defaults(
+            w.facts["tags"], {(t["repository"], t["tag"]) for t in w.facts["tags"] if re.search(r"^v1\.", t["tag"])}
+        ),
         False,
     ),
 }

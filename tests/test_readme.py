@@ -61,8 +61,8 @@ def run_commands(page: Path, tmp_path: Path, root: Path | None = None) -> int:
         if root is not None:
             words = [w.replace("$ROOT", str(root)) for w in words]
         assert not any(re.search(r"\$[A-Za-z_{(]", w) for w in words), (page.name, words)  # no variable left
-        if words[:2] == ["cp", "-r"]:
-            shutil.copytree(words[2], words[3], symlinks=True)
+        if words[:2] == ["cp", "-a"]:
+            shutil.copytree(words[2], words[3], symlinks=True)  # which keeps the times, as `cp -a` does
         elif words[0] == "storage-audit":
             answer = "y\n" if words[1] == "apply" and not {"--yes", "-y", "--dry-run"} & set(words) else None
             result = cli(*words[1:], input=answer)

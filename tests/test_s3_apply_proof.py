@@ -48,6 +48,8 @@ from tests.test_plan_apply import (
     keys,
     pull_verified,
     push_world,
+    release_order,
+    with_safe_defaults,
 )
 
 pytestmark = pytest.mark.registry
@@ -179,13 +181,17 @@ def leftovers(state: dict[str, str], doc: dict[str, Any]) -> list[str]:
 
 
 def keep_last_in_bucket(case: InBucket, n: int) -> set[tuple[str, str]]:
-    """The n most recently pushed tags of each repository, by their `current/link`'s LastModified (ties: by name)."""
+    """The n most recently pushed tags of each repository, by their `current/link`'s LastModified (ties: by
+    version, then name), `latest` aside, with the safe defaults."""
     listed = raw_keys(case.server, case.prefix)
-    by_repo: dict[str, list[tuple[Any, str]]] = {}
+    by_repo: dict[str, list[tuple[Any, tuple[Any, ...], str]]] = {}
     for t in case.facts["tags"]:
+        if t["tag"] == "latest":
+            continue
         key = f"{case.prefix}repositories/{t['repository']}/_manifests/tags/{t['tag']}/current/link"
-        by_repo.setdefault(t["repository"], []).append((listed[key]["LastModified"], t["tag"]))
-    return {(repo, tag) for repo, tags in by_repo.items() for _, tag in sorted(tags, reverse=True)[:n]}
+        by_repo.setdefault(t["repository"], []).append((listed[key]["LastModified"], release_order(t["tag"]), t["tag"]))
+    newest = {(repo, tag) for repo, tags in by_repo.items() for _, _, tag in sorted(tags, reverse=True)[:n]}
+    return with_safe_defaults(case.facts["tags"], newest)
 
 
 def every_tag(case: InBucket) -> set[tuple[str, str]]:

@@ -16,6 +16,7 @@ from storage_audit.inventory.schema import COLUMNS, By
 __all__ = [
     "COLUMNS",
     "UPLOAD_AGE",
+    "AgeFrom",
     "By",
     "Collector",
     "DiffBy",
@@ -86,6 +87,15 @@ class PlanFormat(StrEnum):
     JSON = "json"
     SH = "sh"
     HTTP = "http"
+
+
+class AgeFrom(StrEnum):
+    """What a tag's age is for the retention rules: when it was pushed, or when its image was built."""
+
+    PUSH = "push"
+    """The mtime of the tag's `current/link`: lost by a copy that does not keep times."""
+    CREATED = "created"
+    """The `created` time in the image's config blob (an index: the newest of its children's): copies keep it."""
 
 
 class ReportError(UsageError, ValueError):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from packaging.version import InvalidVersion, Version
 
 from storage_audit.analysis.graph import Graph
+from storage_audit.analysis.options import AgeFrom
 from storage_audit.cleanup.action import (
     OP_SPEC,
     OPS,
@@ -56,6 +58,13 @@ PLAN_VERSION = 1
 # Findings that make the inventory too uncertain to delete anything from it.
 BLOCKING_KINDS = ("bad-link", "unreadable", "corrupt-manifest")
 
+LATEST = "latest"
+"""The tag clients pull when they name none: kept unless a rule names it (see `names_latest`)."""
+RESET_SHARE = 0.5
+"""More than this share of a repository's tags pushed in one second, naming RESET_MANIFESTS manifests or more,
+looks like a copy that reset the mtimes rather than one push."""
+RESET_MANIFESTS = 3
+
 
 class PlanRefused(UncertainError, RuntimeError):
     """The storage is in a state where planning deletions could lose data."""
@@ -75,9 +84,22 @@ class Policy:
     prune_empty_repositories: bool = False
     min_age: timedelta = timedelta(hours=1)
     keep_referrers: bool = True
+    keep_latest: bool = True
+    """Keep the tag `latest` unless an --only-tag expression names it (see `names_latest`)."""
+    age_from: AgeFrom = AgeFrom.PUSH
+
+    def tag_rules(self) -> bool:
+        """Whether any rule deletes tags."""
+        return self.keep_last is not None or self.older_than is not None
+
+    def names_latest(self) -> bool:
+        """Whether a rule names `latest` explicitly: an --only-tag expression that spells the word `latest` and
+        matches the tag. A pattern that matches it by accident (`.`, `^l`) does not name it."""
+        return any(LATEST in p and re.search(p, LATEST) is not None for p in self.only_tags)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
+        doc["age_from"] = self.age_from.value
         for key in ("older_than", "uploads_older_than", "min_age"):
             value = getattr(self, key)
             doc[key] = None if value is None else value.total_seconds()
@@ -97,6 +119,10 @@ class Plan:
     policy: dict[str, Any]
     actions: list[Action] = field(default_factory=list)
     held_back: dict[str, int] = field(default_factory=dict)
+    reset_times: list[str] = field(default_factory=list)
+    """Repositories whose tags look pushed all at once, as after a copy that reset mtimes; said on stderr."""
+    undated: int = 0
+    """Tags the rules would judge by their image's `created` time, kept because it could not be read."""
     location: dict[str, str] | None = None
     """Where a tree in object storage is (bucket, prefix, region, endpoint; never a credential); None on disk."""
 
@@ -230,46 +256,98 @@ def refuse_if_uncertain(inv: Inventory) -> None:
         )
 
 
-def _tag_deletions(inv: Inventory, policy: Policy, now: pd.Timestamp) -> pd.DataFrame:
+def tag_ages(tags: pd.DataFrame, policy: Policy, created: Mapping[str, pd.Timestamp] | None) -> pd.Series:
+    """Each tag's age for the rules, as a time: its push (the link's mtime), or its image's `created` time
+    (null where that could not be read)."""
+    if policy.age_from is AgeFrom.PUSH:
+        return tags["pushed_at"]
+    known = created or {}
+    times = [known.get(d) if isinstance(d, str) else None for d in tags["digest"]]
+    return pd.Series(times, index=tags.index, dtype="datetime64[ns, UTC]")
+
+
+def version_key(tag: str) -> tuple[int, Version] | tuple[int]:
+    """A tag as a version where it reads as one (`v1.10` after `v1.9`, `2.0rc1` before `2.0`), so that versions
+    sort above names that are none. packaging's versions (PEP 440, which also reads a leading `v` and `-rc1`)
+    cover the usual release tags; any other tag falls back to its name."""
+    try:
+        return (1, Version(tag))
+    except InvalidVersion:
+        return (0,)
+
+
+def newest_first(tags: pd.DataFrame, ages: pd.Series) -> pd.DataFrame:
+    """`tags` from the newest: by age, then by version, then by name (the later first)."""
+    keys = {i: (ages[i], version_key(t), t) for i, t in zip(tags.index, tags["tag"], strict=True)}
+    return tags.loc[sorted(tags.index, key=keys.__getitem__, reverse=True)]
+
+
+def _tag_deletions(inv: Inventory, policy: Policy, now: pd.Timestamp, ages: pd.Series) -> pd.DataFrame:
     """Tags the policy deletes, with a reason each."""
     tags = inv.tags.assign(reason=pd.Series(pd.NA, index=inv.tags.index, dtype="string"))
-    if policy.keep_last is None and policy.older_than is None:
+    if not policy.tag_rules():
         return tags.iloc[0:0]
-    cand = _in_scope(tags["repository"], policy) & tags["digest"].notna() & tags["pushed_at"].notna()
+    cand = _in_scope(tags["repository"], policy) & tags["digest"].notna() & tags["pushed_at"].notna() & ages.notna()
     if policy.only_tags:
         cand &= _matches(tags["tag"], policy.only_tags)
     if policy.keep_tags:
         cand &= ~_matches(tags["tag"], policy.keep_tags)
+    if policy.keep_latest and not policy.names_latest():
+        cand &= tags["tag"] != LATEST
+    # The grace period protects a push in progress: it counts from the push, whatever the age is taken from.
     cand &= tags["pushed_at"] < now - policy.min_age
     reasons = pd.Series("", index=tags.index, dtype="string")
     if policy.keep_last is not None:
-        # Rank among the tags the rules let us consider, newest first; equal push
-        # times (archives keep whole seconds) fall back to the later tag name.
-        order = tags[cand].sort_values(["pushed_at", "tag"], ascending=False)
-        rank = order.groupby("repository").cumcount()
+        # Rank among the tags the rules let us consider: what they keep, the grace period
+        # included, is kept on top of the N.
+        rank = newest_first(tags[cand], ages).groupby("repository").cumcount()
         beyond = pd.Series(False, index=tags.index)
         beyond[rank.index] = rank >= policy.keep_last
         cand &= beyond
         reasons = "tag " + tags["tag"] + f" beyond --keep-last {policy.keep_last}"
     if policy.older_than is not None:
-        cand &= tags["pushed_at"] < now - policy.older_than
-        older = (
-            "tag "
-            + tags["tag"]
-            + " pushed "
-            + tags["pushed_at"].dt.strftime("%Y-%m-%d %H:%M")
-            + f" UTC, before --older-than {_duration(policy.older_than)}"
-        )
+        cand &= ages < now - policy.older_than
+        verb = " pushed " if policy.age_from is AgeFrom.PUSH else " built "
+        when = ages.dt.strftime("%Y-%m-%d %H:%M").astype("string")
+        older = "tag " + tags["tag"] + verb + when + f" UTC, before --older-than {_duration(policy.older_than)}"
         reasons = reasons.where(reasons != "", older)
+    # A tag goes only with every other tag of its manifest: one that stays keeps the others.
+    staying = set(zip(tags["repository"][~cand], tags["digest"][~cand], strict=True))
+    alone = [(r, d) not in staying for r, d in zip(tags["repository"], tags["digest"], strict=True)]
+    cand &= pd.Series(alone, index=tags.index, dtype=bool)
     return tags[cand].assign(reason=reasons[cand])
 
 
-def make_plan(source: Graph | Inventory, policy: Policy, now: datetime, storage: Storage | None = None) -> Plan:
+def reset_times(inv: Inventory, policy: Policy) -> list[str]:
+    """Repositories in scope where more than half of the tags, naming 3 manifests or more, were pushed in one
+    second: rather a copy or a restore that reset the mtimes than pushes, so push times say nothing there."""
+    tags = inv.tags.dropna(subset=["pushed_at", "digest"])
+    tags = tags[_in_scope(tags["repository"], policy)]
+    if tags.empty:
+        return []
+    second = tags["pushed_at"].dt.floor("s")
+    counts = tags.groupby([tags["repository"], second]).agg(n=("tag", "size"), manifests=("digest", "nunique"))
+    totals = tags.groupby("repository")["tag"].size()
+    counts = counts.reset_index()
+    share = counts["n"] / counts["repository"].map(totals)
+    hits = counts[(share > RESET_SHARE) & (counts["manifests"] >= RESET_MANIFESTS)]
+    return sorted(set(hits["repository"]))
+
+
+def make_plan(
+    source: Graph | Inventory,
+    policy: Policy,
+    now: datetime,
+    storage: Storage | None = None,
+    created: Mapping[str, pd.Timestamp] | None = None,
+) -> Plan:
     """Apply `policy` to an inventory or its graph (as of `now`) and list the removals it implies, in apply order.
 
     `storage` is the tree the inventory was scanned from: where that is read
     from a listing (a bucket), the plan records where it is, and each action's
-    keys as listed become part of its precondition.
+    keys as listed become part of its precondition. `created` is each manifest's
+    `created` time, which the rules judge tags by with `age_from` created: a tag
+    whose manifest has none is kept.
     """
     graph = Graph.of(source)
     inv = graph.inv
@@ -277,22 +355,29 @@ def make_plan(source: Graph | Inventory, policy: Policy, now: datetime, storage:
     listing = None if storage is None else storage.listing()
     if "bucket" in inv.origin and listing is None:
         raise ValueError("a plan for a tree in object storage needs the listing it was scanned from")
-    actions = _actions(graph, policy, now)
+    ages = tag_ages(inv.tags, policy, created)
+    actions = _actions(graph, policy, now, ages)
     if listing is not None:
         actions = [_with_keys(action, listing) for action in actions]
     location = None if listing is None else dict(listing.origin)
     plan = Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions, location=location)
-    plan.held_back = _held_back(graph, policy, now, actions)
+    plan.held_back = _held_back(graph, policy, now, actions, ages)
+    if policy.tag_rules():
+        if policy.age_from is AgeFrom.PUSH:
+            plan.reset_times = reset_times(inv, policy)
+        else:
+            considered = _in_scope(inv.tags["repository"], policy) & inv.tags["digest"].notna()
+            plan.undated = int((considered & ages.isna()).sum())
     return plan
 
 
-def _actions(graph: Graph, policy: Policy, now: datetime) -> list[Action]:
+def _actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Series) -> list[Action]:
     """The removals `policy` implies, in apply order, with what the inventory saw of each as its precondition."""
     inv = graph.inv
     ts_now = pd.Timestamp(now)
     grace = ts_now - policy.min_age
     present = graph.present
-    deleted_tags = _tag_deletions(inv, policy, ts_now)
+    deleted_tags = _tag_deletions(inv, policy, ts_now, ages)
     remaining_tags = inv.tags.drop(index=deleted_tags.index)
 
     reached_after = graph.reached(graph.tagged(remaining_tags), policy.keep_referrers)
@@ -348,7 +433,7 @@ HELD_BACK_OPS = {
 }
 
 
-def _held_back(graph: Graph, policy: Policy, now: datetime, planned: list[Action]) -> dict[str, int]:
+def _held_back(graph: Graph, policy: Policy, now: datetime, planned: list[Action], ages: pd.Series) -> dict[str, int]:
     """What the rules would remove but the grace period keeps: the removals of the plan the same rules
     make without a grace period, less this plan's. Planned again only when something is that new."""
     inv = graph.inv
@@ -356,7 +441,7 @@ def _held_back(graph: Graph, policy: Policy, now: datetime, planned: list[Action
     times = (inv.tags["pushed_at"], inv.revisions["pushed_at"], inv.blobs["mtime"], inv.uploads["started_at"])
     if policy.min_age <= timedelta(0) or not any(bool((t >= grace).any()) for t in times):
         return dict.fromkeys(HELD_BACK_OPS, 0)
-    ungraced = _actions(graph, replace(policy, min_age=timedelta(0)), now)
+    ungraced = _actions(graph, replace(policy, min_age=timedelta(0)), now, ages)
     held = {}
     for key, op in HELD_BACK_OPS.items():
         kept = {a.path for a in planned if a.op == op}
@@ -530,5 +615,9 @@ __all__ = [
     "PlanRefused",
     "Policy",
     "make_plan",
+    "newest_first",
+    "reset_times",
     "revision_ranks",
+    "tag_ages",
+    "version_key",
 ]

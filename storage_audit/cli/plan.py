@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from storage_audit.analysis.options import PlanFormat
+from storage_audit.analysis.options import AgeFrom, PlanFormat
 from storage_audit.cli.options import (
     CacheDirOpt,
     Help,
@@ -29,7 +29,7 @@ from storage_audit.cli.options import (
 )
 from storage_audit.cli.output import emit_text
 from storage_audit.cli.progress import reading
-from storage_audit.cli.render import table, warn_held_back
+from storage_audit.cli.render import table, warn_ages, warn_held_back
 from storage_audit.operations import plan as planning
 
 HELP = Help(
@@ -71,8 +71,9 @@ def plan(
             "--keep-last",
             metavar="N",
             callback=at_least(0),
-            help="Per repository, keep the N most recently pushed tags; "
-            "delete the other tags, then their manifests if nothing else reaches them.  [at least 0]",
+            help="Per repository, keep the N most recently pushed tags (ties: the higher version, then the later "
+            "name), besides those the grace period, --keep-tag and `latest` keep; delete the other tags, then their "
+            "manifests if nothing else reaches them.  [at least 0]",
         ),
     ] = None,
     keep_tag: Annotated[
@@ -86,7 +87,8 @@ def plan(
         typer.Option(
             "--only-tag",
             metavar="REGEX",
-            help="Consider only tags matching this regular expression for deletion (repeatable).",
+            help="Consider only tags matching this regular expression for deletion (repeatable); "
+            "`latest` only if the expression spells it (^latest$).",
         ),
     ] = None,
     older_than: Annotated[
@@ -127,6 +129,22 @@ def plan(
             "what it holds back is counted on stderr.",
         ),
     ] = "1h",
+    keep_latest: Annotated[
+        bool,
+        typer.Option(
+            "--keep-latest/--no-keep-latest",
+            help="Keep the tag `latest` unless an --only-tag expression spells it.",
+        ),
+    ] = True,
+    age_from: Annotated[
+        AgeFrom,
+        typer.Option(
+            "--age-from",
+            metavar=choices(AgeFrom),
+            help="A tag's age for --keep-last and --older-than: its push (the link's mtime), or the `created` time "
+            "of its image's config (an index: its newest child's), which copies keep.",
+        ),
+    ] = AgeFrom.PUSH,
     keep_referrers: KeepReferrersOpt = True,
     fmt: Annotated[
         PlanFormat,
@@ -167,6 +185,8 @@ def plan(
         prune_empty_repositories=prune_empty_repositories,
         min_age=parse_duration(min_age, "--min-age"),
         keep_referrers=keep_referrers,
+        keep_latest=keep_latest,
+        age_from=age_from,
     )
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     options = planning.PlanOptions(fmt, registry_url)
@@ -176,6 +196,7 @@ def plan(
     with reading(quiet, workers) as scan:
         planned = planning.plan(source, policy, options, scan)
     emit_text(planned.text, output)
+    warn_ages(planned.plan)
     if not quiet:
         table(planned.stats())
         warn_held_back(planned.plan.held_back, min_age)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from storage_audit.analysis.collect import GcDifference
     from storage_audit.analysis.options import Collector
     from storage_audit.cleanup.apply import Outcome
+    from storage_audit.cleanup.plan import Plan
     from storage_audit.cleanup.removers import Remover
     from storage_audit.core.view import View
     from storage_audit.inventory.retention import Pruned
@@ -165,6 +166,25 @@ def warn_held_back(held_back: dict[str, int], min_age: str) -> None:
         say(
             f"held back by the grace period (--min-age {min_age}), as newer: {', '.join(parts)}; "
             "they are planned once older"
+        )
+
+
+def warn_ages(plan: Plan) -> None:
+    """Warn where the tags' ages cannot be trusted: mtimes that look reset by a copy, or images without a
+    readable `created` time (those tags are kept)."""
+    if plan.reset_times:
+        names = ", ".join(plan.reset_times[:3]) + (
+            f" and {len(plan.reset_times) - 3:,} more" if len(plan.reset_times) > 3 else ""
+        )
+        say(
+            f"warning: most tags of {count(len(plan.reset_times), 'repository', 'repositories')} ({names}) were "
+            "pushed in the same second: their push times look reset (a copy without -a or -t, a restore from "
+            "backup), so age rules may keep or delete the wrong tags; see --age-from created"
+        )
+    if plan.undated:
+        say(
+            f"warning: {count(plan.undated, 'tag')} kept, as their image has no readable `created` time "
+            "(--age-from created)"
         )
 
 

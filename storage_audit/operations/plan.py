@@ -71,8 +71,15 @@ def plan(root: Root, policy: Policy, options: PlanOptions | None = None, scan: S
     now = clock.now()
     inv = load(root, scan)
     from storage_audit.analysis.graph import Graph
+    from storage_audit.analysis.options import AgeFrom
     from storage_audit.cleanup.plan import make_plan
     from storage_audit.cleanup.plan_formats import render
 
-    made = make_plan(Graph(inv), policy, now, root.storage)
+    created = None
+    if policy.age_from is AgeFrom.CREATED and policy.tag_rules():
+        from storage_audit.scan.created import created_times
+
+        # Only the images the tags name: one config blob each, read as manifests are (and cached with them).
+        created = created_times(root.storage, inv, inv.tags["digest"].dropna())
+    made = make_plan(Graph(inv), policy, now, root.storage, created)
     return Planned(made, render(made, options.format, options.registry_url))
