@@ -564,7 +564,9 @@ class Login:
         fields = dict(re.findall(r'(\w+)="([^"]*)"', rest))
         scope = fields.get("scope", "")
         if renew or scope not in self.tokens:
-            query = urllib.parse.urlencode({k: v for k, v in (("service", fields.get("service")), ("scope", scope)) if v})
+            query = urllib.parse.urlencode(
+                {k: v for k, v in (("service", fields.get("service")), ("scope", scope)) if v}
+            )
             url = urllib.parse.urlsplit(fields["realm"] + "?" + query)
             conn = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=30)
             try:

@@ -254,14 +254,16 @@ class Applier(AbstractContextManager["Applier"]):
                 self.removed_tags.add((action.repository, action.tag))
             elif action.op is Op.REMOVE_REVISION:
                 self.removed_revisions.add(key)
-                for i, tag in self.deferred.pop((action.repository, action.digest or ""), []):
-                    self._settle(i, tag, "done")
             elif action.op is Op.REMOVE_LAYER_LINK:
                 self.removed_layer_links.add(key)
             self.removed_paths.add(action.path)
             self.outcome.done.append(action)
             self.outcome.bytes += size
             self.log(f"{self.verb} {action.path}")
+            if action.op is Op.REMOVE_REVISION:
+                # The tags that went with this manifest's deletion.
+                for i, tag in self.deferred.pop((action.repository, action.digest or ""), []):
+                    self._settle(i, tag, "done")
         elif result == "gone":
             self.outcome.gone.append(action)
         else:
