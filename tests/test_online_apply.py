@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -311,3 +313,33 @@ def test_wrong_credentials_are_one_line_and_never_shown(undeleting_registry: tup
     assert anonymous.exit_code == 2
     assert "asks for credentials: give --username" in anonymous.stderr
     assert wrong not in everything(ran) and PASSWORD not in everything(ran)
+
+
+@pytest.mark.parametrize("kind", ["htpasswd", "token"])
+def test_the_http_script_authenticates_from_the_environment(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`plan --format http` writes no secret; run with the credentials in the environment, it deletes what the plan
+    deletes through an authenticating registry. (After the two-phase test in this module, which asserts the
+    collector finds nothing: the blobs this leaves are the collector's.)"""
+    auth: Authenticated = request.getfixturevalue(f"{kind}_registry")
+    reg = auth.registry
+    kept = reg.image("script/app", [layer("script kept")], {"name": "script kept"}, tags=["v1"])
+    loose = reg.image("script/app", [layer("script loose")], {"name": "script loose"})
+    script = tmp_path / "plan.sh"
+    cli(
+        "plan", v2(reg), "--delete-untagged", "--repository", "script/*", "--min-age", "0s", "--format", "http",
+        "--registry-url", reg.base_url, "-o", script, "-q", expect=[0],
+    )  # fmt: skip
+    env = {**os.environ, "REGISTRY_USER": USER, "STORAGE_AUDIT_REGISTRY_PASSWORD": PASSWORD}
+    ran = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr.splitlines() == [f"deleted script/app@{loose.digest}"]
+    assert not reg.manifest_exists("script/app", loose.digest)
+    assert pull(reg, "script/app", "v1") == [] and reg.manifest_exists("script/app", kept.digest)
+    texts = [script.read_text(), ran.stdout, ran.stderr]
+    for secret in auth.secrets():
+        assert not any(secret in text for text in texts)
+    unauthenticated = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120)
+    assert unauthenticated.returncode != 0
+    assert "refused the credentials (HTTP 401)" in unauthenticated.stderr or "no token" in unauthenticated.stderr
