@@ -21,7 +21,7 @@ HELP = Help(
         ("Without asking, in a script:", "plan.json --yes --quiet"),
         (
             "Delete its manifests while the registry serves, then sweep the rest read-only:",
-            "plan.json --registry-url https://registry.example:5000 --username ci --password-stdin",
+            "plan.json --registry-url https://registry:5000",
         ),
     ),
 )
