@@ -610,13 +610,7 @@ class Client:
             resp = self._request(method, target, body, {**(headers or {}), "Authorization": authorization})
         return resp
 
-    def _request(
-        self,
-        method: str,
-        target: str,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Response:
+    def _request(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str] | None) -> Response:
         url = urllib.parse.urljoin(self.base_url + "/", target)
         parts = urllib.parse.urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -974,7 +968,7 @@ class Registry(Client):
                 return False
             with contextlib.suppress(OSError):
                 # Without credentials: a registry with authentication answers 401 once it serves.
-                if self._request("GET", "/v2/").status in (200, 401):
+                if self._request("GET", "/v2/", None, None).status in (200, 401):
                     return True
             time.sleep(0.05)
         self._terminate()

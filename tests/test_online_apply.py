@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,19 +145,21 @@ def everything(ran: Ran) -> str:
     return ran.stdout + ran.stderr
 
 
+def apply_through(registry: Registry, plan: Path, *options: str, **kwargs: Any) -> Ran:
+    """`apply PLAN --registry-url URL --yes OPTIONS...`; `kwargs` as `cli` takes them (env, input)."""
+    return cli("apply", plan, "--registry-url", registry.base_url, "--yes", *options, **kwargs)
+
+
 def online_apply(auth: Authenticated, plan: Path, tmp_path: Path) -> Ran:
     """`apply --registry-url` with the credentials as a user would give them: the password on stdin (htpasswd), or
     `docker login`'s config.json (token)."""
-    url = auth.registry.base_url
     if auth.kind == "htpasswd":
-        return cli(
-            "apply", plan, "--registry-url", url, "--username", USER, "--password-stdin", "--yes", input=PASSWORD + "\n"
-        )
+        return apply_through(auth.registry, plan, "--username", USER, "--password-stdin", input=PASSWORD + "\n")
     config = tmp_path / "docker-config"
     config.mkdir(exist_ok=True)
     entry = {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
     (config / "config.json").write_text(json.dumps({"auths": {f"127.0.0.1:{auth.registry.port}": entry}}))
-    return cli("apply", plan, "--registry-url", url, "--yes", env={"DOCKER_CONFIG": str(config)})
+    return apply_through(auth.registry, plan, env={"DOCKER_CONFIG": str(config)})
 
 
 @pytest.mark.parametrize("kind", ["htpasswd", "token"])
@@ -270,17 +273,7 @@ def test_a_registry_that_does_not_delete_is_refused_naming_the_setting(
 ) -> None:
     registry, plan = undeleting_registry
     loose = sha256(registry.image("app", [layer("loose")], {"name": "loose"}, push=False).body)
-    ran = cli(
-        "apply",
-        plan,
-        "--registry-url",
-        registry.base_url,
-        "--username",
-        USER,
-        "--password-stdin",
-        "--yes",
-        input=PASSWORD + "\n",
-    )
+    ran = apply_through(registry, plan, "--username", USER, "--password-stdin", input=PASSWORD + "\n")
     assert ran.exit_code == 2
     assert ran.stderr.splitlines() == [
         "storage-audit: error: the registry refuses deletion (HTTP 405): set storage.delete.enabled to true in its "
@@ -293,23 +286,12 @@ def test_a_registry_that_does_not_delete_is_refused_naming_the_setting(
 def test_wrong_credentials_are_one_line_and_never_shown(undeleting_registry: tuple[Registry, Path]) -> None:
     registry, plan = undeleting_registry
     wrong = "not-the-password-9f2"
-    ran = cli(
-        "apply",
-        plan,
-        "--registry-url",
-        registry.base_url,
-        "--username",
-        USER,
-        "--yes",
-        env={"STORAGE_AUDIT_REGISTRY_PASSWORD": wrong},
-    )
+    ran = apply_through(registry, plan, "--username", USER, env={"STORAGE_AUDIT_REGISTRY_PASSWORD": wrong})
     assert ran.exit_code == 2
     assert ran.stderr.splitlines() == [
         f"storage-audit: error: {registry.base_url} refused the credentials (HTTP 401 on GET /v2/)"
     ]
-    anonymous = cli(
-        "apply", plan, "--registry-url", registry.base_url, "--yes", env={"DOCKER_CONFIG": str(plan.parent)}
-    )
+    anonymous = apply_through(registry, plan, env={"DOCKER_CONFIG": str(plan.parent)})
     assert anonymous.exit_code == 2
     assert "asks for credentials: give --username" in anonymous.stderr
     assert wrong not in everything(ran) and PASSWORD not in everything(ran)
