@@ -113,7 +113,9 @@ class Applier(AbstractContextManager["Applier"]):
     plan against a second apply until the applier is closed (or used as a
     context manager). What this run removed is remembered, so that the later
     checks of a dry run, which removes nothing, see the tree as a real run
-    would.
+    would. What the remover `leaves` (the registry's API leaves all but tags
+    and revisions) is neither done nor journaled, and the journal is then not
+    marked finished, so that an apply on storage carries it out afterwards.
     """
 
     def __init__(self, plan: Plan, remover: Remover, journal: Journal, options: ApplyOptions) -> None:
