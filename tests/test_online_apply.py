@@ -250,8 +250,6 @@ def test_two_phase_clean_up_while_the_registry_serves(
     texts = [everything(planned), everything(online), everything(offline), plan.read_text(), journal, log, reg.log()]
     for secret in auth.secrets():
         assert not any(secret in text for text in texts)
-    if auth.tokens is not None:
-        assert len(auth.tokens.issued) > 1
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +323,31 @@ def test_the_http_script_authenticates_from_the_environment(
     unauthenticated = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=120)
     assert unauthenticated.returncode != 0
     assert "refused the credentials (HTTP 401)" in unauthenticated.stderr or "no token" in unauthenticated.stderr
+
+
+def test_tokens_are_per_repository_and_fetched_again_when_they_expire(token_registry: Authenticated) -> None:
+    import time
+
+    import jwt
+
+    from storage_audit.registry_api.client import RegistryClient
+    from storage_audit.registry_api.credentials import Credentials
+
+    assert token_registry.tokens is not None
+    reg, issued = token_registry.registry, token_registry.tokens.issued
+    pushed = reg.image("tokens/a", [layer("tokens a")], {"name": "tokens a"}, tags=["v1"])
+    client = RegistryClient(reg.base_url, Credentials(USER, PASSWORD))
+
+    def scopes_since(n: int) -> list[list[dict[str, object]]]:
+        return [jwt.decode(t, options={"verify_signature": False})["access"] for t in issued[n:]]
+
+    before = len(issued)
+    assert client.manifest_digest("tokens/a", "v1") == pushed.digest
+    assert client.manifest_digest("tokens/a", pushed.digest) == pushed.digest  # the same token, still fresh
+    assert client.manifest_digest("tokens/b", "v1") is None
+    wanted = [{"type": "repository", "name": "tokens/a", "actions": ["pull", "delete"]}]
+    assert scopes_since(before) == [wanted, [{**wanted[0], "name": "tokens/b"}]]
+    time.sleep(3)  # the fixture's tokens live 3 seconds
+    again = len(issued)
+    assert client.manifest_digest("tokens/a", "v1") == pushed.digest
+    assert scopes_since(again) == [wanted]
