@@ -18,10 +18,9 @@ HELP = Help(
     (
         ("Say what the plan would remove, and free:", "plan.json --dry-run"),
         ("Apply it, keeping what it removes to restore:", "plan.json --quarantine /srv/quarantine"),
-        ("Without asking, in a script:", "plan.json --yes --quiet"),
         (
-            "Delete its manifests while the registry serves, then sweep the rest read-only:",
-            "plan.json --registry-url https://registry:5000",
+            "Delete its manifests while the registry serves, without asking:",
+            "plan.json --registry-url https://registry:5000 --yes",
         ),
     ),
 )
