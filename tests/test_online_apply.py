@@ -6,6 +6,7 @@ more, and no secret appears anywhere."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import subprocess
@@ -351,3 +352,112 @@ def test_tokens_are_per_repository_and_fetched_again_when_they_expire(token_regi
     again = len(issued)
     assert client.manifest_digest("tokens/a", "v1") == pushed.digest
     assert scopes_since(again) == [wanted]
+
+
+def test_a_tag_pushed_onto_a_planned_manifest_since_the_scan_keeps_it(htpasswd_registry: Authenticated) -> None:
+    """The fresh scan before the revisions vetoes what a tag reaches then; a tag pushed after it is seen live, right
+    before the DELETE, which would remove it with the manifest."""
+    from storage_audit.cleanup.apply import read_plan
+    from storage_audit.cleanup.plan import Op
+    from storage_audit.cleanup.removers import plan_storage, remover_for
+    from storage_audit.cleanup.removers.registry import RegistryRemover
+    from storage_audit.registry_api.client import RegistryClient
+    from storage_audit.registry_api.credentials import Credentials
+
+    reg = htpasswd_registry.registry
+    loose = reg.image("live/app", [layer("live loose")], {"name": "live loose"})
+    path = reg.root.parent / "live-plan.json"
+    cli("plan", v2(reg), "--delete-untagged", "--repository", "live/*", "--min-age", "0s", "-o", path, expect=[0])
+    plan, _ = read_plan(path)
+    [revision] = [a for a in plan.actions if a.op is Op.REMOVE_REVISION]
+    remover = RegistryRemover(
+        RegistryClient(reg.base_url, Credentials(USER, PASSWORD)), remover_for(plan_storage(plan))
+    )
+    remover.check(plan)
+    [now] = remover.look(plan, [revision])
+    assert now is not None and now.changed is None
+    reg.put_manifest("live/app", "late", loose.body, loose.media_type)
+    [now] = remover.look(plan, [revision])
+    assert now is not None and now.changed == "deleting it would delete the tags late, which the plan keeps"
+
+
+class FlakyProxy:
+    """A proxy on 127.0.0.1 in front of a registry that answers every other request 503 or 429 itself, and notes
+    when each request came: a registry behind a load balancer on a bad day."""
+
+    def __init__(self, upstream: Registry) -> None:
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        self.times: list[float] = []
+        self.refused = 0
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def relay(self) -> None:
+                import time
+
+                with lock:
+                    proxy.times.append(time.monotonic())
+                    refuse = len(proxy.times) % 2 == 1
+                if refuse:
+                    proxy.refused += 1
+                    self.send_response(503 if proxy.refused % 2 else 429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                self.send_response(resp.status)
+                for name, value in resp.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                conn.close()
+
+            do_GET = do_HEAD = do_DELETE = relay
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_refusals_of_a_busy_registry_are_tried_again_at_the_rate_asked(
+    htpasswd_registry: Authenticated, tmp_path: Path
+) -> None:
+    reg = htpasswd_registry.registry
+    loose = reg.image("flaky/app", [layer("flaky loose")], {"name": "flaky loose"})
+    kept = reg.image("flaky/app", [layer("flaky kept")], {"name": "flaky kept"}, tags=["v1"])
+    plan = tmp_path / "plan.json"
+    cli("plan", v2(reg), "--delete-untagged", "--repository", "flaky/*", "--min-age", "0s", "-o", plan, expect=[0])
+    proxy = FlakyProxy(reg)
+    try:
+        ran = cli(
+            "apply", plan, "--registry-url", proxy.url, "--username", USER, "--yes", "--max-requests-per-second", "20",
+            env={"STORAGE_AUDIT_REGISTRY_PASSWORD": PASSWORD},
+        )  # fmt: skip
+    finally:
+        proxy.stop()
+    assert ran.exit_code == 0, ran.stderr
+    assert f"removed repositories/flaky/app/_manifests/revisions/sha256/{loose.digest[7:]}/link" in ran.stderr
+    assert not reg.manifest_exists("flaky/app", loose.digest) and pull(reg, "flaky/app", "v1") == []
+    assert reg.manifest_exists("flaky/app", kept.digest)
+    assert proxy.refused >= 4  # ping, probe, the HEAD and the DELETE each met a 503 or a 429 first
+    # Retries go through urllib3 below the rate limit; the requests the client starts are paced at 20 a second.
+    starts = proxy.times[::2]
+    assert all(b - a >= 0.045 for a, b in itertools.pairwise(starts))
