@@ -145,13 +145,15 @@ def config_text(
     storage: Sequence[str] | None = None,
     auth: Sequence[str] | None = None,
     delete: bool = True,
+    tls: tuple[Path, Path] | None = None,
 ) -> str:
     """YAML configuration for a registry storing under `root` and serving on 127.0.0.1:`port`.
 
     `storage` replaces the `filesystem` driver block with other driver lines
     (indented under `storage:`), and then `root` is not used. `auth` is the
     lines of an `auth:` block (indented under it: `htpasswd_auth`, `token_auth`);
-    `delete=False` leaves `storage.delete.enabled` off, as the registry ships.
+    `delete=False` leaves `storage.delete.enabled` off, as the registry ships;
+    `tls` is (certificate, key) in PEM files, for HTTPS.
     """
     q = json.dumps  # a JSON string is a valid YAML scalar, whatever the path holds
     lines = [
@@ -174,6 +176,8 @@ def config_text(
         f"  addr: {q(f'127.0.0.1:{port}')}",
         f"  secret: {q(os.urandom(16).hex())}",
     ]
+    if tls is not None:
+        lines += ["  tls:", f"    certificate: {q(str(tls[0]))}", f"    key: {q(str(tls[1]))}"]
     if schema1:
         lines += ["compatibility:", "  schema1:", "    enabled: true"]
     if auth is not None:
@@ -585,15 +589,18 @@ class Client:
     """A client of the distribution HTTP API acting as Docker and OCI tools do, recording into a ledger; with a
     `login`, it answers the registry's authentication challenges."""
 
-    def __init__(self, host: str, port: int, ledger: Ledger | None = None, login: Login | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, ledger: Ledger | None = None, login: Login | None = None, https: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.ledger = ledger if ledger is not None else Ledger()
         self.login = login
+        self.https = https
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.https else 'http'}://{self.host}:{self.port}"
 
     def request(
         self,
@@ -614,7 +621,15 @@ class Client:
         url = urllib.parse.urljoin(self.base_url + "/", target)
         parts = urllib.parse.urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn = http.client.HTTPConnection(parts.hostname or self.host, parts.port or self.port, timeout=30)
+        host, port = parts.hostname or self.host, parts.port or self.port
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            import ssl
+
+            # The tests' own self-signed certificate: what the tool under test verifies, the harness need not.
+            conn = http.client.HTTPSConnection(host, port, timeout=30, context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=30)
         try:
             conn.request(method, path, body=body, headers=dict(headers or {}))
             resp = conn.getresponse()
@@ -884,12 +899,15 @@ class Registry(Client):
         auth: Sequence[str] | None = None,
         login: Login | None = None,
         delete: bool = True,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         """`storage` replaces the filesystem driver, `auth` is its `auth:` block, `delete=False` disables deletion
-        (see `config_text`); `env` is the server's environment; `login` answers its challenges."""
-        super().__init__("127.0.0.1", 0, ledger, login)
+        and `tls` serves HTTPS (see `config_text`); `env` is the server's environment; `login` answers its
+        challenges."""
+        super().__init__("127.0.0.1", 0, ledger, login, https=tls is not None)
         self.auth = list(auth) if auth is not None else None
         self.delete = delete
+        self.tls = tls
         self.root = Path(root).resolve()
         self.schema1 = schema1
         self.log_level = log_level
@@ -937,6 +955,7 @@ class Registry(Client):
                     storage=self.storage,
                     auth=self.auth,
                     delete=self.delete,
+                    tls=self.tls,
                 ),
                 encoding="utf-8",
             )

@@ -461,3 +461,60 @@ def test_refusals_of_a_busy_registry_are_tried_again_at_the_rate_asked(
     # Retries go through urllib3 below the rate limit; the requests the client starts are paced at 20 a second.
     starts = proxy.times[::2]
     assert all(b - a >= 0.045 for a, b in itertools.pairwise(starts))
+
+
+def serving_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, and its key, in PEM files."""
+    import ipaddress
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime(2000, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(9999, 12, 31, tzinfo=UTC))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate, private = folder / "registry.pem", folder / "registry.key"
+    certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return certificate, private
+
+
+def test_tls_is_verified_against_the_ca_file_or_skipped_on_loopback_only(tmp_path: Path) -> None:
+    require_registry()
+    certificate, key = serving_certificate(tmp_path)
+    auth = htpasswd_auth(tmp_path / "htpasswd", {USER: PASSWORD})
+    login = Login(USER, PASSWORD)
+    with Registry(tmp_path / "root", auth=auth, login=login, tls=(certificate, key)) as reg:
+        loose = reg.image("tls/app", [layer("tls loose")], {"name": "tls loose"})
+        plan = tmp_path / "plan.json"
+        cli("plan", v2(reg), "--delete-untagged", "--min-age", "0s", "-o", plan, expect=[0])
+        env = {"STORAGE_AUDIT_REGISTRY_PASSWORD": PASSWORD}
+        assert reg.base_url.startswith("https://127.0.0.1:")
+        unverified = apply_through(reg, plan, "--username", USER, "--dry-run", env=env)
+        assert unverified.exit_code == 2
+        [line] = unverified.stderr.splitlines()
+        assert "CERTIFICATE_VERIFY_FAILED" in line and line.endswith("with --ca-file)")
+        for trust in (["--ca-file", str(certificate)], ["--insecure"]):
+            ran = apply_through(reg, plan, "--username", USER, "--dry-run", *trust, env=env)
+            assert ran.exit_code == 0, ran.stderr
+            assert (
+                f"would remove repositories/tls/app/_manifests/revisions/sha256/{loose.digest[7:]}/link" in ran.stderr
+            )
+        assert reg.manifest_exists("tls/app", loose.digest)

@@ -158,7 +158,12 @@ class RegistryClient:
                 return self._pool.request(method, url, headers=dict(headers), preload_content=True)
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise RegistryAPIError(f"{method} {url}: {reason.__class__.__name__}: {reason}") from exc
+            hint = (
+                " (give the CA that signed its certificate with --ca-file)"
+                if "CERTIFICATE_VERIFY" in str(reason)
+                else ""
+            )
+            raise RegistryAPIError(f"{method} {url}: {reason.__class__.__name__}: {reason}{hint}") from exc
 
     def request(
         self, method: str, path: str, repository: str | None = None, headers: Mapping[str, str] | None = None
