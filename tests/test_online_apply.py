@@ -6,7 +6,6 @@ more, and no secret appears anywhere."""
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import os
 import subprocess
@@ -448,7 +447,7 @@ def test_refusals_of_a_busy_registry_are_tried_again_at_the_rate_asked(
     proxy = FlakyProxy(reg)
     try:
         ran = cli(
-            "apply", plan, "--registry-url", proxy.url, "--username", USER, "--yes", "--max-requests-per-second", "20",
+            "apply", plan, "--registry-url", proxy.url, "--username", USER, "--yes", "--max-requests-per-second", "10",
             env={"STORAGE_AUDIT_REGISTRY_PASSWORD": PASSWORD},
         )  # fmt: skip
     finally:
@@ -458,9 +457,10 @@ def test_refusals_of_a_busy_registry_are_tried_again_at_the_rate_asked(
     assert not reg.manifest_exists("flaky/app", loose.digest) and pull(reg, "flaky/app", "v1") == []
     assert reg.manifest_exists("flaky/app", kept.digest)
     assert proxy.refused >= 4  # ping, probe, the HEAD and the DELETE each met a 503 or a 429 first
-    # Retries go through urllib3 below the rate limit; the requests the client starts are paced at 20 a second.
+    # Retries go through urllib3 below the rate limit: the requests the client starts (each refused once first)
+    # are paced at 10 a second. Over the whole run, so that one request slowed on its way does not count.
     starts = proxy.times[::2]
-    assert all(b - a >= 0.045 for a, b in itertools.pairwise(starts))
+    assert len(starts) >= 5 and starts[-1] - starts[0] >= 0.8 * (len(starts) - 1) / 10
 
 
 def serving_certificate(folder: Path) -> tuple[Path, Path]:
