@@ -208,6 +208,10 @@ def test_two_phase_clean_up_while_the_registry_serves(
     assert reg.manifest_exists("app", img["U"].digest)  # tagged since planning: skipped
     assert not reg.manifest_exists("idx", "v1")  # went with X
     assert reg.manifest_exists("multi", "c-old")  # its manifest stays: left for the storage phase
+    # Run again, the online phase finds its own work done in the journal, and leaves the rest as before.
+    again = online_apply(auth, plan, tmp_path)
+    assert again.exit_code == 0, everything(again)
+    assert "removed " not in again.stderr and "left 1 remove-tag for the storage phase" in again.stderr
     log = reg.log()
 
     # The storage phase, with the registry stopped: the journal resumes where the online phase ended.
@@ -247,7 +251,16 @@ def test_two_phase_clean_up_while_the_registry_serves(
     assert reg.request("GET", f"/v2/app/blobs/{sha256(layer('U'))}").status == 200
 
     journal = next(tmp_path.glob("plan.json.*.journal")).read_text()
-    texts = [everything(planned), everything(online), everything(offline), plan.read_text(), journal, log, reg.log()]
+    texts = [
+        everything(planned),
+        everything(online),
+        everything(again),
+        everything(offline),
+        plan.read_text(),
+        journal,
+        log,
+        reg.log(),
+    ]
     for secret in auth.secrets():
         assert not any(secret in text for text in texts)
 

@@ -172,7 +172,8 @@ class Applier(AbstractContextManager["Applier"]):
         revisions = by_op[Op.REMOVE_REVISION]
         tags, with_revision = by_op[Op.REMOVE_TAG], []
         if self.remover.untags_with_revision:
-            planned = {(a.repository, a.digest) for _, a in revisions}
+            # Every revision of the plan, those an earlier run deleted too: their tags are never removed alone.
+            planned = {(a.repository, a.digest) for a in self.plan.actions if a.op is Op.REMOVE_REVISION}
             with_revision = [(i, a) for i, a in tags if (a.repository, _tag_target(a)) in planned]
             tags = [(i, a) for i, a in tags if (a.repository, _tag_target(a)) not in planned]
         self._phase(tags)
