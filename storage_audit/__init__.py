@@ -32,6 +32,7 @@ _FROM: dict[str, str] = {
     "orphans": "storage_audit.operations.collect",
     "CollectOptions": "storage_audit.operations.collect",
     "Collected": "storage_audit.operations.collect",
+    "Collector": "storage_audit.analysis.options",
     "report": "storage_audit.operations.report",
     "page": "storage_audit.operations.report",
     "metrics": "storage_audit.operations.report",
@@ -77,6 +78,7 @@ __all__ = [
     "Checked",
     "CollectOptions",
     "Collected",
+    "Collector",
     "DiffBy",
     "DiffOptions",
     "Diffed",
@@ -134,7 +136,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from storage_audit.analysis.graph import Graph
-    from storage_audit.analysis.options import By, DiffBy, PlanFormat, ReportOptions
+    from storage_audit.analysis.options import By, Collector, DiffBy, PlanFormat, ReportOptions
     from storage_audit.cleanup.apply import Outcome
     from storage_audit.cleanup.journal import AlreadyApplied
     from storage_audit.cleanup.plan import Plan, Policy

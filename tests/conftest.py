@@ -12,6 +12,7 @@ import inspect
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -104,6 +105,41 @@ def cli(
     ran = Ran(code or 0, stdout, stderr, output)
     assert expect is None or ran.exit_code in expect, (args, ran.exit_code, ran.stderr)
     return ran
+
+
+# --------------------------------------------------------------------------
+# The command line in a process of its own, with its peak memory
+
+# The child's peak resident memory is its VmHWM, read as it exits: the resource usage of a child (ru_maxrss)
+# also takes in the memory of the test process it was forked from, which Linux carries over across exec.
+_PEAK_PROGRAM = """
+import atexit, os, sys
+def _peak():
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["STORAGE_AUDIT_TEST_PEAK"], "w") as out:
+        out.write(str(kib))
+atexit.register(_peak)
+from storage_audit.__main__ import main
+sys.argv = ["storage-audit", *sys.argv[1:]]
+main()
+"""
+
+
+def peak_run(
+    args: Collection[str | Path], env: Mapping[str, str], scratch: Path, **popen: Any
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`storage-audit ARGS` run in a process of its own with environment `env` (text output captured unless
+    `popen` says otherwise): what it gave, and its peak resident memory in bytes."""
+    peak = scratch / f"peak-{os.getpid()}-{len(list(scratch.iterdir()))}"
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROGRAM, *map(str, args)],
+        env={**env, "STORAGE_AUDIT_TEST_PEAK": str(peak)},
+        text=True,
+        check=False,
+        **({"capture_output": True} | popen),
+    )
+    return done, int(peak.read_text()) * 1024
 
 
 # --------------------------------------------------------------------------

@@ -132,11 +132,46 @@ def test_unwritable_output_is_exit_2(fixture_root, tmp_path: Path) -> None:  # t
 def test_safe_mode_warns_where_the_stock_collector_differs(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("multiarch"))
     _, _, err = cli("untagged", root)
-    assert "garbage-collect --delete-untagged` would also delete" in err and "children of tagged indexes" in err
-    _, _, err = cli("untagged", root, "--gc-compatible")
-    assert "would also delete" not in err
+    (v28,) = (line for line in err.splitlines() if line.startswith("warning: registry 2.8's"))
+    assert "`garbage-collect --delete-untagged` would also delete" in v28 and "children of tagged indexes" in v28
+    # Registry 3 keeps the children of tagged indexes: no line about it says otherwise.
+    assert not [line for line in err.splitlines() if "3's" in line and "children" in line]
+    for flag in ("--gc-compatible", "--gc-compatible=3"):
+        _, _, err = cli("untagged", root, flag)
+        assert "would also delete" not in err
     _, _, err = cli("untagged", str(fixture_root("referrers")))
     assert "referrers" in err
+
+
+def test_gc_compatible_alone_is_2_8_and_takes_no_next_word(fixture_root) -> None:  # type: ignore[no-untyped-def]
+    root = str(fixture_root("multiarch"))
+    alone = cli("untagged", "--gc-compatible", root, "-f", "json", "-q")
+    assert alone.exit_code == 0, alone.output
+    assert alone.stdout == cli("untagged", root, "--gc-compatible=2.8", "-f", "json", "-q").stdout
+    v3 = cli("untagged", root, "--gc-compatible=3", "-f", "json", "-q")
+    assert v3.exit_code == 0 and v3.stdout != alone.stdout
+    # A value is only ever attached: the next word stays an argument.
+    code, _, err = cli("untagged", root, "--gc-compatible", "3", "-q")
+    assert code == 2 and "unexpected extra argument(s) (3)" in err
+    code, _, err = cli("orphans", root, "--gc-compatible=4")
+    assert code == 2 and "'2.8', '3'" in err
+
+
+def test_report_gc_compatible_from_a_snapshot_is_the_trees(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = str(fixture_root("multiarch"))
+    snapshot = str(tmp_path / "snapshot")
+    assert cli("scan", root, "-o", snapshot, "-q").exit_code == 0
+    for flag in ("--gc-compatible", "--gc-compatible=3"):
+        for by in ("summary", "repository", "manifest", "blob"):
+            from_tree = cli("report", root, flag, "-b", by, "-f", "json", "-q")
+            assert from_tree.exit_code == 0, from_tree.output
+            # The snapshot stores the safe views: a collector's answer is computed from its tables.
+            assert cli("report", snapshot, flag, "-b", by, "-f", "json", "-q").stdout == from_tree.stdout
+    safe = cli("report", snapshot, "-f", "json", "-q").stdout
+    assert json.loads(cli("report", snapshot, "--gc-compatible", "-f", "json", "-q").stdout) != json.loads(safe)
+    for fmt in ("prometheus", "html"):
+        code, _, err = cli("report", root, "-f", fmt, "-o", str(tmp_path / "out"), "--gc-compatible=3")
+        assert code == 2 and "--gc-compatible" in err
 
 
 def test_table_fits_80_columns(fixture_root) -> None:  # type: ignore[no-untyped-def]

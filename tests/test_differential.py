@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from storage_audit.analysis import collect
+from storage_audit.analysis.options import Collector
 from storage_audit.analysis.reach import ReachOptions
 from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
 from tests.conftest import cli, fixture_builder
 from tests.facts import Facts
+from tests.gc3_model import DryRun, mark_and_sweep
 from tests.registry_harness import (
     Client,
     Ledger,
@@ -32,7 +34,7 @@ from tests.registry_harness import (
     pull_all,
     require_registry,
 )
-from tests.workloads import EDGE_CASES, random_workload
+from tests.workloads import EDGE_CASES, deleted_children, random_workload
 
 V2 = Path("docker/registry/v2")
 # Reference types whose target a kept manifest needs in order to be pulled (a `subject` is not one).
@@ -170,20 +172,17 @@ class Built:
         return set(self.answers[key])
 
 
-@pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    require_registry()
-    name: str = request.param
-    base = tmp_path_factory.mktemp(name)
+def _build(name: str, push: Callable[[Client], None], base: Path) -> Built:
+    """The registry `push` writes, scanned, with the stock collector's (2.8) dry runs and the ledger's facts."""
     root = base / "root"
     ledger = Ledger()
     with Registry(root, ledger) as reg:
-        CASES[name](reg)
+        push(reg)
     plain_manifests, plain_blobs, _ = parse_gc_output(garbage_collect(root, dry_run=True))
     assert plain_manifests == set()
     stock_manifests, stock_blobs, _ = parse_gc_output(garbage_collect(root, dry_run=True, delete_untagged=True))
     facts = ledger.expected_facts()
-    yield Built(
+    return Built(
         name=name,
         root=root,
         facts=facts,
@@ -195,10 +194,18 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         stock_blobs=stock_blobs,
         scratch=base,
     )
+
+
+@pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    require_registry()
+    name: str = request.param
+    base = tmp_path_factory.mktemp(name)
+    yield _build(name, CASES[name], base)
     shutil.rmtree(base, ignore_errors=True)
 
 
-STOCK = ReachOptions(delete_untagged=True, gc_compatible=True)
+STOCK = ReachOptions(delete_untagged=True, collector=Collector.V2_8)
 SAFE = ReachOptions(delete_untagged=True)
 
 
@@ -261,13 +268,18 @@ def test_cli_agrees_with_the_collector(built: Built) -> None:
     rows = csv.DictReader(io.StringIO(result.stdout))
     assert {(row["repository"], row["digest"]) for row in rows} == built.stock_manifests
     assert result.stderr == ""
+    report_agrees(built.root, "--gc-compatible", built.stock_manifests, built.plain_blobs, built.stock_blobs)
 
     # Without -q the safe mode says on stderr, and only there, what the stock collector would also delete.
     result = cli("untagged", root, "-f", "csv")
     assert result.exit_code == 0, result.output
     extra = built.oracle.safe_kept() - built.oracle.tagged
     extra_blobs = built.stock_blobs - built.orphans(SAFE)
-    warning = re.search(r"would also delete (\d+) manifests? .* and (\d+) blobs?", result.stderr)
+    warning = re.search(
+        r"registry 2\.8's (?:and 3's )?`garbage-collect --delete-untagged` would also delete (\d+) manifests? .* and "
+        r"(\d+) blobs?",
+        result.stderr,
+    )
     if extra or extra_blobs:
         assert warning is not None, result.stderr
         assert (int(warning[1]), int(warning[2])) == (len(extra), len(extra_blobs))
@@ -279,7 +291,132 @@ def test_cli_agrees_with_the_collector(built: Built) -> None:
 
 
 # --------------------------------------------------------------------------
+# Registry 3, against a model of its MarkAndSweep written from its source (tests/gc3_model.py): no registry 3
+# binary runs here. The same real-registry trees as above.
+
+V3 = ReachOptions(delete_untagged=True, collector=Collector.V3)
+PLAIN_V3 = ReachOptions(collector=Collector.V3)
+
+
+def agrees_with_registry_3(built: Built) -> DryRun:
+    """`--gc-compatible=3` answers as the model does, with and without `--delete-untagged`; the model's dry run."""
+    model = mark_and_sweep(built.root / V2, remove_untagged=True)
+    plain = mark_and_sweep(built.root / V2, remove_untagged=False)
+    # The model reads the tree as the real 2.8 collector does: without -m, both mark every revision's references.
+    assert plain.manifests == set() and plain.blobs == built.plain_blobs
+    assert built.orphans(PLAIN_V3) == plain.blobs
+    assert built.untagged(V3) == model.manifests
+    assert built.orphans(V3) == model.blobs
+    return model
+
+
+def test_gc_compatible_3_equals_the_model_of_registry_3(built: Built) -> None:
+    model = agrees_with_registry_3(built)
+    oracle = built.oracle
+    untagged = oracle.linked - oracle.tagged
+    assert model.manifests <= untagged
+    # Registry 3 keeps the children of tagged indexes (which 2.8 deletes), and every revision whose digest a tag
+    # names in any repository.
+    pulled = {(repo, child) for repo, digest in oracle.tagged for child in oracle.tag_closure(repo, digest)}
+    assert not pulled & model.manifests
+    tagged_anywhere = {digest for _, digest in oracle.tagged}
+    assert not {(repo, digest) for repo, digest in untagged if digest in tagged_anywhere} & model.manifests
+    # It still deletes an untagged referrer that no manifest lists and no tag names.
+    listed = set().union(*(oracle.holds[d] - {d} for d in oracle.holds))
+    loose = {(r, d) for r, d in untagged if d in oracle.subjects and d not in listed | tagged_anywhere}
+    assert loose <= model.manifests
+    if built.name in ("referrers", "referrer-chains"):
+        assert loose
+    if built.name == "shared-manifests":
+        # Untagged in shared/dst, tagged (or listed by a tagged list) in shared/src: 2.8 deletes them, 3 does not.
+        assert {(r, d) for r, d in built.stock_manifests if r == "shared/dst"} - model.manifests
+    if built.name == "marked-elsewhere":
+        # The image walk/early's bundle carries is marked there first and never descended into: it stays, and its
+        # config and layers go.
+        (index,) = (d for r, d in oracle.tagged if r == "walk/late")
+        (image,) = oracle.children[index]
+        assert ("walk/late", image) not in model.manifests
+        assert oracle.holds[image] - {image} <= model.blobs
+
+
+@pytest.fixture(scope="module")
+def gone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    """Index children deleted by digest (an index child absent from its repository), beside kept copies."""
+    require_registry()
+    base = tmp_path_factory.mktemp("deleted-children")
+    rng = random.Random("storage-audit-differential:deleted-children")
+    yield _build("deleted-children", lambda client: deleted_children(client, rng), base)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_both_collectors_where_index_children_are_gone(gone: Built) -> None:
+    assert gone.untagged(STOCK) == gone.stock_manifests
+    assert gone.orphans(STOCK) == gone.stock_blobs
+    model = agrees_with_registry_3(gone)
+    # gone/dst's tagged copy of the image gone/src's list lost is walked first: nothing of it is swept.
+    (mirror,) = (d for r, d in gone.oracle.tagged if r == "gone/dst")
+    assert not gone.oracle.holds[mirror] & model.blobs
+
+
+@pytest.mark.parametrize(
+    "built", ["multiarch", "referrers", "shared-manifests", "marked-elsewhere", "seed-0"], indirect=True
+)
+def test_cli_answers_as_registry_3(built: Built) -> None:
+    root = str(built.root)
+    model = mark_and_sweep(built.root / V2, remove_untagged=True)
+
+    result = cli("untagged", root, "--gc-compatible=3", "-f", "csv", "-q")
+    assert result.exit_code == 0, result.output
+    assert {(row["repository"], row["digest"]) for row in csv.DictReader(io.StringIO(result.stdout))} == model.manifests
+    assert result.stderr == ""
+
+    result = cli("orphans", root, "-m", "--gc-compatible=3", "-f", "json", "-q")
+    assert result.exit_code == 0, result.output
+    assert {row["digest"] for row in json.loads(result.stdout)} == model.blobs
+    plain = mark_and_sweep(built.root / V2, remove_untagged=False)
+    report_agrees(built.root, "--gc-compatible=3", model.manifests, plain.blobs, model.blobs)
+
+    # The safe answer's warning about registry 3 counts what it alone would delete, and names no index child.
+    result = cli("untagged", root, "-f", "csv")
+    assert result.exit_code == 0, result.output
+    extra = built.oracle.safe_kept() & model.manifests
+    extra_blobs = model.blobs - built.orphans(SAFE)
+    line = re.search(
+        r"^warning: registry (?:2\.8's and )?3's `garbage-collect --delete-untagged` would also delete "
+        r"(?:(\d+) manifests? \((.*)\) and )?(\d+) blobs? .*$",
+        result.stderr,
+        re.M,
+    )
+    if extra or extra_blobs:
+        assert line is not None, result.stderr
+        assert (int(line[1] or 0), int(line[3])) == (len(extra), len(extra_blobs))
+        assert "2.8's and" in line[0] or "children" not in line[0]
+    else:
+        assert line is None, result.stderr
+
+
+# --------------------------------------------------------------------------
 # Real collections on copies, then pulls
+
+
+def report_agrees(root: Path, flag: str, manifests: set[tuple[str, str]], plain: set[str], swept: set[str]) -> None:
+    """`report FLAG` counts what a collector's dry runs list: `manifests` and `swept` with --delete-untagged,
+    `plain` without; sizes are read from the tree."""
+
+    def size(digests: set[str]) -> int:
+        return sum((root / V2 / "blobs/sha256" / d[7:9] / d[7:] / "data").stat().st_size for d in digests)
+
+    def rows(*args: str) -> Any:
+        result = cli("report", str(root), flag, "-f", "json", "-q", *args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    summary = rows()
+    assert (summary["untagged_manifests"], summary["orphan_blobs"]) == (len(manifests), len(plain))
+    assert (summary["orphan_bytes"], summary["untagged_reclaimable_bytes"]) == (size(plain), size(swept - plain))
+    assert {(r["repository"], r["digest"]) for r in rows("--by", "manifest") if not r["reachable"]} == manifests
+    assert sum(r["untagged_manifests"] for r in rows("--by", "repository")) == len(manifests)
+    assert {r["digest"] for r in rows("--by", "blob") if r["orphan"]} == plain
 
 
 def collected_copy(built: Built, delete_untagged: bool) -> Path:

@@ -27,7 +27,7 @@ from storage_audit.analysis import report
 from storage_audit.analysis.check import check
 from storage_audit.analysis.collect import gc_difference, orphan_frame, untagged_frame
 from storage_audit.analysis.graph import Graph, ReachOptions
-from storage_audit.analysis.options import By, ReportOptions
+from storage_audit.analysis.options import By, Collector, ReportOptions
 from storage_audit.cleanup.plan import PlanRefused, Policy, make_plan
 from storage_audit.core.paths import BlobData, Digest, path_for
 from storage_audit.inventory.tables import Inventory
@@ -38,6 +38,7 @@ from storage_audit.storage.bucket import S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import S3Storage, _EarlyManifests, _Index
 from tests.conftest import BROKEN, FIXTURES, REAL_FIXTURES, cli, unpack
 from tests.facts import Facts
+from tests.gc3_model import mark_and_sweep
 from tests.registry_harness import Client, Ledger, Registry, garbage_collect, parse_gc_output, require_registry
 from tests.s3_harness import SeaweedS3, bucket_for, s3_registry
 from tests.workloads import deleted_children, random_workload
@@ -67,14 +68,17 @@ WORLDS = ["deleted-children", *(f"children-seed-{n}" for n in range(DELETED_CHIL
 UNTAGGED = {
     "safe": ReachOptions(delete_untagged=True),
     "no-referrers": ReachOptions(delete_untagged=True, keep_referrers=False),
-    "gc-compatible": ReachOptions(delete_untagged=True, gc_compatible=True),
+    "gc-compatible": ReachOptions(delete_untagged=True, collector=Collector.V2_8),
+    "gc-compatible=3": ReachOptions(delete_untagged=True, collector=Collector.V3),
 }
 ORPHANS = {
     "plain": ReachOptions(),
-    "plain gc-compatible": ReachOptions(gc_compatible=True),
+    "plain gc-compatible": ReachOptions(collector=Collector.V2_8),
+    "plain gc-compatible=3": ReachOptions(collector=Collector.V3),
     "-m": ReachOptions(delete_untagged=True),
     "-m no-referrers": ReachOptions(delete_untagged=True, keep_referrers=False),
-    "-m gc-compatible": ReachOptions(delete_untagged=True, gc_compatible=True),
+    "-m gc-compatible": ReachOptions(delete_untagged=True, collector=Collector.V2_8),
+    "-m gc-compatible=3": ReachOptions(delete_untagged=True, collector=Collector.V3),
 }
 POLICIES = {
     "delete-untagged": Policy(delete_untagged=True, min_age=timedelta(0)),
@@ -141,11 +145,15 @@ def _plan(graph: Graph, policy: Policy, now: datetime, storage: Storage | None) 
 
 
 def _difference(graph: Graph, delete_untagged: bool) -> dict[str, Any]:
-    """What the warnings about the stock collector say (cli.app.warn_gc_difference, warn_plain_gc_difference)."""
-    diff = gc_difference(graph, delete_untagged=delete_untagged)
-    fields = asdict(diff)
-    fields["manifest_rows"] = sorted(zip(diff.manifest_rows["repository"], diff.manifest_rows["digest"], strict=True))
-    return fields
+    """What the warnings about the stock collectors say (cli.render.warn_gc_differences), per version."""
+    out: dict[str, Any] = {}
+    for collector in Collector:
+        diff = gc_difference(graph, delete_untagged=delete_untagged, collector=collector)
+        fields = asdict(diff)
+        rows = diff.manifest_rows
+        fields["manifest_rows"] = sorted(zip(rows["repository"], rows["digest"], strict=True))
+        out[collector.value] = fields
+    return out
 
 
 def answers(inv: Inventory, when: datetime, storage: Storage | None = None) -> dict[str, Any]:
@@ -250,7 +258,7 @@ def test_a_child_without_its_revision_directory_is_read_and_protected(tmp_path: 
         assert held.isdisjoint(orphan_frame(alone, graph.reach(ReachOptions()))["digest"])
         # The stock collector marks the child's manifest blob, not what it holds: its own config is swept.
         assert doc["config"]["digest"] in set(
-            orphan_frame(alone, graph.reach(ReachOptions(gc_compatible=True)))["digest"]
+            orphan_frame(alone, graph.reach(ReachOptions(collector=Collector.V2_8)))["digest"]
         )
 
 
@@ -487,6 +495,7 @@ def test_deleted_children_keep_their_blobs_and_gc_compatible_is_the_collector(
     want = expected(world.facts)
     _, plain_gc, _ = parse_gc_output(garbage_collect(world.root, dry_run=True))
     stock_manifests, stock_gc, _ = parse_gc_output(garbage_collect(world.root, dry_run=True, delete_untagged=True))
+    registry_3 = mark_and_sweep(world.root / V2, remove_untagged=True)
     for which in ("disk", "pruned", "s3"):
         got = world.answers(which)
         assert {row["digest"] for row in got["orphans plain"]} == want.plain, which
@@ -497,7 +506,12 @@ def test_deleted_children_keep_their_blobs_and_gc_compatible_is_the_collector(
         assert {(r["repository"], r["digest"]) for r in got["untagged gc-compatible"]} == stock_manifests, which
         # Plain garbage-collect sweeps what the deleted children held; the warning counts exactly that.
         assert plain_gc - want.plain == want.protected_plain, which
-        assert got["warning plain"]["blobs"] == len(want.protected_plain), which
+        assert got["warning plain"]["2.8"]["blobs"] == len(want.protected_plain), which
+        # Registry 3, as its model reads the tree on disk: the same on every copy.
+        assert {row["digest"] for row in got["orphans plain gc-compatible=3"]} == plain_gc, which
+        assert {row["digest"] for row in got["orphans -m gc-compatible=3"]} == registry_3.blobs, which
+        assert {(r["repository"], r["digest"]) for r in got["untagged gc-compatible=3"]} == registry_3.manifests
+        assert got["warning plain"]["3"]["blobs"] == len(want.protected_plain), which
     # Every world has children deleted that plain garbage-collect would break further.
     assert len(want.protected_plain) >= (10 if name == "deleted-children" else 1)
 

@@ -127,6 +127,7 @@ def test_the_demo_tree_counts_its_stale_upload_everywhere(later: datetime, tmp_p
     assert counts == {"error": 0, "warning": 1, "info": 2}
 
 
+@pytest.mark.slow
 def test_a_synthetic_tree_counts_its_broken_indexes_everywhere(
     later: datetime, synthetic: Path, tmp_path: Path
 ) -> None:

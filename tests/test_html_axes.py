@@ -8,10 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from storage_audit.cli.app import app
 from storage_audit.core.clock import ENV
+from tests.conftest import cli
 
 from .browser import Page, browser, require_chromium
 from .conftest import FIXTURES, fixtures_built
@@ -37,7 +36,7 @@ def axis(tab: Page, chart: str) -> tuple[list[str], list[int]]:
 def test_bar_axes_tick_in_binary_units(chromium: Page, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV, (fixtures_built() + timedelta(days=30)).isoformat())
     page = tmp_path / "demo.html"
-    result = CliRunner().invoke(app, ["report", str(FIXTURES / "demo"), "-f", "html", "-o", str(page), "-q"])
+    result = cli("report", FIXTURES / "demo", "-f", "html", "-o", page, "-q")
     assert result.exit_code == 0, result.stderr
     chromium.open(page)
     # The demo's bars: 933 bytes untagged manifests free, tags of 1.0 to 2.4 KiB.

@@ -141,7 +141,7 @@ def test_prometheus_takes_no_row_options() -> None:
     assert code == 2 and out == ""
     assert err == (
         "storage-audit: error: --format prometheus writes every metric: it takes no --by, --repository, "
-        "--sort or --top\n"
+        "--sort, --top or --gc-compatible\n"
     )
 
 

@@ -41,7 +41,7 @@ from storage_audit import (
     survey,
     untagged,
 )
-from storage_audit.analysis.options import Format
+from storage_audit.analysis.options import Collector, Format
 from storage_audit.core.view import View
 from storage_audit.output.formats import write
 from tests.conftest import FIXTURES, cli, fixtures_built, unpack
@@ -136,18 +136,18 @@ def test_metrics_and_page_are_the_commands(basic: Path, tmp_path: Path) -> None:
     assert code == 0 and f"storage-audit orphans {basic}" in (tmp_path / "page.html").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("gc_compatible", [False, True])
-def test_untagged_and_orphans_are_the_commands(gc_compatible: bool, basic: Path, tmp_path: Path) -> None:
-    flag = ["--gc-compatible"] if gc_compatible else []
-    options = CollectOptions(gc_compatible=gc_compatible)
+@pytest.mark.parametrize("collector", [None, *Collector])
+def test_untagged_and_orphans_are_the_commands(collector: Collector | None, basic: Path, tmp_path: Path) -> None:
+    flag = [] if collector is None else [f"--gc-compatible={collector}"]
+    options = CollectOptions(collector=collector)
     found = untagged(resolve(basic), options)
     assert as_json(found.view, tmp_path) == cli("untagged", basic, "-f", "json", "-q", *flag)[1]
     linked = {(r["repository"], r["digest"]) for r in BASIC["revisions"] if r["linked"]}
     tagged = {(t["repository"], t["digest"]) for t in BASIC["tags"]}
     assert set(zip(found.view.frame["repository"], found.view.frame["digest"], strict=True)) <= linked - tagged
-    assert (found.gc_difference is None) == gc_compatible
+    assert [diff.collector for diff in found.gc_differences] == ([*Collector] if collector is None else [])
     for delete_untagged in (False, True):
-        options = CollectOptions(delete_untagged=delete_untagged, gc_compatible=gc_compatible)
+        options = CollectOptions(delete_untagged=delete_untagged, collector=collector)
         found = orphans(resolve(basic), options)
         flags = [*flag, *(["-m"] if delete_untagged else [])]
         assert as_json(found.view, tmp_path) == cli("orphans", basic, "-f", "json", "-q", *flags)[1]

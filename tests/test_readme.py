@@ -159,6 +159,7 @@ def needed_by_tags(facts: Facts) -> set[str]:
     return needed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["config", "directory"])
 def test_readme_commands_run_in_order(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(TOP)  # fixtures/demo resolves from the checkout
@@ -177,6 +178,7 @@ def test_readme_commands_run_in_order(kind: str, tmp_path: Path, monkeypatch: py
     assert quarantined == before - after
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", DOC_PAGES, ids=[p.name for p in DOC_PAGES])
 def test_doc_page_commands_run_in_order(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # From a copy of the checkout's fixtures/demo, dated as of NOW, at the same relative path.
@@ -290,6 +292,7 @@ def test_every_link_leads_somewhere(page: Path) -> None:
             assert anchor in slugs(linked), (page.name, target, sorted(slugs(linked)))
 
 
+@pytest.mark.slow
 def test_the_python_examples_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(TOP)
     examples = blocks(DOCS / "python.md", "python")

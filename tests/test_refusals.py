@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage_audit.inventory.schema import METADATA_FILE
-from tests.conftest import FIXTURES, cli
+from tests.conftest import FIXTURES, cli, peak_run
 from tests.s3_harness import SeaweedS3, s3_storage_block
 
 DEMO = FIXTURES / "demo"
@@ -256,26 +256,15 @@ def test_a_root_file_bigger_than_a_configuration_is_refused_unread(tmp_path: Pat
     big = tmp_path / "image.bin"
     with open(big, "wb") as fh:
         fh.truncate(300 << 20)  # sparse: 300 MB of zeros, once read whole and YAML-parsed (616 MB)
-    program = (
-        "import resource, sys\n"
-        "from storage_audit.__main__ import main\n"
-        f"sys.argv = ['storage-audit', 'report', {str(big)!r}]\n"
-        "try:\n"
-        "    main()\n"
-        "finally:\n"
-        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stdout)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        capture_output=True,
-        text=True,
+    done, peak = peak_run(
+        ["report", big],
+        os.environ | {"PYTHONPATH": str(TOP)},
+        tmp_path,
         timeout=SECONDS,
-        env=os.environ | {"PYTHONPATH": str(TOP)},
         preexec_fn=_limited,
-        check=False,
     )
     refused(done.returncode, done.stderr, "larger than")
-    assert int(done.stdout.split()[-1]) < 200 * 1024, "KiB at the peak"
+    assert peak < 200 << 20, f"{peak >> 20} MiB at the peak"
 
 
 def test_a_configuration_through_a_symbolic_link_is_still_read(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -471,6 +471,7 @@ def test_snapshot_gives_the_same_report(fixture_root, tmp_path: Path) -> None:  
         assert tree == snap
 
 
+@pytest.mark.slow
 def test_a_snapshot_stores_whole_views_and_reports_cut_them(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = fixture_root("multiarch")
     snap = tmp_path / "snap"

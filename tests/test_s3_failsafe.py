@@ -20,7 +20,7 @@ from storage_audit.scan.run import scan
 from storage_audit.storage.base import EntryKind
 from storage_audit.storage.bucket import ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import S3Storage, _Index
-from tests.conftest import FIXTURES, Ran, cli, unpack
+from tests.conftest import FIXTURES, Ran, cli, peak_run, unpack
 from tests.registry_harness import Registry
 from tests.s3_harness import (
     CuttingProxy,
@@ -60,19 +60,8 @@ def command(args: list[str], env: dict[str, str], timeout: float = 300) -> tuple
 
 def peak_memory(args: list[str], env: dict[str, str], scratch: Path) -> tuple[int, str, int]:
     """(exit code, stdout, peak resident memory in bytes) of `storage-audit ARGS` in a child process of its own."""
-    out, err = scratch / "stdout", scratch / "stderr"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "storage_audit", *args],
-            env=_child_env(env),
-            stdout=stdout,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-        )
-        # wait4 gives this child's own resource usage (RUSAGE_CHILDREN would take in every child ever waited for).
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, out.read_text(), usage.ru_maxrss * 1024
+    done, peak = peak_run(args, _child_env(env), scratch, stdin=subprocess.DEVNULL)
+    return done.returncode, done.stdout, peak
 
 
 def findings(result: Ran) -> set[tuple[str, str]]:

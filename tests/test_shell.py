@@ -138,6 +138,7 @@ def test_completion_script_of_each_shell_is_valid_in_it(name: str, tmp_path: Pat
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.slow
 def test_bash_completes_commands_options_and_choices(on_path: dict[str, str]) -> None:
     def complete(*words: str) -> list[str]:
         script = (
@@ -155,6 +156,7 @@ def test_bash_completes_commands_options_and_choices(on_path: dict[str, str]) ->
     assert "--older-than" in complete("storage-audit", "plan", "--o")
 
 
+@pytest.mark.slow
 def test_fish_completes_commands_and_choices(on_path: dict[str, str]) -> None:
     def complete(line: str) -> list[str]:
         script = f"storage-audit --show-completion fish | source; complete -C {shlex.quote(line)}"
@@ -165,6 +167,7 @@ def test_fish_completes_commands_and_choices(on_path: dict[str, str]) -> None:
     assert complete("storage-audit diff a b --by t") == ["tag"]
 
 
+@pytest.mark.slow
 def test_zsh_is_answered_with_descriptions(on_path: dict[str, str]) -> None:
     # What typer's zsh script asks (the words so far) and evaluates: an _arguments spec of each value and its help.
     env = dict(on_path, _TYPER_COMPLETE_ARGS="storage-audit ch", _STORAGE_AUDIT_COMPLETE="complete_zsh")

@@ -404,9 +404,20 @@ def deleted_children(client: Client, rng: random.Random) -> None:
     client.delete_manifest(src, shared.digest)
 
 
+def marked_elsewhere(client: Client, rng: random.Random) -> None:
+    """An image a tagged index lists untagged, which a bundle tagged in a repository walked before carries as a
+    layer: registry 3 marks it first where it is no revision, so it never descends into it (distribution's
+    `markManifestReferences`): the image stays and its config and layers are swept."""
+    late = "walk/late"
+    image = _plain_image(client, late, True, "amd64", rng)
+    client.index(late, [(image, "linux/amd64")], tags=["v1"])
+    client.artifact("walk/early", None, "application/vnd.example.bundle", image.body, OCI_MANIFEST, tags=["bundle"])
+
+
 EDGE_CASES: dict[str, Callable[[Client, random.Random], None]] = {
     "referrer-chains": referrer_chains,
     "nested-index": nested_index,
     "shared-manifests": shared_manifests,
     "listed-referrer": listed_referrer,
+    "marked-elsewhere": marked_elsewhere,
 }

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from storage_audit.analysis.graph import Graph, Reachability, ReachOptions
+from storage_audit.analysis.options import Collector
 from storage_audit.analysis.reach import blob_kinds, reclaimable_alone
 from storage_audit.inventory.frames import distinct_joined, isin, pick, positions, sorted_rows
 from storage_audit.inventory.tables import Inventory
@@ -56,9 +57,7 @@ def untagged_frame(graph: Graph, result: Reachability) -> pd.DataFrame:
 
 
 def _untagged_options(options: ReachOptions) -> ReachOptions:
-    return ReachOptions(
-        delete_untagged=True, keep_referrers=options.keep_referrers, gc_compatible=options.gc_compatible
-    )
+    return ReachOptions(delete_untagged=True, keep_referrers=options.keep_referrers, collector=options.collector)
 
 
 def orphans(source: Graph | Inventory, options: ReachOptions) -> pd.DataFrame:
@@ -88,12 +87,14 @@ def orphan_frame(inv: Inventory, result: Reachability) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class GcDifference:
-    """What the reference `garbage-collect` (with or without `--delete-untagged`) would delete that this tool keeps.
+    """What one version of the reference `garbage-collect` (with or without `--delete-untagged`) would delete that
+    this tool keeps.
 
     Blobs count apart: `protected_blobs` of them are kept only because broken
     references (dangling tags, index children without a revision link) name them.
     """
 
+    collector: Collector
     index_children: int
     referrers: int
     other_manifests: int
@@ -113,11 +114,12 @@ def gc_difference(
     keep_referrers: bool = True,
     safe: Reachability | None = None,
     delete_untagged: bool = True,
+    collector: Collector = Collector.V2_8,
 ) -> GcDifference:
-    """Compare the stock collector's answer (`--delete-untagged` or plain) with the safe one (reused when given)."""
+    """Compare a stock collector's answer (`--delete-untagged` or plain) with the safe one (reused when given)."""
     graph = Graph.of(source)
     inv = graph.inv
-    stock = graph.reach(ReachOptions(delete_untagged=delete_untagged, gc_compatible=True))
+    stock = graph.reach(ReachOptions(delete_untagged=delete_untagged, collector=collector))
     if safe is None:
         safe = graph.reach(ReachOptions(delete_untagged=delete_untagged, keep_referrers=keep_referrers))
     extra = stock.present[~stock.kept & safe.kept].reset_index(drop=True)
@@ -135,6 +137,7 @@ def gc_difference(
     held[safe.holds["blob"].to_numpy()[safe.kept[safe.holds["owner"].to_numpy()]]] = True
     protected = inv.blobs[extra_marks & ~held]
     return GcDifference(
+        collector=collector,
         index_children=int(is_child.sum()),
         referrers=int(is_referrer.sum()),
         other_manifests=int((~is_child & ~is_referrer).sum()),

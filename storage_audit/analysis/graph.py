@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage_audit.analysis.options import Collector
 from storage_audit.inventory.codes import CodedArray
 from storage_audit.inventory.frames import isin, pick, positions
 from storage_audit.inventory.tables import Inventory
@@ -25,14 +26,16 @@ HOLDING_REFS = ("config", "layer", "child", "fslayer")
 class ReachOptions:
     """What to keep: every revision, or (delete_untagged) only those a tag reaches.
 
-    gc_compatible reproduces the reference registry 2.8's `garbage-collect`:
-    with delete_untagged only revisions a tag's `current` names are kept; the
-    children of a tagged index and the referrers of a kept image are not.
+    collector reproduces that version of the reference registry's `garbage-collect`
+    instead (no broken reference protects anything): 2.8 keeps, with
+    delete_untagged, only revisions a tag's `current` names, neither the children
+    of a tagged index nor the referrers of a kept image; 3 (`analysis/gc3.py`)
+    also keeps what a kept manifest marks, index children among them.
     """
 
     delete_untagged: bool = False
     keep_referrers: bool = True
-    gc_compatible: bool = False
+    collector: Collector | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Reachability:
     kept: a bool array over `present`; holds: (owner, blob) for every present
     revision and every stored blob it keeps alive (itself and HOLDING_REFS), as
     positions in `present` and in the inventory's blobs; protected: (repository,
-    blob) for what broken references keep (empty with gc_compatible), the
+    blob) for what broken references keep (empty with a collector), the
     repository being that of the reference; marked: a bool array over the
     inventory's blobs, those some kept revision or broken reference holds.
     """
@@ -402,21 +405,31 @@ class Graph:
         """A bool array over `present`: the revisions `options` keep."""
         if not options.delete_untagged:
             return np.ones(len(self.present), dtype=bool)
-        if options.gc_compatible:
+        if options.collector is Collector.V2_8:
             return self.tagged()
+        if options.collector is Collector.V3:
+            return self._v3(options.delete_untagged)[0]
         return self.reached(self.tagged(), options.keep_referrers)
+
+    def _v3(self, delete_untagged: bool) -> tuple[np.ndarray, np.ndarray]:
+        from storage_audit.analysis.gc3 import mark
+
+        return mark(self, delete_untagged, HOLDING_REFS)
 
     def reach(self, options: ReachOptions | None = None) -> Reachability:
         """Mark from the roots of `options`: what no kept revision holds and no broken reference protects is orphan."""
         options = options or ReachOptions()
-        if options.gc_compatible or not options.delete_untagged:
-            # keep_referrers changes nothing when every revision, or only tagged ones, are kept.
-            options = ReachOptions(options.delete_untagged, True, options.gc_compatible)
+        if options.collector or not options.delete_untagged:
+            # keep_referrers changes nothing when every revision is kept, or a collector's rule decides.
+            options = ReachOptions(options.delete_untagged, True, options.collector)
         if options not in self._answers:
-            kept = self.kept(options)
-            protect = not options.gc_compatible
+            protect = options.collector is None
+            if options.collector is Collector.V3:
+                kept, marked = self._v3(options.delete_untagged)
+            else:
+                kept = self.kept(options)
+                marked = self.marked(kept, protect=protect)
             protected = self.protection(kept) if protect else _NO_PROTECTION
-            marked = self.marked(kept, protect=protect)
             orphans = self.inv.blobs[~marked].reset_index(drop=True)
             self._answers[options] = Reachability(self.present, kept, self.holds, marked, orphans, protected)
         return self._answers[options]

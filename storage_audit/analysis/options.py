@@ -17,6 +17,7 @@ __all__ = [
     "COLUMNS",
     "UPLOAD_AGE",
     "By",
+    "Collector",
     "DiffBy",
     "Format",
     "PlanFormat",
@@ -41,6 +42,13 @@ class Format(StrEnum):
     JSON = "json"
     PARQUET = "parquet"
     PROMETHEUS = "prometheus"
+
+
+class Collector(StrEnum):
+    """A version of the reference registry's `garbage-collect` whose answer `--gc-compatible` reproduces."""
+
+    V2_8 = "2.8"
+    V3 = "3"
 
 
 class ViewFormat(StrEnum):
@@ -86,12 +94,14 @@ class ReportError(UsageError, ValueError):
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """Which view, narrowed to repositories matching a glob, sorted by a column, cut to the top rows."""
+    """Which view, narrowed to repositories matching a glob, sorted by a column, cut to the top rows; with a
+    collector, what is untagged, orphan and reclaimable is that version of the stock collector's answer."""
 
     by: By = By.SUMMARY
     repository: str | None = None
     sort: str | None = None
     top: int | None = None
+    collector: Collector | None = None
 
 
 def check(options: ReportOptions) -> None:
@@ -109,5 +119,6 @@ def check(options: ReportOptions) -> None:
 
 
 def needs_inventory(options: ReportOptions) -> bool:
-    """True when the answer cannot be cut from the whole view: blobs narrowed to what some repositories reach."""
-    return options.by is By.BLOB and options.repository is not None
+    """True when the answer cannot be cut from the whole view a snapshot stores: blobs narrowed to what some
+    repositories reach, or a stock collector's answer (the stored views are the safe one)."""
+    return (options.by is By.BLOB and options.repository is not None) or options.collector is not None

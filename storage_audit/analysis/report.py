@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -13,7 +13,7 @@ import pandas as pd
 from storage_audit.analysis.check import check as check_findings
 from storage_audit.analysis.check import severity_counts
 from storage_audit.analysis.graph import Graph, Reachability, ReachOptions, closure, holdings
-from storage_audit.analysis.options import COLUMNS, By, ReportOptions, check, needs_inventory
+from storage_audit.analysis.options import COLUMNS, By, Collector, ReportOptions, check
 from storage_audit.analysis.reach import blob_kinds
 from storage_audit.core.text import size
 from storage_audit.core.view import View
@@ -45,22 +45,25 @@ def report(source: Graph | Inventory, options: ReportOptions) -> pd.DataFrame:
     """The view `options.by` of an inventory (or its graph), filtered, sorted and cut as asked; raises ReportError."""
     check(options)
     graph = Graph.of(source)
-    if needs_inventory(options):
-        return arrange(blobs(graph, options.repository), options.by, options.sort, options.top)
-    return finish(whole(graph, options.by), options)
+    if options.by is By.BLOB and options.repository is not None:
+        frame = blobs(graph, options.repository, options.collector)
+        return arrange(frame, options.by, options.sort, options.top)
+    return finish(whole(graph, options.by, options.collector), options)
 
 
-def whole(source: Graph | Inventory, by: By) -> pd.DataFrame:
-    """The view `by` of every repository, before narrowing, sorting and cutting: what a snapshot stores."""
-    builders = {
-        By.SUMMARY: summary,
-        By.REPOSITORY: repositories,
-        By.TAG: tags,
-        By.MANIFEST: manifests,
-        By.BLOB: blobs,
-        By.UPLOAD: uploads,
+def whole(source: Graph | Inventory, by: By, collector: Collector | None = None) -> pd.DataFrame:
+    """The view `by` of every repository, before narrowing, sorting and cutting: what a snapshot stores (with a
+    collector: what is untagged, orphan and reclaimable by that version of the stock collector's answer)."""
+    graph = Graph.of(source)
+    builders: dict[By, Callable[[], pd.DataFrame]] = {
+        By.SUMMARY: lambda: summary(graph, collector),
+        By.REPOSITORY: lambda: repositories(graph, collector),
+        By.TAG: lambda: tags(graph),
+        By.MANIFEST: lambda: manifests(graph, collector),
+        By.BLOB: lambda: blobs(graph, collector=collector),
+        By.UPLOAD: lambda: uploads(graph),
     }
-    return builders[by](Graph.of(source))
+    return builders[by]()
 
 
 class WholeViews(Mapping[str, pd.DataFrame]):
@@ -135,8 +138,9 @@ def _matching(names: pd.Series, pattern: str | None) -> pd.Series:
     return isin(names, [name for name in names.dropna().unique() if fnmatch.fnmatchcase(name, pattern)])
 
 
-def _safe(graph: Graph) -> Reachability:
-    return graph.reach(ReachOptions(delete_untagged=True))
+def _safe(graph: Graph, collector: Collector | None = None) -> Reachability:
+    """What deleting untagged manifests keeps: the safe answer, or that collector's."""
+    return graph.reach(ReachOptions(delete_untagged=True, collector=collector))
 
 
 @dataclass(frozen=True)
@@ -190,14 +194,14 @@ def _strings(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
 # Views
 
 
-def repositories(graph: Graph) -> pd.DataFrame:
+def repositories(graph: Graph, collector: Collector | None = None) -> pd.DataFrame:
     """One row per repository: counts, and the bytes it keeps alive, alone and shared.
 
     A repository keeps what its present revisions hold and what its broken
     references (dangling tags, index children without a revision link) protect.
     """
     inv = graph.inv
-    safe = _safe(graph)
+    safe = _safe(graph, collector)
     names = inv.repositories["repository"]
     codes = graph.repository_codes
     per_repo = graph.repository_blobs()
@@ -207,11 +211,9 @@ def repositories(graph: Graph) -> pd.DataFrame:
     total = sizes.groupby(per_repo["repository"]).sum()
     exclusive = sizes[holders[blob] == 1].groupby(per_repo["repository"]).sum()
 
-    # Reclaimable: one repository keeps the blob, through untagged revisions only, and no
-    # broken reference the safe engine follows protects it.
-    holds = safe.holds
-    kept_holders = np.bincount(holds["blob"].to_numpy()[safe.kept[holds["owner"].to_numpy()]], minlength=len(inv.blobs))
-    freed = (holders == 1) & (kept_holders == 0) & ~_protected(graph, safe.kept)
+    # Reclaimable: one repository keeps the blob, and deleting untagged manifests leaves it unmarked (no kept
+    # revision holds it, and no broken reference the safe engine follows protects it).
+    freed = (holders == 1) & ~safe.marked
     reclaimable = sizes[freed[blob]].groupby(per_repo["repository"]).sum()
 
     def per(series: pd.Series) -> pd.Series:
@@ -285,10 +287,11 @@ def tags(graph: Graph) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def manifests(graph: Graph) -> pd.DataFrame:
-    """One row per present revision: its kind, its tags, whether a tag reaches it, and its image's bytes."""
+def manifests(graph: Graph, collector: Collector | None = None) -> pd.DataFrame:
+    """One row per present revision: its kind, its tags, whether a tag reaches it (with a collector: whether that
+    collector keeps it), and its image's bytes."""
     inv = graph.inv
-    safe = _safe(graph)
+    safe = _safe(graph, collector)
     present = graph.present
     nodes = _nodes(graph)
     roots = nodes.frame.iloc[: len(present)][["node"]].assign(root=lambda f: f["node"])
@@ -314,10 +317,11 @@ def manifests(graph: Graph) -> pd.DataFrame:
     return frame[list(COLUMNS[By.MANIFEST])].reset_index(drop=True)
 
 
-def blobs(graph: Graph, pattern: str | None = None) -> pd.DataFrame:
-    """One row per stored blob: who keeps it, and whether anything references it at all."""
+def blobs(graph: Graph, pattern: str | None = None, collector: Collector | None = None) -> pd.DataFrame:
+    """One row per stored blob: who keeps it, and whether anything references it at all (with a collector: whether
+    its plain sweep removes it)."""
     inv = graph.inv
-    plain = graph.reach()
+    plain = graph.reach(ReachOptions(collector=collector))
     holds = plain.holds
     owner = holds["owner"].to_numpy()
     # Manifests go by the code of their digest: one revision pushed to several repositories counts once.
@@ -364,15 +368,15 @@ def uploads(graph: Graph) -> pd.DataFrame:
     return _strings(frame, ("repository", "id"))[list(COLUMNS[By.UPLOAD])].reset_index(drop=True)
 
 
-def summary(graph: Graph) -> pd.DataFrame:
+def summary(graph: Graph, collector: Collector | None = None) -> pd.DataFrame:
     """One row: counts, physical and logical bytes, what collecting would free, findings by severity.
 
     The findings are `check`'s with its default options, so the summary counts what `check`, the HTML
     page and the metrics count.
     """
     inv = graph.inv
-    plain = graph.reach()
-    safe = _safe(graph)
+    plain = graph.reach(ReachOptions(collector=collector))
+    safe = _safe(graph, collector)
     physical = int(inv.blobs["size"].sum())
     logical = int(_sizes(graph, graph.repository_blobs()["blob"]).sum())
     orphan_bytes = int(plain.orphans["size"].sum())

@@ -26,15 +26,15 @@ from storage_audit.cli.options import (
 )
 from storage_audit.cli.output import emit
 from storage_audit.cli.progress import reading
-from storage_audit.cli.render import exit_if_unreadable, warn_gc_difference, warn_plain_gc_difference
+from storage_audit.cli.render import exit_if_unreadable, warn_gc_differences
 from storage_audit.operations import collect
 
 UNTAGGED_HELP = Help(
     "List the manifests no tag needs, and what deleting each would free.",
     (
         ("The untagged manifests of the registry found by default:", ""),
-        ("Exactly those `registry garbage-collect --delete-untagged` deletes:", "/var/lib/registry --gc-compatible"),
-        ("Every row, for a spreadsheet:", "/var/lib/registry --format csv -o untagged.csv"),
+        ("Exactly those registry 2.8's `garbage-collect -m` deletes:", "/var/lib/registry --gc-compatible"),
+        ("Those registry 3's, for a spreadsheet:", "/var/lib/registry --gc-compatible=3 -f csv -o u.csv"),
     ),
 )
 ORPHANS_HELP = Help(
@@ -52,7 +52,7 @@ def untagged(
     fmt: FormatOpt = ViewFormat.TABLE,
     output: OutputOpt = None,
     wide: WideOpt = False,
-    gc_compatible: GcCompatibleOpt = False,
+    gc_compatible: GcCompatibleOpt = None,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
@@ -66,11 +66,10 @@ def untagged(
     repository), and artifacts whose subject is reached.
     """
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
-    options = collect.CollectOptions(keep_referrers=keep_referrers, gc_compatible=gc_compatible, compare_gc=not quiet)
+    options = collect.CollectOptions(keep_referrers=keep_referrers, collector=gc_compatible, compare_gc=not quiet)
     with reading(quiet, workers) as scan:
         found = collect.untagged(source, options, scan)
-    if found.gc_difference is not None:
-        warn_gc_difference(found.gc_difference)
+    warn_gc_differences(found.gc_differences, delete_untagged=True)
     emit(found.view, Format(fmt), output, wide)
     exit_if_unreadable(found.unreadable)
 
@@ -84,7 +83,7 @@ def orphans(
     fmt: FormatOpt = ViewFormat.TABLE,
     output: OutputOpt = None,
     wide: WideOpt = False,
-    gc_compatible: GcCompatibleOpt = False,
+    gc_compatible: GcCompatibleOpt = None,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
@@ -97,9 +96,6 @@ def orphans(
     options = collect.CollectOptions(delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet)
     with reading(quiet, workers) as scan:
         found = collect.orphans(source, options, scan)
-    if found.gc_difference is not None and delete_untagged:
-        warn_gc_difference(found.gc_difference)
-    elif found.gc_difference is not None:
-        warn_plain_gc_difference(found.gc_difference)
+    warn_gc_differences(found.gc_differences, delete_untagged)
     emit(found.view, Format(fmt), output, wide)
     exit_if_unreadable(found.unreadable)

@@ -18,7 +18,7 @@ import typer
 from rich.text import Text
 from typer.core import TyperCommand
 
-from storage_audit.analysis.options import ViewFormat
+from storage_audit.analysis.options import Collector, ViewFormat
 from storage_audit.core.errors import EXIT_INTERNAL, AuditError, UsageError
 from storage_audit.roots.resolve import Root, find_default, resolve
 from storage_audit.storage.base import RemoteOptions
@@ -60,6 +60,9 @@ class AuditCommand(TyperCommand):
             raise
         except Exception as exc:
             raise typer.Exit(report_failure(exc, _debug(ctx))) from exc
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, attach_optional_values(args))
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         # typer writes a required argument as `{PLAN}`.
@@ -211,13 +214,25 @@ OutputOpt = Annotated[
     ),
 ]
 GcCompatibleOpt = Annotated[
-    bool,
+    Collector | None,
     typer.Option(
         "--gc-compatible",
-        help="Answer exactly as the reference registry 2.8's garbage-collect would, "
-        "unsafe deletions of index children and referrers included.",
+        metavar="[=2.8|=3]",
+        help="Answer exactly as that version of the reference registry's garbage-collect would, its unsafe "
+        "deletions included: alone, 2.8 (Debian's docker-registry, registry:2); =3 for registry:3.",
     ),
 ]
+OPTIONAL_VALUES = {"--gc-compatible": Collector.V2_8.value}
+"""Options whose value may be left out, and what they mean alone. As git's `--color[=WHEN]`, a value is
+given only attached (`--gc-compatible=3`): the next word is never taken as one, so it stays ROOT."""
+
+
+def attach_optional_values(args: list[str]) -> list[str]:
+    """The command line with each option of OPTIONAL_VALUES given alone written with its value attached."""
+    end = args.index("--") if "--" in args else len(args)
+    return [f"{arg}={OPTIONAL_VALUES[arg]}" if arg in OPTIONAL_VALUES else arg for arg in args[:end]] + args[end:]
+
+
 KeepReferrersOpt = Annotated[
     bool,
     typer.Option(

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
+from storage_audit.cli.options import OPTIONAL_VALUES
 from storage_audit.core.errors import EXIT_FINDINGS
 from storage_audit.core.findings import Severity
 from storage_audit.core.text import count, printable, size
 
 if TYPE_CHECKING:
     from storage_audit.analysis.collect import GcDifference
+    from storage_audit.analysis.options import Collector
     from storage_audit.cleanup.apply import Outcome
     from storage_audit.cleanup.removers import Remover
     from storage_audit.core.view import View
@@ -103,30 +106,44 @@ def say_pruned(pruned: Pruned, quiet: bool) -> None:
 # -- untagged, orphans --------------------------------------------------------------------
 
 
-def warn_gc_difference(diff: GcDifference) -> None:
-    """Say on stderr what the stock collector's --delete-untagged would delete that is kept here."""
+def warn_gc_differences(diffs: Sequence[GcDifference], delete_untagged: bool) -> None:
+    """Say on stderr what each version of the stock collector (`--delete-untagged` or plain) would delete that is
+    kept here, naming the version; versions that would delete the same are named in one line."""
+    versions: dict[str, list[GcDifference]] = {}
+    for diff in diffs:
+        what = _untagged_difference(diff) if delete_untagged else _plain_difference(diff)
+        if what:
+            versions.setdefault(what, []).append(diff)
+    flag = " --delete-untagged" if delete_untagged else ""
+    for what, same in versions.items():
+        who = "registry " + " and ".join(f"{diff.collector.value}'s" for diff in same)
+        hint = " or ".join(_gc_compatible(diff.collector) for diff in same)
+        say(f"warning: {who} `garbage-collect{flag}` would also delete {what}; see {hint}")
+
+
+def _gc_compatible(collector: Collector) -> str:
+    alone = collector.value == OPTIONAL_VALUES["--gc-compatible"]
+    return "--gc-compatible" if alone else f"--gc-compatible={collector}"
+
+
+def _untagged_difference(diff: GcDifference) -> str:
     if diff.manifests == 0 and diff.blobs == 0:
-        return
+        return ""
     parts = [count(diff.index_children, "child", "children") + " of tagged indexes"] if diff.index_children else []
     if diff.referrers:
         parts.append(count(diff.referrers, "referrer") + " (signatures, SBOMs) of kept images")
     if diff.other_manifests:
         parts.append(count(diff.other_manifests, "other manifest"))
-    say(
-        f"warning: `registry garbage-collect --delete-untagged` would also delete "
-        f"{count(diff.manifests, 'manifest')} ({', '.join(parts)}) and {count(diff.blobs, 'blob')} "
-        f"({size(diff.blob_bytes)}) that are kept here; see --gc-compatible"
-    )
+    blobs = f"{count(diff.blobs, 'blob')} ({size(diff.blob_bytes)}) that are kept here"
+    return f"{count(diff.manifests, 'manifest')} ({', '.join(parts)}) and {blobs}" if parts else blobs
 
 
-def warn_plain_gc_difference(diff: GcDifference) -> None:
-    """Say on stderr what plain `registry garbage-collect` would delete that is kept here for broken references."""
+def _plain_difference(diff: GcDifference) -> str:
     if diff.blobs == 0:
-        return
-    say(
-        f"warning: `registry garbage-collect` would also delete {count(diff.blobs, 'blob')} "
-        f"({size(diff.blob_bytes)}) that are kept here because a dangling tag or an index child without a "
-        "revision link names them; see --gc-compatible"
+        return ""
+    return (
+        f"{count(diff.blobs, 'blob')} ({size(diff.blob_bytes)}) that are kept here because a dangling tag or an "
+        "index child without a revision link names them"
     )
 
 

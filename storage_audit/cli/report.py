@@ -11,6 +11,7 @@ from storage_audit.analysis.options import By, Format, ReportFormat, ReportOptio
 from storage_audit.analysis.options import check as check_options
 from storage_audit.cli.options import (
     CacheDirOpt,
+    GcCompatibleOpt,
     Help,
     NoCacheOpt,
     OutputOpt,
@@ -86,6 +87,7 @@ def report(
             help="Only repositories whose name matches this glob (with --by blob: the blobs they reach).",
         ),
     ] = None,
+    gc_compatible: GcCompatibleOpt = None,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -97,16 +99,21 @@ def report(
     --format html -o FILE writes one self-contained page of charts and tables of the whole storage;
     --format prometheus writes every metric of the audit instead, for monitoring.
     """
-    options = ReportOptions(by=by, repository=repository, sort=sort, top=top)
+    options = ReportOptions(by=by, repository=repository, sort=sort, top=top, collector=gc_compatible)
     if fmt is ReportFormat.HTML:
         # A page of several megabytes is for a browser, not a terminal; as for parquet, -o names its file.
         if output is None:
             fail("--format html writes a page for a browser: add -o FILE")
         if options != ReportOptions(by=By.SUMMARY):
-            fail("--format html reports the whole storage: --by, --repository, --sort and --top do not apply")
+            fail(
+                "--format html reports the whole storage: --by, --repository, --sort, --top and --gc-compatible "
+                "do not apply"
+            )
     check_options(options)
     if fmt is ReportFormat.PROMETHEUS and options != ReportOptions():
-        fail("--format prometheus writes every metric: it takes no --by, --repository, --sort or --top")
+        fail(
+            "--format prometheus writes every metric: it takes no --by, --repository, --sort, --top or --gc-compatible"
+        )
     root = root_text(root, quiet)
     source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
     if fmt is ReportFormat.HTML:

@@ -2,37 +2,52 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from storage_audit.analysis.options import Collector
 from storage_audit.operations.inventory import load, unreadable_paths
 from storage_audit.roots.resolve import Root
 
 if TYPE_CHECKING:
     from storage_audit.analysis.collect import GcDifference
+    from storage_audit.analysis.graph import Graph, Reachability
     from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
 
 @dataclass(frozen=True)
 class CollectOptions:
-    """What is kept, as `ReachOptions` says; `compare_gc` also works out what the stock collector would remove
-    beyond that (not with gc_compatible, which is its answer)."""
+    """What is kept, as `ReachOptions` says (`collector`: answer as that version of the stock collector);
+    `compare_gc` also works out what each stock collector would remove beyond the safe answer (not with a
+    collector, whose answer it is)."""
 
     delete_untagged: bool = False
     keep_referrers: bool = True
-    gc_compatible: bool = False
+    collector: Collector | None = None
     compare_gc: bool = True
 
 
 @dataclass(frozen=True)
 class Collected:
-    """The rows to show, what the stock collector would remove beyond them (None when not compared), and the paths
-    that could not be read, whose content the answer leaves out."""
+    """The rows to show, what each stock collector would remove beyond them (one per version; none when not
+    compared), and the paths that could not be read, whose content the answer leaves out."""
 
     view: View
-    gc_difference: GcDifference | None
+    gc_differences: tuple[GcDifference, ...]
     unreadable: list[str]
+
+
+def _compared(graph: Graph, options: CollectOptions, result: Reachability) -> tuple[GcDifference, ...]:
+    """What each version of the stock collector would remove beyond `result`, in the same mode."""
+    if not options.compare_gc or options.collector is not None:
+        return ()
+    from storage_audit.analysis.collect import gc_difference
+
+    return tuple(
+        gc_difference(graph, safe=result, delete_untagged=options.delete_untagged, collector=collector)
+        for collector in Collector
+    )
 
 
 def untagged(root: Root, options: CollectOptions | None = None, scan: ScanOptions | None = None) -> Collected:
@@ -42,12 +57,13 @@ def untagged(root: Root, options: CollectOptions | None = None, scan: ScanOption
     """
     options = options or CollectOptions()
     inv = load(root, scan)
-    from storage_audit.analysis.collect import gc_difference, untagged_frame
+    from storage_audit.analysis.collect import untagged_frame
     from storage_audit.analysis.graph import Graph, ReachOptions
     from storage_audit.core.view import View
 
     graph = Graph(inv)
-    result = graph.reach(ReachOptions(True, options.keep_referrers, options.gc_compatible))
+    options = replace(options, delete_untagged=True)
+    result = graph.reach(ReachOptions(True, options.keep_referrers, options.collector))
     view = View(
         untagged_frame(graph, result),
         title="untagged manifests",
@@ -55,8 +71,7 @@ def untagged(root: Root, options: CollectOptions | None = None, scan: ScanOption
         optional_columns=("artifact_type", "subject", "media_type", "manifest_bytes", "pushed_at"),
         total_columns=("manifest_bytes", "reclaimable_bytes"),
     )
-    compared = gc_difference(graph, safe=result) if options.compare_gc and not options.gc_compatible else None
-    return Collected(view, compared, unreadable_paths(inv.findings))
+    return Collected(view, _compared(graph, options, result), unreadable_paths(inv.findings))
 
 
 def orphans(root: Root, options: CollectOptions | None = None, scan: ScanOptions | None = None) -> Collected:
@@ -66,16 +81,12 @@ def orphans(root: Root, options: CollectOptions | None = None, scan: ScanOptions
     """
     options = options or CollectOptions()
     inv = load(root, scan)
-    from storage_audit.analysis.collect import gc_difference, orphan_frame
+    from storage_audit.analysis.collect import orphan_frame
     from storage_audit.analysis.graph import Graph, ReachOptions
     from storage_audit.core.view import View
 
     graph = Graph(inv)
-    result = graph.reach(
-        ReachOptions(
-            options.delete_untagged, keep_referrers=options.keep_referrers, gc_compatible=options.gc_compatible
-        )
-    )
+    result = graph.reach(ReachOptions(options.delete_untagged, options.keep_referrers, options.collector))
     view = View(
         orphan_frame(inv, result),
         title="orphan blobs",
@@ -83,7 +94,4 @@ def orphans(root: Root, options: CollectOptions | None = None, scan: ScanOptions
         optional_columns=("linked_from", "mtime"),
         total_columns=("size",),
     )
-    compared = None
-    if options.compare_gc and not options.gc_compatible:
-        compared = gc_difference(graph, safe=result, delete_untagged=options.delete_untagged)
-    return Collected(view, compared, unreadable_paths(inv.findings))
+    return Collected(view, _compared(graph, options, result), unreadable_paths(inv.findings))
