@@ -30,7 +30,7 @@ from tests.registry_harness import (
     sha256,
     token_auth,
 )
-from tests.token_server import ISSUER, SERVICE, TokenServer
+from tests.token_server import ISSUER, SERVICE, TokenServer, self_signed
 
 pytestmark = pytest.mark.registry
 
@@ -478,29 +478,9 @@ def test_refusals_of_a_busy_registry_are_tried_again_at_the_rate_asked(
 
 def serving_certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost, and its key, in PEM files."""
-    import ipaddress
-    from datetime import UTC, datetime
+    from cryptography.hazmat.primitives import serialization
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime(2000, 1, 1, tzinfo=UTC))
-        .not_valid_after(datetime(9999, 12, 31, tzinfo=UTC))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("127.0.0.1", loopback=True)
     certificate, private = folder / "registry.pem", folder / "registry.key"
     certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     private.write_bytes(

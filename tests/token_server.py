@@ -17,17 +17,19 @@ SERVICE = "storage-audit-registry"
 ISSUER = "storage-audit-tests"
 
 
-def _key_and_certificate() -> tuple[Any, bytes]:
-    """An EC P-256 key and its self-signed certificate (DER), valid far on either side of any test's day."""
+def self_signed(common_name: str, loopback: bool = False) -> tuple[Any, Any]:
+    """An EC P-256 key and its self-signed certificate (for 127.0.0.1 and localhost too when `loopback`), valid far
+    on either side of any test's day."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
-    cert = (
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -36,9 +38,11 @@ def _key_and_certificate() -> tuple[Any, bytes]:
         .not_valid_before(datetime(2000, 1, 1, tzinfo=UTC))
         .not_valid_after(datetime(9999, 12, 31, tzinfo=UTC))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
-    return key, cert.public_bytes(Encoding.DER)
+    if loopback:
+        names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return key, builder.sign(key, hashes.SHA256())
 
 
 class TokenServer:
@@ -50,7 +54,10 @@ class TokenServer:
         self.lifetime = lifetime
         self.issued: list[str] = []
         self.refused = 0
-        self._key, self._cert = _key_and_certificate()
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        self._key, cert = self_signed(ISSUER)
+        self._cert = cert.public_bytes(Encoding.DER)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
