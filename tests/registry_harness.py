@@ -143,11 +143,17 @@ def config_text(
     log_level: str = "warn",
     schema1: bool = False,
     storage: Sequence[str] | None = None,
+    auth: Sequence[str] | None = None,
+    delete: bool = True,
+    tls: tuple[Path, Path] | None = None,
 ) -> str:
     """YAML configuration for a registry storing under `root` and serving on 127.0.0.1:`port`.
 
     `storage` replaces the `filesystem` driver block with other driver lines
-    (indented under `storage:`), and then `root` is not used.
+    (indented under `storage:`), and then `root` is not used. `auth` is the
+    lines of an `auth:` block (indented under it: `htpasswd_auth`, `token_auth`);
+    `delete=False` leaves `storage.delete.enabled` off, as the registry ships;
+    `tls` is (certificate, key) in PEM files, for HTTPS.
     """
     q = json.dumps  # a JSON string is a valid YAML scalar, whatever the path holds
     lines = [
@@ -159,7 +165,7 @@ def config_text(
         "storage:",
         *(storage if storage is not None else ["  filesystem:", f"    rootdirectory: {q(str(root.resolve()))}"]),
         "  delete:",
-        "    enabled: true",
+        f"    enabled: {'true' if delete else 'false'}",
         "  cache:",
         "    blobdescriptor: inmemory",
         # The purger would eventually remove the abandoned uploads fixtures keep.
@@ -170,9 +176,35 @@ def config_text(
         f"  addr: {q(f'127.0.0.1:{port}')}",
         f"  secret: {q(os.urandom(16).hex())}",
     ]
+    if tls is not None:
+        lines += ["  tls:", f"    certificate: {q(str(tls[0]))}", f"    key: {q(str(tls[1]))}"]
     if schema1:
         lines += ["compatibility:", "  schema1:", "    enabled: true"]
+    if auth is not None:
+        lines += ["auth:", *auth]
     return "\n".join(lines) + "\n"
+
+
+def htpasswd_auth(path: Path, users: Mapping[str, str]) -> list[str]:
+    """Write an htpasswd file of `users` (bcrypt, the only hash the registry takes) and return its `auth:` lines."""
+    import bcrypt
+
+    lines = [f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=5)).decode()}" for user, pw in users.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    q = json.dumps
+    return ["  htpasswd:", "    realm: storage-audit-tests", f"    path: {q(str(path))}"]
+
+
+def token_auth(realm: str, service: str, issuer: str, rootcertbundle: Path) -> list[str]:
+    """The `auth:` lines of token authentication: tokens from `realm`, signed by a key `rootcertbundle` certifies."""
+    q = json.dumps
+    return [
+        "  token:",
+        f"    realm: {q(realm)}",
+        f"    service: {q(service)}",
+        f"    issuer: {q(issuer)}",
+        f"    rootcertbundle: {q(str(rootcertbundle))}",
+    ]
 
 
 def garbage_collect(
@@ -514,17 +546,61 @@ class Response:
         return json.loads(self.body)
 
 
-class Client:
-    """A client of the distribution HTTP API acting as Docker and OCI tools do, recording into a ledger."""
+class Login:
+    """A user's credentials, answering the registry's challenge as Docker does: basic credentials, or a bearer token
+    for the challenged scope fetched from the challenge's realm (kept per scope)."""
 
-    def __init__(self, host: str, port: int, ledger: Ledger | None = None) -> None:
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self.password = password
+        self.tokens: dict[str, str] = {}
+
+    def basic(self) -> str:
+        import base64
+
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+    def answer(self, challenge: str, renew: bool = False) -> str:
+        """The Authorization header that answers `challenge` (a WWW-Authenticate value)."""
+        scheme, _, rest = challenge.partition(" ")
+        if scheme.lower() == "basic":
+            return self.basic()
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        scope = fields.get("scope", "")
+        if renew or scope not in self.tokens:
+            query = urllib.parse.urlencode(
+                {k: v for k, v in (("service", fields.get("service")), ("scope", scope)) if v}
+            )
+            url = urllib.parse.urlsplit(fields["realm"] + "?" + query)
+            conn = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=30)
+            try:
+                conn.request("GET", f"{url.path}?{url.query}", headers={"Authorization": self.basic()})
+                resp = conn.getresponse()
+                body = resp.read()
+            finally:
+                conn.close()
+            if resp.status != 200:
+                raise RegistryError(f"token endpoint: HTTP {resp.status}")
+            self.tokens[scope] = json.loads(body)["token"]
+        return f"Bearer {self.tokens[scope]}"
+
+
+class Client:
+    """A client of the distribution HTTP API acting as Docker and OCI tools do, recording into a ledger; with a
+    `login`, it answers the registry's authentication challenges."""
+
+    def __init__(
+        self, host: str, port: int, ledger: Ledger | None = None, login: Login | None = None, https: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.ledger = ledger if ledger is not None else Ledger()
+        self.login = login
+        self.https = https
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.https else 'http'}://{self.host}:{self.port}"
 
     def request(
         self,
@@ -533,11 +609,27 @@ class Client:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Response:
-        """Send one request; `target` is a path or an absolute URL on this registry."""
+        """Send one request; `target` is a path or an absolute URL on this registry. A 401 is answered once, with the
+        login's credentials."""
+        resp = self._request(method, target, body, headers)
+        if resp.status == 401 and self.login is not None:
+            authorization = self.login.answer(resp.headers.get("www-authenticate", ""))
+            resp = self._request(method, target, body, {**(headers or {}), "Authorization": authorization})
+        return resp
+
+    def _request(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str] | None) -> Response:
         url = urllib.parse.urljoin(self.base_url + "/", target)
         parts = urllib.parse.urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn = http.client.HTTPConnection(parts.hostname or self.host, parts.port or self.port, timeout=30)
+        host, port = parts.hostname or self.host, parts.port or self.port
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            import ssl
+
+            # The tests' own self-signed certificate: what the tool under test verifies, the harness need not.
+            conn = http.client.HTTPSConnection(host, port, timeout=30, context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=30)
         try:
             conn.request(method, path, body=body, headers=dict(headers or {}))
             resp = conn.getresponse()
@@ -804,9 +896,18 @@ class Registry(Client):
         startup_timeout: float = 15.0,
         storage: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
+        auth: Sequence[str] | None = None,
+        login: Login | None = None,
+        delete: bool = True,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
-        """`storage` replaces the filesystem driver (see `config_text`); `env` is the server's environment."""
-        super().__init__("127.0.0.1", 0, ledger)
+        """`storage` replaces the filesystem driver, `auth` is its `auth:` block, `delete=False` disables deletion
+        and `tls` serves HTTPS (see `config_text`); `env` is the server's environment; `login` answers its
+        challenges."""
+        super().__init__("127.0.0.1", 0, ledger, login, https=tls is not None)
+        self.auth = list(auth) if auth is not None else None
+        self.delete = delete
+        self.tls = tls
         self.root = Path(root).resolve()
         self.schema1 = schema1
         self.log_level = log_level
@@ -846,7 +947,16 @@ class Registry(Client):
         for _attempt in range(3):
             self.port = free_port()
             self.config_path.write_text(
-                config_text(self.root, self.port, log_level=self.log_level, schema1=self.schema1, storage=self.storage),
+                config_text(
+                    self.root,
+                    self.port,
+                    log_level=self.log_level,
+                    schema1=self.schema1,
+                    storage=self.storage,
+                    auth=self.auth,
+                    delete=self.delete,
+                    tls=self.tls,
+                ),
                 encoding="utf-8",
             )
             with self.log_path.open("wb") as log:
@@ -876,7 +986,8 @@ class Registry(Client):
             if self._proc.poll() is not None:
                 return False
             with contextlib.suppress(OSError):
-                if self.request("GET", "/v2/").status == 200:
+                # Without credentials: a registry with authentication answers 401 once it serves.
+                if self._request("GET", "/v2/", None, None).status in (200, 401):
                     return True
             time.sleep(0.05)
         self._terminate()

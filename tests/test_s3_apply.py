@@ -124,7 +124,7 @@ def test_format_sh_is_refused_on_a_bucket_and_http_is_written(basic: Pushed, tmp
     args = ["plan", basic.url, "--delete-untagged", "--min-age", "0s", "-f", "http", "--registry-url", "http://r:5000"]
     http = cli(*args, "-q", env=basic.server.environment())
     assert http.exit_code == 0, http.output
-    assert 'curl -fsS -X DELETE "$REGISTRY/v2/team/app/server/manifests/sha256:' in http.stdout
+    assert "delete_manifest team/app/server sha256:" in http.stdout
     assert "registry garbage-collect" in http.stdout
 
 

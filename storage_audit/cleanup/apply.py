@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from storage_audit.analysis.graph import Graph
-from storage_audit.cleanup.action import LayerLinkPrecondition, RevisionPrecondition
+from storage_audit.cleanup.action import LayerLinkPrecondition, RevisionPrecondition, TagPrecondition
 from storage_audit.cleanup.journal import AlreadyApplied, Journal, PlanBusy, journal_path
 from storage_audit.cleanup.plan import BLOCKING_KINDS, OPS, Action, Op, Plan, PlanError, revision_ranks
 from storage_audit.cleanup.removers.base import Found, Item, Remover
@@ -40,6 +40,7 @@ BLOB_HELD = "a manifest present now references its blob"
 HELD = "a manifest present now references it"
 LINKED = "a layer link to it was added since planning (a push in progress?)"
 BUSY = "it holds tags, manifests or uploads now"
+KEPT_MANIFEST = "its manifest was not deleted (skipped, failed or left)"
 
 Veto = Callable[[Action], str | None]
 """Why an action must not run now, or None."""
@@ -54,7 +55,8 @@ class ApplyOptions:
 
 @dataclass
 class Outcome:
-    """What an apply did, per action: done, skipped (with why), already gone, or failed (with the error).
+    """What an apply did, per action: done, skipped (with why), already gone, failed (with the error), or left to
+    another phase by a remover that does not carry it out (with why; not journaled, so a later apply does it).
 
     `bytes` are those of the blob and upload data removed (freed, or moved to
     a quarantine); in a dry run, what would be. A dry run's done actions are
@@ -65,6 +67,7 @@ class Outcome:
     skipped: list[tuple[Action, str]] = field(default_factory=list)
     gone: list[Action] = field(default_factory=list)
     failed: list[tuple[Action, str]] = field(default_factory=list)
+    left: list[tuple[Action, str]] = field(default_factory=list)
     resumed: int = 0
     bytes: int = 0
     dry_run: bool = False
@@ -74,6 +77,7 @@ class Outcome:
         rows = [(a.op, done) for a in self.done] + [(a.op, "skipped") for a, _ in self.skipped]
         rows += [(a.op, "already gone") for a in self.gone]
         rows += [(a.op, "failed") for a, _ in self.failed]
+        rows += [(a.op, "left") for a, _ in self.left]
         frame = pd.DataFrame([(str(op), result) for op, result in rows], columns=["op", "result"])
         return frame.groupby(["op", "result"]).size().rename("count").reset_index()
 
@@ -109,7 +113,9 @@ class Applier(AbstractContextManager["Applier"]):
     plan against a second apply until the applier is closed (or used as a
     context manager). What this run removed is remembered, so that the later
     checks of a dry run, which removes nothing, see the tree as a real run
-    would.
+    would. What the remover `leaves` (the registry's API leaves all but tags
+    and revisions) is neither done nor journaled, and the journal is then not
+    marked finished, so that an apply on storage carries it out afterwards.
     """
 
     def __init__(self, plan: Plan, remover: Remover, journal: Journal, options: ApplyOptions) -> None:
@@ -123,6 +129,8 @@ class Applier(AbstractContextManager["Applier"]):
         self.removed_revisions: set[tuple[str | None, str | None]] = set()
         self.removed_layer_links: set[tuple[str | None, str | None]] = set()
         self.removed_paths: set[str] = set()
+        # Tags that go with their manifest's deletion (a remover with `untags_with_revision`), by that manifest.
+        self.deferred: dict[tuple[str | None, str], list[Item]] = {}
         verb = "removed" if remover.quarantine is None else "quarantined"
         self.verb = "would remove" if self.dry_run else verb
 
@@ -144,7 +152,8 @@ class Applier(AbstractContextManager["Applier"]):
                 self.journal.open()
             outcome = self._phases()
             if not self.dry_run:
-                self.journal.finish(complete=not outcome.failed)
+                # A plan that left actions to another phase is not applied to the end: that phase resumes it.
+                self.journal.finish(complete=not outcome.failed and not outcome.left)
         finally:
             self.close()
         return outcome
@@ -152,17 +161,33 @@ class Applier(AbstractContextManager["Applier"]):
     def _phases(self) -> Outcome:
         by_op: dict[Op, list[Item]] = {op: [] for op in OPS}
         for i, action in enumerate(self.plan.actions):
-            if i not in self.journal.done:
+            if i in self.journal.done:
+                continue
+            why = self.remover.leaves(action)
+            if why is None:
                 by_op[action.op].append((i, action))
-        self._phase(by_op[Op.REMOVE_TAG])
-        self._phase(by_op[Op.REMOVE_TAG_HISTORY])
+            else:
+                self.outcome.left.append((action, why))
+        self._say_left(self.outcome.left)
         revisions = by_op[Op.REMOVE_REVISION]
+        tags, with_revision = by_op[Op.REMOVE_TAG], []
+        if self.remover.untags_with_revision:
+            # Every revision of the plan, those an earlier run deleted too: their tags are never removed alone.
+            planned = {(a.repository, a.digest) for a in self.plan.actions if a.op is Op.REMOVE_REVISION}
+            with_revision = [(i, a) for i, a in tags if (a.repository, _tag_target(a)) in planned]
+            tags = [(i, a) for i, a in tags if (a.repository, _tag_target(a)) not in planned]
+        self._phase(tags)
+        self._phase(with_revision, defer=True)
+        self._phase(by_op[Op.REMOVE_TAG_HISTORY])
         if revisions:
             fresh = self._fresh_inventory()
             planned = {(a.repository, a.digest) for _, a in revisions}
             reached = None if fresh is None else self._reached_now(fresh, planned)
             for group in _by_rank(fresh, revisions):
                 self._phase(group, partial(_reached_veto, reached))
+        kept = [(a, KEPT_MANIFEST) for items in self.deferred.values() for _, a in items]
+        self.outcome.left += kept
+        self._say_left(kept)
         if by_op[Op.REMOVE_LAYER_LINK] or by_op[Op.REMOVE_BLOB]:
             fresh = self._fresh_inventory()
             held = None if fresh is None else self._held_now(fresh)
@@ -174,8 +199,20 @@ class Applier(AbstractContextManager["Applier"]):
         self._phase(by_op[Op.REMOVE_REPOSITORY])
         return self.outcome
 
-    def _phase(self, items: Sequence[Item], veto: Veto = _no_veto) -> None:
-        """Each batch the remover makes: look at its targets now, settle what goes no further, remove the rest."""
+    def _say_left(self, left: Sequence[tuple[Action, str]]) -> None:
+        """One line per op and reason: a plan leaves thousands of blobs to the storage phase."""
+        counts: dict[tuple[Op, str], int] = {}
+        for action, why in left:
+            counts[action.op, why] = counts.get((action.op, why), 0) + 1
+        for (op, why), n in counts.items():
+            self.log(f"left {n} {op} for {self.remover.leaves_to}: {why}")
+
+    def _phase(self, items: Sequence[Item], veto: Veto = _no_veto, defer: bool = False) -> None:
+        """Each batch the remover makes: look at its targets now, settle what goes no further, remove the rest.
+
+        `defer`: what is approved is not removed now but goes with its manifest, which the revision phase deletes
+        (the tags of a remover with `untags_with_revision`); until then it counts as removed for the vetoes.
+        """
         for batch in self.remover.batches(items):
             settled: set[int] = set()
             try:
@@ -194,6 +231,12 @@ class Applier(AbstractContextManager["Applier"]):
                         settled.add(i)
                     else:
                         approved.append((i, action, now))
+                if defer:
+                    for i, action, _ in approved:
+                        self.removed_tags.add((action.repository, action.tag))
+                        self.deferred.setdefault((action.repository, _tag_target(action)), []).append((i, action))
+                        settled.add(i)
+                    approved = []
                 if approved and not self.dry_run:
                     self.remover.remove([(action, now) for _, action, now in approved])
                 for i, action, now in approved:
@@ -220,6 +263,10 @@ class Applier(AbstractContextManager["Applier"]):
             self.outcome.done.append(action)
             self.outcome.bytes += size
             self.log(f"{self.verb} {action.path}")
+            if action.op is Op.REMOVE_REVISION:
+                # The tags that went with this manifest's deletion.
+                for i, tag in self.deferred.pop((action.repository, action.digest or ""), []):
+                    self._settle(i, tag, "done")
         elif result == "gone":
             self.outcome.gone.append(action)
         else:
@@ -318,6 +365,12 @@ def _blob_veto(held: set[str] | None, linked: set[str] | None, action: Action) -
     if action.digest in held:
         return HELD
     return LINKED if action.digest in linked else None
+
+
+def _tag_target(action: Action) -> str:
+    """The digest a tag named when the plan was made."""
+    assert isinstance(action.precondition, TagPrecondition)  # the plan was validated: its op fixes the kind
+    return action.precondition.current
 
 
 def _by_rank(inv: Inventory | None, items: list[Item]) -> list[list[Item]]:

@@ -105,22 +105,70 @@ def _sh(plan: Plan, _url: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+HTTP_FUNCTIONS = r"""
+# Credentials come from the environment, never from this file: REGISTRY_USER and STORAGE_AUDIT_REGISTRY_PASSWORD
+# (leave both unset for a registry without authentication). curl reads them, and any token, on its stdin
+# (`-K -`), so they are in no process's arguments.
+REGISTRY_USER=${REGISTRY_USER:-}
+STORAGE_AUDIT_REGISTRY_PASSWORD=${STORAGE_AUDIT_REGISTRY_PASSWORD:-}
+quoted() { printf '%s' "$1" | sed 's/[\\"]/\\&/g'; }
+credentials() {
+  if [ -n "$REGISTRY_USER" ]; then
+    printf 'user = "%s:%s"\n' "$(quoted "$REGISTRY_USER")" "$(quoted "$STORAGE_AUDIT_REGISTRY_PASSWORD")"
+  fi
+}
+# What the registry asks for: nothing, Basic, or Bearer with the realm and service of its token endpoint.
+CHALLENGE=$(curl -sS -o /dev/null -D - "$REGISTRY/v2/" | tr -d '\r' \
+  | sed -n 's/^[Ww][Ww][Ww]-[Aa][Uu][Tt][Hh][Ee][Nn][Tt][Ii][Cc][Aa][Tt][Ee]: *//p')
+challenged() { printf '%s' "$CHALLENGE" | sed -n "s/.*$1=\"\\([^\"]*\\)\".*/\\1/p"; }
+REALM=$(challenged realm)
+SERVICE=$(challenged service)
+# curl's configuration that authenticates a request to repository $1: the credentials, or a bearer token
+# for the scope repository:$1:pull,delete fetched with them.
+authentication() {
+  case "$CHALLENGE" in
+    [Bb]earer*)
+      token=$(credentials | curl -fsS -K - -G "$REALM" --data-urlencode "service=$SERVICE" \
+        --data-urlencode "scope=repository:$1:pull,delete" | sed -n 's/.*"token" *: *"\([^"]*\)".*/\1/p')
+      [ -n "$token" ] || { echo "no token from $REALM for $1" >&2; exit 1; }
+      printf 'header = "Authorization: Bearer %s"\n' "$token" ;;
+    [Bb]asic*) credentials ;;
+  esac
+}
+delete_manifest() {
+  code=$(authentication "$1" | curl -sS -K - -o /dev/null -w '%{http_code}' -X DELETE "$REGISTRY/v2/$1/manifests/$2")
+  case "$code" in
+    200|202) echo "deleted $1@$2" >&2 ;;
+    404) echo "already gone: $1@$2" >&2 ;;
+    401|403) echo "the registry refused the credentials (HTTP $code) for $1" >&2; exit 1 ;;
+    405) echo "the registry refuses deletion (HTTP 405): set storage.delete.enabled to true" >&2; exit 1 ;;
+    *) echo "failed (HTTP $code): $1@$2" >&2; exit 1 ;;
+  esac
+}
+""".strip("\n")
+
+
 def _http(plan: Plan, url: str | None) -> str:
     base = (url or "").rstrip("/")
     lines = _header(
         plan,
         [
-            "# The HTTP workflow for a running registry (storage.delete.enabled must be true).",
-            "# WARNING: deleting a manifest by digest also deletes EVERY tag that points at it,",
-            "# in that repository, including tags this plan keeps. Check `storage-audit report --by tag`.",
+            "# The HTTP workflow for a running registry (storage.delete.enabled must be true); it authenticates",
+            "# with REGISTRY_USER and STORAGE_AUDIT_REGISTRY_PASSWORD from the environment (basic or token auth).",
+            "# `storage-audit apply PLAN --registry-url URL` does the same from the json plan, re-checking each",
+            "# deletion against the registry first. WARNING: deleting a manifest by digest also deletes EVERY tag",
+            "# that points at it, in that repository, including tags this plan keeps.",
+            "# Check `storage-audit report --by tag`.",
         ],
     )
     lines.append(f"REGISTRY={shlex.quote(base)}")
+    lines.append(HTTP_FUNCTIONS)
+    q = shlex.quote
     revisions = {(a.repository, a.digest) for a in plan.actions if a.op == Op.REMOVE_REVISION}
     for action in plan.actions:
         if action.op == Op.REMOVE_REVISION:
             lines.append(f"# {action.reason}")
-            lines.append(f'curl -fsS -X DELETE "$REGISTRY/v2/{action.repository}/manifests/{action.digest}"')
+            lines.append(f"delete_manifest {q(action.repository or '')} {q(action.digest or '')}")
         elif action.op == Op.REMOVE_TAG and (action.repository, action.digest) not in revisions:
             lines.append(
                 f"# {action.repository}:{action.tag} cannot be removed through the API without deleting "

@@ -18,7 +18,10 @@ HELP = Help(
     (
         ("Say what the plan would remove, and free:", "plan.json --dry-run"),
         ("Apply it, keeping what it removes to restore:", "plan.json --quarantine /srv/quarantine"),
-        ("Without asking, in a script:", "plan.json --yes --quiet"),
+        (
+            "Delete its manifests while the registry serves, without asking:",
+            "plan.json --registry-url https://registry:5000 --yes",
+        ),
     ),
 )
 
@@ -46,6 +49,38 @@ def apply(
             "for the credentials); refused unless it is where the plan was made. Default: the plan's own root.",
         ),
     ] = None,
+    registry_url: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-url",
+            metavar="URL",
+            help="Carry out the plan's tag and manifest removals through this running registry's API "
+            "(DELETE by digest), re-checked against it; blobs, links, uploads and repositories are left for "
+            "`apply PLAN` on storage afterwards, with the registry read-only. The storage is still read, for the "
+            "fresh scans. Credentials: --username, else Docker's config.json (auths, credential helpers).",
+        ),
+    ] = None,
+    username: Annotated[
+        str | None,
+        typer.Option(
+            "--username",
+            metavar="USER",
+            help="The registry user; its password from stdin (--password-stdin) or STORAGE_AUDIT_REGISTRY_PASSWORD.",
+        ),
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the registry password from stdin (with --username).")
+    ] = False,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option("--ca-file", metavar="FILE", help="Verify the registry's TLS certificate against these CAs."),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Do not verify the registry's TLS certificate (refused unless it is on loopback)."
+        ),
+    ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     quiet: QuietOpt = False,
     cache_dir: CacheDirOpt = None,
@@ -62,7 +97,14 @@ def apply(
 
     storage = remote(cache_dir, no_cache, max_requests_per_second)
     target = None if root is None else open_root(root, storage)
-    options = applying.ApplyOptions(dry_run, quarantine_to, target, storage)
+    registry = None
+    if registry_url is not None:
+        registry = _registry(registry_url, username, password_stdin, ca_file, insecure, max_requests_per_second)
+    elif username is not None or password_stdin or ca_file is not None or insecure:
+        fail("--username, --password-stdin, --ca-file and --insecure are for --registry-url")
+    if registry is not None and not dry_run and not yes and password_stdin:
+        fail("--password-stdin takes stdin, where the prompt would read its answer: add --yes")
+    options = applying.ApplyOptions(dry_run, quarantine_to, target, storage, registry)
     try:
         application = applying.open_plan(plan_file, options)
     except AlreadyApplied as exc:
@@ -92,10 +134,36 @@ def apply(
     if not outcome.frame().empty:
         table(View(outcome.frame(), title="apply", total_columns=("count",)))
     say(apply_summary(outcome, remover, dry_run))
-    if not dry_run and outcome.done:
+    if registry is not None:
+        if outcome.left:
+            say(f"Now make the registry read-only and run `storage-audit apply {plan_file}` to sweep the rest.")
+    elif not dry_run and outcome.done:
         say("Restart the registry now: its blob descriptor cache still believes removed blobs exist.")
     if outcome.failed:
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def _registry(
+    url: str,
+    username: str | None,
+    password_stdin: bool,
+    ca_file: Path | None,
+    insecure: bool,
+    max_requests_per_second: float | None,
+) -> applying.RegistryTarget:
+    """The registry to delete through, with the credentials of --username (the password from stdin or the
+    environment) or of Docker's config.json; the password is read here and goes nowhere but request headers."""
+    import sys
+
+    from storage_audit.registry_api.client import ClientOptions
+    from storage_audit.registry_api.credentials import resolve_credentials
+
+    if password_stdin and username is None:
+        fail("--password-stdin needs --username")
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    credentials = resolve_credentials(url, username, password)
+    options = ClientOptions(ca_file=ca_file, insecure=insecure, max_requests_per_second=max_requests_per_second)
+    return applying.RegistryTarget(url, credentials, options)
 
 
 def _confirmed(question: str) -> bool:

@@ -207,4 +207,5 @@ def apply_summary(outcome: Outcome, remover: Remover, dry_run: bool) -> str:
         would = f"move {amount} into the quarantine {kept.where}"
         did = f"moved {amount} into the quarantine {kept.where}"
     head = f"would remove {count(len(outcome.done), 'action')} and would {would}" if dry_run else did
-    return f"{head}; {count(len(outcome.skipped), 'action')} skipped"
+    left = f"; {count(len(outcome.left), 'action')} left for {remover.leaves_to}" if outcome.left else ""
+    return f"{head}; {count(len(outcome.skipped), 'action')} skipped{left}"

@@ -16,21 +16,35 @@ if TYPE_CHECKING:
     from storage_audit.cleanup.apply import Applier, Outcome
     from storage_audit.cleanup.plan import Plan
     from storage_audit.cleanup.removers import Remover
+    from storage_audit.registry_api.client import ClientOptions
+    from storage_audit.registry_api.credentials import Credentials
     from storage_audit.storage.base import Storage
 
 REFUSED = "refusing the plan, nothing was deleted"
 
 
 @dataclass(frozen=True)
+class RegistryTarget:
+    """A running registry to carry out the plan's manifest removals through: its URL, the credentials (None:
+    anonymous) and how to reach it (TLS, retries, rate limit)."""
+
+    url: str
+    credentials: Credentials | None = field(default=None, repr=False)
+    client: ClientOptions | None = None
+
+
+@dataclass(frozen=True)
 class ApplyOptions:
     """`dry_run` removes nothing; `quarantine` keeps what goes (a directory, or for a bucket also
     `s3://BUCKET/PREFIX`); `root` is where to apply (refused unless the plan's; default: the plan's own root);
-    `remote` reads a bucket named by the plan itself."""
+    `remote` reads a bucket named by the plan itself; `registry`, when given, carries out the tag and manifest
+    removals through that running registry's API and leaves the rest for an apply on storage."""
 
     dry_run: bool = False
     quarantine: str | None = None
     root: Root | None = None
     remote: RemoteOptions = field(default_factory=RemoteOptions)
+    registry: RegistryTarget | None = None
 
 
 class Application:
@@ -80,6 +94,8 @@ def open_plan(plan_file: Path, options: ApplyOptions | None = None) -> Applicati
     try:
         loaded, digest = read_plan(plan_file)
         remover = remover_for(_storage(loaded, options), options.quarantine)
+        if options.registry is not None:
+            remover = _through_api(remover, options)
         applier = prepare(loaded, digest, plan_file, remover, ApplierOptions(options.dry_run))
     except PlanError as exc:
         raise UsageError(f"{plan_file}: {REFUSED}: {exc}") from exc
@@ -91,6 +107,18 @@ def apply(plan_file: Path, options: ApplyOptions | None = None, log: Callable[[s
     in use; a journal beside the plan lets an interrupted apply resume. Raises what `open_plan` raises."""
     with open_plan(plan_file, options) as application:
         return application.run(log)
+
+
+def _through_api(storage_remover: Remover, options: ApplyOptions) -> Remover:
+    """The registry's remover, whose fresh scans read the plan's storage through `storage_remover`."""
+    from storage_audit.cleanup.removers.registry import RegistryRemover
+    from storage_audit.registry_api.client import RegistryClient
+
+    assert options.registry is not None
+    if options.quarantine is not None:
+        raise UsageError("--quarantine keeps files removed on storage; the registry's API deletes, it keeps nothing")
+    target = options.registry
+    return RegistryRemover(RegistryClient(target.url, target.credentials, target.client), storage_remover)
 
 
 def _storage(plan: Plan, options: ApplyOptions) -> Storage:

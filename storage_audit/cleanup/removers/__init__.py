@@ -1,4 +1,5 @@
-"""The removers: how each storage backend removes a plan's approved actions; the applier's rules are above them."""
+"""The removers: how each storage backend (and a running registry's API) removes a plan's approved actions; the
+applier's rules are above them."""
 
 from __future__ import annotations
 

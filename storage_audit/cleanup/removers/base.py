@@ -63,6 +63,10 @@ class Remover(ABC):
     where: str
     """Where removed data is freed, for messages: `on disk`, `in the bucket`."""
     quarantine: Quarantined | None = None
+    untags_with_revision: bool = False
+    """Whether a tag whose manifest the plan deletes goes with that manifest, not alone (the registry's API)."""
+    leaves_to: str = "another apply"
+    """Who carries out what `leaves` leaves, for messages."""
 
     def __init__(self) -> None:
         self._checked: Plan | None = None
@@ -92,6 +96,10 @@ class Remover(ABC):
     @abstractmethod
     def remove(self, approved: Sequence[tuple[Action, Found]]) -> None:
         """Remove (or quarantine) what the approved actions' targets hold. Raises StorageError when it could not."""
+
+    def leaves(self, action: Action) -> str | None:
+        """Why this remover leaves `action` to another apply (None: it carries it out); every action by default."""
+        return None
 
     def tidy(self, action: Action) -> None:  # noqa: B027 - an optional hook
         """Clean up what an interrupted removal of `action`, found gone now, left behind."""
