@@ -105,6 +105,7 @@ def test_a_blob_pushed_again_since_planning_is_kept(tmp_path: Path, into: str) -
 # Odd files and places
 
 
+@pytest.mark.slow
 def test_a_fifo_in_place_of_a_tag_link_is_skipped_not_waited_for(aged: Callable[[str], Path]) -> None:
     root = aged("basic")
     v2 = root / V2
@@ -163,6 +164,7 @@ def immutable() -> Iterator[Callable[[Path], None]]:
         subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_a_permission_error_fails_its_action_only(
     aged: Callable[[str], Path], immutable: Callable[[Path], None]
 ) -> None:
@@ -317,6 +319,7 @@ def _table_rows(text: str) -> list[list[str]]:
 # Two applies of one plan at once
 
 
+@pytest.mark.slow
 def test_a_second_apply_of_a_plan_while_one_runs_is_refused(aged: Callable[[str], Path]) -> None:
     """Two processes apply the same plan: the second is refused at once, and the first ends as if alone."""
     root = aged("basic")
@@ -371,6 +374,7 @@ def test_a_plan_made_ahead_of_this_machines_clock_is_refused(
     assert not journal_path(plan).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "symlink-to-dev-zero", "directory"])
 def test_a_plan_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
     plan = tmp_path / "plan.json"

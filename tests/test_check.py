@@ -210,6 +210,7 @@ def test_strict_makes_warnings_exit_3(tmp_path: Path, shared_root: Callable[[Pat
     assert cli("check", root, "-q", "--upload-age", NEVER_STALE, "--strict")[0] == 3
 
 
+@pytest.mark.slow
 def test_digest_mismatch_only_with_verify_digests(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     root = str(shared_root(BROKEN / "flipped-byte.tar.gz"))
     assert cli("check", root, "-q")[0] == 0

@@ -80,6 +80,7 @@ def test_quiet_scan_prints_nothing(fixture_root) -> None:  # type: ignore[no-unt
     assert (code, out, err) == (0, "", "")
 
 
+@pytest.mark.slow
 def test_snapshot_gives_identical_results(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = fixture_root("multiarch")
     snap = tmp_path / "snap"
@@ -189,6 +190,7 @@ def test_console_script_module_entry_point(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr and "not a registry root" in proc.stderr
 
 
+@pytest.mark.slow
 def test_workers_option_gives_the_same_inventory(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("multiarch"))
     for workers in ("1", "3"):
@@ -377,6 +379,7 @@ DASH_COMMANDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", DASH_COMMANDS, ids=[" ".join(a[:1] + a[2:]) for a in DASH_COMMANDS])
 def test_output_dash_is_stdout(
     args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pin_clock: Callable[[datetime], datetime]
@@ -461,6 +464,7 @@ def test_a_reader_that_leaves_ends_a_large_output_quietly_with_141(case: str, bi
     assert line.startswith(first.strip(" ")) if case != "table" else first in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["report", "--by", "blob", "-f", "csv"], ["report", "-f", "json"], ["report"]])
 def test_a_reader_that_leaves_a_small_output_is_no_error(args: list[str]) -> None:
     # All of it may fit in the pipe before head leaves: then it was written, and the command ends well.

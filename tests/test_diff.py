@@ -273,6 +273,7 @@ def test_other_versions_and_roots_warn_and_still_diff(snapshots: tuple[Path, Pat
     assert "storage-audit: warning: OLD and NEW audit different storage: /srv/elsewhere/docker/registry/v2" in err
 
 
+@pytest.mark.slow
 def test_a_column_an_older_version_did_not_write_is_left_empty(snapshots: tuple[Path, Path]) -> None:
     old, new = snapshots
     view = old / "report-tag.parquet"
@@ -282,6 +283,7 @@ def test_a_column_an_older_version_did_not_write_is_left_empty(snapshots: tuple[
     assert "OLD's tag view has no image_bytes" in err
 
 
+@pytest.mark.slow
 def test_an_unreadable_snapshot_exits_2_in_one_line(snapshots: tuple[Path, Path]) -> None:
     old, new = snapshots
     (old / "report-repository.parquet").write_bytes(b"not parquet")
@@ -294,6 +296,7 @@ def test_an_unreadable_snapshot_exits_2_in_one_line(snapshots: tuple[Path, Path]
     assert err.startswith("storage-audit: error: ") and "unreadable snapshot" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_diff_writes_every_format(snapshots: tuple[Path, Path], tmp_path: Path) -> None:
     old, new = snapshots
     code, out, _ = cli("diff", str(old), str(new), "-f", "csv")

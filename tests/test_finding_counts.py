@@ -121,6 +121,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_the_demo_tree_counts_its_stale_upload_everywhere(later: datetime, tmp_path: Path) -> None:
     counts = assert_one_count("demo", FIXTURES / "demo", tmp_path)
     # Its upload was started when the fixtures were built; the clock says a month later.
@@ -140,6 +141,7 @@ def test_a_synthetic_tree_counts_its_broken_indexes_everywhere(
     assert counts["error"] == sum(n for (_, sev), n in kinds.items() if sev == "error")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_FIXTURES)
 def test_a_real_fixture_counts_alike_everywhere(name: str, later: datetime, fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert_one_count(name, fixture_root(name), tmp_path)

@@ -66,6 +66,7 @@ def test_each_command_builds_one_graph(argv: list[str], tmp_path: Path, shared_r
     assert Graph.builds - before == 1
 
 
+@pytest.mark.slow
 def test_a_diff_builds_one_graph_per_tree_and_none_for_snapshots(
     tmp_path: Path, shared_root: Callable[[Path], Path]
 ) -> None:
@@ -88,6 +89,7 @@ def test_a_report_from_a_snapshot_builds_none(tmp_path: Path, shared_root: Calla
     assert Graph.builds == before
 
 
+@pytest.mark.slow
 def test_an_html_report_from_a_snapshot_builds_one(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
     # The page needs untagged, orphans and check besides the stored views: one graph of the snapshot's tables.
     root = shared_root(FIXTURES / "multiarch.tar.gz")

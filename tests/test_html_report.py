@@ -68,6 +68,7 @@ def test_html_to_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
     assert err.startswith("storage-audit: error: ") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_snapshot_gives_the_same_page_as_its_tree(tmp_path: Path) -> None:
     assert cli("scan", str(DEMO), "-o", str(tmp_path / "snap"), "-q")[0] == 0
     assert cli("report", str(DEMO), "-f", "html", "-o", str(tmp_path / "tree.html"), "-q")[0] == 0
@@ -80,6 +81,7 @@ def test_a_snapshot_gives_the_same_page_as_its_tree(tmp_path: Path) -> None:
     assert f"storage-audit orphans {tmp_path / 'snap'} -f csv" in snap
 
 
+@pytest.mark.slow
 def test_the_page_references_nothing_outside_itself(tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     assert cli("report", str(DEMO), "-f", "html", "-o", str(out), "-q")[0] == 0

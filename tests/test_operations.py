@@ -71,6 +71,7 @@ def snapshot(basic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_package_loads_nothing_until_a_name_is_asked_for() -> None:
     program = (
         "import sys, storage_audit\n"
@@ -100,6 +101,7 @@ def test_survey_counts_what_scan_says(basic: Path) -> None:
     assert code == 0
 
 
+@pytest.mark.slow
 def test_survey_writes_a_snapshot_and_keeps_the_newest(basic: Path, tmp_path: Path) -> None:
     tree = resolve(basic)
     first = survey(tree, snapshot=SnapshotOptions(tmp_path / "a"))
@@ -115,7 +117,11 @@ def test_survey_writes_a_snapshot_and_keeps_the_newest(basic: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("source", ["tree", "snapshot"])
 @pytest.mark.parametrize("by", list(By))
-def test_report_is_the_commands(by: By, source: str, basic: Path, snapshot: Path, tmp_path: Path) -> None:
+def test_report_is_the_commands(
+    by: By, source: str, basic: Path, snapshot: Path, tmp_path: Path, pin_clock: Callable[[datetime], datetime]
+) -> None:
+    # An upload's age is counted from now: the operation and the command must see the same now.
+    pin_clock(fixtures_built() + timedelta(days=1))
     root = basic if source == "tree" else snapshot
     found = report(resolve(root), ReportOptions(by=by))
     assert found.stored == (source == "snapshot") and found.unreadable == []
@@ -124,6 +130,7 @@ def test_report_is_the_commands(by: By, source: str, basic: Path, snapshot: Path
         assert sorted(found.frame["repository"]) == BASIC["repositories"]
 
 
+@pytest.mark.slow
 def test_metrics_and_page_are_the_commands(basic: Path, tmp_path: Path) -> None:
     samples = metrics(resolve(basic)).view.frame
     orphan_blobs = samples.loc[samples["metric"] == "storage_audit_orphan_blobs", "value"].tolist()
@@ -174,6 +181,7 @@ def test_diff_is_the_commands(by: DiffBy, basic: Path, snapshot: Path, tmp_path:
     assert found.summary().startswith("+0 B ")
 
 
+@pytest.mark.slow
 def test_plan_and_apply_are_the_commands(
     tmp_path: Path, basic: Path, pin_clock: Callable[[datetime], datetime]
 ) -> None:

@@ -323,6 +323,7 @@ def test_keep_last_ranks_tags_by_push_time(aged: Callable[..., Path]) -> None:
     assert keys(doc, "remove-revision", "digest") == {(d,) for d in gone}
 
 
+@pytest.mark.slow
 def test_older_than_and_repository_glob(aged: Callable[..., Path]) -> None:
     root = aged("basic")
     v2 = root / V2
@@ -471,6 +472,7 @@ def test_plan_blobs_are_the_engines_orphans_after_the_policy(aged: Callable[...,
 # Formats
 
 
+@pytest.mark.slow
 def test_sh_script_leaves_the_same_files_as_apply(aged: Callable[..., Path]) -> None:
     by_apply = aged("basic", "by-apply")
     by_sh = copy_tree(by_apply, by_apply.parent / "by-sh")
@@ -489,6 +491,7 @@ def test_sh_script_leaves_the_same_files_as_apply(aged: Callable[..., Path]) -> 
     assert contents(by_sh / V2) == contents(by_apply / V2)
 
 
+@pytest.mark.slow
 def test_sh_script_keeps_the_tags_directory_of_a_repository_it_keeps(aged: Callable[..., Path]) -> None:
     """garbage-collect --delete-untagged (2.8) aborts on a repository with manifests but no `_manifests/tags`."""
     root = aged("basic")
@@ -555,6 +558,7 @@ def test_quarantine_keeps_the_layout_and_restores(planned: tuple[Path, Path, dic
     assert contents(v2) == original
 
 
+@pytest.mark.slow
 def test_quarantine_used_again_keeps_the_layout(planned: tuple[Path, Path, dict[str, Any]]) -> None:
     """Restore from a quarantine, then apply a new plan into the same quarantine."""
     root, plan, _ = planned

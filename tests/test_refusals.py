@@ -124,6 +124,7 @@ def test_a_metadata_file_that_is_not_a_regular_file_is_refused(kind: str, copy: 
 # Snapshot retention reads its neighbours' metadata safely
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
 def test_keep_passes_over_a_neighbour_whose_metadata_is_not_a_file(kind: str, tmp_path: Path) -> None:
     parent = tmp_path / "snapshots"
@@ -143,6 +144,7 @@ def test_keep_passes_over_a_neighbour_whose_metadata_is_not_a_file(kind: str, tm
 # A part of a table that is not a regular file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [

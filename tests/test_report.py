@@ -286,11 +286,13 @@ def test_deleting_what_reclaimable_describes_frees_exactly_that(name: str, tmp_p
     check_reclaimable(unpack(FIXTURES / f"{name}.tar.gz", tmp_path / "original"), tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_FIXTURES)
 def test_deleting_one_tag_frees_its_exclusive_bytes(name: str, tmp_path: Path) -> None:
     check_tag_exclusive(unpack(FIXTURES / f"{name}.tar.gz", tmp_path / "original"), tmp_path)
 
 
+@pytest.mark.slow
 def test_summary_untagged_reclaimable_is_what_collecting_every_untagged_frees(tmp_path: Path) -> None:
     for name in REAL_FIXTURES:
         v2 = unpack(FIXTURES / f"{name}.tar.gz", tmp_path / name) / V2
@@ -383,6 +385,7 @@ def test_json_holds_raw_integers_and_iso_times(fixture_root) -> None:  # type: i
     assert isinstance(upload["age"], int) and upload["started_at"].endswith("Z")
 
 
+@pytest.mark.slow
 def test_parquet_keeps_dtypes(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
     for by in PINNED_COLUMNS:
@@ -447,6 +450,7 @@ def test_repository_filter(fixture_root) -> None:  # type: ignore[no-untyped-def
     assert set(server["digest"]) == expected
 
 
+@pytest.mark.slow
 def test_tables_fit_80_columns(fixture_root) -> None:  # type: ignore[no-untyped-def]
     root = str(fixture_root("basic"))
     for by in PINNED_COLUMNS:
@@ -462,6 +466,7 @@ def test_tables_fit_80_columns(fixture_root) -> None:  # type: ignore[no-untyped
     assert re.search(r"\b(a|an|\d+) (second|minute|hour|day|month|year)s?\b", uploads), uploads
 
 
+@pytest.mark.slow
 def test_snapshot_gives_the_same_report(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = fixture_root("multiarch")
     write_snapshot(scan(LocalStorage(root / V2)), tmp_path / "snap")

@@ -37,6 +37,7 @@ def test_roots_import_neither_the_scan_nor_the_operations() -> None:
     assert not {m for m in imported_modules(PACKAGE / "scan" / "run.py") if m.startswith("storage_audit.roots")}
 
 
+@pytest.mark.slow
 def test_a_local_tree_is_scanned_by_workers_and_recorded_by_its_path(fixture_root, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = resolve(fixture_root("basic"))
     assert isinstance(root, LocalTree)

@@ -116,6 +116,7 @@ def test_worker_processes_give_the_same_inventory(name: str, fixture_root) -> No
     assert len(alone.blobs) > 0 and len(alone.revisions) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
 @pytest.mark.parametrize("name", ["multiarch", "churn"])
 def test_forked_workers_give_the_same_inventory_and_totals(name: str, fixture_root) -> None:  # type: ignore[no-untyped-def]

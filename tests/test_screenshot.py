@@ -47,6 +47,7 @@ def test_the_page_is_of_the_synthetic_tree_as_of_the_pinned_time(small_page: tup
     assert f"{root}/docker/registry/v2" in text
 
 
+@pytest.mark.slow
 def test_the_tree_is_dated_over_two_years_before_the_pinned_time(
     small_page: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -275,6 +275,7 @@ def on_a_terminal(*args: str, columns: int) -> tuple[str, str]:
     return b"".join(chunks).decode().replace("\r\n", "\n"), done.stderr.decode()
 
 
+@pytest.mark.slow
 def test_on_a_terminal_a_table_fits_it_and_says_what_it_left_out() -> None:
     out, err = on_a_terminal("report", str(DEMO), "--by", "tag", "-q", columns=72)
     assert max(len(line) for line in out.splitlines()) <= 72
@@ -283,6 +284,7 @@ def test_on_a_terminal_a_table_fits_it_and_says_what_it_left_out() -> None:
     assert header(out) == [*TAG_COLUMNS, "exclusive_bytes", "history"] and err == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", ["80", "60", None])
 def test_diff_never_breaks_a_header(columns: str | None, tmp_path: Path) -> None:
     snapshot = tmp_path / "snap"

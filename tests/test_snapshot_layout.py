@@ -41,6 +41,7 @@ def test_scan_o_writes_each_table_as_listed_parts_and_reads_back_the_scan(tmp_pa
     same_tables(read_snapshot(tmp_path / "snap"), scan(LocalStorage(DEMO / "docker/registry/v2")))
 
 
+@pytest.mark.slow
 def test_big_tables_are_split_into_parts_in_row_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_GROUP", 4)
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_PART", 8)
@@ -56,6 +57,7 @@ def test_big_tables_are_split_into_parts_in_row_order(tmp_path: Path, monkeypatc
     same_tables(read_snapshot(tmp_path / "snap"), scan(LocalStorage(DEMO / "docker/registry/v2")))
 
 
+@pytest.mark.slow
 def test_a_snapshot_of_format_1_is_still_read(tmp_path: Path) -> None:
     scan_to(tmp_path / "new")
     inv = read_snapshot(tmp_path / "new")
@@ -69,6 +71,7 @@ def test_a_snapshot_of_format_1_is_still_read(tmp_path: Path) -> None:
     same_tables(read_snapshot(old), inv)
 
 
+@pytest.mark.slow
 def test_writing_over_a_snapshot_leaves_none_of_its_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_GROUP", 4)
     monkeypatch.setattr(snapshot_writer, "ROWS_PER_PART", 4)
@@ -80,6 +83,7 @@ def test_writing_over_a_snapshot_leaves_none_of_its_parts(tmp_path: Path, monkey
     same_tables(read_snapshot(tmp_path / "snap"), scan(LocalStorage(DEMO / "docker/registry/v2")))
 
 
+@pytest.mark.slow
 def test_a_table_directory_with_another_file_is_foreign_and_never_pruned(tmp_path: Path) -> None:
     scan_to(tmp_path / "a")
     scan_to(tmp_path / "b")

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FIXTURES, cli
 
 DEMO = str(FIXTURES / "demo")
@@ -19,6 +21,7 @@ def snapshot(path: Path, scanned_at: str, *extra: str) -> None:
     meta.write_text(json.dumps(json.loads(meta.read_text()) | {"scanned_at": scanned_at}))
 
 
+@pytest.mark.slow
 def test_keep_removes_the_oldest_snapshots_by_scan_time_not_by_name(tmp_path: Path) -> None:
     parent = tmp_path / "snapshots"
     # Names that sort against their scan times: the metadata decides which is older.
@@ -31,6 +34,7 @@ def test_keep_removes_the_oldest_snapshots_by_scan_time_not_by_name(tmp_path: Pa
     assert "removed 2 older snapshots: c, b" in err
 
 
+@pytest.mark.slow
 def test_keep_never_touches_what_is_not_a_whole_snapshot(tmp_path: Path) -> None:
     parent = tmp_path / "snapshots"
     snapshot(parent / "old", "2020-01-01T00:00:00+00:00")
