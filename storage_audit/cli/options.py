@@ -182,7 +182,8 @@ RateOpt = Annotated[
         "--max-requests-per-second",
         metavar="RATE",
         callback=at_least(0.001),
-        help="Object storage: start at most this many requests a second (AWS answers 503 SlowDown to bursts).  "
+        help="Object storage, and the registry with apply --registry-url: start at most this many requests a second "
+        "(AWS answers 503 SlowDown to bursts).  "
         "[at least 0.001]",
     ),
 ]
