@@ -27,7 +27,7 @@ from storage_audit.core.paths import UploadData, UploadDir, UploadStartedAt, par
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
 from tests.conftest import Ran, cli
-from tests.registry_harness import Ledger, ManifestPut, parse_gc_output, require_registry
+from tests.registry_harness import Ledger, parse_gc_output, require_registry
 from tests.s3_harness import (
     RegistryInBucket,
     SeaweedS3,
@@ -99,11 +99,10 @@ def push(server: SeaweedS3, name: str) -> InBucket:
     with s3_registry(server, rootdirectory, ledger) as reg:
         push_world(reg)
         reg.start_upload(*EXTRA_UPLOAD)
-        # `v1` beside `v1.0`: removing one tag's keys must not take the other's (a prefix of its name).
-        v1 = next(
-            e for e in ledger.events if isinstance(e, ManifestPut) and (e.repository, e.reference) == PREFIX_TAG[1]
-        )
-        reg.put_manifest(PREFIX_TAG[0][0], PREFIX_TAG[0][1], v1.body, v1.media_type)
+        # `v1` beside `v1.0`: removing one tag's keys must not take the other's (a prefix of its name). `v1`
+        # names an image of its own: a tag that shares its manifest with a kept tag is kept with it.
+        (repo, tag), _ = PREFIX_TAG
+        reg.image(repo, [b"the layer of v1 alone\n"], {"architecture": "amd64", "os": "linux"}, tags=[tag])
     return InBucket(server, rootdirectory, ledger, ledger.expected_facts())
 
 
