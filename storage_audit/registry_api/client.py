@@ -287,8 +287,8 @@ class RegistryClient:
         path: str | None = f"/v2/{repository}/tags/list?n=1000"
         while path is not None:
             resp = self.request("GET", path, repository)
-            if resp.status == 404:
-                return names
+            if resp.status == 404 and not names:
+                return names  # no such repository (a 404 after a first page is an error: the list would be cut)
             if resp.status != 200:
                 raise RegistryAPIError(f"GET {path}: HTTP {resp.status}")
             names += json.loads(resp.data).get("tags") or []
