@@ -512,3 +512,39 @@ def test_tls_is_verified_against_the_ca_file_or_skipped_on_loopback_only(tmp_pat
                 f"would remove repositories/tls/app/_manifests/revisions/sha256/{loose.digest[7:]}/link" in ran.stderr
             )
         assert reg.manifest_exists("tls/app", loose.digest)
+
+
+def test_a_tag_whose_manifest_the_plan_keeps_is_left_to_the_storage_phase(
+    htpasswd_registry: Authenticated, tmp_path: Path
+) -> None:
+    """The API removes a tag only by deleting its manifest, with every other tag on it: a tag the plan removes from
+    a manifest it keeps (here an index child, tagged by itself, of a tagged index) is left, with the reason, to the
+    storage phase, which removes the tag alone."""
+    reg = htpasswd_registry.registry
+    c1 = reg.image("alone/x", [layer("alone c1")], {"name": "alone c1"}, oci=True, tags=["c1-old"])
+    c2 = reg.image("alone/x", [layer("alone c2")], {"name": "alone c2"}, oci=True)
+    index = reg.index("alone/x", [(c1, "linux/amd64"), (c2, "linux/arm64")], tags=["v1"])
+    link = v2(reg) / "repositories/alone/x/_manifests/tags/c1-old/current/link"
+    hour_before = link.stat().st_mtime - 3600
+    os.utime(link, (hour_before, hour_before))
+    plan = tmp_path / "plan.json"
+    cli("plan", v2(reg), "--repository", "alone/*", "--keep-last", "1", "--min-age", "0s", "-o", plan, expect=[0])
+    actions = json.loads(plan.read_text())["actions"]
+    assert [(a["op"], a["tag"]) for a in actions if a["op"] in ("remove-tag", "remove-revision")] == [
+        ("remove-tag", "c1-old")
+    ]
+
+    online = online_apply(htpasswd_registry, plan, tmp_path)
+    assert online.exit_code == 0, everything(online)
+    assert "remove-tag for the storage phase" in online.stderr
+    assert "the API removes a tag only by deleting its manifest" in online.stderr
+    assert reg.manifest_exists("alone/x", "c1-old")  # online, nothing was deleted
+
+    reg.stop()
+    try:
+        cli("apply", plan, "--yes", expect=[0])
+    finally:
+        reg.start()
+    assert reg.request("GET", "/v2/alone/x/manifests/c1-old").status == 404
+    for reference in ("v1", index.digest, c1.digest, c2.digest):
+        assert pull(reg, "alone/x", reference) == [], reference
