@@ -19,7 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ import pytest
 from storage_audit.storage.bucket import S3Bucket, S3Location, S3Settings
 from tests.registry_harness import (
     Ledger,
+    Login,
     Registry,
     free_port,
     garbage_collect,
@@ -405,15 +406,23 @@ def registry_environment() -> dict[str, str]:
 
 @contextlib.contextmanager
 def s3_registry(
-    server: SeaweedS3, rootdirectory: str = ROOTDIRECTORY, ledger: Ledger | None = None
+    server: SeaweedS3,
+    rootdirectory: str = ROOTDIRECTORY,
+    ledger: Ledger | None = None,
+    *,
+    auth: Sequence[str] | None = None,
+    login: Login | None = None,
 ) -> Iterator[Registry]:
-    """A registry serving from `server`'s bucket under `rootdirectory`."""
+    """A registry serving from `server`'s bucket under `rootdirectory` (with `auth` its `auth:` lines, and `login`
+    the credentials the harness pushes with)."""
     with tempfile.TemporaryDirectory(prefix="registry-s3-root-") as unused_root:
         reg = Registry(
             unused_root,
             ledger,
             storage=s3_storage_block(server, rootdirectory),
             env=registry_environment(),
+            auth=auth,
+            login=login,
         )
         with reg:
             yield reg

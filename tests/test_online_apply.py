@@ -30,6 +30,7 @@ from tests.registry_harness import (
     sha256,
     token_auth,
 )
+from tests.s3_harness import RegistryInBucket, SeaweedS3, raw_keys, s3_garbage_collect, s3_registry
 from tests.token_server import ISSUER, SERVICE, TokenServer, self_signed
 
 pytestmark = pytest.mark.registry
@@ -548,3 +549,63 @@ def test_a_tag_whose_manifest_the_plan_keeps_is_left_to_the_storage_phase(
     assert reg.request("GET", "/v2/alone/x/manifests/c1-old").status == 404
     for reference in ("v1", index.digest, c1.digest, c2.digest):
         assert pull(reg, "alone/x", reference) == [], reference
+
+
+def test_two_phases_on_a_bucket(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """The registry's `s3` driver writes into a bucket: the online phase deletes the plan's manifests through the API
+    (htpasswd on), the storage phase sweeps the bucket with the registry stopped, and the collector then finds
+    nothing more."""
+    require_registry()
+    auth = htpasswd_auth(tmp_path / "htpasswd", {USER: PASSWORD})
+    rootdirectory = "/online-two-phases"
+    bucket = RegistryInBucket(s3_server, rootdirectory)
+    with s3_registry(s3_server, rootdirectory, auth=auth, login=Login(USER, PASSWORD)) as reg:
+        old = reg.image("app", [layer("bucket old")], {"name": "bucket old"}, oci=True, tags=["old"])
+        new = reg.image("app", [layer("bucket new")], {"name": "bucket new"}, oci=True, tags=["new"])
+        loose = reg.image("app", [layer("bucket loose")], {"name": "bucket loose"}, oci=True)
+        link = "repositories/app/_manifests/tags/old/current/link"
+        assert bucket.prefix + link in raw_keys(s3_server, bucket.prefix)
+        plan = tmp_path / "plan.json"
+        env = s3_server.environment()
+        planned = cli(
+            "plan",
+            bucket.url,
+            "--only-tag",
+            "^old$",
+            "--older-than",
+            "0s",
+            "--delete-untagged",
+            "--min-age",
+            "0s",
+            "-o",
+            plan,
+            env=env,
+        )
+        assert planned.exit_code == 0, everything(planned)
+        revisions = {a["digest"] for a in json.loads(plan.read_text())["actions"] if a["op"] == "remove-revision"}
+        assert revisions == {old.digest, loose.digest}
+
+        online = apply_through(reg, plan, "--username", USER, "--password-stdin", input=PASSWORD + "\n", env=env)
+        assert online.exit_code == 0, everything(online)
+        assert "remove-blob for the storage phase" in online.stderr
+        assert not reg.manifest_exists("app", old.digest) and not reg.manifest_exists("app", loose.digest)
+        # Online, only manifests went: their layers are still in the bucket.
+        blob = f"blobs/sha256/{sha256(layer('bucket old'))[7:9]}/{sha256(layer('bucket old'))[7:]}/data"
+        assert bucket.prefix + blob in raw_keys(s3_server, bucket.prefix)
+
+        reg.stop()
+        try:
+            offline = cli("apply", plan, "--yes", env=env)
+            assert offline.exit_code == 0, everything(offline)
+            gc = s3_garbage_collect(s3_server, rootdirectory, delete_untagged=True)
+        finally:
+            reg.start()
+        assert parse_gc_output(gc)[:2] == (set(), set()), gc
+        assert bucket.prefix + blob not in raw_keys(s3_server, bucket.prefix)
+        assert pull(reg, "app", "new") == [] and pull(reg, "app", new.digest) == []
+        for reference in ("old", old.digest, loose.digest):
+            assert reg.request("GET", f"/v2/app/manifests/{reference}").status == 404, reference
+        texts = [everything(planned), everything(online), everything(offline), plan.read_text(), reg.log()]
+        encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        for secret in (PASSWORD, encoded, s3_server.secret_key):
+            assert not any(secret in text for text in texts), secret
