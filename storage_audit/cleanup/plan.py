@@ -462,7 +462,9 @@ def tag_verdicts(inv: Inventory, retention: Retention, now: pd.Timestamp, ages: 
     latest = (tags["tag"] == LATEST) & guards_latest & ~names_latest
     deleted = touched & every_deletes & ~undated & ~fresh & ~latest
     reason = keeping.copy()
-    reason = reason.mask(touched & ~deleted & fresh, "pushed " + _ago(now, tags["pushed_at"]) + " ago, in the grace period")
+    reason = reason.mask(
+        touched & ~deleted & fresh, "pushed " + _ago(now, tags["pushed_at"]) + " ago, in the grace period"
+    )
     reason = reason.mask(touched & latest, LATEST)
     unknown = "its image has no readable created time" if retention.age_from is AgeFrom.CREATED else "no push time"
     reason = reason.mask(touched & undated, unknown)
@@ -517,6 +519,8 @@ class Decision:
     cutoff: pd.Series
     keep_referrers: np.ndarray
     removed_blobs: pd.DataFrame
+    reached_before: np.ndarray
+    """Over `graph.present`: some tag reached it before the plan (itself, an index or a subject it has)."""
 
     @property
     def deleted_tags(self) -> pd.DataFrame:
@@ -636,6 +640,7 @@ def decide(graph: Graph, retention: Retention, now: datetime, ages: pd.Series) -
         cutoff,
         keep_referrers,
         removed_blobs,
+        reached_before,
     )
 
 
@@ -653,7 +658,7 @@ def _actions(graph: Graph, decision: Decision) -> list[Action]:
     actions: list[Action] = []
     actions += _tag_actions(deleted_tags)
     actions += _history_actions(inv, deleted_tags, removed_revisions)
-    actions += _revision_actions(inv, removed_revisions, remaining_tags, decision.delete_untagged[~kept])
+    actions += _revision_actions(inv, removed_revisions, remaining_tags, decision.reached_before[~kept])
     actions += _layer_link_actions(inv, removed_blobs)
     actions += _blob_actions(removed_blobs)
     actions += _upload_actions(inv, retention, decision.now, grace)
@@ -756,16 +761,16 @@ def revision_ranks(inv: Inventory, targets: pd.Series) -> np.ndarray:
 
 
 def _revision_actions(
-    inv: Inventory, removed: pd.DataFrame, remaining_tags: pd.DataFrame, untagged_rule: np.ndarray
+    inv: Inventory, removed: pd.DataFrame, remaining_tags: pd.DataFrame, reached_before: np.ndarray
 ) -> list[Action]:
     was_tagged = set(zip(remaining_tags["repository"], remaining_tags["digest"], strict=True))
-    ranked = removed.assign(_rank=revision_ranks(inv, removed["target"]), untagged_rule=untagged_rule)
+    ranked = removed.assign(_rank=revision_ranks(inv, removed["target"]), reached_before=reached_before)
     ordered = ranked.sort_values(["_rank", "repository", "digest"])
     actions = []
     for r in ordered.itertuples(index=False):
         if (r.repository, r.digest) in was_tagged:  # pragma: no cover - closure keeps tagged revisions
             continue
-        reason = revision_reason(bool(r.untagged_rule))
+        reason = revision_reason(bool(r.reached_before))
         actions.append(
             Action(
                 Op.REMOVE_REVISION,
@@ -779,10 +784,10 @@ def _revision_actions(
     return actions
 
 
-def revision_reason(delete_untagged: bool) -> str:
-    """Why a revision the plan removes goes: its repository's rules delete untagged manifests, or only the
-    tags the plan deletes reached it."""
-    return "untagged: no tag reaches it" if delete_untagged else "no remaining tag reaches it"
+def revision_reason(reached_before: bool) -> str:
+    """Why a revision the plan removes goes: only the tags the plan deletes reached it, or no tag did (its
+    repository's rules delete untagged manifests)."""
+    return "no remaining tag reaches it" if reached_before else "untagged: no tag reaches it"
 
 
 def _layer_link_actions(inv: Inventory, removed_blobs: pd.DataFrame) -> list[Action]:
