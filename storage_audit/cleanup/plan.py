@@ -294,13 +294,15 @@ def _matches(values: pd.Series, patterns: Iterable[str], glob: bool = False) -> 
     return out
 
 
-PATH_GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB
-"""Path globs as a shell with globstar reads them: `*` and `?` stay within a path segment, `**` crosses them."""
+PATH_GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.NEGATE
+"""Path globs as a shell with globstar reads them: `*` and `?` stay within a path segment, `**` crosses them;
+a pattern that starts with `!` takes what it matches away from what the others match."""
 
 
-def path_glob_matches(name: str, pattern: str) -> bool:
-    """Whether the repository `name` matches the path glob `pattern` (`ci/**`, `team/*/app`)."""
-    return bool(wcglob.globmatch(name, pattern, flags=PATH_GLOB_FLAGS))
+def path_glob_matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether the repository `name` matches the path globs `patterns` (`ci/**`, `team/*/app`, `!ci/tmp/**`):
+    one of them, and none of those written with `!`."""
+    return bool(wcglob.globmatch(name, list(patterns), flags=PATH_GLOB_FLAGS))
 
 
 def _in_scope(repositories: pd.Series, policy: Policy) -> pd.Series:
@@ -309,7 +311,7 @@ def _in_scope(repositories: pd.Series, policy: Policy) -> pd.Series:
     if not policy.path_globs:
         return _matches(repositories, policy.repositories, glob=True)
     names = repositories.unique()
-    hits = {n for n in names if any(path_glob_matches(n, p) for p in policy.repositories)}
+    hits = {n for n in names if path_glob_matches(n, policy.repositories)}
     return repositories.isin(hits)
 
 

@@ -46,7 +46,8 @@ class PolicyFileError(UsageError):
         if len(problems) > MAX_PROBLEMS:
             shown.append(f"and {len(problems) - MAX_PROBLEMS:,} more")
         noun = "mistake" if len(problems) == 1 else "mistakes"
-        super().__init__(f"policy file {source}: {len(problems):,} {noun}\n" + "\n".join(shown))
+        super().__init__(f"policy file {source}: {len(problems):,} {noun}, each on a line of its own below")
+        self.details = tuple(shown)
 
 
 @dataclass
@@ -118,9 +119,11 @@ def _shown(value: Any) -> str:
 
 
 def repository_glob_problem(pattern: str) -> str | None:
-    """Why `pattern` is no repository glob, or None: a path relative to the registry, `**` a whole segment."""
-    if pattern.startswith("/") or pattern.endswith("/") or "//" in pattern:
-        return f"repository glob {pattern!r}: no leading, trailing or doubled /"
+    """Why `pattern` is no repository glob, or None: a path relative to the registry (after a `!`), `**` a whole
+    segment."""
+    pattern = pattern.removeprefix("!")
+    if not pattern or pattern.startswith("/") or pattern.endswith("/") or "//" in pattern:
+        return f"repository glob {pattern!r}: no empty glob, and no leading, trailing or doubled /"
     for segment in pattern.split("/"):
         if "**" in segment and segment != "**":
             return f"repository glob {pattern!r}: ** must be a whole path segment (ci/**, **/app)"
@@ -200,6 +203,8 @@ def _rule(reader: _Reader, node: yaml.Node, i: int, default_min_age: timedelta) 
                 reader.fail(item, problem)
             else:
                 repositories.append(pattern)
+        if repositories and all(p.startswith("!") for p in repositories):
+            reader.fail(keys["repositories"][1], f"{what}: repositories has only ! globs, which match nothing alone")
     include: list[str] = []
     exclude: list[str] = []
     if "tags" in keys:

@@ -35,6 +35,8 @@ def report_failure(exc: Exception, debug: bool) -> int:
         err.print(Text("".join(traceback.format_exception(exc))), soft_wrap=True, end="")
     if isinstance(exc, AuditError):
         say(f"{PROG}: error: {exc}")
+        for line in exc.details:
+            say(line)
         return exc.exit_code
     say(f"{PROG}: internal error: {exc.__class__.__name__}: {exc}")
     return EXIT_INTERNAL
