@@ -305,7 +305,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
 def test_each_rule_alone_and_combined_as_the_model_says(world: World, case: str) -> None:
     rules = CASES[case]
     root = world.copy(case.replace(" ", "-"))
-    out, doc = plan_with(root, yaml_rules(rules))
+    _, doc = plan_with(root, yaml_rules(rules))
     expected = model(rules, AGES, world.digests)
     assert removed_tags(doc) == expected, case
     assert_explain_equals_plan(root, doc)
@@ -416,7 +416,7 @@ ZOT = {
             ],
         },
         {"repositories": ["team/**"], "keepTags": [{"patterns": ["v2.*", "stable"]}]},
-        {"keepTags": [{"patterns": [".*"]}]},
+        {"repositories": ["**"], "keepTags": [{"patterns": [".*"]}]},
     ],
 }
 ZOT_POLICY = """\
@@ -439,24 +439,31 @@ rules:
 
 
 def zot_deleted(config: dict[str, Any], ages: dict[tuple[str, str], float]) -> set[tuple[str, str]]:
-    """zot's rules: the first policy whose repositories match applies (one without repositories matches every
-    repository); a tag is retained when it matches the patterns of one of its keepTags and one of that keepTags'
-    rules (the N most recently pushed of the tags those patterns match, pushed within a time; none: all of them)."""
+    """zot's rules (pkg/retention): the first policy whose repositories match applies; a tag belongs to the first
+    of its keepTags whose patterns match it, and stays when one of that entry's rules keeps it (the N most
+    recently pushed of the tags that belong to it, those pushed within a time; no rule: all of them)."""
     deleted = set()
     for repo in sorted({r for r, _ in ages}):
-        policy = next(p for p in config["policies"] if "repositories" not in p or repo_matches(repo, p["repositories"]))
+        policy = next((p for p in config["policies"] if repo_matches(repo, p["repositories"])), None)
         tags = [t for r, t in ages if r == repo]
+        if policy is None or not policy.get("keepTags"):
+            continue
         retained: set[str] = set()
-        for keep in policy.get("keepTags", []):
-            matched = [t for t in tags if any(re.search(p, t) for p in keep["patterns"])]
+        for i, keep in enumerate(policy["keepTags"]):
+            earlier = [p for k in policy["keepTags"][:i] for p in k["patterns"]]
+            group = [
+                t
+                for t in tags
+                if any(re.search(p, t) for p in keep["patterns"]) and not any(re.search(p, t) for p in earlier)
+            ]
             if "mostRecentlyPushedCount" not in keep and "pushedWithin" not in keep:
-                retained |= set(matched)
+                retained |= set(group)
             if "mostRecentlyPushedCount" in keep:
-                newest = sorted(matched, key=lambda t: ages[(repo, t)])
+                newest = sorted(group, key=lambda t: ages[(repo, t)])
                 retained |= set(newest[: keep["mostRecentlyPushedCount"]])
             if "pushedWithin" in keep:
                 hours = int(keep["pushedWithin"].removesuffix("h"))
-                retained |= {t for t in matched if ages[(repo, t)] * 24 <= hours}
+                retained |= {t for t in group if ages[(repo, t)] * 24 <= hours}
         deleted |= {(repo, t) for t in tags if t not in retained}
     return deleted
 
@@ -733,3 +740,24 @@ def test_a_policy_on_a_bucket(
         assert not any(reg.manifest_exists(r, t) for r, t in (("ci/app", "v1"), ("ci/app", "v2"), ("team/a/app", "v1")))
         assert pull_verified(reg, "ci/app", "v3") == [] and pull_verified(reg, "other", "x") == []
         assert not reg.manifest_exists("ci/app", pushed[("ci/app", "v1")].digest)
+
+
+# --------------------------------------------------------------------------
+# The README
+
+
+@pytest.mark.slow
+def test_the_readme_shows_the_example_policy_and_its_explanation(pin_clock: Callable[[datetime], datetime]) -> None:
+    readme = (TOP / "README.md").read_text()
+    section = readme[readme.index("## Retention policies in a file") :]
+    assert "```yaml\n" + EXAMPLE.read_text() + "```" in section
+    pasted = section[section.index("```text\n") :]
+    pasted = pasted[: pasted.index("\n```\n")]
+    shown = []
+    for line in pasted.splitlines():
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if len(cells) == 6 and cells[3] in ("kept", "deleted"):
+            shown.append((cells[0], cells[1], cells[2], cells[3], cells[4]))
+    after_demo(pin_clock)
+    rows = explained(DEMO, EXAMPLE)
+    assert shown == [(r["repository"], r["tag"], r["digest"][:19], r["verdict"], r["reason"]) for r in rows]
