@@ -44,7 +44,6 @@ HELP = Help(
             "Keep the last 10 tags per repository, and uploads abandoned for a week:",
             "--keep-last 10 --uploads-older-than 7d -o plan.json",
         ),
-        ("The tags of team/* pushed over 90 days ago, as a script:", "--older-than 90d --repository 'team/*' -f sh"),
         ("The rules of a policy file, and why each tag stays or goes:", "--policy retention.yaml --explain"),
     ),
 )
