@@ -356,9 +356,14 @@ def newest_first(tags: pd.DataFrame, ages: pd.Series) -> pd.DataFrame:
     return tags.loc[sorted(tags.index, key=keys.__getitem__, reverse=True)]
 
 
-def _ago(now: pd.Timestamp, when: pd.Series) -> pd.Series:
-    """How long before `now` each time is, in words (`40 days`, `3 hours`)."""
-    return (now - when).map(lambda d: "" if pd.isna(d) else humanize.naturaldelta(d.to_pytimedelta(), months=False))
+def _ago(now: pd.Timestamp, when: pd.Series, rows: pd.Series) -> pd.Series:
+    """How long before `now` each time of `rows` is, in words (`40 days`, `3 hours`); empty elsewhere."""
+    out = pd.Series("", index=when.index, dtype="string")
+    picked = (now - when[rows]).map(
+        lambda d: "" if pd.isna(d) else humanize.naturaldelta(d.to_pytimedelta(), months=False)
+    )
+    out[picked.index] = picked.astype("string")
+    return out
 
 
 def _rule_verdict(
@@ -402,7 +407,7 @@ def _rule_verdict(
                 beyond_text = "tag " + tags["tag"] + f" beyond --keep-last {rule.keep_last}"
         if rule.older_than is not None:
             recent = cand & ~(ages < now - rule.older_than).fillna(False)
-            ago = _ago(now, ages)
+            ago = _ago(now, ages, cand)
             span = _duration(rule.older_than)
             if file_rule:
                 keep = f"{rule.label} keep_within {span} ({verb} " + ago + " ago)"
@@ -464,9 +469,8 @@ def tag_verdicts(inv: Inventory, retention: Retention, now: pd.Timestamp, ages: 
     latest = (tags["tag"] == LATEST) & guards_latest & ~names_latest
     deleted = touched & every_deletes & ~undated & ~fresh & ~latest
     reason = keeping.copy()
-    reason = reason.mask(
-        touched & ~deleted & fresh, "pushed " + _ago(now, tags["pushed_at"]) + " ago, in the grace period"
-    )
+    graced = touched & ~deleted & fresh
+    reason = reason.mask(graced, "pushed " + _ago(now, tags["pushed_at"], graced) + " ago, in the grace period")
     reason = reason.mask(touched & latest, LATEST)
     unknown = "its image has no readable created time" if retention.age_from is AgeFrom.CREATED else "no push time"
     reason = reason.mask(touched & undated, unknown)
