@@ -46,7 +46,7 @@ class PolicyFileError(UsageError):
         if len(problems) > MAX_PROBLEMS:
             shown.append(f"and {len(problems) - MAX_PROBLEMS:,} more")
         noun = "mistake" if len(problems) == 1 else "mistakes"
-        super().__init__(f"policy file {source}: {len(problems):,} {noun}, each on a line of its own below")
+        super().__init__(f"policy file {source}: {len(problems):,} {noun}:")
         self.details = tuple(shown)
 
 
