@@ -28,6 +28,7 @@ from tests.registry_harness import (
 
 V2 = Path("docker/registry/v2")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+POLICY = FIXTURES.parent / "docs" / "examples" / "retention.yaml"
 
 
 # --------------------------------------------------------------------------
@@ -49,6 +50,8 @@ COMMANDS = [
     ["report", "{snapshot}", "-f", "prometheus", "-q"],
     ["diff", "{snapshot}", "{root}", "-f", "json", "-q"],
     ["plan", "{root}", "--delete-untagged", "--min-age", "0s", "-q"],
+    ["plan", "{root}", "--policy", str(POLICY), "--explain", "-f", "json", "-q"],
+    ["report", "{root}", "--format", "html", "--policy", str(POLICY), "-o", "{snapshot}.html", "-q"],
 ]
 
 

@@ -181,9 +181,10 @@ def test_readme_commands_run_in_order(kind: str, tmp_path: Path, monkeypatch: py
 @pytest.mark.slow
 @pytest.mark.parametrize("page", DOC_PAGES, ids=[p.name for p in DOC_PAGES])
 def test_doc_page_commands_run_in_order(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # From a copy of the checkout's fixtures/demo, dated as of NOW, at the same relative path.
+    # From a copy of the checkout's fixtures/demo, dated as of NOW, at the same relative path (docs/examples too).
     top = tmp_path / "checkout"
     demo_copy(top / "fixtures" / "demo")
+    shutil.copytree(DOCS / "examples", top / "docs" / "examples")  # the example policy files
     monkeypatch.chdir(top)
     monkeypatch.setenv("STORAGE_AUDIT_NOW", NOW.isoformat())
     ran = run_commands(page, tmp_path)

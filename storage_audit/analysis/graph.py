@@ -264,6 +264,13 @@ class Graph:
         parts = [self._child_edges, self._referrer_edges] if keep_referrers else [self._child_edges]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def parents(self, keep_referrers: bool = True) -> pd.DataFrame:
+        """(src, dst, kind) positions in `present`: src keeps dst as its `child` (an index's) or its `referrer`."""
+        parts = [("child", self._child_edges)] + ([("referrer", self._referrer_edges)] if keep_referrers else [])
+        return pd.concat(
+            [pd.DataFrame({"src": src, "dst": dst, "kind": kind}) for kind, (src, dst) in parts], ignore_index=True
+        )
+
     def _naming(self, manifests: pd.Series, digests: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Pairs of positions in `present`: a revision whose target is one of `manifests`, and the revision
         of its repository whose digest is the matching one of `digests`, when there is one."""

@@ -15,6 +15,7 @@ from storage_audit.inventory.schema import COLUMNS, By
 
 __all__ = [
     "COLUMNS",
+    "EXPLAIN_FORMATS",
     "UPLOAD_AGE",
     "AgeFrom",
     "By",
@@ -22,6 +23,7 @@ __all__ = [
     "DiffBy",
     "Format",
     "PlanFormat",
+    "PlanOutput",
     "ReportError",
     "ReportFormat",
     "ReportOptions",
@@ -87,6 +89,20 @@ class PlanFormat(StrEnum):
     JSON = "json"
     SH = "sh"
     HTTP = "http"
+
+
+class PlanOutput(StrEnum):
+    """What `plan --format` takes: a PlanFormat for the plan, or, with --explain, table, csv or json."""
+
+    JSON = "json"
+    SH = "sh"
+    HTTP = "http"
+    TABLE = "table"
+    CSV = "csv"
+
+
+EXPLAIN_FORMATS = {PlanOutput.TABLE: Format.TABLE, PlanOutput.CSV: Format.CSV, PlanOutput.JSON: Format.JSON}
+"""The formats of `plan --explain`, as the output formats that write them."""
 
 
 class AgeFrom(StrEnum):

@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import humanize
 import numpy as np
 import pandas as pd
 from packaging.version import InvalidVersion, Version
+from wcmatch import glob as wcglob
 
 from storage_audit.analysis.graph import Graph
 from storage_audit.analysis.options import AgeFrom
@@ -32,6 +34,7 @@ from storage_audit.cleanup.action import (
     TagPrecondition,
     UploadPrecondition,
 )
+from storage_audit.core import durations
 from storage_audit.core.errors import UncertainError, UsageError
 from storage_audit.core.manifest import LIST_KINDS
 from storage_audit.core.paths import (
@@ -87,6 +90,13 @@ class Policy:
     keep_latest: bool = True
     """Keep the tag `latest` unless an --only-tag expression names it (see `names_latest`)."""
     age_from: AgeFrom = AgeFrom.PUSH
+    label: str = ""
+    """How reasons name the rule (`rule ci/**`, from a policy file); empty: the one-run options' names."""
+    path_globs: bool = False
+    """`repositories` are path globs (`*` within one path segment, `**` across them), not fnmatch's."""
+    keep_unselected: bool = True
+    """Whether the tags the rule does not select (matching no only_tags, or a keep_tags pattern) stay by this rule;
+    a policy file's rule keeps only the tags it selects, and a tag stays if any rule keeps it."""
 
     def tag_rules(self) -> bool:
         """Whether any rule deletes tags."""
@@ -106,7 +116,59 @@ class Policy:
         doc["keep_tags"] = list(self.keep_tags)
         doc["only_tags"] = list(self.only_tags)
         doc["repositories"] = list(self.repositories)
+        if not self.label:  # the one-run options: the plan document as it always was
+            for key in ("label", "path_globs", "keep_unselected"):
+                del doc[key]
         return doc
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What a plan applies: rules, each a Policy over its repositories, of which a tag stays if any rule that
+    applies to its repository keeps it (an untagged manifest goes only where every such rule deletes untagged
+    manifests); repositories no rule applies to are left alone. The one-run options are one rule.
+
+    `min_age` is the grace period of blobs and uploads (each rule has its own for tags and manifests);
+    `uploads_older_than` and `prune_empty_repositories` act in the repositories the rules apply to.
+    """
+
+    rules: tuple[Policy, ...]
+    min_age: timedelta = timedelta(hours=1)
+    uploads_older_than: timedelta | None = None
+    prune_empty_repositories: bool = False
+    age_from: AgeFrom = AgeFrom.PUSH
+    source: str | None = None
+    """The policy file the rules were read from; None for the one-run options."""
+
+    @classmethod
+    def of(cls, policy: Policy) -> Retention:
+        """The one-run options as a retention of one rule."""
+        return cls(
+            (policy,), policy.min_age, policy.uploads_older_than, policy.prune_empty_repositories, policy.age_from
+        )
+
+    def tag_rules(self) -> bool:
+        """Whether any rule can delete tags."""
+        return any(r.tag_rules() or not r.keep_unselected for r in self.rules)
+
+    def in_scope(self, repositories: pd.Series) -> pd.Series:
+        """Whether some rule applies to each repository."""
+        out = pd.Series(False, index=repositories.index)
+        for rule in self.rules:
+            out |= _in_scope(repositories, rule)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        if self.source is None and len(self.rules) == 1:
+            return self.rules[0].to_json()
+        return {
+            "policy_file": self.source,
+            "min_age": self.min_age.total_seconds(),
+            "uploads_older_than": None if self.uploads_older_than is None else self.uploads_older_than.total_seconds(),
+            "prune_empty_repositories": self.prune_empty_repositories,
+            "age_from": self.age_from.value,
+            "rules": [r.to_json() for r in self.rules],
+        }
 
 
 @dataclass
@@ -125,6 +187,8 @@ class Plan:
     """Tags the rules would judge by their image's `created` time, kept because it could not be read."""
     location: dict[str, str] | None = None
     """Where a tree in object storage is (bucket, prefix, region, endpoint; never a credential); None on disk."""
+    decision: Decision | None = field(default=None, repr=False, compare=False)
+    """The verdict on every tag and revision the actions come from (not written in the plan): what --explain shows."""
 
     def totals(self) -> dict[str, Any]:
         frame = self.frame()
@@ -230,18 +294,28 @@ def _matches(values: pd.Series, patterns: Iterable[str], glob: bool = False) -> 
     return out
 
 
+PATH_GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.DOTGLOB | wcglob.NEGATE
+"""Path globs as a shell with globstar reads them: `*` and `?` stay within a path segment, `**` crosses them;
+a pattern that starts with `!` takes what it matches away from what the others match."""
+
+
+def path_glob_matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether the repository `name` matches the path globs `patterns` (`ci/**`, `team/*/app`, `!ci/tmp/**`):
+    one of them, and none of those written with `!`."""
+    return bool(wcglob.globmatch(name, list(patterns), flags=PATH_GLOB_FLAGS))
+
+
 def _in_scope(repositories: pd.Series, policy: Policy) -> pd.Series:
     if not policy.repositories:
         return pd.Series(True, index=repositories.index)
-    return _matches(repositories, policy.repositories, glob=True)
+    if not policy.path_globs:
+        return _matches(repositories, policy.repositories, glob=True)
+    names = repositories.unique()
+    hits = {n for n in names if path_glob_matches(n, policy.repositories)}
+    return repositories.isin(hits)
 
 
-def _duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+_duration = durations.written
 
 
 def refuse_if_uncertain(inv: Inventory) -> None:
@@ -256,7 +330,7 @@ def refuse_if_uncertain(inv: Inventory) -> None:
         )
 
 
-def tag_ages(tags: pd.DataFrame, policy: Policy, created: Mapping[str, pd.Timestamp] | None) -> pd.Series:
+def tag_ages(tags: pd.DataFrame, policy: Policy | Retention, created: Mapping[str, pd.Timestamp] | None) -> pd.Series:
     """Each tag's age for the rules, as a time: its push (the link's mtime), or its image's `created` time
     (null where that could not be read)."""
     if policy.age_from is AgeFrom.PUSH:
@@ -282,47 +356,144 @@ def newest_first(tags: pd.DataFrame, ages: pd.Series) -> pd.DataFrame:
     return tags.loc[sorted(tags.index, key=keys.__getitem__, reverse=True)]
 
 
-def _tag_deletions(inv: Inventory, policy: Policy, now: pd.Timestamp, ages: pd.Series) -> pd.DataFrame:
-    """Tags the policy deletes, with a reason each."""
-    tags = inv.tags.assign(reason=pd.Series(pd.NA, index=inv.tags.index, dtype="string"))
-    if not policy.tag_rules():
-        return tags.iloc[0:0]
-    cand = _in_scope(tags["repository"], policy) & tags["digest"].notna() & tags["pushed_at"].notna() & ages.notna()
-    if policy.only_tags:
-        cand &= _matches(tags["tag"], policy.only_tags)
-    if policy.keep_tags:
-        cand &= ~_matches(tags["tag"], policy.keep_tags)
-    if policy.keep_latest and not policy.names_latest():
-        cand &= tags["tag"] != LATEST
+def _ago(now: pd.Timestamp, when: pd.Series, rows: pd.Series) -> pd.Series:
+    """How long before `now` each time of `rows` is, in words (`40 days`, `3 hours`); empty elsewhere."""
+    out = pd.Series("", index=when.index, dtype="string")
+    picked = (now - when[rows]).map(
+        lambda d: "" if pd.isna(d) else humanize.naturaldelta(d.to_pytimedelta(), months=False)
+    )
+    out[picked.index] = picked.astype("string")
+    return out
+
+
+def _rule_verdict(
+    tags: pd.DataFrame, rule: Policy, now: pd.Timestamp, ages: pd.Series
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """One rule's word on every tag: whether it applies (its repositories), whether it deletes the tag, and why
+    it keeps or deletes it. What the grace period, `latest` and unknown ages protect is ranked out here and kept
+    by the combination (`tag_verdicts`)."""
+    scope = _in_scope(tags["repository"], rule)
+    selected = pd.Series(True, index=tags.index)
+    if rule.only_tags:
+        selected &= _matches(tags["tag"], rule.only_tags)
+    excluded = _matches(tags["tag"], rule.keep_tags) if rule.keep_tags else pd.Series(False, index=tags.index)
+    selected &= ~excluded
+    protected = tags["digest"].isna() | tags["pushed_at"].isna() | ages.isna()
+    if rule.keep_latest and not rule.names_latest():
+        protected |= tags["tag"] == LATEST
     # The grace period protects a push in progress: it counts from the push, whatever the age is taken from.
-    cand &= tags["pushed_at"] < now - policy.min_age
+    protected |= ~(tags["pushed_at"] < now - rule.min_age).fillna(False)
+    cand = scope & selected & ~protected
+    file_rule = bool(rule.label)
     reasons = pd.Series("", index=tags.index, dtype="string")
-    if policy.keep_last is not None:
-        # Rank among the tags the rules let us consider: what they keep, the grace period
-        # included, is kept on top of the N.
-        rank = newest_first(tags[cand], ages).groupby("repository").cumcount()
-        beyond = pd.Series(False, index=tags.index)
-        beyond[rank.index] = rank >= policy.keep_last
-        cand &= beyond
-        reasons = "tag " + tags["tag"] + f" beyond --keep-last {policy.keep_last}"
-    if policy.older_than is not None:
-        cand &= ages < now - policy.older_than
-        verb = " pushed " if policy.age_from is AgeFrom.PUSH else " built "
-        when = ages.dt.strftime("%Y-%m-%d %H:%M").astype("string")
-        older = "tag " + tags["tag"] + verb + when + f" UTC, before --older-than {_duration(policy.older_than)}"
-        reasons = reasons.where(reasons != "", older)
+    deletes = pd.Series(False, index=tags.index)
+    verb = "pushed" if rule.age_from is AgeFrom.PUSH else "built"
+    if rule.tag_rules():
+        deletes = cand.copy()
+        beyond_text = pd.Series("", index=tags.index, dtype="string")
+        if rule.keep_last is not None:
+            # Rank among the tags the rule may delete: what the grace period and `latest` keep comes on top of N.
+            rank = newest_first(tags[cand], ages).groupby("repository").cumcount()
+            ranks = pd.Series(-1, index=tags.index, dtype="int64")
+            ranks[rank.index] = rank.to_numpy()
+            within = cand & (ranks < rule.keep_last)
+            deletes &= ~within
+            shown = (ranks + 1).astype("string")
+            if file_rule:
+                reasons = reasons.mask(within, f"{rule.label} keep_last {rule.keep_last} (rank " + shown + ")")
+                beyond_text = f"{rule.label} keep_last {rule.keep_last}: rank " + shown
+            else:
+                reasons = reasons.mask(within, f"--keep-last {rule.keep_last} (rank " + shown + ")")
+                beyond_text = "tag " + tags["tag"] + f" beyond --keep-last {rule.keep_last}"
+        if rule.older_than is not None:
+            recent = cand & ~(ages < now - rule.older_than).fillna(False)
+            ago = _ago(now, ages, cand)
+            span = _duration(rule.older_than)
+            if file_rule:
+                keep = f"{rule.label} keep_within {span} ({verb} " + ago + " ago)"
+                old = f"{verb} " + ago + f" ago, over keep_within {span}"
+                old_text = beyond_text.where(beyond_text == "", beyond_text + ", ") + old
+                old_text = old_text.where(beyond_text != "", f"{rule.label} " + old)
+            else:
+                when = ages.dt.strftime("%Y-%m-%d %H:%M").astype("string")
+                keep = f"{verb} " + when + f" UTC, within --older-than {span}"
+                older = "tag " + tags["tag"] + f" {verb} " + when + f" UTC, before --older-than {span}"
+                old_text = beyond_text.where(beyond_text != "", older)
+            reasons = reasons.mask(recent & (reasons == ""), keep)
+            deletes &= ~recent
+            reasons = reasons.mask(deletes, old_text)
+        else:
+            reasons = reasons.mask(deletes, beyond_text)
+    else:
+        reasons = reasons.mask(cand, f"{rule.label} keep: always" if file_rule else "no rule deletes tags")
+    unselected = scope & ~selected
+    if rule.keep_unselected:
+        reasons = reasons.mask(unselected & excluded, "matches --keep-tag")
+        reasons = reasons.mask(unselected & ~excluded, "matches no --only-tag")
+    else:
+        deletes |= unselected
+        reasons = reasons.mask(unselected & excluded, f"{rule.label}: its tags exclude it")
+        reasons = reasons.mask(unselected & ~excluded, f"{rule.label}: its tags do not include it")
+    return scope, deletes & scope, reasons
+
+
+def tag_verdicts(inv: Inventory, retention: Retention, now: pd.Timestamp, ages: pd.Series) -> pd.DataFrame:
+    """Every tag of the repositories some rule applies to (`touched`), whether the plan deletes it, and why.
+
+    A tag stays if any rule that applies to its repository keeps it, and whatever protects it: an unknown age,
+    the grace period (the longest of those rules'), `latest` unless such a rule names it; then a tag that
+    shares its manifest with a tag that stays stays with it.
+    """
+    tags = inv.tags
+    touched = pd.Series(False, index=tags.index)
+    every_deletes = pd.Series(True, index=tags.index)
+    deleting = pd.Series("", index=tags.index, dtype="string")
+    keeping = pd.Series("", index=tags.index, dtype="string")
+    grace = pd.Series(pd.Timedelta(0), index=tags.index)
+    guards_latest = pd.Series(False, index=tags.index)
+    names_latest = pd.Series(False, index=tags.index)
+    for rule in retention.rules:
+        scope, deletes, reasons = _rule_verdict(tags, rule, now, ages)
+        if not scope.any():
+            continue
+        touched |= scope
+        every_deletes &= deletes | ~scope
+        keeping = keeping.mask(scope & ~deletes & (keeping == "") & (reasons != ""), reasons)
+        joined = deleting.where(deleting == "", deleting + "; ") + reasons
+        deleting = deleting.mask(scope & deletes, joined)
+        grace = grace.mask(scope & (grace < pd.Timedelta(rule.min_age)), pd.Timedelta(rule.min_age))
+        guards_latest |= scope & rule.keep_latest
+        names_latest |= scope & rule.names_latest()
+    undated = tags["digest"].isna() | tags["pushed_at"].isna() | ages.isna()
+    fresh = ~(tags["pushed_at"] < now - grace).fillna(False)
+    latest = (tags["tag"] == LATEST) & guards_latest & ~names_latest
+    deleted = touched & every_deletes & ~undated & ~fresh & ~latest
+    reason = keeping.copy()
+    graced = touched & ~deleted & fresh
+    reason = reason.mask(graced, "pushed " + _ago(now, tags["pushed_at"], graced) + " ago, in the grace period")
+    reason = reason.mask(touched & latest, LATEST)
+    unknown = "its image has no readable created time" if retention.age_from is AgeFrom.CREATED else "no push time"
+    reason = reason.mask(touched & undated, unknown)
+    reason = reason.mask(touched & tags["digest"].isna(), "names no manifest")
     # A tag goes only with every other tag of its manifest: one that stays keeps the others.
-    staying = set(zip(tags["repository"][~cand], tags["digest"][~cand], strict=True))
-    alone = [(r, d) not in staying for r, d in zip(tags["repository"], tags["digest"], strict=True)]
-    cand &= pd.Series(alone, index=tags.index, dtype=bool)
-    return tags[cand].assign(reason=reasons[cand])
+    staying = tags[~deleted].sort_values("tag").drop_duplicates(["repository", "digest"])
+    keeper = tags[["repository", "digest"]].merge(
+        staying[["repository", "digest", "tag"]], on=["repository", "digest"], how="left"
+    )["tag"]
+    keeper.index = tags.index
+    shares = deleted & keeper.notna()
+    deleted &= ~shares
+    reason = reason.mask(shares, "shares its digest with " + keeper.astype("string"))
+    reason = reason.mask(deleted, deleting)
+    return pd.DataFrame({"touched": touched, "deleted": deleted, "reason": reason.fillna("")}, index=tags.index)
 
 
-def reset_times(inv: Inventory, policy: Policy) -> list[str]:
+def reset_times(inv: Inventory, policy: Policy | Retention) -> list[str]:
     """Repositories in scope where more than half of the tags, naming 3 manifests or more, were pushed in one
     second: rather a copy or a restore that reset the mtimes than pushes, so push times say nothing there."""
+    retention = policy if isinstance(policy, Retention) else Retention.of(policy)
     tags = inv.tags.dropna(subset=["pushed_at", "digest"])
-    tags = tags[_in_scope(tags["repository"], policy)]
+    tags = tags[retention.in_scope(tags["repository"])]
     if tags.empty:
         return []
     second = tags["pushed_at"].dt.floor("s")
@@ -334,14 +505,43 @@ def reset_times(inv: Inventory, policy: Policy) -> list[str]:
     return sorted(set(hits["repository"]))
 
 
+@dataclass
+class Decision:
+    """What the rules decide, which the plan's actions and --explain both come from.
+
+    tags: per tag of the inventory, `touched` (a rule applies to its repository), `deleted` and `reason`;
+    over `graph.present`: `in_scope`, `candidate` (the rules would remove it), `kept` (it stays: not a
+    candidate, or reached from what stays), `delete_untagged` and `cutoff` (pushed before it, a revision may
+    go) of its repository's rules; `removed_blobs`: rows of the inventory's blobs the plan removes.
+    """
+
+    retention: Retention
+    now: pd.Timestamp
+    tags: pd.DataFrame
+    in_scope: np.ndarray
+    candidate: np.ndarray
+    kept: np.ndarray
+    delete_untagged: np.ndarray
+    cutoff: pd.Series
+    keep_referrers: np.ndarray
+    removed_blobs: pd.DataFrame
+    reached_before: np.ndarray
+    """Over `graph.present`: some tag reached it before the plan (itself, an index or a subject it has)."""
+
+    @property
+    def deleted_tags(self) -> pd.DataFrame:
+        return self.tags[self.tags["deleted"]]
+
+
 def make_plan(
     source: Graph | Inventory,
-    policy: Policy,
+    policy: Policy | Retention,
     now: datetime,
     storage: Storage | None = None,
     created: Mapping[str, pd.Timestamp] | None = None,
 ) -> Plan:
-    """Apply `policy` to an inventory or its graph (as of `now`) and list the removals it implies, in apply order.
+    """Apply `policy` (the one-run options, or the rules of a policy file) to an inventory or its graph (as of
+    `now`) and list the removals it implies, in apply order.
 
     `storage` is the tree the inventory was scanned from: where that is read
     from a listing (a bucket), the plan records where it is, and each action's
@@ -349,64 +549,127 @@ def make_plan(
     `created` time, which the rules judge tags by with `age_from` created: a tag
     whose manifest has none is kept.
     """
+    retention = policy if isinstance(policy, Retention) else Retention.of(policy)
     graph = Graph.of(source)
     inv = graph.inv
     refuse_if_uncertain(inv)
     listing = None if storage is None else storage.listing()
     if "bucket" in inv.origin and listing is None:
         raise ValueError("a plan for a tree in object storage needs the listing it was scanned from")
-    ages = tag_ages(inv.tags, policy, created)
-    actions = _actions(graph, policy, now, ages)
+    ages = tag_ages(inv.tags, retention, created)
+    decision = decide(graph, retention, now, ages)
+    actions = _actions(graph, decision)
     if listing is not None:
         actions = [_with_keys(action, listing) for action in actions]
     location = None if listing is None else dict(listing.origin)
-    plan = Plan(root=inv.root, created_at=now, policy=policy.to_json(), actions=actions, location=location)
-    plan.held_back = _held_back(graph, policy, now, actions, ages)
-    if policy.tag_rules():
-        if policy.age_from is AgeFrom.PUSH:
-            plan.reset_times = reset_times(inv, policy)
+    plan = Plan(
+        root=inv.root,
+        created_at=now,
+        policy=retention.to_json(),
+        actions=actions,
+        location=location,
+        decision=decision,
+    )
+    plan.held_back = _held_back(graph, retention, now, actions, ages)
+    if retention.tag_rules():
+        if retention.age_from is AgeFrom.PUSH:
+            plan.reset_times = reset_times(inv, retention)
         else:
-            considered = _in_scope(inv.tags["repository"], policy) & inv.tags["digest"].notna()
+            considered = retention.in_scope(inv.tags["repository"]) & inv.tags["digest"].notna()
             plan.undated = int((considered & ages.isna()).sum())
     return plan
 
 
-def _actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Series) -> list[Action]:
-    """The removals `policy` implies, in apply order, with what the inventory saw of each as its precondition."""
+def _revision_settings(
+    present: pd.DataFrame, retention: Retention, now: pd.Timestamp
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.Series]:
+    """Per present revision, from the rules applying to its repository: whether one applies; whether untagged
+    manifests go (every rule says so); whether referrers of kept images stay (one rule says so); and the time
+    it must be pushed before to go (each rule's grace period, and its --older-than)."""
+    n = len(present)
+    in_scope = np.zeros(n, dtype=bool)
+    untagged = np.ones(n, dtype=bool)
+    referrers = np.zeros(n, dtype=bool)
+    cutoff = pd.Series(pd.Timestamp.max.tz_localize("UTC"), index=present.index)
+    for rule in retention.rules:
+        scope = _in_scope(present["repository"], rule).to_numpy()
+        in_scope |= scope
+        untagged &= ~scope | rule.delete_untagged
+        referrers |= scope & rule.keep_referrers
+        limit = now - rule.min_age
+        if rule.older_than is not None:
+            limit = min(limit, now - rule.older_than)
+        cutoff = cutoff.mask(scope & (cutoff > limit).to_numpy(), limit)
+    referrers |= ~in_scope
+    return in_scope, untagged & in_scope, referrers, cutoff
+
+
+def _reached(graph: Graph, roots: np.ndarray, keep_referrers: np.ndarray) -> np.ndarray:
+    """What `roots` keep, through referrers where their repository's rules keep them (reach stays within a
+    repository, so the two closures combine row by row)."""
+    if keep_referrers.all():
+        return graph.reached(roots, True)
+    if not keep_referrers.any():
+        return graph.reached(roots, False)
+    return np.where(keep_referrers, graph.reached(roots, True), graph.reached(roots, False))
+
+
+def decide(graph: Graph, retention: Retention, now: datetime, ages: pd.Series) -> Decision:
+    """The verdict of `retention` on every tag, revision and blob of `graph`, as of `now`."""
     inv = graph.inv
     ts_now = pd.Timestamp(now)
-    grace = ts_now - policy.min_age
     present = graph.present
-    deleted_tags = _tag_deletions(inv, policy, ts_now, ages)
-    remaining_tags = inv.tags.drop(index=deleted_tags.index)
+    verdicts = tag_verdicts(inv, retention, ts_now, ages)
+    remaining_tags = inv.tags[~verdicts["deleted"]]
+    in_scope, delete_untagged, keep_referrers, cutoff = _revision_settings(present, retention, ts_now)
 
-    reached_after = graph.reached(graph.tagged(remaining_tags), policy.keep_referrers)
-    if policy.delete_untagged:
-        candidate = ~reached_after
-    else:
-        reached_before = graph.reached(graph.tagged(), policy.keep_referrers)
-        candidate = reached_before & ~reached_after
-    candidate &= _in_scope(present["repository"], policy).to_numpy()
-    candidate &= (present["pushed_at"] < grace).fillna(False).to_numpy()
-    if policy.older_than is not None:
-        candidate &= (present["pushed_at"] < ts_now - policy.older_than).fillna(False).to_numpy()
+    reached_after = _reached(graph, graph.tagged(remaining_tags), keep_referrers)
+    reached_before = _reached(graph, graph.tagged(), keep_referrers)
+    candidate = np.where(delete_untagged, ~reached_after, reached_before & ~reached_after)
+    candidate &= in_scope
+    candidate &= (present["pushed_at"] < cutoff).fillna(False).to_numpy()
     # Whatever stays keeps its children and referrers, even when the rules named them.
-    kept = graph.reached(~candidate, policy.keep_referrers)
-    removed_revisions = present[~kept]
+    kept = _reached(graph, ~candidate, keep_referrers)
 
+    grace = ts_now - retention.min_age
     marked = graph.marked(kept, protect=True, tags=remaining_tags)
     blobs = inv.blobs
     removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
+    return Decision(
+        retention,
+        ts_now,
+        verdicts,
+        in_scope,
+        candidate,
+        kept,
+        delete_untagged,
+        cutoff,
+        keep_referrers,
+        removed_blobs,
+        reached_before,
+    )
+
+
+def _actions(graph: Graph, decision: Decision) -> list[Action]:
+    """The removals `decision` implies, in apply order, with what the inventory saw of each as its precondition."""
+    inv = graph.inv
+    retention = decision.retention
+    deleted_tags = inv.tags[decision.tags["deleted"]].assign(reason=decision.deleted_tags["reason"])
+    remaining_tags = inv.tags[~decision.tags["deleted"]]
+    kept = decision.kept
+    removed_revisions = graph.present[~kept]
+    removed_blobs = decision.removed_blobs
+    grace = decision.now - retention.min_age
 
     actions: list[Action] = []
     actions += _tag_actions(deleted_tags)
     actions += _history_actions(inv, deleted_tags, removed_revisions)
-    actions += _revision_actions(inv, removed_revisions, remaining_tags, policy)
+    actions += _revision_actions(inv, removed_revisions, remaining_tags, decision.reached_before[~kept])
     actions += _layer_link_actions(inv, removed_blobs)
     actions += _blob_actions(removed_blobs)
-    actions += _upload_actions(inv, policy, ts_now, grace)
-    if policy.prune_empty_repositories:
-        actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions, grace)
+    actions += _upload_actions(inv, retention, decision.now, grace)
+    if retention.prune_empty_repositories:
+        actions += _repository_actions(inv, retention, graph.present[kept], remaining_tags, actions, grace)
     return actions
 
 
@@ -433,19 +696,27 @@ HELD_BACK_OPS = {
 }
 
 
-def _held_back(graph: Graph, policy: Policy, now: datetime, planned: list[Action], ages: pd.Series) -> dict[str, int]:
+def _held_back(
+    graph: Graph, retention: Retention, now: datetime, planned: list[Action], ages: pd.Series
+) -> dict[str, int]:
     """What the rules would remove but the grace period keeps: the removals of the plan the same rules
     make without a grace period, less this plan's. Planned again only when something is that new."""
     inv = graph.inv
-    grace = pd.Timestamp(now) - policy.min_age
+    longest = max([retention.min_age, *(r.min_age for r in retention.rules)])
+    grace = pd.Timestamp(now) - longest
     times = (inv.tags["pushed_at"], inv.revisions["pushed_at"], inv.blobs["mtime"], inv.uploads["started_at"])
-    if policy.min_age <= timedelta(0) or not any(bool((t >= grace).any()) for t in times):
+    if longest <= timedelta(0) or not any(bool((t >= grace).any()) for t in times):
         return dict.fromkeys(HELD_BACK_OPS, 0)
-    ungraced = _actions(graph, replace(policy, min_age=timedelta(0)), now, ages)
+    ungraced = replace(
+        retention,
+        min_age=timedelta(0),
+        rules=tuple(replace(r, min_age=timedelta(0)) for r in retention.rules),
+    )
+    again = _actions(graph, decide(graph, ungraced, now, ages))
     held = {}
     for key, op in HELD_BACK_OPS.items():
         kept = {a.path for a in planned if a.op == op}
-        held[key] = sum(1 for a in ungraced if a.op == op and a.path not in kept)
+        held[key] = sum(1 for a in again if a.op == op and a.path not in kept)
     return held
 
 
@@ -496,16 +767,16 @@ def revision_ranks(inv: Inventory, targets: pd.Series) -> np.ndarray:
 
 
 def _revision_actions(
-    inv: Inventory, removed: pd.DataFrame, remaining_tags: pd.DataFrame, policy: Policy
+    inv: Inventory, removed: pd.DataFrame, remaining_tags: pd.DataFrame, reached_before: np.ndarray
 ) -> list[Action]:
     was_tagged = set(zip(remaining_tags["repository"], remaining_tags["digest"], strict=True))
-    ranked = removed.assign(_rank=revision_ranks(inv, removed["target"]))
+    ranked = removed.assign(_rank=revision_ranks(inv, removed["target"]), reached_before=reached_before)
     ordered = ranked.sort_values(["_rank", "repository", "digest"])
     actions = []
     for r in ordered.itertuples(index=False):
         if (r.repository, r.digest) in was_tagged:  # pragma: no cover - closure keeps tagged revisions
             continue
-        reason = "untagged: no tag reaches it" if policy.delete_untagged else "no remaining tag reaches it"
+        reason = revision_reason(bool(r.reached_before))
         actions.append(
             Action(
                 Op.REMOVE_REVISION,
@@ -517,6 +788,12 @@ def _revision_actions(
             )
         )
     return actions
+
+
+def revision_reason(reached_before: bool) -> str:
+    """Why a revision the plan removes goes: only the tags the plan deletes reached it, or no tag did (its
+    repository's rules delete untagged manifests)."""
+    return "no remaining tag reaches it" if reached_before else "untagged: no tag reaches it"
 
 
 def _layer_link_actions(inv: Inventory, removed_blobs: pd.DataFrame) -> list[Action]:
@@ -551,10 +828,10 @@ def _blob_actions(removed: pd.DataFrame) -> list[Action]:
     ]
 
 
-def _upload_actions(inv: Inventory, policy: Policy, now: pd.Timestamp, grace: pd.Timestamp) -> list[Action]:
+def _upload_actions(inv: Inventory, policy: Retention, now: pd.Timestamp, grace: pd.Timestamp) -> list[Action]:
     if policy.uploads_older_than is None:
         return []
-    uploads = inv.uploads[_in_scope(inv.uploads["repository"], policy)]
+    uploads = inv.uploads[policy.in_scope(inv.uploads["repository"])]
     cutoff = min(now - policy.uploads_older_than, grace)
     # An upload without `startedat` is never purged by the registry: it is stale by definition.
     stale = uploads["started_at"].isna() | (uploads["started_at"] < cutoff)
@@ -577,14 +854,14 @@ def _upload_actions(inv: Inventory, policy: Policy, now: pd.Timestamp, grace: pd
 
 def _repository_actions(
     inv: Inventory,
-    policy: Policy,
+    policy: Retention,
     kept: pd.DataFrame,
     remaining_tags: pd.DataFrame,
     planned: list[Action],
     grace: pd.Timestamp,
 ) -> list[Action]:
     removed_uploads = {a.path for a in planned if a.op == Op.REMOVE_UPLOAD}
-    repos = inv.repositories[_in_scope(inv.repositories["repository"], policy)]["repository"]
+    repos = inv.repositories[policy.in_scope(inv.repositories["repository"])]["repository"]
     busy = set(kept["repository"]) | set(remaining_tags["repository"])
     # Fresh layer links may be a push in progress (blobs go up before their manifest).
     fresh = inv.repositories["layers_changed_at"] >= grace
@@ -614,6 +891,8 @@ __all__ = [
     "PlanError",
     "PlanRefused",
     "Policy",
+    "Retention",
+    "decide",
     "make_plan",
     "newest_first",
     "reset_times",

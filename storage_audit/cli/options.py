@@ -19,6 +19,7 @@ from rich.text import Text
 from typer.core import TyperCommand
 
 from storage_audit.analysis.options import Collector, ViewFormat
+from storage_audit.core import durations
 from storage_audit.core.errors import EXIT_INTERNAL, AuditError, UsageError
 from storage_audit.roots.resolve import Root, find_default, resolve
 from storage_audit.storage.base import RemoteOptions
@@ -34,6 +35,8 @@ def report_failure(exc: Exception, debug: bool) -> int:
         err.print(Text("".join(traceback.format_exception(exc))), soft_wrap=True, end="")
     if isinstance(exc, AuditError):
         say(f"{PROG}: error: {exc}")
+        for line in exc.details:
+            say(line)
         return exc.exit_code
     say(f"{PROG}: internal error: {exc.__class__.__name__}: {exc}")
     return EXIT_INTERNAL
@@ -271,26 +274,13 @@ def open_root(root: str, options: RemoteOptions) -> Root:
     return resolve(root, options)
 
 
-DURATION_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
-# Times are pandas timestamps, which begin in 1677: 100,000 days (274 years) back from now stays inside.
-MAX_DURATION_DAYS = 100_000
-_DURATION = re.compile(r"(?:\d+[wdhms])+")
-_DURATION_PART = re.compile(r"(\d+)([wdhms])")
-
-
 def parse_duration(text: str, option: str) -> timedelta:
-    """`30d`, `1d12h`, `1h30m` (as the registry's own Go durations), `90m`, `0s`, `2w` -> timedelta.
-
-    A duration is whole numbers of weeks, days, hours, minutes and seconds written one after another, in any
-    order, as Go's time.ParseDuration reads them. Anything else, or over MAX_DURATION_DAYS, is a usage error.
-    """
-    written = text.strip()
-    if _DURATION.fullmatch(written) is None:
-        fail(f"{option}: {text!r} is not a duration such as 30d, 1d12h, 1h30m, 90m or 0s")
-    seconds = sum(int(n) * DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(written))
-    if seconds > MAX_DURATION_DAYS * DURATION_UNITS["d"]:
-        fail(f"{option}: {text!r} is longer than {MAX_DURATION_DAYS}d, the longest duration accepted")
-    return timedelta(seconds=seconds)
+    """`30d`, `1d12h`, `1h30m` (as the registry's own Go durations), `90m`, `0s`, `2w` -> timedelta; anything
+    else, or over durations.MAX_DAYS, is a usage error naming the option."""
+    try:
+        return durations.parse(text)
+    except durations.DurationError as exc:
+        fail(f"{option}: {exc}")
 
 
 def parse_regexes(patterns: Sequence[str] | None, option: str) -> tuple[str, ...]:

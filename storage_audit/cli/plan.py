@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from storage_audit.analysis.options import AgeFrom, PlanFormat
+from storage_audit.analysis.options import EXPLAIN_FORMATS, AgeFrom, PlanFormat, PlanOutput
 from storage_audit.cli.options import (
     CacheDirOpt,
     Help,
@@ -27,10 +28,13 @@ from storage_audit.cli.options import (
     root_text,
     stdout_dash,
 )
-from storage_audit.cli.output import emit_text
+from storage_audit.cli.output import emit, emit_text
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import table, warn_ages, warn_held_back
 from storage_audit.operations import plan as planning
+
+if TYPE_CHECKING:
+    from storage_audit.cleanup.plan import Policy, Retention
 
 HELP = Help(
     "Write a deletion plan to review, from retention rules; it deletes nothing itself.",
@@ -40,9 +44,23 @@ HELP = Help(
             "Keep the last 10 tags per repository, and uploads abandoned for a week:",
             "--keep-last 10 --uploads-older-than 7d -o plan.json",
         ),
-        ("The tags of team/* pushed over 90 days ago, as a script:", "--older-than 90d --repository 'team/*' -f sh"),
+        ("The rules of a policy file, and why each tag stays or goes:", "--policy retention.yaml --explain"),
     ),
 )
+
+ONE_RUN_RULES = (
+    "--delete-untagged",
+    "--keep-last",
+    "--keep-tag",
+    "--only-tag",
+    "--older-than",
+    "--repository",
+    "--min-age",
+    "--no-keep-latest",
+    "--no-keep-referrers",
+)
+"""The rules given on the command line, which a policy file replaces: --policy refuses them."""
+DEFAULT_MIN_AGE = "1h"
 
 
 def plan(
@@ -121,14 +139,15 @@ def plan(
         bool, typer.Option("--prune-empty-repositories", help="Also remove repositories the plan leaves with nothing.")
     ] = False,
     min_age: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--min-age",
             metavar="DURATION",
+            show_default=False,
             help="Grace period: nothing newer is ever planned for deletion (protects a push in progress); "
-            "what it holds back is counted on stderr.",
+            f"what it holds back is counted on stderr.  [default: {DEFAULT_MIN_AGE}]",
         ),
-    ] = "1h",
+    ] = None,
     keep_latest: Annotated[
         bool,
         typer.Option(
@@ -146,15 +165,35 @@ def plan(
         ),
     ] = AgeFrom.PUSH,
     keep_referrers: KeepReferrersOpt = True,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            metavar="FILE",
+            readable=False,
+            help="Take the rules from this YAML policy file (rules per repository glob; a tag stays if any rule "
+            "applying to its repository keeps it) instead of the options that give rules on the command line.",
+        ),
+    ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Instead of the plan, write every tag and untagged manifest of the repositories the rules touch, "
+            "kept or deleted, with the rule that decided and the bytes a deletion frees (-f table, csv or json).",
+        ),
+    ] = False,
     fmt: Annotated[
-        PlanFormat,
+        PlanOutput | None,
         typer.Option(
             "--format",
             "-f",
-            metavar=choices(PlanFormat),
-            help="json: the plan `apply` reads; sh: a reviewable shell script; http: curl DELETEs for a live registry.",
+            metavar=choices(PlanOutput),
+            show_default=False,
+            help="json: the plan `apply` reads (default); sh: a reviewable shell script; http: curl DELETEs for a "
+            "live registry. With --explain: table (default), csv or json.",
         ),
-    ] = PlanFormat.JSON,
+    ] = None,
     registry_url: Annotated[
         str | None, typer.Option("--registry-url", metavar="URL", help="Registry URL for --format http.")
     ] = None,
@@ -168,35 +207,111 @@ def plan(
 
     Orphan blobs are always included. Nothing is deleted here: review the plan, then `storage-audit apply` it.
     """
+
+    if explain and fmt not in (None, *EXPLAIN_FORMATS):
+        fail(f"--explain writes a table, csv or json, not {fmt}: the plan itself is written without --explain")
+    if not explain and fmt in (PlanOutput.TABLE, PlanOutput.CSV):
+        fail(f"--format {fmt} is for --explain; the plan is json, sh or http")
+    plan_format = PlanFormat.JSON if explain or fmt is None else PlanFormat(fmt.value)
+    if plan_format is PlanFormat.HTTP and not registry_url:
+        fail("--format http needs --registry-url")
+    given = {
+        "--delete-untagged": delete_untagged,
+        "--keep-last": keep_last is not None,
+        "--keep-tag": bool(keep_tag),
+        "--only-tag": bool(only_tag),
+        "--older-than": older_than is not None,
+        "--repository": bool(repository),
+        "--min-age": min_age is not None,
+        "--no-keep-latest": not keep_latest,
+        "--no-keep-referrers": not keep_referrers,
+    }
+    if policy_file is not None and any(given.values()):
+        named = ", ".join(option for option in ONE_RUN_RULES if given[option])
+        fail(f"--policy takes the rules from {policy_file}: {named} cannot be added to them (write them in a rule)")
+    uploads = None if uploads_older_than is None else parse_duration(uploads_older_than, "--uploads-older-than")
+    rules: Policy | Retention
+    if policy_file is not None:
+        from dataclasses import replace
+
+        from storage_audit.cleanup.policy_file import load
+
+        read = load(policy_file)
+        rules = replace(
+            read,
+            rules=tuple(replace(r, age_from=age_from) for r in read.rules),
+            uploads_older_than=uploads,
+            prune_empty_repositories=prune_empty_repositories,
+            age_from=age_from,
+        )
+        grace = ", ".join(sorted({_written(r.min_age) for r in read.rules} | {_written(read.min_age)}))
+    else:
+        grace = min_age or DEFAULT_MIN_AGE
+        rules = _policy(
+            delete_untagged,
+            keep_last,
+            keep_tag,
+            only_tag,
+            older_than,
+            repository,
+            uploads,
+            prune_empty_repositories,
+            grace,
+            keep_referrers,
+            keep_latest,
+            age_from,
+        )
+    source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
+    options = planning.PlanOptions(plan_format, registry_url, explain)
+    refused = planning.refusal(source, options)
+    if refused is not None:
+        fail(refused)
+    with reading(quiet, workers) as scan:
+        planned = planning.plan(source, rules, options, scan)
+    if explain:
+        emit(planned.explanation(), EXPLAIN_FORMATS[fmt or PlanOutput.TABLE], output)
+    else:
+        emit_text(planned.text, output)
+    warn_ages(planned.plan)
+    if not quiet:
+        table(planned.stats())
+        warn_held_back(planned.plan.held_back, grace)
+
+
+def _written(delta: timedelta) -> str:
+    from storage_audit.core.durations import written
+
+    return written(delta)
+
+
+def _policy(
+    delete_untagged: bool,
+    keep_last: int | None,
+    keep_tag: list[str] | None,
+    only_tag: list[str] | None,
+    older_than: str | None,
+    repository: list[str] | None,
+    uploads_older_than: timedelta | None,
+    prune_empty_repositories: bool,
+    min_age: str,
+    keep_referrers: bool,
+    keep_latest: bool,
+    age_from: AgeFrom,
+) -> Policy:
+    """The rules given on the command line, as one Policy."""
     from storage_audit.cleanup.plan import Policy
 
-    if fmt is PlanFormat.HTTP and not registry_url:
-        fail("--format http needs --registry-url")
-    policy = Policy(
+    return Policy(
         delete_untagged=delete_untagged,
         keep_last=keep_last,
         keep_tags=parse_regexes(keep_tag, "--keep-tag"),
         only_tags=parse_regexes(only_tag, "--only-tag"),
         older_than=None if older_than is None else parse_duration(older_than, "--older-than"),
         repositories=tuple(repository or ()),
-        uploads_older_than=None
-        if uploads_older_than is None
-        else parse_duration(uploads_older_than, "--uploads-older-than"),
+        uploads_older_than=uploads_older_than,
         prune_empty_repositories=prune_empty_repositories,
         min_age=parse_duration(min_age, "--min-age"),
         keep_referrers=keep_referrers,
         keep_latest=keep_latest,
         age_from=age_from,
     )
-    source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
-    options = planning.PlanOptions(fmt, registry_url)
-    refused = planning.refusal(source, options)
-    if refused is not None:
-        fail(refused)
-    with reading(quiet, workers) as scan:
-        planned = planning.plan(source, policy, options, scan)
-    emit_text(planned.text, output)
-    warn_ages(planned.plan)
-    if not quiet:
-        table(planned.stats())
-        warn_held_back(planned.plan.held_back, min_age)

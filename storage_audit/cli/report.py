@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -88,6 +89,16 @@ def report(
         ),
     ] = None,
     gc_compatible: GcCompatibleOpt = None,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            metavar="FILE",
+            readable=False,
+            help="With --format html: add a section of what this policy file's rules (plan --policy) keep and "
+            "delete, tag by tag, and why.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -109,6 +120,11 @@ def report(
                 "--format html reports the whole storage: --by, --repository, --sort, --top and --gc-compatible "
                 "do not apply"
             )
+    if policy_file is not None and fmt is not ReportFormat.HTML:
+        fail(
+            "--policy adds a retention section to --format html; the verdicts as a table, csv or json: "
+            "storage-audit plan ROOT --policy FILE --explain"
+        )
     check_options(options)
     if fmt is ReportFormat.PROMETHEUS and options != ReportOptions():
         fail(
@@ -117,9 +133,14 @@ def report(
     root = root_text(root, quiet)
     source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
     if fmt is ReportFormat.HTML:
+        retention = None
+        if policy_file is not None:
+            from storage_audit.cleanup.policy_file import load
+
+            retention = load(policy_file)
         with reading(quiet, workers) as scan:
             # The commands the page names for the rows it leaves out read the ROOT given here, a snapshot's included.
-            text = reporting.page(source, command_root=root, scan=scan)
+            text = reporting.page(source, command_root=root, scan=scan, retention=retention)
         emit_text(text, output)
         if not quiet:
             say(f"wrote {output} ({size(len(text.encode()))}); open it in a browser")

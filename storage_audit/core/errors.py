@@ -11,9 +11,11 @@ EXIT_CLOSED_PIPE = 141
 
 
 class AuditError(Exception):
-    """An error the command line reports as one line on stderr, exiting with `exit_code`."""
+    """An error the command line reports as one line on stderr, exiting with `exit_code`; `details` are lines
+    said after it (every mistake of a file, say)."""
 
     exit_code: int = EXIT_INTERNAL
+    details: tuple[str, ...] = ()
 
 
 class UsageError(AuditError):

@@ -12,25 +12,39 @@ from storage_audit.operations.inventory import load
 from storage_audit.roots.resolve import Root, Snapshot
 
 if TYPE_CHECKING:
-    from storage_audit.cleanup.plan import Plan, Policy
+    import pandas as pd
+
+    from storage_audit.cleanup.plan import Plan, Policy, Retention
     from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """How the plan is written: the JSON `apply` reads, a shell script, or curl DELETEs to `registry_url`."""
+    """How the plan is written: the JSON `apply` reads, a shell script, or curl DELETEs to `registry_url`; with
+    `explain`, also the verdict on every tag and untagged revision of the repositories the rules touch."""
 
     format: PlanFormat = PlanFormat.JSON
     registry_url: str | None = None
+    explain: bool = False
 
 
 @dataclass(frozen=True)
 class Planned:
-    """The plan, and its text in the format asked for."""
+    """The plan, its text in the format asked for, and, when asked for, why each tag and untagged revision of
+    the repositories the rules touch stays or goes (`cleanup.explain.COLUMNS`)."""
 
     plan: Plan
     text: str
+    explained: pd.DataFrame | None = None
+
+    def explanation(self) -> View:
+        """The verdicts as a View (asked for with PlanOptions.explain)."""
+        from storage_audit.cleanup.explain import view
+
+        if self.explained is None:
+            raise ValueError("the plan was made without explain")
+        return view(self.explained)
 
     def stats(self) -> View:
         """The actions and bytes per repository, with totals."""
@@ -56,8 +70,11 @@ def refusal(root: Root, options: PlanOptions) -> str | None:
     return None if refused is None else f"{root.location}: {refused}"
 
 
-def plan(root: Root, policy: Policy, options: PlanOptions | None = None, scan: ScanOptions | None = None) -> Planned:
-    """The deletions `policy` implies in `root`'s storage, made from a scan of it now.
+def plan(
+    root: Root, policy: Policy | Retention, options: PlanOptions | None = None, scan: ScanOptions | None = None
+) -> Planned:
+    """The deletions `policy` (the one-run options, or a policy file's rules) implies in `root`'s storage, made
+    from a scan of it now.
 
     Raises UsageError for a snapshot (apply re-checks the live files) or a
     format `root` cannot take, PlanRefused when its findings make deleting unsafe.
@@ -81,5 +98,12 @@ def plan(root: Root, policy: Policy, options: PlanOptions | None = None, scan: S
 
         # Only the images the tags name: one config blob each, read as manifests are (and cached with them).
         created = created_times(root.storage, inv, inv.tags["digest"].dropna())
-    made = make_plan(Graph(inv), policy, now, root.storage, created)
-    return Planned(made, render(made, options.format, options.registry_url))
+    graph = Graph(inv)
+    made = make_plan(graph, policy, now, root.storage, created)
+    explained = None
+    if options.explain:
+        from storage_audit.cleanup.explain import explanation
+
+        assert made.decision is not None  # make_plan keeps the decision its actions come from
+        explained = explanation(graph, made.decision)
+    return Planned(made, render(made, options.format, options.registry_url), explained)

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 from storage_audit.analysis.options import By, ReportOptions, needs_inventory
 from storage_audit.analysis.options import check as check_options
+from storage_audit.core.errors import UsageError
 from storage_audit.operations.inventory import load, snapshot_findings, unreadable_paths
 from storage_audit.roots.resolve import Root, RootError, Snapshot
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from storage_audit.cleanup.plan import Retention
     from storage_audit.core.view import View
     from storage_audit.scan.run import ScanOptions
 
@@ -78,18 +80,43 @@ def _stored(root: Root, options: ReportOptions) -> pd.DataFrame | None:
     return None if whole is None else reporting.finish(whole, options)
 
 
-def page(root: Root, command_root: str | None = None, scan: ScanOptions | None = None) -> str:
-    """The HTML page of the whole storage: every figure from one graph, a snapshot's included.
+def page(
+    root: Root,
+    command_root: str | None = None,
+    scan: ScanOptions | None = None,
+    retention: Retention | None = None,
+) -> str:
+    """The HTML page of the whole storage: every figure from one graph, a snapshot's included; with
+    `retention` (a policy file's rules), a section of the verdict on every tag and untagged revision they
+    touch, as `plan --policy FILE --explain` gives it.
 
     The commands the page names for the rows it leaves out read `command_root`
-    (default: the inventory's root).
+    (default: the inventory's root). Raises PlanRefused where the findings make the verdicts unsafe, and
+    UsageError for rules that judge tags by their images' build (the page reads no config blob).
     """
+    from storage_audit.analysis.options import AgeFrom
+
+    if retention is not None and retention.age_from is not AgeFrom.PUSH:
+        raise UsageError("report --policy judges tags by their push times only")
     inv = load(root, scan)
     from storage_audit.analysis.graph import Graph
     from storage_audit.output.html import HtmlOptions
     from storage_audit.output.html import page as html_page
 
-    return html_page(Graph(inv), HtmlOptions(command_root=command_root))
+    graph = Graph(inv)
+    options = HtmlOptions(command_root=command_root)
+    if retention is not None:
+        from dataclasses import replace
+
+        from storage_audit.cleanup.explain import explanation
+        from storage_audit.cleanup.plan import decide, refuse_if_uncertain, tag_ages
+        from storage_audit.core import clock
+
+        refuse_if_uncertain(inv)
+        decision = decide(graph, retention, clock.now(), tag_ages(inv.tags, retention, None))
+        args = ("--policy", retention.source) if retention.source else ()
+        options = replace(options, retention=explanation(graph, decision), retention_args=args)
+    return html_page(graph, options)
 
 
 def metrics(root: Root, scan: ScanOptions | None = None) -> Metrics:

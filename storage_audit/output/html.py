@@ -60,6 +60,10 @@ class HtmlOptions:
     bars: int = 25
     table_rows: int = 1000
     command_root: str | None = None
+    retention: pd.DataFrame | None = None
+    """With a policy: the verdict on every tag and untagged revision it touches (`cleanup.explain.COLUMNS`)."""
+    retention_args: tuple[str, ...] = ()
+    """What `plan` takes besides ROOT to list those verdicts (`--policy FILE`)."""
 
 
 @dataclass(frozen=True)
@@ -459,6 +463,34 @@ def tables(fig: Figures, options: HtmlOptions) -> list[Table]:
             options.table_rows,
             _command("check", root, "-f", "csv"),
         ),
+        *_retention(options, root),
+    ]
+
+
+def _retention(options: HtmlOptions, root: str) -> list[Table]:
+    """The policy's verdicts, deletions first, when the page was asked for with one."""
+    if options.retention is None:
+        return []
+    frame = options.retention.sort_values(
+        ["verdict", "frees_bytes", "repository", "tag"], ascending=[True, False, True, True], kind="stable"
+    )
+    deleted = int((frame["verdict"] == "deleted").sum())
+    return [
+        table(
+            "retention",
+            f"Retention: what the policy keeps and deletes ({deleted:,} deleted), and why",
+            frame,
+            [
+                Column("repository"),
+                Column("tag", "label"),
+                Column("digest", "digest"),
+                Column("verdict", "label"),
+                Column("reason"),
+                Column("frees_bytes", "bytes"),
+            ],
+            options.table_rows,
+            _command("plan", root, *options.retention_args, "--explain", "-f", "csv"),
+        )
     ]
 
 
