@@ -94,15 +94,36 @@ class CloudServer:
             list(pool.map(lambda p: self.put(prefix + p.relative_to(v2).as_posix(), p.read_bytes()), files))
         return len(files)
 
+    def store(self) -> Any:
+        """An obstore store on the emulator, made here (not by storage-audit): the listing's times, as listed."""
+        raise NotImplementedError
+
     def mirror(self, prefix: str, into: Path) -> Path:
-        """The keys under `prefix` as a local registry root (`into/docker/registry/v2/...`)."""
+        """The keys under `prefix` as a local registry root (`into/docker/registry/v2/...`), each file with its
+        key's listed time, each directory with the newest time below it (a directory's time in a bucket)."""
+        import obstore
+
         v2 = into / "docker" / "registry" / "v2"
         v2.mkdir(parents=True, exist_ok=True)
-        for key in self.keys(prefix):
-            target = v2 / key.removeprefix(prefix)
+        times = {m["path"]: m["last_modified"] for page in obstore.list(self.store(), prefix) for m in page}
+        newest: dict[Path, int] = {}
+        for key, when in times.items():
+            target = v2.joinpath(*key.removeprefix(prefix).split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.get(key))
+            ns = int(when.timestamp()) * 10**9 + when.microsecond * 1000
+            os.utime(target, ns=(ns, ns))
+            for parent in target.parents:
+                newest[parent] = max(newest.get(parent, 0), ns)
+                if parent == v2:
+                    break
+        for directory in sorted(newest, key=lambda p: len(p.parts), reverse=True):
+            os.utime(directory, ns=(newest[directory], newest[directory]))
         return into
+
+    def origin(self, rootdirectory: str) -> dict[str, str]:
+        """What a snapshot of `rootdirectory` records of where it is."""
+        raise NotImplementedError
 
 
 class FakeGCS(CloudServer):
@@ -184,8 +205,21 @@ class FakeGCS(CloudServer):
     def keys(self, prefix: str) -> dict[str, int]:
         return {name: int(item["size"]) for name, item in self.objects(prefix).items()}
 
+    def store(self) -> Any:
+        from obstore.store import GCSStore
+
+        return GCSStore(
+            self.bucket,
+            config={"base_url": self.base},
+            client_options={"allow_http": True},
+            credential_provider=lambda: {"token": "test", "expires_at": None},
+        )
+
+    def origin(self, rootdirectory: str) -> dict[str, str]:
+        return {"provider": "gcs", "bucket": self.bucket, "prefix": v2_prefix(rootdirectory), "endpoint": self.base}
+
     def stop(self) -> None:
-        terminate(self.proc)
+        terminate(self.proc, grace=2)  # in memory: nothing to lose
         self._log.close()
 
 
@@ -245,8 +279,30 @@ class Azurite(CloudServer):
     def keys(self, prefix: str) -> dict[str, int]:
         return {blob.name: blob.size for blob in self.container().list_blobs(name_starts_with=prefix)}
 
+    def store(self) -> Any:
+        from obstore.store import AzureStore
+
+        return AzureStore(
+            self.bucket,
+            config={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY, "endpoint": self.endpoint},
+            client_options={"allow_http": True},
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base}/{AZURITE_ACCOUNT}"
+
+    def origin(self, rootdirectory: str) -> dict[str, str]:
+        return {
+            "provider": "azure",
+            "bucket": self.bucket,
+            "prefix": v2_prefix(rootdirectory),
+            "endpoint": self.endpoint,
+            "account": AZURITE_ACCOUNT,
+        }
+
     def stop(self) -> None:
-        terminate(self.proc)
+        terminate(self.proc, grace=2)  # in memory: nothing to lose
         self._log.close()
 
 

@@ -898,7 +898,9 @@ class S3Bucket:
         # After `first` less its last character: a server may skip a whole "directory" named by the offset.
         start = first.rstrip("/")[:-1]
         offset = self.location.prefix + start if uniform and start.startswith(container + "/") else None
-        await self._list_flat(self.location.prefix + container, keep, offset)
+        # obstore lists a prefix as a directory, `container/`; S3's own listing takes it as it is.
+        below = self.location.prefix + container + ("" if self.provider.s3_api else "/")
+        await self._list_flat(below, keep, offset)
         return found
 
     # Reading

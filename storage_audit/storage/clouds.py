@@ -85,8 +85,10 @@ class GCSProvider(Provider):
     def __init__(self, settings: GCSSettings, env: Mapping[str, str]) -> None:
         self.settings = settings
         emulator = env.get("STORAGE_EMULATOR_HOST")
-        self.emulated = settings.endpoint is None and bool(emulator)
-        self.raw_endpoint = settings.endpoint or (_emulator_url(emulator) if emulator else None)
+        emulator_url = _emulator_url(emulator).rstrip("/") if emulator else None
+        # The emulator's endpoint, from the variable or as a plan recorded it: no credentials to look for.
+        self.emulated = emulator_url is not None and settings.endpoint in (None, emulator_url, emulator_url + "/")
+        self.raw_endpoint = settings.endpoint or emulator_url
         self.application_credentials = settings.keyfile or env.get("GOOGLE_APPLICATION_CREDENTIALS") or None
         if settings.credentials is not None:
             try:
@@ -213,10 +215,12 @@ class AzureProvider(Provider):
         )
         self.sas = None if self.key else (env.get("AZURE_STORAGE_SAS_TOKEN") or conn.get("SharedAccessSignature"))
         endpoint = settings.endpoint or env.get("AZURE_STORAGE_ENDPOINT") or conn.get("BlobEndpoint")
+        if account == AZURITE_ACCOUNT:
+            # Azurite: its well-known account and key, at its usual address unless told (the variable object_store
+            # reads).
+            self.key = self.key or (None if self.sas else AZURITE_KEY)
         if endpoint is None and account == AZURITE_ACCOUNT:
-            # Azurite: its well-known account, at its usual address unless told (the variable object_store reads).
             endpoint = f"{(env.get('AZURITE_BLOB_STORAGE_URL') or AZURITE_URL).rstrip('/')}/{AZURITE_ACCOUNT}"
-            self.key = self.key or AZURITE_KEY
         elif endpoint is None and (settings.realm or conn.get("EndpointSuffix")):
             scheme = conn.get("DefaultEndpointsProtocol") or "https"
             endpoint = f"{scheme}://{account}.blob.{settings.realm or conn['EndpointSuffix']}"
