@@ -90,9 +90,12 @@ class CloudServer:
         """Every regular file under the local `v2` directory as a key under `prefix`, key for key."""
         files = [p for p in v2.rglob("*") if p.is_file() and not p.is_symlink()]
         files = [p for p in files if p.relative_to(v2).as_posix().isprintable()]
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda p: self.put(prefix + p.relative_to(v2).as_posix(), p.read_bytes()), files))
+        self.put_many({prefix + p.relative_to(v2).as_posix(): p.read_bytes() for p in files})
         return len(files)
+
+    def put_many(self, objects: dict[str, bytes]) -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda item: self.put(*item), objects.items()))
 
     def store(self) -> Any:
         """An obstore store on the emulator, made here (not by storage-audit): the listing's times, as listed."""
@@ -232,6 +235,7 @@ class Azurite(CloudServer):
     def __init__(self, binary: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self._container: Any = None
         self._log = open(os.devnull, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -263,9 +267,11 @@ class Azurite(CloudServer):
         )
 
     def container(self) -> Any:
-        from azure.storage.blob import ContainerClient
+        if self._container is None:
+            from azure.storage.blob import ContainerClient
 
-        return ContainerClient.from_connection_string(self.connection_string, self.bucket)
+            self._container = ContainerClient.from_connection_string(self.connection_string, self.bucket)
+        return self._container
 
     def environment(self) -> dict[str, str]:
         return {"AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURITE_BLOB_STORAGE_URL": self.base}

@@ -120,7 +120,9 @@ def test_the_registry_configuration_is_a_root_and_keeps_its_secrets(
     # Wrong credentials: one line, exit 2, the secret never shown.
     secret = "wrong-secret-never-shown-0123"
     if cloud.name == "azure":
-        config.write_text(_config(cloud, cloud_root, accountkey="d3Jvbmctc2VjcmV0LW5ldmVyLXNob3duLTAxMjM=", accountname="other"))
+        config.write_text(
+            _config(cloud, cloud_root, accountkey="d3Jvbmctc2VjcmV0LW5ldmVyLXNob3duLTAxMjM=", accountname="other")
+        )
         secret = "d3Jvbmctc2VjcmV0LW5ldmVyLXNob3duLTAxMjM="
         env = cloud.environment() | {"AZURE_STORAGE_ENDPOINT": f"{cloud.endpoint}"}  # type: ignore[attr-defined]
     else:
@@ -237,7 +239,9 @@ def test_a_plan_names_its_provider_and_is_refused_elsewhere(
     result = cli("apply", str(tmp_path / "plan.json"), "-y", "--quarantine", "gs://q/x", env=cloud.environment())
     assert result.exit_code == 2, result.output
     kept = tmp_path / "kept"
-    result = cli("apply", str(tmp_path / "plan.json"), "-y", "--no-cache", "--quarantine", str(kept), env=cloud.environment())
+    result = cli(
+        "apply", str(tmp_path / "plan.json"), "-y", "--no-cache", "--quarantine", str(kept), env=cloud.environment()
+    )
     assert result.exit_code == 0, result.output
     gone = set(before) - set(cloud.keys(v2_prefix(cloud_root)))
     assert gone and {v2_prefix(cloud_root) + p for p in local_files_below(kept)} == gone

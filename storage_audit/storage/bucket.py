@@ -743,7 +743,9 @@ class S3Bucket:
             except StopAsyncIteration:
                 break
             self.counters.add("list")
-            page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], self.provider.etag(m["e_tag"]))) for m in chunk]
+            page = [
+                (m["path"], ObjectInfo(m["size"], m["last_modified"], self.provider.etag(m["e_tag"]))) for m in chunk
+            ]
             if any("\ufffd" in key for key, _ in page):
                 # A character XML 1.0 cannot carry (most control characters) comes as U+FFFD from servers that
                 # do not escape it (Go's XML encoder, SeaweedFS's, MinIO's): the key would be another's.
@@ -771,7 +773,8 @@ class S3Bucket:
         self.counters.add("list")
         result = await obstore.list_with_delimiter_async(self.store, prefix.rstrip("/") or None)
         objects = [
-            (m["path"], ObjectInfo(m["size"], m["last_modified"], self.provider.etag(m["e_tag"]))) for m in result["objects"]
+            (m["path"], ObjectInfo(m["size"], m["last_modified"], self.provider.etag(m["e_tag"])))
+            for m in result["objects"]
         ]
         if any("\ufffd" in key for key, _ in objects) or any("\ufffd" in p for p in result["common_prefixes"]):
             raise _NotPlain(prefix)
@@ -899,7 +902,7 @@ class S3Bucket:
         start = first.rstrip("/")[:-1]
         offset = self.location.prefix + start if uniform and start.startswith(container + "/") else None
         # obstore lists a prefix as a directory, `container/`; S3's own listing takes it as it is.
-        below = self.location.prefix + container + ("" if self.provider.s3_api else "/")
+        below = self.location.prefix + container + ("" if self.provider.s3_api or not container else "/")
         await self._list_flat(below, keep, offset)
         return found
 
