@@ -353,3 +353,9 @@ def cloud_root() -> str:
 def v2_prefix(rootdirectory: str) -> str:
     root = rootdirectory.strip("/")
     return f"{root}/docker/registry/v2/" if root else "docker/registry/v2/"
+
+
+def in_cloud(cloud: CloudServer, root: Path, rootdirectory: str, scratch: Path) -> Path:
+    """The local registry root's keys put under `rootdirectory`; their copy as the service lists them."""
+    assert cloud.put_tree(root / "docker" / "registry" / "v2", v2_prefix(rootdirectory)) > 0
+    return cloud.mirror(v2_prefix(rootdirectory), scratch / "copy")

@@ -365,6 +365,23 @@ class Provider:
         """Requests a delete of `keys` keys takes: one each, unless the service has a batch call."""
         return keys
 
+    def configure(self, bucket: str, concurrency: int) -> None:
+        """The bucket this provider serves, and the requests in flight: for what it makes beyond obstore's store."""
+        return None
+
+    def pages(
+        self, prefix: str, *, delimiter: bool, offset: str | None
+    ) -> Iterator[tuple[list[tuple[str, ObjectInfo]], list[str]]] | None:
+        """The service's own listing of `prefix`, page by page (keys after `offset`; with `delimiter`, the prefixes
+        a level down too), where it gives more than obstore's; None to list with obstore. Blocking: run in a thread."""
+        return None
+
+    def content_md5(self, info: ObjectInfo) -> str | None:
+        """The MD5 in hex that the listing proves of the object's content, or None."""
+        if info.md5 is not None:
+            return info.md5
+        return info.etag if self.etag_is_md5 else None
+
 
 class S3Provider(Provider):
     """S3 and S3-compatible servers: obstore's S3Store, botocore for the calls obstore lacks."""
@@ -476,6 +493,8 @@ class ObjectInfo:
     size: int
     last_modified: datetime
     etag: str | None
+    md5: str | None = None
+    """The content's MD5 in hex, where the listing gives it apart from the ETag (Azure's Content-MD5)."""
 
 
 @dataclass
@@ -600,6 +619,7 @@ class S3Bucket:
         self.settings = settings or S3Settings()
         self._env = dict(os.environ if env is None else env)
         self.provider: Provider = self.settings.provider(self._env)
+        self.provider.configure(location.bucket, self.settings.concurrency)
         self.counters = RequestCounters()
         self.limiter = RateLimiter(self.settings.max_requests_per_second)
         self._store: ObjectStore | None = None
@@ -734,6 +754,9 @@ class S3Bucket:
     ) -> list[tuple[str, ObjectInfo]]:
         import obstore
 
+        native = self.provider.pages(prefix, delimiter=False, offset=offset)
+        if native is not None:
+            return (await self._list_native(prefix, native, on_page))[0]
         out: list[tuple[str, ObjectInfo]] = []
         stream = obstore.list(self.store, prefix.rstrip("/") or None, offset=offset, chunk_size=LIST_CHUNK)
         while True:
@@ -766,8 +789,36 @@ class S3Bucket:
                 pass
         return await self._list_exact(prefix, delimiter=True)
 
+    async def _list_native(
+        self,
+        prefix: str,
+        pages: Iterator[tuple[list[tuple[str, ObjectInfo]], list[str]]],
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], bool | None] | None = None,
+    ) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
+        """A provider's own listing (`Provider.pages`), its pages fetched in a thread, counted and paced."""
+        out: list[tuple[str, ObjectInfo]] = []
+        prefixes: list[str] = []
+        while True:
+            await self.limiter.wait()
+            try:
+                page = await asyncio.to_thread(next, pages, None)
+            except Exception as exc:
+                raise self._error(f"listing {prefix!r} failed", exc) from exc
+            if page is None:
+                return out, prefixes
+            self.counters.add("list")
+            found, below = page
+            out += found
+            prefixes += below
+            if on_page is not None and found and on_page(found):
+                return out, prefixes
+
     async def _list_level(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
         import obstore
+
+        native = self.provider.pages(prefix, delimiter=True, offset=None)
+        if native is not None:
+            return await self._list_native(prefix, native)
 
         await self.limiter.wait()
         self.counters.add("list")

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from storage_audit.core.errors import UsageError
 from storage_audit.storage.bucket import (
     DEFAULT_CONCURRENCY,
+    ObjectInfo,
     Provider,
     S3Location,
     clean_etag,
@@ -183,8 +184,10 @@ def parse_connection_string(text: str) -> dict[str, str]:
 
 
 class AzureProvider(Provider):
-    """obstore's AzureStore. The listing's ETag is opaque (`0x8D…`), and obstore does not give the Content-MD5
-    the listing holds: links are read by GET."""
+    """obstore's AzureStore; the listing through Azure's SDK (`azure-storage-blob`) where it is installed and the
+    credentials are a key or a SAS: it gives each blob's Content-MD5 (which the service stores for a blob written
+    in one Put Blob, as the azure driver writes links and manifests), so links resolve without a GET. The listed
+    ETag is opaque (`0x8D…`), and obstore's listing has no Content-MD5: without the SDK, links are read by GET."""
 
     name = "azure"
 
@@ -259,6 +262,77 @@ class AzureProvider(Provider):
         out = super().origin(location)
         out["account"] = self.account
         return out
+
+    def configure(self, bucket: str, concurrency: int) -> None:
+        """Where the SDK's listing goes: the container, and as many pooled connections as requests in flight."""
+        self._container_name = bucket
+        self._concurrency = concurrency
+
+    def _container(self) -> Any:
+        """The SDK's client for the container, or None where the SDK or a key or SAS is missing."""
+        if getattr(self, "_client", None) is not None or getattr(self, "_no_client", False):
+            return getattr(self, "_client", None)
+        try:
+            import requests
+            from azure.core.pipeline.transport import RequestsTransport
+            from azure.storage.blob import ContainerClient
+        except ImportError:
+            self._no_client = True
+            return None
+        credential: Any
+        if self.key:
+            credential = {"account_name": self.account, "account_key": self.key}
+        elif self.sas:
+            credential = self.sas.lstrip("?")
+        else:
+            self._no_client = True  # the identity chain: obstore's
+            return None
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=getattr(self, "_concurrency", DEFAULT_CONCURRENCY))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        transport = RequestsTransport(session=session, session_owner=False)
+        self._client = ContainerClient(
+            self.raw_endpoint or f"https://{self.account}.blob.{DEFAULT_REALM}",
+            getattr(self, "_container_name", ""),
+            credential=credential,
+            transport=transport,
+            retry_total=3,
+            connection_timeout=5,
+            read_timeout=15,
+        )
+        return self._client
+
+    def pages(
+        self, prefix: str, *, delimiter: bool, offset: str | None
+    ) -> Iterator[tuple[list[tuple[str, ObjectInfo]], list[str]]] | None:
+        client = self._container()
+        if client is None:
+            return None
+        if delimiter:
+            paged = client.walk_blobs(name_starts_with=prefix or None, delimiter="/")
+        else:
+            paged = client.list_blobs(name_starts_with=prefix or None)
+
+        def each() -> Iterator[tuple[list[tuple[str, ObjectInfo]], list[str]]]:
+            for page in paged.by_page():
+                found: list[tuple[str, ObjectInfo]] = []
+                below: list[str] = []
+                for item in page:
+                    name = item.name
+                    if getattr(item, "size", None) is None:  # a BlobPrefix
+                        below.append(name)
+                        continue
+                    if offset is not None and name <= offset:
+                        continue
+                    md5 = item.content_settings.content_md5 if item.content_settings else None
+                    info = ObjectInfo(
+                        int(item.size), item.last_modified, clean_etag(item.etag), bytes(md5).hex() if md5 else None
+                    )
+                    found.append((name[:-1] if name.endswith("/") else name, info))
+                yield found, below
+
+        return each()
 
 
 def settings_for(location: S3Location, max_requests_per_second: float | None = None) -> Any:

@@ -90,8 +90,8 @@ class ManifestCache:
             return None
         # A blob stored under a digest it does not hash to (damaged in the bucket) must be read as it is:
         # the ETag of a single-PUT object is its MD5, which tells whether the bucket holds these bytes.
-        etag = info.etag or ""
-        if md5_etags and "-" not in etag and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
+        etag = info.md5 or info.etag or ""
+        if (md5_etags or info.md5) and "-" not in etag and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
             return None
         self.hits += 1
         return data
@@ -462,10 +462,11 @@ class S3Storage(Storage):
             )
         objects = listing.objects
         # Links whose ETag is the MD5 of a digest the listing names hold exactly that digest: no GET.
-        by_etag = {link_etag(d): d for d in index.named} if self.bucket.provider.etag_is_md5 else {}
+        provider = self.bucket.provider
+        by_etag = {link_etag(d): d for d in index.named}
         for path in index.links:
             info = objects[path]
-            digest = by_etag.get(info.etag or "")
+            digest = by_etag.get(provider.content_md5(info) or "")
             if digest is not None and info.size == len(digest):
                 self._known[path] = digest.encode()
                 self.etag_resolved += 1
