@@ -135,7 +135,8 @@ class FakeGCS(CloudServer):
     name = "gcs"
     scheme = "gs"
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, data: Path | None = None) -> None:
+        """`data`: a directory of `BUCKET/KEY` files loaded at start (far faster than a PUT each)."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         # fake-gcs-server logs to stderr: a file of its own, never a pipe nobody reads.
@@ -157,13 +158,15 @@ class FakeGCS(CloudServer):
                 self.base,
                 "-log-level",
                 "error",
+                *(["-data", str(data)] if data is not None else []),
             ],
             stdout=self._log,
             stderr=self._log,
         )
         try:
-            _wait(f"{self.base}/storage/v1/b", self.proc, "fake-gcs-server")
-            self._json("POST", "/storage/v1/b?project=test", {"name": self.bucket})
+            _wait(f"{self.base}/storage/v1/b", self.proc, "fake-gcs-server", timeout=300)
+            if data is None or not (data / self.bucket).is_dir():
+                self._json("POST", "/storage/v1/b?project=test", {"name": self.bucket})
         except BaseException:
             self.stop()
             raise

@@ -331,7 +331,7 @@ class Provider:
     obstore cannot name, folder markers, server-side copies into another bucket.
     """
 
-    name = "s3"
+    name = ""
     s3_api = False
     etag_is_md5 = False
     """Whether a listed ETag of 32 hex digits is the MD5 of the object's content (a link is then read by it)."""

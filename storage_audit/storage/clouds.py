@@ -231,6 +231,10 @@ class AzureProvider(Provider):
             raise UsageError(f"Azure endpoint {redacted(endpoint)!r} must start with http:// or https://")
         self.raw_endpoint = endpoint.rstrip("/") if endpoint else None
         self._conn = conn_text
+        self._container_name = ""
+        self._concurrency = DEFAULT_CONCURRENCY
+        self._client: Any = None
+        self._no_client = False
 
     def store(self, bucket: str, client_options: dict[str, Any], retry_config: dict[str, Any]) -> ObjectStore:
         from obstore.store import AzureStore
@@ -270,8 +274,8 @@ class AzureProvider(Provider):
 
     def _container(self) -> Any:
         """The SDK's client for the container, or None where the SDK or a key or SAS is missing."""
-        if getattr(self, "_client", None) is not None or getattr(self, "_no_client", False):
-            return getattr(self, "_client", None)
+        if self._client is not None or self._no_client:
+            return self._client
         try:
             import requests
             from azure.core.pipeline.transport import RequestsTransport
@@ -288,13 +292,13 @@ class AzureProvider(Provider):
             self._no_client = True  # the identity chain: obstore's
             return None
         session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=getattr(self, "_concurrency", DEFAULT_CONCURRENCY))
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=self._concurrency)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         transport = RequestsTransport(session=session, session_owner=False)
         self._client = ContainerClient(
             self.raw_endpoint or f"https://{self.account}.blob.{DEFAULT_REALM}",
-            getattr(self, "_container_name", ""),
+            self._container_name,
             credential=credential,
             transport=transport,
             retry_total=3,
