@@ -293,13 +293,20 @@ def fixture_builder() -> ModuleType:
     return module
 
 
-# The S3 server and registry fixtures live with their harness.
-pytest_plugins = ["tests.s3_harness"]
+# The S3 server, the GCS and Azure emulators and the registry fixtures live with their harnesses.
+pytest_plugins = ["tests.s3_harness", "tests.cloud_harness"]
 
 
 # What drives the reference registry or the S3 server, found from the source of a test and of its fixtures:
 # `python -m pytest -m "not registry and not slow and not browser"` is the quick subset.
-REGISTRY_CALLS = ("require_registry(", "Registry(", "garbage_collect(", "require_weed(", "SeaweedS3(")
+REGISTRY_CALLS = (
+    "require_registry(",
+    "Registry(",
+    "garbage_collect(",
+    "require_weed(",
+    "SeaweedS3(",
+    "require_cloud_emulator(",
+)
 
 
 def _drives_the_registry(item: pytest.Item) -> bool:

@@ -8,7 +8,8 @@ import pytest
 
 from storage_audit.core.errors import UsageError
 from storage_audit.roots.config import FilesystemStorage, S3Storage, read_registry_config
-from storage_audit.storage.bucket import S3Bucket
+from storage_audit.storage.bucket import S3Bucket, parse_bucket_url
+from storage_audit.storage.clouds import AzureSettings
 from tests.s3_harness import SeaweedS3, bucket_for, s3_registry
 
 S3_CONFIG = """\
@@ -104,8 +105,10 @@ def test_environment_switches_the_driver(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
-        ("storage:\n  gcs:\n    bucket: b\n", {}, "storage driver 'gcs' is not supported"),
-        ("storage:\n  azure: {}\n", {}, "storage driver 'azure' is not supported"),
+        ("storage:\n  oss:\n    bucket: b\n", {}, "storage driver 'oss' is not supported"),
+        ("storage:\n  azure: {}\n", {}, "azure storage names no container"),
+        ("storage:\n  gcs: {}\n", {}, "gcs storage names no bucket"),
+        ("storage:\n  gcs:\n    bucket: b\n    credentials: [1]\n", {}, "storage.gcs.credentials is not a mapping"),
         ("storage:\n  filesystem: {}\n", {"REGISTRY_STORAGE_S3_BUCKET": "b"}, "several storage drivers"),
         ("storage:\n  delete:\n    enabled: true\n", {}, "names no storage driver"),
         ("version: 0.1\n", {}, "names no storage driver"),
@@ -146,3 +149,64 @@ def test_the_registrys_s3_config_resolves_to_the_bucket_it_writes(s3_server: Sea
         f"blobs/sha256/{hexpart[:2]}/{hexpart}/data",
         f"repositories/team/app/_layers/sha256/{hexpart}/link",
     }
+
+
+def test_gcs_driver(tmp_path: Path) -> None:
+    text = (
+        "storage:\n  gcs:\n    bucket: reg\n    keyfile: /etc/gcs.json\n    rootdirectory: /a/b\n"
+        "    credentials:\n      type: service_account\n      private_key: pk-secret\n"
+    )
+    config = read(tmp_path, text, {"REGISTRY_STORAGE_GCS_BUCKET": "other"})
+    assert isinstance(config, S3Storage)
+    assert str(config.location) == "gs://other/a/b"
+    assert config.settings.keyfile == "/etc/gcs.json"  # type: ignore[union-attr]
+    bucket = S3Bucket(config.location, config.settings, env={"STORAGE_EMULATOR_HOST": "127.0.0.1:4443"})
+    assert bucket.origin() == {
+        "provider": "gcs",
+        "bucket": "other",
+        "prefix": "a/b/docker/registry/v2/",
+        "endpoint": "http://127.0.0.1:4443",
+    }
+    assert "pk-secret" in bucket.provider.secrets()
+    assert "pk-secret" not in repr(config) and "pk-secret" not in repr(bucket)
+
+
+def test_azure_driver_and_its_chain(tmp_path: Path) -> None:
+    text = (
+        "storage:\n  azure:\n    accountname: acct\n    accountkey: a2V5\n    container: reg\n    realm: example.net\n"
+    )
+    config = read(tmp_path, text, {"REGISTRY_STORAGE_AZURE_ROOTDIRECTORY": "/r"})
+    assert str(config.location) == "az://reg/r"  # type: ignore[union-attr]
+    bucket = S3Bucket(config.location, config.settings, env={})  # type: ignore[union-attr]
+    assert bucket.origin() == {
+        "provider": "azure",
+        "bucket": "reg",
+        "prefix": "r/docker/registry/v2/",
+        "endpoint": "https://acct.blob.example.net",
+        "account": "acct",
+    }
+    assert "a2V5" in bucket.provider.secrets() and "a2V5" not in repr(bucket)
+    location = parse_bucket_url("az://reg")
+    # A connection string: account, key and endpoint, none of the key shown.
+    conn = "DefaultEndpointsProtocol=https;AccountName=cs;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"
+    bucket = S3Bucket(location, AzureSettings(), env={"AZURE_STORAGE_CONNECTION_STRING": conn})
+    assert bucket.origin()["endpoint"] == "https://cs.blob.core.windows.net" and bucket.origin()["account"] == "cs"
+    assert "c2VjcmV0" in bucket.provider.secrets()
+    # A SAS token: its signature scrubbed from any message.
+    sas = "sv=2024&sig=c2lnbmF0dXJl"
+    env = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": sas}
+    bucket = S3Bucket(location, AzureSettings(), env=env)
+    assert bucket._scrub(f"failed: GET https://x/?{sas}") == "failed: GET https://x/?***"
+    # Azurite's development account: its well-known endpoint.
+    bucket = S3Bucket(location, AzureSettings(), env={"AZURE_STORAGE_ACCOUNT_NAME": "devstoreaccount1"})
+    assert bucket.origin()["endpoint"] == "http://127.0.0.1:10000/devstoreaccount1"
+    with pytest.raises(UsageError, match="no Azure storage account"):
+        S3Bucket(location, AzureSettings(), env={})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [("gs://b/root/docker/registry/v2", "gs://b/root"), ("az://c", "az://c"), ("s3://b/x/", "s3://b/x")],
+)
+def test_bucket_urls(url: str, shown: str) -> None:
+    assert str(parse_bucket_url(url)) == shown

@@ -149,9 +149,9 @@ def test_configuration_files_as_roots(fixture_root, tmp_path: Path) -> None:  # 
         "region": "eu-west-1",
         "endpoint": "http://127.0.0.1:1",
     }
-    other = tmp_path / "gcs.yml"
-    other.write_text("version: 0.1\nstorage:\n  gcs:\n    bucket: reg\n")
-    with pytest.raises(UsageError, match="gcs"):
+    other = tmp_path / "swift.yml"
+    other.write_text("version: 0.1\nstorage:\n  swift:\n    container: reg\n")
+    with pytest.raises(UsageError, match="swift"):
         resolve(other)
     missing = tmp_path / "missing.yml"
     missing.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'nothing'}\n")

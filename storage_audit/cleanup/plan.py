@@ -259,23 +259,32 @@ class Plan:
         return plan
 
 
-LOCATION_FIELDS = {"bucket", "prefix", "region", "endpoint"}
+LOCATION_FIELDS = {"provider", "bucket", "prefix", "region", "account", "endpoint"}
+_SCHEME = {"s3": "s3", "gcs": "gs", "azure": "az"}
 
 
 def _check_location(root: Any, location: Any) -> None:
     """A plan for object storage names its bucket and prefix twice, in `root` and in `location`: they must agree."""
-    from storage_audit.storage.bucket import V2, S3Location, parse_s3_url
+    from storage_audit.storage.bucket import V2, S3Location, parse_bucket_url
 
     if not isinstance(location, dict) or not set(location) <= LOCATION_FIELDS:
-        raise PlanError("the plan's location must be an object of bucket, prefix, region and endpoint")
+        raise PlanError("the plan's location must be an object of provider, bucket, prefix, region, account, endpoint")
     bucket, prefix = location.get("bucket", ""), location.get("prefix", "")
-    if not all(isinstance(v, str) for v in location.values()) or "region" not in location:
+    provider = location.get("provider", "s3")
+    if provider not in _SCHEME:
+        raise PlanError(f"the plan's location names an unknown provider {provider!r}")
+    if not all(isinstance(v, str) for v in location.values()):
+        raise PlanError("the plan's location holds strings only")
+    if provider == "s3" and "region" not in location:
         raise PlanError("the plan's location needs a bucket, a prefix and a region, as strings")
-    if not isinstance(root, str) or not root.startswith("s3://"):
-        raise PlanError("a plan with a location must have an s3:// root")
+    if provider == "azure" and "account" not in location:
+        raise PlanError("the plan's location for Azure needs its account")
+    scheme = _SCHEME[provider]
+    if not isinstance(root, str) or not root.startswith(f"{scheme}://"):
+        raise PlanError(f"a plan with a location must have a {scheme}:// root")
     try:
-        parsed = parse_s3_url(root)
-        named = S3Location(bucket, prefix.removesuffix(f"{V2}/").strip("/"))
+        parsed = parse_bucket_url(root)
+        named = S3Location(bucket, prefix.removesuffix(f"{V2}/").strip("/"), scheme)
     except UsageError as exc:
         raise PlanError(f"the plan's location: {exc}") from exc
     if parsed != named or named.prefix != prefix:

@@ -137,7 +137,8 @@ def at_least(minimum: N) -> Callable[[N | None], N | None]:
 
 ROOT_HELP = (
     "Registry root (holding docker/registry/v2), the v2 directory itself, a snapshot directory written by "
-    "`scan -o`, s3://BUCKET or s3://BUCKET/ROOTDIRECTORY, or the registry's configuration file. "
+    "`scan -o`, s3://BUCKET[/ROOTDIRECTORY], gs://BUCKET[/ROOTDIRECTORY], az://CONTAINER[/ROOTDIRECTORY], "
+    "or the registry's configuration file. "
     "Default: /etc/docker/registry/config.yml if it exists, else the first of /var/lib/registry and "
     "/var/lib/docker-registry that holds docker/registry/v2."
 )

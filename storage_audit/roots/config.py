@@ -1,4 +1,5 @@
-"""Read the registry's own YAML configuration: where its storage is (a local root or an S3 bucket), as it would."""
+"""Read the registry's own YAML configuration: where its storage is (a local root, an S3 or GCS bucket, an Azure
+container), as it would."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from storage_audit.core.errors import UsageError
 from storage_audit.storage.base import AccessError, read_regular
 from storage_audit.storage.bucket import S3Location, S3Settings
+from storage_audit.storage.clouds import AzureSettings, GCSSettings
 
 FILESYSTEM_DEFAULT_ROOT = "/var/lib/registry"
 """The filesystem driver's rootdirectory when the configuration names none."""
@@ -36,10 +38,10 @@ class FilesystemStorage:
 
 @dataclass(frozen=True)
 class S3Storage:
-    """The `s3` driver: the bucket and rootdirectory, and how to reach them."""
+    """The `s3`, `gcs` or `azure` driver: the bucket (container) and rootdirectory, and how to reach them."""
 
     location: S3Location
-    settings: S3Settings
+    settings: S3Settings | GCSSettings | AzureSettings
 
 
 StorageConfig = FilesystemStorage | S3Storage
@@ -196,6 +198,46 @@ def _what(value: object) -> str:
     return f"a YAML {type(value).__name__}"
 
 
+def _root(params: Mapping[str, Any], driver: str) -> str:
+    root = (_text(params, "rootdirectory", driver) or "").strip("/")
+    if len(f"{root}/docker/registry/v2/".encode()) >= MAX_S3_KEY:
+        raise UsageError(f"storage.{driver}.rootdirectory is longer than a key can be ({MAX_S3_KEY} bytes)")
+    return root
+
+
+def _gcs(params: Mapping[str, Any]) -> S3Storage:
+    import json
+
+    bucket = _text(params, "bucket", "gcs")
+    if bucket is None:
+        raise UsageError("the registry configuration's gcs storage names no bucket")
+    credentials = params.get("credentials")
+    if credentials is not None and not isinstance(credentials, dict):
+        raise UsageError("storage.gcs.credentials is not a mapping (a service account key's fields)")
+    return S3Storage(
+        S3Location(bucket, _root(params, "gcs"), "gs"),
+        GCSSettings(
+            keyfile=_text(params, "keyfile", "gcs"),
+            credentials=json.dumps(credentials) if credentials else None,
+        ),
+    )
+
+
+def _azure(params: Mapping[str, Any]) -> S3Storage:
+    container = _text(params, "container", "azure")
+    if container is None:
+        raise UsageError("the registry configuration's azure storage names no container")
+    return S3Storage(
+        S3Location(container, _root(params, "azure"), "az"),
+        AzureSettings(
+            account_name=_text(params, "accountname", "azure"),
+            account_key=_text(params, "accountkey", "azure"),
+            realm=_text(params, "realm", "azure"),
+            endpoint=_text(params, "serviceurl", "azure"),
+        ),
+    )
+
+
 def _flag(params: Mapping[str, Any], key: str, default: bool) -> bool:
     value = params.get(key)
     if value is None or value == "":
@@ -261,4 +303,10 @@ def read_registry_config(path: Path, env: Mapping[str, str] | None = None) -> St
         return FilesystemStorage(Path(_text(params, "rootdirectory", driver) or FILESYSTEM_DEFAULT_ROOT))
     if driver == "s3":
         return _s3(params)
-    raise UsageError(f"storage driver {driver!r} is not supported: storage-audit reads the filesystem and s3 drivers")
+    if driver == "gcs":
+        return _gcs(params)
+    if driver == "azure":
+        return _azure(params)
+    raise UsageError(
+        f"storage driver {driver!r} is not supported: storage-audit reads the filesystem, s3, gcs and azure drivers"
+    )

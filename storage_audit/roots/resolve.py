@@ -9,14 +9,14 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from storage_audit.core.errors import UsageError
 from storage_audit.inventory.schema import METADATA_FILE, PART_PATTERN, SCHEMA
 from storage_audit.storage.base import LocalStorage, RemoteOptions
 
 if TYPE_CHECKING:
-    from storage_audit.storage.bucket import S3Location, S3Settings
+    from storage_audit.storage.bucket import S3Location
     from storage_audit.storage.s3 import S3Storage
 
 V2_BELOW_ROOT = Path("docker/registry/v2")
@@ -39,7 +39,7 @@ class LocalTree:
 
 @dataclass(frozen=True)
 class Bucket:
-    """A `v2` tree under a prefix of an S3 bucket, to scan from its listing."""
+    """A `v2` tree under a prefix of a bucket (S3, GCS) or container (Azure), to scan from its listing."""
 
     storage: S3Storage
 
@@ -113,16 +113,19 @@ def _listing(path: Path) -> list[str]:
 def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
     """Find the tree or snapshot that `root` designates; raises RootError, or UsageError for a bad URL or config.
 
-    `root` is an `s3://BUCKET[/ROOTDIRECTORY]` URL, the registry's configuration
+    `root` is an `s3://BUCKET[/ROOTDIRECTORY]`, `gs://BUCKET[/ROOTDIRECTORY]` or
+    `az://CONTAINER[/ROOTDIRECTORY]` URL, the registry's configuration
     file, a registry root directory, its `v2` directory, or a snapshot.
     """
-    from storage_audit.storage.bucket import is_s3_url
+    from storage_audit.storage.bucket import is_bucket_url
 
     text = str(root)
-    if is_s3_url(text):
-        from storage_audit.storage.bucket import S3Settings, parse_s3_url
+    if is_bucket_url(text):
+        from storage_audit.storage.bucket import parse_bucket_url
+        from storage_audit.storage.clouds import settings_for
 
-        return _bucket(parse_s3_url(text), S3Settings(), remote)
+        location = parse_bucket_url(text)
+        return _bucket(location, settings_for(location), remote)
     path = Path(root)
     # os.stat and os.scandir, not Path.exists: those call a symbolic link loop
     # "missing" and raise PermissionError where ROOT cannot be read.
@@ -221,7 +224,7 @@ def find_default(candidates: Sequence[Path] | None = None) -> DefaultRoot:
     raise RootError(
         f"no ROOT given, and no registry where one is kept by default: {', '.join(tried)}; "
         f"give ROOT: the directory holding {V2_BELOW_ROOT}, the registry's configuration file, "
-        "s3://BUCKET[/ROOTDIRECTORY] or a snapshot"
+        "s3://BUCKET[/ROOTDIRECTORY], gs://BUCKET[/ROOTDIRECTORY], az://CONTAINER[/ROOTDIRECTORY] or a snapshot"
     )
 
 
@@ -255,7 +258,7 @@ def _configured(path: Path, remote: RemoteOptions | None) -> Tree:
     return _bucket(config.location, config.settings, remote)
 
 
-def _bucket(location: S3Location, settings: S3Settings, remote: RemoteOptions | None) -> Bucket:
+def _bucket(location: S3Location, settings: Any, remote: RemoteOptions | None) -> Bucket:
     from dataclasses import replace
 
     from storage_audit.storage.bucket import S3Bucket

@@ -1,4 +1,5 @@
-"""Read and delete a registry's keys in an S3 bucket: sharded concurrent listings, GETs, multipart uploads."""
+"""Read and delete a registry's keys in a bucket (S3, Google Cloud Storage, Azure Blob Storage): sharded concurrent
+listings, GETs, multipart uploads; what differs between the services is a `Provider`."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from storage_audit.core import clock
 from storage_audit.core.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
-    from obstore.store import S3Credential, S3Store
+    from obstore.store import ObjectStore, S3Credential
 
 V2 = "docker/registry/v2"
 """Where the registry keeps its tree under `rootdirectory`, in the filesystem and the s3 driver alike."""
@@ -80,12 +81,18 @@ class S3NotFound(S3Error):
 # Where the registry lives
 
 
+SCHEMES = {"s3": "s3", "gs": "gcs", "az": "azure"}
+"""URL scheme -> provider: `s3://BUCKET`, `gs://BUCKET`, `az://CONTAINER`."""
+
+
 @dataclass(frozen=True, slots=True)
 class S3Location:
-    """A bucket and the registry's `rootdirectory` in it (no leading or trailing `/`; empty for the bucket's top)."""
+    """A bucket (an Azure container) and the registry's `rootdirectory` in it (no leading or trailing `/`; empty for
+    the bucket's top); `scheme` names the service: `s3`, `gs` or `az`."""
 
     bucket: str
     rootdirectory: str = ""
+    scheme: str = "s3"
 
     def __post_init__(self) -> None:
         if not self.bucket or "/" in self.bucket:
@@ -111,29 +118,54 @@ class S3Location:
             raise ValueError(f"key {key!r} is not under {self.prefix!r}")
         return key[len(self.prefix) :]
 
+    @property
+    def provider(self) -> str:
+        """`s3`, `gcs` or `azure`."""
+        return SCHEMES[self.scheme]
+
     def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.rootdirectory}" if self.rootdirectory else f"s3://{self.bucket}"
+        top = f"{self.scheme}://{self.bucket}"
+        return f"{top}/{self.rootdirectory}" if self.rootdirectory else top
+
+
+BucketLocation = S3Location
+"""The same location, whatever the service."""
 
 
 def is_s3_url(text: str) -> bool:
     return text.startswith("s3://")
 
 
+def is_bucket_url(text: str) -> bool:
+    """Whether `text` is an `s3://`, `gs://` or `az://` URL."""
+    return text.partition("://")[0] in SCHEMES and "://" in text
+
+
 def parse_s3_url(text: str) -> S3Location:
     """`s3://BUCKET[/ROOTDIRECTORY][/docker/registry/v2]` -> the location; UsageError for anything else."""
     if not is_s3_url(text):
         raise UsageError(f"{text!r} is not an s3://BUCKET[/ROOTDIRECTORY] URL")
-    bucket, _, root = text.removeprefix("s3://").partition("/")
+    return parse_bucket_url(text)
+
+
+def parse_bucket_url(text: str) -> S3Location:
+    """`s3://BUCKET`, `gs://BUCKET` or `az://CONTAINER`, then `[/ROOTDIRECTORY][/docker/registry/v2]` -> the
+    location; UsageError for anything else."""
+    scheme = text.partition("://")[0]
+    if not is_bucket_url(text):
+        raise UsageError(f"{text!r} is not an s3://BUCKET, gs://BUCKET or az://CONTAINER URL")
+    what = "CONTAINER" if scheme == "az" else "BUCKET"
+    bucket, _, root = text.removeprefix(f"{scheme}://").partition("/")
     if not bucket:
-        raise UsageError(f"{text!r} names no bucket (expected s3://BUCKET[/ROOTDIRECTORY])")
+        raise UsageError(f"{text!r} names no {what.lower()} (expected {scheme}://{what}[/ROOTDIRECTORY])")
     if "?" in text or "#" in text:
-        raise UsageError(f"{text!r}: an s3:// URL takes no query or fragment")
+        raise UsageError(f"{text!r}: a {scheme}:// URL takes no query or fragment")
     parts = [p for p in root.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise UsageError(f"{text!r}: `.` and `..` are not allowed in the rootdirectory")
     if parts[-3:] == V2.split("/"):
         parts = parts[:-3]
-    return S3Location(bucket, "/".join(parts))
+    return S3Location(bucket, "/".join(parts), scheme)
 
 
 # --------------------------------------------------------------------------
@@ -192,6 +224,9 @@ class S3Settings:
         """Every secret these settings hold, to scrub from any message."""
         keys = [s for s in (self.secret_key, self.session_token, self.access_key) if s]
         return keys + endpoint_secrets(self.endpoint)
+
+    def provider(self, env: Mapping[str, str]) -> Provider:
+        return S3Provider(_resolve(self, env), self)
 
 
 @dataclass(frozen=True)
@@ -285,6 +320,118 @@ def _resolve(settings: S3Settings, env: Mapping[str, str]) -> _Resolved:
 
 
 # --------------------------------------------------------------------------
+# What differs between the services
+
+
+class Provider:
+    """One service's part of a bucket: its obstore store, its credentials (to scrub), what its listing's ETag
+    says, and where the tree is (`origin`). The bucket's listing, reads, retries, counters and limits are common.
+
+    `s3_api` says whether the S3 API's own calls are there (botocore): multipart uploads, exact listings of keys
+    obstore cannot name, folder markers, server-side copies into another bucket.
+    """
+
+    name = ""
+    s3_api = False
+    etag_is_md5 = False
+    """Whether a listed ETag of 32 hex digits is the MD5 of the object's content (a link is then read by it)."""
+    region: str | None = None
+    raw_endpoint: str | None = None
+    """The endpoint as given, credentials and all; None for the service's own."""
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint, as shown and stored: without the user and password its URL may carry (see `redacted`)."""
+        return None if self.raw_endpoint is None else redacted(self.raw_endpoint)
+
+    def store(self, bucket: str, client_options: dict[str, Any], retry_config: dict[str, Any]) -> ObjectStore:
+        raise NotImplementedError
+
+    def secrets(self) -> list[str]:
+        return endpoint_secrets(self.raw_endpoint)
+
+    def etag(self, listed: str | None) -> str | None:
+        """A listed ETag as kept and compared: without quotes, lowercase."""
+        return clean_etag(listed)
+
+    def origin(self, location: S3Location) -> dict[str, str]:
+        """Where the tree is, for a snapshot's metadata and a plan: never a credential."""
+        out = {"provider": self.name, "bucket": location.bucket, "prefix": location.prefix}
+        if self.endpoint is not None:
+            out["endpoint"] = self.endpoint
+        return out
+
+    def delete_requests(self, keys: int) -> int:
+        """Requests a delete of `keys` keys takes: one each, unless the service has a batch call."""
+        return keys
+
+    def configure(self, bucket: str, concurrency: int) -> None:
+        """The bucket this provider serves, and the requests in flight: for what it makes beyond obstore's store."""
+        return None
+
+    def pages(
+        self, prefix: str, *, delimiter: bool, offset: str | None
+    ) -> Iterator[tuple[list[tuple[str, ObjectInfo]], list[str]]] | None:
+        """The service's own listing of `prefix`, page by page (keys after `offset`; with `delimiter`, the prefixes
+        a level down too), where it gives more than obstore's; None to list with obstore. Blocking: run in a thread."""
+        return None
+
+    def content_md5(self, info: ObjectInfo) -> str | None:
+        """The MD5 in hex that the listing proves of the object's content, or None."""
+        if info.md5 is not None:
+            return info.md5
+        return info.etag if self.etag_is_md5 else None
+
+
+class S3Provider(Provider):
+    """S3 and S3-compatible servers: obstore's S3Store, botocore for the calls obstore lacks."""
+
+    name = "s3"
+    s3_api = True
+    etag_is_md5 = True
+
+    def __init__(self, resolved: _Resolved, settings: S3Settings) -> None:
+        self.resolved = resolved
+        self.settings = settings
+        self.region = resolved.region
+        self.raw_endpoint = resolved.endpoint
+
+    def store(self, bucket: str, client_options: dict[str, Any], retry_config: dict[str, Any]) -> ObjectStore:
+        from obstore.store import S3Store
+
+        endpoint = self.raw_endpoint
+        if endpoint is not None and endpoint.startswith("http://"):
+            # The user named a plain-HTTP endpoint (an S3-compatible server); obstore refuses it otherwise.
+            client_options["allow_http"] = True
+        config: dict[str, Any] = {"region": self.resolved.region}
+        if endpoint is not None:
+            config["endpoint"] = endpoint
+        return S3Store(
+            bucket,
+            config=config,  # type: ignore[arg-type]
+            client_options=client_options,  # type: ignore[arg-type]
+            retry_config=retry_config,  # type: ignore[arg-type]
+            credential_provider=self.resolved.provider,
+        )
+
+    def secrets(self) -> list[str]:
+        found = self.settings.secrets() + endpoint_secrets(self.raw_endpoint)
+        if self.resolved.provider is not None:
+            found += self.resolved.provider.secrets()
+        return found
+
+    def origin(self, location: S3Location) -> dict[str, str]:
+        # S3 plans and snapshots name no provider: they were the only ones before the other services.
+        out = {"bucket": location.bucket, "prefix": location.prefix, "region": self.resolved.region}
+        if self.endpoint is not None:
+            out["endpoint"] = self.endpoint
+        return out
+
+    def delete_requests(self, keys: int) -> int:
+        return -(-keys // DELETE_BATCH)
+
+
+# --------------------------------------------------------------------------
 # Counting and pacing requests
 
 
@@ -346,6 +493,8 @@ class ObjectInfo:
     size: int
     last_modified: datetime
     etag: str | None
+    md5: str | None = None
+    """The content's MD5 in hex, where the listing gives it apart from the ETag (Azure's Content-MD5)."""
 
 
 @dataclass
@@ -387,8 +536,17 @@ def link_etag(digest: str) -> str:
 # The bucket
 
 
-_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})
-_MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NoSuchUpload"})
+_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "AuthenticationFailed",  # Azure
+        "AuthorizationFailure",
+    }
+)
+_MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "NoSuchUpload", "ContainerNotFound", "BlobNotFound"})
 _STATUS = re.compile(r"status code: (\d{3})")
 _XML_CODE = re.compile(r"<Code>([^<]{1,100})</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]{1,300})</Message>")
@@ -450,39 +608,50 @@ def _describe(exc: BaseException) -> tuple[int | None, str | None, str]:
 
 
 class S3Bucket:
-    """The registry's keys in one bucket: concurrent listings and GETs on obstore, counted and paced."""
+    """The registry's keys in one bucket of any service: concurrent listings and GETs on obstore, counted and paced.
 
-    def __init__(self, location: S3Location, settings: S3Settings | None = None, env: Mapping[str, str] | None = None):
+    `settings` says the service (`S3Settings`, `storage.clouds.GCSSettings`, `storage.clouds.AzureSettings`) and
+    how to reach it; `provider` is what it resolved to, with the environment's credentials.
+    """
+
+    def __init__(self, location: S3Location, settings: Any = None, env: Mapping[str, str] | None = None):
         self.location = location
         self.settings = settings or S3Settings()
         self._env = dict(os.environ if env is None else env)
-        self._resolved = _resolve(self.settings, self._env)
+        self.provider: Provider = self.settings.provider(self._env)
+        self.provider.configure(location.bucket, self.settings.concurrency)
         self.counters = RequestCounters()
         self.limiter = RateLimiter(self.settings.max_requests_per_second)
-        self._store: S3Store | None = None
+        self._store: ObjectStore | None = None
         self._uploads_client: Any = None
 
     def __repr__(self) -> str:
         return f"S3Bucket({str(self.location)!r}, endpoint={self.endpoint!r}, region={self.region!r})"
 
     @property
-    def region(self) -> str:
-        return self._resolved.region
+    def _resolved(self) -> _Resolved:
+        assert isinstance(self.provider, S3Provider), "the S3 API's own calls are for S3"
+        return self.provider.resolved
+
+    @property
+    def region(self) -> str | None:
+        return self.provider.region
 
     @property
     def endpoint(self) -> str | None:
         """The endpoint, as shown and stored: without the user and password its URL may carry (see `redacted`)."""
-        return None if self._resolved.endpoint is None else redacted(self._resolved.endpoint)
+        return self.provider.endpoint
+
+    def origin(self) -> dict[str, str]:
+        return self.provider.origin(self.location)
 
     # Errors
 
     def _scrub(self, text: str) -> str:
-        endpoint = self._resolved.endpoint
+        endpoint = self.provider.raw_endpoint
         if endpoint is not None:
             text = text.replace(endpoint.rstrip("/"), redacted(endpoint).rstrip("/"))
-        secrets = self.settings.secrets() + endpoint_secrets(endpoint)
-        if self._resolved.provider is not None:
-            secrets += self._resolved.provider.secrets()
+        secrets = self.provider.secrets()
         for secret in sorted(set(secrets), key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
@@ -504,29 +673,15 @@ class S3Bucket:
     # The obstore store
 
     @property
-    def store(self) -> S3Store:
+    def store(self) -> ObjectStore:
         if self._store is None:
-            from obstore.store import S3Store
-
-            endpoint = self._resolved.endpoint
             client_options: dict[str, Any] = {
                 "connect_timeout": f"{CONNECT_TIMEOUT}s",
                 "read_timeout": f"{READ_TIMEOUT}s",
                 "timeout": f"{REQUEST_TIMEOUT}s",
             }
-            if endpoint is not None and endpoint.startswith("http://"):
-                # The user named a plain-HTTP endpoint (an S3-compatible server); obstore refuses it otherwise.
-                client_options["allow_http"] = True
-            config: dict[str, Any] = {"region": self._resolved.region}
-            if endpoint is not None:
-                config["endpoint"] = endpoint
-            self._store = S3Store(
-                self.location.bucket,
-                config=config,  # type: ignore[arg-type]
-                client_options=client_options,  # type: ignore[arg-type]
-                retry_config={"max_retries": 8, "retry_timeout": timedelta(seconds=RETRY_WINDOW)},
-                credential_provider=self._resolved.provider,
-            )
+            retry_config = {"max_retries": 8, "retry_timeout": timedelta(seconds=RETRY_WINDOW)}
+            self._store = self.provider.store(self.location.bucket, client_options, retry_config)
         return self._store
 
     # Running coroutines from plain code
@@ -599,6 +754,9 @@ class S3Bucket:
     ) -> list[tuple[str, ObjectInfo]]:
         import obstore
 
+        native = self.provider.pages(prefix, delimiter=False, offset=offset)
+        if native is not None:
+            return (await self._list_native(prefix, native, on_page))[0]
         out: list[tuple[str, ObjectInfo]] = []
         stream = obstore.list(self.store, prefix.rstrip("/") or None, offset=offset, chunk_size=LIST_CHUNK)
         while True:
@@ -608,7 +766,9 @@ class S3Bucket:
             except StopAsyncIteration:
                 break
             self.counters.add("list")
-            page = [(m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in chunk]
+            page = [
+                (m["path"], ObjectInfo(m["size"], m["last_modified"], self.provider.etag(m["e_tag"]))) for m in chunk
+            ]
             if any("\ufffd" in key for key, _ in page):
                 # A character XML 1.0 cannot carry (most control characters) comes as U+FFFD from servers that
                 # do not escape it (Go's XML encoder, SeaweedFS's, MinIO's): the key would be another's.
@@ -629,14 +789,43 @@ class S3Bucket:
                 pass
         return await self._list_exact(prefix, delimiter=True)
 
+    async def _list_native(
+        self,
+        prefix: str,
+        pages: Iterator[tuple[list[tuple[str, ObjectInfo]], list[str]]],
+        on_page: Callable[[list[tuple[str, ObjectInfo]]], bool | None] | None = None,
+    ) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
+        """A provider's own listing (`Provider.pages`), its pages fetched in a thread, counted and paced."""
+        out: list[tuple[str, ObjectInfo]] = []
+        prefixes: list[str] = []
+        while True:
+            await self.limiter.wait()
+            try:
+                page = await asyncio.to_thread(next, pages, None)
+            except Exception as exc:
+                raise self._error(f"listing {prefix!r} failed", exc) from exc
+            if page is None:
+                return out, prefixes
+            self.counters.add("list")
+            found, below = page
+            out += found
+            prefixes += below
+            if on_page is not None and found and on_page(found):
+                return out, prefixes
+
     async def _list_level(self, prefix: str) -> tuple[list[tuple[str, ObjectInfo]], list[str]]:
         import obstore
+
+        native = self.provider.pages(prefix, delimiter=True, offset=None)
+        if native is not None:
+            return await self._list_native(prefix, native)
 
         await self.limiter.wait()
         self.counters.add("list")
         result = await obstore.list_with_delimiter_async(self.store, prefix.rstrip("/") or None)
         objects = [
-            (m["path"], ObjectInfo(m["size"], m["last_modified"], clean_etag(m["e_tag"]))) for m in result["objects"]
+            (m["path"], ObjectInfo(m["size"], m["last_modified"], self.provider.etag(m["e_tag"])))
+            for m in result["objects"]
         ]
         if any("\ufffd" in key for key, _ in objects) or any("\ufffd" in p for p in result["common_prefixes"]):
             raise _NotPlain(prefix)
@@ -657,6 +846,11 @@ class S3Bucket:
         character is lost to XML; a key's trailing `/` is dropped, as obstore
         drops it, so that both listings name a key alike.
         """
+        if not self.provider.s3_api:
+            raise S3Error(
+                f"listing {prefix!r} in {self.location}: a key under it has a name obstore cannot read "
+                "(an empty, `.` or `..` segment, or a control character)"
+            )
         out: list[tuple[str, ObjectInfo]] = []
         prefixes: list[str] = []
         params: dict[str, Any] = {"Bucket": self.location.bucket, "Prefix": prefix}
@@ -758,7 +952,9 @@ class S3Bucket:
         # After `first` less its last character: a server may skip a whole "directory" named by the offset.
         start = first.rstrip("/")[:-1]
         offset = self.location.prefix + start if uniform and start.startswith(container + "/") else None
-        await self._list_flat(self.location.prefix + container, keep, offset)
+        # obstore lists a prefix as a directory, `container/`; S3's own listing takes it as it is.
+        below = self.location.prefix + container + ("" if self.provider.s3_api or not container else "/")
+        await self._list_flat(below, keep, offset)
         return found
 
     # Reading
@@ -777,6 +973,8 @@ class S3Bucket:
         except ValueError as exc:
             raise self._error(f"reading {path!r} failed", exc) from exc
         if not plain_key(key):
+            if not self.provider.s3_api:
+                raise S3Error(f"reading {path!r} in {self.location}: obstore cannot name its key")
             return await asyncio.to_thread(self._get_exact, path, key, length)
         await self.limiter.wait()
         try:
@@ -840,24 +1038,30 @@ class S3Bucket:
     # Deleting
 
     async def delete_async(self, paths: Sequence[str], *, attempts: int = 5, backoff: float = 0.5) -> int:
-        """Delete the keys of `paths` in DeleteObjects batches of at most 1,000, retrying a failed batch.
+        """Delete the keys of `paths`, retrying a failed request; returns how many keys were asked to go.
 
-        Deleting a key that is already gone succeeds on S3, so a batch can be
-        sent again whole. Returns how many keys were asked to go.
+        On S3, in DeleteObjects batches of at most 1,000: deleting a key that
+        is already gone succeeds there, so a batch can be sent again whole.
+        Elsewhere one DELETE per key, run concurrently: a key already gone
+        (404) is deleted, as a key a previous attempt or run removed is.
         """
         import obstore
+        from obstore.exceptions import NotFoundError
 
         keys = [self.location.key(p) for p in paths]
-        batches = [keys[i : i + DELETE_BATCH] for i in range(0, len(keys), DELETE_BATCH)]
+        per = DELETE_BATCH if self.provider.s3_api else 1
+        batches = [keys[i : i + per] for i in range(0, len(keys), per)]
 
         async def one(batch: list[str]) -> None:
             for attempt in range(attempts):
                 await self.limiter.wait()
-                self.counters.add("delete")
+                self.counters.add("delete", self.provider.delete_requests(len(batch)))
                 try:
-                    await obstore.delete_async(self.store, batch)
+                    await obstore.delete_async(self.store, batch if per > 1 else batch[0])
                     return
                 except Exception as exc:
+                    if per == 1 and isinstance(exc, FileNotFoundError | NotFoundError):
+                        return
                     if attempt + 1 == attempts:
                         raise self._error(f"deleting {len(batch)} keys failed after {attempts} attempts", exc) from exc
                 # Full jitter: many failed batches must not come back all at once (503 SlowDown).
@@ -889,6 +1093,9 @@ class S3Bucket:
         exactly `path` beside it is a file all the same, so it is no marker.
         Where the bucket does not answer (HEAD denied), `path` stays an object.
         """
+
+        if not self.provider.s3_api:
+            return []  # an empty object stays one: obstore cannot name a key ending in `/` to ask
 
         def marker(path: str) -> bool:
             key = self.location.key(path)
@@ -954,7 +1161,13 @@ class S3Bucket:
             marker = int(page["NextPartNumberMarker"])
 
     async def multipart_uploads_async(self) -> list[MultipartUpload]:
-        """Every incomplete multipart upload under the prefix, with its parts counted and their bytes summed."""
+        """Every incomplete multipart upload under the prefix, with its parts counted and their bytes summed.
+
+        S3 only: the gcs and azure drivers keep an upload's data as an object (a resumable upload's finished
+        chunks, an append blob), which listings show.
+        """
+        if not self.provider.s3_api:
+            return []
         found: list[tuple[str, str, datetime | None]] = []
         key_marker: str | None = None
         id_marker: str | None = None

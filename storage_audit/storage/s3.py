@@ -1,4 +1,5 @@
-"""A registry tree in an S3 bucket behind the storage interface, served from one listing of every key."""
+"""A registry tree in a bucket (S3, Google Cloud Storage, Azure Blob Storage) behind the storage interface, served
+from one listing of every key."""
 
 from __future__ import annotations
 
@@ -75,8 +76,11 @@ class ManifestCache:
         algorithm, _, hexpart = digest.partition(":")
         return self.directory / "manifests" / algorithm / hexpart[:2] / hexpart
 
-    def get(self, digest: str, info: ObjectInfo) -> bytes | None:
-        """The cached content of blob `digest`, when it is exactly the object the listing shows."""
+    def get(self, digest: str, info: ObjectInfo, md5_etags: bool = True) -> bytes | None:
+        """The cached content of blob `digest`, when it is exactly the object the listing shows.
+
+        Where the service's ETags are no MD5 (`md5_etags` false: Azure), the size and digest alone vouch for it.
+        """
         try:
             data = read_regular(self._path(digest), info.size)
         except AccessError:
@@ -86,8 +90,8 @@ class ManifestCache:
             return None
         # A blob stored under a digest it does not hash to (damaged in the bucket) must be read as it is:
         # the ETag of a single-PUT object is its MD5, which tells whether the bucket holds these bytes.
-        etag = info.etag or ""
-        if "-" not in etag and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
+        etag = info.md5 or info.etag or ""
+        if (md5_etags or info.md5) and "-" not in etag and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
             return None
         self.hits += 1
         return data
@@ -392,6 +396,8 @@ class _Stream(BlobReader):
 class S3Storage(Storage):
     """The `v2` tree under a bucket's prefix, read-only: listed once, links resolved by ETag, the rest fetched in bulk.
 
+    The same for every service the bucket's `Provider` reaches (S3, GCS, Azure); what follows is S3's case.
+
     S3 has no directories: a directory exists while a key lies below it, so
     there are no empty directories and no symbolic links. An upload's data is
     an incomplete multipart upload, invisible to listings: its `data` file is
@@ -411,12 +417,9 @@ class S3Storage(Storage):
 
     @property
     def origin(self) -> dict[str, str]:
-        """Where the tree is, for a snapshot's metadata: bucket, prefix, region, endpoint; never a credential."""
-        location = self.bucket.location
-        out = {"bucket": location.bucket, "prefix": location.prefix, "region": self.bucket.region}
-        if self.bucket.endpoint is not None:
-            out["endpoint"] = self.bucket.endpoint
-        return out
+        """Where the tree is, for a snapshot's metadata: provider (but for S3), bucket or container, prefix, region
+        (S3), account (Azure), endpoint; never a credential."""
+        return self.bucket.origin()
 
     @property
     def process_model(self) -> ProcessModel:
@@ -424,7 +427,7 @@ class S3Storage(Storage):
         return ProcessModel.THREADS
 
     def __getstate__(self) -> None:
-        raise TypeError("an S3 tree is walked in one process, from its listing")
+        raise TypeError("a tree in a bucket is walked in one process, from its listing")
 
     # -- the listing ----------------------------------------------------------
 
@@ -459,10 +462,11 @@ class S3Storage(Storage):
             )
         objects = listing.objects
         # Links whose ETag is the MD5 of a digest the listing names hold exactly that digest: no GET.
+        provider = self.bucket.provider
         by_etag = {link_etag(d): d for d in index.named}
         for path in index.links:
             info = objects[path]
-            digest = by_etag.get(info.etag or "")
+            digest = by_etag.get(provider.content_md5(info) or "")
             if digest is not None and info.size == len(digest):
                 self._known[path] = digest.encode()
                 self.etag_resolved += 1
@@ -608,7 +612,7 @@ class S3Storage(Storage):
         for path in paths:
             digest = blobs.get(path)
             if digest is not None and self.cache is not None:
-                cached = self.cache.get(digest, files[path])
+                cached = self.cache.get(digest, files[path], self.bucket.provider.etag_is_md5)
                 if cached is not None:
                     self._known[path] = cached
                     self._cut.discard(path)
@@ -701,7 +705,7 @@ class _EarlyManifests:
         if digest is None:
             return
         if storage.cache is not None:
-            cached = storage.cache.get(digest, info)
+            cached = storage.cache.get(digest, info, storage.bucket.provider.etag_is_md5)
             if cached is not None:
                 storage._known[path] = cached
                 self._children(cached)

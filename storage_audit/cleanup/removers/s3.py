@@ -1,5 +1,5 @@
-"""Removal from a tree in an S3 bucket: keys checked against their ETags in a fresh listing, then deleted in
-DeleteObjects batches; a quarantine is a copy."""
+"""Removal from a tree in a bucket (S3, GCS, Azure): keys checked against their ETags in a fresh listing, then
+deleted (in DeleteObjects batches on S3); a quarantine is a copy."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from storage_audit.cleanup.removers.base import Found, Item, Quarantined, Remove
 from storage_audit.core.errors import UsageError
 from storage_audit.core.paths import Blobs, path_for
 from storage_audit.storage.bucket import DELETE_BATCH, V2, ObjectInfo, S3Bucket, S3Location, S3Settings
+from storage_audit.storage.clouds import AzureSettings, GCSSettings
 from storage_audit.storage.s3 import S3Storage
 
 MULTIPART_OPS = (Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
@@ -28,21 +29,38 @@ _DIGEST_CONTAINERS = ("/_manifests/revisions", "/_layers", "/index")
 # -- where a plan goes ----------------------------------------------------------------------
 
 
+_SCHEMES = {"s3": "s3", "gcs": "gs", "azure": "az"}
+
+
 def plan_location(plan: Plan) -> S3Location:
     """The bucket and rootdirectory the plan was made for."""
     assert plan.location is not None
     prefix = plan.location["prefix"]
-    return S3Location(plan.location["bucket"], prefix.removesuffix(f"{V2}/").strip("/"))
+    scheme = _SCHEMES[plan.location.get("provider", "s3")]
+    return S3Location(plan.location["bucket"], prefix.removesuffix(f"{V2}/").strip("/"), scheme)
 
 
 def bucket_of(plan: Plan, max_requests_per_second: float | None) -> S3Bucket:
-    """The plan's own bucket, reached at its endpoint and region with the credentials of the environment."""
+    """The plan's own bucket, reached at its endpoint (and region, account) with the credentials of the
+    environment."""
     assert plan.location is not None
-    settings = S3Settings(
-        region=plan.location.get("region"),
-        endpoint=plan.location.get("endpoint"),
-        max_requests_per_second=max_requests_per_second,
-    )
+    location = plan.location
+    settings: S3Settings | GCSSettings | AzureSettings
+    provider = location.get("provider", "s3")
+    if provider == "gcs":
+        settings = GCSSettings(endpoint=location.get("endpoint"), max_requests_per_second=max_requests_per_second)
+    elif provider == "azure":
+        settings = AzureSettings(
+            account_name=location.get("account"),
+            endpoint=location.get("endpoint"),
+            max_requests_per_second=max_requests_per_second,
+        )
+    else:
+        settings = S3Settings(
+            region=location.get("region"),
+            endpoint=location.get("endpoint"),
+            max_requests_per_second=max_requests_per_second,
+        )
     return S3Bucket(plan_location(plan), settings)
 
 
@@ -50,12 +68,13 @@ def same_place(plan: Plan, origin: dict[str, str], location: str) -> str | None:
     """Why the tree at `origin` (`location` for messages) is not where `plan` was made for, or None when it is."""
     if plan.location is None:
         return f"the plan is for {plan.root}, not {location}"
-    for name in ("bucket", "prefix"):
+    for name in ("provider", "bucket", "prefix", "account"):
         if origin.get(name) != plan.location.get(name):
             return f"the plan is for {plan.root}, not {location}"
     there, ours = plan.location.get("endpoint"), origin.get("endpoint")
     if (there or "").rstrip("/") != (ours or "").rstrip("/"):
-        return f"the plan is for {plan.root} at endpoint {there or 'AWS'}, not at {ours or 'AWS'}"
+        service = {"gcs": "Google", "azure": "Azure"}.get(plan.location.get("provider", ""), "AWS")
+        return f"the plan is for {plan.root} at endpoint {there or service}, not at {ours or service}"
     return None
 
 
@@ -73,6 +92,8 @@ class Quarantine:
 
     @classmethod
     def parse(cls, text: str) -> Quarantine:
+        if "://" in text and not text.startswith("s3://"):
+            raise UsageError(f"--quarantine {text!r}: a local directory, or s3://BUCKET/PREFIX for a tree in S3")
         if not text.startswith("s3://"):
             return cls(directory=Path(text))
         bucket, _, prefix = text.removeprefix("s3://").partition("/")
@@ -86,7 +107,9 @@ class Quarantine:
 
     def check(self, location: S3Location) -> None:
         """Refuse a quarantine that is no directory, or inside the registry's prefix, or holding it (it would copy
-        into what it removes)."""
+        into what it removes), or a bucket outside S3 (GCS and Azure quarantine into a local directory)."""
+        if self.bucket is not None and location.provider != "s3":
+            raise UsageError(f"--quarantine {self}: a tree in {location.provider} quarantines into a local directory")
         if self.directory is not None:
             try:
                 if self.directory.exists() and not self.directory.is_dir():
@@ -99,6 +122,13 @@ class Quarantine:
             raise UsageError(f"--quarantine {self}: it overlaps the registry's keys under {location}")
 
     def restore_command(self, location: S3Location, endpoint: str | None) -> str:
+        if location.provider == "gcs":
+            return f"gcloud storage cp --recursive {self.directory}/* gs://{location.bucket}/{location.prefix}"
+        if location.provider == "azure":
+            return (
+                f"az storage blob upload-batch --source {self.directory} --destination {location.bucket} "
+                f"--destination-path {location.prefix}"
+            )
         flag = f" --endpoint-url {endpoint}" if endpoint else ""
         source = f"{self.directory}/" if self.directory is not None else f"s3://{self.bucket}/{self.prefix}"
         return f"aws s3 cp --recursive{flag} {source} s3://{location.bucket}/{location.prefix}"
@@ -120,7 +150,10 @@ class Quarantine:
 
 
 class S3Remover(Remover):
-    """A plan's actions on its bucket, in DeleteObjects batches.
+    """A plan's actions on its bucket, in DeleteObjects batches (S3) or one DELETE per key (GCS, Azure).
+
+    Deletes are not conditional (obstore's delete takes no `ifGenerationMatch`
+    or `If-Match`): the keys are listed again right before, as on S3.
 
     Right before each batch, the key ranges of its actions are listed again:
     an action whose keys are not those planned (ETag, size, last-modified),
