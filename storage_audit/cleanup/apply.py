@@ -219,6 +219,10 @@ class Applier(AbstractContextManager["Applier"]):
                 found = self.remover.look(self.plan, [a for _, a in batch])
                 approved: list[tuple[int, Action, Found]] = []
                 for (i, action), now in zip(batch, found, strict=True):
+                    if isinstance(now, StorageError):
+                        self._fail(action, now)
+                        settled.add(i)
+                        continue
                     if now is None:
                         if not self.dry_run:
                             self.remover.tidy(action)
@@ -237,18 +241,27 @@ class Applier(AbstractContextManager["Applier"]):
                         self.deferred.setdefault((action.repository, _tag_target(action)), []).append((i, action))
                         settled.add(i)
                     approved = []
+                errors: Sequence[StorageError | None] | None = None
                 if approved and not self.dry_run:
-                    self.remover.remove([(action, now) for _, action, now in approved])
-                for i, action, now in approved:
-                    self._settle(i, action, "done", size=self._bytes(action, now))
+                    errors = self.remover.remove([(action, now) for _, action, now in approved])
+                for n, (i, action, now) in enumerate(approved):
+                    error = None if errors is None else errors[n]
+                    if error is not None:
+                        self._fail(action, error)
+                    else:
+                        self._settle(i, action, "done", size=self._bytes(action, now))
                     settled.add(i)
             except StorageError as exc:
                 for i, action in batch:
                     if i not in settled:
-                        self.outcome.failed.append((action, str(exc)))
-                        self.log(f"failed {action.path}: {exc}")
+                        self._fail(action, exc)
             # A batch's results only follow its removal: lost in a crash, they are found gone on the next run.
             self.journal.sync()
+
+    def _fail(self, action: Action, exc: StorageError) -> None:
+        """Not journaled: a later apply looks at it again."""
+        self.outcome.failed.append((action, str(exc)))
+        self.log(f"failed {action.path}: {exc}")
 
     def _settle(self, index: int, action: Action, result: str, why: str = "", size: int = 0) -> None:
         if result == "done":

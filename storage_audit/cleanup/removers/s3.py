@@ -13,7 +13,7 @@ from pathlib import Path
 from storage_audit.cleanup.action import Action, Op, PlanError, UploadPrecondition
 from storage_audit.cleanup.plan import Plan
 from storage_audit.cleanup.removers.base import Found, Item, Quarantined, Remover, Unlisted
-from storage_audit.core.errors import UsageError
+from storage_audit.core.errors import StorageError, UsageError
 from storage_audit.core.paths import Blobs, path_for
 from storage_audit.storage.bucket import DELETE_BATCH, V2, ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.s3 import S3Storage
@@ -173,11 +173,11 @@ class S3Remover(Remover):
 
     # -- what the targets are now ---------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | None]:
+    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
         listed = self._list(actions)
         keys = sorted(listed)
         multipart = self.bucket.multipart_uploads() if any(a.op in MULTIPART_OPS for a in actions) else []
-        out: list[Found | None] = []
+        out: list[Found | StorageError | None] = []
         for action in actions:
             present = {
                 rel: listed[rel]
