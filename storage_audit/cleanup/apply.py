@@ -55,8 +55,9 @@ class ApplyOptions:
 
 @dataclass
 class Outcome:
-    """What an apply did, per action: done, skipped (with why), already gone, failed (with the error), or left to
-    another phase by a remover that does not carry it out (with why; not journaled, so a later apply does it).
+    """What an apply did, per action: done, skipped (with why; `refused` in its table where the plan marked it so),
+    already gone, failed (with the error), or left to another phase by a remover that does not carry it out (with
+    why; not journaled, so a later apply does it).
 
     `bytes` are those of the blob and upload data removed (freed, or moved to
     a quarantine); in a dry run, what would be. A dry run's done actions are
@@ -74,7 +75,8 @@ class Outcome:
 
     def frame(self) -> pd.DataFrame:
         done = "would remove" if self.dry_run else "done"
-        rows = [(a.op, done) for a in self.done] + [(a.op, "skipped") for a, _ in self.skipped]
+        rows = [(a.op, done) for a in self.done]
+        rows += [(a.op, "skipped" if a.refused is None else "refused") for a, _ in self.skipped]
         rows += [(a.op, "already gone") for a in self.gone]
         rows += [(a.op, "failed") for a, _ in self.failed]
         rows += [(a.op, "left") for a, _ in self.left]
@@ -284,7 +286,8 @@ class Applier(AbstractContextManager["Applier"]):
             self.outcome.gone.append(action)
         else:
             self.outcome.skipped.append((action, why))
-            self.log(f"skipped {action.path}: {why}")
+            # A plan made --gc-compatible marks what the stock collector deletes and these rules keep.
+            self.log(f"{'skipped' if action.refused is None else 'refused'} {action.path}: {why}")
         if not self.dry_run:
             self.journal.record(index, result)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from packaging.version import InvalidVersion, Version
 
-from storage_audit.analysis.graph import Graph
-from storage_audit.analysis.options import AgeFrom
+from storage_audit.analysis.graph import Graph, ReachOptions
+from storage_audit.analysis.options import AgeFrom, Collector
 from storage_audit.cleanup.action import (
     OP_SPEC,
     OPS,
@@ -87,6 +87,9 @@ class Policy:
     keep_latest: bool = True
     """Keep the tag `latest` unless an --only-tag expression names it (see `names_latest`)."""
     age_from: AgeFrom = AgeFrom.PUSH
+    collector: Collector | None = None
+    """Plan exactly what that version of the stock `garbage-collect` (with `--delete-untagged` when
+    `delete_untagged`) deletes, marking each action the rules above would not take as refused."""
 
     def tag_rules(self) -> bool:
         """Whether any rule deletes tags."""
@@ -100,6 +103,7 @@ class Policy:
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["age_from"] = self.age_from.value
+        doc["collector"] = None if self.collector is None else self.collector.value
         for key in ("older_than", "uploads_older_than", "min_age"):
             value = getattr(self, key)
             doc[key] = None if value is None else value.total_seconds()
@@ -141,7 +145,7 @@ class Plan:
         }
 
     def frame(self) -> pd.DataFrame:
-        columns = ["op", "path", "repository", "tag", "digest", "bytes", "reason"]
+        columns = ["op", "path", "repository", "tag", "digest", "bytes", "reason", "refused"]
         rows = [[getattr(a, c) for c in columns] for a in self.actions]
         frame = pd.DataFrame(rows, columns=columns)
         frame["bytes"] = frame["bytes"].astype("int64")
@@ -373,6 +377,8 @@ def make_plan(
 
 def _actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Series) -> list[Action]:
     """The removals `policy` implies, in apply order, with what the inventory saw of each as its precondition."""
+    if policy.collector is not None:
+        return _collector_actions(graph, policy, now, ages)
     inv = graph.inv
     ts_now = pd.Timestamp(now)
     grace = ts_now - policy.min_age
@@ -408,6 +414,102 @@ def _actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Series) -> li
     if policy.prune_empty_repositories:
         actions += _repository_actions(inv, policy, present[kept], remaining_tags, actions, grace)
     return actions
+
+
+COLLECTOR_CONFLICTS = {
+    "keep_last": "--keep-last",
+    "older_than": "--older-than",
+    "repositories": "--repository",
+    "uploads_older_than": "--uploads-older-than",
+    "prune_empty_repositories": "--prune-empty-repositories",
+}
+"""Rules the stock collector has no equivalent of: a plan `--gc-compatible` takes none of them."""
+REFUSED = "apply refuses it"
+
+
+def collector_conflicts(policy: Policy) -> list[str]:
+    """The options of `policy` that a plan as the stock collector would delete cannot take."""
+    defaults = Policy()
+    return [flag for name, flag in COLLECTOR_CONFLICTS.items() if getattr(policy, name) != getattr(defaults, name)]
+
+
+def _collector_actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Series) -> list[Action]:
+    """What that stock collector deletes (less what the grace period holds back), each action that storage-audit's
+    own rules would not take marked `refused` with why: apply's vetoes refuse those."""
+    assert policy.collector is not None
+    conflicts = collector_conflicts(policy)
+    if conflicts:
+        raise UsageError(f"--gc-compatible plans as the stock collector deletes: it takes no {', '.join(conflicts)}")
+    inv = graph.inv
+    grace = pd.Timestamp(now) - policy.min_age
+    present = graph.present
+    stock = graph.reach(ReachOptions(delete_untagged=policy.delete_untagged, collector=policy.collector))
+    old = (present["pushed_at"] < grace).fillna(False).to_numpy()
+    # What the grace period holds back keeps what it holds, as a revision the collector keeps does.
+    held_back = ~stock.kept & ~old
+    marked = stock.marked | graph.marked(held_back, protect=False)
+    removed_revisions = present[~stock.kept & old]
+    blobs = inv.blobs
+    removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
+
+    safe_policy = replace(policy, collector=None)
+    safe = _actions(graph, safe_policy, now, ages)
+    taken = {a.path for a in safe}
+    removed_safe = {(a.repository, a.digest) for a in safe if a.op is Op.REMOVE_REVISION}
+    kept = np.array(
+        [k not in removed_safe for k in zip(present["repository"], present["digest"], strict=True)], dtype=bool
+    )
+    staying = present[kept]
+    why = _Refusals(graph, staying, marked_by_kept=graph.marked(kept, protect=False))
+
+    collector = (
+        f"registry {policy.collector}'s `garbage-collect{' --delete-untagged' if policy.delete_untagged else ''}`"
+    )
+    actions: list[Action] = []
+    # The tag history of a manifest that stays is left alone: no veto guards it, and no pull reads it.
+    actions += [a for a in _history_actions(inv, inv.tags.iloc[0:0], removed_revisions) if a.path in taken]
+    for action in _revision_actions(inv, removed_revisions, inv.tags, safe_policy):
+        refused = None if action.path in taken else why.revision(action)
+        actions.append(replace(action, reason=f"{collector} deletes it", refused=refused))
+    for action in _layer_link_actions(inv, removed_blobs):
+        refused = None if action.path in taken else f"its blob stays: {REFUSED}"
+        actions.append(replace(action, refused=refused))
+    for action in _blob_actions(removed_blobs):
+        refused = None if action.path in taken else why.blob(action)
+        actions.append(replace(action, reason=f"{collector} deletes it: it marks no reference to it", refused=refused))
+    return actions
+
+
+class _Refusals:
+    """Why storage-audit keeps what the stock collector deletes, for the `refused` of a plan's actions."""
+
+    def __init__(self, graph: Graph, staying: pd.DataFrame, marked_by_kept: np.ndarray) -> None:
+        children = graph.children
+        parents = staying[["repository", "target"]].rename(columns={"target": "manifest"})
+        listed = parents.merge(children, on="manifest")
+        self.parent = {
+            (r, d): m for r, m, d in zip(listed["repository"], listed["manifest"], listed["digest"], strict=True)
+        }
+        manifests = graph.inv.manifests
+        with_subject = manifests[manifests["subject"].notna()]
+        self.subject = dict(zip(with_subject["digest"], with_subject["subject"], strict=True))
+        self.held = set(graph.inv.blobs["digest"][marked_by_kept])
+
+    def revision(self, action: Action) -> str:
+        parent = self.parent.get((action.repository, action.digest))
+        if parent is not None:
+            return f"child of index {parent}, which stays (distribution #3178): {REFUSED}"
+        subject = self.subject.get(action.digest or "")
+        if subject is not None:
+            return f"referrer (signature, SBOM, attestation) of {subject}, which stays: {REFUSED}"
+        return f"a tag or a manifest that stays reaches it: {REFUSED}"
+
+    def blob(self, action: Action) -> str:
+        if action.digest in self.held:
+            return f"a manifest that stays references it: {REFUSED}"
+        return (
+            f"a broken reference (a dangling tag, a deleted index child) names it, should it be pushed again: {REFUSED}"
+        )
 
 
 def _with_keys(action: Action, listing: KeyListing) -> Action:
@@ -614,6 +716,7 @@ __all__ = [
     "PlanError",
     "PlanRefused",
     "Policy",
+    "collector_conflicts",
     "make_plan",
     "newest_first",
     "reset_times",

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from storage_audit.analysis.options import AgeFrom, PlanFormat
+from storage_audit.analysis.options import AgeFrom, Collector, PlanFormat
 from storage_audit.cli.options import (
     CacheDirOpt,
     Help,
@@ -29,7 +29,7 @@ from storage_audit.cli.options import (
 )
 from storage_audit.cli.output import emit_text
 from storage_audit.cli.progress import reading
-from storage_audit.cli.render import table, warn_ages, warn_held_back
+from storage_audit.cli.render import table, warn_ages, warn_held_back, warn_refused
 from storage_audit.operations import plan as planning
 
 HELP = Help(
@@ -146,6 +146,16 @@ def plan(
         ),
     ] = AgeFrom.PUSH,
     keep_referrers: KeepReferrersOpt = True,
+    gc_compatible: Annotated[
+        Collector | None,
+        typer.Option(
+            "--gc-compatible",
+            metavar="[=2.8|=3]",
+            help="Plan exactly what that version of the reference registry's garbage-collect deletes (with "
+            "--delete-untagged: its -m), alone 2.8, =3 for registry:3; each action storage-audit's own rules would "
+            "not take is marked refused, with why, and apply refuses it.",
+        ),
+    ] = None,
     fmt: Annotated[
         PlanFormat,
         typer.Option(
@@ -168,7 +178,7 @@ def plan(
 
     Orphan blobs are always included. Nothing is deleted here: review the plan, then `storage-audit apply` it.
     """
-    from storage_audit.cleanup.plan import Policy
+    from storage_audit.cleanup.plan import Policy, collector_conflicts
 
     if fmt is PlanFormat.HTTP and not registry_url:
         fail("--format http needs --registry-url")
@@ -187,7 +197,11 @@ def plan(
         keep_referrers=keep_referrers,
         keep_latest=keep_latest,
         age_from=age_from,
+        collector=gc_compatible,
     )
+    conflicts = collector_conflicts(policy) if gc_compatible is not None else []
+    if conflicts:
+        fail(f"--gc-compatible plans what the stock collector deletes: it takes no {', '.join(conflicts)}")
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     options = planning.PlanOptions(fmt, registry_url)
     refused = planning.refusal(source, options)
@@ -197,6 +211,7 @@ def plan(
         planned = planning.plan(source, policy, options, scan)
     emit_text(planned.text, output)
     warn_ages(planned.plan)
+    warn_refused(planned.plan)
     if not quiet:
         table(planned.stats())
         warn_held_back(planned.plan.held_back, min_age)
