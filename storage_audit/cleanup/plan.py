@@ -460,7 +460,7 @@ def _collector_actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Ser
         [k not in removed_safe for k in zip(present["repository"], present["digest"], strict=True)], dtype=bool
     )
     staying = present[kept]
-    why = _Refusals(graph, staying, marked_by_kept=graph.marked(kept, protect=False))
+    why = _Refusals(graph, staying, graph.marked(kept, protect=False), policy.collector)
 
     collector = (
         f"registry {policy.collector}'s `garbage-collect{' --delete-untagged' if policy.delete_untagged else ''}`"
@@ -483,7 +483,9 @@ def _collector_actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Ser
 class _Refusals:
     """Why storage-audit keeps what the stock collector deletes, for the `refused` of a plan's actions."""
 
-    def __init__(self, graph: Graph, staying: pd.DataFrame, marked_by_kept: np.ndarray) -> None:
+    def __init__(self, graph: Graph, staying: pd.DataFrame, marked_by_kept: np.ndarray, collector: Collector) -> None:
+        # Registry 2.8 deletes every untagged child of a tagged index: distribution issue #3178, fixed in 3.
+        self.issue = " (distribution #3178)" if collector is Collector.V2_8 else ""
         children = graph.children
         parents = staying[["repository", "target"]].rename(columns={"target": "manifest"})
         listed = parents.merge(children, on="manifest")
@@ -498,7 +500,7 @@ class _Refusals:
     def revision(self, action: Action) -> str:
         parent = self.parent.get((action.repository, action.digest))
         if parent is not None:
-            return f"child of index {parent}, which stays (distribution #3178): {REFUSED}"
+            return f"child of index {parent}, which stays{self.issue}: {REFUSED}"
         subject = self.subject.get(action.digest or "")
         if subject is not None:
             return f"referrer (signature, SBOM, attestation) of {subject}, which stays: {REFUSED}"

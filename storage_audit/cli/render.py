@@ -186,7 +186,7 @@ def warn_refused(plan: Plan) -> None:
 def _refusal_kind(refused: str) -> str:
     """A refusal without the digest it names, to count alike ones together."""
     kinds = {
-        "child of index": "child of an index that stays (distribution #3178)",
+        "child of index": "child of an index that stays",
         "referrer": "referrer (signature, SBOM, attestation) of a manifest that stays",
     }
     for prefix, kind in kinds.items():

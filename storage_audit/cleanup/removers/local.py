@@ -203,10 +203,11 @@ class LocalRemover(Remover):
     # -- removing -------------------------------------------------------------------------
 
     def remove(self, approved: Sequence[tuple[Action, Found]]) -> list[StorageError | None]:
-        errors = _each([action for action, _ in approved], self._remove)
+        found = {id(action): now for action, now in approved}
+        errors = _each([action for action, _ in approved], lambda action: self._remove(action, found[id(action)]))
         return [error if isinstance(error, StorageError) else None for error in errors]
 
-    def _remove(self, action: Action) -> None:
+    def _remove(self, action: Action, found: Found) -> None:
         if action.op is Op.REMOVE_REPOSITORY:
             repo = action.repository or ""
             parts = [path_for(RepositoryPart(repo, part)) for part in REPOSITORY_PARTS]
@@ -216,7 +217,12 @@ class LocalRemover(Remover):
             # Parents that are no repositories themselves and now empty go too.
             self.storage.prune_empty(parts[0], levels=repo.count("/") + 1)
         else:
-            self.storage.remove(action.path, self.kept)
+            inside = f"{action.path}/"
+            names = [path.removeprefix(inside) for path in found.paths]
+            if self.kept is None and action.op is Op.REMOVE_BLOB and all(n and "/" not in n for n in names):
+                self.storage.remove_dir(action.path, names)  # a blob's directory holds its `data` alone
+            else:
+                self.storage.remove(action.path, self.kept)
             self.storage.prune_empty(action.path, PRUNED.get(action.op, 0))
 
     def tidy(self, action: Action) -> None:
