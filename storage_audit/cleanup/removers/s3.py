@@ -21,6 +21,9 @@ from storage_audit.storage.s3 import S3Storage
 MULTIPART_OPS = (Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
 """Ops whose targets may hold an upload's data, an incomplete multipart upload that listings do not show."""
 RECEIVED_DATA = "it received data since planning"
+REQUESTS_PER_BATCH = 8
+"""DeleteObjects requests a batch may take, sent at once: each batch is listed afresh and removed in turn, so a
+larger batch spends fewer round trips waiting on one server."""
 # Below these, every name is a digest: one length, one alphabet.
 _DIGEST_CONTAINERS = ("/_manifests/revisions", "/_layers", "/index")
 
@@ -156,13 +159,14 @@ class S3Remover(Remover):
         return S3Storage(self.bucket, self.storage.cache)  # a new listing: the last one is stale
 
     def batches(self, items: Sequence[Item]) -> list[list[Item]]:
-        """Consecutive actions whose keys fit one DeleteObjects request (an action with more keys goes alone)."""
+        """Consecutive actions whose keys fit REQUESTS_PER_BATCH DeleteObjects requests (an action with more keys
+        goes alone)."""
         out: list[list[Item]] = []
         current: list[Item] = []
         count = 0
         for i, action in items:
             n = max(1, len(action.precondition.objects or ()))
-            if current and count + n > DELETE_BATCH:
+            if current and count + n > DELETE_BATCH * REQUESTS_PER_BATCH:
                 out.append(current)
                 current, count = [], 0
             current.append((i, action))
