@@ -1343,3 +1343,22 @@ def test_apply_refuses_what_a_gc_compatible_plan_marks(aged: Callable[..., Path]
         problems = [p for tag in ("latest", "oci") for p in pull_verified(reg, "platforms/app", tag)]
         problems += [p for a in children for p in pull_verified(reg, a["repository"], a["digest"])]
     assert problems == []
+
+
+def test_a_gc_compatible_script_runs_no_refused_action(aged: Callable[..., Path]) -> None:
+    root = aged("multiarch")
+    _, doc = make_plan(root, "--delete-untagged", "--gc-compatible", "--min-age", "0s")
+    refused = {a["path"] for a in doc["actions"] if a.get("refused")}
+    assert refused
+    code, script, err = cli("plan", root, "--delete-untagged", "--gc-compatible", "--min-age", "0s", "-f", "sh", "-q")
+    assert code == 0, err
+    commands = [line for line in script.splitlines() if not line.startswith("#")]
+    assert not [line for line in commands if any(path in line for path in refused)]
+    assert script.count("# refused, not run: ") == len(refused)
+
+
+def test_gc_compatible_takes_no_retention_rule(aged: Callable[..., Path]) -> None:
+    root = aged("basic")
+    code, out, err = cli("plan", root, "--gc-compatible", "--keep-last", "2", "--repository", "x/*")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].endswith("it takes no --keep-last, --repository"), err
