@@ -13,6 +13,11 @@ On each backend, side by side in one run:
   window), then `apply PLAN` on storage, its fresh re-checks included: the
   only part that needs the registry read-only.
 
+On S3, `plan` and `apply` share a manifest cache (the default, beside each
+other on one host): the storage phase's fresh scan then reads from it the
+manifests `plan` read, each checked against its listed ETag and digest;
+`--no-cache` measures them with none.
+
 Both copies must end with the same blobs. A Markdown table per backend gives
 each step's wall time (and, on S3, the requests the server answered) and the
 window's ratio to the collector's time, with the targets: at most 0.5 on
@@ -127,8 +132,7 @@ def on_s3(args: argparse.Namespace, contents: dict[str, bytes], tmp: Path) -> li
     storage_audit, registry = _storage_audit_argv() or [], registry_binary() or ""
     with SeaweedS3() as server:
         start = time.perf_counter()
-        for root in (COLLECTED, TWO_PHASE):
-            asyncio.run(write_all(bucket_for(server, root), contents))
+        asyncio.run(write_both(server, contents))
         print(f"s3: 2 x {len(contents):,} keys written in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         config = tmp / "collector-s3.yml"
         block = s3_storage_block(server, "/" + COLLECTED)
@@ -141,8 +145,9 @@ def on_s3(args: argparse.Namespace, contents: dict[str, bytes], tmp: Path) -> li
         url, plan = f"s3://{server.bucket}/{TWO_PHASE}", tmp / "plan-s3.json"
         storage = s3_storage_block(server, "/" + TWO_PHASE)
         rows = [gc]
+        cache = ["--no-cache"] if args.no_cache else []
         with Registry(tmp / "unused", storage=storage, env=registry_environment()) as reg:
-            argvs = two_phase_argv(storage_audit, url, plan, reg.base_url, ["--no-cache"])
+            argvs = two_phase_argv(storage_audit, url, plan, reg.base_url, cache)
             for name, argv in zip(STEPS[:2], argvs[:2], strict=True):
                 print(f"s3: {name} ...", file=sys.stderr)
                 rows.append(_ok(run_command(server, name, argv, args.timeout, env)))
@@ -151,6 +156,11 @@ def on_s3(args: argparse.Namespace, contents: dict[str, bytes], tmp: Path) -> li
         if not gc.lower_bound and blobs_in_bucket(server, COLLECTED) != blobs_in_bucket(server, TWO_PHASE):
             raise SystemExit("s3: the collector and the two phases left different blobs")
     return rows
+
+
+async def write_both(server: SeaweedS3, contents: dict[str, bytes]) -> None:
+    """Both copies at once: the server, not one client's requests in flight, bounds the writing."""
+    await asyncio.gather(*(write_all(bucket_for(server, root), contents) for root in (COLLECTED, TWO_PHASE)))
 
 
 def render(backend: str, rows: list[Row], tmp: Path) -> str:
@@ -182,6 +192,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--manifests", type=_positive, default=20000, help="manifests, half tagged (default 20,000)")
     parser.add_argument("--blobs", type=_positive, default=120000, help="blobs in all (default 120,000)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-cache", action="store_true", help="on S3, plan and apply read every manifest afresh")
     parser.add_argument("--backend", choices=("disk", "s3", "both"), default="both")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a storage-audit run is killed")
     parser.add_argument("--gc-timeout", type=float, default=3600.0, help="seconds before the collector is killed")

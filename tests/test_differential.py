@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ import pytest
 from storage_audit.analysis import collect
 from storage_audit.analysis.options import Collector
 from storage_audit.analysis.reach import ReachOptions
+from storage_audit.cleanup.plan import BLOCKING_KINDS, Op, Plan, PlanRefused, Policy, make_plan
+from storage_audit.inventory.frames import isin
 from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.run import scan
 from storage_audit.storage.base import LocalStorage
@@ -463,3 +467,64 @@ def test_stock_delete_untagged_breaks_what_safe_mode_keeps(built: Built) -> None
     assert failing == broken
     if built.name in ("basic", "multiarch", "nested-index", "referrer-chains"):
         assert failing, "the stock collector no longer breaks tagged multi-platform images"
+
+
+# --------------------------------------------------------------------------
+# plan --gc-compatible: the collector's deletions as a plan, what storage-audit keeps marked refused
+
+FAR = datetime(2100, 1, 1, tzinfo=UTC)
+"""When the plans below are made: after every time in the trees, so that no grace period holds anything back."""
+
+
+def gc_plan(built: Built, collector: Collector) -> tuple[Plan, Plan] | None:
+    """The plan `--delete-untagged --gc-compatible=COLLECTOR --min-age 0s` and the safe plan of the same rules;
+    None where findings make planning refuse (as both plans then do)."""
+    policy = Policy(delete_untagged=True, min_age=timedelta(0), collector=collector)
+    safe = dataclasses.replace(policy, collector=None)
+    if isin(built.inv.findings["kind"], BLOCKING_KINDS).any():
+        for rules in (policy, safe):
+            with pytest.raises(PlanRefused):
+                make_plan(built.inv, rules, FAR)
+        return None
+    return make_plan(built.inv, policy, FAR), make_plan(built.inv, safe, FAR)
+
+
+def deletions(plan: Plan) -> tuple[set[tuple[str | None, str | None]], set[str | None]]:
+    revisions = {(a.repository, a.digest) for a in plan.actions if a.op is Op.REMOVE_REVISION}
+    return revisions, {a.digest for a in plan.actions if a.op is Op.REMOVE_BLOB}
+
+
+def refused_exactly_what_the_safe_plan_leaves(plan: Plan, safe: Plan) -> None:
+    taken = {a.path for a in safe.actions}
+    assert {a.path for a in plan.actions if a.refused is None} == {a.path for a in plan.actions} & taken
+    assert all(a.refused.endswith("apply refuses it") for a in plan.actions if a.refused is not None)
+
+
+def test_plan_gc_compatible_deletes_what_the_collector_deletes(built: Built) -> None:
+    plans = gc_plan(built, Collector.V2_8)
+    if plans is None:
+        return
+    plan, safe = plans
+    # What the real 2.8.2 collector's dry run with --delete-untagged lists, no more, no less.
+    assert deletions(plan) == (built.stock_manifests, built.stock_blobs)
+    refused_exactly_what_the_safe_plan_leaves(plan, safe)
+    oracle = built.oracle
+    extra = oracle.safe_kept() - oracle.tagged
+    refused = {(a.repository, a.digest): a.refused or "" for a in plan.actions if a.op is Op.REMOVE_REVISION}
+    refused = {key: why for key, why in refused.items() if why}
+    assert set(refused) == extra
+    children = oracle.kept_children(extra)
+    assert all(refused[key].startswith("child of index sha256:") for key in children)
+    assert all(refused[key].startswith("referrer ") for key in extra - children)
+    if built.name == "multiarch":
+        assert children
+
+
+def test_plan_gc_compatible_3_deletes_what_registry_3_deletes(built: Built) -> None:
+    plans = gc_plan(built, Collector.V3)
+    if plans is None:
+        return
+    plan, safe = plans
+    model = mark_and_sweep(built.root / V2, remove_untagged=True)
+    assert deletions(plan) == (model.manifests, model.blobs)
+    refused_exactly_what_the_safe_plan_leaves(plan, safe)

@@ -58,6 +58,7 @@ NOW = fixtures_built() + timedelta(minutes=1)
 It is just after the fixtures were built, so before any run of the tests: a file a test changes after
 planning has a newer mtime than the plan, as one changed by a client would."""
 ACTION_FIELDS = {"op", "path", "repository", "tag", "digest", "bytes", "reason", "precondition"}
+"""The fields of an action; a plan made --gc-compatible adds `refused` where apply refuses one."""
 
 
 # --------------------------------------------------------------------------
@@ -241,6 +242,7 @@ def test_plan_document_fields_totals_and_order(aged: Callable[..., Path]) -> Non
         "min_age": 0.0,
         "keep_latest": True,
         "age_from": "push",
+        "collector": None,
         "keep_referrers": True,
     }
     acts = doc["actions"]
@@ -1297,3 +1299,66 @@ def test_a_link_turned_into_a_directory_is_skipped_not_a_crash(aged: Callable[..
     code, _, err = apply_cli(plan)
     assert code == 0, err
     assert link.is_dir() and "skipped" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------
+# A plan made --gc-compatible: what the stock collector deletes, and what apply refuses of it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("marks", ["as planned", "marks removed"])
+def test_apply_refuses_what_a_gc_compatible_plan_marks(aged: Callable[..., Path], marks: str) -> None:
+    """Registry 2.8's `garbage-collect --delete-untagged` deletes the children of a tagged multi-arch index
+    (distribution #3178) and sweeps their blobs. A plan made `--gc-compatible` lists them too, marked refused;
+    apply's own vetoes refuse them, with or without the marks, and the tagged indexes still pull."""
+    require_registry()
+    root = aged("multiarch")
+    v2 = root / V2
+    plan, doc = make_plan(root, "--delete-untagged", "--gc-compatible", "--min-age", "0s")
+    refused = [a for a in doc["actions"] if a.get("refused")]
+    children = [a for a in refused if a["op"] == "remove-revision" and a["refused"].startswith("child of index")]
+    assert children and any(a["op"] == "remove-blob" for a in refused)
+    assert {a["repository"] for a in children} == {"platforms/app"}
+    if marks == "marks removed":
+        # The marks say what apply will do; its vetoes decide, whatever a plan file says.
+        write_plan({**doc, "actions": [{k: v for k, v in a.items() if k != "refused"} for a in doc["actions"]]}, plan)
+
+    code, _, err = apply_cli(plan)
+    assert code == 0, err
+    verdict = "refused" if marks == "as planned" else "skipped"
+    reasons = {
+        "remove-revision": "a tag or a remaining manifest reaches it now",
+        "remove-layer-link": "a manifest present now references its blob",
+        "remove-blob": "a manifest present now references it",
+    }
+    for a in refused:
+        assert (v2 / a["path"]).exists(), a["path"]
+        assert f"{verdict} {a['path']}: {reasons[a['op']]}" in err
+    if marks == "as planned":
+        assert f"{len(refused)} actions skipped ({len(refused)} refused, as the plan marks them)" in err
+    for a in doc["actions"]:
+        if not a.get("refused"):
+            assert not (v2 / a["path"]).exists(), a["path"]
+    with Registry(root) as reg:
+        problems = [p for tag in ("latest", "oci") for p in pull_verified(reg, "platforms/app", tag)]
+        problems += [p for a in children for p in pull_verified(reg, a["repository"], a["digest"])]
+    assert problems == []
+
+
+def test_a_gc_compatible_script_runs_no_refused_action(aged: Callable[..., Path]) -> None:
+    root = aged("multiarch")
+    _, doc = make_plan(root, "--delete-untagged", "--gc-compatible", "--min-age", "0s")
+    refused = {a["path"] for a in doc["actions"] if a.get("refused")}
+    assert refused
+    code, script, err = cli("plan", root, "--delete-untagged", "--gc-compatible", "--min-age", "0s", "-f", "sh", "-q")
+    assert code == 0, err
+    commands = [line for line in script.splitlines() if not line.startswith("#")]
+    assert not [line for line in commands if any(path in line for path in refused)]
+    assert script.count("# refused, not run: ") == len(refused)
+
+
+def test_gc_compatible_takes_no_retention_rule(aged: Callable[..., Path]) -> None:
+    root = aged("basic")
+    code, out, err = cli("plan", root, "--gc-compatible", "--keep-last", "2", "--repository", "x/*")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].endswith("it takes no --keep-last, --repository"), err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from storage_audit.cleanup.action import TagPrecondition
@@ -62,4 +63,10 @@ def test_an_action_holds_an_op_and_writes_the_same_json() -> None:
         "tag",
         "digest",
         "bytes",
+        "refused",
     }
+    # `refused` is written only where a plan made --gc-compatible sets it, and may be left out when read.
+    assert "refused" not in action.to_json()
+    assert Action.from_json(action.to_json(), 0) == action
+    marked = dataclasses.replace(action, refused="a manifest that stays references it: apply refuses it")
+    assert Action.from_json(json.loads(json.dumps(marked.to_json())), 0) == marked

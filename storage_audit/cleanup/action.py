@@ -284,6 +284,10 @@ def _read_multipart(doc: Any, where: str) -> tuple[PendingUpload, ...]:
     return tuple(PendingUpload(u["upload_id"], u["bytes"]) for u in doc)
 
 
+OPTIONAL_FIELDS = {"refused"}
+"""Fields of an action that a plan may leave out (written only when set)."""
+
+
 # -- the action -----------------------------------------------------------------------------
 
 
@@ -299,6 +303,9 @@ class Action:
     tag: str | None = None
     digest: str | None = None
     bytes: int = 0
+    refused: str | None = None
+    """In a plan made `--gc-compatible`: why storage-audit's own rules keep what that collector deletes, which
+    apply's vetoes then refuse (None: an action they allow)."""
 
     def __post_init__(self) -> None:
         # An Op whatever the caller passed (they compare equal to their strings).
@@ -327,13 +334,14 @@ class Action:
             "tag": self.tag,
             "digest": self.digest,
             "bytes": self.bytes,
+            **({"refused": self.refused} if self.refused is not None else {}),
         }
 
     @classmethod
     def from_json(cls, item: Any, i: int) -> Action:
         """The action #i of a plan document, validated; raises PlanError naming the first problem."""
         fields = set(cls.__dataclass_fields__)
-        if not isinstance(item, dict) or set(item) != fields:
+        if not isinstance(item, dict) or not fields - OPTIONAL_FIELDS <= set(item) <= fields:
             raise PlanError(f"action #{i} is malformed: it needs exactly the fields {sorted(fields)}")
         if not isinstance(item["op"], str) or item["op"] not in OP_SPEC:
             raise PlanError(f"action #{i} has an unknown op")
@@ -341,14 +349,16 @@ class Action:
             raise PlanError(f"action #{i}: path and reason must be strings")
         if not _count(item["bytes"]):
             raise PlanError(f"action #{i}: bytes must be a non-negative integer")
-        for name in ("repository", "tag", "digest"):
-            if not _optional_text(item[name]):
+        for name in ("repository", "tag", "digest", "refused"):
+            if not _optional_text(item.get(name)):
                 raise PlanError(f"action #{i}: {name} must be a string")
         op = Op(item["op"])
         _spec(op, item["path"], item["repository"], item["tag"], item["digest"])
         path, repository = item["path"], item["repository"]
         pre = read_precondition(op, path, repository, item["precondition"], f"action #{i}")
-        return cls(op, path, item["reason"], pre, repository, item["tag"], item["digest"], item["bytes"])
+        return cls(
+            op, path, item["reason"], pre, repository, item["tag"], item["digest"], item["bytes"], item.get("refused")
+        )
 
 
 def _spec(op: Op, path: str, repository: str | None, tag: str | None, digest: str | None) -> PathSpec:

@@ -55,8 +55,9 @@ class ApplyOptions:
 
 @dataclass
 class Outcome:
-    """What an apply did, per action: done, skipped (with why), already gone, failed (with the error), or left to
-    another phase by a remover that does not carry it out (with why; not journaled, so a later apply does it).
+    """What an apply did, per action: done, skipped (with why; `refused` in its table where the plan marked it so),
+    already gone, failed (with the error), or left to another phase by a remover that does not carry it out (with
+    why; not journaled, so a later apply does it).
 
     `bytes` are those of the blob and upload data removed (freed, or moved to
     a quarantine); in a dry run, what would be. A dry run's done actions are
@@ -74,7 +75,8 @@ class Outcome:
 
     def frame(self) -> pd.DataFrame:
         done = "would remove" if self.dry_run else "done"
-        rows = [(a.op, done) for a in self.done] + [(a.op, "skipped") for a, _ in self.skipped]
+        rows = [(a.op, done) for a in self.done]
+        rows += [(a.op, "skipped" if a.refused is None else "refused") for a, _ in self.skipped]
         rows += [(a.op, "already gone") for a in self.gone]
         rows += [(a.op, "failed") for a, _ in self.failed]
         rows += [(a.op, "left") for a, _ in self.left]
@@ -219,6 +221,10 @@ class Applier(AbstractContextManager["Applier"]):
                 found = self.remover.look(self.plan, [a for _, a in batch])
                 approved: list[tuple[int, Action, Found]] = []
                 for (i, action), now in zip(batch, found, strict=True):
+                    if isinstance(now, StorageError):
+                        self._fail(action, now)
+                        settled.add(i)
+                        continue
                     if now is None:
                         if not self.dry_run:
                             self.remover.tidy(action)
@@ -237,18 +243,27 @@ class Applier(AbstractContextManager["Applier"]):
                         self.deferred.setdefault((action.repository, _tag_target(action)), []).append((i, action))
                         settled.add(i)
                     approved = []
+                errors: Sequence[StorageError | None] | None = None
                 if approved and not self.dry_run:
-                    self.remover.remove([(action, now) for _, action, now in approved])
-                for i, action, now in approved:
-                    self._settle(i, action, "done", size=self._bytes(action, now))
+                    errors = self.remover.remove([(action, now) for _, action, now in approved])
+                for n, (i, action, now) in enumerate(approved):
+                    error = None if errors is None else errors[n]
+                    if error is not None:
+                        self._fail(action, error)
+                    else:
+                        self._settle(i, action, "done", size=self._bytes(action, now))
                     settled.add(i)
             except StorageError as exc:
                 for i, action in batch:
                     if i not in settled:
-                        self.outcome.failed.append((action, str(exc)))
-                        self.log(f"failed {action.path}: {exc}")
+                        self._fail(action, exc)
             # A batch's results only follow its removal: lost in a crash, they are found gone on the next run.
             self.journal.sync()
+
+    def _fail(self, action: Action, exc: StorageError) -> None:
+        """Not journaled: a later apply looks at it again."""
+        self.outcome.failed.append((action, str(exc)))
+        self.log(f"failed {action.path}: {exc}")
 
     def _settle(self, index: int, action: Action, result: str, why: str = "", size: int = 0) -> None:
         if result == "done":
@@ -271,7 +286,8 @@ class Applier(AbstractContextManager["Applier"]):
             self.outcome.gone.append(action)
         else:
             self.outcome.skipped.append((action, why))
-            self.log(f"skipped {action.path}: {why}")
+            # A plan made --gc-compatible marks what the stock collector deletes and these rules keep.
+            self.log(f"{'skipped' if action.refused is None else 'refused'} {action.path}: {why}")
         if not self.dry_run:
             self.journal.record(index, result)
 

@@ -125,18 +125,22 @@ class Journal:
     def _write(self, entry: dict[str, Any], sync: bool = True) -> None:
         assert self._fh is not None
         self._fh.write(json.dumps(entry).encode() + b"\n")
-        self._fh.flush()
         if sync:
+            self._fh.flush()
             os.fsync(self._fh.fileno())
 
     def record(self, index: int, result: str) -> None:
-        """Append an action's result; `sync` makes what was recorded durable."""
+        """Append an action's result (buffered); `sync` writes what was recorded and makes it durable."""
         if self._fh is not None:
             self._write({"index": index, "result": result}, sync=False)
 
     def sync(self, force: bool = False) -> None:
-        """Make what was recorded durable, at most every SYNC_INTERVAL seconds unless `force`d."""
-        if self._fh is not None and (force or time.monotonic() >= self._synced + SYNC_INTERVAL):
+        """Write what was recorded (a batch's results, before the next batch is removed), and make it durable at
+        most every SYNC_INTERVAL seconds unless `force`d."""
+        if self._fh is None:
+            return
+        self._fh.flush()
+        if force or time.monotonic() >= self._synced + SYNC_INTERVAL:
             os.fsync(self._fh.fileno())
             self._synced = time.monotonic()
 

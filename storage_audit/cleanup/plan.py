@@ -15,8 +15,8 @@ import pandas as pd
 from packaging.version import InvalidVersion, Version
 from wcmatch import glob as wcglob
 
-from storage_audit.analysis.graph import Graph
-from storage_audit.analysis.options import AgeFrom
+from storage_audit.analysis.graph import Graph, ReachOptions
+from storage_audit.analysis.options import AgeFrom, Collector
 from storage_audit.cleanup.action import (
     OP_SPEC,
     OPS,
@@ -97,6 +97,9 @@ class Policy:
     keep_unselected: bool = True
     """Whether the tags the rule does not select (matching no only_tags, or a keep_tags pattern) stay by this rule;
     a policy file's rule keeps only the tags it selects, and a tag stays if any rule keeps it."""
+    collector: Collector | None = None
+    """Plan exactly what that version of the stock `garbage-collect` (with `--delete-untagged` when
+    `delete_untagged`) deletes, marking each action the rules above would not take as refused."""
 
     def tag_rules(self) -> bool:
         """Whether any rule deletes tags."""
@@ -110,6 +113,7 @@ class Policy:
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["age_from"] = self.age_from.value
+        doc["collector"] = None if self.collector is None else self.collector.value
         for key in ("older_than", "uploads_older_than", "min_age"):
             value = getattr(self, key)
             doc[key] = None if value is None else value.total_seconds()
@@ -205,7 +209,7 @@ class Plan:
         }
 
     def frame(self) -> pd.DataFrame:
-        columns = ["op", "path", "repository", "tag", "digest", "bytes", "reason"]
+        columns = ["op", "path", "repository", "tag", "digest", "bytes", "reason", "refused"]
         rows = [[getattr(a, c) for c in columns] for a in self.actions]
         frame = pd.DataFrame(rows, columns=columns)
         frame["bytes"] = frame["bytes"].astype("int64")
@@ -567,7 +571,7 @@ def make_plan(
         raise ValueError("a plan for a tree in object storage needs the listing it was scanned from")
     ages = tag_ages(inv.tags, retention, created)
     decision = decide(graph, retention, now, ages)
-    actions = _actions(graph, decision)
+    actions = _planned(graph, decision, ages)
     if listing is not None:
         actions = [_with_keys(action, listing) for action in actions]
     location = None if listing is None else dict(listing.origin)
@@ -659,6 +663,15 @@ def decide(graph: Graph, retention: Retention, now: datetime, ages: pd.Series) -
     )
 
 
+def _planned(graph: Graph, decision: Decision, ages: pd.Series) -> list[Action]:
+    """The plan's actions: what the rules decided or, for the one-run options with a collector, what that stock
+    collector deletes (see `_collector_actions`)."""
+    rules = decision.retention.rules
+    if len(rules) == 1 and rules[0].collector is not None:
+        return _collector_actions(graph, rules[0], decision.now.to_pydatetime(), ages)
+    return _actions(graph, decision)
+
+
 def _actions(graph: Graph, decision: Decision) -> list[Action]:
     """The removals `decision` implies, in apply order, with what the inventory saw of each as its precondition."""
     inv = graph.inv
@@ -680,6 +693,104 @@ def _actions(graph: Graph, decision: Decision) -> list[Action]:
     if retention.prune_empty_repositories:
         actions += _repository_actions(inv, retention, graph.present[kept], remaining_tags, actions, grace)
     return actions
+
+
+COLLECTOR_CONFLICTS = {
+    "keep_last": "--keep-last",
+    "older_than": "--older-than",
+    "repositories": "--repository",
+    "uploads_older_than": "--uploads-older-than",
+    "prune_empty_repositories": "--prune-empty-repositories",
+}
+"""Rules the stock collector has no equivalent of: a plan `--gc-compatible` takes none of them."""
+REFUSED = "apply refuses it"
+
+
+def collector_conflicts(policy: Policy) -> list[str]:
+    """The options of `policy` that a plan as the stock collector would delete cannot take."""
+    defaults = Policy()
+    return [flag for name, flag in COLLECTOR_CONFLICTS.items() if getattr(policy, name) != getattr(defaults, name)]
+
+
+def _collector_actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Series) -> list[Action]:
+    """What that stock collector deletes (less what the grace period holds back), each action that storage-audit's
+    own rules would not take marked `refused` with why: apply's vetoes refuse those."""
+    assert policy.collector is not None
+    conflicts = collector_conflicts(policy)
+    if conflicts:
+        raise UsageError(f"--gc-compatible plans as the stock collector deletes: it takes no {', '.join(conflicts)}")
+    inv = graph.inv
+    grace = pd.Timestamp(now) - policy.min_age
+    present = graph.present
+    stock = graph.reach(ReachOptions(delete_untagged=policy.delete_untagged, collector=policy.collector))
+    old = (present["pushed_at"] < grace).fillna(False).to_numpy()
+    # What the grace period holds back keeps what it holds, as a revision the collector keeps does.
+    held_back = ~stock.kept & ~old
+    marked = stock.marked | graph.marked(held_back, protect=False)
+    removed_revisions = present[~stock.kept & old]
+    blobs = inv.blobs
+    removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
+
+    safe_policy = replace(policy, collector=None)
+    safe = _actions(graph, decide(graph, Retention.of(safe_policy), now, ages))
+    taken = {a.path for a in safe}
+    removed_safe = {(a.repository, a.digest) for a in safe if a.op is Op.REMOVE_REVISION}
+    kept = np.array(
+        [k not in removed_safe for k in zip(present["repository"], present["digest"], strict=True)], dtype=bool
+    )
+    staying = present[kept]
+    why = _Refusals(graph, staying, graph.marked(kept, protect=False), policy.collector)
+
+    collector = (
+        f"registry {policy.collector}'s `garbage-collect{' --delete-untagged' if policy.delete_untagged else ''}`"
+    )
+    actions: list[Action] = []
+    # The tag history of a manifest that stays is left alone: no veto guards it, and no pull reads it.
+    actions += [a for a in _history_actions(inv, inv.tags.iloc[0:0], removed_revisions) if a.path in taken]
+    for action in _revision_actions(inv, removed_revisions, inv.tags, np.zeros(len(removed_revisions), dtype=bool)):
+        refused = None if action.path in taken else why.revision(action)
+        actions.append(replace(action, reason=f"{collector} deletes it", refused=refused))
+    for action in _layer_link_actions(inv, removed_blobs):
+        refused = None if action.path in taken else f"its blob stays: {REFUSED}"
+        actions.append(replace(action, refused=refused))
+    for action in _blob_actions(removed_blobs):
+        refused = None if action.path in taken else why.blob(action)
+        actions.append(replace(action, reason=f"{collector} deletes it: it marks no reference to it", refused=refused))
+    return actions
+
+
+class _Refusals:
+    """Why storage-audit keeps what the stock collector deletes, for the `refused` of a plan's actions."""
+
+    def __init__(self, graph: Graph, staying: pd.DataFrame, marked_by_kept: np.ndarray, collector: Collector) -> None:
+        # Registry 2.8 deletes every untagged child of a tagged index: distribution issue #3178, fixed in 3.
+        self.issue = " (distribution #3178)" if collector is Collector.V2_8 else ""
+        children = graph.children
+        parents = staying[["repository", "target"]].rename(columns={"target": "manifest"})
+        listed = parents.merge(children, on="manifest")
+        self.parent = {
+            (r, d): m for r, m, d in zip(listed["repository"], listed["manifest"], listed["digest"], strict=True)
+        }
+        manifests = graph.inv.manifests
+        with_subject = manifests[manifests["subject"].notna()]
+        self.subject = dict(zip(with_subject["digest"], with_subject["subject"], strict=True))
+        self.held = set(graph.inv.blobs["digest"][marked_by_kept])
+
+    def revision(self, action: Action) -> str:
+        parent = self.parent.get((action.repository, action.digest))
+        if parent is not None:
+            return f"child of index {parent}, which stays{self.issue}: {REFUSED}"
+        subject = self.subject.get(action.digest or "")
+        if subject is not None:
+            return f"referrer (signature, SBOM, attestation) of {subject}, which stays: {REFUSED}"
+        return f"a tag or a manifest that stays reaches it: {REFUSED}"
+
+    def blob(self, action: Action) -> str:
+        if action.digest in self.held:
+            return f"a manifest that stays references it: {REFUSED}"
+        return (
+            f"a broken reference (a dangling tag, a deleted index child) names it, should it be pushed again: {REFUSED}"
+        )
 
 
 def _with_keys(action: Action, listing: KeyListing) -> Action:
@@ -721,7 +832,7 @@ def _held_back(
         min_age=timedelta(0),
         rules=tuple(replace(r, min_age=timedelta(0)) for r in retention.rules),
     )
-    again = _actions(graph, decide(graph, ungraced, now, ages))
+    again = _planned(graph, decide(graph, ungraced, now, ages), ages)
     held = {}
     for key, op in HELD_BACK_OPS.items():
         kept = {a.path for a in planned if a.op == op}
@@ -901,6 +1012,7 @@ __all__ = [
     "PlanRefused",
     "Policy",
     "Retention",
+    "collector_conflicts",
     "decide",
     "make_plan",
     "newest_first",

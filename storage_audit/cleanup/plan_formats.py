@@ -55,6 +55,8 @@ def _sh_line(action: Action) -> list[str]:
     def current() -> str:
         return path_for(TagCurrentLink(action.repository or "", action.tag or ""))
 
+    if action.refused is not None:
+        return [f"# {action.op} {q(action.path)}: {action.reason}", f"# refused, not run: {action.refused}"]
     pre = action.precondition
     if isinstance(pre, TagPrecondition):
         check = f"check_link {q(current())} {q(pre.current)}"
@@ -98,7 +100,7 @@ def _sh(plan: Plan, _url: str | None) -> str:
     # Only the directories a removal leaves behind in the registry's own layout, never a
     # repository's `_manifests/tags` or `_uploads` (2.8's collector aborts without `tags`).
     pruned = (Op.REMOVE_TAG_HISTORY, Op.REMOVE_REVISION, Op.REMOVE_LAYER_LINK, Op.REMOVE_BLOB)
-    empties = sorted({parent(a.path) for a in plan.actions if a.op in pruned}, reverse=True)
+    empties = sorted({parent(a.path) for a in plan.actions if a.op in pruned and a.refused is None}, reverse=True)
     lines.append("# Directories the removals left empty (the registry never prunes them).")
     lines += [f"rmdir -- {shlex.quote(d)} 2>/dev/null || true" for d in empties]
     lines.append("echo 'done: restart the registry, its blob cache still believes removed blobs exist' >&2")
@@ -166,7 +168,9 @@ def _http(plan: Plan, url: str | None) -> str:
     q = shlex.quote
     revisions = {(a.repository, a.digest) for a in plan.actions if a.op == Op.REMOVE_REVISION}
     for action in plan.actions:
-        if action.op == Op.REMOVE_REVISION:
+        if action.op == Op.REMOVE_REVISION and action.refused is not None:
+            lines.append(f"# {action.repository}@{action.digest}: {action.reason}; refused, not run: {action.refused}")
+        elif action.op == Op.REMOVE_REVISION:
             lines.append(f"# {action.reason}")
             lines.append(f"delete_manifest {q(action.repository or '')} {q(action.digest or '')}")
         elif action.op == Op.REMOVE_TAG and (action.repository, action.digest) not in revisions:

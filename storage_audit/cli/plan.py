@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from storage_audit.analysis.options import EXPLAIN_FORMATS, AgeFrom, PlanFormat, PlanOutput
+from storage_audit.analysis.options import EXPLAIN_FORMATS, AgeFrom, Collector, PlanFormat, PlanOutput
 from storage_audit.cli.options import (
     CacheDirOpt,
     Help,
@@ -30,7 +30,7 @@ from storage_audit.cli.options import (
 )
 from storage_audit.cli.output import emit, emit_text
 from storage_audit.cli.progress import reading
-from storage_audit.cli.render import table, warn_ages, warn_held_back
+from storage_audit.cli.render import table, warn_ages, warn_held_back, warn_refused
 from storage_audit.operations import plan as planning
 
 if TYPE_CHECKING:
@@ -183,6 +183,16 @@ def plan(
             "kept or deleted, with the rule that decided and the bytes a deletion frees (-f table, csv or json).",
         ),
     ] = False,
+    gc_compatible: Annotated[
+        Collector | None,
+        typer.Option(
+            "--gc-compatible",
+            metavar="[=2.8|=3]",
+            help="Plan exactly what that version of the reference registry's garbage-collect deletes (with "
+            "--delete-untagged: its -m), alone 2.8, =3 for registry:3; each action storage-audit's own rules would "
+            "not take is marked refused, with why, and apply refuses it.",
+        ),
+    ] = None,
     fmt: Annotated[
         PlanOutput | None,
         typer.Option(
@@ -226,6 +236,10 @@ def plan(
         "--no-keep-latest": not keep_latest,
         "--no-keep-referrers": not keep_referrers,
     }
+    if policy_file is not None and gc_compatible is not None:
+        fail("--gc-compatible plans what the stock collector deletes: it takes no --policy")
+    if explain and gc_compatible is not None:
+        fail("--explain says why the rules keep or delete each tag: it takes no --gc-compatible")
     if policy_file is not None and any(given.values()):
         named = ", ".join(option for option in ONE_RUN_RULES if given[option])
         fail(f"--policy takes the rules from {policy_file}: {named} cannot be added to them (write them in a rule)")
@@ -260,7 +274,13 @@ def plan(
             keep_referrers,
             keep_latest,
             age_from,
+            gc_compatible,
         )
+        from storage_audit.cleanup.plan import collector_conflicts
+
+        conflicts = collector_conflicts(rules) if gc_compatible is not None else []
+        if conflicts:
+            fail(f"--gc-compatible plans what the stock collector deletes: it takes no {', '.join(conflicts)}")
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     options = planning.PlanOptions(plan_format, registry_url, explain)
     refused = planning.refusal(source, options)
@@ -273,6 +293,7 @@ def plan(
     else:
         emit_text(planned.text, output)
     warn_ages(planned.plan)
+    warn_refused(planned.plan)
     if not quiet:
         table(planned.stats())
         warn_held_back(planned.plan.held_back, grace)
@@ -297,6 +318,7 @@ def _policy(
     keep_referrers: bool,
     keep_latest: bool,
     age_from: AgeFrom,
+    gc_compatible: Collector | None,
 ) -> Policy:
     """The rules given on the command line, as one Policy."""
     from storage_audit.cleanup.plan import Policy
@@ -314,4 +336,5 @@ def _policy(
         keep_referrers=keep_referrers,
         keep_latest=keep_latest,
         age_from=age_from,
+        collector=gc_compatible,
     )

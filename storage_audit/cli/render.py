@@ -169,6 +169,32 @@ def warn_held_back(held_back: dict[str, int], min_age: str) -> None:
         )
 
 
+def warn_refused(plan: Plan) -> None:
+    """Say how much of a `--gc-compatible` plan apply refuses, by why: what storage-audit's own rules keep."""
+    refused = [a for a in plan.actions if a.refused is not None]
+    if not refused:
+        return
+    collector = plan.policy.get("collector")
+    say(
+        f"warning: {count(len(refused), 'action')} ({size(sum(a.bytes for a in refused))}) of this plan, which "
+        f"registry {collector}'s garbage-collect would carry out, are marked refused: apply refuses them"
+    )
+    for (op, why), n in sorted(Counter((str(a.op), _refusal_kind(a.refused or "")) for a in refused).items()):
+        say(f"  {n:,} {op}: {why}")
+
+
+def _refusal_kind(refused: str) -> str:
+    """A refusal without the digest it names, to count alike ones together."""
+    kinds = {
+        "child of index": "child of an index that stays",
+        "referrer": "referrer (signature, SBOM, attestation) of a manifest that stays",
+    }
+    for prefix, kind in kinds.items():
+        if refused.startswith(prefix):
+            return f"{kind}: {refused.rpartition(': ')[2]}"
+    return refused
+
+
 def warn_ages(plan: Plan) -> None:
     """Warn where the tags' ages cannot be trusted: mtimes that look reset by a copy, or images without a
     readable `created` time (those tags are kept)."""
@@ -208,4 +234,6 @@ def apply_summary(outcome: Outcome, remover: Remover, dry_run: bool) -> str:
         did = f"moved {amount} into the quarantine {kept.where}"
     head = f"would remove {count(len(outcome.done), 'action')} and would {would}" if dry_run else did
     left = f"; {count(len(outcome.left), 'action')} left for {remover.leaves_to}" if outcome.left else ""
-    return f"{head}; {count(len(outcome.skipped), 'action')} skipped{left}"
+    refused = sum(1 for action, _ in outcome.skipped if action.refused is not None)
+    marked = f" ({refused:,} refused, as the plan marks them)" if refused else ""
+    return f"{head}; {count(len(outcome.skipped), 'action')} skipped{marked}{left}"

@@ -55,7 +55,15 @@ class Planned:
         totals = self.plan.totals()["by_repository"]
         rows = [(repo, t["count"], t["bytes"]) for repo, t in sorted(totals.items())]
         frame = pd.DataFrame(rows, columns=["repository", "actions", "bytes"])
-        return View(frame, title="deletion plan", size_columns=("bytes",), total_columns=("actions", "bytes"))
+        refused = self.plan.frame().dropna(subset=["refused"])
+        if refused.empty:
+            return View(frame, title="deletion plan", size_columns=("bytes",), total_columns=("actions", "bytes"))
+        # A plan made --gc-compatible: how many of each repository's actions apply refuses.
+        counts = refused.fillna({"repository": ""}).groupby("repository").size()
+        counts.index = counts.index.map(lambda repo: repo or "(blob store)")
+        frame["refused"] = frame["repository"].map(counts).fillna(0).astype("int64")
+        totals_of = ("actions", "refused", "bytes")
+        return View(frame, title="deletion plan", size_columns=("bytes",), total_columns=totals_of)
 
 
 def refusal(root: Root, options: PlanOptions) -> str | None:

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from storage_audit.cleanup.action import Action
 from storage_audit.cleanup.plan import Plan
+from storage_audit.core.errors import StorageError
 from storage_audit.storage.base import Storage
 
 Item = tuple[int, Action]
@@ -89,13 +90,16 @@ class Remover(ABC):
         """The actions, in their order, in groups that are each looked at and removed at once."""
 
     @abstractmethod
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | None]:
+    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
         """What the target of each of `plan`'s `actions` holds now, and whether that is what the plan saw; None when
-        it is gone. Raises StorageError when it cannot tell."""
+        it is gone; the StorageError of one it could not look at (that action fails, not its batch). Raises
+        StorageError when it cannot tell for the batch."""
 
     @abstractmethod
-    def remove(self, approved: Sequence[tuple[Action, Found]]) -> None:
-        """Remove (or quarantine) what the approved actions' targets hold. Raises StorageError when it could not."""
+    def remove(self, approved: Sequence[tuple[Action, Found]]) -> Sequence[StorageError | None] | None:
+        """Remove (or quarantine) what the approved actions' targets hold. Raises StorageError when it could not;
+        or returns, per approved action, the StorageError that kept that one from being removed (None: removed).
+        Returning None says all were removed."""
 
     def leaves(self, action: Action) -> str | None:
         """Why this remover leaves `action` to another apply (None: it carries it out); every action by default."""

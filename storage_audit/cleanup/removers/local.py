@@ -1,10 +1,12 @@
-"""Removal from a tree on disk: each action looked at and removed alone, never through a symbolic link; a
-quarantine is a move."""
+"""Removal from a tree on disk: each action looked at and removed on its own, never through a symbolic link, many at
+once on a pool of threads; a quarantine is a move."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -20,7 +22,7 @@ from storage_audit.cleanup.action import (
 )
 from storage_audit.cleanup.plan import Plan
 from storage_audit.cleanup.removers.base import Found, Item, Quarantined, Remover
-from storage_audit.core.errors import UsageError
+from storage_audit.core.errors import StorageError, UsageError
 from storage_audit.core.paths import (
     LINK_READ,
     REPOSITORY_PARTS,
@@ -44,6 +46,17 @@ DATA_CHANGED = "its data changed since planning"
 RESTARTED = "it was restarted since planning"
 RECEIVED_DATA = "it received data since planning"
 LAYER_ADDED = "a layer link was added since planning (a push in progress?)"
+
+BATCH = 512
+"""Actions looked at, then removed, at once. Each is still looked at right before its batch is removed, and an error
+fails that action only."""
+THREADS = 16
+"""Threads that look and remove at once: an unlink or rmdir mostly waits on the file system's journal, and many in
+flight let it commit them together (about five times as fast as one at a time on ext4)."""
+ALONE = (Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
+"""Ops removed one action at a time: few, and each prunes parents that another's removal may share."""
+
+T = TypeVar("T")
 
 
 class LocalRemover(Remover):
@@ -102,13 +115,19 @@ class LocalRemover(Remover):
         return self.storage  # every call reads the disk now
 
     def batches(self, items: Sequence[Item]) -> list[list[Item]]:
-        # One at a time: each is checked right before its removal, and an error fails that action only.
-        return [[item] for item in items]
+        """Consecutive actions in groups of BATCH; those of ALONE one by one."""
+        out: list[list[Item]] = []
+        for item in items:
+            if item[1].op in ALONE or not out or len(out[-1]) >= BATCH or out[-1][0][1].op in ALONE:
+                out.append([item])
+            else:
+                out[-1].append(item)
+        return out
 
     # -- what a target is now -----------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | None]:
-        return [self._look(plan, action) for action in actions]
+    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
+        return _each(actions, lambda action: self._look(plan, action))
 
     def _look(self, plan: Plan, action: Action) -> Found | None:
         pre = action.precondition
@@ -183,23 +202,48 @@ class LocalRemover(Remover):
 
     # -- removing -------------------------------------------------------------------------
 
-    def remove(self, approved: Sequence[tuple[Action, Found]]) -> None:
-        for action, _ in approved:
-            if action.op is Op.REMOVE_REPOSITORY:
-                repo = action.repository or ""
-                parts = [path_for(RepositoryPart(repo, part)) for part in REPOSITORY_PARTS]
-                for part in parts:
-                    if self.storage.stat(part) is not None:
-                        self.storage.remove(part, self.kept)
-                # Parents that are no repositories themselves and now empty go too.
-                self.storage.prune_empty(parts[0], levels=repo.count("/") + 1)
+    def remove(self, approved: Sequence[tuple[Action, Found]]) -> list[StorageError | None]:
+        found = {id(action): now for action, now in approved}
+        errors = _each([action for action, _ in approved], lambda action: self._remove(action, found[id(action)]))
+        return [error if isinstance(error, StorageError) else None for error in errors]
+
+    def _remove(self, action: Action, found: Found) -> None:
+        if action.op is Op.REMOVE_REPOSITORY:
+            repo = action.repository or ""
+            parts = [path_for(RepositoryPart(repo, part)) for part in REPOSITORY_PARTS]
+            for part in parts:
+                if self.storage.stat(part) is not None:
+                    self.storage.remove(part, self.kept)
+            # Parents that are no repositories themselves and now empty go too.
+            self.storage.prune_empty(parts[0], levels=repo.count("/") + 1)
+        else:
+            inside = f"{action.path}/"
+            names = [path.removeprefix(inside) for path in found.paths]
+            if self.kept is None and action.op is Op.REMOVE_BLOB and all(n and "/" not in n for n in names):
+                self.storage.remove_dir(action.path, names)  # a blob's directory holds its `data` alone
             else:
                 self.storage.remove(action.path, self.kept)
-                self.storage.prune_empty(action.path, PRUNED.get(action.op, 0))
+            self.storage.prune_empty(action.path, PRUNED.get(action.op, 0))
 
     def tidy(self, action: Action) -> None:
         # Removed by an earlier run that was interrupted before pruning: prune now.
         self.storage.prune_empty(action.path, PRUNED.get(action.op, 0))
+
+
+def _each(actions: Sequence[Action], do: Callable[[Action], T]) -> list[T | StorageError]:
+    """`do` for each action, on a pool of threads when there are several; the StorageError of one that raised."""
+
+    def one(action: Action) -> T | StorageError:
+        try:
+            return do(action)
+        except StorageError as exc:
+            return exc
+
+    if len(actions) < 2:
+        return [one(action) for action in actions]
+    # A pool per batch: no thread outlives it, so a fresh scan after the phase still forks its workers.
+    with ThreadPoolExecutor(min(THREADS, len(actions))) as pool:
+        return list(pool.map(one, actions))
 
 
 def _found(files: dict[str, Stat], changed: str | None = None) -> Found:

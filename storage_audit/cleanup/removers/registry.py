@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from storage_audit.cleanup.action import Action, Op, PlanError, TagPrecondition
 from storage_audit.cleanup.plan import Plan
 from storage_audit.cleanup.removers.base import Found, Item, Remover
+from storage_audit.core.errors import StorageError
 from storage_audit.registry_api.client import RegistryClient
 from storage_audit.storage.base import Storage
 
@@ -75,9 +76,9 @@ class RegistryRemover(Remover):
 
     # -- what the targets are now -------------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | None]:
+    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
         kept: dict[str, dict[str, list[str]]] = {}
-        out: list[Found | None] = []
+        out: list[Found | StorageError | None] = []
         for action in actions:
             repository = action.repository or ""
             if isinstance(action.precondition, TagPrecondition):

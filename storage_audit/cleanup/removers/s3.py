@@ -13,7 +13,7 @@ from pathlib import Path
 from storage_audit.cleanup.action import Action, Op, PlanError, UploadPrecondition
 from storage_audit.cleanup.plan import Plan
 from storage_audit.cleanup.removers.base import Found, Item, Quarantined, Remover, Unlisted
-from storage_audit.core.errors import UsageError
+from storage_audit.core.errors import StorageError, UsageError
 from storage_audit.core.paths import Blobs, path_for
 from storage_audit.storage.bucket import DELETE_BATCH, V2, ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.clouds import AzureSettings, GCSSettings
@@ -22,6 +22,9 @@ from storage_audit.storage.s3 import S3Storage
 MULTIPART_OPS = (Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
 """Ops whose targets may hold an upload's data, an incomplete multipart upload that listings do not show."""
 RECEIVED_DATA = "it received data since planning"
+REQUESTS_PER_BATCH = 8
+"""DeleteObjects requests a batch may take, sent at once: each batch is listed afresh and removed in turn, so a
+larger batch spends fewer round trips waiting on one server."""
 # Below these, every name is a digest: one length, one alphabet.
 _DIGEST_CONTAINERS = ("/_manifests/revisions", "/_layers", "/index")
 
@@ -189,13 +192,14 @@ class S3Remover(Remover):
         return S3Storage(self.bucket, self.storage.cache)  # a new listing: the last one is stale
 
     def batches(self, items: Sequence[Item]) -> list[list[Item]]:
-        """Consecutive actions whose keys fit one DeleteObjects request (an action with more keys goes alone)."""
+        """Consecutive actions whose keys fit REQUESTS_PER_BATCH DeleteObjects requests (an action with more keys
+        goes alone)."""
         out: list[list[Item]] = []
         current: list[Item] = []
         count = 0
         for i, action in items:
             n = max(1, len(action.precondition.objects or ()))
-            if current and count + n > DELETE_BATCH:
+            if current and count + n > DELETE_BATCH * REQUESTS_PER_BATCH:
                 out.append(current)
                 current, count = [], 0
             current.append((i, action))
@@ -206,11 +210,11 @@ class S3Remover(Remover):
 
     # -- what the targets are now ---------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | None]:
+    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
         listed = self._list(actions)
         keys = sorted(listed)
         multipart = self.bucket.multipart_uploads() if any(a.op in MULTIPART_OPS for a in actions) else []
-        out: list[Found | None] = []
+        out: list[Found | StorageError | None] = []
         for action in actions:
             present = {
                 rel: listed[rel]
