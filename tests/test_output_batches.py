@@ -61,7 +61,9 @@ def test_text_formats_in_batches_are_the_whole_frame_written_at_once(
     assert (tmp_path / "out.csv").read_bytes() == _whole_csv(frame).encode()
     assert (tmp_path / "out.json").read_bytes() == _whole_json(frame).encode()
     rows_read = json.loads((tmp_path / "out.json").read_text())
-    assert [row["name"] for row in rows_read] == frame["name"].astype(object).where(frame["name"].notna(), None).tolist()
+    assert [row["name"] for row in rows_read] == frame["name"].astype(object).where(
+        frame["name"].notna(), None
+    ).tolist()
 
 
 @pytest.mark.parametrize("rows", [0, ROWS + 1, 3 * ROWS + 7])

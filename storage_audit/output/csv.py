@@ -1,4 +1,4 @@
-"""CSV: a header row, raw integers, ISO 8601 UTC times, booleans as `true`/`false`; written a batch of rows at a time."""
+"""CSV: a header row, raw integers, ISO 8601 UTC times, booleans as `true`/`false`; written a batch of rows at once."""
 
 from __future__ import annotations
 
