@@ -224,3 +224,27 @@ def read_snapshot_share(directory: Path) -> dict[str, pd.DataFrame]:
         table: pd.concat([pq.read_table(directory / part).to_pandas() for part in parts], ignore_index=True)
         for table, parts in meta["tables"].items()
     }
+
+
+def test_a_share_of_a_bucket_lists_only_its_repositories(
+    in_bucket: tuple[str, Path], s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage_audit.roots.resolve import Bucket, RemoteOptions, resolve
+
+    url, mirror = in_bucket
+    for variable, value in s3_server.environment().items():
+        monkeypatch.setenv(variable, value)
+    everything = sorted(p.name for p in (mirror / "docker/registry/v2/repositories").iterdir())
+    prefixes = sorted(p.name for p in (mirror / "docker/registry/v2/blobs/sha256").iterdir())
+    assert len(everything) >= 3
+    seen: list[str] = []
+    for index in range(3):
+        shard = Shard(index, 3)
+        root = resolve(url, RemoteOptions(cache=False))
+        assert isinstance(root, Bucket)
+        root.storage.share(shard.has_repository)
+        listed = sorted(root.storage.subdirs("repositories")[0])
+        assert listed == [name for name in everything if shard.has_repository(name)]
+        assert sorted(root.storage.subdirs("blobs/sha256")[0]) == prefixes  # manifests may lie in any
+        seen += listed
+    assert sorted(seen) == everything

@@ -415,6 +415,9 @@ def _read(
         loader.start()
         meanwhile = None
     steady_allocator()
+    shard = options.shard
+    if shard is not None:
+        storage.share(shard.has_repository)
     try:
         top = Walker(storage)
         units = _share(top.units(), options.shard)
