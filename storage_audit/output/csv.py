@@ -24,7 +24,7 @@ def _csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write(view: View, out: TextIO) -> None:
-    for number, part in enumerate(batches(view.frame)):
+    for number, part in enumerate(batches(view.frame, iso_times=True)):
         _csv_frame(part).to_csv(out, index=False, header=number == 0, date_format=ISO_FORMAT)
 
 

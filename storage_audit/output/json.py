@@ -33,7 +33,7 @@ def _array(frame: pd.DataFrame) -> Iterator[str]:
     """The text of the array of `frame`'s rows, in pieces."""
     yield _OPEN
     first = True
-    for part in batches(frame):
+    for part in batches(frame, iso_times=True):
         if part.empty:
             continue
         text = _json(part)
