@@ -30,7 +30,9 @@ def _frame(rows: int) -> pd.DataFrame:
             "name": pd.Series(CodedArray(codes, names)),
             "size": np.arange(rows, dtype=np.int64) * 1000,
             "ratio": np.linspace(0, 1, rows),
-            "at": pd.to_datetime((np.arange(rows) - 2) * 10**9 + 123_456_789, utc=True).where(np.arange(rows) % 5 != 3),
+            "at": pd.to_datetime(
+                (np.arange(rows) - 2) * 10**9 + 123_456_789 * (np.arange(rows) % 4 != 1), utc=True
+            ).where(np.arange(rows) % 5 != 3),
             "kept": np.arange(rows) % 3 == 0,
             "note": pd.Series([None if i % 4 else f"n{i}" for i in range(rows)], dtype="string"),
         }

@@ -25,15 +25,11 @@ def coded_columns(frame: pd.DataFrame) -> list[str]:
     return [col for col in frame.columns if isinstance(frame[col].dtype, CodedDtype)]
 
 
-ISO_TIME = "%Y-%m-%dT%H:%M:%SZ"
-"""A UTC time as text to the microsecond (pyarrow's %S of microseconds holds them): what the text formats write."""
-
-
 def batches(frame: pd.DataFrame, rows: int | None = None, iso_times: bool = False) -> Iterator[pd.DataFrame]:
     """`frame` in slices of at most `rows` (ROWS) rows, coded columns as pandas strings; one empty slice for none.
 
-    With `iso_times`, UTC time columns come as their ISO 8601 text to the microsecond (ISO_TIME, as pandas
-    writes them with `date_unit="us"`, earlier ones floored), made by pyarrow: some thirty times faster.
+    With `iso_times`, UTC time columns come as ISO 8601 text to the microsecond (`2026-12-01T00:00:00.000000Z`,
+    as pandas writes them with `date_unit="us"`, floored), made by pyarrow: about ten times faster.
     """
     rows = rows or ROWS
     coded = coded_columns(frame)
@@ -52,8 +48,8 @@ def _utc(dtype: object) -> bool:
 
 
 def _iso(column: pd.Series) -> pd.Series:
-    nanoseconds = column.array.asi8 if hasattr(column.array, "asi8") else column.to_numpy("int64")
-    micro = pa.array(
-        np.floor_divide(nanoseconds, 1000), type=pa.timestamp("us", tz="UTC"), mask=column.isna().to_numpy()
-    )
-    return pd.Series(pc.strftime(micro, format=ISO_TIME), index=column.index, dtype=pd.StringDtype())
+    nanoseconds = column.dt.as_unit("ns").array.asi8
+    # Arrow's text of a time without a zone is `2026-12-01 00:00:00.000000`: a `T` for the space, and the zone.
+    micro = pa.array(np.floor_divide(nanoseconds, 1000), type=pa.timestamp("us"), mask=column.isna().to_numpy())
+    text = pc.replace_substring(micro.cast(pa.string()), " ", "T", max_replacements=1)
+    return pd.Series(pc.binary_join_element_wise(text, "Z", ""), index=column.index, dtype=pd.StringDtype())
