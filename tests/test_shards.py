@@ -15,7 +15,7 @@ import pytest
 from storage_audit.analysis.options import By
 from storage_audit.core.shard import Shard
 from storage_audit.inventory.tables import read_snapshot
-from tests.conftest import BROKEN, FIXTURES, cli, fixture_builder
+from tests.conftest import BROKEN, FIXTURES, cli, fixture_builder, unpacked
 from tests.registry_harness import require_registry
 from tests.s3_harness import SeaweedS3, mirror_as_listed, s3_registry
 
@@ -102,8 +102,6 @@ def test_the_shares_of_a_tree_answer_as_the_whole(
 @pytest.fixture(scope="module")
 def shares_of_basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """The basic fixture as three shares, and as two from another tree (churn)."""
-    from tests.conftest import unpacked
-
     scratch = tmp_path_factory.mktemp("shares")
     basic = split(unpacked(FIXTURES / "basic.tar.gz"), scratch / "basic", 3)
     churn = split(unpacked(FIXTURES / "churn.tar.gz"), scratch / "churn", 2)
@@ -125,6 +123,8 @@ def test_an_incomplete_or_mixed_set_is_refused(shares_of_basic: tuple[Path, Path
     missing = shutil.copytree(basic, tmp_path / "missing")
     shutil.rmtree(missing / Shard(1, 3).directory)
     _refused(missing, "an incomplete set of shards: 1/3 missing")
+    merge = cli("scan", str(missing), "-o", str(tmp_path / "merged"), "-q")  # the merge step refuses it too
+    assert merge.exit_code == 2 and "1/3 missing" in merge.stderr and not (tmp_path / "merged").exists()
     # Shares of another N.
     mixed = shutil.copytree(basic, tmp_path / "mixed-n")
     shutil.copytree(churn / Shard(0, 2).directory, mixed / Shard(0, 2).directory)
@@ -146,8 +146,6 @@ def test_an_incomplete_or_mixed_set_is_refused(shares_of_basic: tuple[Path, Path
 
 
 def unpacked_root(name: str) -> Path:
-    from tests.conftest import unpacked
-
     return unpacked(FIXTURES / f"{name}.tar.gz")
 
 
