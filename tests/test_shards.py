@@ -246,3 +246,16 @@ def test_a_share_of_a_bucket_lists_only_its_repositories(
         assert sorted(root.storage.subdirs("blobs/sha256")[0]) == prefixes  # manifests may lie in any
         seen += listed
     assert sorted(seen) == everything
+
+
+def test_keep_leaves_a_directory_of_shares_alone(shares_of_basic: tuple[Path, Path], tmp_path: Path) -> None:
+    basic, _ = shares_of_basic
+    parent = tmp_path / "snapshots"
+    shutil.copytree(basic, parent / "0-shares")
+    _scan(unpacked_root("basic"), parent / "1-old")
+    _scan(unpacked_root("basic"), parent / "2-new", "--keep", "1", env={"STORAGE_AUDIT_NOW": "2026-12-02T00:00:00Z"})
+    assert sorted(p.name for p in parent.iterdir()) == ["0-shares", "2-new"]
+    # Not a snapshot to prune (nor one left for what it holds): the shares are no snapshot of that directory.
+    from storage_audit.inventory.retention import snapshots
+
+    assert [s.path.name for s in snapshots(parent)] == ["2-new"]
