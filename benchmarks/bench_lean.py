@@ -48,6 +48,8 @@ COMMANDS = {
     "orphans -m": ("orphans", "{snapshot}", "--delete-untagged", "--quiet"),
     "report": ("report", "{snapshot}", "--by", "repository", "--quiet"),
 }
+FORMAT_COMMAND = ("orphans", "{snapshot}", "--delete-untagged", "--quiet", "--format", "{format}", "-o", "{out}")
+"""`--formats`: every orphan row written to a file (a table shows 100)."""
 TREE_COMMANDS = {
     "scan": ("scan", "{root}", "--quiet"),
     "report": ("report", "{root}", "--by", "repository", "--quiet"),
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-sizes", default="S,L", help="sizes the baseline runs at (default S,L)")
     parser.add_argument("--tree-l", action="store_true", help="also time the commands on bench_scan.py's L tree")
     parser.add_argument("--tree-only", action="store_true", help="time only the commands on the L tree")
+    parser.add_argument(
+        "--formats", default="", help="also time `orphans -m` writing every row as these, e.g. json,csv,parquet"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800)
@@ -223,7 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             if build.checkout is not None and size not in args.baseline_sizes.split(","):
                 continue
             path = snapshot if build.checkout is None else format_one(snapshot)
-            for command, words in COMMANDS.items():
+            commands = dict(COMMANDS)
+            for fmt in filter(None, args.formats.split(",")):
+                out = BENCH_DIR / "out" / f"{build.label}-{size}.{fmt}"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                words = tuple(w.replace("{format}", fmt).replace("{out}", str(out)) for w in FORMAT_COMMAND)
+                commands[f"orphans -m -f {fmt}"] = words
+            for command, words in commands.items():
                 resolved = tuple(w.replace("{snapshot}", str(path)) for w in words)
                 runs = time_one(build, resolved, args.repeat, args.timeout)
                 rows.append(Row(size, blobs, build.label, command, runs))

@@ -23,6 +23,7 @@ _FROM: dict[str, str] = {
     "load": "storage_audit.operations.inventory",
     "Inventory": "storage_audit.inventory.tables",
     "ScanOptions": "storage_audit.scan.run",
+    "Shard": "storage_audit.core.shard",
     "Graph": "storage_audit.analysis.graph",
     # The operations, one per command, with their options and answers
     "survey": "storage_audit.operations.scan",
@@ -97,6 +98,7 @@ __all__ = [
     "ReportOptions",
     "Root",
     "ScanOptions",
+    "Shard",
     "Snapshot",
     "SnapshotOptions",
     "StorageError",
@@ -141,6 +143,7 @@ if TYPE_CHECKING:
     from storage_audit.cleanup.journal import AlreadyApplied
     from storage_audit.cleanup.plan import Plan, Policy
     from storage_audit.core.errors import AuditError, StorageError, UncertainError, UsageError
+    from storage_audit.core.shard import Shard
     from storage_audit.core.view import View
     from storage_audit.inventory.tables import Inventory
     from storage_audit.operations.apply import Application, ApplyOptions, apply, open_plan

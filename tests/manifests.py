@@ -154,7 +154,8 @@ def run_on_host(
     """Run the pod's script here with `sh`, its mount paths mapped to `paths`, this checkout's storage-audit first."""
     environment = {
         **os.environ,
-        **{e["name"]: e["value"] for e in pod.container.get("env", [])},
+        # Values given in the manifest; those the cluster gives (`valueFrom`) come in `env`.
+        **{e["name"]: e["value"] for e in pod.container.get("env", []) if "value" in e},
         **env,
         "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(TOP),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import timedelta
@@ -47,10 +49,15 @@ def test_the_manifests_are_the_cronjobs_the_plan_job_and_the_apply_job() -> None
         "cronjob-s3.yaml": [("v1", "ServiceAccount"), ("v1", "PersistentVolumeClaim"), ("batch/v1", "CronJob")],
         "plan-job.yaml": [("batch/v1", "Job")],
         "apply-job.yaml": [("batch/v1", "Job")],
+        "sharded-scan.yaml": [("v1", "PersistentVolumeClaim"), ("batch/v1", "Job"), ("batch/v1", "Job")],
     }
     # Both CronJobs write to the one claim: either file may be applied first, or both.
     claims = [d for path in MANIFESTS for d in documents(path) if d["kind"] == "PersistentVolumeClaim"]
-    assert len(claims) == 2 and claims[0] == claims[1]
+    nightly = [d for d in claims if d["metadata"]["name"] == "storage-audit"]
+    assert len(nightly) == 2 and nightly[0] == nightly[1]
+    # The shares are written by pods on any node at once.
+    (shared,) = [d for d in claims if d["metadata"]["name"] == "storage-audit-shards"]
+    assert shared["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 @pytest.mark.parametrize("version", KUBERNETES)
@@ -225,3 +232,104 @@ def test_the_s3_cronjob_runs_on_a_registry_in_a_bucket(
     assert metrics["storage_audit_physical_bytes"] == sum(blobs.values())
     assert (audit / "report.html").is_file()
     assert list((audit / "cache").rglob("*"))  # the manifests, for tomorrow night
+
+
+def _env(job: Pod, name: str) -> dict[str, object]:
+    (found,) = [e for e in job.container["env"] if e["name"] == name]
+    return found
+
+
+def test_the_sharded_scan_is_an_indexed_job_of_n_shares_and_a_merge_of_n() -> None:
+    (_, shares_doc, merge_doc) = documents(DEPLOY / "sharded-scan.yaml")
+    shares, merge = pod("storage-audit-shards"), pod("storage-audit-merge")
+    spec = shares_doc["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"]
+    count = spec["completions"]
+    # N in one place per Job, and the same in both; the merge reads the directory the Job's pods write.
+    assert _env(shares, "SHARDS")["value"] == _env(merge, "SHARDS")["value"] == str(count)
+    assert _env(shares, "RUN")["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}
+    assert _env(merge, "RUN")["value"] == shares_doc["metadata"]["name"]
+    (scan,) = shares.storage_audit_lines()
+    assert scan[1:3] == ["scan", "/etc/docker/registry/config.yml"]
+    assert scan[scan.index("--shard") + 1] == "$JOB_COMPLETION_INDEX/$SHARDS"
+    assert scan[scan.index("-o") + 1] == "/var/lib/storage-audit/shards/$RUN"
+    (merged, metrics, page) = merge.storage_audit_lines()
+    assert merged[1:3] == ["scan", "$shards"] and "-o" in merged
+    assert [metrics[1], page[1]] == ["report", "report"]
+    for job in (shares, merge):
+        assert job.spec["restartPolicy"] == "Never"
+        context = job.spec["securityContext"]
+        assert context["runAsNonRoot"] is True and (context["runAsUser"], context["runAsGroup"]) == image_user()
+        assert job.container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert job.container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert job.mount("audit").source["persistentVolumeClaim"]["claimName"] == "storage-audit-shards"
+        assert {words[1] for words in job.storage_audit_lines()} <= READING
+        assert not re.search(r"\b(rm|rmdir|unlink|mv|apply|plan)\b", job.script)
+    assert shares.mount("registry-config").read_only is True
+    assert merge_doc["spec"]["activeDeadlineSeconds"] > spec["activeDeadlineSeconds"]
+
+
+@pytest.mark.slow
+def test_the_sharded_scan_runs_on_a_registry_in_a_bucket(
+    s3_server: SeaweedS3,
+    s3_registry_factory: Callable[[str], AbstractContextManager[Registry]],
+    s3_root: str,
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import cli
+
+    with s3_registry_factory(s3_root) as registry:
+        random_workload(registry, 5)
+    etc = bucket_configmap(s3_server, s3_root, tmp_path / "etc")
+    shares, merge = pod("storage-audit-shards"), pod("storage-audit-merge")
+    count = int(_env(shares, "SHARDS")["value"])  # type: ignore[arg-type]
+    shim = storage_audit_shim(tmp_path / "bin")
+    paths = lay_out_volumes(shares, tmp_path / "volumes", {"registry-config": etc})
+    # The merge starts with the shares, and waits for them.
+    merge_paths = lay_out_volumes(merge, tmp_path / "volumes", {"audit": paths["/var/lib/storage-audit"]})
+    waiting = run_on_host_started(merge, merge_paths, shim, {"STORAGE_AUDIT_NOW": NOW})
+    try:
+        for index in range(count):
+            env = {"STORAGE_AUDIT_NOW": NOW, "JOB_COMPLETION_INDEX": str(index), "RUN": "storage-audit-shards"}
+            done = run_on_host(shares, paths, shim, {**env, **aws_secret(s3_server)})
+            assert done.returncode == 0, (index, done.stdout, done.stderr)
+        out, err = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0, (out, err)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    audit = paths["/var/lib/storage-audit"]
+    (snapshot,) = (audit / "snapshots").iterdir()
+    assert len(list((audit / "shards" / "storage-audit-shards").iterdir())) == count
+    # The merged snapshot answers as a scan of the whole bucket.
+    url = f"s3://{s3_server.bucket}{s3_root}"
+    env = {"STORAGE_AUDIT_NOW": NOW, **s3_server.environment()}
+    for args in (["report", "--by", "repository"], ["orphans", "-m"], ["untagged"], ["check"]):
+        whole = cli(args[0], url, *args[1:], "-f", "json", "-q", "--no-cache", env=env)
+        merged = cli(args[0], str(snapshot), *args[1:], "-f", "json", "-q", env=env)
+        assert whole.exit_code == merged.exit_code and json.loads(whole.stdout) == json.loads(merged.stdout), args
+    prom = (audit / "metrics" / "storage_audit.prom").read_text(encoding="utf-8")
+    metrics = {s.name: s.value for family in text_string_to_metric_families(prom) for s in family.samples}
+    assert metrics["storage_audit_blobs"] == len(bucket_blobs(s3_server, s3_root))
+    assert (audit / "report.html").is_file()
+
+
+def run_on_host_started(job: Pod, paths: dict[str, Path], shim: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """The pod's script started here, as run_on_host runs it, not waited for."""
+    import os
+
+    from tests.manifests import TOP, on_host
+
+    environment = {
+        **os.environ,
+        **{e["name"]: e["value"] for e in job.container.get("env", []) if "value" in e},
+        **env,
+        "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(TOP),
+    }
+    # The wait between looks at the shares is shortened here.
+    script = on_host(job.script, paths).replace("sleep 30", "sleep 1")
+    return subprocess.Popen(
+        ["/bin/sh", "-c", script], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )

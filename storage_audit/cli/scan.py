@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from storage_audit.cli.options import (
 )
 from storage_audit.cli.progress import reading
 from storage_audit.cli.render import exit_if_unreadable, say, say_pruned, scan_summary
+from storage_audit.core.shard import Shard
 from storage_audit.operations import scan as scanning
 
 HELP = Help(
@@ -60,6 +62,15 @@ def scan(
             "older ones; only storage-audit snapshots are ever removed.  [at least 1]",
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="With -o DIR: read only share I (from 0) of N of the repositories and blob prefixes, into "
+            "DIR/shard-I-of-N; DIR, once it holds all N shares, is read as one snapshot.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -74,12 +85,23 @@ def scan(
         fail("--keep needs -o DIR: it keeps the newest snapshots beside DIR")
     if output is not None and str(output) == "-":
         fail("-o -: a snapshot is a directory, not stdout")
-    if output is not None:
+    part = None
+    if shard is not None:
+        if output is None:
+            fail("--shard needs -o DIR: each share is written as a snapshot into DIR")
+        if keep is not None:
+            fail("--keep does not go with --shard: a share is no whole snapshot")
+        try:
+            part = Shard.parse(shard)
+        except ValueError as exc:
+            fail(f"--shard {exc}")
+        scanning.check_shard_target(output, part)
+    elif output is not None:
         scanning.check_target(output)
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
     snapshot = None if output is None else scanning.SnapshotOptions(output, keep)
     with reading(quiet, workers) as options:
-        survey = scanning.survey(source, options, snapshot)
+        survey = scanning.survey(source, replace(options, shard=part), snapshot)
     if survey.pruned is not None:
         say_pruned(survey.pruned, quiet)
     if not quiet:

@@ -64,7 +64,7 @@ def snapshots(parent: Path) -> list[Snapshot]:
     storage-audit, a known format and a scan time with its offset; nothing else is one. The metadata is read
     as every snapshot's is (read_metadata): a FIFO or a link to /dev/zero there is no snapshot, not a wait.
     """
-    from storage_audit.inventory.tables import read_metadata
+    from storage_audit.inventory.tables import is_shard_set, read_metadata
     from storage_audit.inventory.validate import scanned_at
 
     found = []
@@ -73,6 +73,8 @@ def snapshots(parent: Path) -> list[Snapshot]:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             path = Path(entry.path)
+            if is_shard_set(path):
+                continue  # the shares of a scan, read as one snapshot, but never pruned as one
             try:
                 when = scanned_at(read_metadata(path))
             except ValueError:

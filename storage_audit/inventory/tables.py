@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from storage_audit.core.memory import release, steady_allocator
+from storage_audit.core.shard import SHARD_DIR_PATTERN
 from storage_audit.core.version import __version__
 from storage_audit.inventory.codes import CodedArray, CodedDtype, Dictionary, DigestCoder, TextCoder, TextDictionary
 from storage_audit.inventory.schema import (
@@ -166,14 +167,17 @@ def write_snapshot(inv: Inventory, directory: Path, views: Mapping[str, pd.DataF
     finish_snapshot(out, inv, views or {})
 
 
-def finish_snapshot(out: Any, inv: Inventory, views: Mapping[str, pd.DataFrame]) -> None:
-    """Write the views of a snapshot whose tables `out` (a SnapshotWriter) wrote, then its metadata, last."""
+def finish_snapshot(
+    out: Any, inv: Inventory, views: Mapping[str, pd.DataFrame], more: Mapping[str, Any] | None = None
+) -> None:
+    """Write the views of a snapshot whose tables `out` (a SnapshotWriter) wrote, then its metadata (with `more`
+    fields), last."""
     for name, df in views.items():
         out.write_view(name, pa.Table.from_pandas(df, preserve_index=False))
         del df
         # What computing the view freed goes back to the system before the next one.
         release()
-    out.close(inv.metadata())
+    out.close(inv.metadata() | dict(more or {}))
 
 
 def read_view(directory: Path, name: str, every_column: bool = True) -> pd.DataFrame | None:
@@ -201,9 +205,103 @@ def read_view(directory: Path, name: str, every_column: bool = True) -> pd.DataF
         raise ValueError(f"unreadable snapshot: {exc}") from exc
 
 
+SHARD_SPREAD = timedelta(hours=6)
+"""The longest time between the first and the last share of one scan; shares further apart are of other scans."""
+
+
+def is_shard_set(directory: Path) -> bool:
+    """Whether `directory` is no snapshot itself but holds shares of one (`scan -o DIR --shard I/N`)."""
+    try:
+        if (directory / METADATA_FILE).exists():
+            return False
+        return any(SHARD_DIR_PATTERN.fullmatch(name) for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
 def read_metadata(directory: Path) -> dict[str, Any]:
-    """A snapshot's metadata.json; raises ValueError when it is unreadable (not a regular file, too big, not JSON),
-    names no snapshot of a known format, or holds fields the tool does not write (a scan time without its offset)."""
+    """A snapshot's metadata.json, or the metadata of a whole shard set (see `shard_set_metadata`); raises
+    ValueError when it is unreadable (not a regular file, too big, not JSON), names no snapshot of a known format,
+    holds fields the tool does not write (a scan time without its offset), or is one share of a scan alone."""
+    if is_shard_set(directory):
+        return shard_set_metadata(directory)
+    meta = _own_metadata(directory)
+    shard = meta.get("shard")
+    if shard is not None:
+        raise ValueError(
+            f"one share ({_share_text(shard)}) of a scan, which answers nothing alone: read the directory that "
+            "holds all its shares"
+        )
+    return meta
+
+
+def _share_text(shard: Any) -> str:
+    if isinstance(shard, dict):
+        return f"{shard.get('index')}/{shard.get('count')}"
+    return repr(shard)
+
+
+def shard_set_metadata(directory: Path) -> dict[str, Any]:
+    """The metadata of the shares in `directory` read as one snapshot: the tables' files of every share, in order;
+    ValueError for an incomplete or mixed set (a share missing, of another N, root or time)."""
+    names = sorted(name for name in os.listdir(directory) if SHARD_DIR_PATTERN.fullmatch(name))
+    strays = sorted(set(os.listdir(directory)) - set(names))
+    if strays:
+        raise ValueError(f"a directory of shards that holds {strays[0]!r} too")
+    metas = []
+    for name in names:
+        try:
+            meta = _own_metadata(directory / name)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
+        shard = meta.get("shard")
+        match = SHARD_DIR_PATTERN.fullmatch(name)
+        assert match is not None
+        if not isinstance(shard, dict) or [shard.get("index"), shard.get("count")] != [int(match[1]), int(match[2])]:
+            raise ValueError(f"{name}: its metadata names no share {int(match[1])}/{int(match[2])}")
+        metas.append(meta)
+    counts = sorted({meta["shard"]["count"] for meta in metas})
+    if len(counts) > 1:
+        raise ValueError(f"a mixed set of shards: of {' and of '.join(map(str, counts))} shares")
+    count = counts[0]
+    missing = sorted(set(range(count)) - {meta["shard"]["index"] for meta in metas})
+    if missing:
+        shown = ", ".join(f"{index}/{count}" for index in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise ValueError(f"an incomplete set of shards: {shown} missing")
+    roots = sorted({meta["root"] for meta in metas})
+    if len(roots) > 1:
+        raise ValueError(f"a mixed set of shards: of {roots[0]} and of {roots[1]}")
+    origins = {json.dumps(meta.get("origin"), sort_keys=True) for meta in metas}
+    if len(origins) > 1:
+        raise ValueError("a mixed set of shards: of different storage origins")
+    times = sorted(scanned_at(meta) for meta in metas)  # type: ignore[type-var]
+    if times[-1] - times[0] > SHARD_SPREAD:  # type: ignore[operator]
+        raise ValueError(
+            f"a mixed set of shards: scanned from {times[0].isoformat()} to {times[-1].isoformat()}, "  # type: ignore[union-attr]
+            f"more than {SHARD_SPREAD} apart"
+        )
+    first = metas[0]
+    tables = {
+        table: [f"{name}/{part}" for name, meta in zip(names, metas, strict=True) for part in meta["tables"][table]]
+        for table in SCHEMA
+    }
+    seconds = [meta.get("scan_seconds") for meta in metas]
+    return {
+        "format": first["format"],
+        "tool": "storage-audit",
+        "version": first.get("version"),
+        "root": first["root"],
+        **({"origin": first["origin"]} if "origin" in first else {}),
+        "scanned_at": times[0].isoformat(),  # type: ignore[union-attr]
+        "scan_seconds": max(seconds) if all(isinstance(s, int | float) for s in seconds) else None,
+        "tables": tables,
+        "views": [],
+        "shards": count,
+    }
+
+
+def _own_metadata(directory: Path) -> dict[str, Any]:
+    """The metadata.json of `directory` itself, validated."""
     try:
         meta = json.loads(read_regular(directory / METADATA_FILE, METADATA_LIMIT))
     except AccessError as exc:
@@ -225,6 +323,8 @@ def table_files(directory: Path, meta: Mapping[str, Any]) -> dict[str, list[Path
     listed = meta.get("tables")
     if not isinstance(listed, dict) or set(listed) != set(SCHEMA):
         raise ValueError("unreadable snapshot: metadata.json does not list the files of every table")
+    # A shard set's tables are its shares' files, each below its share's directory.
+    shards = f"(?:{SHARD_DIR_PATTERN.pattern}/)?" if meta.get("shards") else ""
     files = {}
     for name in SCHEMA:
         parts = listed[name]
@@ -232,20 +332,27 @@ def table_files(directory: Path, meta: Mapping[str, Any]) -> dict[str, list[Path
         if (
             not isinstance(parts, list)
             or not parts
-            or not all(isinstance(p, str) and re.fullmatch(f"{re.escape(name)}/{PART_PATTERN}", p) for p in parts)
+            or not all(
+                isinstance(p, str) and re.fullmatch(f"{shards}{re.escape(name)}/{PART_PATTERN}", p) for p in parts
+            )
         ):
             raise ValueError(f"unreadable snapshot: metadata.json lists no valid files for {name}")
         files[name] = [directory / p for p in parts]
         # Parts are opened without following a link; their table's directory is no link either.
-        try:
-            mode = os.lstat(directory / name).st_mode
-        except FileNotFoundError:
-            continue  # a snapshot stripped down to its views
-        except OSError as exc:
-            raise ValueError(f"unreadable snapshot: {name}: {exc.strerror or exc}") from exc
-        if not stat.S_ISDIR(mode):
-            raise ValueError(f"unreadable snapshot: {name}: not a directory")
+        for below in sorted({p.rpartition(f"{name}/")[0] for p in parts}):
+            _check_table_directory(directory / below, name)
     return files
+
+
+def _check_table_directory(directory: Path, name: str) -> None:
+    try:
+        mode = os.lstat(directory / name).st_mode
+    except FileNotFoundError:
+        return  # a snapshot stripped down to its views
+    except OSError as exc:
+        raise ValueError(f"unreadable snapshot: {name}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(mode):
+        raise ValueError(f"unreadable snapshot: {name}: not a directory")
 
 
 @contextmanager
@@ -278,15 +385,19 @@ def _holding(bad: Bad, paths: list[Path]) -> Path:
 
 def read_findings(directory: Path) -> pd.DataFrame:
     """The kind and path of each finding a snapshot holds; none of a snapshot stripped down to its views."""
-    paths = table_files(directory, read_metadata(directory))["findings"]
+    meta = read_metadata(directory)
+    paths = table_files(directory, meta)["findings"]
     if not all(os.path.lexists(path) for path in paths):
         return pd.DataFrame({"kind": pd.Series(dtype="string"), "path": pd.Series(dtype="string")})
     try:
         frames = []
         for path in paths:
             with _parquet(path, "findings") as parquet:
-                frames.append(parquet.read(columns=["kind", "path"]).to_pandas())
-        return pd.concat(frames, ignore_index=True)
+                frames.append(parquet.read(columns=None if meta.get("shards") else ["kind", "path"]).to_pandas())
+        found = pd.concat(frames, ignore_index=True)
+        if meta.get("shards"):  # a finding two shares met is one
+            found = found.drop_duplicates().sort_values(["path", "kind"], kind="stable", ignore_index=True)
+        return found[["kind", "path"]]
     except SnapshotError as exc:
         raise ValueError(f"unreadable snapshot: {exc.below(directory)}") from exc
     except Exception as exc:  # OSError, or pyarrow's own error types for corrupt files
@@ -430,6 +541,74 @@ _MAPPERS: dict[str, dict[pa.DataType, Any]] = {
 }
 
 
+_BY_REPOSITORY = ("repositories", "tags", "tag_history", "revisions", "layer_links", "uploads")
+
+
+def _as_one_scan(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The tables of a shard set's shares, one after another, as one scan of the whole tree gives them.
+
+    Every repository and every blob is in one share alone, but a manifest (its references, its findings) is read
+    by each share whose links name it: kept once. Rows come in the order of the walk: repositories by their
+    top-level directory, blobs by digest, findings by path and kind.
+    """
+    out = dict(tables)
+    out["findings"] = (
+        tables["findings"].drop_duplicates().sort_values(["path", "kind"], kind="stable", ignore_index=True)
+    )
+    blobs = tables["blobs"]["digest"].array
+    assert isinstance(blobs, CodedArray)
+    out["blobs"] = tables["blobs"].iloc[np.argsort(blobs.codes, kind="stable")].reset_index(drop=True)
+    for table in _BY_REPOSITORY:
+        names = tables[table]["repository"].array
+        assert isinstance(names, CodedArray)
+        every = names.dictionary.strings(np.arange(len(names.dictionary)))
+        tops = pc.list_element(pc.split_pattern(every, "/", max_splits=1), 0)
+        rank = np.asarray(pc.rank(tops, sort_keys="ascending", tiebreaker="dense"), dtype=np.int64)
+        order = np.argsort(rank[names.codes] if len(rank) else names.codes, kind="stable")
+        out[table] = tables[table].iloc[order].reset_index(drop=True)
+    out["manifests"], out["references"] = _manifests_once(out, tables["manifests"], tables["references"])
+    return out
+
+
+def _manifests_once(
+    tables: dict[str, pd.DataFrame], manifests: pd.DataFrame, references: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each manifest once, in the order a scan reads them (what revision links name, then tags, then what lists
+    and indexes name), and its references once, in its order."""
+    digests = manifests["digest"].array
+    assert isinstance(digests, CodedArray)
+    size = len(digests.dictionary)
+    never = np.iinfo(np.int64).max
+    first = np.full(size + 1, never, dtype=np.int64)
+    at = 0
+    revisions = tables["revisions"]
+    named = [
+        np.where(
+            revisions["target"].array.codes >= 0, revisions["target"].array.codes, revisions["digest"].array.codes
+        )[revisions["linked"].to_numpy(dtype=bool)],
+        tables["tags"]["digest"].array.codes,
+        tables["tag_history"]["digest"].array.codes,
+        digests.codes,
+    ]
+    for codes in named:
+        codes = np.where(codes >= 0, codes, size)
+        distinct, where = np.unique(codes, return_index=True)
+        new = distinct[first[distinct] == never]
+        order = np.argsort(where[np.isin(distinct, new)], kind="stable")
+        first[new[order]] = at + np.arange(len(new))
+        at += len(new)
+    rank = first[np.where(digests.codes >= 0, digests.codes, size)]
+    _, once = np.unique(digests.codes, return_index=True)
+    kept = manifests.iloc[once[np.argsort(rank[once], kind="stable")]].reset_index(drop=True)
+    # References follow their manifest, in the order they were read.
+    placed = np.full(size + 1, len(kept), dtype=np.int64)
+    placed[kept["digest"].array.codes] = np.arange(len(kept))
+    refs = references.drop_duplicates(ignore_index=True)
+    owner = refs["manifest"].array.codes
+    order = np.argsort(placed[np.where(owner >= 0, owner, size)], kind="stable")
+    return kept, refs.iloc[order].reset_index(drop=True)
+
+
 def read_snapshot(directory: Path) -> Inventory:
     """Load a snapshot written by `write_snapshot`; raises ValueError when it is not one."""
     meta = read_metadata(directory)
@@ -437,6 +616,8 @@ def read_snapshot(directory: Path) -> Inventory:
     try:
         steady_allocator()
         tables = coded_frames(Columns(files))
+        if meta.get("shards"):
+            tables = _as_one_scan(tables)
         release()
         bad = bad_rows(tables)
         if bad is not None:

@@ -7,6 +7,7 @@ function of that name at the package's top would be hidden by (or hide).
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from storage_audit.operations.inventory import load, unreadable_paths
 from storage_audit.roots.resolve import Bucket, Root, Snapshot
 
 if TYPE_CHECKING:
+    from storage_audit.core.shard import Shard
     from storage_audit.inventory.retention import Pruned
     from storage_audit.inventory.tables import Inventory
     from storage_audit.scan.run import ScanOptions
@@ -87,7 +89,13 @@ def survey(root: Root, options: ScanOptions | None = None, snapshot: SnapshotOpt
             [f.path for f in found if f.kind == "unreadable"],
             remote=_remote(root),
         )
-    if snapshot is not None:
+    shard = options.shard if options is not None else None
+    if shard is not None and (snapshot is None or isinstance(root, Snapshot)):
+        raise UsageError("--shard reads a share of a storage tree into a snapshot: give a tree or bucket and -o DIR")
+    if shard is not None and snapshot is not None:
+        check_shard_target(snapshot.output, shard)
+        inv = _shard_written(root, options, snapshot.output / shard.directory, shard)
+    elif snapshot is not None:
         check_target(snapshot.output)
         inv = _written(root, options, snapshot.output)
     else:
@@ -95,7 +103,7 @@ def survey(root: Root, options: ScanOptions | None = None, snapshot: SnapshotOpt
     from storage_audit.scan.walk import Totals
 
     pruned = None
-    if snapshot is not None and snapshot.keep is not None:
+    if snapshot is not None and snapshot.keep is not None and shard is None:
         pruned = _prune(snapshot.output, snapshot.keep)
     return Survey(
         inv.root,
@@ -105,6 +113,44 @@ def survey(root: Root, options: ScanOptions | None = None, snapshot: SnapshotOpt
         pruned,
         _remote(root),
     )
+
+
+def check_shard_target(output: Path, shard: Shard) -> None:
+    """Refuse a shard set directory that holds anything but shares of a scan, or a share's directory that is
+    something else than an earlier share; raises UsageError."""
+    from storage_audit.core.shard import SHARD_DIR_PATTERN
+
+    try:
+        if output.exists():
+            if not output.is_dir():
+                raise UsageError(f"{output}: exists and is not a directory of shards")
+            strays = sorted(name for name in os.listdir(output) if not SHARD_DIR_PATTERN.fullmatch(name))
+            if strays:
+                raise UsageError(
+                    f"{output}: holds {strays[0]!r}, which is no shard of a scan: give a directory for shards"
+                )
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write snapshot: {exc.strerror or exc}") from exc
+    check_target(output / shard.directory)
+
+
+def _shard_written(root: Root, options: ScanOptions | None, output: Path, shard: Shard) -> Inventory:
+    """`shard`'s share of `root`, written as a snapshot marked as that share, without report views (a share alone
+    answers nothing: its set is read as one snapshot)."""
+    assert not isinstance(root, Snapshot)
+    from storage_audit.scan.run import scan_to_snapshot
+
+    started = time.monotonic()
+    with _writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        streamed = scan_to_snapshot(root.storage, output, options)
+    streamed.scan_seconds = time.monotonic() - started
+    inv = streamed.inventory()
+    from storage_audit.inventory.tables import finish_snapshot
+
+    with _writing(output):
+        finish_snapshot(streamed.out, inv, {}, {"shard": {"index": shard.index, "count": shard.count}})
+    return inv
 
 
 def _written(root: Root, options: ScanOptions | None, output: Path) -> Inventory:

@@ -1,13 +1,15 @@
-"""CSV: a header row, raw integers, ISO 8601 UTC times, booleans as `true`/`false`."""
+"""CSV: a header row, raw integers, ISO 8601 UTC times, booleans as `true`/`false`; written a batch of rows at once."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 
 from storage_audit.core.view import View
+from storage_audit.output.batches import batches
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 BOOLEAN_WORDS = {True: "true", False: "false"}
@@ -21,9 +23,15 @@ def _csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{col: frame[col].map(BOOLEAN_WORDS) for col in booleans})
 
 
+def _write(view: View, out: TextIO) -> None:
+    for number, part in enumerate(batches(view.frame, iso_times=True)):
+        _csv_frame(part).to_csv(out, index=False, header=number == 0, date_format=ISO_FORMAT)
+
+
 def write(view: View, dest: Path | None) -> None:
-    frame = _csv_frame(view.frame)
     if dest is None:
-        frame.to_csv(sys.stdout, index=False, date_format=ISO_FORMAT)
+        _write(view, sys.stdout)
     else:
-        frame.to_csv(dest, index=False, date_format=ISO_FORMAT)
+        # As pandas opens a path: no newline translation, its own line terminator.
+        with open(dest, "w", encoding="utf-8", newline="") as out:
+            _write(view, out)

@@ -1,14 +1,39 @@
-"""Parquet through pyarrow, keeping the frame's dtypes."""
+"""Parquet through pyarrow, keeping the frame's dtypes; written a batch of rows (a row group) at a time."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from storage_audit.core.view import View
+from storage_audit.output.batches import batches, coded_columns
 from storage_audit.output.formats import FormatError
+
+
+def _schema(first: pd.DataFrame, frame: pd.DataFrame) -> pa.Schema:
+    """The first batch's schema, coded text as `string` (as its own Arrow conversion makes it), and the type of a
+    column that batch holds only nulls of taken from the whole."""
+    schema = pa.Schema.from_pandas(first, preserve_index=False)
+    coded = set(coded_columns(frame))
+    for number, field in enumerate(schema):
+        if field.name in coded:
+            schema = schema.set(number, field.with_type(pa.string()))
+        elif pa.types.is_null(field.type) and not frame[field.name].isna().all():
+            typed = pa.array(frame[field.name].dropna().iloc[:1]).type
+            schema = schema.set(number, field.with_type(typed))
+    return schema
 
 
 def write(view: View, dest: Path | None) -> None:
     if dest is None:
         raise FormatError("parquet needs an output file: add -o FILE")
-    view.frame.to_parquet(dest, engine="pyarrow", index=False)
+    parts = batches(view.frame)
+    first = next(parts)
+    schema = _schema(first, view.frame)
+    with pq.ParquetWriter(dest, schema) as writer:
+        writer.write_table(pa.Table.from_pandas(first, schema=schema, preserve_index=False))
+        for part in parts:
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from storage_audit.core.errors import UsageError
+from storage_audit.core.shard import SHARD_DIR_PATTERN
 from storage_audit.inventory.schema import METADATA_FILE, PART_PATTERN, SCHEMA
 from storage_audit.storage.base import LocalStorage, RemoteOptions
 
@@ -149,6 +150,8 @@ def resolve(root: Path | str, remote: RemoteOptions | None = None) -> Root:
         if not _is(path / METADATA_FILE, stat.S_ISREG, follow=False):
             raise RootError(f"{root}: an incomplete snapshot: its {METADATA_FILE} is not a regular file")
         return Snapshot(path.resolve())
+    if any(SHARD_DIR_PATTERN.fullmatch(name) for name in names):
+        return Snapshot(path.resolve())  # the shares of one scan (scan --shard), read as one snapshot
     if V2_BELOW_ROOT.parts[0] in names and _is(path / V2_BELOW_ROOT, stat.S_ISDIR):
         return _local((path / V2_BELOW_ROOT).resolve())
     begun = _snapshot_tables(path, names)

@@ -25,6 +25,7 @@ from storage_audit.core import clock
 from storage_audit.core.findings import Finding
 from storage_audit.core.memory import release, steady_allocator
 from storage_audit.core.paths import BlobPrefix, InvalidPath, path_for
+from storage_audit.core.shard import Shard
 from storage_audit.inventory.schema import BOOL, INT, OPT_INT, SCHEMA, STR, TIME
 from storage_audit.scan.rows import SENT_AS_TEXT, Packed
 from storage_audit.scan.walk import TABLES, Columns, Totals, Walker, read_manifest_units, walk_units
@@ -56,10 +57,12 @@ class Progress(Protocol):
 
 @dataclass(frozen=True)
 class ScanOptions:
-    """How to scan: `workers` processes (0: chosen from the machine and the tree, 1: this process only)."""
+    """How to scan: `workers` processes (0: chosen from the machine and the tree, 1: this process only); `shard`:
+    read only that share of the repositories and blob prefixes (None: all)."""
 
     progress: Progress | None = None
     workers: int = 0
+    shard: Shard | None = None
 
 
 def _chunks(items: Sequence[T], count: int) -> list[list[T]]:
@@ -412,9 +415,12 @@ def _read(
         loader.start()
         meanwhile = None
     steady_allocator()
+    shard = options.shard
+    if shard is not None:
+        storage.share(shard.has_repository)
     try:
         top = Walker(storage)
-        units = top.units()
+        units = _share(top.units(), options.shard)
         workers = _workers(options, storage, units[1])
         if workers > 1:
             pool = ProcessPoolExecutor(workers, mp_context=_start_method(), initializer=_start_worker)
@@ -424,13 +430,27 @@ def _read(
                 # A machine that cannot start worker processes still gets its scan, in this process.
                 pool.shutdown(cancel_futures=True)
                 top = Walker(storage)
-                units = top.units()
+                units = _share(top.units(), options.shard)
             finally:
                 pool.shutdown()
         return _walk_with(None, 1, top, units, options.progress, make_sink(), None)
     finally:
         if loader is not None:
             loader.join()
+
+
+def _share(
+    units: tuple[list[str], list[tuple[str, str]]], shard: Shard | None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The repositories and blob prefixes of `shard`'s share (all without one).
+
+    The manifests the share's links name are read wherever their blobs lie: a manifest row may come from several
+    shares (the same row), which a shard set's reader keeps once.
+    """
+    if shard is None:
+        return units
+    repositories, prefixes = units
+    return [r for r in repositories if shard.has_repository(r)], [p for p in prefixes if shard.has_prefix(p[1])]
 
 
 def _walk_with(

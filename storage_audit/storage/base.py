@@ -16,7 +16,7 @@ import shutil
 import stat as stat_mod
 from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -229,6 +229,10 @@ class Storage(ABC):
 
     def prefetch(self, prefixes: Sequence[str]) -> None:  # noqa: B027 - an optional hook
         """Say which parts of the tree are about to be read: a remote backend may list them in bulk first."""
+
+    def share(self, repositories: Callable[[str], bool]) -> None:  # noqa: B027 - an optional hook
+        """Say, before anything is read, that only the top-level repository directories whose names `repositories`
+        accepts will be walked (a scan's share): a backend that lists the whole tree up front may list only those."""
 
     def bytes_below(self, rel: str) -> int:
         return sum(st.size for _, st in self.files(rel))

@@ -878,7 +878,10 @@ class S3Bucket:
             params["ContinuationToken"] = page["NextContinuationToken"]
 
     async def list_all_async(
-        self, plan: ShardPlan = shard_plan, on_keys: Callable[[dict[str, ObjectInfo]], None] | None = None
+        self,
+        plan: ShardPlan = shard_plan,
+        on_keys: Callable[[dict[str, ObjectInfo]], None] | None = None,
+        keep: Callable[[str], bool] | None = None,
     ) -> Listing:
         """Every key under the `v2` prefix, from sharded flat listings run concurrently.
 
@@ -888,7 +891,9 @@ class S3Bucket:
         `on_keys(objects)` takes every key, keyed by its path relative to
         `v2`, a page at a time as the pages arrive, so that work on them can
         start while the rest is still listed (a shard listed again after a
-        cut gives its keys again).
+        cut gives its keys again). `keep(path)` says whether to list each
+        directory the delimiter listings find (its path relative to `v2`, no
+        trailing `/`): the keys below one it refuses are left out.
         """
         objects: dict[str, ObjectInfo] = {}
         shards = 0
@@ -897,7 +902,7 @@ class S3Bucket:
         relative = self.location.relative
         top = self.location.prefix.removesuffix("/")
 
-        def keep(found: list[tuple[str, ObjectInfo]]) -> None:
+        def take(found: list[tuple[str, ObjectInfo]]) -> None:
             batch = {relative(key): info for key, info in found}
             objects.update(batch)
             if on_keys is not None:
@@ -909,14 +914,16 @@ class S3Bucket:
             async with semaphore:
                 shards += 1
                 if depth == 0:
-                    await self._list_flat(prefix, keep)
+                    await self._list_flat(prefix, take)
                     return
                 found, prefixes = await self._list_delimited(prefix)
             if prefix == self.location.prefix:
                 # A console's folder `v2/` lists as the prefix itself, which holds no tree of its own.
                 marker = any(key == top for key, _ in found)
                 found = [(key, info) for key, info in found if key != top]
-            keep(found)
+            take(found)
+            if keep is not None:
+                prefixes = [p for p in prefixes if keep(relative(p).strip("/"))]
             if prefix == self.location.prefix:
                 depths = [plan(relative(p).strip("/")) for p in prefixes]
             else:

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import os
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +21,7 @@ from storage_audit.core.paths import (
     Blobs,
     Digest,
     LayerLink,
+    Repositories,
     RevisionLink,
     TagCurrentLink,
     TagIndexLink,
@@ -414,6 +415,7 @@ class S3Storage(Storage):
         """Paths whose `_known` bytes are only the first ones: enough to answer a read of fewer."""
         self.etag_resolved = 0
         self._unlisted: dict[str, list[tuple[str, int]]] = {}
+        self._repositories: Callable[[str], bool] | None = None
 
     @property
     def origin(self) -> dict[str, str]:
@@ -431,6 +433,18 @@ class S3Storage(Storage):
 
     # -- the listing ----------------------------------------------------------
 
+    def share(self, repositories: Callable[[str], bool]) -> None:
+        """List only the top-level repository directories `repositories` accepts (and every blob prefix: the
+        manifests their links name may lie in any)."""
+        if self._tree_ is None:
+            self._repositories = repositories
+
+    def _lists(self, path: str) -> bool:
+        """Whether the directory `path` (relative to `v2`) is listed: all but other shares' repositories."""
+        top, _, name = path.partition("/")
+        wanted = self._repositories
+        return wanted is None or top != path_for(Repositories()) or not name or "/" in name or wanted(name)
+
     @property
     def tree(self) -> _Tree:
         if self._tree_ is None:
@@ -444,7 +458,8 @@ class S3Storage(Storage):
             early = _EarlyManifests(self, index)
             try:
                 listing, uploads = await asyncio.gather(
-                    self.bucket.list_all_async(on_keys=early.on_keys), self.bucket.multipart_uploads_async()
+                    self.bucket.list_all_async(on_keys=early.on_keys, keep=self._lists),
+                    self.bucket.multipart_uploads_async(),
                 )
             except BaseException:
                 early.cancel()
@@ -471,6 +486,8 @@ class S3Storage(Storage):
                 self._known[path] = digest.encode()
                 self.etag_resolved += 1
         for upload in uploads:
+            if not self._lists("/".join(upload.path.split("/")[:2])):
+                continue  # another share's repository
             self._unlisted.setdefault(upload.path, []).append((upload.upload_id, upload.bytes))
             # Several unfinished uploads to one key are one file of their bytes together.
             known = index.files.get(upload.path)

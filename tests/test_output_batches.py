@@ -1,0 +1,95 @@
+"""Formats that write every row write them a batch at a time: the bytes (CSV, JSON) and the values (Parquet) are
+those of the whole frame written at once, whatever the batch size, and coded text leaves as its strings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage_audit.core.view import View
+from storage_audit.inventory.codes import CodedArray, TextDictionary
+from storage_audit.output import batches
+from storage_audit.output import csv as csv_format
+from storage_audit.output import json as json_format
+from storage_audit.output import parquet as parquet_format
+
+ROWS = 10
+
+
+def _frame(rows: int) -> pd.DataFrame:
+    names = TextDictionary.of([pa.array(["a/b", 'q"uote', "x,y", "é\\/z", "sha256:" + "0" * 64])])
+    codes = np.arange(rows, dtype=np.int32) % (len(names) + 1) - 1  # a null now and then
+    return pd.DataFrame(
+        {
+            "name": pd.Series(CodedArray(codes, names)),
+            "size": np.arange(rows, dtype=np.int64) * 1000,
+            "ratio": np.linspace(0, 1, rows),
+            "at": pd.to_datetime(
+                (np.arange(rows) - 2) * 10**9 + 123_456_789 * (np.arange(rows) % 4 != 1), utc=True
+            ).where(np.arange(rows) % 5 != 3),
+            "kept": np.arange(rows) % 3 == 0,
+            "note": pd.Series([None if i % 4 else f"n{i}" for i in range(rows)], dtype="string"),
+        }
+    )
+
+
+def _whole_csv(frame: pd.DataFrame) -> str:
+    """Today's CSV of the frame, written at once."""
+    plain = frame.assign(name=frame["name"].astype("string"), kept=frame["kept"].map({True: "true", False: "false"}))
+    return plain.to_csv(index=False, date_format=csv_format.ISO_FORMAT)
+
+
+def _whole_json(frame: pd.DataFrame) -> str:
+    plain = frame.assign(name=frame["name"].astype("string"))
+    text = plain.to_json(orient="records", date_format="iso", date_unit="us", indent=2)
+    return ("[]" if frame.empty else text.replace("\\/", "/")) + "\n"
+
+
+@pytest.mark.parametrize("rows", [0, 1, ROWS - 1, ROWS, ROWS + 1, 3 * ROWS + 7])
+def test_text_formats_in_batches_are_the_whole_frame_written_at_once(
+    rows: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = _frame(rows)
+    monkeypatch.setattr(batches, "ROWS", ROWS)
+    assert len(list(batches.batches(frame))) == max(1, -(-rows // ROWS))
+    csv_format.write(View(frame), tmp_path / "out.csv")
+    json_format.write(View(frame), tmp_path / "out.json")
+    assert (tmp_path / "out.csv").read_bytes() == _whole_csv(frame).encode()
+    assert (tmp_path / "out.json").read_bytes() == _whole_json(frame).encode()
+    rows_read = json.loads((tmp_path / "out.json").read_text())
+    assert [row["name"] for row in rows_read] == frame["name"].astype(object).where(
+        frame["name"].notna(), None
+    ).tolist()
+
+
+@pytest.mark.parametrize("rows", [0, ROWS + 1, 3 * ROWS + 7])
+def test_parquet_in_batches_holds_the_whole_frame(rows: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = _frame(rows)
+    monkeypatch.setattr(batches, "ROWS", ROWS)
+    parquet_format.write(View(frame), tmp_path / "out.parquet")
+    written = pq.ParquetFile(tmp_path / "out.parquet")
+    assert written.metadata.num_row_groups == max(1, -(-rows // ROWS))
+    assert written.schema_arrow.field("name").type == pa.string()
+    read = pd.read_parquet(tmp_path / "out.parquet")
+    expected = frame.assign(name=frame["name"].astype("string"))
+    pd.testing.assert_frame_equal(read, expected, check_dtype=False)
+
+
+def test_a_column_null_in_the_first_batch_keeps_its_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = pd.DataFrame({"late": [None] * ROWS + ["x"]}, dtype=object)
+    monkeypatch.setattr(batches, "ROWS", ROWS)
+    parquet_format.write(View(frame), tmp_path / "out.parquet")
+    assert pd.read_parquet(tmp_path / "out.parquet")["late"].tolist()[-1] == "x"
+
+
+def test_a_single_row_is_one_object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = _frame(2).iloc[1:].reset_index(drop=True)
+    json_format.write(View(frame, single=True), None)
+    row = json.loads(capsys.readouterr().out)
+    assert row["name"] == "a/b" and row["size"] == 1000 and row["kept"] is False
