@@ -285,7 +285,7 @@ def shard_set_metadata(directory: Path) -> dict[str, Any]:
         table: [f"{name}/{part}" for name, meta in zip(names, metas, strict=True) for part in meta["tables"][table]]
         for table in SCHEMA
     }
-    seconds = [meta.get("scan_seconds") for meta in metas]
+    seconds = [s for s in (meta.get("scan_seconds") for meta in metas) if isinstance(s, int | float)]
     return {
         "format": first["format"],
         "tool": "storage-audit",
@@ -293,7 +293,7 @@ def shard_set_metadata(directory: Path) -> dict[str, Any]:
         "root": first["root"],
         **({"origin": first["origin"]} if "origin" in first else {}),
         "scanned_at": times[0].isoformat(),  # type: ignore[union-attr]
-        "scan_seconds": max(seconds) if all(isinstance(s, int | float) for s in seconds) else None,
+        "scan_seconds": max(seconds) if len(seconds) == len(metas) else None,
         "tables": tables,
         "views": [],
         "shards": count,
