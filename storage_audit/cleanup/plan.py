@@ -668,7 +668,7 @@ def _planned(graph: Graph, decision: Decision, ages: pd.Series) -> list[Action]:
     collector deletes (see `_collector_actions`)."""
     rules = decision.retention.rules
     if len(rules) == 1 and rules[0].collector is not None:
-        return _collector_actions(graph, rules[0], decision.now.to_pydatetime(), ages)
+        return _collector_actions(graph, rules[0], decision)
     return _actions(graph, decision)
 
 
@@ -712,15 +712,16 @@ def collector_conflicts(policy: Policy) -> list[str]:
     return [flag for name, flag in COLLECTOR_CONFLICTS.items() if getattr(policy, name) != getattr(defaults, name)]
 
 
-def _collector_actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Series) -> list[Action]:
+def _collector_actions(graph: Graph, policy: Policy, decision: Decision) -> list[Action]:
     """What that stock collector deletes (less what the grace period holds back), each action that storage-audit's
-    own rules would not take marked `refused` with why: apply's vetoes refuse those."""
+    own rules would not take marked `refused` with why: apply's vetoes refuse those. `decision` is what the same
+    rules decide by storage-audit's own reckoning (the collector plays no part in it)."""
     assert policy.collector is not None
     conflicts = collector_conflicts(policy)
     if conflicts:
         raise UsageError(f"--gc-compatible plans as the stock collector deletes: it takes no {', '.join(conflicts)}")
     inv = graph.inv
-    grace = pd.Timestamp(now) - policy.min_age
+    grace = decision.now - policy.min_age
     present = graph.present
     stock = graph.reach(ReachOptions(delete_untagged=policy.delete_untagged, collector=policy.collector))
     old = (present["pushed_at"] < grace).fillna(False).to_numpy()
@@ -731,15 +732,9 @@ def _collector_actions(graph: Graph, policy: Policy, now: datetime, ages: pd.Ser
     blobs = inv.blobs
     removed_blobs = blobs[~marked & (blobs["mtime"] < grace)]
 
-    safe_policy = replace(policy, collector=None)
-    safe = _actions(graph, decide(graph, Retention.of(safe_policy), now, ages))
-    taken = {a.path for a in safe}
-    removed_safe = {(a.repository, a.digest) for a in safe if a.op is Op.REMOVE_REVISION}
-    kept = np.array(
-        [k not in removed_safe for k in zip(present["repository"], present["digest"], strict=True)], dtype=bool
-    )
-    staying = present[kept]
-    why = _Refusals(graph, staying, graph.marked(kept, protect=False), policy.collector)
+    taken = {a.path for a in _actions(graph, decision)}
+    kept = decision.kept
+    why = _Refusals(graph, present[kept], graph.marked(kept, protect=False), policy.collector)
 
     collector = (
         f"registry {policy.collector}'s `garbage-collect{' --delete-untagged' if policy.delete_untagged else ''}`"
