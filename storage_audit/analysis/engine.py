@@ -1,0 +1,542 @@
+"""The analysis as SQL over a snapshot's Parquet tables, on an engine that does not hold the registry in memory.
+
+One set of statements, run unchanged by DuckDB (on one machine, spilling to disk past its memory limit) and by
+Spark SQL (local mode or a cluster); each engine adds only how it reads Parquet, keeps an intermediate table,
+counts, hands rows back as Arrow, and two expressions of its dialect. The closures (what tags keep through index
+children and referrers, what broken references name through the lists' contents) are iterated from here, one
+level of nesting per statement: neither needs a recursive query.
+
+The semantics are `graph.Graph`'s, statement by statement: present revisions, what each holds (its own blob and
+the stored blobs its manifest references as config, layer, child or fslayer), child and referrer edges within a
+repository, dangling tags and missing index children protecting what they name and all it holds (in their
+repository), and the marks. Revisions are keyed by (repository, digest), blobs by digest. The answers are
+read-only reports: `untagged`, `orphans` (plain, with delete_untagged, and registry 2.8's rule) and
+`report --by repository`. Registry 3's mark, a walk whose answer depends on its order, stays with the graph.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+
+from storage_audit.analysis.options import COLUMNS, By, Collector
+from storage_audit.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+HOLDING = "('config', 'layer', 'child', 'fslayer')"
+"""graph.HOLDING_REFS as SQL: the references that keep a blob alive while their manifest is kept."""
+
+TABLES = ("blobs", "revisions", "tags", "references", "manifests", "layer_links", "repositories", "uploads")
+"""The snapshot tables the answers read (`references` is known to SQL as `refs`: a reserved word)."""
+
+UNTAGGED_COLUMNS = (
+    "repository",
+    "digest",
+    "media_type",
+    "artifact_type",
+    "subject",
+    "pushed_at",
+    "manifest_bytes",
+    "reclaimable_bytes",
+)
+ORPHAN_COLUMNS = ("digest", "size", "mtime", "kind", "linked_from")
+TIMES = ("pushed_at", "mtime", "last_push")
+"""Columns handed back as nanoseconds since the epoch (Spark reads Parquet's nanosecond times as such), made
+times in UTC here."""
+
+DUCKDB_MEMORY = "STORAGE_AUDIT_DUCKDB_MEMORY"
+"""The environment variable that sets DuckDB's memory limit (default DEFAULT_MEMORY); past it, DuckDB spills."""
+DEFAULT_MEMORY = "1GB"
+
+
+@dataclass(frozen=True)
+class Keep:
+    """What is kept, as graph.ReachOptions says it (registry 3's collector is not offered here)."""
+
+    delete_untagged: bool = False
+    keep_referrers: bool = True
+    collector: Collector | None = None
+
+    def normal(self) -> Keep:
+        """As `Graph.reach` reads it: keep_referrers only matters when untagged revisions go by the safe rule."""
+        if self.collector is Collector.V3:
+            raise UsageError("registry 3's mark (--gc-compatible=3) is a walk in order: use --engine pandas")
+        if self.collector is not None or not self.delete_untagged:
+            return Keep(self.delete_untagged, True, self.collector)
+        return self
+
+
+class Sql(ABC):
+    """One SQL engine: where the tables are read from, how a table is kept, and its dialect's few differences."""
+
+    @abstractmethod
+    def source(self, name: str, files: Sequence[str], distinct: bool = False) -> None:
+        """Make `name` the rows of these Parquet files (each distinct row once with `distinct`)."""
+
+    @abstractmethod
+    def create(self, name: str, query: str) -> None:
+        """Compute `query` now and keep its rows as the table `name` (replacing one of that name)."""
+
+    @abstractmethod
+    def drop(self, name: str) -> None:
+        """Forget the table `name`."""
+
+    @abstractmethod
+    def count(self, name: str) -> int:
+        """The rows of table `name`."""
+
+    @abstractmethod
+    def arrow(self, query: str) -> pa.Table:
+        """The rows of `query`, in its order."""
+
+    @abstractmethod
+    def joined(self, column: str) -> str:
+        """An aggregate: the distinct non-null values of `column`, sorted, joined by commas."""
+
+    @abstractmethod
+    def nanos(self, column: str) -> str:
+        """A time column as nanoseconds since the epoch."""
+
+    def close(self) -> None:  # noqa: B027 - most engines have nothing to give back
+        """Give back what the engine holds."""
+
+
+class DuckDB(Sql):
+    """DuckDB in this process, held to `memory` (spilling its intermediate tables to `temp_directory`)."""
+
+    def __init__(self, temp_directory: Path, memory: str | None = None, threads: int | None = None) -> None:
+        import duckdb
+
+        self.con = duckdb.connect(config={"threads": threads or os.cpu_count() or 1})
+        self.con.execute(f"SET memory_limit = {_text(memory or os.environ.get(DUCKDB_MEMORY) or DEFAULT_MEMORY)}")
+        self.con.execute(f"SET temp_directory = {_text(str(temp_directory))}")
+        # Rows come out in the order each query asks for; nothing else needs the order they went in.
+        self.con.execute("SET preserve_insertion_order = false")
+
+    def source(self, name: str, files: Sequence[str], distinct: bool = False) -> None:
+        listed = ", ".join(_text(f) for f in files)
+        select = "SELECT DISTINCT *" if distinct else "SELECT *"
+        self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {select} FROM read_parquet([{listed}])")
+
+    def create(self, name: str, query: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {query}")
+
+    def drop(self, name: str) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def count(self, name: str) -> int:
+        row = self.con.execute(f"SELECT count(*) FROM {name}").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def arrow(self, query: str) -> pa.Table:
+        return self.con.sql(query).to_arrow_table()
+
+    def joined(self, column: str) -> str:
+        return f"string_agg(DISTINCT {column}, ',' ORDER BY {column})"
+
+    def nanos(self, column: str) -> str:
+        return f"epoch_ns({column})"
+
+    def close(self) -> None:
+        self.con.close()
+
+
+SPARK_CONF = {
+    # The snapshot's times are Parquet nanoseconds, which Spark reads only as integers; they stay exact.
+    "spark.sql.legacy.parquet.nanosAsLong": "true",
+    "spark.sql.session.timeZone": "UTC",
+}
+"""What a SparkSession needs set to read a snapshot (`spark-submit --conf` or the session's builder)."""
+
+
+class Spark(Sql):
+    """Spark SQL in a SparkSession (built with SPARK_CONF); kept tables are checkpointed, cutting their lineage."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        for key, value in SPARK_CONF.items():
+            spark.conf.set(key, value)
+        self._kept: dict[str, Any] = {}
+
+    def source(self, name: str, files: Sequence[str], distinct: bool = False) -> None:
+        frame = self.spark.read.parquet(*files)
+        (frame.distinct() if distinct else frame).createOrReplaceTempView(name)
+
+    def create(self, name: str, query: str) -> None:
+        frame = self.spark.sql(query).localCheckpoint(eager=True)
+        self.drop(name)
+        frame.createOrReplaceTempView(name)
+        self._kept[name] = frame
+
+    def drop(self, name: str) -> None:
+        frame = self._kept.pop(name, None)
+        if frame is not None:
+            self.spark.catalog.dropTempView(name)
+            frame.unpersist()
+
+    def count(self, name: str) -> int:
+        return int(self.spark.table(name).count())
+
+    def arrow(self, query: str) -> pa.Table:
+        return self.spark.sql(query).toArrow()
+
+    def joined(self, column: str) -> str:
+        return f"array_join(array_sort(collect_set({column})), ',')"
+
+    def nanos(self, column: str) -> str:
+        return column
+
+    def close(self) -> None:
+        for name in list(self._kept):
+            self.drop(name)
+
+
+def _text(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Analysis:
+    """The answers of one snapshot on one engine; each intermediate table is computed once, when first needed."""
+
+    def __init__(self, sql: Sql, files: Mapping[str, Sequence[str]], shards: bool = False) -> None:
+        self.sql = sql
+        self._made: set[str] = set()
+        self._temp: list[str] = []
+        for table in TABLES:
+            # The shares of a sharded scan each read the manifests their links name: each row once.
+            distinct = shards and table in ("manifests", "references")
+            sql.source("refs" if table == "references" else table, files[table], distinct)
+
+    # -- the graph -------------------------------------------------------------------
+
+    def _table(self, name: str, query: str) -> str:
+        if name not in self._made:
+            self.sql.create(name, query)
+            self._made.add(name)
+        return name
+
+    @property
+    def present(self) -> str:
+        """Linked revisions whose manifest blob is stored."""
+        return self._table(
+            "present",
+            "SELECT r.repository, r.digest, r.target, r.pushed_at FROM revisions r"
+            " WHERE r.linked AND EXISTS (SELECT 1 FROM blobs b WHERE b.digest = r.target)",
+        )
+
+    @property
+    def held_refs(self) -> str:
+        """(manifest, blob): the distinct stored blobs each manifest references as config, layer, child, fslayer."""
+        return self._table(
+            "held_refs",
+            f"SELECT DISTINCT r.manifest, r.digest AS blob FROM refs r WHERE r.ref_type IN {HOLDING}"
+            " AND EXISTS (SELECT 1 FROM blobs b WHERE b.digest = r.digest)",
+        )
+
+    @property
+    def children(self) -> str:
+        """(manifest, digest) of every child reference of a list or index."""
+        return self._table(
+            "children",
+            "SELECT DISTINCT manifest, digest FROM refs"
+            " WHERE ref_type = 'child' AND manifest IS NOT NULL AND digest IS NOT NULL",
+        )
+
+    @property
+    def holds(self) -> str:
+        """(repository, digest, blob): every present revision and each stored blob it holds, itself included."""
+        present, held = self.present, self.held_refs
+        return self._table(
+            "holds",
+            f"SELECT repository, digest, target AS blob FROM {present}"
+            f" UNION SELECT p.repository, p.digest, h.blob FROM {present} p JOIN {held} h ON h.manifest = p.target",
+        )
+
+    @property
+    def child_edges(self) -> str:
+        """(repository, src, dst): the revision src of an index keeps the revision dst of its child, beside it."""
+        present, children = self.present, self.children
+        return self._table(
+            "child_edges",
+            f"SELECT DISTINCT p.repository, p.digest AS src, c.digest AS dst FROM {present} p"
+            f" JOIN {children} r ON r.manifest = p.target"
+            f" JOIN {present} c ON c.repository = p.repository AND c.digest = r.digest",
+        )
+
+    @property
+    def edges(self) -> str:
+        """child_edges and (repository, src, dst): the revision src of a subject keeps its referrer dst."""
+        present, child_edges = self.present, self.child_edges
+        return self._table(
+            "edges",
+            f"SELECT repository, src, dst FROM {child_edges} UNION"
+            f" SELECT p.repository, s.digest, p.digest FROM {present} p"
+            " JOIN manifests m ON m.digest = p.target AND m.subject IS NOT NULL"
+            f" JOIN {present} s ON s.repository = p.repository AND s.digest = m.subject",
+        )
+
+    @property
+    def tagged(self) -> str:
+        """(repository, digest): the revisions some tag names."""
+        present = self.present
+        return self._table(
+            "tagged",
+            f"SELECT DISTINCT p.repository, p.digest FROM {present} p"
+            " JOIN tags t ON t.repository = p.repository AND t.digest = p.digest",
+        )
+
+    @property
+    def dangling(self) -> str:
+        """(repository, digest): what tags name that is no present revision of their repository."""
+        present = self.present
+        return self._table(
+            "dangling",
+            "SELECT DISTINCT t.repository, t.digest FROM tags t WHERE t.digest IS NOT NULL"
+            f" AND NOT EXISTS (SELECT 1 FROM {present} p WHERE p.repository = t.repository AND p.digest = t.digest)",
+        )
+
+    def _closure(self, name: str, start: str, step: str) -> str:
+        """The table `name` of (repository, digest): the rows of `start` and, level by level, those `step` gives
+        from the rows found last (`step` reads them as `{frontier}`), until no new row comes."""
+        sql = self.sql
+        sql.create(name, f"SELECT DISTINCT repository, digest FROM ({start}) s")
+        frontier, level = name, 0
+        while True:
+            level += 1
+            new = f"{name}_{level}"
+            sql.create(
+                new,
+                f"SELECT DISTINCT n.repository, n.digest FROM ({step.format(frontier=frontier)}) n WHERE NOT EXISTS"
+                f" (SELECT 1 FROM {name} k WHERE k.repository = n.repository AND k.digest = n.digest)",
+            )
+            if frontier != name:
+                sql.drop(frontier)
+            if sql.count(new) == 0:
+                sql.drop(new)
+                break
+            grown = f"{name}_grown"
+            sql.create(grown, f"SELECT repository, digest FROM {name} UNION ALL SELECT repository, digest FROM {new}")
+            sql.create(name, f"SELECT repository, digest FROM {grown}")
+            sql.drop(grown)
+            frontier = new
+        self._made.add(name)
+        return name
+
+    def kept(self, keep: Keep) -> str:
+        """(repository, digest): the revisions `keep` keeps."""
+        if not keep.delete_untagged:
+            return self._table("kept_all", f"SELECT repository, digest FROM {self.present}")
+        if keep.collector is Collector.V2_8:
+            return self.tagged
+        name = "kept_tagged" if keep.keep_referrers else "kept_tagged_children"
+        if name in self._made:
+            return name
+        edges = self.edges if keep.keep_referrers else self.child_edges
+        return self._closure(
+            name,
+            f"SELECT repository, digest FROM {self.tagged}",
+            f"SELECT e.repository, e.dst AS digest FROM {{frontier}} f"
+            f" JOIN {edges} e ON e.repository = f.repository AND e.src = f.digest",
+        )
+
+    def protected(self, kept: str) -> str:
+        """(repository, blob): what broken references keep when `kept` are the kept revisions: the targets of
+        dangling tags and the missing children of what kept revisions hold, their contents (children, by what
+        the lists say) and all those hold, by the repository of the reference."""
+        name = f"protected_{kept}"
+        if name in self._made:
+            return name
+        holds, children, present = self.holds, self.children, self.present
+        broken = self._table(
+            f"broken_{kept}",
+            f"SELECT repository, digest FROM {self.dangling} UNION"
+            f" SELECT h.repository, r.digest FROM {holds} h"
+            f" JOIN {kept} k ON k.repository = h.repository AND k.digest = h.digest"
+            f" JOIN {children} r ON r.manifest = h.blob"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {present} q WHERE q.repository = h.repository AND q.digest = r.digest)",
+        )
+        contents = self._closure(
+            f"contents_{kept}",
+            f"SELECT repository, digest FROM {broken}",
+            f"SELECT f.repository, r.digest FROM {{frontier}} f JOIN {children} r ON r.manifest = f.digest",
+        )
+        return self._table(
+            name,
+            f"SELECT c.repository, c.digest AS blob FROM {contents} c"
+            " WHERE EXISTS (SELECT 1 FROM blobs b WHERE b.digest = c.digest)"
+            f" UNION SELECT c.repository, h.blob FROM {contents} c JOIN {self.held_refs} h ON h.manifest = c.digest",
+        )
+
+    def marked(self, keep: Keep) -> str:
+        """(blob): what the kept revisions hold and, unless a stock collector's rule decides, what broken
+        references protect."""
+        keep = keep.normal()
+        kept = self.kept(keep)
+        name = f"marked_{kept}" + ("" if keep.collector is None else "_unprotected")
+        held = f"SELECT h.blob FROM {self.holds} h JOIN {kept} k ON k.repository = h.repository AND k.digest = h.digest"
+        if keep.collector is None:
+            held += f" UNION SELECT blob FROM {self.protected(kept)}"
+        return self._table(name, f"SELECT DISTINCT blob FROM ({held}) m")
+
+    # -- the answers ------------------------------------------------------------------
+
+    def untagged_query(self, keep: Keep) -> str:
+        """The rows of `untagged`: the revisions `keep` (with delete_untagged) does not keep, with what each
+        would free alone (the blobs it alone holds that no broken reference protects)."""
+        keep = Keep(True, keep.keep_referrers, keep.collector).normal()
+        kept, holds = self.kept(keep), self.holds
+        sole = self._table(
+            f"sole_{kept}",
+            f"SELECT blob FROM {holds} GROUP BY blob HAVING count(*) = 1"
+            f" EXCEPT SELECT blob FROM {self.protected(kept)}",
+        )
+        return (
+            "SELECT p.repository, p.digest, m.media_type, m.artifact_type, m.subject,"
+            f" {self.sql.nanos('p.pushed_at')} AS pushed_at, coalesce(b.size, 0) AS manifest_bytes,"
+            " coalesce(f.freed, 0) AS reclaimable_bytes"
+            f" FROM {self.present} p"
+            " LEFT JOIN manifests m ON m.digest = p.target"
+            " LEFT JOIN blobs b ON b.digest = p.target"
+            f" LEFT JOIN (SELECT h.repository, h.digest, sum(s.size) AS freed FROM {holds} h"
+            f" JOIN {sole} o ON o.blob = h.blob JOIN blobs s ON s.digest = h.blob"
+            " GROUP BY h.repository, h.digest) f ON f.repository = p.repository AND f.digest = p.digest"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {kept} k WHERE k.repository = p.repository AND k.digest = p.digest)"
+            " ORDER BY p.repository ASC NULLS LAST, p.pushed_at ASC NULLS LAST, p.digest ASC NULLS LAST"
+        )
+
+    def orphans_query(self, keep: Keep) -> str:
+        """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects."""
+        marked = self.marked(keep)
+        kinds = self._table(
+            "kinds",
+            "SELECT digest, max(k) AS k FROM ("
+            " SELECT digest, CASE ref_type WHEN 'child' THEN 3 WHEN 'config' THEN 2 WHEN 'layer' THEN 1"
+            " WHEN 'fslayer' THEN 1 ELSE 0 END AS k FROM refs"
+            " UNION ALL SELECT digest, 3 AS k FROM manifests) r GROUP BY digest",
+        )
+        return (
+            f"SELECT b.digest, b.size, {self.sql.nanos('b.mtime')} AS mtime,"
+            " CASE coalesce(k.k, 0) WHEN 3 THEN 'manifest' WHEN 2 THEN 'config' WHEN 1 THEN 'layer'"
+            " ELSE 'unknown' END AS kind,"
+            " coalesce(l.linked_from, '') AS linked_from"
+            " FROM blobs b"
+            f" LEFT JOIN {kinds} k ON k.digest = b.digest"
+            f" LEFT JOIN (SELECT target, {self.sql.joined('repository')} AS linked_from FROM layer_links"
+            " WHERE target IS NOT NULL AND repository IS NOT NULL GROUP BY target) l ON l.target = b.digest"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = b.digest)"
+            " ORDER BY b.size DESC NULLS LAST, b.digest ASC NULLS LAST"
+        )
+
+    def repositories_query(self, collector: Collector | None = None) -> str:
+        """The whole view `report --by repository`, in repository order: what each repository keeps alive (its
+        revisions' holdings and what its broken references protect), alone and shared, and what deleting its
+        untagged revisions would free."""
+        kept_all = self.kept(Keep())
+        safe = Keep(True, True, collector).normal()
+        kept, marked = self.kept(safe), self.marked(safe)
+        pairs = self._table(
+            "repository_blobs",
+            f"SELECT DISTINCT repository, blob FROM (SELECT repository, blob FROM {self.holds}"
+            f" UNION ALL SELECT repository, blob FROM {self.protected(kept_all)}) a",
+        )
+        holders = self._table("holders", f"SELECT blob, count(*) AS n FROM {pairs} GROUP BY blob")
+        bytes_by = (
+            "SELECT p.repository, sum(b.size) AS total_bytes,"
+            " sum(CASE WHEN h.n = 1 THEN b.size ELSE 0 END) AS exclusive_bytes,"
+            " sum(CASE WHEN h.n = 1 AND m.blob IS NULL THEN b.size ELSE 0 END) AS reclaimable_bytes"
+            f" FROM {pairs} p JOIN blobs b ON b.digest = p.blob JOIN {holders} h ON h.blob = p.blob"
+            f" LEFT JOIN {marked} m ON m.blob = p.blob GROUP BY p.repository"
+        )
+        revisions = (
+            "SELECT p.repository, count(*) AS manifests,"
+            " sum(CASE WHEN k.digest IS NULL THEN 1 ELSE 0 END) AS untagged_manifests"
+            f" FROM {self.present} p LEFT JOIN {kept} k ON k.repository = p.repository AND k.digest = p.digest"
+            " GROUP BY p.repository"
+        )
+        tags = (
+            f"SELECT repository, count(*) AS tags, max({self.sql.nanos('pushed_at')}) AS last_push FROM tags"
+            " GROUP BY repository"
+        )
+        uploads = "SELECT repository, sum(bytes) AS upload_bytes FROM uploads GROUP BY repository"
+        return (
+            "SELECT r.repository, coalesce(t.tags, 0) AS tags, coalesce(v.manifests, 0) AS manifests,"
+            " coalesce(v.untagged_manifests, 0) AS untagged_manifests,"
+            " coalesce(s.total_bytes, 0) AS total_bytes, coalesce(s.exclusive_bytes, 0) AS exclusive_bytes,"
+            " coalesce(s.total_bytes, 0) - coalesce(s.exclusive_bytes, 0) AS shared_bytes,"
+            " coalesce(s.reclaimable_bytes, 0) AS reclaimable_bytes, coalesce(u.upload_bytes, 0) AS upload_bytes,"
+            " t.last_push"
+            " FROM repositories r"
+            f" LEFT JOIN ({tags}) t ON t.repository = r.repository"
+            f" LEFT JOIN ({revisions}) v ON v.repository = r.repository"
+            f" LEFT JOIN ({bytes_by}) s ON s.repository = r.repository"
+            f" LEFT JOIN ({uploads}) u ON u.repository = r.repository"
+            " ORDER BY r.repository ASC NULLS LAST"
+        )
+
+    def frame(self, query: str, columns: Sequence[str]) -> pd.DataFrame:
+        """The rows of `query` as pandas columns of the graph's types: text as strings, times in UTC."""
+        table = self.sql.arrow(query)
+        out = {}
+        for name in columns:
+            values = table.column(name)
+            if name in TIMES:
+                values = values.cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+            elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+                values = values.cast(pa.large_string())
+            elif pa.types.is_integer(values.type) or pa.types.is_decimal(values.type):
+                # Sums are wider than their terms in some engines (DuckDB's of BIGINT are HUGEINT).
+                values = values.cast(pa.int64())
+            out[name] = values
+        return pa.table(out).to_pandas(types_mapper={pa.large_string(): pd.StringDtype()}.get)
+
+    def untagged(self, keep: Keep) -> pd.DataFrame:
+        return self.frame(self.untagged_query(keep), UNTAGGED_COLUMNS)
+
+    def orphans(self, keep: Keep) -> pd.DataFrame:
+        return self.frame(self.orphans_query(keep), ORPHAN_COLUMNS)
+
+    def repositories(self, collector: Collector | None = None) -> pd.DataFrame:
+        return self.frame(self.repositories_query(collector), COLUMNS[By.REPOSITORY])
+
+
+def snapshot_files(directory: Path) -> tuple[dict[str, list[str]], bool]:
+    """Each table's Parquet files of the snapshot (or shard set) in `directory`, its metadata validated, and
+    whether it is a set of shares; raises ValueError when it is no readable snapshot."""
+    from storage_audit.inventory.tables import read_metadata, table_files
+
+    meta = read_metadata(directory)
+    files = table_files(directory, meta)
+    return {table: [str(path) for path in files[table]] for table in TABLES}, bool(meta.get("shards"))
+
+
+@contextmanager
+def duckdb_analysis(directory: Path, memory: str | None = None) -> Iterator[Analysis]:
+    """The analysis of the snapshot in `directory` on DuckDB in this process, spilling to a temporary
+    directory that is removed afterwards."""
+    files, shards = snapshot_files(directory)
+    spill = Path(tempfile.mkdtemp(prefix="storage-audit-duckdb-"))
+    sql = DuckDB(spill, memory)
+    try:
+        yield Analysis(sql, files, shards)
+    finally:
+        sql.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def spark_analysis(spark: SparkSession, files: Mapping[str, Sequence[str]], shards: bool = False) -> Analysis:
+    """The analysis of a snapshot's tables (local paths or URLs Spark reads) on Spark."""
+    return Analysis(Spark(spark), files, shards)
