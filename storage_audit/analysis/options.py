@@ -21,6 +21,7 @@ __all__ = [
     "By",
     "Collector",
     "DiffBy",
+    "Engine",
     "Format",
     "PlanFormat",
     "PlanOutput",
@@ -52,6 +53,14 @@ class Collector(StrEnum):
 
     V2_8 = "2.8"
     V3 = "3"
+
+
+class Engine(StrEnum):
+    """What computes the answers of `untagged`, `orphans` and `report --by repository`: the analysis graph in
+    memory, or SQL on DuckDB over a snapshot's Parquet tables, spilling to disk (`analysis/engine.py`)."""
+
+    PANDAS = "pandas"
+    DUCKDB = "duckdb"
 
 
 class ViewFormat(StrEnum):

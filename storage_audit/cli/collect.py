@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from storage_audit.analysis.options import Format, ViewFormat
+from storage_audit.analysis.options import Engine, Format, ViewFormat
 from storage_audit.cli.options import (
     CacheDirOpt,
+    EngineOpt,
     FormatOpt,
     GcCompatibleOpt,
     Help,
@@ -53,6 +54,7 @@ def untagged(
     output: OutputOpt = None,
     wide: WideOpt = False,
     gc_compatible: GcCompatibleOpt = None,
+    engine: EngineOpt = Engine.PANDAS,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
@@ -66,7 +68,9 @@ def untagged(
     repository), and artifacts whose subject is reached.
     """
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
-    options = collect.CollectOptions(keep_referrers=keep_referrers, collector=gc_compatible, compare_gc=not quiet)
+    options = collect.CollectOptions(
+        keep_referrers=keep_referrers, collector=gc_compatible, compare_gc=not quiet, engine=engine
+    )
     with reading(quiet, workers) as scan:
         found = collect.untagged(source, options, scan)
     warn_gc_differences(found.gc_differences, delete_untagged=True)
@@ -84,6 +88,7 @@ def orphans(
     output: OutputOpt = None,
     wide: WideOpt = False,
     gc_compatible: GcCompatibleOpt = None,
+    engine: EngineOpt = Engine.PANDAS,
     keep_referrers: KeepReferrersOpt = True,
     quiet: QuietOpt = False,
     workers: ScanWorkersOpt = None,
@@ -93,7 +98,7 @@ def orphans(
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
-    options = collect.CollectOptions(delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet)
+    options = collect.CollectOptions(delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet, engine=engine)
     with reading(quiet, workers) as scan:
         found = collect.orphans(source, options, scan)
     warn_gc_differences(found.gc_differences, delete_untagged)

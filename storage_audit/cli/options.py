@@ -18,7 +18,7 @@ import typer
 from rich.text import Text
 from typer.core import TyperCommand
 
-from storage_audit.analysis.options import Collector, ViewFormat
+from storage_audit.analysis.options import Collector, Engine, ViewFormat
 from storage_audit.core import durations
 from storage_audit.core.errors import EXIT_INTERNAL, AuditError, UsageError
 from storage_audit.roots.resolve import Root, find_default, resolve
@@ -238,6 +238,15 @@ def attach_optional_values(args: list[str]) -> list[str]:
     return [f"{arg}={OPTIONAL_VALUES[arg]}" if arg in OPTIONAL_VALUES else arg for arg in args[:end]] + args[end:]
 
 
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        metavar=choices(Engine),
+        help="What computes the answer: pandas in memory, or duckdb from a snapshot (scan -o) in bounded memory, "
+        "spilling to disk.",
+    ),
+]
 KeepReferrersOpt = Annotated[
     bool,
     typer.Option(

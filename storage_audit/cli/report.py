@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 
-from storage_audit.analysis.options import By, Format, ReportFormat, ReportOptions
+from storage_audit.analysis.options import By, Engine, Format, ReportFormat, ReportOptions
 from storage_audit.analysis.options import check as check_options
 from storage_audit.cli.options import (
     CacheDirOpt,
+    EngineOpt,
     GcCompatibleOpt,
     Help,
     NoCacheOpt,
@@ -89,6 +90,7 @@ def report(
         ),
     ] = None,
     gc_compatible: GcCompatibleOpt = None,
+    engine: EngineOpt = Engine.PANDAS,
     policy_file: Annotated[
         Path | None,
         typer.Option(
@@ -130,6 +132,8 @@ def report(
         fail(
             "--format prometheus writes every metric: it takes no --by, --repository, --sort, --top or --gc-compatible"
         )
+    if engine is not Engine.PANDAS and fmt in (ReportFormat.HTML, ReportFormat.PROMETHEUS):
+        fail(f"--format {fmt.value} draws on every view: --engine {engine.value} computes --by repository only")
     root = root_text(root, quiet)
     source = open_root(root, remote(cache_dir, no_cache, max_requests_per_second))
     if fmt is ReportFormat.HTML:
@@ -152,7 +156,7 @@ def report(
         exit_if_unreadable(metrics.unreadable)
         return
     with reading(quiet, workers) as scan:
-        found = reporting.report(source, options, scan)
+        found = reporting.report(source, options, scan, engine)
     # --top asks for that many rows: a table shows them all, past its usual limit.
     view = replace(found.view(table=fmt is ReportFormat.TABLE), table_rows=top)
     emit(view, Format(fmt), output, wide)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from storage_audit.analysis.options import Engine
+from storage_audit.core.errors import UsageError
 from storage_audit.roots.resolve import Bucket, LocalTree, Root, RootError, Snapshot
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from storage_audit.analysis.engine import Analysis
 
     from storage_audit.inventory.tables import Inventory
     from storage_audit.scan.run import ScanOptions
@@ -55,3 +61,20 @@ def snapshot_findings(snapshot: Snapshot) -> pd.DataFrame:
 def unreadable_paths(findings: pd.DataFrame) -> list[str]:
     """The paths of the `unreadable` findings, in their order: what an answer leaves out (relative to `v2`)."""
     return [str(path) for path in findings.loc[findings["kind"] == "unreadable", "path"]]
+
+
+@contextmanager
+def engine_analysis(root: Root, engine: Engine) -> Iterator[Analysis]:
+    """The SQL analysis of a snapshot on `engine` (DuckDB), open while in the block; raises UsageError for any
+    other ROOT, and RootError for an unreadable snapshot."""
+    if not isinstance(root, Snapshot):
+        raise UsageError(
+            f"--engine {engine.value} reads a snapshot: write one with `storage-audit scan ROOT -o DIR` and give DIR"
+        )
+    from storage_audit.analysis.engine import duckdb_analysis
+
+    try:
+        with duckdb_analysis(root.path) as analysis:
+            yield analysis
+    except ValueError as exc:
+        raise RootError(f"{root.path}: {exc}") from exc

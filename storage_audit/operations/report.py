@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from storage_audit.analysis.options import By, ReportOptions, needs_inventory
+from storage_audit.analysis.options import By, Engine, ReportOptions, needs_inventory
 from storage_audit.analysis.options import check as check_options
 from storage_audit.core.errors import UsageError
-from storage_audit.operations.inventory import load, snapshot_findings, unreadable_paths
+from storage_audit.operations.inventory import engine_analysis, load, snapshot_findings, unreadable_paths
 from storage_audit.roots.resolve import Root, RootError, Snapshot
 
 if TYPE_CHECKING:
@@ -47,14 +47,19 @@ class Metrics:
     unreadable: list[str]
 
 
-def report(root: Root, options: ReportOptions | None = None, scan: ScanOptions | None = None) -> Report:
+def report(
+    root: Root, options: ReportOptions | None = None, scan: ScanOptions | None = None, engine: Engine = Engine.PANDAS
+) -> Report:
     """The report view `options` ask for; raises ReportError for options that make no sense for the view.
 
     From a snapshot, the view is cut from the whole one it stores, unless the
     answer needs the tables (blobs narrowed to what some repositories reach).
+    Another `engine` than pandas computes `--by repository` from a snapshot's tables.
     """
     options = options or ReportOptions()
     check_options(options)
+    if engine is not Engine.PANDAS:
+        return _on_engine(root, options, engine)
     stored = _stored(root, options)
     if stored is not None:
         assert isinstance(root, Snapshot)  # only a snapshot stores views
@@ -64,6 +69,20 @@ def report(root: Root, options: ReportOptions | None = None, scan: ScanOptions |
     from storage_audit.analysis.graph import Graph
 
     return Report(options.by, reporting.report(Graph(inv), options), unreadable_paths(inv.findings))
+
+
+def _on_engine(root: Root, options: ReportOptions, engine: Engine) -> Report:
+    """`report --by repository` computed by SQL from a snapshot's tables on `engine`."""
+    if options.by is not By.REPOSITORY:
+        raise UsageError(f"--engine {engine.value} reports --by repository only; --by {options.by.value}: --engine pandas")
+    from storage_audit.analysis import report as reporting
+    from storage_audit.analysis.engine import Keep
+
+    Keep(True, True, options.collector).normal()  # refuses what the engine does not offer before reading
+    with engine_analysis(root, engine) as analysis:
+        whole = analysis.repositories(options.collector)
+    assert isinstance(root, Snapshot)
+    return Report(options.by, reporting.finish(whole, options), unreadable_paths(snapshot_findings(root)))
 
 
 def _stored(root: Root, options: ReportOptions) -> pd.DataFrame | None:

@@ -1,0 +1,186 @@
+"""The SQL analysis (`analysis/engine.py`) on DuckDB gives the graph's answers, every row of them, on every fixture
+tree, a shard set and generated snapshots; `--engine duckdb` prints what the default prints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from storage_audit.analysis import collect, report
+from storage_audit.analysis.engine import Analysis, Keep, duckdb_analysis
+from storage_audit.analysis.graph import Graph, ReachOptions
+from storage_audit.analysis.options import By, Collector, ReportOptions
+from storage_audit.inventory.tables import read_snapshot
+from tests.conftest import BROKEN, FIXTURES, REAL_FIXTURES, cli
+from tests.test_gen_snapshot import generator
+from tests.test_shards import split
+
+KEEPS = [
+    Keep(),
+    Keep(delete_untagged=True),
+    Keep(delete_untagged=True, keep_referrers=False),
+    Keep(collector=Collector.V2_8),
+    Keep(delete_untagged=True, collector=Collector.V2_8),
+]
+"""Every mode of `orphans` the engine offers (untagged takes the same, delete_untagged implied)."""
+
+TREES = [*REAL_FIXTURES, *sorted(f"broken/{p.name.removesuffix('.tar.gz')}" for p in BROKEN.glob("*.tar.gz"))]
+NOW = "2026-12-01T00:00:00Z"
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its text as plain strings (the graph's are coded), every other column as it is."""
+    out = frame.copy()
+    for name in out.columns:
+        dtype = out[name].dtype
+        if not (
+            pd.api.types.is_numeric_dtype(dtype)
+            or pd.api.types.is_bool_dtype(dtype)
+            or isinstance(dtype, pd.DatetimeTZDtype)
+        ):
+            out[name] = out[name].astype(object).astype(pd.StringDtype())
+    return out
+
+
+def assert_same(engine: pd.DataFrame, graph: pd.DataFrame, what: str) -> None:
+    assert list(engine.columns) == list(graph.columns), what
+    pd.testing.assert_frame_equal(comparable(engine), comparable(graph), obj=what)
+
+
+def assert_same_answers(analysis: Analysis, graph: Graph) -> dict[str, int]:
+    """Every answer of the engine equals the graph's, row for row and column for column; the rows of each."""
+    rows = {}
+    for keep in KEEPS:
+        options = ReachOptions(keep.delete_untagged, keep.keep_referrers, keep.collector)
+        orphans = analysis.orphans(keep)
+        assert_same(orphans, collect.orphans(graph, options), f"orphans {keep}")
+        untagged = analysis.untagged(keep)
+        assert_same(untagged, collect.untagged(graph, options), f"untagged {keep}")
+        rows[f"orphans {keep}"], rows[f"untagged {keep}"] = len(orphans), len(untagged)
+    for collector in (None, Collector.V2_8):
+        options = ReportOptions(by=By.REPOSITORY, collector=collector)
+        repositories = report.finish(analysis.repositories(collector), options)
+        assert_same(repositories, report.report(graph, options), f"report --by repository, {collector}")
+        rows[f"report {collector}"] = len(repositories)
+    return rows
+
+
+def snapshot_of(root: Path, into: Path) -> Path:
+    ran = cli("scan", str(root), "-o", str(into), "-q", env={"STORAGE_AUDIT_NOW": NOW})
+    assert ran.exit_code == 0, ran.output
+    return into
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated snapshot with broken references (index children whose revisions were deleted)."""
+    gen = generator()
+    where = tmp_path_factory.mktemp("engine") / "snapshot"
+    gen.Plan(gen.Spec(blobs=3000, manifests=500, repositories=20, seed=12)).write(where, "synthetic")
+    return where
+
+
+@pytest.fixture(scope="module")
+def synthetic_analysis(synthetic: Path) -> Iterator[Analysis]:
+    with duckdb_analysis(synthetic) as analysis:
+        yield analysis
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tree", TREES)
+def test_duckdb_gives_the_graphs_answers_on_every_fixture_tree(
+    tree: str, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    snapshot = snapshot_of(shared_root(FIXTURES / f"{tree}.tar.gz"), tmp_path / "snapshot")
+    with duckdb_analysis(snapshot) as analysis:
+        assert_same_answers(analysis, Graph(read_snapshot(snapshot)))
+
+
+@pytest.mark.slow
+def test_duckdb_gives_the_graphs_answers_on_the_demo_tree(tmp_path: Path) -> None:
+    snapshot = snapshot_of(FIXTURES / "demo", tmp_path / "snapshot")
+    with duckdb_analysis(snapshot) as analysis:
+        rows = assert_same_answers(analysis, Graph(read_snapshot(snapshot)))
+    assert rows[f"untagged {Keep(delete_untagged=True)}"] > 0
+
+
+@pytest.mark.slow
+def test_duckdb_reads_a_shard_set_as_one_snapshot(tmp_path: Path, shared_root: Callable[[Path], Path]) -> None:
+    # Each share reads the manifests its links name: the engine takes each once, as the reader does.
+    shares = split(shared_root(FIXTURES / "multiarch.tar.gz"), tmp_path / "shares", 3)
+    with duckdb_analysis(shares) as analysis:
+        assert_same_answers(analysis, Graph(read_snapshot(shares)))
+
+
+@pytest.mark.slow
+def test_duckdb_gives_the_graphs_answers_on_a_generated_snapshot(
+    synthetic: Path, synthetic_analysis: Analysis
+) -> None:
+    rows = assert_same_answers(synthetic_analysis, Graph(read_snapshot(synthetic)))
+    # Not a comparison of empty answers: every mode finds something, and the modes differ.
+    assert all(count > 0 for count in rows.values()), rows
+    orphans = [rows[f"orphans {keep}"] for keep in KEEPS]
+    assert len(set(orphans)) == len(orphans), rows
+
+
+def test_a_wrong_answer_is_caught(synthetic: Path, synthetic_analysis: Analysis) -> None:
+    """The comparison fails when one blob the graph keeps is reported orphan (or one row is off)."""
+    graph = Graph(read_snapshot(synthetic))
+    engine = synthetic_analysis.orphans(Keep(delete_untagged=True))
+    expected = collect.orphans(graph, ReachOptions(delete_untagged=True))
+    kept = graph.inv.blobs[~graph.inv.blobs["digest"].isin(expected["digest"])].iloc[:1]
+    wrong = pd.concat(
+        [engine, comparable(kept.assign(kind="layer", linked_from="")[list(engine.columns)])], ignore_index=True
+    )
+    with pytest.raises(AssertionError):
+        assert_same(wrong, expected, "one more orphan")
+    with pytest.raises(AssertionError):
+        assert_same(engine.iloc[::-1].reset_index(drop=True), expected, "another order")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["untagged"],
+        ["untagged", "--gc-compatible"],
+        ["orphans"],
+        ["orphans", "-m"],
+        ["orphans", "-m", "--no-keep-referrers"],
+        ["orphans", "-m", "--gc-compatible"],
+        ["report", "--by", "repository"],
+        ["report", "--by", "repository", "--sort", "reclaimable_bytes", "--top", "5", "-r", "*/*"],
+    ],
+)
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_the_engine_option_prints_what_the_default_prints(synthetic: Path, args: list[str], fmt: str) -> None:
+    answers = [
+        cli(args[0], str(synthetic), *args[1:], "-f", fmt, "-q", *engine, env={"STORAGE_AUDIT_NOW": NOW})
+        for engine in ([], ["--engine", "duckdb"])
+    ]
+    assert answers[0].exit_code == 0, answers[0].output
+    assert answers[1].exit_code == 0, answers[1].output
+    assert answers[1].stdout == answers[0].stdout
+    assert len(answers[0].stdout.splitlines()) > 2
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["untagged", "{tree}", "--engine", "duckdb"], "--engine duckdb reads a snapshot"),
+        (["orphans", "{snapshot}", "--engine", "duckdb", "--gc-compatible=3"], "registry 3's mark"),
+        (["report", "{snapshot}", "--engine", "duckdb", "--by", "tag"], "--by repository only"),
+        (["report", "{snapshot}", "--engine", "duckdb", "-f", "prometheus"], "--by repository only"),
+        (["orphans", "{snapshot}", "--engine", "spark"], "--engine"),
+    ],
+)
+def test_what_the_engine_does_not_offer_is_a_usage_error(
+    args: list[str], words: str, synthetic: Path, tmp_path: Path
+) -> None:
+    filled = [a.format(tree=FIXTURES / "demo", snapshot=synthetic) for a in args]
+    ran = cli(*filled, "-q")
+    assert ran.exit_code == 2, ran.output
+    assert words in ran.stderr
