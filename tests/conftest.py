@@ -335,3 +335,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # Property tests run many examples: seconds each, not milliseconds.
         if getattr(getattr(item, "function", None), "is_hypothesis_test", False):
             item.add_marker(pytest.mark.slow)
+
+
+# --------------------------------------------------------------------------
+# Spark in local mode, one session for the whole run
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """A SparkSession in local mode (two threads, no web UI), shared by every test of the run; its JVM is
+    stopped by pid at the end."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    from storage_audit.analysis.engine import SPARK_CONF
+
+    builder = (
+        SparkSession.builder.master("local[2]")
+        .appName("storage-audit-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        # Small tables: a few partitions per shuffle, not the 200 sized for a cluster.
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+    )
+    for key, value in SPARK_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    gateway = SparkContext._gateway
+    jvm = getattr(gateway, "proc", None)
+    try:
+        yield session
+    finally:
+        session.stop()
+        if gateway is not None:
+            gateway.shutdown()
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+        if jvm is not None:
+            jvm.terminate()
+            jvm.wait(timeout=30)

@@ -117,7 +117,10 @@ class DuckDB(Sql):
     """DuckDB in this process, held to `memory` (spilling its intermediate tables to `temp_directory`)."""
 
     def __init__(self, temp_directory: Path, memory: str | None = None, threads: int | None = None) -> None:
-        import duckdb
+        try:
+            import duckdb
+        except ImportError as exc:
+            raise UsageError("--engine duckdb needs DuckDB: pip install 'storage-audit[engine]'") from exc
 
         self.con = duckdb.connect(config={"threads": threads or os.cpu_count() or 1})
         self.con.execute(f"SET memory_limit = {_text(memory or os.environ.get(DUCKDB_MEMORY) or DEFAULT_MEMORY)}")
