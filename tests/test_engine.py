@@ -116,9 +116,7 @@ def test_duckdb_reads_a_shard_set_as_one_snapshot(tmp_path: Path, shared_root: C
 
 
 @pytest.mark.slow
-def test_duckdb_gives_the_graphs_answers_on_a_generated_snapshot(
-    synthetic: Path, synthetic_analysis: Analysis
-) -> None:
+def test_duckdb_gives_the_graphs_answers_on_a_generated_snapshot(synthetic: Path, synthetic_analysis: Analysis) -> None:
     rows = assert_same_answers(synthetic_analysis, Graph(read_snapshot(synthetic)))
     # Not a comparison of empty answers: every mode finds something, and the modes differ.
     assert all(count > 0 for count in rows.values()), rows

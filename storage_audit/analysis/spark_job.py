@@ -36,7 +36,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--delete-untagged", "-m", action="store_true", help="orphans: keep only what tags reach")
     parser.add_argument("--no-keep-referrers", action="store_true", help="do not keep referrers of kept images")
     parser.add_argument(
-        "--gc-compatible", choices=[Collector.V2_8.value], help="answer as registry 2.8's garbage-collect"
+        "--gc-compatible",
+        nargs="?",
+        const=Collector.V2_8.value,
+        choices=[Collector.V2_8.value],
+        help="answer as registry 2.8's garbage-collect",
     )
     parser.add_argument("--output", "-o", help="write the rows as Parquet to this directory or URL")
     return parser

@@ -98,7 +98,9 @@ def orphans(
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
-    options = collect.CollectOptions(delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet, engine=engine)
+    options = collect.CollectOptions(
+        delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet, engine=engine
+    )
     with reading(quiet, workers) as scan:
         found = collect.orphans(source, options, scan)
     warn_gc_differences(found.gc_differences, delete_untagged)

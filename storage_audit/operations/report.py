@@ -74,7 +74,9 @@ def report(
 def _on_engine(root: Root, options: ReportOptions, engine: Engine) -> Report:
     """`report --by repository` computed by SQL from a snapshot's tables on `engine`."""
     if options.by is not By.REPOSITORY:
-        raise UsageError(f"--engine {engine.value} reports --by repository only; --by {options.by.value}: --engine pandas")
+        raise UsageError(
+            f"--engine {engine.value} reports --by repository only; --by {options.by.value}: --engine pandas"
+        )
     from storage_audit.analysis import report as reporting
     from storage_audit.analysis.engine import Keep
 
