@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_lean import Row, _fmt, ensure_snapshot, time_one
 from bench_lean import SNAPSHOT_SIZES as LEAN_SIZES
+from bench_lean import Row, _fmt, ensure_snapshot, time_one
 from bench_scan import BENCH_DIR, REPO_ROOT, markdown_table
 
 SNAPSHOT_SIZES: dict[str, tuple[int, int, int]] = {

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from storage_audit.analysis.engine import Analysis
-
     from storage_audit.inventory.tables import Inventory
     from storage_audit.scan.run import ScanOptions
 
