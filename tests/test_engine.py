@@ -182,3 +182,10 @@ def test_what_the_engine_does_not_offer_is_a_usage_error(
     ran = cli(*filled, "-q")
     assert ran.exit_code == 2, ran.output
     assert words in ran.stderr
+
+
+def test_duckdb_out_of_memory_is_a_one_line_error(synthetic: Path) -> None:
+    ran = cli("orphans", str(synthetic), "-m", "--engine", "duckdb", "-q", env={"STORAGE_AUDIT_DUCKDB_MEMORY": "1MB"})
+    assert ran.exit_code == 1, ran.output
+    assert "DuckDB ran out of memory at its limit of 1MB: set STORAGE_AUDIT_DUCKDB_MEMORY higher" in ran.stderr
+    assert "Traceback" not in ran.output

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from storage_audit.analysis.options import COLUMNS, By, Collector
-from storage_audit.core.errors import UsageError
+from storage_audit.core.errors import AuditError, UsageError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -78,6 +78,10 @@ class Keep:
         return self
 
 
+class EngineError(AuditError):
+    """The engine could not answer: DuckDB out of memory or disk, say."""
+
+
 class Sql(ABC):
     """One SQL engine: where the tables are read from, how a table is kept, and its dialect's few differences."""
 
@@ -114,7 +118,8 @@ class Sql(ABC):
 
 
 class DuckDB(Sql):
-    """DuckDB in this process, held to `memory` (spilling its intermediate tables to `temp_directory`)."""
+    """DuckDB in this process, held to `memory`: its intermediate tables in a database file in `temp_directory`,
+    and what its operators spill beside it."""
 
     def __init__(self, temp_directory: Path, memory: str | None = None, threads: int | None = None) -> None:
         try:
@@ -122,7 +127,11 @@ class DuckDB(Sql):
         except ImportError as exc:
             raise UsageError("--engine duckdb needs DuckDB: pip install 'storage-audit[engine]'") from exc
 
-        self.con = duckdb.connect(config={"threads": threads or os.cpu_count() or 1})
+        # A database file, not memory: its tables are written out and evicted under the memory limit, where an
+        # in-memory database's (and temporary tables) must stay in memory.
+        self.con = duckdb.connect(
+            str(temp_directory / "analysis.duckdb"), config={"threads": threads or os.cpu_count() or 1}
+        )
         self.con.execute(f"SET memory_limit = {_text(memory or os.environ.get(DUCKDB_MEMORY) or DEFAULT_MEMORY)}")
         self.con.execute(f"SET temp_directory = {_text(str(temp_directory))}")
         # Rows come out in the order each query asks for; nothing else needs the order they went in.
@@ -134,7 +143,7 @@ class DuckDB(Sql):
         self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {select} FROM read_parquet([{listed}])")
 
     def create(self, name: str, query: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {query}")
+        self.con.execute(f"CREATE OR REPLACE TABLE {name} AS {query}")
 
     def drop(self, name: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {name}")
@@ -145,7 +154,9 @@ class DuckDB(Sql):
         return int(row[0])
 
     def arrow(self, query: str) -> pa.Table:
-        return self.con.sql(query).to_arrow_table()
+        # Batch by batch: DuckDB holds no whole result of its own beside the Arrow table.
+        reader = self.con.sql(query).fetch_record_batch(1 << 17)
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
 
     def joined(self, column: str) -> str:
         return f"string_agg(DISTINCT {column}, ',' ORDER BY {column})"
@@ -531,10 +542,19 @@ def duckdb_analysis(directory: Path, memory: str | None = None) -> Iterator[Anal
     """The analysis of the snapshot in `directory` on DuckDB in this process, spilling to a temporary
     directory that is removed afterwards."""
     files, shards = snapshot_files(directory)
+    import duckdb
+
     spill = Path(tempfile.mkdtemp(prefix="storage-audit-duckdb-"))
     sql = DuckDB(spill, memory)
     try:
         yield Analysis(sql, files, shards)
+    except duckdb.OutOfMemoryException as exc:
+        limit = memory or os.environ.get(DUCKDB_MEMORY) or DEFAULT_MEMORY
+        raise EngineError(
+            f"DuckDB ran out of memory at its limit of {limit}: set {DUCKDB_MEMORY} higher (e.g. 4GB)"
+        ) from exc
+    except duckdb.Error as exc:
+        raise EngineError(f"DuckDB: {str(exc).splitlines()[0]}") from exc
     finally:
         sql.close()
         shutil.rmtree(spill, ignore_errors=True)
