@@ -155,7 +155,7 @@ class DuckDB(Sql):
 
     def arrow(self, query: str) -> pa.Table:
         # Batch by batch: DuckDB holds no whole result of its own beside the Arrow table.
-        reader = self.con.sql(query).fetch_record_batch(1 << 17)
+        reader = self.con.sql(query).to_arrow_reader(1 << 17)
         return pa.Table.from_batches(list(reader), schema=reader.schema)
 
     def joined(self, column: str) -> str:
