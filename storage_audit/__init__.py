@@ -34,6 +34,7 @@ _FROM: dict[str, str] = {
     "CollectOptions": "storage_audit.operations.collect",
     "Collected": "storage_audit.operations.collect",
     "Collector": "storage_audit.analysis.options",
+    "Engine": "storage_audit.analysis.options",
     "report": "storage_audit.operations.report",
     "page": "storage_audit.operations.report",
     "metrics": "storage_audit.operations.report",
@@ -83,6 +84,7 @@ __all__ = [
     "DiffBy",
     "DiffOptions",
     "Diffed",
+    "Engine",
     "Graph",
     "Inventory",
     "LocalTree",
@@ -138,7 +140,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from storage_audit.analysis.graph import Graph
-    from storage_audit.analysis.options import By, Collector, DiffBy, PlanFormat, ReportOptions
+    from storage_audit.analysis.options import By, Collector, DiffBy, Engine, PlanFormat, ReportOptions
     from storage_audit.cleanup.apply import Outcome
     from storage_audit.cleanup.journal import AlreadyApplied
     from storage_audit.cleanup.plan import Plan, Policy
