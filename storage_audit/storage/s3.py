@@ -501,6 +501,14 @@ class S3Storage(Storage):
         markers = self.bucket.run(self.bucket.folder_markers_async(candidates)) if candidates else []
         return index.tree(markers)
 
+    def objects(self) -> dict[str, ObjectInfo]:
+        """Every key of the listing (relative to `v2`) with its ETag, size and last-modified time."""
+        return self.tree.files
+
+    def listed(self) -> list[str]:
+        """Every key of the listing (relative to `v2`), in order."""
+        return self.tree.keys
+
     def _kind(self, rel: str) -> EntryKind | None:
         tree = self.tree
         if rel in tree.children:

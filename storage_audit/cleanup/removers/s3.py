@@ -15,6 +15,7 @@ from storage_audit.cleanup.plan import Plan
 from storage_audit.cleanup.removers.base import Found, Item, Quarantined, Remover, Unlisted
 from storage_audit.core.errors import StorageError, UsageError
 from storage_audit.core.paths import Blobs, path_for
+from storage_audit.storage.base import Storage
 from storage_audit.storage.bucket import DELETE_BATCH, V2, ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.clouds import AzureSettings, GCSSettings
 from storage_audit.storage.s3 import S3Storage
@@ -210,9 +211,15 @@ class S3Remover(Remover):
 
     # -- what the targets are now ---------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
-        listed = self._list(actions)
-        keys = sorted(listed)
+    def look(
+        self, plan: Plan, actions: Sequence[Action], scanned: Storage | None = None
+    ) -> list[Found | StorageError | None]:
+        if isinstance(scanned, S3Storage) and scanned.bucket is self.bucket:
+            # The listing the vetoes were judged on: listing the same keys again tells nothing the scan did not.
+            keys, listed = scanned.listed(), scanned.objects()
+        else:
+            listed = self._list(actions)
+            keys = sorted(listed)
         multipart = self.bucket.multipart_uploads() if any(a.op in MULTIPART_OPS for a in actions) else []
         out: list[Found | StorageError | None] = []
         for action in actions:
