@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from storage_audit.analysis.graph import Graph
@@ -94,8 +94,8 @@ def read_plan(path: Path) -> tuple[Plan, str]:
     except AccessError as exc:
         raise PlanError(f"cannot read: {exc.reason}") from exc
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise PlanError(f"{path}: not JSON: {exc}") from exc
     return Plan.from_json(doc), hashlib.sha256(raw).hexdigest()
 
