@@ -6,6 +6,7 @@ it yet has one thread, and can start its workers by forking, in milliseconds.
 
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing
 import os
@@ -83,6 +84,7 @@ def _estimated_blobs(storage: Storage, prefixes: list[tuple[str, str]]) -> int:
         return 0
 
 
+@functools.cache
 def _arrow_type(table: str, column: str) -> pa.DataType:
     import pyarrow as pa
 
