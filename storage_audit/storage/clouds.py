@@ -388,13 +388,13 @@ def settings_for(location: S3Location, max_requests_per_second: float | None = N
 
 
 __all__ = [
-    "AZURITE_ACCOUNT",
     "AZURE_BATCH",
+    "AZURITE_ACCOUNT",
     "AzureProvider",
     "AzureSettings",
-    "azure_etag",
     "GCSProvider",
     "GCSSettings",
+    "azure_etag",
     "parse_connection_string",
     "settings_for",
 ]
