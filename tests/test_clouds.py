@@ -181,3 +181,23 @@ def test_bad_urls_are_one_line_and_exit_2(cloud: CloudServer) -> None:
     # A bucket with no registry under the prefix: nothing to say about it.
     result = cli("scan", cloud.url("/nothing-here"), "--no-cache", env=cloud.environment())
     assert result.exit_code == 2 and "no registry under" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("cloud", ["azure"], indirect=True)
+def test_azure_uncommitted_blocks_are_not_read(
+    cloud: CloudServer, cloud_root: str, tmp_path: Path, shared_root: Callable[[Path], Path]
+) -> None:
+    """A block blob staged and never committed (the registry never leaves one: its uploads are append blobs) shows
+    only in a listing asked for uncommitted blobs, as an empty blob: the scan reads the container as without it."""
+    copy = in_cloud(cloud, shared_root(FIXTURES / "basic.tar.gz"), cloud_root, tmp_path)
+    container = cloud.container()  # type: ignore[attr-defined]
+    key = v2_prefix(cloud_root) + "repositories/team/app/_uploads/0b1a9e3e-staged/data"
+    container.get_blob_client(key).stage_block("YmxvY2stMQ==", b"staged, never committed" * 64)
+    listed = {b.name: b.size for b in container.list_blobs(name_starts_with=key, include=["uncommittedblobs"])}
+    assert listed == {key: 0}
+    assert not list(container.list_blobs(name_starts_with=key))
+    for args in (["check", "-f", "json"], ["report", "--by", "repository", "-f", "json"]):
+        same_answer(
+            answer(cloud, [args[0], cloud.url(cloud_root), *args[1:], "-q", "--no-cache"]),
+            answer(cloud, [args[0], str(copy), *args[1:], "-q"]),
+        )
