@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                 target = data / "registry" / key
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(body)
-            server: CloudServer = FakeGCS(binary, data)
+            try:
+                server: CloudServer = FakeGCS(binary, data)
+            except BaseException:
+                shutil.rmtree(data, ignore_errors=True)  # an emulator that did not start leaves no copy behind
+                raise
         else:
             server = Azurite(binary)
         try:
