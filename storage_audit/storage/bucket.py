@@ -375,6 +375,10 @@ class Provider:
     delete_batch = 1
     """Keys one conditional delete request takes (`delete_unchanged`)."""
 
+    def deletes_conditionally(self) -> bool:
+        """Whether `delete_unchanged` reaches the service's conditional delete (else deletes are plain)."""
+        return False
+
     def configure(self, bucket: str, concurrency: int) -> None:
         """The bucket this provider serves, and the requests in flight: for what it makes beyond obstore's store."""
         return None
@@ -1101,6 +1105,9 @@ class S3Bucket:
         `Provider.delete_batch`; elsewhere the deletes are plain (`delete_async`),
         and the fresh listing right before is the only check.
         """
+        if not self.provider.deletes_conditionally():
+            await self.delete_async(list(etags), attempts=attempts, backoff=backoff)
+            return set()
         conditional = sorted((p, e) for p, e in etags.items() if e)
         plain = [p for p, e in etags.items() if not e]
         size = self.provider.delete_batch

@@ -311,6 +311,9 @@ class AzureProvider(Provider):
 
     delete_batch = AZURE_BATCH
 
+    def deletes_conditionally(self) -> bool:
+        return self._container() is not None
+
     def delete_requests(self, keys: int) -> int:
         return -(-keys // AZURE_BATCH) if self._container() is not None else keys
 
