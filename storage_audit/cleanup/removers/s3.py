@@ -23,6 +23,7 @@ from storage_audit.storage.s3 import S3Storage
 MULTIPART_OPS = (Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
 """Ops whose targets may hold an upload's data, an incomplete multipart upload that listings do not show."""
 RECEIVED_DATA = "it received data since planning"
+CHANGED_SINCE_LISTED = "changed between the fresh listing and its delete (conditional delete refused): left in place"
 REQUESTS_PER_BATCH = 8
 """DeleteObjects requests a batch may take, sent at once: each batch is listed afresh and removed in turn, so a
 larger batch spends fewer round trips waiting on one server."""
@@ -154,10 +155,14 @@ class Quarantine:
 
 
 class S3Remover(Remover):
-    """A plan's actions on its bucket, in DeleteObjects batches (S3) or one DELETE per key (GCS, Azure).
+    """A plan's actions on its bucket, in DeleteObjects batches (S3), blob batches of conditional deletes (Azure,
+    each key with `If-Match` on the ETag the plan saw) or one DELETE per key (GCS).
 
-    Deletes are not conditional (obstore's delete takes no `ifGenerationMatch`
-    or `If-Match`): the keys are listed again right before, as on S3.
+    On S3 and GCS deletes are not conditional (obstore's delete takes no
+    `ifGenerationMatch`, and its GCS listing gives no generation): the keys
+    are listed again right before. On Azure a key written between that
+    listing and its delete stays, and its action fails (a later apply finds
+    it changed and skips it).
 
     Right before each batch, the key ranges of its actions are listed again:
     an action whose keys are not those planned (ETag, size, last-modified),
@@ -267,15 +272,28 @@ class S3Remover(Remover):
 
     # -- removing ---------------------------------------------------------------------------
 
-    def remove(self, approved: Sequence[tuple[Action, Found]]) -> None:
+    def remove(self, approved: Sequence[tuple[Action, Found]]) -> list[StorageError | None]:
         keys = [rel for _, found in approved for rel in sorted(found.paths)]
         if self.kept is not None:
             self.bucket.run(self.kept.keep(self.bucket, keys))
         for _, found in approved:
             for upload in found.unlisted:
                 self.bucket.abort_upload(upload.path, upload.upload_id)
-        if keys:
-            self.bucket.delete(keys)
+        if not keys:
+            return [None] * len(approved)
+        if self.bucket.provider.s3_api:
+            self.bucket.delete(keys)  # DeleteObjects: no condition per key; the listing right before is the check
+            return [None] * len(approved)
+        # Each key with the ETag the plan saw (and the fresh listing found again): changed since, it stays.
+        etags = {
+            rel: (action.precondition.objects or {})[rel].etag for action, found in approved for rel in found.paths
+        }
+        left = self.bucket.delete_unchanged(etags)
+        errors: list[StorageError | None] = []
+        for _, found in approved:
+            changed = sorted(left.intersection(found.paths))
+            errors.append(StorageError(f"{changed[0]} {CHANGED_SINCE_LISTED}") if changed else None)
+        return errors
 
 
 def _changed(action: Action, present: dict[str, ObjectInfo]) -> str | None:
