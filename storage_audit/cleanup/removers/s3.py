@@ -160,13 +160,16 @@ class S3Remover(Remover):
 
     On S3 and GCS deletes are not conditional (obstore's delete takes no
     `ifGenerationMatch`, and its GCS listing gives no generation): the keys
-    are listed again right before. On Azure a key written between that
-    listing and its delete stays, and its action fails (a later apply finds
-    it changed and skips it).
+    are checked in a listing made since planning. On Azure a key written
+    between that listing and its delete stays, and its action fails (a later
+    apply finds it changed and skips it).
 
-    Right before each batch, the key ranges of its actions are listed again:
-    an action whose keys are not those planned (ETag, size, last-modified),
-    or that holds a key added since, is not what the plan saw. A DeleteObjects
+    The key ranges of each batch's actions are listed again right before it,
+    or, where the applier hands over the fresh scan its vetoes were judged on
+    (layer links and blobs), read in that scan's listing, made after
+    the registry was left read-only: an action whose keys are not those
+    planned (ETag, size, last-modified), or that holds a key added since, is
+    not what the plan saw. A DeleteObjects
     request is retried with backoff (deleting a key already gone succeeds),
     and every request is paced by the bucket's rate limit. The deletes are
     obstore's bulk delete (`S3Bucket.delete`): the same signed store,
@@ -282,7 +285,7 @@ class S3Remover(Remover):
         if not keys:
             return [None] * len(approved)
         if self.bucket.provider.s3_api:
-            self.bucket.delete(keys)  # DeleteObjects: no condition per key; the listing right before is the check
+            self.bucket.delete(keys)  # DeleteObjects: no condition per key; the listing since planning is the check
             return [None] * len(approved)
         # Each key with the ETag the plan saw (and the fresh listing found again): changed since, it stays.
         etags = {
