@@ -25,6 +25,7 @@ from storage_audit.core.paths import (
     UploadData,
     UploadDir,
     UploadStartedAt,
+    blob_data_digest,
     parse_path,
     path_for,
     valid_repository,
@@ -151,3 +152,26 @@ def test_specs_validate_their_parts() -> None:
 )
 def test_repository_names(name: str, ok: bool) -> None:
     assert valid_repository(name) is ok
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *(p for _, p in TABLE),
+        f"blobs/sha256/ab/{HEX}/data",
+        f"blobs/sha512/cc/{'c' * 128}/data",
+        f"blobs/sha256/ac/{HEX}/data",  # the prefix is not the digest's
+        f"blobs/sha256/ab/{HEX}0/data",  # too long
+        f"blobs/sha256/AB/{HEX.upper()}/data",
+        f"blobs/sha256/ab/{HEX}/data/",
+        f"blobs/md5/ab/{HEX}/data",
+        f"x/blobs/sha256/ab/{HEX}/data",
+    ],
+)
+def test_blob_data_digest_is_what_parse_path_says(path: str) -> None:
+    try:
+        spec = parse_path(path)
+    except InvalidPath:
+        spec = None
+    want = str(spec.digest) if isinstance(spec, BlobData) else None
+    assert blob_data_digest(path) == want

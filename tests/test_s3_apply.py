@@ -21,6 +21,7 @@ from tests.s3_harness import (
     local_files,
     mirror_as_listed,
     multipart_uploads,
+    put_objects,
     raw_client,
     raw_keys,
     s3_garbage_collect,
@@ -213,6 +214,34 @@ def test_a_changed_tag_is_skipped_and_its_manifest_kept(basic: Pushed, tmp_path:
     with s3_registry(server, basic.rootdirectory) as reg:
         assert pull_verified(reg, "team/app", moved["tag"]) == []
         assert reg.get_manifest("team/app", moved["tag"])[2] == digest
+
+
+def test_a_layer_link_or_blob_written_again_since_planning_is_kept(basic: Pushed, tmp_path: Path) -> None:
+    """Layer links and blobs are checked against the listing of the scan that judged their vetoes: a key written
+    again before that scan (by a registry that was not read-only) is no longer what the plan saw."""
+    server = basic.server
+    doc = basic.plan(tmp_path / "plan.json", "--delete-untagged")
+    link = next(a for a in doc["actions"] if a["op"] == "remove-layer-link")
+    blob = next(a for a in doc["actions"] if a["op"] == "remove-blob" and a["digest"] != link["digest"])
+    again = [basic.prefix + rel for action in (link, blob) for rel in action["precondition"]["objects"]]
+    client = raw_client(server)
+    contents = [(key, client.get_object(Bucket=server.bucket, Key=key)["Body"].read()) for key in again]
+    time.sleep(1.1)  # a listing's times are to the second: the same bytes written again must show as written
+    put_objects(server, contents)
+    result = basic.apply(tmp_path / "plan.json")
+    assert result.exit_code == 0, result.output
+    for action in (link, blob):
+        assert f"skipped {action['path']}: " in result.stderr, result.stderr
+    assert result.stderr.count("changed since planning") == 2, result.stderr
+    left = raw_keys(server, basic.prefix)
+    assert all(key in left for key in again)
+    gone = [
+        basic.prefix + rel
+        for a in doc["actions"]
+        if a["op"] == "remove-blob" and a["digest"] not in (link["digest"], blob["digest"])
+        for rel in a["precondition"]["objects"]
+    ]
+    assert gone and not any(key in left for key in gone)
 
 
 def test_a_tag_is_exactly_its_own_keys_and_a_repository_never_a_nested_one(

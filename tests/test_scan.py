@@ -116,6 +116,24 @@ def test_worker_processes_give_the_same_inventory(name: str, fixture_root) -> No
     assert len(alone.blobs) > 0 and len(alone.revisions) > 0
 
 
+@pytest.mark.parametrize("name", ["multiarch", "churn"])
+def test_parts_coded_as_they_come_or_together_give_the_same_inventory(
+    name: str,
+    fixture_root,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A small tree is coded in one go once read; a big one each time CODE_ROWS rows are held.
+    from storage_audit.scan import run
+
+    v2 = fixture_root(name) / V2
+    together = scan(LocalStorage(v2), ScanOptions(workers=2))
+    monkeypatch.setattr(run, "CODE_ROWS", 1)
+    apart = scan(LocalStorage(v2), ScanOptions(workers=2))
+    for table, df in together.tables().items():
+        pd.testing.assert_frame_equal(getattr(apart, table), df, check_exact=True, obj=table)
+    assert len(together.blobs) > 0 and len(together.references) > 0
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
 @pytest.mark.parametrize("name", ["multiarch", "churn"])

@@ -268,8 +268,10 @@ def _read_objects(op: Op, path: str, repository: str | None, doc: Any, where: st
     if not isinstance(doc, dict):
         raise PlanError(f"{where}: the keys of its precondition must be an object")
     objects = {}
+    ranges = [(first, last) for _, first, last in spans(op, path, repository)]
     for rel, state in doc.items():
-        if any(p in ("", ".", "..") for p in rel.split("/")) or not owns(op, path, repository, rel):
+        parts = rel.split("/")
+        if "" in parts or "." in parts or ".." in parts or not any(first <= rel <= last for first, last in ranges):
             raise PlanError(f"{where} ({op} {path}) may not touch the key {rel!r}")
         objects[rel] = KeyState.from_json(state, f"{where}: the precondition of {rel!r}")
     return objects
@@ -340,8 +342,8 @@ class Action:
     @classmethod
     def from_json(cls, item: Any, i: int) -> Action:
         """The action #i of a plan document, validated; raises PlanError naming the first problem."""
-        fields = set(cls.__dataclass_fields__)
-        if not isinstance(item, dict) or not fields - OPTIONAL_FIELDS <= set(item) <= fields:
+        fields = _ACTION_FIELDS
+        if not isinstance(item, dict) or not fields - OPTIONAL_FIELDS <= item.keys() <= fields:
             raise PlanError(f"action #{i} is malformed: it needs exactly the fields {sorted(fields)}")
         if not isinstance(item["op"], str) or item["op"] not in OP_SPEC:
             raise PlanError(f"action #{i} has an unknown op")
@@ -359,6 +361,9 @@ class Action:
         return cls(
             op, path, item["reason"], pre, repository, item["tag"], item["digest"], item["bytes"], item.get("refused")
         )
+
+
+_ACTION_FIELDS = frozenset(Action.__dataclass_fields__)
 
 
 def _spec(op: Op, path: str, repository: str | None, tag: str | None, digest: str | None) -> PathSpec:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from storage_audit.analysis.graph import Graph
@@ -24,7 +24,7 @@ from storage_audit.core.errors import StorageError
 from storage_audit.inventory.frames import isin
 from storage_audit.inventory.tables import Inventory
 from storage_audit.scan.run import ScanOptions, scan
-from storage_audit.storage.base import AccessError, read_regular
+from storage_audit.storage.base import AccessError, Storage, read_regular
 
 PLAN_LIMIT = 1 << 36
 """64 GiB: far more than a plan of a hundred million actions takes; what is bigger is no plan."""
@@ -94,8 +94,8 @@ def read_plan(path: Path) -> tuple[Plan, str]:
     except AccessError as exc:
         raise PlanError(f"cannot read: {exc.reason}") from exc
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise PlanError(f"{path}: not JSON: {exc}") from exc
     return Plan.from_json(doc), hashlib.sha256(raw).hexdigest()
 
@@ -191,12 +191,15 @@ class Applier(AbstractContextManager["Applier"]):
         self.outcome.left += kept
         self._say_left(kept)
         if by_op[Op.REMOVE_LAYER_LINK] or by_op[Op.REMOVE_BLOB]:
-            fresh = self._fresh_inventory()
+            scanned = self.remover.fresh()
+            fresh = self._fresh_inventory(scanned)
             held = None if fresh is None else self._held_now(fresh)
-            self._phase(by_op[Op.REMOVE_LAYER_LINK], partial(_link_veto, held))
+            # No action of either phase holds a key of another: what the scan listed of each is still all there is,
+            # but what this run removed of it (which its look finds gone when asked).
+            self._phase(by_op[Op.REMOVE_LAYER_LINK], partial(_link_veto, held), scanned=scanned)
             # After the layer links: those removed since do not keep their blobs.
             linked = None if fresh is None else self._layer_linked_now(fresh)
-            self._phase(by_op[Op.REMOVE_BLOB], partial(_blob_veto, held, linked))
+            self._phase(by_op[Op.REMOVE_BLOB], partial(_blob_veto, held, linked), scanned=scanned)
         self._phase(by_op[Op.REMOVE_UPLOAD])
         self._phase(by_op[Op.REMOVE_REPOSITORY])
         return self.outcome
@@ -209,16 +212,20 @@ class Applier(AbstractContextManager["Applier"]):
         for (op, why), n in counts.items():
             self.log(f"left {n} {op} for {self.remover.leaves_to}: {why}")
 
-    def _phase(self, items: Sequence[Item], veto: Veto = _no_veto, defer: bool = False) -> None:
+    def _phase(
+        self, items: Sequence[Item], veto: Veto = _no_veto, defer: bool = False, scanned: Storage | None = None
+    ) -> None:
         """Each batch the remover makes: look at its targets now, settle what goes no further, remove the rest.
 
         `defer`: what is approved is not removed now but goes with its manifest, which the revision phase deletes
         (the tags of a remover with `untags_with_revision`); until then it counts as removed for the vetoes.
+        `scanned`: the storage of the fresh scan the vetoes were judged on, when nothing removed since holds a key
+        of these actions (see `Remover.look`).
         """
         for batch in self.remover.batches(items):
             settled: set[int] = set()
             try:
-                found = self.remover.look(self.plan, [a for _, a in batch])
+                found = self.remover.look(self.plan, [a for _, a in batch], scanned)
                 approved: list[tuple[int, Action, Found]] = []
                 for (i, action), now in zip(batch, found, strict=True):
                     if isinstance(now, StorageError):
@@ -314,9 +321,10 @@ class Applier(AbstractContextManager["Applier"]):
             return 0
         return sum(size for path, size in now.held().items() if not self._removed_here(path))
 
-    def _fresh_inventory(self) -> Inventory | None:
-        """A new scan; None when its findings leave references unknown (then nothing irreversible runs)."""
-        inv = scan(self.remover.fresh(), ScanOptions())
+    def _fresh_inventory(self, storage: Storage | None = None) -> Inventory | None:
+        """A new scan (of `storage`, the remover's fresh one by default); None when its findings leave references
+        unknown (then nothing irreversible runs)."""
+        inv = scan(storage or self.remover.fresh(), ScanOptions())
         if isin(inv.findings["kind"], BLOCKING_KINDS).any():
             return None
         return inv

@@ -31,7 +31,12 @@ err = Console(stderr=True, highlight=False)
 
 def say(message: str) -> None:
     """One message on stderr, names in it shown as they are: no markup, no emoji, control characters escaped."""
-    err.print(Text(printable(message)), soft_wrap=True)
+    text = printable(message)
+    if err.is_terminal:
+        err.print(Text(text), soft_wrap=True)
+    else:
+        # A log or a pipe: nothing for rich to lay out, and `apply` says a line for each of thousands of removals.
+        err.file.write(text + "\n")
 
 
 def table(view: View) -> None:

@@ -400,6 +400,21 @@ def _digest_from(algorithm: str, hexpart: str) -> Digest:
         raise InvalidPath(str(exc)) from exc
 
 
+_BLOB_DATA = re.compile("blobs/(" + "|".join(ALGORITHMS) + ")/([0-9a-f]{2})/([0-9a-f]+)/data")
+
+
+def blob_data_digest(path: str) -> str | None:
+    """The digest (`<algorithm>:<hex>`) of the blob whose canonical `data` path is `path`, or None for any other
+    path: `parse_path`'s answer for most keys of a bucket's listing, without building a spec."""
+    found = _BLOB_DATA.fullmatch(path)
+    if found is None:
+        return None
+    algorithm, prefix, hexpart = found.groups()
+    if len(hexpart) != ALGORITHMS[algorithm] or not hexpart.startswith(prefix):
+        return None
+    return f"{algorithm}:{hexpart}"
+
+
 def parse_path(path: str) -> PathSpec:
     """The spec whose `path_for` is exactly `path`; raises InvalidPath otherwise."""
     parts = path.split("/")

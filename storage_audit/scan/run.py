@@ -6,6 +6,8 @@ it yet has one thread, and can start its workers by forking, in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import multiprocessing
 import os
@@ -36,6 +38,8 @@ PARALLEL_MIN_BLOBS = 5000
 REPOSITORY_BATCHES_PER_WORKER = 16
 BLOB_BATCHES_PER_WORKER = 4
 MAX_WORKERS = 8
+CODE_ROWS = 1 << 18
+"""The rows of a scan's parts held before they are coded together (see `_Frames`): some 40 MB of text."""
 JOBS_AHEAD_PER_WORKER = 3
 """Jobs submitted per worker and not yet taken: one running, the next queued, one done and waiting its turn."""
 
@@ -81,6 +85,7 @@ def _estimated_blobs(storage: Storage, prefixes: list[tuple[str, str]]) -> int:
         return 0
 
 
+@functools.cache
 def _arrow_type(table: str, column: str) -> pa.DataType:
     import pyarrow as pa
 
@@ -195,12 +200,19 @@ S = TypeVar("S", bound=_Sink)
 
 
 class _Frames:
-    """Codes every part of every table as it comes (see inventory.FrameBuilder): no table's text is held whole."""
+    """Codes every table as its parts come (see inventory.FrameBuilder): no table's text is held whole.
+
+    Parts are held as they come until they make CODE_ROWS rows, then made Arrow tables and coded together: a
+    small tree is coded in one go once the workers are done, not in a call per part and table (which took
+    twice the CPU), and a big one holds at most that many rows uncoded.
+    """
 
     send_rows = True
 
     def __init__(self) -> None:
         self._builder: FrameBuilder | None = None
+        self._held: dict[str, list[Sequence[Sequence[object]]]] = {}
+        self._held_rows = 0
 
     @property
     def builder(self) -> FrameBuilder:
@@ -213,12 +225,25 @@ class _Frames:
 
     def take(self, part: Columns) -> None:
         for table, columns in part.tables.items():
-            arrow = _arrow(table, columns)
+            self._held.setdefault(table, []).append(columns)
+            self._held_rows += len(columns[0]) if columns else 0
+        if self._held_rows >= CODE_ROWS:
+            self._code()
+
+    def _code(self) -> None:
+        """Code the parts held, each table's in the order they came."""
+        import pyarrow as pa
+
+        held, self._held, self._held_rows = self._held, {}, 0
+        for table in list(held):
+            arrow = pa.concat_tables([_arrow(table, columns) for columns in held.pop(table)])
             self.builder.add(table, _with_start_times(arrow) if table == "uploads" else arrow)
-        # A big repository's part is many arrays, freed once coded: given back before the next part.
+            del arrow
+        # The parts' many arrays, freed once coded: given back before the next ones come.
         release()
 
     def frames(self) -> dict[str, pd.DataFrame]:
+        self._code()
         return self.builder.frames()
 
 
@@ -352,13 +377,14 @@ def _run(
     findings: list[Finding],
     meanwhile: Callable[[], object] | None = None,
     last: bool = False,
-) -> None:
+) -> threading.Thread | None:
     """Run (phase, args) jobs, in order, handing their tables to `sinks` and collecting their findings; empties `jobs`.
 
     With a pool, at most `ahead` jobs are submitted and not yet taken: the results of the others,
     done while an earlier, bigger one runs, would otherwise wait here as Python objects.
-    `meanwhile` runs here while the workers start on the first jobs. When these are the `last`
-    jobs, the workers end as soon as they are done, not once this process has taken every result.
+    `meanwhile` starts, in a thread returned to join, once the workers have their first jobs. When
+    these are the `last` jobs, the workers end as soon as they are done, not once this process has
+    taken every result.
     """
     # Each job's arguments go once it is done (100,000 manifests to read are some 20 MB), not with the last one.
     waiting = deque(jobs)
@@ -367,7 +393,7 @@ def _run(
         while waiting:
             phase, args = waiting.popleft()
             _take(phase, fn(*args), progress, sinks, findings)
-        return
+        return None
     running: deque[tuple[str, Future[Columns]]] = deque()
 
     def submit(count: int) -> None:
@@ -378,14 +404,21 @@ def _run(
                 pool.shutdown(wait=False)
 
     submit(ahead)
+    loader = None
     if meanwhile is not None:
-        meanwhile()
+        # The workers were all started by the first submit (forked, when this process had one thread), and the
+        # pool's own thread runs since: a thread of ours is as safe now. In it, `meanwhile` leaves this one free
+        # to keep the workers fed; run here, it kept them waiting with their first few jobs done (loading pandas
+        # took a third of a second, a fifth of the walk of a tree of 60,000 blobs on 2 CPUs).
+        loader = threading.Thread(target=meanwhile, name="meanwhile", daemon=True)
+        loader.start()
     while running:
         phase, future = running.popleft()
         part = future.result()
         submit(1)
         _take(phase, part, progress, sinks, findings)
         del part, future  # the future holds its result too: let it go before waiting on the next
+    return loader
 
 
 def _take(
@@ -403,8 +436,8 @@ def _read(
 ) -> tuple[S, list[Finding]]:
     """Read the tree, handing every part of every table to a new sink; that sink and the findings met.
 
-    `meanwhile` runs in this process while the workers, if any, read the tree; for a remote tree,
-    in a thread while it is listed and read.
+    `meanwhile` runs in a thread of this process while the workers, if any, read the tree (started once they
+    are); for a remote tree, while it is listed and read.
     """
     options = options or ScanOptions()
     loader = None
@@ -478,14 +511,19 @@ def _walk_with(
     jobs += [("blobs", (v2, [], chunk, rows)) for chunk in _chunks(prefixes, blob_batches)]
     ahead = workers * JOBS_AHEAD_PER_WORKER
     manifests = _ManifestItems()
-    _run(pool, ahead, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
-    manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.first(), repo_batches)]
-    _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink, manifests], findings, last=True)
-    # The children only a list names (their revision links deleted) are few: read here, not by the
-    # workers, which are gone by now; an index may list an index, hence the rounds.
-    while listed := manifests.next():
-        jobs = [("manifests", (v2, listed, rows, True))]
-        _run(None, 0, read_manifest_units, jobs, progress, [sink, manifests], findings)
+    loader = _run(pool, ahead, walk_units, jobs, progress, [sink, manifests], findings, meanwhile)
+    try:
+        manifest_jobs = [("manifests", (v2, chunk, rows)) for chunk in _chunks(manifests.first(), repo_batches)]
+        _run(pool, ahead, read_manifest_units, manifest_jobs, progress, [sink, manifests], findings, last=True)
+        # The children only a list names (their revision links deleted) are few: read here, not by the
+        # workers, which are gone by now; an index may list an index, hence the rounds.
+        while listed := manifests.next():
+            jobs = [("manifests", (v2, listed, rows, True))]
+            _run(None, 0, read_manifest_units, jobs, progress, [sink, manifests], findings)
+    finally:
+        # Joined only now: the manifests are read meanwhile.
+        if loader is not None:
+            loader.join()
     return sink, findings
 
 
@@ -496,7 +534,21 @@ def tally(storage: Storage, options: ScanOptions | None = None) -> tuple[Totals,
 
 
 def _load_pandas() -> None:
-    import storage_audit.inventory.tables  # noqa: F401
+    """Import what the frames need, in a thread: where that fails, the import that needs it says why, not this.
+
+    What an import makes lives as long as the process: the collector is held off meanwhile, then told to leave it
+    for good (`gc.freeze`), so that no collection of the analysis walks it again. Collections over the modules of
+    pandas and pyarrow took a tenth of a CPU-second of `orphans` on a tree of 60,000 blobs.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with contextlib.suppress(Exception):
+            import storage_audit.inventory.tables  # noqa: F401
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
 
 
 def _with_start_times(uploads: pa.Table) -> pa.Table:

@@ -365,6 +365,20 @@ class Provider:
         """Requests a delete of `keys` keys takes: one each, unless the service has a batch call."""
         return keys
 
+    def delete_unchanged(self, keys: Sequence[tuple[str, str]]) -> list[str] | None:
+        """Delete each key only if its ETag is still the one given, in as few requests as the service allows
+        (blocking: run in a thread); returns the keys left because their ETag differs (a key already gone is
+        deleted), or None where the service's conditional delete is not reached (then the caller deletes plainly).
+        Raises for a request that failed."""
+        return None
+
+    delete_batch = 1
+    """Keys one conditional delete request takes (`delete_unchanged`)."""
+
+    def deletes_conditionally(self) -> bool:
+        """Whether `delete_unchanged` reaches the service's conditional delete (else deletes are plain)."""
+        return False
+
     def configure(self, bucket: str, concurrency: int) -> None:
         """The bucket this provider serves, and the requests in flight: for what it makes beyond obstore's store."""
         return None
@@ -1079,6 +1093,55 @@ class S3Bucket:
 
     def delete(self, paths: Sequence[str]) -> int:
         return self.run(self.delete_async(paths))
+
+    async def delete_unchanged_async(
+        self, etags: Mapping[str, str | None], *, attempts: int = 5, backoff: float = 0.5
+    ) -> set[str]:
+        """Delete each of the paths `etags` names only while its ETag is the one given (a path without one is
+        deleted plainly); returns the paths left in place because their object changed meanwhile.
+
+        Where the service has a conditional delete (Azure's `If-Match`, in
+        blob batches), each key goes only if unchanged, in batches of
+        `Provider.delete_batch`; elsewhere the deletes are plain (`delete_async`),
+        and the fresh listing right before is the only check.
+        """
+        if not self.provider.deletes_conditionally():
+            await self.delete_async(list(etags), attempts=attempts, backoff=backoff)
+            return set()
+        conditional = sorted((p, e) for p, e in etags.items() if e)
+        plain = [p for p, e in etags.items() if not e]
+        size = self.provider.delete_batch
+        batches = [conditional[i : i + size] for i in range(0, len(conditional), size)]
+        left: set[str] = set()
+
+        async def one(batch: list[tuple[str, str]]) -> bool:
+            keys = [(self.location.key(p), e) for p, e in batch]
+            for attempt in range(attempts):
+                await self.limiter.wait()
+                try:
+                    changed = await asyncio.to_thread(self.provider.delete_unchanged, keys)
+                except Exception as exc:
+                    self.counters.add("delete")
+                    if attempt + 1 == attempts:
+                        raise self._error(f"deleting {len(batch)} keys failed after {attempts} attempts", exc) from exc
+                    await asyncio.sleep(random.uniform(0, backoff * 2**attempt))
+                    continue
+                if changed is None:
+                    return False
+                self.counters.add("delete")
+                left.update(self.location.relative(k) for k in changed)
+                return True
+            return True  # not reached
+
+        done = await self.gather_limited([partial(one, b) for b in batches]) if batches else []
+        if not all(done):
+            plain += [p for p, _ in conditional]  # the service's conditional delete is not reached: plain deletes
+        if plain:
+            await self.delete_async(plain, attempts=attempts, backoff=backoff)
+        return left
+
+    def delete_unchanged(self, etags: Mapping[str, str | None]) -> set[str]:
+        return self.run(self.delete_unchanged_async(etags))
 
     # Folder markers (obstore drops a key's trailing `/`; see `_uploads`)
 

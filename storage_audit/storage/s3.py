@@ -27,6 +27,7 @@ from storage_audit.core.paths import (
     TagIndexLink,
     UploadData,
     UploadStartedAt,
+    blob_data_digest,
     parse_path,
     path_for,
 )
@@ -181,7 +182,9 @@ _ODD_NAMES = frozenset({"", ".", ".."})
 
 def _odd(path: str) -> bool:
     """Whether `path` has an empty, `.` or `..` segment: S3 allows them in a key; a directory tree cannot hold them."""
-    return any(part in _ODD_NAMES for part in path.split("/"))
+    parts = path.split("/")
+    # Membership tests, not a generator: every key whose directory is new (every blob's) is checked here.
+    return "" in parts or "." in parts or ".." in parts
 
 
 _LINKS = (LayerLink, RevisionLink, TagCurrentLink, TagIndexLink)
@@ -235,6 +238,11 @@ class _Index:
                 self._add_odd(path)
                 continue
             entries.setdefault(name, _FILE)
+            digest = blob_data_digest(path)  # most keys: a blob's data, read without building its spec
+            if digest is not None:
+                named.add(digest)
+                blobs[path] = digest
+                continue
             try:
                 spec = parse_path(path)
             except ValueError:
@@ -500,6 +508,14 @@ class S3Storage(Storage):
         candidates = index.markers()
         markers = self.bucket.run(self.bucket.folder_markers_async(candidates)) if candidates else []
         return index.tree(markers)
+
+    def objects(self) -> dict[str, ObjectInfo]:
+        """Every key of the listing (relative to `v2`) with its ETag, size and last-modified time."""
+        return self.tree.files
+
+    def listed(self) -> list[str]:
+        """Every key of the listing (relative to `v2`), in order."""
+        return self.tree.keys
 
     def _kind(self, rel: str) -> EntryKind | None:
         tree = self.tree

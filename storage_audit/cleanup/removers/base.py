@@ -90,10 +90,18 @@ class Remover(ABC):
         """The actions, in their order, in groups that are each looked at and removed at once."""
 
     @abstractmethod
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
+    def look(
+        self, plan: Plan, actions: Sequence[Action], scanned: Storage | None = None
+    ) -> list[Found | StorageError | None]:
         """What the target of each of `plan`'s `actions` holds now, and whether that is what the plan saw; None when
         it is gone; the StorageError of one it could not look at (that action fails, not its batch). Raises
-        StorageError when it cannot tell for the batch."""
+        StorageError when it cannot tell for the batch.
+
+        `scanned`: the storage of the fresh scan that decided these actions'
+        vetoes, when nothing this run removed since could have touched their
+        targets. A remover whose look is a listing may answer from that
+        listing instead of listing again: the references were judged on it.
+        """
 
     @abstractmethod
     def remove(self, approved: Sequence[tuple[Action, Found]]) -> Sequence[StorageError | None] | None:

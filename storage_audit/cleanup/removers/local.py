@@ -35,7 +35,7 @@ from storage_audit.core.paths import (
     UploadStartedAt,
     path_for,
 )
-from storage_audit.storage.base import AccessError, EntryKind, LocalStorage, Stat, is_inside
+from storage_audit.storage.base import AccessError, EntryKind, LocalStorage, Stat, Storage, is_inside
 
 PRUNED = {Op.REMOVE_TAG_HISTORY: 1, Op.REMOVE_REVISION: 1, Op.REMOVE_LAYER_LINK: 1, Op.REMOVE_BLOB: 1}
 """How many parent directories a removal may leave empty, to prune as the registry leaves them (never `tags/`)."""
@@ -126,7 +126,10 @@ class LocalRemover(Remover):
 
     # -- what a target is now -----------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
+    def look(
+        self, plan: Plan, actions: Sequence[Action], scanned: Storage | None = None
+    ) -> list[Found | StorageError | None]:
+        # Each look is a stat or two of its own: cheaper than anything a scan remembers, and of now.
         return _each(actions, lambda action: self._look(plan, action))
 
     def _look(self, plan: Plan, action: Action) -> Found | None:

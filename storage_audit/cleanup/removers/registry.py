@@ -76,7 +76,9 @@ class RegistryRemover(Remover):
 
     # -- what the targets are now -------------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
+    def look(
+        self, plan: Plan, actions: Sequence[Action], scanned: Storage | None = None
+    ) -> list[Found | StorageError | None]:
         kept: dict[str, dict[str, list[str]]] = {}
         out: list[Found | StorageError | None] = []
         for action in actions:

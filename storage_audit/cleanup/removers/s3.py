@@ -15,6 +15,7 @@ from storage_audit.cleanup.plan import Plan
 from storage_audit.cleanup.removers.base import Found, Item, Quarantined, Remover, Unlisted
 from storage_audit.core.errors import StorageError, UsageError
 from storage_audit.core.paths import Blobs, path_for
+from storage_audit.storage.base import Storage
 from storage_audit.storage.bucket import DELETE_BATCH, V2, ObjectInfo, S3Bucket, S3Location, S3Settings
 from storage_audit.storage.clouds import AzureSettings, GCSSettings
 from storage_audit.storage.s3 import S3Storage
@@ -22,6 +23,7 @@ from storage_audit.storage.s3 import S3Storage
 MULTIPART_OPS = (Op.REMOVE_UPLOAD, Op.REMOVE_REPOSITORY)
 """Ops whose targets may hold an upload's data, an incomplete multipart upload that listings do not show."""
 RECEIVED_DATA = "it received data since planning"
+CHANGED_SINCE_LISTED = "changed between the fresh listing and its delete (conditional delete refused): left in place"
 REQUESTS_PER_BATCH = 8
 """DeleteObjects requests a batch may take, sent at once: each batch is listed afresh and removed in turn, so a
 larger batch spends fewer round trips waiting on one server."""
@@ -153,14 +155,21 @@ class Quarantine:
 
 
 class S3Remover(Remover):
-    """A plan's actions on its bucket, in DeleteObjects batches (S3) or one DELETE per key (GCS, Azure).
+    """A plan's actions on its bucket, in DeleteObjects batches (S3), blob batches of conditional deletes (Azure,
+    each key with `If-Match` on the ETag the plan saw) or one DELETE per key (GCS).
 
-    Deletes are not conditional (obstore's delete takes no `ifGenerationMatch`
-    or `If-Match`): the keys are listed again right before, as on S3.
+    On S3 and GCS deletes are not conditional (obstore's delete takes no
+    `ifGenerationMatch`, and its GCS listing gives no generation): the keys
+    are checked in a listing made since planning. On Azure a key written
+    between that listing and its delete stays, and its action fails (a later
+    apply finds it changed and skips it).
 
-    Right before each batch, the key ranges of its actions are listed again:
-    an action whose keys are not those planned (ETag, size, last-modified),
-    or that holds a key added since, is not what the plan saw. A DeleteObjects
+    The key ranges of each batch's actions are listed again right before it,
+    or, where the applier hands over the fresh scan its vetoes were judged on
+    (layer links and blobs), read in that scan's listing, made after
+    the registry was left read-only: an action whose keys are not those
+    planned (ETag, size, last-modified), or that holds a key added since, is
+    not what the plan saw. A DeleteObjects
     request is retried with backoff (deleting a key already gone succeeds),
     and every request is paced by the bucket's rate limit. The deletes are
     obstore's bulk delete (`S3Bucket.delete`): the same signed store,
@@ -210,9 +219,15 @@ class S3Remover(Remover):
 
     # -- what the targets are now ---------------------------------------------------------
 
-    def look(self, plan: Plan, actions: Sequence[Action]) -> list[Found | StorageError | None]:
-        listed = self._list(actions)
-        keys = sorted(listed)
+    def look(
+        self, plan: Plan, actions: Sequence[Action], scanned: Storage | None = None
+    ) -> list[Found | StorageError | None]:
+        if isinstance(scanned, S3Storage) and scanned.bucket is self.bucket:
+            # The listing the vetoes were judged on: listing the same keys again tells nothing the scan did not.
+            keys, listed = scanned.listed(), scanned.objects()
+        else:
+            listed = self._list(actions)
+            keys = sorted(listed)
         multipart = self.bucket.multipart_uploads() if any(a.op in MULTIPART_OPS for a in actions) else []
         out: list[Found | StorageError | None] = []
         for action in actions:
@@ -260,15 +275,28 @@ class S3Remover(Remover):
 
     # -- removing ---------------------------------------------------------------------------
 
-    def remove(self, approved: Sequence[tuple[Action, Found]]) -> None:
+    def remove(self, approved: Sequence[tuple[Action, Found]]) -> list[StorageError | None]:
         keys = [rel for _, found in approved for rel in sorted(found.paths)]
         if self.kept is not None:
             self.bucket.run(self.kept.keep(self.bucket, keys))
         for _, found in approved:
             for upload in found.unlisted:
                 self.bucket.abort_upload(upload.path, upload.upload_id)
-        if keys:
-            self.bucket.delete(keys)
+        if not keys:
+            return [None] * len(approved)
+        if self.bucket.provider.s3_api:
+            self.bucket.delete(keys)  # DeleteObjects: no condition per key; the listing since planning is the check
+            return [None] * len(approved)
+        # Each key with the ETag the plan saw (and the fresh listing found again): changed since, it stays.
+        etags = {
+            rel: (action.precondition.objects or {})[rel].etag for action, found in approved for rel in found.paths
+        }
+        left = self.bucket.delete_unchanged(etags)
+        errors: list[StorageError | None] = []
+        for _, found in approved:
+            changed = sorted(left.intersection(found.paths))
+            errors.append(StorageError(f"{changed[0]} {CHANGED_SINCE_LISTED}") if changed else None)
+        return errors
 
 
 def _changed(action: Action, present: dict[str, ObjectInfo]) -> str | None:
