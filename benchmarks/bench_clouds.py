@@ -55,39 +55,26 @@ def walk_requests(keys: dict[str, bytes]) -> int:
     return len(directories) + links + manifests
 
 
-def bare_listing(server: CloudServer, expected: int) -> tuple[float, int]:
+def timed_listing(server: CloudServer, expected: int, sharded: bool) -> tuple[float, int]:
+    """A listing of the tree, in this process: bare (one flat listing, the yardstick) or the tool's own
+    (`list_all_async`: delimiter listings, then the shards flat, concurrently), which is what `orphans` waits on
+    before and while it reads the manifests. Its wall time and requests."""
     location = parse_bucket_url(server.url(f"/{ROOT}"))
     saved = dict(os.environ)
     os.environ.update(server.environment())
     try:
         bucket = S3Bucket(location, settings_for(location))
         start = time.perf_counter()
-        found = len(bucket.run(bucket.list_range_async("", "", "\U0010ffff")))
+        if sharded:
+            found = len(bucket.run(bucket.list_all_async()).objects)
+        else:
+            found = len(bucket.run(bucket.list_range_async("", "", "\U0010ffff")))
         wall = time.perf_counter() - start
     finally:
         os.environ.clear()
         os.environ.update(saved)
     if found != expected:
-        raise SystemExit(f"the bare listing found {found} keys of {expected}")
-    return wall, bucket.counters.total
-
-
-def sharded_listing(server: CloudServer, expected: int) -> tuple[float, int]:
-    """The tool's own listing alone (`list_all_async`: delimiter listings, then the shards flat, concurrently), in
-    this process: what `orphans` waits on before and while it reads the manifests."""
-    location = parse_bucket_url(server.url(f"/{ROOT}"))
-    saved = dict(os.environ)
-    os.environ.update(server.environment())
-    try:
-        bucket = S3Bucket(location, settings_for(location))
-        start = time.perf_counter()
-        found = len(bucket.run(bucket.list_all_async()).objects)
-        wall = time.perf_counter() - start
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    if found != expected:
-        raise SystemExit(f"the sharded listing found {found} keys of {expected}")
+        raise SystemExit(f"the {'sharded' if sharded else 'bare'} listing found {found} keys of {expected}")
     return wall, bucket.counters.total
 
 
@@ -155,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             if name != "gcs":
                 server.put_many(objects)
             print(f"{name}: {len(keys):,} keys written in {time.perf_counter() - start:.1f} s", flush=True)
-            listing = [bare_listing(server, len(keys)) for _ in range(args.repeat)]
-            sharded = [sharded_listing(server, len(keys)) for _ in range(args.repeat)]
+            listing = [timed_listing(server, len(keys), sharded=False) for _ in range(args.repeat)]
+            sharded = [timed_listing(server, len(keys), sharded=True) for _ in range(args.repeat)]
             startup = [run(server, ["--version"])[0] for _ in range(args.repeat)]
             orphans = [
                 run(server, ["orphans", server.url(f"/{ROOT}"), "--delete-untagged", "--no-cache", "-q", "-f", "csv"])[

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from storage_audit.analysis.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
 from storage_audit.analysis.options import COLUMNS, By, Collector
 from storage_audit.core.errors import AuditError, UsageError
 
@@ -40,18 +41,6 @@ HOLDING = "('config', 'layer', 'child', 'fslayer')"
 
 TABLES = ("blobs", "revisions", "tags", "references", "manifests", "layer_links", "repositories", "uploads")
 """The snapshot tables the answers read (`references` is known to SQL as `refs`: a reserved word)."""
-
-UNTAGGED_COLUMNS = (
-    "repository",
-    "digest",
-    "media_type",
-    "artifact_type",
-    "subject",
-    "pushed_at",
-    "manifest_bytes",
-    "reclaimable_bytes",
-)
-ORPHAN_COLUMNS = ("digest", "size", "mtime", "kind", "linked_from")
 TIMES = ("pushed_at", "mtime", "last_push")
 """Columns handed back as nanoseconds since the epoch (Spark reads Parquet's nanosecond times as such), made
 times in UTC here."""
