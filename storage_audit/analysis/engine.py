@@ -6,12 +6,14 @@ counts, hands rows back as Arrow, and two expressions of its dialect. The closur
 children and referrers, what broken references name through the lists' contents) are iterated from here, one
 level of nesting per statement: neither needs a recursive query.
 
-The semantics are `graph.Graph`'s, statement by statement: present revisions, what each holds (its own blob and
-the stored blobs its manifest references as config, layer, child or fslayer), child and referrer edges within a
+The semantics are `graph.Graph`'s, statement by statement: present revisions, what each holds (its own blob and the
+stored blobs its manifest references as config, layer, child or fslayer), child and referrer edges within a
 repository, dangling tags and missing index children protecting what they name and all it holds (in their
-repository), and the marks. Revisions are keyed by (repository, digest), blobs by digest. The answers are
-read-only reports: `untagged`, `orphans` (plain, with delete_untagged, and registry 2.8's rule) and
-`report --by repository`. Registry 3's mark, a walk whose answer depends on its order, stays with the graph.
+repository), and the marks. Revisions are keyed by (repository, digest), blobs by digest, each as an integer id
+given once as the tables are read (its rank among the distinct values, so ids order as their text); the text is
+joined back only to the rows of an answer. The answers are read-only reports: `untagged`, `orphans` (plain, with
+delete_untagged, and registry 2.8's rule) and `report --by repository`. Registry 3's mark, a walk whose answer
+depends on its order, stays with the graph.
 """
 
 from __future__ import annotations
@@ -213,18 +215,20 @@ def _text(value: str) -> str:
 
 
 class Analysis:
-    """The answers of one snapshot on one engine; each intermediate table is computed once, when first needed."""
+    """The answers of one snapshot on one engine; each intermediate table is computed once, when first needed.
+
+    Every digest and every repository name is given an integer id once, as the tables are read: its rank among
+    the distinct values of all tables (`digest_ids`, `repository_ids`), so that ids order as their text. The
+    analysis joins, groups and closes over the ids alone; the text is joined back only to the rows of an answer.
+    """
 
     def __init__(self, sql: Sql, files: Mapping[str, Sequence[str]], shards: bool = False) -> None:
         self.sql = sql
         self._made: set[str] = set()
-        self._temp: list[str] = []
         for table in TABLES:
             # The shares of a sharded scan each read the manifests their links name: each row once.
             distinct = shards and table in ("manifests", "references")
             sql.source("refs" if table == "references" else table, files[table], distinct)
-
-    # -- the graph -------------------------------------------------------------------
 
     def _table(self, name: str, query: str) -> str:
         if name not in self._made:
@@ -232,22 +236,115 @@ class Analysis:
             self._made.add(name)
         return name
 
+    # -- the ids ---------------------------------------------------------------------
+
+    def _ids(self, name: str, column: str, sources: Sequence[tuple[str, str]]) -> str:
+        """The table `name` of (id, `column`): each distinct non-null value of the (table, column) `sources`
+        once, with its rank in byte order (1 for the first)."""
+        values = " UNION ALL ".join(
+            f"SELECT {source} AS v FROM {table} WHERE {source} IS NOT NULL" for table, source in sources
+        )
+        return self._table(
+            name,
+            f"SELECT row_number() OVER (ORDER BY v) AS id, v AS {column} FROM (SELECT DISTINCT v FROM ({values}) a) d",
+        )
+
+    @property
+    def digest_ids(self) -> str:
+        """(id, digest): every digest the tables name."""
+        return self._ids(
+            "digest_ids",
+            "digest",
+            [
+                ("blobs", "digest"),
+                ("revisions", "digest"),
+                ("revisions", "target"),
+                ("tags", "digest"),
+                ("refs", "manifest"),
+                ("refs", "digest"),
+                ("manifests", "digest"),
+                ("manifests", "subject"),
+                ("layer_links", "target"),
+            ],
+        )
+
+    @property
+    def repository_ids(self) -> str:
+        """(id, repository): every repository name the tables name."""
+        return self._ids(
+            "repository_ids",
+            "repository",
+            [
+                ("repositories", "repository"),
+                ("revisions", "repository"),
+                ("tags", "repository"),
+                ("layer_links", "repository"),
+            ],
+        )
+
+    @property
+    def blob_rows(self) -> str:
+        """(digest, size, mtime): the stored blobs, by id."""
+        return self._table(
+            "blob_rows",
+            f"SELECT d.id AS digest, b.size, b.mtime FROM blobs b LEFT JOIN {self.digest_ids} d ON d.digest = b.digest",
+        )
+
+    @property
+    def ref_rows(self) -> str:
+        """(manifest, digest, k): every reference, by id, its type as a rank: 3 child, 2 config, 1 layer or
+        fslayer (the others 0); those above 0 hold their blob."""
+        ids = self.digest_ids
+        return self._table(
+            "ref_rows",
+            "SELECT m.id AS manifest, d.id AS digest, CASE r.ref_type WHEN 'child' THEN 3 WHEN 'config' THEN 2"
+            " WHEN 'layer' THEN 1 WHEN 'fslayer' THEN 1 ELSE 0 END AS k FROM refs r"
+            f" LEFT JOIN {ids} m ON m.digest = r.manifest LEFT JOIN {ids} d ON d.digest = r.digest",
+        )
+
+    @property
+    def manifest_rows(self) -> str:
+        """(digest, subject, media_type, artifact_type): the manifests, digests by id."""
+        ids = self.digest_ids
+        return self._table(
+            "manifest_rows",
+            "SELECT d.id AS digest, s.id AS subject, m.media_type, m.artifact_type FROM manifests m"
+            f" LEFT JOIN {ids} d ON d.digest = m.digest LEFT JOIN {ids} s ON s.digest = m.subject",
+        )
+
+    @property
+    def tag_rows(self) -> str:
+        """(repository, digest, pushed_at): the tags, by id."""
+        return self._table(
+            "tag_rows",
+            "SELECT r.id AS repository, d.id AS digest, t.pushed_at FROM tags t"
+            f" LEFT JOIN {self.repository_ids} r ON r.repository = t.repository"
+            f" LEFT JOIN {self.digest_ids} d ON d.digest = t.digest",
+        )
+
+    # -- the graph -------------------------------------------------------------------
+
     @property
     def present(self) -> str:
         """Linked revisions whose manifest blob is stored."""
+        ids, blobs = self.digest_ids, self.blob_rows
         return self._table(
             "present",
-            "SELECT r.repository, r.digest, r.target, r.pushed_at FROM revisions r"
-            " WHERE r.linked AND EXISTS (SELECT 1 FROM blobs b WHERE b.digest = r.target)",
+            "SELECT p.id AS repository, d.id AS digest, g.id AS target, r.pushed_at FROM revisions r"
+            f" JOIN {ids} g ON g.digest = r.target"
+            f" LEFT JOIN {self.repository_ids} p ON p.repository = r.repository"
+            f" LEFT JOIN {ids} d ON d.digest = r.digest"
+            f" WHERE r.linked AND EXISTS (SELECT 1 FROM {blobs} b WHERE b.digest = g.id)",
         )
 
     @property
     def held_refs(self) -> str:
         """(manifest, blob): the distinct stored blobs each manifest references as config, layer, child, fslayer."""
+        refs, blobs = self.ref_rows, self.blob_rows
         return self._table(
             "held_refs",
-            f"SELECT DISTINCT r.manifest, r.digest AS blob FROM refs r WHERE r.ref_type IN {HOLDING}"
-            " AND EXISTS (SELECT 1 FROM blobs b WHERE b.digest = r.digest)",
+            f"SELECT DISTINCT r.manifest, r.digest AS blob FROM {refs} r WHERE r.k > 0"
+            f" AND EXISTS (SELECT 1 FROM {blobs} b WHERE b.digest = r.digest)",
         )
 
     @property
@@ -255,8 +352,8 @@ class Analysis:
         """(manifest, digest) of every child reference of a list or index."""
         return self._table(
             "children",
-            "SELECT DISTINCT manifest, digest FROM refs"
-            " WHERE ref_type = 'child' AND manifest IS NOT NULL AND digest IS NOT NULL",
+            f"SELECT DISTINCT manifest, digest FROM {self.ref_rows}"
+            " WHERE k = 3 AND manifest IS NOT NULL AND digest IS NOT NULL",
         )
 
     @property
@@ -283,32 +380,32 @@ class Analysis:
     @property
     def edges(self) -> str:
         """child_edges and (repository, src, dst): the revision src of a subject keeps its referrer dst."""
-        present, child_edges = self.present, self.child_edges
+        present, child_edges, manifests = self.present, self.child_edges, self.manifest_rows
         return self._table(
             "edges",
             f"SELECT repository, src, dst FROM {child_edges} UNION"
             f" SELECT p.repository, s.digest, p.digest FROM {present} p"
-            " JOIN manifests m ON m.digest = p.target AND m.subject IS NOT NULL"
+            f" JOIN {manifests} m ON m.digest = p.target AND m.subject IS NOT NULL"
             f" JOIN {present} s ON s.repository = p.repository AND s.digest = m.subject",
         )
 
     @property
     def tagged(self) -> str:
         """(repository, digest): the revisions some tag names."""
-        present = self.present
+        present, tags = self.present, self.tag_rows
         return self._table(
             "tagged",
             f"SELECT DISTINCT p.repository, p.digest FROM {present} p"
-            " JOIN tags t ON t.repository = p.repository AND t.digest = p.digest",
+            f" JOIN {tags} t ON t.repository = p.repository AND t.digest = p.digest",
         )
 
     @property
     def dangling(self) -> str:
         """(repository, digest): what tags name that is no present revision of their repository."""
-        present = self.present
+        present, tags = self.present, self.tag_rows
         return self._table(
             "dangling",
-            "SELECT DISTINCT t.repository, t.digest FROM tags t WHERE t.digest IS NOT NULL"
+            f"SELECT DISTINCT t.repository, t.digest FROM {tags} t WHERE t.digest IS NOT NULL"
             f" AND NOT EXISTS (SELECT 1 FROM {present} p WHERE p.repository = t.repository AND p.digest = t.digest)",
         )
 
@@ -380,7 +477,7 @@ class Analysis:
         return self._table(
             name,
             f"SELECT c.repository, c.digest AS blob FROM {contents} c"
-            " WHERE EXISTS (SELECT 1 FROM blobs b WHERE b.digest = c.digest)"
+            f" WHERE EXISTS (SELECT 1 FROM {self.blob_rows} b WHERE b.digest = c.digest)"
             f" UNION SELECT c.repository, h.blob FROM {contents} c JOIN {self.held_refs} h ON h.manifest = c.digest",
         )
 
@@ -401,47 +498,70 @@ class Analysis:
         """The rows of `untagged`: the revisions `keep` (with delete_untagged) does not keep, with what each
         would free alone (the blobs it alone holds that no broken reference protects)."""
         keep = Keep(True, keep.keep_referrers, keep.collector).normal()
-        kept, holds = self.kept(keep), self.holds
+        kept, holds, blobs = self.kept(keep), self.holds, self.blob_rows
         sole = self._table(
             f"sole_{kept}",
             f"SELECT blob FROM {holds} GROUP BY blob HAVING count(*) = 1"
             f" EXCEPT SELECT blob FROM {self.protected(kept)}",
         )
-        return (
-            "SELECT p.repository, p.digest, m.media_type, m.artifact_type, m.subject,"
-            f" {self.sql.nanos('p.pushed_at')} AS pushed_at, coalesce(b.size, 0) AS manifest_bytes,"
-            " coalesce(f.freed, 0) AS reclaimable_bytes"
+        untagged = self._table(
+            f"untagged_{kept}",
+            "SELECT p.repository, p.digest, p.target, p.pushed_at, coalesce(f.freed, 0) AS reclaimable_bytes"
             f" FROM {self.present} p"
-            " LEFT JOIN manifests m ON m.digest = p.target"
-            " LEFT JOIN blobs b ON b.digest = p.target"
             f" LEFT JOIN (SELECT h.repository, h.digest, sum(s.size) AS freed FROM {holds} h"
-            f" JOIN {sole} o ON o.blob = h.blob JOIN blobs s ON s.digest = h.blob"
+            f" JOIN {sole} o ON o.blob = h.blob JOIN {blobs} s ON s.digest = h.blob"
             " GROUP BY h.repository, h.digest) f ON f.repository = p.repository AND f.digest = p.digest"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {kept} k WHERE k.repository = p.repository AND k.digest = p.digest)"
-            " ORDER BY p.repository ASC NULLS LAST, p.pushed_at ASC NULLS LAST, p.digest ASC NULLS LAST"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {kept} k WHERE k.repository = p.repository AND k.digest = p.digest)",
+        )
+        ids = self.digest_ids
+        return (
+            "SELECT r.repository, d.digest, m.media_type, m.artifact_type, s.digest AS subject,"
+            f" {self.sql.nanos('u.pushed_at')} AS pushed_at, coalesce(b.size, 0) AS manifest_bytes,"
+            " u.reclaimable_bytes"
+            f" FROM {untagged} u"
+            f" LEFT JOIN {self.manifest_rows} m ON m.digest = u.target"
+            f" LEFT JOIN {blobs} b ON b.digest = u.target"
+            f" LEFT JOIN {self.repository_ids} r ON r.id = u.repository"
+            f" LEFT JOIN {ids} d ON d.id = u.digest"
+            f" LEFT JOIN {ids} s ON s.id = m.subject"
+            " ORDER BY u.repository ASC NULLS LAST, u.pushed_at ASC NULLS LAST, u.digest ASC NULLS LAST"
         )
 
     def orphans_query(self, keep: Keep) -> str:
         """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects."""
-        marked = self.marked(keep)
+        marked, blobs = self.marked(keep), self.blob_rows
+        orphans = self._table(
+            f"orphans_{marked}",
+            f"SELECT b.digest, b.size, b.mtime FROM {blobs} b"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = b.digest)",
+        )
         kinds = self._table(
-            "kinds",
-            "SELECT digest, max(k) AS k FROM ("
-            " SELECT digest, CASE ref_type WHEN 'child' THEN 3 WHEN 'config' THEN 2 WHEN 'layer' THEN 1"
-            " WHEN 'fslayer' THEN 1 ELSE 0 END AS k FROM refs"
-            " UNION ALL SELECT digest, 3 AS k FROM manifests) r GROUP BY digest",
+            f"kinds_{orphans}",
+            f"SELECT r.digest, max(r.k) AS k FROM (SELECT digest, k FROM {self.ref_rows}"
+            f" UNION ALL SELECT digest, 3 AS k FROM {self.manifest_rows}) r"
+            f" WHERE EXISTS (SELECT 1 FROM {orphans} o WHERE o.digest = r.digest) GROUP BY r.digest",
+        )
+        links = self._table(
+            "link_rows",
+            "SELECT r.id AS repository, d.id AS target FROM layer_links l"
+            f" JOIN {self.repository_ids} r ON r.repository = l.repository"
+            f" JOIN {self.digest_ids} d ON d.digest = l.target",
+        )
+        linked_from = (
+            f"SELECT l.target, {self.sql.joined('r.repository')} AS linked_from FROM {links} l"
+            f" JOIN {self.repository_ids} r ON r.id = l.repository"
+            f" WHERE EXISTS (SELECT 1 FROM {orphans} x WHERE x.digest = l.target) GROUP BY l.target"
         )
         return (
-            f"SELECT b.digest, b.size, {self.sql.nanos('b.mtime')} AS mtime,"
+            f"SELECT d.digest, o.size, {self.sql.nanos('o.mtime')} AS mtime,"
             " CASE coalesce(k.k, 0) WHEN 3 THEN 'manifest' WHEN 2 THEN 'config' WHEN 1 THEN 'layer'"
             " ELSE 'unknown' END AS kind,"
             " coalesce(l.linked_from, '') AS linked_from"
-            " FROM blobs b"
-            f" LEFT JOIN {kinds} k ON k.digest = b.digest"
-            f" LEFT JOIN (SELECT target, {self.sql.joined('repository')} AS linked_from FROM layer_links"
-            " WHERE target IS NOT NULL AND repository IS NOT NULL GROUP BY target) l ON l.target = b.digest"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = b.digest)"
-            " ORDER BY b.size DESC NULLS LAST, b.digest ASC NULLS LAST"
+            f" FROM {orphans} o"
+            f" LEFT JOIN {self.digest_ids} d ON d.id = o.digest"
+            f" LEFT JOIN {kinds} k ON k.digest = o.digest"
+            f" LEFT JOIN ({linked_from}) l ON l.target = o.digest"
+            " ORDER BY o.size DESC NULLS LAST, o.digest ASC NULLS LAST"
         )
 
     def repositories_query(self, collector: Collector | None = None) -> str:
@@ -461,7 +581,7 @@ class Analysis:
             "SELECT p.repository, sum(b.size) AS total_bytes,"
             " sum(CASE WHEN h.n = 1 THEN b.size ELSE 0 END) AS exclusive_bytes,"
             " sum(CASE WHEN h.n = 1 AND m.blob IS NULL THEN b.size ELSE 0 END) AS reclaimable_bytes"
-            f" FROM {pairs} p JOIN blobs b ON b.digest = p.blob JOIN {holders} h ON h.blob = p.blob"
+            f" FROM {pairs} p JOIN {self.blob_rows} b ON b.digest = p.blob JOIN {holders} h ON h.blob = p.blob"
             f" LEFT JOIN {marked} m ON m.blob = p.blob GROUP BY p.repository"
         )
         revisions = (
@@ -471,8 +591,8 @@ class Analysis:
             " GROUP BY p.repository"
         )
         tags = (
-            f"SELECT repository, count(*) AS tags, max({self.sql.nanos('pushed_at')}) AS last_push FROM tags"
-            " GROUP BY repository"
+            f"SELECT repository, count(*) AS tags, max({self.sql.nanos('pushed_at')}) AS last_push"
+            f" FROM {self.tag_rows} GROUP BY repository"
         )
         uploads = "SELECT repository, sum(bytes) AS upload_bytes FROM uploads GROUP BY repository"
         return (
@@ -483,9 +603,10 @@ class Analysis:
             " coalesce(s.reclaimable_bytes, 0) AS reclaimable_bytes, coalesce(u.upload_bytes, 0) AS upload_bytes,"
             " t.last_push"
             " FROM repositories r"
-            f" LEFT JOIN ({tags}) t ON t.repository = r.repository"
-            f" LEFT JOIN ({revisions}) v ON v.repository = r.repository"
-            f" LEFT JOIN ({bytes_by}) s ON s.repository = r.repository"
+            f" LEFT JOIN {self.repository_ids} i ON i.repository = r.repository"
+            f" LEFT JOIN ({tags}) t ON t.repository = i.id"
+            f" LEFT JOIN ({revisions}) v ON v.repository = i.id"
+            f" LEFT JOIN ({bytes_by}) s ON s.repository = i.id"
             f" LEFT JOIN ({uploads}) u ON u.repository = r.repository"
             " ORDER BY r.repository ASC NULLS LAST"
         )
