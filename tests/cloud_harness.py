@@ -20,6 +20,7 @@ import pytest
 
 from storage_audit.storage.clouds import AZURITE_ACCOUNT, AZURITE_KEY
 from tests.registry_harness import free_port, required, terminate
+from tests.s3_harness import stamp_as_listed
 
 BUCKET = "registry"
 AZURITE_PATHS = ("/tmp/azurite/node_modules/.bin/azurite-blob", "/usr/local/bin/azurite-blob")
@@ -109,19 +110,13 @@ class CloudServer:
         v2 = into / "docker" / "registry" / "v2"
         v2.mkdir(parents=True, exist_ok=True)
         times = {m["path"]: m["last_modified"] for page in obstore.list(self.store(), prefix) for m in page}
-        newest: dict[Path, int] = {}
+        stamped = {}
         for key, when in times.items():
             target = v2.joinpath(*key.removeprefix(prefix).split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.get(key))
-            ns = int(when.timestamp()) * 10**9 + when.microsecond * 1000
-            os.utime(target, ns=(ns, ns))
-            for parent in target.parents:
-                newest[parent] = max(newest.get(parent, 0), ns)
-                if parent == v2:
-                    break
-        for directory in sorted(newest, key=lambda p: len(p.parts), reverse=True):
-            os.utime(directory, ns=(newest[directory], newest[directory]))
+            stamped[target] = when
+        stamp_as_listed(v2, stamped)
         return into
 
     def origin(self, rootdirectory: str) -> dict[str, str]:

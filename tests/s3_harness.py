@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -569,10 +570,16 @@ def mirror_as_listed(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(bytes(size))
         times[key] = initiated
+    stamp_as_listed(v2, {v2.joinpath(*key[len(prefix) :].split("/")): when for key, when in times.items()})
+    return dest
+
+
+def stamp_as_listed(v2: Path, times: dict[Path, datetime]) -> None:
+    """Each file below `v2` gets its key's listed time, each directory the newest time below it: a directory's
+    time in a bucket."""
     newest: dict[Path, int] = {}
-    for key, when in times.items():
+    for path, when in times.items():
         ns = int(when.timestamp()) * 10**9 + when.microsecond * 1000
-        path = v2.joinpath(*key[len(prefix) :].split("/"))
         os.utime(path, ns=(ns, ns))
         for parent in path.parents:
             newest[parent] = max(newest.get(parent, 0), ns)
@@ -581,7 +588,6 @@ def mirror_as_listed(server: SeaweedS3, rootdirectory: str, dest: Path) -> Path:
     # Deepest first: setting a directory's time does not touch its parent's.
     for directory in sorted(newest, key=lambda p: len(p.parts), reverse=True):
         os.utime(directory, ns=(newest[directory], newest[directory]))
-    return dest
 
 
 def local_files(root: Path) -> set[str]:
