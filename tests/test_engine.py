@@ -3,6 +3,8 @@ tree, a shard set and generated snapshots; `--engine duckdb` prints what the def
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -189,3 +191,77 @@ def test_duckdb_out_of_memory_is_a_one_line_error(synthetic: Path) -> None:
     assert ran.exit_code == 1, ran.output
     assert "DuckDB ran out of memory at its limit of 1MB: set STORAGE_AUDIT_DUCKDB_MEMORY higher" in ran.stderr
     assert "Traceback" not in ran.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["untagged"], ["orphans", "-m"], ["orphans", "--gc-compatible"]])
+def test_the_engines_rows_stream_into_a_table_and_parquet_as_the_defaults_do(
+    synthetic: Path, args: list[str], tmp_path: Path
+) -> None:
+    """The engine's answer is read back from its file a batch at a time: the capped table (its caption and totals
+    over every row) and the Parquet file are the default's."""
+    tables, files = [], []
+    for number, engine in enumerate(([], ["--engine", "duckdb"])):
+        table = cli(args[0], str(synthetic), *args[1:], "-q", *engine, env={"STORAGE_AUDIT_NOW": NOW})
+        assert table.exit_code == 0, table.output
+        tables.append(table.stdout)
+        files.append(tmp_path / f"{number}.parquet")
+        written = cli(args[0], str(synthetic), *args[1:], "-q", "-f", "parquet", "-o", str(files[-1]), *engine)
+        assert written.exit_code == 0, written.output
+    assert tables[1] == tables[0]
+    assert "first 100 of" in tables[0]  # more rows than a table shows: the caption counts them all
+    import pyarrow.parquet as pq
+
+    written_by = [pq.read_table(path).to_pandas() for path in files]
+    assert_same(written_by[1], written_by[0], f"{args} as parquet")
+    assert len(written_by[0]) > 100
+
+
+def test_an_answer_is_read_back_a_batch_at_a_time_and_its_file_removed(synthetic_analysis: Analysis) -> None:
+    import gc
+
+    keep = Keep(delete_untagged=True)
+    answer = synthetic_analysis.orphans_answer(keep)
+    whole = synthetic_analysis.orphans(keep)
+    parts = list(answer.batches(100))
+    assert len(answer) == len(whole) > 300
+    assert [len(part) for part in parts[:-1]] == [100] * (len(parts) - 1)
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
+    assert answer.total("size") == int(whole["size"].sum())
+    pd.testing.assert_frame_equal(answer.head(5), whole.head(5))
+    path = answer.path
+    assert path.is_file()
+    del answer, parts
+    gc.collect()
+    assert not path.parent.exists()
+
+
+def test_revisions_listed_twice_change_no_blob_answer(synthetic: Path) -> None:
+    """Each revision is one row as a registry stores it, which lets the analysis skip a hash table of every
+    (revision, blob) row; a snapshot that lists revisions twice takes the way that does not need it."""
+    from storage_audit.analysis.engine import DuckDB, snapshot_files
+
+    files, _ = snapshot_files(synthetic)
+    doubled = {**files, "revisions": [*files["revisions"], *files["revisions"]]}
+    answers = []
+    for tables in (files, doubled):
+        spill = Path(tempfile.mkdtemp())
+        analysis = Analysis(DuckDB(spill, "500MB"), tables)
+        holds = analysis.sql.arrow(f"SELECT * FROM {analysis.holds}").to_pandas()
+        assert not holds.duplicated().any()
+        answers.append(
+            (
+                holds.sort_values(list(holds.columns), ignore_index=True),
+                [analysis.orphans(keep) for keep in KEEPS],
+                analysis.repositories(),
+            )
+        )
+        analysis.sql.close()
+        shutil.rmtree(spill)
+    (holds, orphans, repositories), (holds2, orphans2, repositories2) = answers
+    assert len(holds) > 1000
+    pd.testing.assert_frame_equal(holds2, holds)
+    for one, two in zip(orphans, orphans2, strict=True):
+        pd.testing.assert_frame_equal(two, one)
+    counts = ["manifests", "untagged_manifests"]  # rows of revisions, which count twice
+    pd.testing.assert_frame_equal(repositories2.drop(columns=counts), repositories.drop(columns=counts))

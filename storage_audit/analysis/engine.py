@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -48,8 +49,22 @@ TIMES = ("pushed_at", "mtime", "last_push")
 times in UTC here."""
 
 DUCKDB_MEMORY = "STORAGE_AUDIT_DUCKDB_MEMORY"
-"""The environment variable that sets DuckDB's memory limit (default DEFAULT_MEMORY); past it, DuckDB spills."""
-DEFAULT_MEMORY = "1GB"
+"""The environment variable that sets DuckDB's memory limit (default: `default_memory`); past it, DuckDB spills."""
+LEAST_MEMORY_MB = 600
+"""DuckDB's memory limit for a snapshot of up to 15 million blobs: the whole process stays within 1 GB."""
+BYTES_PER_BLOB = 40
+"""DuckDB's memory limit for larger snapshots, per blob: 4 GB at a hundred million, where spilling costs most."""
+
+
+def default_memory(blobs: int) -> str:
+    """DuckDB's memory limit for a snapshot of `blobs` blobs: LEAST_MEMORY_MB, or BYTES_PER_BLOB for each blob when
+    that is more, and at most a quarter of this machine's memory."""
+    wanted = max(LEAST_MEMORY_MB, blobs * BYTES_PER_BLOB >> 20)
+    try:
+        machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (ValueError, OSError):
+        machine = 0
+    return f"{max(LEAST_MEMORY_MB, min(wanted, machine // 4)) if machine else wanted}MB"
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,7 @@ class Sql(ABC):
 
     @abstractmethod
     def count(self, name: str) -> int:
-        """The rows of table `name`."""
+        """The rows of table `name` (or of a subquery with an alias)."""
 
     @abstractmethod
     def arrow(self, query: str) -> pa.Table:
@@ -103,6 +118,14 @@ class Sql(ABC):
     @abstractmethod
     def nanos(self, column: str) -> str:
         """A time column as nanoseconds since the epoch."""
+
+    @abstractmethod
+    def key(self, column: str) -> str:
+        """A digest's key: 128 bits of a hash of its text (NULL for NULL), the one thing the analysis compares."""
+
+    @abstractmethod
+    def export(self, query: str, path: Path) -> None:
+        """Write the rows of `query`, in its order, to the Parquet file `path`."""
 
     def close(self) -> None:  # noqa: B027 - most engines have nothing to give back
         """Give back what the engine holds."""
@@ -123,7 +146,7 @@ class DuckDB(Sql):
         self.con = duckdb.connect(
             str(temp_directory / "analysis.duckdb"), config={"threads": threads or os.cpu_count() or 1}
         )
-        self.con.execute(f"SET memory_limit = {_text(memory or os.environ.get(DUCKDB_MEMORY) or DEFAULT_MEMORY)}")
+        self.con.execute(f"SET memory_limit = {_text(memory or default_memory(0))}")
         self.con.execute(f"SET temp_directory = {_text(str(temp_directory))}")
         # Rows come out in the order each query asks for; nothing else needs the order they went in.
         self.con.execute("SET preserve_insertion_order = false")
@@ -154,6 +177,18 @@ class DuckDB(Sql):
 
     def nanos(self, column: str) -> str:
         return f"epoch_ns({column})"
+
+    def key(self, column: str) -> str:
+        return f"md5_number({column})"
+
+    def export(self, query: str, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        # Streamed, a batch at a time, in the order the query gives (which a COPY keeps only at more memory).
+        reader = self.con.sql(query).to_arrow_reader(1 << 17)
+        with pq.ParquetWriter(path, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
 
     def close(self) -> None:
         self.con.close()
@@ -193,7 +228,7 @@ class Spark(Sql):
             frame.unpersist()
 
     def count(self, name: str) -> int:
-        return int(self.spark.table(name).count())
+        return int(self.spark.sql(f"SELECT count(*) FROM {name}").collect()[0][0])
 
     def arrow(self, query: str) -> pa.Table:
         return self.spark.sql(query).toArrow()
@@ -203,6 +238,14 @@ class Spark(Sql):
 
     def nanos(self, column: str) -> str:
         return column
+
+    def key(self, column: str) -> str:
+        return f"unhex(md5({column}))"
+
+    def export(self, query: str, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(self.arrow(query), path)
 
     def close(self) -> None:
         for name in list(self._kept):
@@ -217,9 +260,12 @@ def _text(value: str) -> str:
 class Analysis:
     """The answers of one snapshot on one engine; each intermediate table is computed once, when first needed.
 
-    Every digest and every repository name is given an integer id once, as the tables are read: its rank among
-    the distinct values of all tables (`digest_ids`, `repository_ids`), so that ids order as their text. The
-    analysis joins, groups and closes over the ids alone; the text is joined back only to the rows of an answer.
+    A digest is known by its key (`Sql.key`: 128 bits of a hash of its text), computed as the tables are read,
+    and a repository name by an integer id: its rank among the distinct names of all tables (`repository_ids`),
+    so that ids order as the names. The analysis joins, groups and closes over keys and ids alone; the text is
+    read again only for the rows of an answer. Two digests of one key (a chance of about 1 in 10^22 among a
+    hundred million) would be one node of the graph: what either is kept by would keep both, so no blob would
+    be called an orphan that any kept revision holds.
     """
 
     def __init__(self, sql: Sql, files: Mapping[str, Sequence[str]], shards: bool = False) -> None:
@@ -236,105 +282,69 @@ class Analysis:
             self._made.add(name)
         return name
 
-    # -- the ids ---------------------------------------------------------------------
-
-    def _ids(self, name: str, column: str, sources: Sequence[tuple[str, str]]) -> str:
-        """The table `name` of (id, `column`): each distinct non-null value of the (table, column) `sources`
-        once, with its rank in byte order (1 for the first)."""
-        values = " UNION ALL ".join(
-            f"SELECT {source} AS v FROM {table} WHERE {source} IS NOT NULL" for table, source in sources
-        )
-        return self._table(
-            name,
-            f"SELECT row_number() OVER (ORDER BY v) AS id, v AS {column} FROM (SELECT DISTINCT v FROM ({values}) a) d",
-        )
-
-    @property
-    def digest_ids(self) -> str:
-        """(id, digest): every digest the tables name."""
-        return self._ids(
-            "digest_ids",
-            "digest",
-            [
-                ("blobs", "digest"),
-                ("revisions", "digest"),
-                ("revisions", "target"),
-                ("tags", "digest"),
-                ("refs", "manifest"),
-                ("refs", "digest"),
-                ("manifests", "digest"),
-                ("manifests", "subject"),
-                ("layer_links", "target"),
-            ],
-        )
+    # -- the keys --------------------------------------------------------------------
 
     @property
     def repository_ids(self) -> str:
-        """(id, repository): every repository name the tables name."""
-        return self._ids(
+        """(id, repository): every repository name the tables name, with its rank in byte order (1 first)."""
+        values = " UNION ALL ".join(
+            f"SELECT repository AS v FROM {table} WHERE repository IS NOT NULL"
+            for table in ("repositories", "revisions", "tags", "layer_links")
+        )
+        return self._table(
             "repository_ids",
-            "repository",
-            [
-                ("repositories", "repository"),
-                ("revisions", "repository"),
-                ("tags", "repository"),
-                ("layer_links", "repository"),
-            ],
+            "SELECT row_number() OVER (ORDER BY v) AS id, v AS repository"
+            f" FROM (SELECT DISTINCT v FROM ({values}) a) d",
         )
 
     @property
     def blob_rows(self) -> str:
-        """(digest, size, mtime): the stored blobs, by id."""
-        return self._table(
-            "blob_rows",
-            f"SELECT d.id AS digest, b.size, b.mtime FROM blobs b LEFT JOIN {self.digest_ids} d ON d.digest = b.digest",
-        )
+        """(digest, size, mtime): the stored blobs, by key."""
+        return self._table("blob_rows", f"SELECT {self.sql.key('digest')} AS digest, size, mtime FROM blobs")
 
     @property
     def ref_rows(self) -> str:
-        """(manifest, digest, k): every reference, by id, its type as a rank: 3 child, 2 config, 1 layer or
+        """(manifest, digest, k): every reference, by key, its type as a rank: 3 child, 2 config, 1 layer or
         fslayer (the others 0); those above 0 hold their blob."""
-        ids = self.digest_ids
+        key = self.sql.key
         return self._table(
             "ref_rows",
-            "SELECT m.id AS manifest, d.id AS digest, CASE r.ref_type WHEN 'child' THEN 3 WHEN 'config' THEN 2"
-            " WHEN 'layer' THEN 1 WHEN 'fslayer' THEN 1 ELSE 0 END AS k FROM refs r"
-            f" LEFT JOIN {ids} m ON m.digest = r.manifest LEFT JOIN {ids} d ON d.digest = r.digest",
+            f"SELECT {key('manifest')} AS manifest, {key('digest')} AS digest, CASE ref_type WHEN 'child' THEN 3"
+            " WHEN 'config' THEN 2 WHEN 'layer' THEN 1 WHEN 'fslayer' THEN 1 ELSE 0 END AS k FROM refs",
         )
 
     @property
     def manifest_rows(self) -> str:
-        """(digest, subject, media_type, artifact_type): the manifests, digests by id."""
-        ids = self.digest_ids
+        """(digest, subject, subject_name, media_type, artifact_type): the manifests, digests by key (and the
+        subject's text, for the answers)."""
+        key = self.sql.key
         return self._table(
             "manifest_rows",
-            "SELECT d.id AS digest, s.id AS subject, m.media_type, m.artifact_type FROM manifests m"
-            f" LEFT JOIN {ids} d ON d.digest = m.digest LEFT JOIN {ids} s ON s.digest = m.subject",
+            f"SELECT {key('digest')} AS digest, {key('subject')} AS subject, subject AS subject_name, media_type,"
+            " artifact_type FROM manifests",
         )
 
     @property
     def tag_rows(self) -> str:
-        """(repository, digest, pushed_at): the tags, by id."""
+        """(repository, digest, pushed_at): the tags, by id and key."""
         return self._table(
             "tag_rows",
-            "SELECT r.id AS repository, d.id AS digest, t.pushed_at FROM tags t"
-            f" LEFT JOIN {self.repository_ids} r ON r.repository = t.repository"
-            f" LEFT JOIN {self.digest_ids} d ON d.digest = t.digest",
+            f"SELECT r.id AS repository, {self.sql.key('t.digest')} AS digest, t.pushed_at FROM tags t"
+            f" LEFT JOIN {self.repository_ids} r ON r.repository = t.repository",
         )
 
     # -- the graph -------------------------------------------------------------------
 
     @property
     def present(self) -> str:
-        """Linked revisions whose manifest blob is stored."""
-        ids, blobs = self.digest_ids, self.blob_rows
+        """Linked revisions whose manifest blob is stored (with the digest's text, `name`, for the answers)."""
+        key, blobs = self.sql.key, self.blob_rows
         return self._table(
             "present",
-            "SELECT p.id AS repository, d.id AS digest, g.id AS target, r.pushed_at FROM revisions r"
-            f" JOIN {ids} g ON g.digest = r.target"
-            f" LEFT JOIN {self.repository_ids} p ON p.repository = r.repository"
-            f" LEFT JOIN {ids} d ON d.digest = r.digest"
-            f" WHERE r.linked AND EXISTS (SELECT 1 FROM {blobs} b WHERE b.digest = g.id)",
+            f"SELECT p.id AS repository, {key('r.digest')} AS digest, {key('r.target')} AS target, r.pushed_at,"
+            f" r.digest AS name FROM revisions r LEFT JOIN {self.repository_ids} p ON p.repository = r.repository"
+            f" WHERE r.linked AND r.target IS NOT NULL"
+            f" AND EXISTS (SELECT 1 FROM {blobs} b WHERE b.digest = {key('r.target')})",
         )
 
     @property
@@ -360,11 +370,15 @@ class Analysis:
     def holds(self) -> str:
         """(repository, digest, blob): every present revision and each stored blob it holds, itself included."""
         present, held = self.present, self.held_refs
-        return self._table(
-            "holds",
-            f"SELECT repository, digest, target AS blob FROM {present}"
-            f" UNION SELECT p.repository, p.digest, h.blob FROM {present} p JOIN {held} h ON h.manifest = p.target",
-        )
+        if "holds" in self._made:
+            return "holds"
+        own = f"SELECT repository, digest, target AS blob FROM {present}"
+        listed = f"SELECT p.repository, p.digest, h.blob FROM {present} p JOIN {held} h ON h.manifest = p.target"
+        if self.sql.count(present) == self.sql.count(f"(SELECT DISTINCT repository, digest FROM {present}) d"):
+            # Each revision once (as a registry stores them): its rows are distinct but for a manifest that lists
+            # its own digest, and the union needs no hash table of every row (the largest the analysis builds).
+            return self._table("holds", f"{own} UNION ALL {listed} AND h.blob <> p.target")
+        return self._table("holds", f"{own} UNION {listed}")
 
     @property
     def child_edges(self) -> str:
@@ -506,61 +520,57 @@ class Analysis:
         )
         untagged = self._table(
             f"untagged_{kept}",
-            "SELECT p.repository, p.digest, p.target, p.pushed_at, coalesce(f.freed, 0) AS reclaimable_bytes"
+            "SELECT p.repository, p.digest, p.name, p.target, p.pushed_at, coalesce(f.freed, 0) AS reclaimable_bytes"
             f" FROM {self.present} p"
-            f" LEFT JOIN (SELECT h.repository, h.digest, sum(s.size) AS freed FROM {holds} h"
+            f" LEFT JOIN (SELECT h.repository, h.digest, CAST(sum(s.size) AS BIGINT) AS freed FROM {holds} h"
             f" JOIN {sole} o ON o.blob = h.blob JOIN {blobs} s ON s.digest = h.blob"
             " GROUP BY h.repository, h.digest) f ON f.repository = p.repository AND f.digest = p.digest"
             f" WHERE NOT EXISTS (SELECT 1 FROM {kept} k WHERE k.repository = p.repository AND k.digest = p.digest)",
         )
-        ids = self.digest_ids
+        # What the answer's rows name of the manifests and blobs, first: the joins below build no table of all.
+        named = f"WHERE EXISTS (SELECT 1 FROM {untagged} u WHERE u.target = t.digest)"
+        manifests = self._table(f"manifests_{untagged}", f"SELECT * FROM {self.manifest_rows} t {named}")
+        sizes = self._table(f"sizes_{untagged}", f"SELECT digest, size FROM {blobs} t {named}")
         return (
-            "SELECT r.repository, d.digest, m.media_type, m.artifact_type, s.digest AS subject,"
+            "SELECT r.repository, u.name AS digest, m.media_type, m.artifact_type, m.subject_name AS subject,"
             f" {self.sql.nanos('u.pushed_at')} AS pushed_at, coalesce(b.size, 0) AS manifest_bytes,"
             " u.reclaimable_bytes"
             f" FROM {untagged} u"
-            f" LEFT JOIN {self.manifest_rows} m ON m.digest = u.target"
-            f" LEFT JOIN {blobs} b ON b.digest = u.target"
+            f" LEFT JOIN {manifests} m ON m.digest = u.target"
+            f" LEFT JOIN {sizes} b ON b.digest = u.target"
             f" LEFT JOIN {self.repository_ids} r ON r.id = u.repository"
-            f" LEFT JOIN {ids} d ON d.id = u.digest"
-            f" LEFT JOIN {ids} s ON s.id = m.subject"
-            " ORDER BY u.repository ASC NULLS LAST, u.pushed_at ASC NULLS LAST, u.digest ASC NULLS LAST"
+            " ORDER BY u.repository ASC NULLS LAST, u.pushed_at ASC NULLS LAST, u.name ASC NULLS LAST"
         )
 
     def orphans_query(self, keep: Keep) -> str:
         """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects."""
-        marked, blobs = self.marked(keep), self.blob_rows
+        key, marked = self.sql.key, self.marked(keep)
         orphans = self._table(
             f"orphans_{marked}",
-            f"SELECT b.digest, b.size, b.mtime FROM {blobs} b"
+            f"SELECT b.digest AS id FROM {self.blob_rows} b"
             f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = b.digest)",
         )
         kinds = self._table(
             f"kinds_{orphans}",
             f"SELECT r.digest, max(r.k) AS k FROM (SELECT digest, k FROM {self.ref_rows}"
             f" UNION ALL SELECT digest, 3 AS k FROM {self.manifest_rows}) r"
-            f" WHERE EXISTS (SELECT 1 FROM {orphans} o WHERE o.digest = r.digest) GROUP BY r.digest",
-        )
-        links = self._table(
-            "link_rows",
-            "SELECT r.id AS repository, d.id AS target FROM layer_links l"
-            f" JOIN {self.repository_ids} r ON r.repository = l.repository"
-            f" JOIN {self.digest_ids} d ON d.digest = l.target",
+            f" WHERE EXISTS (SELECT 1 FROM {orphans} o WHERE o.id = r.digest) GROUP BY r.digest",
         )
         linked_from = (
-            f"SELECT l.target, {self.sql.joined('r.repository')} AS linked_from FROM {links} l"
-            f" JOIN {self.repository_ids} r ON r.id = l.repository"
-            f" WHERE EXISTS (SELECT 1 FROM {orphans} x WHERE x.digest = l.target) GROUP BY l.target"
+            f"SELECT l.target, {self.sql.joined('l.repository')} AS linked_from"
+            f" FROM (SELECT {key('target')} AS target, repository FROM layer_links WHERE repository IS NOT NULL) l"
+            f" WHERE EXISTS (SELECT 1 FROM {orphans} x WHERE x.id = l.target) GROUP BY l.target"
         )
+        # The blobs read again, for their text: only the answer's rows carry it.
         return (
-            f"SELECT d.digest, o.size, {self.sql.nanos('o.mtime')} AS mtime,"
+            f"SELECT o.digest, o.size, {self.sql.nanos('o.mtime')} AS mtime,"
             " CASE coalesce(k.k, 0) WHEN 3 THEN 'manifest' WHEN 2 THEN 'config' WHEN 1 THEN 'layer'"
             " ELSE 'unknown' END AS kind,"
             " coalesce(l.linked_from, '') AS linked_from"
-            f" FROM {orphans} o"
-            f" LEFT JOIN {self.digest_ids} d ON d.id = o.digest"
-            f" LEFT JOIN {kinds} k ON k.digest = o.digest"
-            f" LEFT JOIN ({linked_from}) l ON l.target = o.digest"
+            f" FROM (SELECT {key('digest')} AS id, digest, size, mtime FROM blobs) o"
+            f" LEFT JOIN {kinds} k ON k.digest = o.id"
+            f" LEFT JOIN ({linked_from}) l ON l.target = o.id"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = o.id)"
             " ORDER BY o.size DESC NULLS LAST, o.digest ASC NULLS LAST"
         )
 
@@ -613,19 +623,18 @@ class Analysis:
 
     def frame(self, query: str, columns: Sequence[str]) -> pd.DataFrame:
         """The rows of `query` as pandas columns of the graph's types: text as strings, times in UTC."""
-        table = self.sql.arrow(query)
-        out = {}
-        for name in columns:
-            values = table.column(name)
-            if name in TIMES:
-                values = values.cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
-            elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-                values = values.cast(pa.large_string())
-            elif pa.types.is_integer(values.type) or pa.types.is_decimal(values.type):
-                # Sums are wider than their terms in some engines (DuckDB's of BIGINT are HUGEINT).
-                values = values.cast(pa.int64())
-            out[name] = values
-        return pa.table(out).to_pandas(types_mapper={pa.large_string(): pd.StringDtype()}.get)
+        return _pandas(self.sql.arrow(query), columns)
+
+    def answer(self, query: str, columns: Sequence[str]) -> Answer:
+        """The rows of `query` written to a Parquet file of their own, to be read back a batch at a time once the
+        engine has given back its memory."""
+        directory = Path(tempfile.mkdtemp(prefix="storage-audit-answer-"))
+        try:
+            self.sql.export(query, directory / "answer.parquet")
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return Answer(directory / "answer.parquet", columns)
 
     def untagged(self, keep: Keep) -> pd.DataFrame:
         return self.frame(self.untagged_query(keep), UNTAGGED_COLUMNS)
@@ -633,8 +642,66 @@ class Analysis:
     def orphans(self, keep: Keep) -> pd.DataFrame:
         return self.frame(self.orphans_query(keep), ORPHAN_COLUMNS)
 
+    def untagged_answer(self, keep: Keep) -> Answer:
+        return self.answer(self.untagged_query(keep), UNTAGGED_COLUMNS)
+
+    def orphans_answer(self, keep: Keep) -> Answer:
+        return self.answer(self.orphans_query(keep), ORPHAN_COLUMNS)
+
     def repositories(self, collector: Collector | None = None) -> pd.DataFrame:
         return self.frame(self.repositories_query(collector), COLUMNS[By.REPOSITORY])
+
+
+def _pandas(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:
+    """An engine's rows as pandas columns of the graph's types: text as strings, times in UTC, integers int64."""
+    out = {}
+    for name in columns:
+        values = table.column(name)
+        if name in TIMES:
+            values = values.cast(pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+        elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            values = values.cast(pa.large_string())
+        elif pa.types.is_integer(values.type) or pa.types.is_decimal(values.type):
+            # Sums are wider than their terms in some engines (DuckDB's of BIGINT are HUGEINT).
+            values = values.cast(pa.int64())
+        out[name] = values
+    return pa.table(out).to_pandas(types_mapper={pa.large_string(): pd.StringDtype()}.get)
+
+
+class Answer:
+    """An answer's rows in a Parquet file of their own (removed with this object), read back as pandas frames of
+    the graph's types a batch at a time: `core.view.Rows`."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        import pyarrow.parquet as pq
+
+        self.path, self.columns = path, list(columns)
+        self._file = pq.ParquetFile(path)
+        weakref.finalize(self, shutil.rmtree, path.parent, True)
+
+    def __len__(self) -> int:
+        return int(self._file.metadata.num_rows)
+
+    def batches(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The rows, `rows` at a time (at least one frame, empty for none)."""
+        empty = True
+        for batch in self._file.iter_batches(rows, columns=self.columns, use_threads=False):
+            empty = False
+            yield _pandas(pa.Table.from_batches([batch]), self.columns)
+        if empty:
+            yield _pandas(self._file.schema_arrow.empty_table(), self.columns)
+
+    def head(self, rows: int) -> pd.DataFrame:
+        """The first `rows` rows."""
+        return next(self.batches(rows)) if rows else _pandas(self._file.schema_arrow.empty_table(), self.columns)
+
+    def total(self, column: str) -> int:
+        """The sum of an integer column over every row."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        total = pc.sum(pq.read_table(self.path, columns=[column]).column(column)).as_py()
+        return int(total or 0)
 
 
 def snapshot_files(directory: Path) -> tuple[dict[str, list[str]], bool]:
@@ -647,6 +714,13 @@ def snapshot_files(directory: Path) -> tuple[dict[str, list[str]], bool]:
     return {table: [str(path) for path in files[table]] for table in TABLES}, bool(meta.get("shards"))
 
 
+def _blobs(files: Mapping[str, Sequence[str]]) -> int:
+    """The rows of the blobs table, from its files' footers."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in files["blobs"])
+
+
 @contextmanager
 def duckdb_analysis(directory: Path, memory: str | None = None) -> Iterator[Analysis]:
     """The analysis of the snapshot in `directory` on DuckDB in this process, spilling to a temporary
@@ -654,14 +728,14 @@ def duckdb_analysis(directory: Path, memory: str | None = None) -> Iterator[Anal
     files, shards = snapshot_files(directory)
     import duckdb
 
+    memory = memory or os.environ.get(DUCKDB_MEMORY) or default_memory(_blobs(files))
     spill = Path(tempfile.mkdtemp(prefix="storage-audit-duckdb-"))
     sql = DuckDB(spill, memory)
     try:
         yield Analysis(sql, files, shards)
     except duckdb.OutOfMemoryException as exc:
-        limit = memory or os.environ.get(DUCKDB_MEMORY) or DEFAULT_MEMORY
         raise EngineError(
-            f"DuckDB ran out of memory at its limit of {limit}: set {DUCKDB_MEMORY} higher (e.g. 4GB)"
+            f"DuckDB ran out of memory at its limit of {memory}: set {DUCKDB_MEMORY} higher (e.g. 4GB)"
         ) from exc
     except duckdb.Error as exc:
         raise EngineError(f"DuckDB: {str(exc).splitlines()[0]}") from exc

@@ -61,9 +61,13 @@ def _on_engine(root: Root, options: CollectOptions, untagged: bool) -> Collected
     keep = Keep(options.delete_untagged, options.keep_referrers, options.collector)
     keep.normal()  # refuses what the engine does not offer before the snapshot is read
     with engine_analysis(root, options.engine) as analysis:
-        frame = analysis.untagged(keep) if untagged else analysis.orphans(keep)
+        # Every row goes to a file of its own, read back a batch at a time once the engine is closed.
+        answer = analysis.untagged_answer(keep) if untagged else analysis.orphans_answer(keep)
     assert isinstance(root, Snapshot)
-    view = _untagged_view(frame) if untagged else _orphans_view(frame)
+    from storage_audit.output.table import MAX_ROWS
+
+    first = answer.head(MAX_ROWS)
+    view = replace(_untagged_view(first) if untagged else _orphans_view(first), rows=answer)
     return Collected(view, (), unreadable_paths(snapshot_findings(root)))
 
 

@@ -8,6 +8,7 @@ at a time, so that millions of rows never become one frame of strings.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage_audit.inventory.codes import CodedDtype
+
+if TYPE_CHECKING:
+    from storage_audit.core.view import View
 
 ROWS = 1 << 18
 """Rows decoded and written at a time: some 50 MB of text for rows of a digest and a few numbers."""
@@ -32,15 +36,27 @@ def batches(frame: pd.DataFrame, rows: int | None = None, iso_times: bool = Fals
     as pandas writes them with `date_unit="us"`, floored), made by pyarrow: about ten times faster.
     """
     rows = rows or ROWS
-    coded = coded_columns(frame)
-    times = [col for col in frame.columns if iso_times and _utc(frame[col].dtype)]
     for start in range(0, max(len(frame), 1), rows):
-        part = frame.iloc[start : start + rows]
-        if coded or times:
-            text = {col: part[col].astype(pd.StringDtype()) for col in coded}
-            text |= {col: _iso(part[col]) for col in times}
-            part = part.assign(**text)
-        yield part
+        yield _as_text(frame.iloc[start : start + rows], iso_times)
+
+
+def view_batches(view: View, iso_times: bool = False) -> Iterator[pd.DataFrame]:
+    """Every row of `view` as `batches` gives them: from its frame, or from its rows kept out of memory."""
+    if view.rows is None:
+        yield from batches(view.frame, iso_times=iso_times)
+    else:
+        for part in view.rows.batches(ROWS):
+            yield _as_text(part, iso_times)
+
+
+def _as_text(part: pd.DataFrame, iso_times: bool) -> pd.DataFrame:
+    coded = coded_columns(part)
+    times = [col for col in part.columns if iso_times and _utc(part[col].dtype)]
+    if not (coded or times):
+        return part
+    text = {col: part[col].astype(pd.StringDtype()) for col in coded}
+    text |= {col: _iso(part[col]) for col in times}
+    return part.assign(**text)
 
 
 def _utc(dtype: object) -> bool:

@@ -9,7 +9,7 @@ from typing import TextIO
 import pandas as pd
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import batches
+from storage_audit.output.batches import view_batches
 
 ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 BOOLEAN_WORDS = {True: "true", False: "false"}
@@ -24,7 +24,7 @@ def _csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write(view: View, out: TextIO) -> None:
-    for number, part in enumerate(batches(view.frame, iso_times=True)):
+    for number, part in enumerate(view_batches(view, iso_times=True)):
         _csv_frame(part).to_csv(out, index=False, header=number == 0, date_format=ISO_FORMAT)
 
 

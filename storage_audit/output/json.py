@@ -14,7 +14,7 @@ from typing import TextIO
 import pandas as pd
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import batches
+from storage_audit.output.batches import batches, view_batches
 
 # pandas escapes every `/` as `\/`, and a backslash of the text as `\\`: the `\/` the text left to right holds
 # are those escapes (the other backslashes come in pairs followed by anything but `/`), and read as `/`.
@@ -29,11 +29,11 @@ def _json(frame: pd.DataFrame | pd.Series) -> str:
     return text.replace(_ESCAPED_SLASH, "/")
 
 
-def _array(frame: pd.DataFrame) -> Iterator[str]:
-    """The text of the array of `frame`'s rows, in pieces."""
+def _array(view: View) -> Iterator[str]:
+    """The text of the array of `view`'s rows, in pieces."""
     yield _OPEN
     first = True
-    for part in batches(frame, iso_times=True):
+    for part in view_batches(view, iso_times=True):
         if part.empty:
             continue
         text = _json(part)
@@ -49,7 +49,7 @@ def _write(view: View, out: TextIO) -> None:
         # As objects, a row of ints and floats keeps its ints (a plain row Series upcasts them to float).
         out.write(_json(row.astype(object).iloc[0]))
     else:
-        for piece in _array(view.frame):
+        for piece in _array(view):
             out.write(piece)
     out.write("\n")
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import batches, coded_columns
+from storage_audit.output.batches import coded_columns, view_batches
 from storage_audit.output.formats import FormatError
 
 
@@ -30,7 +30,7 @@ def _schema(first: pd.DataFrame, frame: pd.DataFrame) -> pa.Schema:
 def write(view: View, dest: Path | None) -> None:
     if dest is None:
         raise FormatError("parquet needs an output file: add -o FILE")
-    parts = batches(view.frame)
+    parts = view_batches(view)
     first = next(parts)
     schema = _schema(first, view.frame)
     with pq.ParquetWriter(dest, schema) as writer:

@@ -68,10 +68,10 @@ def _totals(view: View, columns: list[str]) -> list[str]:
     row = []
     for i, col in enumerate(columns):
         if col in view.total_columns:
-            total = int(view.frame[col].sum())
+            total = view.total(col)
             row.append(_size(total) if col in view.size_columns else f"{total:,}")
         else:
-            row.append(f"total ({len(view.frame):,})" if i == 0 else "")
+            row.append(f"total ({view.count():,})" if i == 0 else "")
     return row
 
 
@@ -135,8 +135,8 @@ def render(view: View, console: Console, width: int | None = None, fit: bool = F
     # The least a column takes: its header and its total whole, its cells wrapped to that.
     least = [max(len(col), len(total)) for col, total in zip(columns, totals, strict=True)]
     widths = natural if width is None else _allot(least, natural, width)
-    hidden = len(view.frame) - len(shown)
-    caption = f"first {len(shown):,} of {len(view.frame):,} rows; --format csv or json for all" if hidden else None
+    hidden = view.count() - len(shown)
+    caption = f"first {len(shown):,} of {view.count():,} rows; --format csv or json for all" if hidden else None
     table = Table(title=view.title or None, caption=caption, show_footer=bool(view.total_columns))
     for col, total, column_width in zip(columns, totals, widths, strict=True):
         numeric = col in view.size_columns or pd.api.types.is_numeric_dtype(view.frame[col].dtype)
