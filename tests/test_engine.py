@@ -265,3 +265,10 @@ def test_revisions_listed_twice_change_no_blob_answer(synthetic: Path) -> None:
         pd.testing.assert_frame_equal(two, one)
     counts = ["manifests", "untagged_manifests"]  # rows of revisions, which count twice
     pd.testing.assert_frame_equal(repositories2.drop(columns=counts), repositories.drop(columns=counts))
+
+
+def test_the_rows_a_table_asks_the_engine_for_are_those_it_shows() -> None:
+    from storage_audit.operations.collect import TABLE_ROWS
+    from storage_audit.output.table import MAX_ROWS
+
+    assert TABLE_ROWS == MAX_ROWS

@@ -35,6 +35,7 @@ import pyarrow as pa
 from storage_audit.analysis.collect import ORPHAN_COLUMNS, UNTAGGED_COLUMNS
 from storage_audit.analysis.options import COLUMNS, By, Collector
 from storage_audit.core.errors import AuditError, UsageError
+from storage_audit.core.memory import release
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -50,7 +51,7 @@ times in UTC here."""
 
 DUCKDB_MEMORY = "STORAGE_AUDIT_DUCKDB_MEMORY"
 """The environment variable that sets DuckDB's memory limit (default: `default_memory`); past it, DuckDB spills."""
-LEAST_MEMORY_MB = 600
+LEAST_MEMORY_MB = 500
 """DuckDB's memory limit for a snapshot of up to 15 million blobs: the whole process stays within 1 GB."""
 BYTES_PER_BLOB = 40
 """DuckDB's memory limit for larger snapshots, per blob: 4 GB at a hundred million, where spilling costs most."""
@@ -173,7 +174,7 @@ class DuckDB(Sql):
         return pa.Table.from_batches(list(reader), schema=reader.schema)
 
     def joined(self, column: str) -> str:
-        return f"string_agg(DISTINCT {column}, ',' ORDER BY {column})"
+        return f"array_to_string(list_sort(list_distinct(list({column}))), ',')"
 
     def nanos(self, column: str) -> str:
         return f"epoch_ns({column})"
@@ -542,14 +543,32 @@ class Analysis:
             " ORDER BY u.repository ASC NULLS LAST, u.pushed_at ASC NULLS LAST, u.name ASC NULLS LAST"
         )
 
-    def orphans_query(self, keep: Keep) -> str:
-        """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects."""
-        key, marked = self.sql.key, self.marked(keep)
-        orphans = self._table(
+    ORPHAN_ORDER = "ORDER BY o.size DESC NULLS LAST, o.digest ASC NULLS LAST"
+
+    def _orphans(self, keep: Keep) -> str:
+        """(id): the keys of the blobs no kept revision holds and no broken reference protects."""
+        marked = self.marked(keep)
+        return self._table(
             f"orphans_{marked}",
             f"SELECT b.digest AS id FROM {self.blob_rows} b"
             f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = b.digest)",
         )
+
+    def orphans_query(self, keep: Keep, first: int | None = None) -> str:
+        """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects (with
+        `first`, only the first so many)."""
+        key, marked, orphans = self.sql.key, self.marked(keep), self._orphans(keep)
+        # The blobs read again, for their text: only the answer's rows carry it.
+        rows = (
+            f"SELECT * FROM (SELECT {key('digest')} AS id, digest, size, mtime FROM blobs) o"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = o.id)"
+        )
+        rows = f"({rows})"
+        if first is not None:
+            # A table's rows: the first by size found before their kinds and links are looked up.
+            rows = orphans = self._table(
+                f"first_{first}_{orphans}", f"SELECT * FROM {rows} o {self.ORPHAN_ORDER} LIMIT {first}"
+            )
         kinds = self._table(
             f"kinds_{orphans}",
             f"SELECT r.digest, max(r.k) AS k FROM (SELECT digest, k FROM {self.ref_rows}"
@@ -561,18 +580,24 @@ class Analysis:
             f" FROM (SELECT {key('target')} AS target, repository FROM layer_links WHERE repository IS NOT NULL) l"
             f" WHERE EXISTS (SELECT 1 FROM {orphans} x WHERE x.id = l.target) GROUP BY l.target"
         )
-        # The blobs read again, for their text: only the answer's rows carry it.
         return (
             f"SELECT o.digest, o.size, {self.sql.nanos('o.mtime')} AS mtime,"
             " CASE coalesce(k.k, 0) WHEN 3 THEN 'manifest' WHEN 2 THEN 'config' WHEN 1 THEN 'layer'"
             " ELSE 'unknown' END AS kind,"
             " coalesce(l.linked_from, '') AS linked_from"
-            f" FROM (SELECT {key('digest')} AS id, digest, size, mtime FROM blobs) o"
+            f" FROM {rows} o"
             f" LEFT JOIN {kinds} k ON k.digest = o.id"
             f" LEFT JOIN ({linked_from}) l ON l.target = o.id"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = o.id)"
-            " ORDER BY o.size DESC NULLS LAST, o.digest ASC NULLS LAST"
+            f" {self.ORPHAN_ORDER}"
         )
+
+    def orphans_counted(self, keep: Keep) -> tuple[int, dict[str, int]]:
+        """How many orphans there are, and their bytes (by `size`), without their rows."""
+        found = self.sql.arrow(
+            f"SELECT count(*) AS n, CAST(coalesce(sum(b.size), 0) AS BIGINT) AS size FROM {self.blob_rows} b"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {self.marked(keep)} m WHERE m.blob = b.digest)"
+        )
+        return int(found.column("n")[0].as_py()), {"size": int(found.column("size")[0].as_py())}
 
     def repositories_query(self, collector: Collector | None = None) -> str:
         """The whole view `report --by repository`, in repository order: what each repository keeps alive (its
@@ -648,6 +673,11 @@ class Analysis:
     def orphans_answer(self, keep: Keep) -> Answer:
         return self.answer(self.orphans_query(keep), ORPHAN_COLUMNS)
 
+    def orphans_first(self, keep: Keep, first: int) -> tuple[pd.DataFrame, Counted]:
+        """The first `first` orphans, and how many there are with their bytes."""
+        count, totals = self.orphans_counted(keep)
+        return self.frame(self.orphans_query(keep, first), ORPHAN_COLUMNS), Counted(count, totals)
+
     def repositories(self, collector: Collector | None = None) -> pd.DataFrame:
         return self.frame(self.repositories_query(collector), COLUMNS[By.REPOSITORY])
 
@@ -704,6 +734,24 @@ class Answer:
         return int(total or 0)
 
 
+@dataclass(frozen=True)
+class Counted:
+    """How many rows an answer has and their totals, when only its first rows were asked for (a table's):
+    `core.view.Rows` without the rows."""
+
+    count: int
+    totals: Mapping[str, int]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def total(self, column: str) -> int:
+        return self.totals[column]
+
+    def batches(self, rows: int) -> Iterator[pd.DataFrame]:
+        raise EngineError("only the first rows of this answer were computed")
+
+
 def snapshot_files(directory: Path) -> tuple[dict[str, list[str]], bool]:
     """Each table's Parquet files of the snapshot (or shard set) in `directory`, its metadata validated, and
     whether it is a set of shares; raises ValueError when it is no readable snapshot."""
@@ -742,6 +790,7 @@ def duckdb_analysis(directory: Path, memory: str | None = None) -> Iterator[Anal
     finally:
         sql.close()
         shutil.rmtree(spill, ignore_errors=True)
+        release()  # what DuckDB freed, given back before the answer is written
 
 
 def spark_analysis(spark: SparkSession, files: Mapping[str, Sequence[str]], shards: bool = False) -> Analysis:

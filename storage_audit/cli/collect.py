@@ -98,8 +98,10 @@ def orphans(
 ) -> None:
     """List the blobs a sweep would remove: no kept manifest in any repository references them."""
     source = open_root(root_text(root, quiet), remote(cache_dir, no_cache, max_requests_per_second))
+    # A table shows the first rows: the engine computes no others.
+    first = collect.TABLE_ROWS if Format(fmt) is Format.TABLE else None
     options = collect.CollectOptions(
-        delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet, engine=engine
+        delete_untagged, keep_referrers, gc_compatible, compare_gc=not quiet, engine=engine, first=first
     )
     with reading(quiet, workers) as scan:
         found = collect.orphans(source, options, scan)

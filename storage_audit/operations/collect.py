@@ -14,8 +14,12 @@ if TYPE_CHECKING:
 
     from storage_audit.analysis.collect import GcDifference
     from storage_audit.analysis.graph import Graph, Reachability
-    from storage_audit.core.view import View
+    from storage_audit.core.view import Rows, View
     from storage_audit.scan.run import ScanOptions
+
+
+TABLE_ROWS = 100
+"""The rows of an answer a table shows (`output.table.MAX_ROWS`, which a test holds equal)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class CollectOptions:
     collector: Collector | None = None
     compare_gc: bool = True
     engine: Engine = Engine.PANDAS
+    first: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,14 +65,16 @@ def _on_engine(root: Root, options: CollectOptions, untagged: bool) -> Collected
 
     keep = Keep(options.delete_untagged, options.keep_referrers, options.collector)
     keep.normal()  # refuses what the engine does not offer before the snapshot is read
+    rows: Rows
     with engine_analysis(root, options.engine) as analysis:
-        # Every row goes to a file of its own, read back a batch at a time once the engine is closed.
-        answer = analysis.untagged_answer(keep) if untagged else analysis.orphans_answer(keep)
+        if options.first is not None and not untagged:
+            first, rows = analysis.orphans_first(keep, options.first)
+        else:
+            # Every row goes to a file of its own, read back a batch at a time once the engine is closed.
+            answer = analysis.untagged_answer(keep) if untagged else analysis.orphans_answer(keep)
+            first, rows = answer.head(options.first or TABLE_ROWS), answer
     assert isinstance(root, Snapshot)
-    from storage_audit.output.table import MAX_ROWS
-
-    first = answer.head(MAX_ROWS)
-    view = replace(_untagged_view(first) if untagged else _orphans_view(first), rows=answer)
+    view = replace(_untagged_view(first) if untagged else _orphans_view(first), rows=rows)
     return Collected(view, (), unreadable_paths(snapshot_findings(root)))
 
 
