@@ -52,7 +52,7 @@ times in UTC here."""
 DUCKDB_MEMORY = "STORAGE_AUDIT_DUCKDB_MEMORY"
 """The environment variable that sets DuckDB's memory limit (default: `default_memory`); past it, DuckDB spills."""
 LEAST_MEMORY_MB = 500
-"""DuckDB's memory limit for a snapshot of up to 15 million blobs: the whole process stays within 1 GB."""
+"""DuckDB's memory limit up to 13 million blobs: at ten million, the whole process stays within 1 GB."""
 BYTES_PER_BLOB = 40
 """DuckDB's memory limit for larger snapshots, per blob: 4 GB at a hundred million, where spilling costs most."""
 
