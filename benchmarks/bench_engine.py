@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 words = _words(COMMANDS[command], snapshot, out / f"engine-{engine}-{size}")
                 runs = time_one(Build(engine), words, args.repeat, args.timeout)
                 rows.append(Row(size, blobs, engine, command, runs))
-        for written in out.glob(f"engine-*-{size}.*"):
-            written.unlink()
+                for written in out.glob(f"engine-*-{size}.*"):  # a hundred million rows take gigabytes
+                    written.unlink()
         if size in args.spark_sizes.split(","):
             target = out / f"engine-spark-{size}"
             shutil.rmtree(target, ignore_errors=True)
