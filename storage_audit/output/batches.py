@@ -40,12 +40,12 @@ def batches(frame: pd.DataFrame, rows: int | None = None, iso_times: bool = Fals
         yield _as_text(frame.iloc[start : start + rows], iso_times)
 
 
-def view_batches(view: View, iso_times: bool = False) -> Iterator[pd.DataFrame]:
+def view_batches(view: View, rows: int | None = None, iso_times: bool = False) -> Iterator[pd.DataFrame]:
     """Every row of `view` as `batches` gives them: from its frame, or from its rows kept out of memory."""
     if view.rows is None:
-        yield from batches(view.frame, iso_times=iso_times)
+        yield from batches(view.frame, rows, iso_times=iso_times)
     else:
-        for part in view.rows.batches(ROWS):
+        for part in view.rows.batches(rows or ROWS):
             yield _as_text(part, iso_times)
 
 

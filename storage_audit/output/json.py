@@ -14,13 +14,15 @@ from typing import TextIO
 import pandas as pd
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import batches, view_batches
+from storage_audit.output.batches import ROWS, batches, view_batches
 
 # pandas escapes every `/` as `\/`, and a backslash of the text as `\\`: the `\/` the text left to right holds
 # are those escapes (the other backslashes come in pairs followed by anything but `/`), and read as `/`.
 _ESCAPED_SLASH = "\\/"
 # pandas' array of records with an indent: "[" + rows, each "\n  {...}", joined by "," + "\n]".
 _OPEN, _CLOSE = "[", "\n]"
+JSON_ROWS = ROWS // 4
+"""Rows written at a time: a batch's text is copied three times on its way out (some 15 MB each)."""
 
 
 def _json(frame: pd.DataFrame | pd.Series) -> str:
@@ -33,7 +35,7 @@ def _array(view: View) -> Iterator[str]:
     """The text of the array of `view`'s rows, in pieces."""
     yield _OPEN
     first = True
-    for part in view_batches(view, iso_times=True):
+    for part in view_batches(view, JSON_ROWS, iso_times=True):
         if part.empty:
             continue
         text = _json(part)
