@@ -109,8 +109,12 @@ class Sql(ABC):
         """The rows of table `name` (or of a subquery with an alias)."""
 
     @abstractmethod
+    def reader(self, query: str) -> pa.RecordBatchReader:
+        """The rows of `query`, in its order, a batch at a time."""
+
     def arrow(self, query: str) -> pa.Table:
         """The rows of `query`, in its order."""
+        return self.reader(query).read_all()
 
     @abstractmethod
     def joined(self, column: str) -> str:
@@ -123,10 +127,6 @@ class Sql(ABC):
     @abstractmethod
     def key(self, column: str) -> str:
         """A digest's key: 128 bits of a hash of its text (NULL for NULL), the one thing the analysis compares."""
-
-    @abstractmethod
-    def export(self, query: str, path: Path) -> None:
-        """Write the rows of `query`, in its order, to the Parquet file `path`."""
 
     def close(self) -> None:  # noqa: B027 - most engines have nothing to give back
         """Give back what the engine holds."""
@@ -168,10 +168,9 @@ class DuckDB(Sql):
         assert row is not None
         return int(row[0])
 
-    def arrow(self, query: str) -> pa.Table:
-        # Batch by batch: DuckDB holds no whole result of its own beside the Arrow table.
-        reader = self.con.sql(query).to_arrow_reader(1 << 17)
-        return pa.Table.from_batches(list(reader), schema=reader.schema)
+    def reader(self, query: str) -> pa.RecordBatchReader:
+        # Batch by batch: DuckDB holds no whole result of its own beside what is read.
+        return self.con.sql(query).to_arrow_reader(1 << 17)
 
     def joined(self, column: str) -> str:
         return f"array_to_string(list_sort(list_distinct(list({column}))), ',')"
@@ -181,15 +180,6 @@ class DuckDB(Sql):
 
     def key(self, column: str) -> str:
         return f"md5_number({column})"
-
-    def export(self, query: str, path: Path) -> None:
-        import pyarrow.parquet as pq
-
-        # Streamed, a batch at a time, in the order the query gives (which a COPY keeps only at more memory).
-        reader = self.con.sql(query).to_arrow_reader(1 << 17)
-        with pq.ParquetWriter(path, reader.schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
 
     def close(self) -> None:
         self.con.close()
@@ -231,8 +221,8 @@ class Spark(Sql):
     def count(self, name: str) -> int:
         return int(self.spark.sql(f"SELECT count(*) FROM {name}").collect()[0][0])
 
-    def arrow(self, query: str) -> pa.Table:
-        return self.spark.sql(query).toArrow()
+    def reader(self, query: str) -> pa.RecordBatchReader:
+        return self.spark.sql(query).toArrow().to_reader()
 
     def joined(self, column: str) -> str:
         return f"array_join(array_sort(collect_set({column})), ',')"
@@ -242,11 +232,6 @@ class Spark(Sql):
 
     def key(self, column: str) -> str:
         return f"unhex(md5({column}))"
-
-    def export(self, query: str, path: Path) -> None:
-        import pyarrow.parquet as pq
-
-        pq.write_table(self.arrow(query), path)
 
     def close(self) -> None:
         for name in list(self._kept):
@@ -546,28 +531,29 @@ class Analysis:
     ORPHAN_ORDER = "ORDER BY o.size DESC NULLS LAST, o.digest ASC NULLS LAST"
 
     def _orphans(self, keep: Keep) -> str:
-        """(id): the keys of the blobs no kept revision holds and no broken reference protects."""
+        """(id, size): the keys of the blobs no kept revision holds and no broken reference protects."""
         marked = self.marked(keep)
         return self._table(
             f"orphans_{marked}",
-            f"SELECT b.digest AS id FROM {self.blob_rows} b"
+            f"SELECT b.digest AS id, b.size FROM {self.blob_rows} b"
             f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = b.digest)",
         )
 
     def orphans_query(self, keep: Keep, first: int | None = None) -> str:
         """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects (with
         `first`, only the first so many)."""
-        key, marked, orphans = self.sql.key, self.marked(keep), self._orphans(keep)
+        key, marked = self.sql.key, self.marked(keep)
         # The blobs read again, for their text: only the answer's rows carry it.
         rows = (
-            f"SELECT * FROM (SELECT {key('digest')} AS id, digest, size, mtime FROM blobs) o"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = o.id)"
+            f"(SELECT * FROM (SELECT {key('digest')} AS id, digest, size, mtime FROM blobs) o"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = o.id))"
         )
-        rows = f"({rows})"
-        if first is not None:
+        if first is None:
+            orphans = self._orphans(keep)
+        else:
             # A table's rows: the first by size found before their kinds and links are looked up.
             rows = orphans = self._table(
-                f"first_{first}_{orphans}", f"SELECT * FROM {rows} o {self.ORPHAN_ORDER} LIMIT {first}"
+                f"first_{first}_{marked}", f"SELECT * FROM {rows} o {self.ORPHAN_ORDER} LIMIT {first}"
             )
         kinds = self._table(
             f"kinds_{orphans}",
@@ -594,8 +580,7 @@ class Analysis:
     def orphans_counted(self, keep: Keep) -> tuple[int, dict[str, int]]:
         """How many orphans there are, and their bytes (by `size`), without their rows."""
         found = self.sql.arrow(
-            f"SELECT count(*) AS n, CAST(coalesce(sum(b.size), 0) AS BIGINT) AS size FROM {self.blob_rows} b"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {self.marked(keep)} m WHERE m.blob = b.digest)"
+            f"SELECT count(*) AS n, CAST(coalesce(sum(size), 0) AS BIGINT) AS size FROM {self._orphans(keep)}"
         )
         return int(found.column("n")[0].as_py()), {"size": int(found.column("size")[0].as_py())}
 
@@ -653,9 +638,15 @@ class Analysis:
     def answer(self, query: str, columns: Sequence[str]) -> Answer:
         """The rows of `query` written to a Parquet file of their own, to be read back a batch at a time once the
         engine has given back its memory."""
+        import pyarrow.parquet as pq
+
         directory = Path(tempfile.mkdtemp(prefix="storage-audit-answer-"))
         try:
-            self.sql.export(query, directory / "answer.parquet")
+            # Streamed, in the order the query gives (which DuckDB's COPY keeps only at more memory).
+            reader = self.sql.reader(query)
+            with pq.ParquetWriter(directory / "answer.parquet", reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise

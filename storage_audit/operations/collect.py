@@ -72,7 +72,7 @@ def _on_engine(root: Root, options: CollectOptions, untagged: bool) -> Collected
         else:
             # Every row goes to a file of its own, read back a batch at a time once the engine is closed.
             answer = analysis.untagged_answer(keep) if untagged else analysis.orphans_answer(keep)
-            first, rows = answer.head(options.first or TABLE_ROWS), answer
+            first, rows = answer.head(TABLE_ROWS), answer
     assert isinstance(root, Snapshot)
     view = replace(_untagged_view(first) if untagged else _orphans_view(first), rows=rows)
     return Collected(view, (), unreadable_paths(snapshot_findings(root)))
