@@ -531,29 +531,24 @@ class Analysis:
     ORPHAN_ORDER = "ORDER BY o.size DESC NULLS LAST, o.digest ASC NULLS LAST"
 
     def _orphans(self, keep: Keep) -> str:
-        """(id, size): the keys of the blobs no kept revision holds and no broken reference protects."""
+        """(id, digest, size, mtime): the blobs no kept revision holds and no broken reference protects, by key
+        and, read again from the blobs, by text: only the answer's rows carry it."""
         marked = self.marked(keep)
         return self._table(
             f"orphans_{marked}",
-            f"SELECT b.digest AS id, b.size FROM {self.blob_rows} b"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = b.digest)",
+            f"SELECT * FROM (SELECT {self.sql.key('digest')} AS id, digest, size, mtime FROM blobs) o"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = o.id)",
         )
 
     def orphans_query(self, keep: Keep, first: int | None = None) -> str:
         """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects (with
         `first`, only the first so many)."""
-        key, marked = self.sql.key, self.marked(keep)
-        # The blobs read again, for their text: only the answer's rows carry it.
-        rows = (
-            f"(SELECT * FROM (SELECT {key('digest')} AS id, digest, size, mtime FROM blobs) o"
-            f" WHERE NOT EXISTS (SELECT 1 FROM {marked} m WHERE m.blob = o.id))"
-        )
-        if first is None:
-            orphans = self._orphans(keep)
-        else:
+        key = self.sql.key
+        orphans = self._orphans(keep)
+        if first is not None:
             # A table's rows: the first by size found before their kinds and links are looked up.
-            rows = orphans = self._table(
-                f"first_{first}_{marked}", f"SELECT * FROM {rows} o {self.ORPHAN_ORDER} LIMIT {first}"
+            orphans = self._table(
+                f"first_{first}_{orphans}", f"SELECT * FROM {orphans} o {self.ORPHAN_ORDER} LIMIT {first}"
             )
         kinds = self._table(
             f"kinds_{orphans}",
@@ -571,7 +566,7 @@ class Analysis:
             " CASE coalesce(k.k, 0) WHEN 3 THEN 'manifest' WHEN 2 THEN 'config' WHEN 1 THEN 'layer'"
             " ELSE 'unknown' END AS kind,"
             " coalesce(l.linked_from, '') AS linked_from"
-            f" FROM {rows} o"
+            f" FROM {orphans} o"
             f" LEFT JOIN {kinds} k ON k.digest = o.id"
             f" LEFT JOIN ({linked_from}) l ON l.target = o.id"
             f" {self.ORPHAN_ORDER}"
@@ -675,6 +670,17 @@ class Analysis:
 
 def _pandas(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:
     """An engine's rows as pandas columns of the graph's types: text as strings, times in UTC, integers int64."""
+    return _frame(_typed(table, columns))
+
+
+def _frame(typed: pa.Table) -> pd.DataFrame:
+    """Rows of the graph's Arrow types as pandas columns: text as strings."""
+    return typed.to_pandas(types_mapper={pa.large_string(): pd.StringDtype()}.get)
+
+
+def _typed(table: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """An engine's rows as Arrow columns of the graph's types: text as large strings, times in UTC, integers
+    int64."""
     out = {}
     for name in columns:
         values = table.column(name)
@@ -686,7 +692,7 @@ def _pandas(table: pa.Table, columns: Sequence[str]) -> pd.DataFrame:
             # Sums are wider than their terms in some engines (DuckDB's of BIGINT are HUGEINT).
             values = values.cast(pa.int64())
         out[name] = values
-    return pa.table(out).to_pandas(types_mapper={pa.large_string(): pd.StringDtype()}.get)
+    return pa.table(out)
 
 
 class Answer:
@@ -703,14 +709,19 @@ class Answer:
     def __len__(self) -> int:
         return int(self._file.metadata.num_rows)
 
-    def batches(self, rows: int) -> Iterator[pd.DataFrame]:
-        """The rows, `rows` at a time (at least one frame, empty for none)."""
+    def arrow(self, rows: int) -> Iterator[pa.Table]:
+        """The rows as Arrow tables of the graph's types, `rows` at a time (at least one table, empty for none)."""
         empty = True
         for batch in self._file.iter_batches(rows, columns=self.columns, use_threads=False):
             empty = False
-            yield _pandas(pa.Table.from_batches([batch]), self.columns)
+            yield _typed(pa.Table.from_batches([batch]), self.columns)
         if empty:
-            yield _pandas(self._file.schema_arrow.empty_table(), self.columns)
+            yield _typed(self._file.schema_arrow.empty_table(), self.columns)
+
+    def batches(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The rows as pandas frames, `rows` at a time (at least one frame, empty for none)."""
+        for table in self.arrow(rows):
+            yield _frame(table)
 
     def head(self, rows: int) -> pd.DataFrame:
         """The first `rows` rows."""
@@ -740,6 +751,9 @@ class Counted:
         return self.totals[column]
 
     def batches(self, rows: int) -> Iterator[pd.DataFrame]:
+        raise EngineError("only the first rows of this answer were computed")
+
+    def arrow(self, rows: int) -> Iterator[pa.Table]:
         raise EngineError("only the first rows of this answer were computed")
 
 
