@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from storage_audit.analysis.engine import Answer
 from storage_audit.core.view import View
 from storage_audit.inventory.codes import CodedArray, TextDictionary
 from storage_audit.output import batches
@@ -93,3 +94,69 @@ def test_a_single_row_is_one_object(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     json_format.write(View(frame, single=True), None)
     row = json.loads(capsys.readouterr().out)
     assert row["name"] == "a/b" and row["size"] == 1000 and row["kept"] is False
+
+
+TRICKY = ["", "a,b", 'q"r', "line\nbreak", " padded ", "é\\/z", "sha256:" + "0" * 64]
+
+
+def _answer(rows: int, tmp_path: Path) -> Answer:
+    """An engine's answer of `rows` rows in its Parquet file: text with every character CSV quotes, and none;
+    sizes, and times (nanoseconds, as the engines give them) with a null now and then."""
+    index = np.arange(rows)
+    table = pa.table(
+        {
+            "digest": pa.array([None if i % 9 == 4 else TRICKY[i % len(TRICKY)] for i in index], pa.string()),
+            "size": pa.array(index * 1000, pa.int64()),
+            "mtime": pa.array((index - 2) * 10**9 + 123_456_789 * (index % 4 != 1), pa.int64(), mask=index % 5 == 3),
+            "subject": pa.array([None if i < 2 * ROWS else f"s{i}" for i in index], pa.string()),
+        }
+    )
+    directory = tmp_path / "answer"
+    directory.mkdir()
+    pq.write_table(table, directory / "answer.parquet", row_group_size=7)
+    return Answer(directory / "answer.parquet", table.column_names)
+
+
+@pytest.mark.parametrize("duckdb_present", [True, False])
+@pytest.mark.parametrize("rows", [0, 1, ROWS + 1, 5 * ROWS + 7])
+def test_rows_kept_out_of_memory_are_written_as_their_whole_frame(
+    rows: int, duckdb_present: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An engine's rows go out a batch at a time (CSV through DuckDB's writer when it is there, Parquet as Arrow):
+    the bytes and values of pandas writing their whole frame at once, in order, to a file and to stdout."""
+    answer = _answer(rows, tmp_path)
+    whole = pd.concat(list(answer.batches(rows + 1)), ignore_index=True)
+    assert len(whole) == rows
+    monkeypatch.setattr(batches, "ROWS", ROWS)
+    monkeypatch.setattr(csv_format, "_duckdb", lambda: duckdb_present)
+    kept_out = View(answer.head(3), rows=answer)
+
+    csv_format.write(kept_out, tmp_path / "out.csv")
+    expected = whole.to_csv(index=False, date_format=csv_format.ISO_FORMAT)
+    assert (tmp_path / "out.csv").read_bytes() == expected.encode()
+    if rows > 1:
+        assert '"a,b"' in expected and '"q""r"' in expected and ",,\n" in expected
+    capsys.readouterr()
+    csv_format.write(kept_out, None)
+    assert capsys.readouterr().out == expected
+
+    parquet_format.write(kept_out, tmp_path / "out.parquet")
+    parquet_format.write(View(whole), tmp_path / "whole.parquet")
+    written = pq.read_table(tmp_path / "out.parquet")
+    assert written.equals(pq.read_table(tmp_path / "whole.parquet"))
+    assert written.schema.metadata == pq.read_table(tmp_path / "whole.parquet").schema.metadata
+    if rows > 2 * ROWS:  # null in the first rows, text later: its type comes from the rows
+        assert written.schema.field("subject").type == pa.large_string()
+        assert written.column("subject")[rows - 1].as_py() == f"s{rows - 1}"
+
+
+def test_a_carriage_return_is_quoted_and_read_back(tmp_path: Path) -> None:
+    """pandas leaves a lone carriage return unquoted (its line ends are `\\n`); DuckDB's writer quotes it, as RFC
+    4180 asks, so that a CSV reader reads the value back whole rather than as a line break."""
+    directory = tmp_path / "answer"
+    directory.mkdir()
+    pq.write_table(pa.table({"kind": ["carriage\rreturn", "plain"]}), directory / "answer.parquet")
+    answer = Answer(directory / "answer.parquet", ["kind"])
+    csv_format.write(View(answer.head(2), rows=answer), tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_bytes() == b'kind\n"carriage\rreturn"\nplain\n'
+    assert pd.read_csv(tmp_path / "out.csv")["kind"].tolist() == ["carriage\rreturn", "plain"]

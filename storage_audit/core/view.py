@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 
 class Rows(Protocol):
@@ -17,6 +18,11 @@ class Rows(Protocol):
 
     def batches(self, rows: int) -> Iterator[pd.DataFrame]:
         """The rows in order, `rows` at a time; one empty frame for none."""
+        ...
+
+    def arrow(self, rows: int) -> Iterator[pa.Table]:
+        """The rows in order as Arrow tables (text as large strings, times in UTC), `rows` at a time; one empty
+        table for none."""
         ...
 
     def total(self, column: str) -> int:

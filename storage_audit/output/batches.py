@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +17,7 @@ import pyarrow.compute as pc
 from storage_audit.inventory.codes import CodedDtype
 
 if TYPE_CHECKING:
-    from storage_audit.core.view import View
+    from storage_audit.core.view import Rows, View
 
 ROWS = 1 << 18
 """Rows decoded and written at a time: some 50 MB of text for rows of a digest and a few numbers."""
@@ -49,6 +48,17 @@ def view_batches(view: View, rows: int | None = None, iso_times: bool = False) -
             yield _as_text(part, iso_times)
 
 
+def rows_tables(rows: Rows, count: int | None = None, iso_times: bool = False) -> Iterator[pa.Table]:
+    """Every row kept out of memory as Arrow tables, `count` (ROWS) at a time, UTC times as ISO text with
+    `iso_times` (as `batches` makes them); one empty table for none."""
+    for part in rows.arrow(count or ROWS):
+        if iso_times:
+            for number, field in enumerate(part.schema):
+                if pa.types.is_timestamp(field.type) and field.type.tz == "UTC":
+                    part = part.set_column(number, field.name, iso_text(part.column(number)))
+        yield part
+
+
 def _as_text(part: pd.DataFrame, iso_times: bool) -> pd.DataFrame:
     coded = coded_columns(part)
     times = [col for col in part.columns if iso_times and _utc(part[col].dtype)]
@@ -65,7 +75,14 @@ def _utc(dtype: object) -> bool:
 
 def _iso(column: pd.Series) -> pd.Series:
     nanoseconds = column.dt.as_unit("ns").array.asi8
+    times = pa.array(nanoseconds, type=pa.timestamp("ns"), mask=column.isna().to_numpy())
+    return pd.Series(iso_text(times), index=column.index, dtype=pd.StringDtype())
+
+
+def iso_text(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Times (UTC, or without a zone) as ISO 8601 text to the microsecond, floored: `2026-12-01T00:00:00.000000Z`."""
+    nanoseconds = times.cast(pa.int64())
+    micro = pc.divide(pc.subtract(nanoseconds, pc.if_else(pc.less(nanoseconds, 0), 999, 0)), 1000)
     # Arrow's text of a time without a zone is `2026-12-01 00:00:00.000000`: a `T` for the space, and the zone.
-    micro = pa.array(np.floor_divide(nanoseconds, 1000), type=pa.timestamp("us"), mask=column.isna().to_numpy())
-    text = pc.replace_substring(micro.cast(pa.string()), " ", "T", max_replacements=1)
-    return pd.Series(pc.binary_join_element_wise(text, "Z", ""), index=column.index, dtype=pd.StringDtype())
+    text = pc.replace_substring(micro.cast(pa.timestamp("us")).cast(pa.string()), " ", "T", max_replacements=1)
+    return pc.binary_join_element_wise(text, "Z", "")

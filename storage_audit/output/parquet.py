@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import coded_columns, view_batches
+from storage_audit.output.batches import coded_columns, rows_tables, view_batches
 from storage_audit.output.formats import FormatError
 
 
@@ -27,9 +28,28 @@ def _schema(first: pd.DataFrame, frame: pd.DataFrame) -> pa.Schema:
     return schema
 
 
+def _rows_schema(head: pa.Table, frame: pd.DataFrame) -> pa.Schema:
+    """The schema `_schema` gives `frame`'s rows (with its pandas metadata), each column's type taken from the
+    Arrow rows where that gives none."""
+    schema = _schema(frame, frame)
+    for number, field in enumerate(schema):
+        if pa.types.is_null(field.type):
+            schema = schema.set(number, field.with_type(head.schema.field(field.name).type))
+    return schema
+
+
 def write(view: View, dest: Path | None) -> None:
     if dest is None:
         raise FormatError("parquet needs an output file: add -o FILE")
+    if view.rows is not None:
+        # Rows kept out of memory come as Arrow tables: written as they are, with the pandas metadata of the rest.
+        tables = rows_tables(view.rows)
+        first = next(tables)
+        schema = _rows_schema(first, view.frame)
+        with pq.ParquetWriter(dest, schema) as writer:
+            for table in chain([first], tables):
+                writer.write_table(table.cast(schema))
+        return
     parts = view_batches(view)
     first = next(parts)
     schema = _schema(first, view.frame)
