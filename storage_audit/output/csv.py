@@ -53,7 +53,8 @@ def _write_rows(rows: Rows, dest: Path) -> None:
         else _name(field.name)
         for field in first.schema
     )
-    with duckdb.connect(config={"memory_limit": "200MB"}) as con:
+    # One thread: the rows come in order from one stream, and a second thread only waits on the first.
+    with duckdb.connect(config={"memory_limit": "200MB", "threads": 1}) as con:
         con.from_arrow(batches).project(columns).write_csv(str(dest), header=True)
 
 
