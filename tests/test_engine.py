@@ -272,3 +272,22 @@ def test_the_rows_a_table_asks_the_engine_for_are_those_it_shows() -> None:
     from storage_audit.output.table import MAX_ROWS
 
     assert TABLE_ROWS == MAX_ROWS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
+def test_an_answer_that_cannot_be_written_is_refused_as_the_defaults_is(
+    synthetic: Path, tmp_path: Path, fmt: str
+) -> None:
+    """Every row to a file in a directory that is not there, or to a directory: the engine's answer is refused
+    with the default's message and exit code, and no traceback."""
+    for dest in (tmp_path / "missing" / f"out.{fmt}", tmp_path):
+        ran = [
+            cli("orphans", str(synthetic), "-m", "-q", "-f", fmt, "-o", str(dest), *engine)
+            for engine in ([], ["--engine", "duckdb"])
+        ]
+        assert ran[0].exit_code == 2, ran[0].output
+        assert ran[1].exit_code == ran[0].exit_code, ran[1].output
+        assert ran[1].stderr == ran[0].stderr
+        assert f"{dest}: cannot write" in ran[1].stderr
+        assert "Traceback" not in ran[1].output and "internal error" not in ran[1].output

@@ -55,7 +55,10 @@ def _write_rows(rows: Rows, dest: Path) -> None:
     )
     # One thread: the rows come in order from one stream, and a second thread only waits on the first.
     with duckdb.connect(config={"memory_limit": "200MB", "threads": 1}) as con:
-        con.from_arrow(batches).project(columns).write_csv(str(dest), header=True)
+        try:
+            con.from_arrow(batches).project(columns).write_csv(str(dest), header=True)
+        except duckdb.IOException as exc:  # a full disk, say: what the command says of any file it cannot write
+            raise OSError(str(exc).splitlines()[0]) from exc
 
 
 def _name(column: str) -> str:
@@ -73,6 +76,8 @@ def _duckdb() -> bool:
 def write(view: View, dest: Path | None) -> None:
     if view.rows is not None and _duckdb():
         if dest is not None:
+            # Opened here first, as pandas opens it: a path that cannot be written is refused the same way.
+            open(dest, "w", encoding="utf-8").close()
             _write_rows(view.rows, dest)
             return
         with tempfile.TemporaryDirectory(prefix="storage-audit-csv-") as directory:
