@@ -285,8 +285,8 @@ class Analysis:
 
     @property
     def blob_rows(self) -> str:
-        """(digest, size, mtime): the stored blobs, by key."""
-        return self._table("blob_rows", f"SELECT {self.sql.key('digest')} AS digest, size, mtime FROM blobs")
+        """(digest, size): the stored blobs, by key."""
+        return self._table("blob_rows", f"SELECT {self.sql.key('digest')} AS digest, size FROM blobs")
 
     @property
     def ref_rows(self) -> str:

@@ -48,10 +48,10 @@ def view_batches(view: View, rows: int | None = None, iso_times: bool = False) -
             yield _as_text(part, iso_times)
 
 
-def rows_tables(rows: Rows, count: int | None = None, iso_times: bool = False) -> Iterator[pa.Table]:
-    """Every row kept out of memory as Arrow tables, `count` (ROWS) at a time, UTC times as ISO text with
-    `iso_times` (as `batches` makes them); one empty table for none."""
-    for part in rows.arrow(count or ROWS):
+def rows_tables(rows: Rows, iso_times: bool = False) -> Iterator[pa.Table]:
+    """Every row kept out of memory as Arrow tables, ROWS at a time, UTC times as ISO text with `iso_times` (as
+    `batches` makes them); one empty table for none."""
+    for part in rows.arrow(ROWS):
         if iso_times:
             for number, field in enumerate(part.schema):
                 if pa.types.is_timestamp(field.type) and field.type.tz == "UTC":
