@@ -6,13 +6,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from storage_audit.analysis import collect, report
-from storage_audit.analysis.engine import Analysis, Keep, duckdb_analysis
+from storage_audit.analysis.collect import ORPHAN_COLUMNS
+from storage_audit.analysis.engine import Analysis, Answer, Keep, duckdb_analysis
 from storage_audit.analysis.graph import Graph, ReachOptions
 from storage_audit.analysis.options import By, Collector, ReportOptions
 from storage_audit.inventory.tables import read_snapshot
@@ -217,23 +219,46 @@ def test_the_engines_rows_stream_into_a_table_and_parquet_as_the_defaults_do(
     assert len(written_by[0]) > 100
 
 
-def test_an_answer_is_read_back_a_batch_at_a_time_and_its_file_removed(synthetic_analysis: Analysis) -> None:
+@pytest.mark.parametrize("batch", [7, 1 << 16])
+def test_an_answer_is_read_a_batch_at_a_time_and_closes_its_engine(
+    synthetic: Path, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's batches (of 7 rows, or all in one) leave as the batches asked for; the first rows read for a
+    table are not asked for again; every row can be read again; and the engine is closed with the answer."""
     import gc
 
+    monkeypatch.setattr(Answer, "BATCH", batch)
     keep = Keep(delete_untagged=True)
-    answer = synthetic_analysis.orphans_answer(keep)
-    whole = synthetic_analysis.orphans(keep)
-    parts = list(answer.batches(100))
-    assert len(answer) == len(whole) > 300
-    assert [len(part) for part in parts[:-1]] == [100] * (len(parts) - 1)
-    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
-    assert answer.total("size") == int(whole["size"].sum())
+    engine = ExitStack()
+    analysis = engine.enter_context(duckdb_analysis(synthetic))
+    row = analysis.sql.con.execute("SELECT current_setting('temp_directory')").fetchone()
+    assert row is not None
+    spill = Path(row[0])
+    whole = analysis.orphans(keep)
+    answer = analysis.orphans_answer(keep)
+    answer.keep_open(engine)
     pd.testing.assert_frame_equal(answer.head(5), whole.head(5))
-    path = answer.path
-    assert path.is_file()
+    parts = list(answer.batches(100))
+    assert len(whole) > 300
+    assert [len(part) for part in parts[:-1]] == [100] * (len(parts) - 1) and 0 < len(parts[-1]) <= 100
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
+    pd.testing.assert_frame_equal(pd.concat(list(answer.batches(1000)), ignore_index=True), whole)
+    assert len(answer) == len(whole)
+    assert answer.total("size") == int(whole["size"].sum())
+    assert spill.is_dir()
     del answer, parts
     gc.collect()
-    assert not path.parent.exists()
+    assert not spill.exists()
+
+
+def test_an_answer_of_no_rows_is_one_empty_batch(synthetic_analysis: Analysis) -> None:
+    query = synthetic_analysis.orphans_query(Keep()) + " LIMIT 0"
+    answer = Answer(synthetic_analysis.sql, query, ORPHAN_COLUMNS)
+    (part,) = list(answer.batches(100))
+    assert part.empty and list(part.columns) == list(ORPHAN_COLUMNS)
+    assert str(part["digest"].dtype) == "string" and str(part["mtime"].dtype) == "datetime64[ns, UTC]"
+    assert len(answer) == 0 and answer.total("size") == 0
+    assert answer.head(5).empty
 
 
 def test_revisions_listed_twice_change_no_blob_answer(synthetic: Path) -> None:

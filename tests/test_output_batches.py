@@ -4,6 +4,7 @@ those of the whole frame written at once, whatever the batch size, and coded tex
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage_audit.analysis.engine import Answer
+from storage_audit.analysis.engine import Answer, DuckDB
 from storage_audit.core.view import View
 from storage_audit.inventory.codes import CodedArray, TextDictionary
 from storage_audit.output import batches
@@ -111,10 +112,25 @@ def _answer(rows: int, tmp_path: Path) -> Answer:
             "subject": pa.array([None if i < 2 * ROWS else f"s{i}" for i in index], pa.string()),
         }
     )
+    return _answer_of(table, tmp_path, row_group_size=7)
+
+
+def _answer_of(table: pa.Table, tmp_path: Path, row_group_size: int | None = None) -> Answer:
+    """The rows of `table`, in order, as an answer DuckDB computes from a Parquet file of them."""
     directory = tmp_path / "answer"
     directory.mkdir()
-    pq.write_table(table, directory / "answer.parquet", row_group_size=7)
-    return Answer(directory / "answer.parquet", table.column_names)
+    pq.write_table(table, directory / "answer.parquet", row_group_size=row_group_size)
+    sql = DuckDB(directory)
+    columns = ", ".join(f'"{name}"' for name in table.column_names)
+    query = (
+        f"SELECT {columns} FROM read_parquet('{directory / 'answer.parquet'}', file_row_number = true)"
+        " ORDER BY file_row_number"
+    )
+    answer = Answer(sql, query, table.column_names)
+    engine = ExitStack()
+    engine.callback(sql.close)
+    answer.keep_open(engine)
+    return answer
 
 
 @pytest.mark.parametrize("duckdb_present", [True, False])
@@ -153,10 +169,7 @@ def test_rows_kept_out_of_memory_are_written_as_their_whole_frame(
 def test_a_carriage_return_is_quoted_and_read_back(tmp_path: Path) -> None:
     """pandas leaves a lone carriage return unquoted (its line ends are `\\n`); DuckDB's writer quotes it, as RFC
     4180 asks, so that a CSV reader reads the value back whole rather than as a line break."""
-    directory = tmp_path / "answer"
-    directory.mkdir()
-    pq.write_table(pa.table({"kind": ["carriage\rreturn", "plain"]}), directory / "answer.parquet")
-    answer = Answer(directory / "answer.parquet", ["kind"])
+    answer = _answer_of(pa.table({"kind": ["carriage\rreturn", "plain"]}), tmp_path)
     csv_format.write(View(answer.head(2), rows=answer), tmp_path / "out.csv")
     assert (tmp_path / "out.csv").read_bytes() == b'kind\n"carriage\rreturn"\nplain\n'
     assert pd.read_csv(tmp_path / "out.csv")["kind"].tolist() == ["carriage\rreturn", "plain"]

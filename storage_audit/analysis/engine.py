@@ -24,7 +24,7 @@ import tempfile
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,8 +109,8 @@ class Sql(ABC):
         """The rows of table `name` (or of a subquery with an alias)."""
 
     @abstractmethod
-    def reader(self, query: str) -> pa.RecordBatchReader:
-        """The rows of `query`, in its order, a batch at a time."""
+    def reader(self, query: str, rows: int = 1 << 17) -> pa.RecordBatchReader:
+        """The rows of `query`, in its order, `rows` at a time."""
 
     def arrow(self, query: str) -> pa.Table:
         """The rows of `query`, in its order."""
@@ -127,6 +127,11 @@ class Sql(ABC):
     @abstractmethod
     def key(self, column: str) -> str:
         """A digest's key: 128 bits of a hash of its text (NULL for NULL), the one thing the analysis compares."""
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        """The engine's own errors in the block as EngineError (what a command reports without a traceback)."""
+        yield
 
     def close(self) -> None:  # noqa: B027 - most engines have nothing to give back
         """Give back what the engine holds."""
@@ -147,7 +152,8 @@ class DuckDB(Sql):
         self.con = duckdb.connect(
             str(temp_directory / "analysis.duckdb"), config={"threads": threads or os.cpu_count() or 1}
         )
-        self.con.execute(f"SET memory_limit = {_text(memory or default_memory(0))}")
+        self.memory = memory or default_memory(0)
+        self.con.execute(f"SET memory_limit = {_text(self.memory)}")
         self.con.execute(f"SET temp_directory = {_text(str(temp_directory))}")
         # Rows come out in the order each query asks for; nothing else needs the order they went in.
         self.con.execute("SET preserve_insertion_order = false")
@@ -168,9 +174,23 @@ class DuckDB(Sql):
         assert row is not None
         return int(row[0])
 
-    def reader(self, query: str) -> pa.RecordBatchReader:
-        # Batch by batch: DuckDB holds no whole result of its own beside what is read.
-        return self.con.sql(query).to_arrow_reader(1 << 17)
+    def reader(self, query: str, rows: int = 1 << 17) -> pa.RecordBatchReader:
+        # Batch by batch: DuckDB holds no whole result of its own beside what is read. On a cursor of its own,
+        # as the connection takes no other query while a result is being read.
+        return self.con.cursor().sql(query).to_arrow_reader(rows)
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        import duckdb
+
+        try:
+            yield
+        except duckdb.OutOfMemoryException as exc:
+            raise EngineError(
+                f"DuckDB ran out of memory at its limit of {self.memory}: set {DUCKDB_MEMORY} higher (e.g. 4GB)"
+            ) from exc
+        except duckdb.Error as exc:
+            raise EngineError(f"DuckDB: {str(exc).splitlines()[0]}") from exc
 
     def joined(self, column: str) -> str:
         return f"array_to_string(list_sort(list_distinct(list({column}))), ',')"
@@ -221,8 +241,8 @@ class Spark(Sql):
     def count(self, name: str) -> int:
         return int(self.spark.sql(f"SELECT count(*) FROM {name}").collect()[0][0])
 
-    def reader(self, query: str) -> pa.RecordBatchReader:
-        return self.spark.sql(query).toArrow().to_reader()
+    def reader(self, query: str, rows: int = 1 << 17) -> pa.RecordBatchReader:
+        return self.spark.sql(query).toArrow().to_reader(rows)
 
     def joined(self, column: str) -> str:
         return f"array_join(array_sort(collect_set({column})), ',')"
@@ -241,6 +261,11 @@ class Spark(Sql):
 def _text(value: str) -> str:
     """A SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _name(column: str) -> str:
+    """A SQL name, quoted."""
+    return '"' + column.replace('"', '""') + '"'
 
 
 class Analysis:
@@ -631,21 +656,8 @@ class Analysis:
         return _pandas(self.sql.arrow(query), columns)
 
     def answer(self, query: str, columns: Sequence[str]) -> Answer:
-        """The rows of `query` written to a Parquet file of their own, to be read back a batch at a time once the
-        engine has given back its memory."""
-        import pyarrow.parquet as pq
-
-        directory = Path(tempfile.mkdtemp(prefix="storage-audit-answer-"))
-        try:
-            # Streamed, in the order the query gives (which DuckDB's COPY keeps only at more memory).
-            reader = self.sql.reader(query)
-            with pq.ParquetWriter(directory / "answer.parquet", reader.schema) as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        return Answer(directory / "answer.parquet", columns)
+        """The rows of `query`, read a batch at a time from the engine while it is open."""
+        return Answer(self.sql, query, columns)
 
     def untagged(self, keep: Keep) -> pd.DataFrame:
         return self.frame(self.untagged_query(keep), UNTAGGED_COLUMNS)
@@ -696,27 +708,56 @@ def _typed(table: pa.Table, columns: Sequence[str]) -> pa.Table:
 
 
 class Answer:
-    """An answer's rows in a Parquet file of their own (removed with this object), read back as pandas frames of
-    the graph's types a batch at a time: `core.view.Rows`."""
+    """An answer's rows, computed by the engine as they are read: `core.view.Rows`. The first rows asked for
+    (`head`) are kept, and the first reading of every row goes on from them; any later one asks again. With
+    `keep_open`, the answer holds the engine open until it is closed or collected."""
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        import pyarrow.parquet as pq
+    BATCH = 1 << 16
+    """Rows the engine hands over at a time."""
 
-        self.path, self.columns = path, list(columns)
-        self._file = pq.ParquetFile(path)
-        weakref.finalize(self, shutil.rmtree, path.parent, True)
+    def __init__(self, sql: Sql, query: str, columns: Sequence[str]) -> None:
+        self.sql, self.query, self.columns = sql, query, list(columns)
+        self._started: tuple[list[pa.RecordBatch], pa.RecordBatchReader] | None = None
+        self._sums: dict[str, int] | None = None
+        self._finalizer: weakref.finalize | None = None
 
-    def __len__(self) -> int:
-        return int(self._file.metadata.num_rows)
+    def keep_open(self, engine: ExitStack) -> None:
+        """Close `engine` (what keeps the engine open) when this answer is closed or collected."""
+        self._finalizer = weakref.finalize(self, engine.close)
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def _read(self) -> Iterator[pa.RecordBatch]:
+        """Every row as the engine's batches, in order: on from the rows `head` read, or asked anew."""
+        with self.sql.errors():
+            taken, reader = self._started or ([], self.sql.reader(self.query, self.BATCH))
+            self._started = None
+            yield from taken
+            yield from reader
 
     def arrow(self, rows: int) -> Iterator[pa.Table]:
         """The rows as Arrow tables of the graph's types, `rows` at a time (at least one table, empty for none)."""
-        empty = True
-        for batch in self._file.iter_batches(rows, columns=self.columns, use_threads=False):
-            empty = False
-            yield _typed(pa.Table.from_batches([batch]), self.columns)
-        if empty:
-            yield _typed(self._file.schema_arrow.empty_table(), self.columns)
+        pending: list[pa.RecordBatch] = []
+        count, schema = 0, None
+        for batch in self._read():
+            schema = batch.schema
+            pending.append(batch)
+            count += batch.num_rows
+            while count >= rows:
+                table = pa.Table.from_batches(pending, schema)
+                yield _typed(table.slice(0, rows), self.columns)
+                rest = table.slice(rows)
+                pending, count = rest.to_batches(), rest.num_rows
+        if count or schema is None:
+            table = pa.Table.from_batches(pending, schema) if schema is not None else self._empty()
+            yield _typed(table, self.columns)
+
+    def _empty(self) -> pa.Table:
+        """No rows, in the engine's types."""
+        with self.sql.errors():
+            return self.sql.arrow(f"SELECT * FROM ({self.query}) q LIMIT 0")
 
     def batches(self, rows: int) -> Iterator[pd.DataFrame]:
         """The rows as pandas frames, `rows` at a time (at least one frame, empty for none)."""
@@ -724,16 +765,40 @@ class Answer:
             yield _frame(table)
 
     def head(self, rows: int) -> pd.DataFrame:
-        """The first `rows` rows."""
-        return next(self.batches(rows)) if rows else _pandas(self._file.schema_arrow.empty_table(), self.columns)
+        """The first `rows` rows (kept for the first reading of every row)."""
+        with self.sql.errors():
+            taken, reader = self._started or ([], self.sql.reader(self.query, self.BATCH))
+            while sum(batch.num_rows for batch in taken) < rows:
+                try:
+                    taken.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+        self._started = taken, reader
+        table = pa.Table.from_batches(taken, reader.schema)
+        return _pandas(table.slice(0, rows), self.columns)
+
+    def __len__(self) -> int:
+        return self._totals()["*"]
 
     def total(self, column: str) -> int:
         """The sum of an integer column over every row."""
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
+        return self._totals()[column]
 
-        total = pc.sum(pq.read_table(self.path, columns=[column]).column(column)).as_py()
-        return int(total or 0)
+    def _totals(self) -> dict[str, int]:
+        """How many rows there are, as `*`, and the sum of each integer column but the times: asked of the engine
+        once."""
+        if self._sums is None:
+            schema = self._empty().schema
+            summed = [
+                field.name
+                for field in schema
+                if field.name not in TIMES and (pa.types.is_integer(field.type) or pa.types.is_decimal(field.type))
+            ]
+            sums = "".join(f", CAST(coalesce(sum({_name(c)}), 0) AS BIGINT) AS {_name(c)}" for c in summed)
+            with self.sql.errors():
+                found = self.sql.arrow(f'SELECT count(*) AS "*"{sums} FROM ({self.query}) q')
+            self._sums = {name: int(found.column(name)[0].as_py()) for name in found.column_names}
+        return self._sums
 
 
 @dataclass(frozen=True)
@@ -779,23 +844,18 @@ def duckdb_analysis(directory: Path, memory: str | None = None) -> Iterator[Anal
     """The analysis of the snapshot in `directory` on DuckDB in this process, spilling to a temporary
     directory that is removed afterwards."""
     files, shards = snapshot_files(directory)
-    import duckdb
-
     memory = memory or os.environ.get(DUCKDB_MEMORY) or default_memory(_blobs(files))
     spill = Path(tempfile.mkdtemp(prefix="storage-audit-duckdb-"))
-    sql = DuckDB(spill, memory)
+    sql: DuckDB | None = None
     try:
-        yield Analysis(sql, files, shards)
-    except duckdb.OutOfMemoryException as exc:
-        raise EngineError(
-            f"DuckDB ran out of memory at its limit of {memory}: set {DUCKDB_MEMORY} higher (e.g. 4GB)"
-        ) from exc
-    except duckdb.Error as exc:
-        raise EngineError(f"DuckDB: {str(exc).splitlines()[0]}") from exc
+        sql = DuckDB(spill, memory)
+        with sql.errors():
+            yield Analysis(sql, files, shards)
     finally:
-        sql.close()
+        if sql is not None:
+            sql.close()
         shutil.rmtree(spill, ignore_errors=True)
-        release()  # what DuckDB freed, given back before the answer is written
+        release()  # what DuckDB freed, given back to the system
 
 
 def spark_analysis(spark: SparkSession, files: Mapping[str, Sequence[str]], shards: bool = False) -> Analysis:

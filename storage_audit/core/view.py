@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 class Rows(Protocol):
-    """Every row of an answer kept out of memory (an engine's answer, in a file), read a batch at a time."""
+    """Every row of an answer kept out of memory (an engine's, computed as it is read), read a batch at a time."""
 
     def __len__(self) -> int: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -66,13 +67,15 @@ def _on_engine(root: Root, options: CollectOptions, untagged: bool) -> Collected
     keep = Keep(options.delete_untagged, options.keep_referrers, options.collector)
     keep.normal()  # refuses what the engine does not offer before the snapshot is read
     rows: Rows
-    with engine_analysis(root, options.engine) as analysis:
+    with ExitStack() as engine:
+        analysis = engine.enter_context(engine_analysis(root, options.engine))
         if options.first is not None and not untagged:
             first, rows = analysis.orphans_first(keep, options.first)
         else:
-            # Every row goes to a file of its own, read back a batch at a time once the engine is closed.
+            # Every row is read from the engine as it is written: the answer keeps the engine open till then.
             answer = analysis.untagged_answer(keep) if untagged else analysis.orphans_answer(keep)
             first, rows = answer.head(TABLE_ROWS), answer
+            answer.keep_open(engine.pop_all())
     assert isinstance(root, Snapshot)
     view = replace(_untagged_view(first) if untagged else _orphans_view(first), rows=rows)
     return Collected(view, (), unreadable_paths(snapshot_findings(root)))
