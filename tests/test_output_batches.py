@@ -47,10 +47,18 @@ def _whole_csv(frame: pd.DataFrame) -> str:
     return plain.to_csv(index=False, date_format=csv_format.ISO_FORMAT)
 
 
-def _whole_json(frame: pd.DataFrame) -> str:
-    plain = frame.assign(name=frame["name"].astype("string"))
-    text = plain.to_json(orient="records", date_format="iso", date_unit="us", indent=2)
-    return ("[]" if frame.empty else text.replace("\\/", "/")) + "\n"
+def assert_json_rows(text: str, frame: pd.DataFrame) -> None:
+    """`text` is the JSON array of `frame`'s rows, each row's object on a line of its own after a tab."""
+    expected = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="us"))
+    assert json.loads(text) == expected
+    lines = text.split("\n")
+    if frame.empty:
+        assert lines == ["[]", ""]
+        return
+    assert lines[0] == "[" and lines[-2:] == ["]", ""] and len(lines) == len(frame) + 3
+    assert all(line.startswith("\t{") and line.endswith(("},", "}")) for line in lines[1:-2])
+    assert [json.loads(line.strip().rstrip(",")) for line in lines[1:-2]] == expected
+    assert "\\/" not in text.replace("\\\\", "")  # no `\/` but an escaped backslash before a slash
 
 
 @pytest.mark.parametrize("rows", [0, 1, ROWS - 1, ROWS, ROWS + 1, 3 * ROWS + 7])
@@ -63,7 +71,9 @@ def test_text_formats_in_batches_are_the_whole_frame_written_at_once(
     csv_format.write(View(frame), tmp_path / "out.csv")
     json_format.write(View(frame), tmp_path / "out.json")
     assert (tmp_path / "out.csv").read_bytes() == _whole_csv(frame).encode()
-    assert (tmp_path / "out.json").read_bytes() == _whole_json(frame).encode()
+    assert_json_rows(
+        (tmp_path / "out.json").read_text(encoding="utf-8"), frame.assign(name=frame["name"].astype("string"))
+    )
     rows_read = json.loads((tmp_path / "out.json").read_text())
     assert [row["name"] for row in rows_read] == frame["name"].astype(object).where(
         frame["name"].notna(), None
@@ -133,10 +143,10 @@ def _answer_of(table: pa.Table, tmp_path: Path, row_group_size: int | None = Non
     return answer
 
 
-@pytest.mark.parametrize("duckdb_present", [True, False])
+@pytest.mark.parametrize("with_duckdb", [True, False])
 @pytest.mark.parametrize("rows", [0, 1, ROWS + 1, 5 * ROWS + 7])
 def test_rows_kept_out_of_memory_are_written_as_their_whole_frame(
-    rows: int, duckdb_present: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    rows: int, with_duckdb: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An engine's rows go out a batch at a time (CSV through DuckDB's writer when it is there, Parquet as Arrow):
     the bytes and values of pandas writing their whole frame at once, in order, to a file and to stdout."""
@@ -144,7 +154,8 @@ def test_rows_kept_out_of_memory_are_written_as_their_whole_frame(
     whole = pd.concat(list(answer.batches(rows + 1)), ignore_index=True)
     assert len(whole) == rows
     monkeypatch.setattr(batches, "ROWS", ROWS)
-    monkeypatch.setattr(csv_format, "_duckdb", lambda: duckdb_present)
+    monkeypatch.setattr(csv_format, "duckdb_present", lambda: with_duckdb)
+    monkeypatch.setattr(json_format, "duckdb_present", lambda: with_duckdb)
     kept_out = View(answer.head(3), rows=answer)
 
     csv_format.write(kept_out, tmp_path / "out.csv")
@@ -155,6 +166,14 @@ def test_rows_kept_out_of_memory_are_written_as_their_whole_frame(
     capsys.readouterr()
     csv_format.write(kept_out, None)
     assert capsys.readouterr().out == expected
+
+    json_format.write(kept_out, tmp_path / "out.json")
+    json_format.write(View(whole), tmp_path / "whole.json")
+    assert (tmp_path / "out.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+    assert_json_rows((tmp_path / "out.json").read_text(encoding="utf-8"), whole)
+    capsys.readouterr()
+    json_format.write(kept_out, None)
+    assert capsys.readouterr().out == (tmp_path / "whole.json").read_text(encoding="utf-8")
 
     parquet_format.write(kept_out, tmp_path / "out.parquet")
     parquet_format.write(View(whole), tmp_path / "whole.parquet")
@@ -173,3 +192,15 @@ def test_a_carriage_return_is_quoted_and_read_back(tmp_path: Path) -> None:
     csv_format.write(View(answer.head(2), rows=answer), tmp_path / "out.csv")
     assert (tmp_path / "out.csv").read_bytes() == b'kind\n"carriage\rreturn"\nplain\n'
     assert pd.read_csv(tmp_path / "out.csv")["kind"].tolist() == ["carriage\rreturn", "plain"]
+
+
+def test_a_control_character_is_escaped_by_either_writer_and_read_back(tmp_path: Path) -> None:
+    """A control character without a short escape is `\\u001f` from pandas and `\\u001F` from DuckDB's JSON writer
+    (an engine's every row): the only difference between the two, and both read back as the same text."""
+    answer = _answer_of(pa.table({"kind": ["unit\x1fseparator", "line\nfeed"]}), tmp_path)
+    json_format.write(View(answer.head(2), rows=answer), tmp_path / "engine.json")
+    json_format.write(View(answer.head(2)), tmp_path / "frame.json")
+    by_duckdb, by_pandas = ((tmp_path / name).read_text(encoding="utf-8") for name in ("engine.json", "frame.json"))
+    assert by_duckdb == '[\n\t{"kind":"unit\\u001Fseparator"},\n\t{"kind":"line\\nfeed"}\n]\n'
+    assert by_pandas == by_duckdb.replace("\\u001F", "\\u001f")
+    assert json.loads(by_duckdb) == json.loads(by_pandas) == [{"kind": "unit\x1fseparator"}, {"kind": "line\nfeed"}]

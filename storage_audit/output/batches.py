@@ -7,7 +7,12 @@ at a time, so that millions of rows never become one frame of strings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from itertools import chain
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -17,6 +22,8 @@ import pyarrow.compute as pc
 from storage_audit.inventory.codes import CodedDtype
 
 if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection, DuckDBPyRelation
+
     from storage_audit.core.view import Rows, View
 
 ROWS = 1 << 18
@@ -86,3 +93,48 @@ def iso_text(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     # Arrow's text of a time without a zone is `2026-12-01 00:00:00.000000`: a `T` for the space, and the zone.
     text = pc.replace_substring(micro.cast(pa.timestamp("us")).cast(pa.string()), " ", "T", max_replacements=1)
     return pc.binary_join_element_wise(text, "Z", "")
+
+
+def duckdb_present() -> bool:
+    """Whether DuckDB, which writes an engine's every row, is installed."""
+    try:
+        import duckdb  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+RowsWriter = Callable[["DuckDBPyConnection", "DuckDBPyRelation", str], None]
+"""Writes the rows (a DuckDB relation, in order) to the file at the path, on the connection it is read through."""
+
+
+def write_by_duckdb(rows: Rows, dest: Path | None, write: RowsWriter) -> None:
+    """Every row of `rows`, times as ISO text, written by `write` through DuckDB to `dest`, or to stdout when None
+    (through a temporary file). `dest` is opened first, as pandas opens a path: one that cannot be written, and
+    DuckDB's own IO errors (a full disk, say), are what the command says of any file it cannot write (OSError)."""
+    import duckdb
+
+    if dest is None:
+        with tempfile.TemporaryDirectory(prefix="storage-audit-rows-") as directory:
+            written = Path(directory) / "rows"
+            write_by_duckdb(rows, written, write)
+            with open(written, encoding="utf-8", newline="") as text:
+                shutil.copyfileobj(text, sys.stdout)
+        return
+    open(dest, "w", encoding="utf-8").close()
+    tables = rows_tables(rows, iso_times=True)
+    first = next(tables)
+    batches = pa.RecordBatchReader.from_batches(
+        first.schema, chain(first.to_batches(), (batch for table in tables for batch in table.to_batches()))
+    )
+    # One thread: the rows come in order from one stream, and a second thread only waits on the first.
+    with duckdb.connect(config={"memory_limit": "200MB", "threads": 1}) as con:
+        try:
+            write(con, con.from_arrow(batches), str(dest))
+        except duckdb.IOException as exc:
+            raise OSError(str(exc).splitlines()[0]) from exc
+
+
+def sql_name(column: str) -> str:
+    """A column's name in SQL, quoted."""
+    return '"' + column.replace('"', '""') + '"'
