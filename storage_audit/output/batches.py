@@ -55,10 +55,10 @@ def view_batches(view: View, rows: int | None = None, iso_times: bool = False) -
             yield _as_text(part, iso_times)
 
 
-def rows_tables(rows: Rows, iso_times: bool = False) -> Iterator[pa.Table]:
-    """Every row kept out of memory as Arrow tables, ROWS at a time, UTC times as ISO text with `iso_times` (as
-    `batches` makes them); one empty table for none."""
-    for part in rows.arrow(ROWS):
+def rows_tables(rows: Rows, iso_times: bool = False, size: int | None = None) -> Iterator[pa.Table]:
+    """Every row kept out of memory as Arrow tables, `size` (ROWS) at a time, UTC times as ISO text with
+    `iso_times` (as `batches` makes them); one empty table for none."""
+    for part in rows.arrow(size or ROWS):
         if iso_times:
             for number, field in enumerate(part.schema):
                 if pa.types.is_timestamp(field.type) and field.type.tz == "UTC":
@@ -95,6 +95,10 @@ def iso_text(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.binary_join_element_wise(text, "Z", "")
 
 
+WRITTEN_ROWS = 1 << 16
+"""Rows handed to DuckDB's writers at a time: it writes each as it comes, so fewer are held on the way."""
+
+
 def duckdb_present() -> bool:
     """Whether DuckDB, which writes an engine's every row, is installed."""
     try:
@@ -122,7 +126,7 @@ def write_by_duckdb(rows: Rows, dest: Path | None, write: RowsWriter) -> None:
                 shutil.copyfileobj(text, sys.stdout)
         return
     open(dest, "w", encoding="utf-8").close()
-    tables = rows_tables(rows, iso_times=True)
+    tables = rows_tables(rows, iso_times=True, size=WRITTEN_ROWS)
     first = next(tables)
     batches = pa.RecordBatchReader.from_batches(
         first.schema, chain(first.to_batches(), (batch for table in tables for batch in table.to_batches()))
