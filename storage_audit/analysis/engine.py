@@ -350,12 +350,17 @@ class Analysis:
     def present(self) -> str:
         """Linked revisions whose manifest blob is stored (with the digest's text, `name`, for the answers)."""
         key, blobs = self.sql.key, self.blob_rows
+        # The keys made first: a blob compared with a column is a plain semi-join, where one compared with an
+        # expression is planned around a table of its distinct values (twice the time at ten million blobs).
+        linked = (
+            f"SELECT repository, {key('digest')} AS digest, {key('target')} AS target, pushed_at, digest AS name"
+            " FROM revisions WHERE linked AND target IS NOT NULL"
+        )
         return self._table(
             "present",
-            f"SELECT p.id AS repository, {key('r.digest')} AS digest, {key('r.target')} AS target, r.pushed_at,"
-            f" r.digest AS name FROM revisions r LEFT JOIN {self.repository_ids} p ON p.repository = r.repository"
-            f" WHERE r.linked AND r.target IS NOT NULL"
-            f" AND EXISTS (SELECT 1 FROM {blobs} b WHERE b.digest = {key('r.target')})",
+            "SELECT p.id AS repository, r.digest, r.target, r.pushed_at, r.name"
+            f" FROM ({linked}) r LEFT JOIN {self.repository_ids} p ON p.repository = r.repository"
+            f" WHERE EXISTS (SELECT 1 FROM {blobs} b WHERE b.digest = r.target)",
         )
 
     @property
