@@ -519,7 +519,8 @@ class Analysis:
         name = f"marked_{kept}" + ("" if keep.collector is None else "_unprotected")
         held = f"SELECT h.blob FROM {self.holds} h JOIN {kept} k ON k.repository = h.repository AND k.digest = h.digest"
         if keep.collector is None:
-            held += f" UNION SELECT blob FROM {self.protected(kept)}"
+            held += f" UNION ALL SELECT blob FROM {self.protected(kept)}"
+        # One DISTINCT over both: a UNION would make its rows distinct once more before it.
         return self._table(name, f"SELECT DISTINCT blob FROM ({held}) m")
 
     # -- the answers ------------------------------------------------------------------
