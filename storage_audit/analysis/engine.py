@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,13 +154,13 @@ class DuckDB(Sql):
             str(temp_directory / "analysis.duckdb"), config={"threads": threads or os.cpu_count() or 1}
         )
         self.memory = memory or default_memory(0)
-        self.con.execute(f"SET memory_limit = {_text(self.memory)}")
-        self.con.execute(f"SET temp_directory = {_text(str(temp_directory))}")
+        self.con.execute(f"SET memory_limit = {sql_text(self.memory)}")
+        self.con.execute(f"SET temp_directory = {sql_text(str(temp_directory))}")
         # Rows come out in the order each query asks for; nothing else needs the order they went in.
         self.con.execute("SET preserve_insertion_order = false")
 
     def source(self, name: str, files: Sequence[str], distinct: bool = False) -> None:
-        listed = ", ".join(_text(f) for f in files)
+        listed = ", ".join(sql_text(f) for f in files)
         select = "SELECT DISTINCT *" if distinct else "SELECT *"
         self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {select} FROM read_parquet([{listed}])")
 
@@ -258,12 +259,12 @@ class Spark(Sql):
             self.drop(name)
 
 
-def _text(value: str) -> str:
+def sql_text(value: str) -> str:
     """A SQL string literal."""
     return "'" + value.replace("'", "''") + "'"
 
 
-def _name(column: str) -> str:
+def sql_name(column: str) -> str:
     """A SQL name, quoted."""
     return '"' + column.replace('"', '""') + '"'
 
@@ -716,7 +717,7 @@ def _typed(table: pa.Table, columns: Sequence[str]) -> pa.Table:
 class Answer:
     """An answer's rows, computed by the engine as they are read: `core.view.Rows`. The first rows asked for
     (`head`) are kept, and the first reading of every row goes on from them; any later one asks again. With
-    `keep_open`, the answer holds the engine open until it is closed or collected."""
+    `keep_open`, the answer holds the engine open until it is collected."""
 
     BATCH = 1 << 16
     """Rows the engine hands over at a time."""
@@ -725,45 +726,33 @@ class Answer:
         self.sql, self.query, self.columns = sql, query, list(columns)
         self._started: tuple[list[pa.RecordBatch], pa.RecordBatchReader] | None = None
         self._sums: dict[str, int] | None = None
-        self._finalizer: weakref.finalize | None = None
 
     def keep_open(self, engine: ExitStack) -> None:
-        """Close `engine` (what keeps the engine open) when this answer is closed or collected."""
-        self._finalizer = weakref.finalize(self, engine.close)
+        """Close `engine` (what keeps the engine open) when this answer is collected."""
+        weakref.finalize(self, engine.close)
 
-    def close(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def _read(self) -> Iterator[pa.RecordBatch]:
-        """Every row as the engine's batches, in order: on from the rows `head` read, or asked anew."""
-        with self.sql.errors():
-            taken, reader = self._started or ([], self.sql.reader(self.query, self.BATCH))
-            self._started = None
-            yield from taken
-            yield from reader
+    def _reader(self) -> tuple[list[pa.RecordBatch], pa.RecordBatchReader]:
+        """The engine's batches from the first row: those `head` read and the rest of its reader, or a new one."""
+        started, self._started = self._started, None
+        return started or ([], self.sql.reader(self.query, self.BATCH))
 
     def arrow(self, rows: int) -> Iterator[pa.Table]:
         """The rows as Arrow tables of the graph's types, `rows` at a time (at least one table, empty for none)."""
-        pending: list[pa.RecordBatch] = []
-        count, schema = 0, None
-        for batch in self._read():
-            schema = batch.schema
-            pending.append(batch)
-            count += batch.num_rows
-            while count >= rows:
-                table = pa.Table.from_batches(pending, schema)
-                yield _typed(table.slice(0, rows), self.columns)
-                rest = table.slice(rows)
-                pending, count = rest.to_batches(), rest.num_rows
-        if count or schema is None:
-            table = pa.Table.from_batches(pending, schema) if schema is not None else self._empty()
-            yield _typed(table, self.columns)
-
-    def _empty(self) -> pa.Table:
-        """No rows, in the engine's types."""
         with self.sql.errors():
-            return self.sql.arrow(f"SELECT * FROM ({self.query}) q LIMIT 0")
+            taken, reader = self._reader()
+            pending: list[pa.RecordBatch] = []
+            count, tables = 0, 0
+            for batch in chain(taken, reader):
+                pending.append(batch)
+                count += batch.num_rows
+                while count >= rows:
+                    table = pa.Table.from_batches(pending, reader.schema)
+                    yield _typed(table.slice(0, rows), self.columns)
+                    tables += 1
+                    rest = table.slice(rows)
+                    pending, count = rest.to_batches(), rest.num_rows
+            if count or not tables:
+                yield _typed(pa.Table.from_batches(pending, reader.schema), self.columns)
 
     def batches(self, rows: int) -> Iterator[pd.DataFrame]:
         """The rows as pandas frames, `rows` at a time (at least one frame, empty for none)."""
@@ -773,7 +762,7 @@ class Answer:
     def head(self, rows: int) -> pd.DataFrame:
         """The first `rows` rows (kept for the first reading of every row)."""
         with self.sql.errors():
-            taken, reader = self._started or ([], self.sql.reader(self.query, self.BATCH))
+            taken, reader = self._reader()
             while sum(batch.num_rows for batch in taken) < rows:
                 try:
                     taken.append(reader.read_next_batch())
@@ -794,13 +783,14 @@ class Answer:
         """How many rows there are, as `*`, and the sum of each integer column but the times: asked of the engine
         once."""
         if self._sums is None:
-            schema = self._empty().schema
+            with self.sql.errors():
+                schema = self.sql.reader(f"SELECT * FROM ({self.query}) q LIMIT 0").schema
             summed = [
                 field.name
                 for field in schema
                 if field.name not in TIMES and (pa.types.is_integer(field.type) or pa.types.is_decimal(field.type))
             ]
-            sums = "".join(f", CAST(coalesce(sum({_name(c)}), 0) AS BIGINT) AS {_name(c)}" for c in summed)
+            sums = "".join(f", CAST(coalesce(sum({sql_name(c)}), 0) AS BIGINT) AS {sql_name(c)}" for c in summed)
             with self.sql.errors():
                 found = self.sql.arrow(f'SELECT count(*) AS "*"{sums} FROM ({self.query}) q')
             self._sums = {name: int(found.column(name)[0].as_py()) for name in found.column_names}

@@ -137,8 +137,3 @@ def write_by_duckdb(rows: Rows, dest: Path | None, write: RowsWriter) -> None:
             write(con, con.from_arrow(batches), str(dest))
         except duckdb.IOException as exc:
             raise OSError(str(exc).splitlines()[0]) from exc
-
-
-def sql_name(column: str) -> str:
-    """A column's name in SQL, quoted."""
-    return '"' + column.replace('"', '""') + '"'

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 import pandas as pd
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import duckdb_present, sql_name, view_batches, write_by_duckdb
+from storage_audit.output.batches import duckdb_present, view_batches, write_by_duckdb
 
 if TYPE_CHECKING:
     from duckdb import DuckDBPyConnection, DuckDBPyRelation
@@ -38,6 +38,8 @@ def _write(view: View, out: TextIO) -> None:
 
 def _write_rows(con: DuckDBPyConnection, rows: DuckDBPyRelation, dest: str) -> None:
     """The rows to `dest` as `_write` writes them."""
+    from storage_audit.analysis.engine import sql_name
+
     # DuckDB quotes an empty string, to tell it from a missing value; pandas writes both as nothing.
     columns = ", ".join(
         f"nullif({sql_name(name)}, '') AS {sql_name(name)}" if str(kind) == "VARCHAR" else sql_name(name)

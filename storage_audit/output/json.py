@@ -67,8 +67,10 @@ def _write(view: View, out: TextIO) -> None:
 
 def _write_rows(con: DuckDBPyConnection, rows: DuckDBPyRelation, dest: str) -> None:
     """The rows to `dest` as `_write` writes them (DuckDB writes the same array but for no rows)."""
+    from storage_audit.analysis.engine import sql_text
+
     rows.create_view("answer_rows")
-    con.execute(f"COPY answer_rows TO '{dest.replace(chr(39), chr(39) * 2)}' (FORMAT json, ARRAY true)")
+    con.execute(f"COPY answer_rows TO {sql_text(dest)} (FORMAT json, ARRAY true)")
 
 
 def write(view: View, dest: Path | None) -> None:
