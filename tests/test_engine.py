@@ -14,7 +14,7 @@ import pytest
 
 from storage_audit.analysis import collect, report
 from storage_audit.analysis.collect import ORPHAN_COLUMNS
-from storage_audit.analysis.engine import Analysis, Answer, Keep, duckdb_analysis
+from storage_audit.analysis.engine import Analysis, Answer, Keep, default_memory, duckdb_analysis
 from storage_audit.analysis.graph import Graph, ReachOptions
 from storage_audit.analysis.options import By, Collector, ReportOptions
 from storage_audit.inventory.tables import read_snapshot
@@ -188,6 +188,12 @@ def test_what_the_engine_does_not_offer_is_a_usage_error(
     assert words in ran.stderr
 
 
+def test_duckdbs_memory_limit_grows_with_the_snapshot() -> None:
+    # 100 bytes a blob, at least 64 MB and at most 500 MB, then 40 bytes a blob (no machine here has under 2 GB).
+    assert [default_memory(blobs) for blobs in (0, 600_000, 1_000_000, 10_000_000)] == ["64MB", "64MB", "95MB", "500MB"]
+    assert default_memory(20_000_000) == "762MB"
+
+
 def test_duckdb_out_of_memory_is_a_one_line_error(synthetic: Path) -> None:
     ran = cli("orphans", str(synthetic), "-m", "--engine", "duckdb", "-q", env={"STORAGE_AUDIT_DUCKDB_MEMORY": "1MB"})
     assert ran.exit_code == 1, ran.output
@@ -290,6 +296,45 @@ def test_revisions_listed_twice_change_no_blob_answer(synthetic: Path) -> None:
         pd.testing.assert_frame_equal(two, one)
     counts = ["manifests", "untagged_manifests"]  # rows of revisions, which count twice
     pd.testing.assert_frame_equal(repositories2.drop(columns=counts), repositories.drop(columns=counts))
+
+
+def test_orphans_linked_from_many_repositories_name_them_all_as_the_graph_does(synthetic: Path, tmp_path: Path) -> None:
+    """An orphan's layer links in one, two, three or four repositories (met in any order, one of them twice):
+    the engine names the first two from the ids' bounds and lists more, at its least memory limit."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(synthetic, snapshot)
+    graph = Graph(read_snapshot(snapshot))
+    orphans = comparable(collect.orphans(graph, ReachOptions()))
+    unlinked = orphans.loc[orphans["linked_from"] == "", "digest"].tolist()
+    names = sorted(comparable(graph.inv.repositories)["repository"].tolist())[:4]
+    assert len(unlinked) >= 4 and len(names) == 4
+    # Names taken out of order; the one-repository orphan is linked twice, by that same repository.
+    wanted = {unlinked[0]: [names[2], names[2]], unlinked[1]: [names[3], names[0]]}
+    wanted |= {unlinked[2]: [names[1], names[3], names[0]], unlinked[3]: [names[2], names[0], names[3], names[1]]}
+    rows = [(repository, digest) for digest, repositories in wanted.items() for repository in repositories]
+    links = pa.table({name: [row[i] for row in rows] for i, name in enumerate(["repository", "digest"])})
+    links = links.append_column("target", links["digest"])
+    pq.write_table(
+        links.cast(pq.read_schema(snapshot / "layer_links" / "part-00000.parquet")),
+        snapshot / "layer_links" / "part-00001.parquet",
+    )
+    meta = json.loads((snapshot / "metadata.json").read_text())
+    meta["tables"]["layer_links"].append("layer_links/part-00001.parquet")
+    (snapshot / "metadata.json").write_text(json.dumps(meta))
+
+    graph = Graph(read_snapshot(snapshot))
+    with duckdb_analysis(snapshot, memory=default_memory(0)) as analysis:
+        assert_same_answers(analysis, graph)
+        linked = comparable(analysis.orphans(Keep())).set_index("digest")["linked_from"]
+    assert {digest: linked[digest] for digest in wanted} == {
+        digest: ",".join(sorted(set(repositories))) for digest, repositories in wanted.items()
+    }
+    assert [linked[digest].count(",") for digest in wanted] == [0, 1, 2, 3]
 
 
 def test_the_rows_a_table_asks_the_engine_for_are_those_it_shows() -> None:

@@ -52,21 +52,27 @@ times in UTC here."""
 
 DUCKDB_MEMORY = "STORAGE_AUDIT_DUCKDB_MEMORY"
 """The environment variable that sets DuckDB's memory limit (default: `default_memory`); past it, DuckDB spills."""
-LEAST_MEMORY_MB = 500
-"""DuckDB's memory limit up to 13 million blobs: at ten million, the whole process stays within 1 GB."""
+LEAST_MEMORY_MB = 64
+"""DuckDB's least memory limit: what a snapshot of some 600,000 blobs is given, the whole process within 300 MB."""
+SMALL_BYTES_PER_BLOB = 100
+"""DuckDB's memory limit per blob of a smaller snapshot, up to MIDDLE_MEMORY_MB: less spilled at a cost in memory."""
+MIDDLE_MEMORY_MB = 500
+"""DuckDB's memory limit from 5 to 13 million blobs: at ten million, the whole process stays within 1 GB."""
 BYTES_PER_BLOB = 40
 """DuckDB's memory limit for larger snapshots, per blob: 4 GB at a hundred million, where spilling costs most."""
 
 
 def default_memory(blobs: int) -> str:
-    """DuckDB's memory limit for a snapshot of `blobs` blobs: LEAST_MEMORY_MB, or BYTES_PER_BLOB for each blob when
-    that is more, and at most a quarter of this machine's memory."""
-    wanted = max(LEAST_MEMORY_MB, blobs * BYTES_PER_BLOB >> 20)
+    """DuckDB's memory limit for a snapshot of `blobs` blobs: SMALL_BYTES_PER_BLOB for each blob, between
+    LEAST_MEMORY_MB and MIDDLE_MEMORY_MB, or BYTES_PER_BLOB for each when that is more, and at most a quarter of
+    this machine's memory (never less than the first)."""
+    small = max(LEAST_MEMORY_MB, min(MIDDLE_MEMORY_MB, blobs * SMALL_BYTES_PER_BLOB >> 20))
+    wanted = max(small, blobs * BYTES_PER_BLOB >> 20)
     try:
         machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
     except (ValueError, OSError):
         machine = 0
-    return f"{max(LEAST_MEMORY_MB, min(wanted, machine // 4)) if machine else wanted}MB"
+    return f"{max(small, min(wanted, machine // 4)) if machine else wanted}MB"
 
 
 @dataclass(frozen=True)
@@ -575,7 +581,6 @@ class Analysis:
     def orphans_query(self, keep: Keep, first: int | None = None) -> str:
         """The rows of `orphans`: the blobs no kept revision holds and no broken reference protects (with
         `first`, only the first so many)."""
-        key = self.sql.key
         orphans = self._orphans(keep)
         if first is not None:
             # A table's rows: the first by size found before their kinds and links are looked up.
@@ -588,11 +593,6 @@ class Analysis:
             f" UNION ALL SELECT digest, 3 AS k FROM {self.manifest_rows}) r"
             f" WHERE EXISTS (SELECT 1 FROM {orphans} o WHERE o.id = r.digest) GROUP BY r.digest",
         )
-        linked_from = (
-            f"SELECT l.target, {self.sql.joined('l.repository')} AS linked_from"
-            f" FROM (SELECT {key('target')} AS target, repository FROM layer_links WHERE repository IS NOT NULL) l"
-            f" WHERE EXISTS (SELECT 1 FROM {orphans} x WHERE x.id = l.target) GROUP BY l.target"
-        )
         return (
             f"SELECT o.digest, o.size, {self.sql.nanos('o.mtime')} AS mtime,"
             " CASE coalesce(k.k, 0) WHEN 3 THEN 'manifest' WHEN 2 THEN 'config' WHEN 1 THEN 'layer'"
@@ -600,8 +600,41 @@ class Analysis:
             " coalesce(l.linked_from, '') AS linked_from"
             f" FROM {orphans} o"
             f" LEFT JOIN {kinds} k ON k.digest = o.id"
-            f" LEFT JOIN ({linked_from}) l ON l.target = o.id"
+            f" LEFT JOIN {self._linked_from(orphans)} l ON l.target = o.id"
             f" {self.ORPHAN_ORDER}"
+        )
+
+    def _linked_from(self, orphans: str) -> str:
+        """(target, linked_from): the names of the repositories whose layer links name each of `orphans`, sorted
+        and joined by commas.
+
+        Most blobs are linked from one or two repositories: their names come from the first and last repository
+        id (ids order as names do), aggregates of a fixed size, which spill past the memory limit. Only the few
+        linked from more are listed whole (`Sql.joined`, an aggregate DuckDB holds in memory).
+        """
+        ids = self.repository_ids
+        pairs = self._table(
+            f"links_of_{orphans}",
+            f"SELECT DISTINCT l.target, r.id AS repository"
+            f" FROM (SELECT {self.sql.key('target')} AS target, repository FROM layer_links) l"
+            f" JOIN {ids} r ON r.repository = l.repository"
+            f" WHERE EXISTS (SELECT 1 FROM {orphans} x WHERE x.id = l.target)",
+        )
+        spans = (
+            "SELECT target, count(*) AS n, min(repository) AS first, max(repository) AS last"
+            f" FROM {pairs} GROUP BY target"
+        )
+        many = (
+            f"SELECT p.target, {self.sql.joined('r.repository')} AS names FROM {pairs} p"
+            f" JOIN {ids} r ON r.id = p.repository"
+            f" WHERE p.target IN (SELECT target FROM {pairs} GROUP BY target HAVING count(*) > 2) GROUP BY p.target"
+        )
+        return self._table(
+            f"linked_from_{orphans}",
+            "SELECT s.target, CASE WHEN s.n = 1 THEN f.repository"
+            " WHEN s.n = 2 THEN concat(f.repository, ',', l.repository) ELSE m.names END AS linked_from"
+            f" FROM ({spans}) s JOIN {ids} f ON f.id = s.first JOIN {ids} l ON l.id = s.last"
+            f" LEFT JOIN ({many}) m ON m.target = s.target",
         )
 
     def orphans_counted(self, keep: Keep) -> tuple[int, dict[str, int]]:
