@@ -3,6 +3,7 @@ tree, a shard set and generated snapshots; `--engine duckdb` prints what the def
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -14,7 +15,14 @@ import pytest
 
 from storage_audit.analysis import collect, report
 from storage_audit.analysis.collect import ORPHAN_COLUMNS
-from storage_audit.analysis.engine import Analysis, Answer, Keep, default_memory, duckdb_analysis
+from storage_audit.analysis.engine import (
+    Analysis,
+    Answer,
+    Keep,
+    default_memory,
+    default_threads,
+    duckdb_analysis,
+)
 from storage_audit.analysis.graph import Graph, ReachOptions
 from storage_audit.analysis.options import By, Collector, ReportOptions
 from storage_audit.inventory.tables import read_snapshot
@@ -190,8 +198,10 @@ def test_what_the_engine_does_not_offer_is_a_usage_error(
 
 def test_duckdbs_memory_limit_grows_with_the_snapshot() -> None:
     # 100 bytes a blob, at least 64 MB and at most 500 MB, then 40 bytes a blob (no machine here has under 2 GB).
-    assert [default_memory(blobs) for blobs in (0, 600_000, 1_000_000, 10_000_000)] == ["64MB", "64MB", "95MB", "500MB"]
-    assert default_memory(20_000_000) == "762MB"
+    assert [default_memory(blobs) for blobs in (0, 600_000, 2_000_000, 10_000_000)] == [64, 64, 190, 500]
+    assert default_memory(20_000_000) == 762
+    # A thread for each 32 MB at most, and one at least.
+    assert [default_threads(mb) for mb in (1, 63, 64)] == [1, 1, min(2, os.cpu_count() or 1)]
 
 
 def test_duckdb_out_of_memory_is_a_one_line_error(synthetic: Path) -> None:

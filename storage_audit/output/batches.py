@@ -96,7 +96,8 @@ def iso_text(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 
 WRITTEN_ROWS = 1 << 16
-"""Rows handed to DuckDB's writers at a time: it writes each as it comes, so fewer are held on the way."""
+"""Rows of an engine's answer handed to a writer at a time (DuckDB's, or Parquet's as a row group): each is written
+as it comes, so fewer are held on the way."""
 
 
 def duckdb_present() -> bool:

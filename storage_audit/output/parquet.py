@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import coded_columns, rows_tables, view_batches
+from storage_audit.output.batches import WRITTEN_ROWS, coded_columns, rows_tables, view_batches
 from storage_audit.output.formats import FormatError
 
 
@@ -42,8 +42,9 @@ def write(view: View, dest: Path | None) -> None:
     if dest is None:
         raise FormatError("parquet needs an output file: add -o FILE")
     if view.rows is not None:
-        # Rows kept out of memory come as Arrow tables: written as they are, with the pandas metadata of the rest.
-        tables = rows_tables(view.rows)
+        # Rows kept out of memory come as Arrow tables: written as they are, with the pandas metadata of the rest,
+        # a row group each (at 600,000 blobs, row groups of 65,536 rows rather than 262,144 held 15 MiB less).
+        tables = rows_tables(view.rows, size=WRITTEN_ROWS)
         first = next(tables)
         schema = _rows_schema(first, view.frame)
         with pq.ParquetWriter(dest, schema) as writer:
