@@ -772,8 +772,8 @@ class Answer:
     (`head`) are kept, and the first reading of every row goes on from them; any later one asks again. With
     `keep_open`, the answer holds the engine open until it is collected."""
 
-    BATCH = 1 << 16
-    """Rows the engine hands over at a time."""
+    BATCH = 1 << 14
+    """Rows the engine hands over at a time (the first of them kept for the view while the rest are written)."""
 
     def __init__(self, sql: Sql, query: str, columns: Sequence[str]) -> None:
         self.sql, self.query, self.columns = sql, query, list(columns)

@@ -43,7 +43,8 @@ def write(view: View, dest: Path | None) -> None:
         raise FormatError("parquet needs an output file: add -o FILE")
     if view.rows is not None:
         # Rows kept out of memory come as Arrow tables: written as they are, with the pandas metadata of the rest,
-        # a row group each (at 600,000 blobs, row groups of 65,536 rows rather than 262,144 held 15 MiB less).
+        # a row group each (at 600,000 blobs, 16,384 rows held 20 MiB less than 65,536 and 35 MiB less than 262,144;
+        # at ten million, the file is 3% larger than with 65,536).
         tables = rows_tables(view.rows, size=WRITTEN_ROWS)
         first = next(tables)
         schema = _rows_schema(first, view.frame)
