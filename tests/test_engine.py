@@ -196,12 +196,20 @@ def test_what_the_engine_does_not_offer_is_a_usage_error(
     assert words in ran.stderr
 
 
-def test_duckdbs_memory_limit_grows_with_the_snapshot() -> None:
+def test_duckdbs_memory_limit_grows_with_the_snapshot(tmp_path: Path) -> None:
+    from storage_audit.analysis.engine import DuckDB
+
     # 100 bytes a blob, at least 64 MB and at most 500 MB, then 40 bytes a blob (no machine here has under 2 GB).
     assert [default_memory(blobs) for blobs in (0, 600_000, 2_000_000, 10_000_000)] == [64, 64, 190, 500]
     assert default_memory(20_000_000) == 762
     # A thread for each 32 MB at most, and one at least.
     assert [default_threads(mb) for mb in (1, 63, 64)] == [1, 1, min(2, os.cpu_count() or 1)]
+    # DuckDB is given them; a limit in its own notation (the variable's) keeps a thread a CPU.
+    for memory, threads in ((32, 1), ("32MB", os.cpu_count())):
+        sql = DuckDB(tmp_path, memory)
+        assert sql.con.sql("SELECT current_setting('threads')").fetchall() == [(threads,)]
+        assert sql.memory == "32MB"
+        sql.close()
 
 
 def test_duckdb_out_of_memory_is_a_one_line_error(synthetic: Path) -> None:
