@@ -98,7 +98,7 @@ def iso_text(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 WRITTEN_ROWS = 1 << 14
 """Rows of an engine's answer handed to a writer at a time (DuckDB's, or Parquet's as a row group): each is written
 as it comes, so fewer are held on the way (at 600,000 blobs, every orphan as CSV within 285 to 287 MiB, against
-300 to 305 MiB with 65,536)."""
+295 to 305 MiB with 65,536)."""
 
 
 def duckdb_present() -> bool:
