@@ -154,6 +154,7 @@ def test_rows_kept_out_of_memory_are_written_as_their_whole_frame(
     whole = pd.concat(list(answer.batches(rows + 1)), ignore_index=True)
     assert len(whole) == rows
     monkeypatch.setattr(batches, "ROWS", ROWS)
+    monkeypatch.setattr(batches, "WRITTEN_ROWS", ROWS)
     monkeypatch.setattr(csv_format, "duckdb_present", lambda: with_duckdb)
     monkeypatch.setattr(json_format, "duckdb_present", lambda: with_duckdb)
     kept_out = View(answer.head(3), rows=answer)

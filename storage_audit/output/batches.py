@@ -55,10 +55,16 @@ def view_batches(view: View, rows: int | None = None, iso_times: bool = False) -
             yield _as_text(part, iso_times)
 
 
-def rows_tables(rows: Rows, iso_times: bool = False, size: int | None = None) -> Iterator[pa.Table]:
-    """Every row kept out of memory as Arrow tables, `size` (ROWS) at a time, UTC times as ISO text with
-    `iso_times` (as `batches` makes them); one empty table for none."""
-    for part in rows.arrow(size or ROWS):
+WRITTEN_ROWS = 1 << 14
+"""Rows of an engine's answer handed to a writer at a time (DuckDB's, or Parquet's as a row group): each is written
+as it comes, so fewer are held on the way (at 600,000 blobs, every orphan as CSV within 285 to 287 MiB, against
+295 to 305 MiB with 65,536)."""
+
+
+def rows_tables(rows: Rows, iso_times: bool = False) -> Iterator[pa.Table]:
+    """Every row kept out of memory as Arrow tables, WRITTEN_ROWS at a time, UTC times as ISO text with `iso_times`
+    (as `batches` makes them); one empty table for none."""
+    for part in rows.arrow(WRITTEN_ROWS):
         if iso_times:
             for number, field in enumerate(part.schema):
                 if pa.types.is_timestamp(field.type) and field.type.tz == "UTC":
@@ -95,12 +101,6 @@ def iso_text(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.binary_join_element_wise(text, "Z", "")
 
 
-WRITTEN_ROWS = 1 << 14
-"""Rows of an engine's answer handed to a writer at a time (DuckDB's, or Parquet's as a row group): each is written
-as it comes, so fewer are held on the way (at 600,000 blobs, every orphan as CSV within 285 to 287 MiB, against
-295 to 305 MiB with 65,536)."""
-
-
 def duckdb_present() -> bool:
     """Whether DuckDB, which writes an engine's every row, is installed."""
     try:
@@ -128,7 +128,7 @@ def write_by_duckdb(rows: Rows, dest: Path | None, write: RowsWriter) -> None:
                 shutil.copyfileobj(text, sys.stdout)
         return
     open(dest, "w", encoding="utf-8").close()
-    tables = rows_tables(rows, iso_times=True, size=WRITTEN_ROWS)
+    tables = rows_tables(rows, iso_times=True)
     first = next(tables)
     batches = pa.RecordBatchReader.from_batches(
         first.schema, chain(first.to_batches(), (batch for table in tables for batch in table.to_batches()))

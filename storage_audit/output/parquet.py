@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage_audit.core.view import View
-from storage_audit.output.batches import WRITTEN_ROWS, coded_columns, rows_tables, view_batches
+from storage_audit.output.batches import coded_columns, rows_tables, view_batches
 from storage_audit.output.formats import FormatError
 
 
@@ -45,7 +45,7 @@ def write(view: View, dest: Path | None) -> None:
         # Rows kept out of memory come as Arrow tables: written as they are, with the pandas metadata of the rest,
         # a row group each (at 600,000 blobs, 16,384 rows held 20 MiB less than 65,536 and 35 MiB less than 262,144;
         # at ten million, the file is 3% larger than with 65,536).
-        tables = rows_tables(view.rows, size=WRITTEN_ROWS)
+        tables = rows_tables(view.rows)
         first = next(tables)
         schema = _rows_schema(first, view.frame)
         with pq.ParquetWriter(dest, schema) as writer:
